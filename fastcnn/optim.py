@@ -1,0 +1,114 @@
+"""Optimizers. Both update the model's parameter arrays in place and keep their state in plain
+arrays (``state_dict`` / ``load_state_dict``) so it can be checkpointed.
+
+SGD with momentum (the seed project's form; weight decay, if any, is added to the gradient):
+    v <- mu * v + (g + wd * W)
+    W <- W - lr * v
+AdamW (Loshchilov & Hutter; bias-corrected moments, decoupled weight decay):
+    m <- b1 * m + (1 - b1) * g
+    v <- b2 * v + (1 - b2) * g^2
+    m_hat = m / (1 - b1^t),  v_hat = v / (1 - b2^t)
+    W <- W - lr * m_hat / (sqrt(v_hat) + eps) - lr * wd * W
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _check_positive(name, value, allow_zero=False):
+    ok = value >= 0 if allow_zero else value > 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or not ok:
+        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+    return float(value)
+
+
+class Optimizer:
+    """Holds the (param, grad-owner) pairs of a model; ``step()`` reads each layer's current grads."""
+
+    def __init__(self, model, lr):
+        self.model = model
+        self.lr = _check_positive("lr", lr)
+        self.t = 0
+
+    def _pairs(self):
+        return list(self.model.named_parameters())
+
+    def step(self):
+        self.t += 1
+        for name, w, g in self._pairs():
+            self._update(name, w, g)
+
+    def state_dict(self):
+        raise NotImplementedError
+
+    def load_state_dict(self, state):
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """SGD with (heavy-ball) momentum and optional L2 weight decay."""
+
+    def __init__(self, model, lr=0.01, momentum=0.9, weight_decay=0.0):
+        super().__init__(model, lr)
+        self.momentum = _check_positive("momentum", momentum, allow_zero=True)
+        if self.momentum >= 1:
+            raise ValueError(f"momentum must be < 1, got {momentum!r}")
+        self.weight_decay = _check_positive("weight_decay", weight_decay, allow_zero=True)
+        self.velocity = {name: np.zeros_like(w) for name, w, _ in self._pairs()}
+
+    def _update(self, name, w, g):
+        v = self.velocity[name]
+        if self.weight_decay:
+            g = g + w.dtype.type(self.weight_decay) * w
+        v *= w.dtype.type(self.momentum)
+        v += g
+        w -= w.dtype.type(self.lr) * v
+
+    def state_dict(self):
+        return {"t": self.t, **{f"velocity/{k}": v for k, v in self.velocity.items()}}
+
+    def load_state_dict(self, state):
+        self.t = int(state["t"])
+        for k in self.velocity:
+            self.velocity[k][...] = state[f"velocity/{k}"]
+
+
+class AdamW(Optimizer):
+    """Adam with bias correction and decoupled weight decay."""
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(model, lr)
+        b1, b2 = betas
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"betas must lie in [0, 1), got {betas!r}")
+        self.betas = (float(b1), float(b2))
+        self.eps = _check_positive("eps", eps)
+        self.weight_decay = _check_positive("weight_decay", weight_decay, allow_zero=True)
+        self.m = {name: np.zeros_like(w) for name, w, _ in self._pairs()}
+        self.v = {name: np.zeros_like(w) for name, w, _ in self._pairs()}
+
+    def _update(self, name, w, g):
+        b1, b2 = self.betas
+        m, v = self.m[name], self.v[name]
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * (g * g)
+        step_size = self.lr / (1 - b1 ** self.t)              # lr * m_hat = step_size * m
+        v_corr = 1.0 / (1 - b2 ** self.t)                      # v_hat = v_corr * v
+        update = m * w.dtype.type(step_size) / (np.sqrt(v * w.dtype.type(v_corr)) + w.dtype.type(self.eps))
+        if self.weight_decay:
+            update += w.dtype.type(self.lr * self.weight_decay) * w
+        w -= update
+
+    def state_dict(self):
+        state = {"t": self.t}
+        state.update({f"m/{k}": a for k, a in self.m.items()})
+        state.update({f"v/{k}": a for k, a in self.v.items()})
+        return state
+
+    def load_state_dict(self, state):
+        self.t = int(state["t"])
+        for k in self.m:
+            self.m[k][...] = state[f"m/{k}"]
+            self.v[k][...] = state[f"v/{k}"]

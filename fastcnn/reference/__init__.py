@@ -1,0 +1,25 @@
+"""The pure-NumPy reference implementation of fastcnn's op contract.
+
+Every function here is vectorised NumPy (im2col through strided views, then one matrix multiply;
+col2im as a loop over the kh*kw kernel offsets, never over pixels). It is the ground truth the
+Numba kernels in :mod:`fastcnn.kernels` are tested against. See :mod:`fastcnn.ops` for the contract.
+"""
+from fastcnn.reference.conv import conv2d_backward, conv2d_forward
+from fastcnn.reference.pool import (
+    avgpool2d_backward,
+    avgpool2d_forward,
+    maxpool2d_backward,
+    maxpool2d_forward,
+)
+
+NAME = "numpy"
+
+__all__ = [
+    "NAME",
+    "conv2d_forward",
+    "conv2d_backward",
+    "maxpool2d_forward",
+    "maxpool2d_backward",
+    "avgpool2d_forward",
+    "avgpool2d_backward",
+]
