@@ -1,0 +1,14 @@
+"""Numba-JIT parallel kernels implementing fastcnn's op contract (see :mod:`fastcnn.backend`).
+
+Installed as ``fastcnn.kernels`` (the repository's top-level ``kernels/`` folder). Each op is a
+plain Python wrapper that validates and allocates, over an ``@njit(parallel=True)`` driver that
+loops with ``prange``, over serial ``@njit`` workers (the stumpy pattern).
+"""
+from fastcnn.kernels.conv import conv2d_backward, conv2d_forward
+from fastcnn.kernels.pool import (avgpool2d_backward, avgpool2d_forward, maxpool2d_backward,
+                                  maxpool2d_forward)
+
+NAME = "numba"
+
+__all__ = ["NAME", "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
+           "avgpool2d_forward", "avgpool2d_backward"]

@@ -1,0 +1,252 @@
+"""2-D convolution, Numba kernels. Same contract and results as :mod:`fastcnn.reference.conv`.
+
+Dimension legend: N batch, C input channels, H, W input size, K output channels, R, S kernel size,
+P, Q output size, sh, sw stride, ph, pw padding, Hp = H + 2ph, Wp = W + 2pw, L reduction length.
+
+Layout of the work (each parallel driver loops with prange over independent pieces; no two
+iterations ever write the same element, so there are no races and no atomics):
+
+forward      prange over images n. The image is copied to a zero-padded HWC buffer, so each row of
+             its pixel-major im2col matrix col (P*Q, R*S*C) is R contiguous copies of S*C values;
+             then y[n] (K, P*Q) = W2 (K, R*S*C) . col^T with the gemm_nt micro-kernel (+ bias).
+             For a tiny reduction (C*R*S < SMALL_L, the first layer) the im2col is kept
+             channel-major (C*R*S, P*Q) and y[n] is built with rows_axpy, vectorised over pixels.
+backward dx  stride 1: dx is the forward convolution of dy with the flipped, transposed weights
+             (C, K, R, S) and padding (R-1-ph, S-1-pw), the same fast kernel. Any other stride:
+             per image, dcol (P*Q, R*S*C) = dy[n]^T . W2 with gemm_nt, then col2im adds each row
+             back into the padded HWC image; prange over images.
+backward dw  prange over fixed chunks of images (their bounds depend on N only): each chunk packs
+             its images' channel-major im2col side by side (C*R*S, nb*P*Q) with the matching dy
+             rows (K, nb*P*Q) and writes its own partial dw = dy_chunk . col_chunk^T and db. The
+             partials are then summed in chunk order, so results are bit-identical for any thread
+             count.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from fastcnn.kernels._gemm import FASTMATH, gemm_nt, rows_axpy
+
+SMALL_L = 32          # reductions shorter than this use rows_axpy instead of gemm_nt
+IMAGES_PER_CHUNK = 4  # dw partials: images packed per chunk
+
+
+# ---------------------------------------------------------------- serial workers (one image)
+
+@njit(boundscheck=False, cache=False)
+def _pad_hwc(x, ph, pw, xt):
+    """x (C, H, W) -> xt (Hp, Wp, C), zero border."""
+    C, H, W = x.shape
+    xt[:] = 0
+    for c in range(C):
+        for h in range(H):
+            for w in range(W):
+                xt[h + ph, w + pw, c] = x[c, h, w]
+
+
+@njit(boundscheck=False, cache=False)
+def _pad_chw(x, ph, pw, xp):
+    """x (C, H, W) -> xp (C, Hp, Wp), zero border."""
+    C, H, W = x.shape
+    if ph or pw:
+        xp[:] = 0
+    for c in range(C):
+        for h in range(H):
+            xp[c, h + ph, pw:pw + W] = x[c, h]
+
+
+@njit(boundscheck=False, cache=False)
+def _im2col_hwc(xt, R, S, sh, sw, P, Q, col):
+    """xt (Hp, Wp, C) -> col (P*Q, R*S*C): row p*Q+q is the receptive field of output (p, q)."""
+    Hp, Wp, C = xt.shape
+    flat = xt.reshape(Hp * Wp * C)
+    run = S * C
+    for p in range(P):
+        for q in range(Q):
+            row = col[p * Q + q]
+            for r in range(R):
+                src = ((p * sh + r) * Wp + q * sw) * C
+                row[r * run:(r + 1) * run] = flat[src:src + run]
+
+
+@njit(boundscheck=False, cache=False)
+def _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT, offset):
+    """xp (C, Hp, Wp) -> colT[(c, r, s), offset + p*Q + q] = xp[c, p*sh + r, q*sw + s]."""
+    C = xp.shape[0]
+    for c in range(C):
+        for r in range(R):
+            for s in range(S):
+                row = colT[(c * R + r) * S + s]
+                for p in range(P):
+                    src = xp[c, p * sh + r]
+                    base = offset + p * Q
+                    for q in range(Q):
+                        row[base + q] = src[q * sw + s]
+
+
+# ---------------------------------------------------------------- parallel drivers
+
+@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=False)
+def _forward_gemm(x, w2, b, R, S, sh, sw, ph, pw, y, zero):
+    """x (N,C,H,W), w2 (K, R*S*C) in (r, s, c) order, b (K,) -> y (N,K,P,Q)."""
+    N, C, H, W = x.shape
+    K, P, Q = y.shape[1], y.shape[2], y.shape[3]
+    for n in prange(N):
+        xt = np.empty((H + 2 * ph, W + 2 * pw, C), x.dtype)
+        _pad_hwc(x[n], ph, pw, xt)
+        col = np.empty((P * Q, R * S * C), x.dtype)
+        _im2col_hwc(xt, R, S, sh, sw, P, Q, col)
+        yn = y[n].reshape(K, P * Q)
+        gemm_nt(w2, col, yn, zero)
+        for k in range(K):
+            yn[k] += b[k]
+
+
+@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=False)
+def _forward_small(x, w2, b, R, S, sh, sw, ph, pw, y):
+    """As _forward_gemm for tiny C*R*S; w2 (K, C*R*S) in (c, r, s) order."""
+    N, C, H, W = x.shape
+    K, P, Q = y.shape[1], y.shape[2], y.shape[3]
+    for n in prange(N):
+        xp = np.empty((C, H + 2 * ph, W + 2 * pw), x.dtype)
+        _pad_chw(x[n], ph, pw, xp)
+        colT = np.empty((C * R * S, P * Q), x.dtype)
+        _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT, 0)
+        rows_axpy(w2, colT, b, y[n].reshape(K, P * Q))
+
+
+@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=False)
+def _backward_input_col2im(dy, w2t, R, S, sh, sw, ph, pw, dx, zero):
+    """Any stride. dy (N,K,P,Q), w2t (R*S*C, K) -> dx (N,C,H,W)."""
+    N, C, H, W = dx.shape
+    K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    run = S * C
+    for n in prange(N):
+        dyt = np.ascontiguousarray(dy[n].reshape(K, P * Q).T)       # (P*Q, K)
+        dcol = np.empty((P * Q, R * S * C), dx.dtype)
+        gemm_nt(dyt, w2t, dcol, zero)                               # (P*Q, R*S*C)
+        dxt = np.zeros((Hp, Wp, C), dx.dtype)
+        flat = dxt.reshape(Hp * Wp * C)
+        for p in range(P):
+            for q in range(Q):
+                row = dcol[p * Q + q]
+                for r in range(R):
+                    dst = ((p * sh + r) * Wp + q * sw) * C
+                    for t in range(run):
+                        flat[dst + t] += row[r * run + t]
+        for c in range(C):
+            for h in range(H):
+                for w in range(W):
+                    dx[n, c, h, w] = dxt[h + ph, w + pw, c]
+
+
+@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=False)
+def _backward_weight_partials(x, dy, R, S, sh, sw, ph, pw, nchunks, dw_part, db_part, zero):
+    """Per chunk of images: dw_part[ch] (K, C*R*S) and db_part[ch] (K,)."""
+    N, C, H, W = x.shape
+    K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
+    PQ = P * Q
+    for ch in prange(nchunks):
+        n0 = ch * N // nchunks
+        nb = (ch + 1) * N // nchunks - n0
+        colT = np.empty((C * R * S, nb * PQ), x.dtype)
+        dyc = np.empty((K, nb * PQ), x.dtype)
+        xp = np.empty((C, H + 2 * ph, W + 2 * pw), x.dtype)
+        for i in range(nb):
+            _pad_chw(x[n0 + i], ph, pw, xp)
+            _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT, i * PQ)
+            dyc[:, i * PQ:(i + 1) * PQ] = dy[n0 + i].reshape(K, PQ)
+        gemm_nt(dyc, colT, dw_part[ch], zero)
+        for k in range(K):
+            s = zero
+            for v in range(nb * PQ):
+                s += dyc[k, v]
+            db_part[ch, k] = s
+
+
+@njit(parallel=True, boundscheck=False, cache=False)
+def _sum_partials(dw_part, db_part, dw, db):
+    """dw (K, L) = sum over chunks in chunk order; prange over rows k."""
+    nchunks, K, L = dw_part.shape
+    for k in prange(K):
+        for l in range(L):
+            s = dw_part[0, k, l]
+            for ch in range(1, nchunks):
+                s += dw_part[ch, k, l]
+            dw[k, l] = s
+        s = db_part[0, k]
+        for ch in range(1, nchunks):
+            s += db_part[ch, k]
+        db[k] = s
+
+
+# ---------------------------------------------------------------- wrappers (validate, allocate)
+
+def _prepare(*arrays):
+    dtype = arrays[0].dtype
+    if dtype not in (np.float32, np.float64) or any(a.dtype != dtype for a in arrays):
+        raise TypeError("conv2d kernels need float32 or float64 arrays of one dtype, got "
+                        + ", ".join(str(a.dtype) for a in arrays))
+    return [np.ascontiguousarray(a) for a in arrays]
+
+
+def _out_size(H, W, R, S, stride, padding):
+    return (H + 2 * padding[0] - R) // stride[0] + 1, (W + 2 * padding[1] - S) // stride[1] + 1
+
+
+def _forward(x, w, b, stride, padding):
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    P, Q = _out_size(H, W, R, S, stride, padding)
+    y = np.empty((N, K, P, Q), x.dtype)
+    if N == 0 or P <= 0 or Q <= 0:
+        return y
+    if C * R * S < SMALL_L:
+        _forward_small(x, w.reshape(K, C * R * S), b, R, S, *stride, *padding, y)
+    else:
+        w2 = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(K, R * S * C)  # (r, s, c) order
+        _forward_gemm(x, w2, b, R, S, *stride, *padding, y, x.dtype.type(0))
+    return y
+
+
+def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):
+    """x (N,C,H,W), w (K,C,R,S), b (K,) -> y (N,K,P,Q)."""
+    x, w, b = _prepare(x, w, b)
+    return _forward(x, w, b, tuple(stride), tuple(padding))
+
+
+def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx=True):
+    """dy (N,K,P,Q), x (N,C,H,W), w (K,C,R,S) -> (dx (N,C,H,W) or None, dw (K,C,R,S), db (K,))."""
+    dy, x, w = _prepare(dy, x, w)
+    stride, padding = tuple(stride), tuple(padding)
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    zero = x.dtype.type(0)
+
+    nchunks = max(1, min(N, -(-N // IMAGES_PER_CHUNK)))
+    dw_part = np.empty((nchunks, K, C * R * S), x.dtype)
+    db_part = np.empty((nchunks, K), x.dtype)
+    dw = np.empty((K, C * R * S), x.dtype)
+    db = np.empty(K, x.dtype)
+    if N == 0:
+        dw[:] = 0
+        db[:] = 0
+    else:
+        _backward_weight_partials(x, dy, R, S, *stride, *padding, nchunks, dw_part, db_part, zero)
+        _sum_partials(dw_part, db_part, dw, db)
+    dw = dw.reshape(K, C, R, S)
+    if not need_dx:
+        return None, dw, db
+
+    (sh, sw), (ph, pw) = stride, padding
+    if (sh, sw) == (1, 1) and ph <= R - 1 and pw <= S - 1:
+        # dx = correlation of dy (padded by R-1-ph, S-1-pw) with the flipped, transposed kernel
+        w_flip = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))   # (C, K, R, S)
+        dx = _forward(dy, w_flip, np.zeros(C, x.dtype), (1, 1), (R - 1 - ph, S - 1 - pw))
+    else:
+        dx = np.empty((N, C, H, W), x.dtype)
+        w2t = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(R * S * C, K)  # (r, s, c) x K
+        _backward_input_col2im(dy, w2t, R, S, sh, sw, ph, pw, dx, zero)
+    return dx, dw, db
