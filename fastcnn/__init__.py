@@ -1,6 +1,7 @@
 """fastcnn: a small CNN library whose convolution and pooling exist twice behind one interface,
 as a clear NumPy reference (:mod:`fastcnn.reference`) and as Numba-JIT parallel kernels
 (:mod:`fastcnn.kernels`) that must agree with it and beat it."""
+from fastcnn._memory import tune_malloc
 from fastcnn.backend import get_backend
 from fastcnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, Layer, Linear, MaxPool2D,
                             ReLU)
@@ -9,6 +10,8 @@ from fastcnn.model import Sequential, mnist_cnn
 from fastcnn.optim import SGD, AdamW
 
 __version__ = "0.1.0"
+
+tune_malloc()
 
 __all__ = ["get_backend", "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "ReLU", "Flatten", "Dropout",
            "Linear", "BatchNorm2D", "softmax_cross_entropy", "Sequential", "mnist_cnn", "SGD", "AdamW"]

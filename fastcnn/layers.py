@@ -161,15 +161,23 @@ class _Pool2D(_BackendLayer):
         self._x_shape = x.shape
 
     def __repr__(self):
-        return f"{type(self).__name__}(kernel_size={self.kernel_size}, stride={self.stride})"
+        relu = ", relu=True" if getattr(self, "relu", False) else ""
+        return f"{type(self).__name__}(kernel_size={self.kernel_size}, stride={self.stride}{relu})"
 
 
 class MaxPool2D(_Pool2D):
-    """Max pooling, no padding, floor mode; ties send the gradient to the first maximum (row-major)."""
+    """Max pooling, no padding, floor mode; ties send the gradient to the first maximum (row-major).
+
+    ``relu=True`` computes maxpool(relu(x)) in the same pass (set by Sequential's fusion).
+    """
+
+    def __init__(self, kernel_size=2, stride=None, *, relu=False, backend=None):
+        super().__init__(kernel_size, stride, backend=backend)
+        self.relu = bool(relu)
 
     def forward(self, x, training=False):
         self._check(x)
-        y, self._argmax = self.ops.maxpool2d_forward(x, self.kernel_size, self.stride)
+        y, self._argmax = self.ops.maxpool2d_forward(x, self.kernel_size, self.stride, relu=self.relu)
         return y
 
     def backward(self, dy):
@@ -187,15 +195,28 @@ class AvgPool2D(_Pool2D):
         return self.ops.avgpool2d_backward(dy, self._x_shape, self.kernel_size, self.stride)
 
 
-class ReLU(Layer):
-    """y = max(x, 0); the gradient passes where x > 0."""
+class ReLU(_BackendLayer):
+    """y = max(x, 0); the gradient passes where x > 0 (read back from y, so no mask is stored).
+
+    When :class:`~fastcnn.model.Sequential` fuses this ReLU into the MaxPool2D that follows it,
+    ``fused_into_next`` is True and the layer passes values and gradients through unchanged: the
+    pool applies the ReLU (max-pool and ReLU commute, and the gradients are identical).
+    """
+
+    def __init__(self, *, backend=None):
+        super().__init__(backend)
+        self.fused_into_next = False
 
     def forward(self, x, training=False):
-        self._mask = x > 0
-        return np.maximum(x, 0, dtype=x.dtype)
+        if self.fused_into_next:
+            return x
+        self._y = self.ops.relu_forward(x)
+        return self._y
 
     def backward(self, dy):
-        return dy * self._mask
+        if self.fused_into_next:
+            return dy
+        return self.ops.relu_backward(dy, self._y)
 
 
 class Flatten(Layer):

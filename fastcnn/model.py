@@ -3,23 +3,32 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastcnn.backend import resolve_backend_name
+from fastcnn.backend import blas_guard, resolve_backend_name
 from fastcnn.layers import (BatchNorm2D, Conv2D, Dropout, Flatten, Layer, Linear, MaxPool2D, ReLU,
                             _BackendLayer, _float_dtype)
 from fastcnn.losses import softmax_cross_entropy
 
 
 class Sequential:
-    """Layers applied in order. The first layer is told it needs no input gradient (the data
-    never needs one), which saves the first convolution's dx."""
+    """Layers applied in order.
 
-    def __init__(self, layers, *, backend=None):
+    The first layer is told it needs no input gradient (the data never needs one), which saves
+    the first convolution's dx. With ``fuse=True`` (default) a ReLU directly followed by a
+    MaxPool2D is computed by the pool in one pass (``MaxPool2D(relu=True)``; the ReLU layer then
+    passes through): same outputs and gradients, two fewer passes over the largest activations.
+    """
+
+    def __init__(self, layers, *, backend=None, fuse=True):
         layers = list(layers)
         if not layers or not all(isinstance(layer, Layer) for layer in layers):
             raise TypeError("Sequential needs a non-empty list of Layer objects")
         self.layers = layers
         if hasattr(layers[0], "need_input_grad"):
             layers[0].need_input_grad = False
+        if fuse:
+            for first, second in zip(layers, layers[1:]):
+                if isinstance(first, ReLU) and isinstance(second, MaxPool2D) and not second.relu:
+                    first.fused_into_next, second.relu = True, True
         self.set_backend(backend)
 
     def set_backend(self, backend):
@@ -30,15 +39,17 @@ class Sequential:
                 layer.set_backend(self.backend_name)
 
     def forward(self, x, training=False):
-        for layer in self.layers:
-            x = layer.forward(x, training)
+        with blas_guard(self.backend_name):
+            for layer in self.layers:
+                x = layer.forward(x, training)
         return x
 
     __call__ = forward
 
     def backward(self, dy):
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
+        with blas_guard(self.backend_name):
+            for layer in reversed(self.layers):
+                dy = layer.backward(dy)
         return dy
 
     def named_parameters(self):
@@ -92,9 +103,10 @@ def mnist_cnn(*, seed=0, dropout=0.5, batchnorm=False, dtype=np.float32, backend
     backend = resolve_backend_name(backend)
     layers = [Conv2D(in_channels, 32, 3, padding=1, rng=init_rng, dtype=dtype, backend=backend)]
     layers += [BatchNorm2D(32, dtype=dtype)] if batchnorm else []
-    layers += [ReLU(), MaxPool2D(2, backend=backend),
+    layers += [ReLU(backend=backend), MaxPool2D(2, backend=backend),
                Conv2D(32, 64, 3, padding=1, rng=init_rng, dtype=dtype, backend=backend)]
     layers += [BatchNorm2D(64, dtype=dtype)] if batchnorm else []
-    layers += [ReLU(), MaxPool2D(2, backend=backend), Flatten(), Dropout(dropout, rng=np.random.default_rng(dropout_seq)),
+    layers += [ReLU(backend=backend), MaxPool2D(2, backend=backend), Flatten(),
+               Dropout(dropout, rng=np.random.default_rng(dropout_seq)),
                Linear(64 * side * side, num_classes, rng=init_rng, dtype=dtype)]
     return Sequential(layers, backend=backend)

@@ -4,6 +4,7 @@ Installed as ``fastcnn.kernels`` (the repository's top-level ``kernels/`` folder
 plain Python wrapper that validates and allocates, over an ``@njit(parallel=True)`` driver that
 loops with ``prange``, over serial ``@njit`` workers (the stumpy pattern).
 """
+from fastcnn.kernels.activation import relu_backward, relu_forward
 from fastcnn.kernels.conv import conv2d_backward, conv2d_forward
 from fastcnn.kernels.pool import (avgpool2d_backward, avgpool2d_forward, maxpool2d_backward,
                                   maxpool2d_forward)
@@ -11,4 +12,5 @@ from fastcnn.kernels.pool import (avgpool2d_backward, avgpool2d_forward, maxpool
 NAME = "numba"
 
 __all__ = ["NAME", "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
-           "avgpool2d_forward", "avgpool2d_backward"]
+           "avgpool2d_forward", "avgpool2d_backward",
+           "relu_forward", "relu_backward"]

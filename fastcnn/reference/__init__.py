@@ -5,6 +5,7 @@ col2im as a loop over the kh*kw kernel offsets, never over pixels). It is the gr
 Numba kernels in :mod:`fastcnn.kernels` are tested against. See :mod:`fastcnn.ops` for the contract.
 """
 from fastcnn.reference.conv import conv2d_backward, conv2d_forward
+from fastcnn.reference.activation import relu_backward, relu_forward
 from fastcnn.reference.pool import (
     avgpool2d_backward,
     avgpool2d_forward,
@@ -22,4 +23,6 @@ __all__ = [
     "maxpool2d_backward",
     "avgpool2d_forward",
     "avgpool2d_backward",
+    "relu_forward",
+    "relu_backward",
 ]
