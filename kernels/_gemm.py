@@ -12,10 +12,10 @@ rows_axpy(W, colT, bias, Y):  Y[k, :] = bias[k] + sum_l W[k, l] * colT[l, :]
 """
 from numba import njit
 
-FASTMATH = {"reassoc", "contract", "nsz"}   # vectorise reductions; keep NaN/inf semantics
+from fastcnn.kernels._config import CACHE, FASTMATH
 
 
-@njit(fastmath=FASTMATH, boundscheck=False, cache=False)
+@njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _dot(a, b, L, zero):
     s = zero
     for l in range(L):
@@ -23,7 +23,7 @@ def _dot(a, b, L, zero):
     return s
 
 
-@njit(fastmath=FASTMATH, boundscheck=False, cache=False)
+@njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def gemm_nt(A, B, C, zero):
     M, L = A.shape
     N = B.shape[0]
@@ -64,7 +64,7 @@ def gemm_nt(A, B, C, zero):
             C[ii, jj] = _dot(A[ii], B[jj], L, zero)
 
 
-@njit(fastmath=FASTMATH, boundscheck=False, cache=False)
+@njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def rows_axpy(W, colT, bias, Y):
     K, L = W.shape
     V = colT.shape[1]

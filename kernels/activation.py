@@ -2,15 +2,17 @@
 import numpy as np
 from numba import njit, prange
 
+from fastcnn.kernels._config import CACHE
 
-@njit(parallel=True, boundscheck=False, cache=False)
+
+@njit(parallel=True, boundscheck=False, cache=CACHE)
 def _relu_forward(x, zero, y):
     for i in prange(x.size):
         v = x[i]
         y[i] = v if v > 0 else zero
 
 
-@njit(parallel=True, boundscheck=False, cache=False)
+@njit(parallel=True, boundscheck=False, cache=CACHE)
 def _relu_backward(dy, y, zero, dx):
     for i in prange(dy.size):
         dx[i] = dy[i] if y[i] > 0 else zero

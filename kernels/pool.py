@@ -11,8 +11,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from fastcnn.kernels._config import CACHE, FASTMATH
 
-@njit(parallel=True, boundscheck=False, cache=False)
+
+@njit(parallel=True, boundscheck=False, cache=CACHE)
 def _maxpool_forward(x, kh, kw, sh, sw, relu, zero, y, argmax):
     N, C, H, W = x.shape
     P, Q = y.shape[2], y.shape[3]
@@ -37,7 +39,7 @@ def _maxpool_forward(x, kh, kw, sh, sw, relu, zero, y, argmax):
                 ac[p, q] = arg
 
 
-@njit(parallel=True, boundscheck=False, cache=False)
+@njit(parallel=True, boundscheck=False, cache=CACHE)
 def _maxpool_forward_2x2(x, relu, zero, y, argmax):
     """Specialised kernel_size = stride = (2, 2): one pass over two input rows per output row."""
     N, C = x.shape[0], x.shape[1]
@@ -64,7 +66,7 @@ def _maxpool_forward_2x2(x, relu, zero, y, argmax):
                 ac[p, q] = arg
 
 
-@njit(parallel=True, boundscheck=False, cache=False)
+@njit(parallel=True, boundscheck=False, cache=CACHE)
 def _maxpool_backward(dy, argmax, kh, kw, sh, sw, dx):
     N, C = dx.shape[0], dx.shape[1]
     P, Q = dy.shape[2], dy.shape[3]
@@ -79,7 +81,7 @@ def _maxpool_backward(dy, argmax, kh, kw, sh, sw, dx):
                     dxc[p * sh + a // kw, q * sw + a % kw] += dyc[p, q]
 
 
-@njit(parallel=True, boundscheck=False, cache=False)
+@njit(parallel=True, boundscheck=False, cache=CACHE)
 def _maxpool_backward_2x2(dy, argmax, zero, dx):
     """Specialised kernel_size = stride = (2, 2): every covered input is written exactly once.
     (Plain 4-D indexing here measured 2.5x faster than per-row views.)"""
@@ -102,7 +104,7 @@ def _maxpool_backward_2x2(dy, argmax, zero, dx):
                 dx[n, c, h, w] = zero
 
 
-@njit(parallel=True, fastmath={"reassoc", "contract", "nsz"}, boundscheck=False, cache=False)
+@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _avgpool_forward(x, kh, kw, sh, sw, y, inv):
     N, C = x.shape[0], x.shape[1]
     P, Q = y.shape[2], y.shape[3]
@@ -118,7 +120,7 @@ def _avgpool_forward(x, kh, kw, sh, sw, y, inv):
                 yc[p, q] = s_ * inv
 
 
-@njit(parallel=True, boundscheck=False, cache=False)
+@njit(parallel=True, boundscheck=False, cache=CACHE)
 def _avgpool_backward(dy, kh, kw, sh, sw, dx, inv):
     N, C = dx.shape[0], dx.shape[1]
     P, Q = dy.shape[2], dy.shape[3]
