@@ -9,7 +9,7 @@ from fastcnn.kernels._config import CACHE
 def _relu_forward(x, zero, y):
     for i in prange(x.size):
         v = x[i]
-        y[i] = v if v > 0 else zero
+        y[i] = zero if v <= 0 else v             # NaN propagates, as np.maximum does
 
 
 @njit(parallel=True, boundscheck=False, cache=CACHE)
@@ -18,8 +18,16 @@ def _relu_backward(dy, y, zero, dx):
         dx[i] = dy[i] if y[i] > 0 else zero
 
 
+def _check(*arrays):
+    dtype = arrays[0].dtype
+    if dtype not in (np.float32, np.float64) or any(a.dtype != dtype for a in arrays):
+        raise TypeError("relu kernels need float32 or float64 arrays of one dtype, got "
+                        + ", ".join(str(a.dtype) for a in arrays))
+
+
 def relu_forward(x):
     """x (any shape) -> y = max(x, 0)."""
+    _check(x)
     x = np.ascontiguousarray(x)
     y = np.empty_like(x)
     _relu_forward(x.reshape(-1), x.dtype.type(0), y.reshape(-1))
@@ -28,6 +36,7 @@ def relu_forward(x):
 
 def relu_backward(dy, y):
     """dy, y (same shape) -> dx = dy where y > 0, else 0."""
+    _check(dy, y)
     dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
     dx = np.empty_like(dy)
     _relu_backward(dy.reshape(-1), y.reshape(-1), dy.dtype.type(0), dx.reshape(-1))

@@ -14,6 +14,13 @@ from numba import njit, prange
 from fastcnn.kernels._config import CACHE, FASTMATH
 
 
+@njit(inline="always", cache=CACHE)
+def _beats(v, best):
+    """True if v replaces the running maximum: strictly greater (so the first maximum keeps a
+    tie), or the first NaN, which like np.argmax wins over every number."""
+    return v > best or (v != v and best == best)
+
+
 @njit(parallel=True, boundscheck=False, cache=CACHE)
 def _maxpool_forward(x, kh, kw, sh, sw, relu, zero, y, argmax):
     N, C, H, W = x.shape
@@ -29,10 +36,10 @@ def _maxpool_forward(x, kh, kw, sh, sw, relu, zero, y, argmax):
                 for r in range(kh):
                     for s in range(kw):
                         v = xc[h0 + r, w0 + s]
-                        if v > best:                 # strict: the first maximum keeps the tie
+                        if _beats(v, best):
                             best = v
                             arg = r * kw + s
-                if relu and not best > 0:
+                if relu and best <= 0:
                     best = zero
                     arg = -1
                 yc[p, q] = best
@@ -52,15 +59,15 @@ def _maxpool_forward_2x2(x, relu, zero, y, argmax):
             for q in range(Q):
                 best, arg = r0[2 * q], 0
                 v = r0[2 * q + 1]
-                if v > best:
+                if _beats(v, best):
                     best, arg = v, 1
                 v = r1[2 * q]
-                if v > best:
+                if _beats(v, best):
                     best, arg = v, 2
                 v = r1[2 * q + 1]
-                if v > best:
+                if _beats(v, best):
                     best, arg = v, 3
-                if relu and not best > 0:
+                if relu and best <= 0:
                     best, arg = zero, -1
                 yc[p, q] = best
                 ac[p, q] = arg

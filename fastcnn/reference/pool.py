@@ -31,7 +31,7 @@ def maxpool2d_forward(x, kernel_size=(2, 2), stride=(2, 2), relu=False):
     argmax = flat.argmax(axis=-1).astype(np.int32)                  # first maximum wins ties
     y = np.take_along_axis(flat, argmax[..., None], axis=-1)[..., 0]
     if relu:
-        clamped = ~(y > 0)
+        clamped = y <= 0                                            # NaN is not clamped
         y = np.where(clamped, 0, y).astype(x.dtype, copy=False)
         argmax[clamped] = -1
     return y, argmax

@@ -1,0 +1,612 @@
+"""Agreement tests: every Numba kernel (:mod:`fastcnn.kernels`) against the NumPy reference
+(:mod:`fastcnn.reference`), plus determinism and argument validation of the kernels.
+
+* a fixed grid of edge cases per op (batch 1 and batches that do not split into chunks of 4, the
+  small (C*R*S < 32) and gemm paths, 1x1 / 3x3 / 5x5 / non-square kernels, strides 1, 2, 3 and
+  mixed, padding 0-2 and padding beyond kernel-1, tiny and odd spatial sizes, K, P*Q and C*R*S
+  off the micro-kernel's 4-wide register block, for its edge loops), in float32 and float64;
+* max-pool inputs full of exact ties (small integers, all-zero windows as after a ReLU, signed
+  zeros): the argmax arrays must be identical, not merely close;
+* non-contiguous inputs (strided, Fortran-ordered, transposed, offset and reversed views);
+* property-based random shapes (hypothesis, derandomized, so the run is seeded and reproducible);
+* a few real MNIST training steps on both backends, and bit-identical results run after run and
+  across Numba thread counts.
+
+Every tolerance comes from :mod:`fastcnn.testing`; none is written here.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastcnn
+from fastcnn import kernels as nb
+from fastcnn import reference as ref
+from fastcnn.backend import blas_guard
+from fastcnn.data import load_dataset, to_float
+from fastcnn.testing import assert_agree, training_tolerance
+
+DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
+HYPOTHESIS = settings(max_examples=100, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=[HealthCheck.too_slow])
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread(request):
+    """Op tests alternate reference calls (BLAS) with kernel calls (Numba's OpenMP pool); with
+    BLAS's spinning pool on every core that is ~10x slower (see fastcnn.backend.blas_guard), so
+    BLAS gets one thread here. The training tests keep each backend's own threading."""
+    if "mnist_batches" in request.fixturenames:
+        yield
+        return
+    with blas_guard("numba"):
+        yield
+
+
+def _seed(*parts):
+    """A stable integer seed from ints and strings (Python's str hash is salted per process)."""
+    s = 0
+    for p in parts:
+        for ch in str(p):
+            s = (s * 131 + ord(ch)) % (2 ** 32)
+    return s
+
+
+def _bit_identical(actual, expected, what):
+    np.testing.assert_array_equal(actual, expected, err_msg=what)
+    assert actual.dtype == expected.dtype, what
+
+
+def _normal(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _conv_out(H, W, R, S, stride, padding):
+    return (H + 2 * padding[0] - R) // stride[0] + 1, (W + 2 * padding[1] - S) // stride[1] + 1
+
+
+def _pool_out(H, W, kernel, stride):
+    return (H - kernel[0]) // stride[0] + 1, (W - kernel[1]) // stride[1] + 1
+
+
+def _conv_data(N, C, K, H, W, R, S, stride, padding, dtype, seed):
+    rng = np.random.default_rng(seed)
+    P, Q = _conv_out(H, W, R, S, stride, padding)
+    x = _normal(rng, (N, C, H, W), dtype)
+    w = _normal(rng, (K, C, R, S), dtype)
+    b = _normal(rng, (K,), dtype)
+    dy = _normal(rng, (N, K, P, Q), dtype)
+    return x, w, b, dy
+
+
+def _check_conv(N, C, K, H, W, R, S, stride, padding, dtype, seed):
+    """Forward and backward (need_dx True and False) of both backends agree; need_dx=False gives
+    None and bit-identical dw, db."""
+    x, w, b, dy = _conv_data(N, C, K, H, W, R, S, stride, padding, dtype, seed)
+    what = f"N={N} C={C} K={K} H={H} W={W} R={R} S={S} stride={stride} padding={padding} {np.dtype(dtype)}"
+    y = nb.conv2d_forward(x, w, b, stride, padding)
+    y_ref = ref.conv2d_forward(x, w, b, stride, padding)
+    assert y.flags.c_contiguous
+    assert_agree(y, y_ref, f"conv2d_forward y [{what}]")
+
+    dx, dw, db = nb.conv2d_backward(dy, x, w, stride, padding)
+    dx_ref, dw_ref, db_ref = ref.conv2d_backward(dy, x, w, stride, padding)
+    for name, got, exp in (("dx", dx, dx_ref), ("dw", dw, dw_ref), ("db", db, db_ref)):
+        assert got.flags.c_contiguous, name
+        assert_agree(got, exp, f"conv2d_backward {name} [{what}]")
+
+    none, dw2, db2 = nb.conv2d_backward(dy, x, w, stride, padding, need_dx=False)
+    assert none is None
+    np.testing.assert_array_equal(dw2, dw, err_msg=f"need_dx=False changed dw [{what}]")
+    np.testing.assert_array_equal(db2, db, err_msg=f"need_dx=False changed db [{what}]")
+    none_ref, dw2_ref, db2_ref = ref.conv2d_backward(dy, x, w, stride, padding, need_dx=False)
+    assert none_ref is None
+    np.testing.assert_array_equal(dw2_ref, dw_ref)
+    np.testing.assert_array_equal(db2_ref, db_ref)
+
+
+# ------------------------------------------------------------------------- convolution: fixed grid
+
+def _conv_case(N, C, K, H, W, R, S, stride, padding, label):
+    stride = stride if isinstance(stride, tuple) else (stride, stride)
+    padding = padding if isinstance(padding, tuple) else (padding, padding)
+    P, Q = _conv_out(H, W, R, S, stride, padding)
+    assert P >= 1 and Q >= 1, label
+    path = "small" if C * R * S < 32 else "gemm"
+    cid = (f"{label}-n{N}c{C}k{K}-{H}x{W}-k{R}x{S}-s{stride[0]}{stride[1]}-p{padding[0]}{padding[1]}"
+           f"-{path}")
+    return pytest.param(N, C, K, H, W, R, S, stride, padding, id=cid)
+
+
+CONV_GRID = [
+    # label, then N, C, K, H, W, R, S, stride, padding
+    _conv_case(1, 1, 4, 7, 7, 3, 3, 1, 1, "batch1"),
+    _conv_case(1, 3, 8, 9, 11, 3, 3, 3, 0, "batch1-stride3"),
+    _conv_case(3, 1, 5, 9, 11, 3, 3, 1, 0, "small-Kodd"),
+    _conv_case(5, 1, 3, 8, 8, 3, 3, 1, 1, "small-dx-small"),          # dx conv: K*R*S = 27 < 32
+    _conv_case(5, 4, 7, 7, 10, 3, 3, 1, 1, "gemm-K7-PQ70"),
+    _conv_case(9, 32, 64, 14, 14, 3, 3, 1, 1, "mnist-conv2"),
+    _conv_case(3, 1, 32, 28, 28, 3, 3, 1, 1, "mnist-conv1"),
+    _conv_case(3, 40, 6, 5, 5, 1, 1, 1, 0, "1x1-gemm"),
+    _conv_case(2, 3, 5, 5, 5, 1, 1, 1, 1, "1x1-pad1-col2im"),
+    _conv_case(5, 33, 10, 7, 9, 1, 1, 2, 0, "1x1-stride2"),
+    _conv_case(9, 2, 6, 9, 9, 5, 5, 1, 2, "5x5-pad2"),
+    _conv_case(3, 1, 5, 11, 13, 5, 5, 3, 2, "5x5-stride3-small"),
+    _conv_case(5, 3, 9, 13, 11, 5, 5, 2, 1, "5x5-stride2-gemm"),
+    _conv_case(5, 6, 5, 6, 11, 2, 3, (1, 2), (1, 0), "2x3-mixed-stride"),
+    _conv_case(3, 2, 5, 8, 7, 2, 3, (2, 1), (0, 2), "2x3-pad-beyond-kernel"),
+    _conv_case(9, 7, 12, 9, 11, 3, 3, 2, 1, "stride2-col2im"),
+    _conv_case(3, 5, 7, 1, 1, 3, 3, 1, 1, "input1x1"),
+    _conv_case(1, 40, 3, 1, 1, 1, 1, 1, 0, "all1x1"),
+    _conv_case(5, 4, 3, 3, 5, 3, 3, 1, 0, "input3x5"),
+    _conv_case(2, 2, 5, 4, 6, 3, 3, 1, 2, "pad2-3x3"),
+    _conv_case(3, 9, 4, 5, 5, 2, 2, 1, 2, "pad2-beyond-2x2"),
+    _conv_case(2, 3, 1, 6, 6, 3, 3, 1, 0, "K1"),
+    _conv_case(5, 2, 5, 3, 3, 3, 3, 3, 2, "pad-exceeds-input"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, C, K, H, W, R, S, stride, padding", CONV_GRID)
+def test_conv2d_grid(N, C, K, H, W, R, S, stride, padding, dtype):
+    _check_conv(N, C, K, H, W, R, S, stride, padding, dtype,
+                seed=_seed(N, C, K, H, W, R, S, stride, padding, np.dtype(dtype)))
+
+
+# ---------------------------------------------------------------------- pooling and ReLU: fixed grid
+
+def _pool_case(N, C, H, W, kernel, stride, label):
+    kernel = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    stride = stride if isinstance(stride, tuple) else (stride, stride)
+    P, Q = _pool_out(H, W, kernel, stride)
+    assert P >= 1 and Q >= 1, label
+    return pytest.param(N, C, H, W, kernel, stride,
+                        id=f"{label}-n{N}c{C}-{H}x{W}-k{kernel[0]}{kernel[1]}-s{stride[0]}{stride[1]}")
+
+
+POOL_GRID = [
+    _pool_case(2, 3, 5, 5, 1, 1, "k1s1"),
+    _pool_case(3, 2, 5, 6, 1, 2, "k1s2"),
+    _pool_case(3, 2, 6, 8, 2, 2, "k2s2-even"),
+    _pool_case(5, 3, 7, 9, 2, 2, "k2s2-odd-floor"),
+    _pool_case(1, 1, 2, 2, 2, 2, "k2s2-tiny-batch1"),
+    _pool_case(2, 3, 5, 7, 2, 1, "k2s1-overlap"),
+    _pool_case(2, 2, 8, 8, 2, 3, "k2s3-gaps"),
+    _pool_case(2, 3, 7, 7, 3, 1, "k3s1-overlap"),
+    _pool_case(3, 2, 9, 11, 3, 2, "k3s2-overlap"),
+    _pool_case(2, 2, 9, 10, 3, 3, "k3s3"),
+    _pool_case(1, 2, 3, 3, 3, 2, "k3-single-window"),
+    _pool_case(2, 2, 6, 9, (2, 3), (1, 2), "k23-s12"),
+    _pool_case(2, 3, 7, 8, (3, 2), (2, 3), "k32-s23"),
+]
+
+
+def _pool_input(kind, shape, dtype, rng):
+    """Pooling inputs; all but 'normal' are full of exact ties."""
+    if kind == "normal":
+        return _normal(rng, shape, dtype)
+    if kind == "ints":                                   # values 0, 1, 2: ties in most windows
+        return rng.integers(0, 3, size=shape).astype(dtype)
+    if kind == "relu":                                   # as after a ReLU: many all-zero windows
+        return np.maximum(_normal(rng, shape, dtype) - dtype(0.8), 0).astype(dtype)
+    if kind == "zeros":                                  # every window is one tie
+        return np.zeros(shape, dtype)
+    if kind == "signed-zeros":                           # -0.0 and +0.0 compare equal: ties
+        return np.where(rng.random(shape) < 0.5, -0.0, 0.0).astype(dtype)
+    raise ValueError(kind)
+
+
+POOL_KINDS = ["normal", "ints", "relu", "zeros", "signed-zeros"]
+
+
+def _check_maxpool(x, kernel, stride, relu, dy_seed, what):
+    y, am = nb.maxpool2d_forward(x, kernel, stride, relu=relu)
+    y_ref, am_ref = ref.maxpool2d_forward(x, kernel, stride, relu=relu)
+    assert am.dtype == np.int32 and am_ref.dtype == np.int32
+    np.testing.assert_array_equal(am, am_ref, err_msg=f"maxpool argmax [{what}]")
+    # max-pool copies values: exactly equal, not merely close
+    np.testing.assert_array_equal(y, y_ref, err_msg=f"maxpool y [{what}]")
+    assert y.dtype == x.dtype and y.flags.c_contiguous
+    if relu:
+        assert np.all(y >= 0)
+        np.testing.assert_array_equal(am == -1, y_ref == 0)
+    dy = _normal(np.random.default_rng(dy_seed), y.shape, x.dtype)
+    dx = nb.maxpool2d_backward(dy, am, x.shape, kernel, stride)
+    dx_ref = ref.maxpool2d_backward(dy, am_ref, x.shape, kernel, stride)
+    assert dx.flags.c_contiguous
+    assert_agree(dx, dx_ref, f"maxpool2d_backward dx [{what}]")
+    return y, am, dx
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "fused-relu"])
+@pytest.mark.parametrize("kind", POOL_KINDS)
+@pytest.mark.parametrize("N, C, H, W, kernel, stride", POOL_GRID)
+def test_maxpool2d_grid(N, C, H, W, kernel, stride, kind, relu, dtype):
+    seed = _seed(N, C, H, W, kernel, stride, kind, np.dtype(dtype))
+    x = _pool_input(kind, (N, C, H, W), dtype, np.random.default_rng(seed))
+    what = f"x {x.shape} {kind} kernel={kernel} stride={stride} relu={relu} {np.dtype(dtype)}"
+    _check_maxpool(x, kernel, stride, relu, seed + 1, what)
+
+
+def test_maxpool_fused_relu_matches_separate_relu():
+    """maxpool(relu=True) of x == maxpool of relu(x), and its gradient == the gradient through a
+    separate ReLU then max-pool (on both backends)."""
+    rng = np.random.default_rng(7)
+    x = _normal(rng, (3, 4, 9, 8), np.float64)
+    x[:, :, :4] = -np.abs(x[:, :, :4])               # whole windows below zero
+    dy = _normal(rng, (3, 4, 4, 4), np.float64)
+    for ops in (nb, ref):
+        y, am = ops.maxpool2d_forward(x, (2, 2), (2, 2), relu=True)
+        r = ops.relu_forward(x)
+        y2, am2 = ops.maxpool2d_forward(r, (2, 2), (2, 2))
+        np.testing.assert_array_equal(y, y2)
+        dx = ops.maxpool2d_backward(dy, am, x.shape, (2, 2), (2, 2))
+        dx2 = ops.relu_backward(ops.maxpool2d_backward(dy, am2, x.shape, (2, 2), (2, 2)), r)
+        np.testing.assert_array_equal(dx, dx2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, C, H, W, kernel, stride", POOL_GRID)
+def test_avgpool2d_grid(N, C, H, W, kernel, stride, dtype):
+    rng = np.random.default_rng(_seed(N, C, H, W, kernel, stride, np.dtype(dtype)))
+    x = _normal(rng, (N, C, H, W), dtype)
+    what = f"x {x.shape} kernel={kernel} stride={stride} {np.dtype(dtype)}"
+    y = nb.avgpool2d_forward(x, kernel, stride)
+    assert y.flags.c_contiguous
+    assert_agree(y, ref.avgpool2d_forward(x, kernel, stride), f"avgpool2d_forward y [{what}]")
+    dy = _normal(rng, y.shape, dtype)
+    dx = nb.avgpool2d_backward(dy, x.shape, kernel, stride)
+    assert dx.flags.c_contiguous
+    assert_agree(dx, ref.avgpool2d_backward(dy, x.shape, kernel, stride),
+                 f"avgpool2d_backward dx [{what}]")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(7,), (1,), (5, 13), (3, 4, 5, 7), (1, 1, 1, 1)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_relu(shape, dtype):
+    rng = np.random.default_rng(_seed(shape, np.dtype(dtype)))
+    x = rng.integers(-2, 3, size=shape).astype(dtype)   # many exact zeros
+    x *= rng.random(shape).astype(dtype) + dtype(0.5)
+    x.reshape(-1)[::5] = -0.0
+    y = nb.relu_forward(x)
+    y_ref = ref.relu_forward(x)
+    assert y.dtype == x.dtype and y.shape == x.shape and y.flags.c_contiguous
+    np.testing.assert_array_equal(y, y_ref)
+    dy = _normal(rng, shape, dtype)
+    dx = nb.relu_backward(dy, y)
+    assert dx.dtype == x.dtype and dx.flags.c_contiguous
+    np.testing.assert_array_equal(dx, ref.relu_backward(dy, y_ref))
+    np.testing.assert_array_equal(dx[y == 0], 0)
+
+
+# ------------------------------------------------------------------------------ non-contiguous inputs
+
+def _view(a, kind):
+    """A non-C-contiguous view (where the shape allows) holding the same values as ``a``."""
+    if kind == "fortran":
+        return np.asfortranarray(a)
+    fill = np.nan if a.dtype.kind == "f" else -7                 # poison outside the view
+    if kind == "strided":                            # every other element of a bigger array
+        big = np.full(tuple(2 * s for s in a.shape), fill, a.dtype)
+        v = big[(slice(None, None, 2),) * a.ndim]
+    elif kind == "offset":                           # an interior window of a bigger array
+        big = np.full(tuple(s + 3 for s in a.shape), fill, a.dtype)
+        v = big[tuple(slice(1, 1 + s) for s in a.shape)]
+    elif kind == "transposed":                       # last two axes swapped in memory
+        if a.ndim < 2:
+            return _view(a, "strided")
+        return np.swapaxes(np.ascontiguousarray(np.swapaxes(a, -1, -2)), -1, -2)
+    elif kind == "reversed":                         # negative strides
+        v = np.empty_like(a)[(slice(None, None, -1),) * a.ndim]
+    else:
+        raise ValueError(kind)
+    v[...] = a
+    return v
+
+
+VIEW_KINDS = ["strided", "fortran", "transposed", "offset", "reversed"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", VIEW_KINDS)
+@pytest.mark.parametrize("stride, padding", [((1, 1), (1, 1)), ((2, 1), (0, 1)), ((1, 1), (0, 0))],
+                         ids=["s1p1", "s21p01", "s1p0-gemm"])
+def test_conv2d_noncontiguous(stride, padding, kind, dtype):
+    C = 4 if padding == (0, 0) else 1                # C*R*S = 36 (gemm path) or 9 (small path)
+    x, w, b, dy = _conv_data(3, C, 5, 7, 6, 3, 3, stride, padding, dtype, _seed(kind, stride, padding))
+    xv, wv, bv, dyv = (_view(a, kind) for a in (x, w, b, dy))
+    assert not xv.flags.c_contiguous and not wv.flags.c_contiguous and not dyv.flags.c_contiguous
+    for ops in (nb, ref):
+        # The kernels copy views to C order first: bit-identical. NumPy's reductions may sum a
+        # view in another order than the copy (e.g. db of a Fortran-ordered dy): agreement only.
+        same = _bit_identical if ops is nb else assert_agree
+        same(ops.conv2d_forward(xv, wv, bv, stride, padding), ops.conv2d_forward(x, w, b, stride, padding),
+             f"{ops.NAME} conv2d_forward on a {kind} view")
+        for got, exp, name in zip(ops.conv2d_backward(dyv, xv, wv, stride, padding),
+                                  ops.conv2d_backward(dy, x, w, stride, padding), ("dx", "dw", "db")):
+            same(got, exp, f"{ops.NAME} conv2d_backward {name} on a {kind} view")
+    assert_agree(nb.conv2d_forward(xv, wv, bv, stride, padding),
+                 ref.conv2d_forward(x, w, b, stride, padding), f"conv2d_forward on a {kind} view")
+    for got, exp, name in zip(nb.conv2d_backward(dyv, xv, wv, stride, padding),
+                              ref.conv2d_backward(dy, x, w, stride, padding), ("dx", "dw", "db")):
+        assert_agree(got, exp, f"conv2d_backward {name} on a {kind} view")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", VIEW_KINDS)
+@pytest.mark.parametrize("kernel, stride", [((2, 2), (2, 2)), ((3, 3), (2, 2))], ids=["k2s2", "k3s2"])
+def test_pool_and_relu_noncontiguous(kernel, stride, kind, dtype):
+    rng = np.random.default_rng(_seed(kind, kernel, np.dtype(dtype)))
+    x = _pool_input("ints", (2, 3, 7, 9), dtype, rng)
+    x -= dtype(1)                                     # negatives, zeros and ties
+    xv = _view(x, kind)
+    P, Q = _pool_out(7, 9, kernel, stride)
+    dy = _normal(rng, (2, 3, P, Q), dtype)
+    dyv = _view(dy, kind)
+    for ops in (nb, ref):
+        same = _bit_identical if ops is nb else assert_agree      # see test_conv2d_noncontiguous
+        for relu in (False, True):
+            y, am = ops.maxpool2d_forward(x, kernel, stride, relu=relu)
+            yv, amv = ops.maxpool2d_forward(xv, kernel, stride, relu=relu)
+            np.testing.assert_array_equal(yv, y, err_msg=f"{ops.NAME} maxpool on a {kind} view")
+            np.testing.assert_array_equal(amv, am, err_msg=f"{ops.NAME} argmax on a {kind} view")
+            same(ops.maxpool2d_backward(dyv, _view(am, kind), x.shape, kernel, stride),
+                 ops.maxpool2d_backward(dy, am, x.shape, kernel, stride),
+                 f"{ops.NAME} maxpool2d_backward on a {kind} view")
+        same(ops.avgpool2d_forward(xv, kernel, stride), ops.avgpool2d_forward(x, kernel, stride),
+             f"{ops.NAME} avgpool2d_forward on a {kind} view")
+        same(ops.avgpool2d_backward(dyv, x.shape, kernel, stride),
+             ops.avgpool2d_backward(dy, x.shape, kernel, stride),
+             f"{ops.NAME} avgpool2d_backward on a {kind} view")
+        y = ops.relu_forward(x)
+        np.testing.assert_array_equal(ops.relu_forward(xv), y)
+        g = _normal(rng, x.shape, dtype)
+        np.testing.assert_array_equal(ops.relu_backward(_view(g, kind), _view(y, kind)),
+                                      ops.relu_backward(g, y))
+    _check_maxpool(xv, kernel, stride, False, 5, f"{kind} view")
+
+
+# -------------------------------------------------------------------------- property-based shapes
+
+@st.composite
+def conv_problems(draw):
+    """A valid convolution problem, drawn constructively (no rejection)."""
+    R, S = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    H = draw(st.integers(max(1, R - 2 * ph), 12))     # H + 2ph >= R, so P >= 1
+    W = draw(st.integers(max(1, S - 2 * pw), 12))
+    N = draw(st.integers(1, 6))
+    C = draw(st.sampled_from([1, 2, 3, 5, 8]))        # crosses C*R*S = 32 for most kernels
+    K = draw(st.integers(1, 9))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    seed = draw(st.integers(0, 2 ** 32 - 1))
+    return N, C, K, H, W, R, S, (sh, sw), (ph, pw), dtype, seed
+
+
+@HYPOTHESIS
+@given(conv_problems())
+def test_conv2d_random_shapes(problem):
+    _check_conv(*problem)
+
+
+@st.composite
+def pool_problems(draw):
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    square = draw(st.booleans())                       # favour the common square case
+    kw = kh if square else kw
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    H, W = draw(st.integers(kh, 10)), draw(st.integers(kw, 10))
+    N, C = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    kind = draw(st.sampled_from(POOL_KINDS[:3]))
+    relu = draw(st.booleans())
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    seed = draw(st.integers(0, 2 ** 32 - 1))
+    return (N, C, H, W), (kh, kw), (sh, sw), kind, relu, dtype, seed
+
+
+@HYPOTHESIS
+@given(pool_problems())
+def test_pool_random_shapes(problem):
+    shape, kernel, stride, kind, relu, dtype, seed = problem
+    rng = np.random.default_rng(seed)
+    x = _pool_input(kind, shape, dtype, rng)
+    what = f"x {shape} {kind} kernel={kernel} stride={stride} relu={relu} {np.dtype(dtype)}"
+    _check_maxpool(x, kernel, stride, relu, seed + 1, what)
+    y = nb.avgpool2d_forward(x, kernel, stride)
+    assert_agree(y, ref.avgpool2d_forward(x, kernel, stride), f"avgpool2d_forward [{what}]")
+    dy = _normal(rng, y.shape, dtype)
+    assert_agree(nb.avgpool2d_backward(dy, shape, kernel, stride),
+                 ref.avgpool2d_backward(dy, shape, kernel, stride), f"avgpool2d_backward [{what}]")
+
+
+# ----------------------------------------------------------------------------------- validation
+
+def test_conv_rejects_mixed_dtypes():
+    x = np.zeros((1, 2, 5, 5), np.float32)
+    w = np.zeros((3, 2, 3, 3), np.float32)
+    b = np.zeros(3, np.float32)
+    dy = np.zeros((1, 3, 3, 3), np.float32)
+    with pytest.raises(TypeError):
+        nb.conv2d_forward(x, w.astype(np.float64), b, (1, 1), (0, 0))
+    with pytest.raises(TypeError):
+        nb.conv2d_forward(x, w, b.astype(np.float64), (1, 1), (0, 0))
+    with pytest.raises(TypeError):
+        nb.conv2d_forward(x.astype(np.float64), w, b, (1, 1), (0, 0))
+    with pytest.raises(TypeError):
+        nb.conv2d_backward(dy.astype(np.float64), x, w, (1, 1), (0, 0))
+    with pytest.raises(TypeError):
+        nb.conv2d_backward(dy, x, w.astype(np.float64), (1, 1), (0, 0), need_dx=False)
+
+
+@pytest.mark.parametrize("bad", [np.int32, np.int64, np.float16], ids=lambda t: np.dtype(t).name)
+def test_kernels_reject_non_float_input(bad):
+    x = np.ones((1, 2, 4, 4), bad)
+    w = np.ones((3, 2, 3, 3), bad)
+    b = np.ones(3, bad)
+    dy = np.ones((1, 3, 2, 2), bad)
+    with pytest.raises(TypeError):
+        nb.conv2d_forward(x, w, b, (1, 1), (0, 0))
+    with pytest.raises(TypeError):
+        nb.conv2d_backward(dy, x, w, (1, 1), (0, 0))
+    with pytest.raises(TypeError):
+        nb.maxpool2d_forward(x, (2, 2), (2, 2))
+    with pytest.raises(TypeError):
+        nb.maxpool2d_backward(np.ones((1, 2, 2, 2), bad), np.zeros((1, 2, 2, 2), np.int32),
+                              x.shape, (2, 2), (2, 2))
+    with pytest.raises(TypeError):
+        nb.avgpool2d_forward(x, (2, 2), (2, 2))
+    with pytest.raises(TypeError):
+        nb.avgpool2d_backward(np.ones((1, 2, 2, 2), bad), x.shape, (2, 2), (2, 2))
+
+
+# ------------------------------------------------------------------------------------ determinism
+
+@pytest.fixture
+def restore_threads():
+    """Restore Numba's thread count after a test that changes it."""
+    before = numba.get_num_threads()
+    yield
+    numba.set_num_threads(before)
+
+
+def _run_ops(x, w, b, dy, dy_pool, stride, padding):
+    out = {"conv.y": nb.conv2d_forward(x, w, b, stride, padding)}
+    out["conv.dx"], out["conv.dw"], out["conv.db"] = nb.conv2d_backward(dy, x, w, stride, padding)
+    _, out["conv.dw(need_dx=False)"], out["conv.db(need_dx=False)"] = nb.conv2d_backward(
+        dy, x, w, stride, padding, need_dx=False)
+    for relu in (False, True):
+        out[f"maxpool.y(relu={relu})"], am = nb.maxpool2d_forward(x, (2, 2), (2, 2), relu=relu)
+        out[f"maxpool.argmax(relu={relu})"] = am
+        out[f"maxpool.dx(relu={relu})"] = nb.maxpool2d_backward(dy_pool, am, x.shape, (2, 2), (2, 2))
+    out["maxpool3s2.y"], am = nb.maxpool2d_forward(x, (3, 3), (2, 2))
+    out["avgpool.y"] = nb.avgpool2d_forward(x, (2, 2), (2, 2))
+    out["avgpool.dx"] = nb.avgpool2d_backward(dy_pool, x.shape, (2, 2), (2, 2))
+    out["relu.y"] = nb.relu_forward(x)
+    out["relu.dx"] = nb.relu_backward(x, out["relu.y"])
+    return out
+
+
+needs_threads = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
+                                   reason="Numba has a single thread here: nothing to compare")
+
+
+@needs_threads
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, C, K, H, R, padding", [
+    pytest.param(16, 32, 64, 14, 3, 1, id="conv2-shape-n16"),
+    pytest.param(9, 1, 32, 28, 3, 1, id="conv1-shape-n9"),
+    pytest.param(7, 8, 6, 9, 3, 0, id="n7-chunks-uneven"),
+])
+def test_kernels_bit_identical_across_thread_counts(N, C, K, H, R, padding, dtype, restore_threads):
+    stride, padding = (1, 1), (padding, padding)
+    x, w, b, dy = _conv_data(N, C, K, H, H, R, R, stride, padding, dtype, _seed("threads", N, C))
+    dy_pool = _normal(np.random.default_rng(1), (N, C, H // 2, H // 2), dtype)
+    many = numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(1)
+    one = _run_ops(x, w, b, dy, dy_pool, stride, padding)
+    numba.set_num_threads(many)
+    full = _run_ops(x, w, b, dy, dy_pool, stride, padding)
+    again = _run_ops(x, w, b, dy, dy_pool, stride, padding)
+    differ = [k for k in one if not np.array_equal(one[k], full[k])]
+    assert not differ, f"1 thread vs {many} threads: these outputs differ bitwise: {differ}"
+    differ = [k for k in full if not np.array_equal(full[k], again[k])]
+    assert not differ, f"two runs with {many} threads: these outputs differ bitwise: {differ}"
+
+
+# --------------------------------------------------------------------------- training on real MNIST
+
+BATCH, STEPS = 64, 3
+
+
+@pytest.fixture(scope="module")
+def mnist_batches(mnist_dir):
+    """The first STEPS training batches of real MNIST: uint8 images and int64 labels."""
+    ds = load_dataset("mnist", data_dir=mnist_dir, download=False, verify=False)
+    n = BATCH * STEPS
+    return ds.x_train[:n], ds.y_train[:n]
+
+
+def _train(backend, dtype, images, labels):
+    """STEPS AdamW steps from seed 0; returns the losses and the final parameters."""
+    model = fastcnn.mnist_cnn(seed=0, backend=backend, dtype=dtype)
+    opt = fastcnn.AdamW(model, lr=1e-3)
+    x = to_float(images, dtype)
+    losses = []
+    for i in range(STEPS):
+        sl = slice(i * BATCH, (i + 1) * BATCH)
+        loss, _ = model.train_step(x[sl], labels[sl], opt)
+        losses.append(loss)
+    return losses, {k: v.copy() for k, v in model.state_arrays().items()}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_training_losses_agree_between_backends(mnist_batches, dtype):
+    images, labels = mnist_batches
+    loss_np, _ = _train("numpy", dtype, images, labels)
+    loss_nb, _ = _train("numba", dtype, images, labels)
+    rtol = training_tolerance(dtype)
+    for step, (a, b) in enumerate(zip(loss_nb, loss_np)):
+        assert np.isfinite(a) and np.isfinite(b)
+        assert abs(a - b) <= rtol * abs(b), (
+            f"step {step}: numba loss {a!r} vs numpy {b!r}: relative difference "
+            f"{abs(a - b) / abs(b):.3e} > {rtol:.0e} ({np.dtype(dtype)})")
+
+
+def test_training_bit_identical_run_after_run(mnist_batches):
+    images, labels = mnist_batches
+    loss1, params1 = _train("numba", np.float32, images, labels)
+    loss2, params2 = _train("numba", np.float32, images, labels)
+    assert loss1 == loss2
+    for name in params1:
+        np.testing.assert_array_equal(params2[name], params1[name], err_msg=name)
+
+
+@needs_threads
+def test_training_bit_identical_across_thread_counts(mnist_batches, restore_threads):
+    images, labels = mnist_batches
+    numba.set_num_threads(1)
+    loss1, params1 = _train("numba", np.float32, images, labels)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    loss2, params2 = _train("numba", np.float32, images, labels)
+    assert loss1 == loss2, f"losses with 1 thread {loss1} vs {numba.config.NUMBA_NUM_THREADS}: {loss2}"
+    for name in params1:
+        np.testing.assert_array_equal(params2[name], params1[name], err_msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# NaN must propagate through ReLU and max-pool exactly as in the reference, so a diverging run
+# shows up as a NaN loss instead of being silently clamped or skipped.
+
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "fused-relu"])
+@pytest.mark.parametrize("kernel,stride", [((2, 2), (2, 2)), ((3, 3), (1, 1))], ids=["2x2s2", "3x3s1"])
+def test_maxpool_nan_propagates_like_reference(kernel, stride, relu):
+    x = np.array([[1.0, np.nan, 0.0, -1.0],
+                  [3.0, 0.0, np.nan, -2.0],
+                  [-1.0, -2.0, 5.0, 5.0],
+                  [-3.0, np.nan, 5.0, 4.0]], np.float32)[None, None]
+    y_ref, a_ref = ref.maxpool2d_forward(x, kernel, stride, relu=relu)
+    y_nb, a_nb = nb.maxpool2d_forward(x, kernel, stride, relu=relu)
+    assert np.isnan(y_ref).any()
+    np.testing.assert_array_equal(a_nb, a_ref)
+    np.testing.assert_array_equal(y_nb, y_ref)        # assert_array_equal treats NaN == NaN
+
+
+def test_relu_nan_propagates_like_reference():
+    x = np.array([np.nan, -1.0, 0.0, 2.0], np.float32)
+    np.testing.assert_array_equal(nb.relu_forward(x), ref.relu_forward(x))
+    assert np.isnan(nb.relu_forward(x)[0])
+
+
+def test_relu_kernel_rejects_integer_and_mixed_dtypes():
+    with pytest.raises(TypeError):
+        nb.relu_forward(np.arange(4))
+    with pytest.raises(TypeError):
+        nb.relu_backward(np.ones(4, np.float32), np.ones(4, np.float64))
