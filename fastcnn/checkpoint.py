@@ -1,0 +1,503 @@
+"""Checkpoints: one file with everything needed to resume a training run bit-identically, or to
+evaluate the trained model.
+
+File format (version 1)
+-----------------------
+A plain, uncompressed ``.npz`` archive (a zip of ``.npy`` files, see :func:`numpy.savez`) holding:
+
+``__header__``
+    a 1-D ``uint8`` array: UTF-8 JSON text (an object) with the keys
+
+    ``format`` ``"fastcnn-checkpoint"`` and ``version`` ``1``;
+    ``architecture`` ``{"layers": [repr of each layer], "params": {name: {"shape": [...],
+        "dtype": "float32"}}, "model_kwargs": {...}}``: ``model_kwargs`` are the keyword arguments of
+        :func:`fastcnn.model.mnist_cnn` that rebuild the network (e.g. ``{"dropout": 0.5,
+        "batchnorm": false, "dtype": "float32"}``);
+    ``dtype`` the model's floating-point type (``"float32"`` or ``"float64"``);
+    ``optimizer`` ``null`` (model only) or ``{"name": "sgd" | "adamw", "hparams": {...}, "t": steps}``;
+    ``epoch`` the number of completed epochs; ``history`` a list of per-epoch metric dicts
+        (non-finite floats are written as NaN/Infinity, which Python's ``json`` reads back);
+    ``config`` the run's settings (a dict given by the caller); ``extra`` anything else the caller
+    adds (a dict);
+    ``rngs`` ``{name: bit_generator.state}`` for every random generator of the run (``"shuffle"``,
+        ``"dropout/<layer index>"``, ...): NumPy's own state dicts, whose 128-bit integers JSON
+        stores exactly;
+    ``versions`` of python, numpy, numba and fastcnn; ``backend`` and ``threads`` (Numba threads,
+        or null) of the run that wrote the file; ``created`` (UTC, ISO 8601);
+    ``arrays`` the sorted names of all other arrays in the archive;
+    ``payload_sha256`` SHA-256 over the other arrays, in sorted name order, of each array's
+        ``name NUL dtype.str NUL shape NUL`` followed by its C-order bytes (see :func:`payload_hash`).
+
+``param/<name>``
+    each parameter and buffer of :meth:`fastcnn.model.Sequential.state_arrays`, e.g.
+    ``param/0.weight``, ``param/1.running_mean``;
+``optim/<key>``
+    each array of the optimizer's ``state_dict()``, e.g. ``optim/velocity/0.weight`` (SGD),
+    ``optim/m/0.weight`` and ``optim/v/0.weight`` (AdamW); the step count ``t`` is in the header.
+
+The archive is read with ``allow_pickle=False``: loading never unpickles anything, and an archive
+holding an object array is refused. Any other reader of ``.npz`` files (and any JSON parser) can
+read a checkpoint.
+
+Writes are atomic: the file is written to a temporary file in the same folder, flushed, fsynced and
+renamed over the target (:func:`os.replace`), so a crash at any moment leaves the previous checkpoint
+intact. Every problem on loading or restoring raises :class:`CheckpointError` (a ``ValueError``) with
+a one-line message naming the file and what is wrong; :func:`restore` checks everything before it
+changes anything.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CheckpointError", "Checkpoint", "save_checkpoint",
+           "load_checkpoint", "restore", "build_model", "model_rngs", "payload_hash",
+           "architecture_of", "optimizer_info"]
+
+FORMAT_NAME = "fastcnn-checkpoint"
+FORMAT_VERSION = 1
+HEADER_KEY = "__header__"
+_ZIP_MAGIC = b"PK\x03\x04"
+_EMPTY_ZIP_MAGIC = b"PK\x05\x06"
+_REQUIRED = {"format": str, "version": int, "architecture": dict, "dtype": str, "epoch": int,
+             "history": list, "config": dict, "rngs": dict, "arrays": list, "payload_sha256": str}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read (missing, not a checkpoint, damaged) or does not fit the model,
+    optimizer or generators it is restored into. The message is one line and names the file."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the JSON ``header`` and the ``arrays`` by name (``param/...``,
+    ``optim/...``)."""
+    path: Path
+    header: dict
+    arrays: dict = field(repr=False)
+
+    @property
+    def epoch(self):
+        return self.header["epoch"]
+
+    @property
+    def history(self):
+        return self.header["history"]
+
+    @property
+    def config(self):
+        return self.header["config"]
+
+    @property
+    def model_kwargs(self):
+        return self.header["architecture"].get("model_kwargs", {})
+
+    @property
+    def params(self):
+        """``{name: array}`` of the model's parameters and buffers."""
+        return {k[len("param/"):]: v for k, v in self.arrays.items() if k.startswith("param/")}
+
+    @property
+    def optimizer_state(self):
+        """The optimizer's ``state_dict()`` as saved (``t`` plus its arrays), or None."""
+        if self.header.get("optimizer") is None:
+            return None
+        state = {"t": self.header["optimizer"]["t"]}
+        state.update({k[len("optim/"):]: v for k, v in self.arrays.items() if k.startswith("optim/")})
+        return state
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+def _jsonable(obj):
+    """``default=`` hook for json.dumps: paths, numpy scalars/arrays, tuples/sets, dtypes."""
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if isinstance(obj, (np.dtype, type)) and not isinstance(obj, bool):
+        try:
+            return np.dtype(obj).name
+        except TypeError:
+            pass
+    raise TypeError(f"cannot store {type(obj).__name__} {obj!r} in a checkpoint header")
+
+
+def _version(dist):
+    try:
+        from importlib.metadata import version
+        return version(dist)
+    except Exception:  # noqa: BLE001 - not installed, or broken metadata
+        return None
+
+
+def payload_hash(arrays):
+    """SHA-256 (hex) over ``arrays`` (name -> array), in sorted name order: for each array
+    ``name NUL dtype.str NUL shape NUL`` (UTF-8, shape as a comma-separated list) then its C-order
+    bytes."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.asarray(arrays[name])
+        h.update(f"{name}\0{a.dtype.str}\0{','.join(map(str, a.shape))}\0".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def model_rngs(model):
+    """``{"dropout/<i>": layer.rng}`` for every layer of ``model`` that owns a random generator."""
+    return {f"{type(layer).__name__.lower()}/{i}": layer.rng
+            for i, layer in enumerate(model.layers) if isinstance(getattr(layer, "rng", None),
+                                                                  np.random.Generator)}
+
+
+def _model_dtype(model):
+    dtypes = {a.dtype.name for a in model.state_arrays().values()}
+    return dtypes.pop() if len(dtypes) == 1 else ",".join(sorted(dtypes))
+
+
+def architecture_of(model, model_kwargs=None):
+    """The architecture description stored in (and compared against) a checkpoint."""
+    return {"layers": [repr(layer) for layer in model.layers],
+            "params": {name: {"shape": list(a.shape), "dtype": a.dtype.name}
+                       for name, a in model.state_arrays().items()},
+            "model_kwargs": dict(model_kwargs or {})}
+
+
+def optimizer_info(optimizer):
+    """``{"name", "hparams"}`` of an optimizer (name: class name, lower case)."""
+    hparams = {"lr": optimizer.lr}
+    for key in ("momentum", "betas", "eps", "weight_decay"):
+        if hasattr(optimizer, key):
+            value = getattr(optimizer, key)
+            hparams[key] = list(value) if isinstance(value, tuple) else value
+    return {"name": type(optimizer).__name__.lower(), "hparams": hparams}
+
+
+def _numba_threads():
+    numba = sys.modules.get("numba")
+    try:
+        return int(numba.get_num_threads()) if numba is not None else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# ------------------------------------------------------------------------------------------ saving
+
+def save_checkpoint(path, model, optimizer, *, epoch, history, config, rngs, model_kwargs,
+                    extra=None, threads=None):
+    """Write a checkpoint of ``model`` (params and buffers), ``optimizer`` (its state and
+    hyper-parameters; None saves the model alone) and the generators ``rngs`` (name ->
+    ``np.random.Generator``, e.g. ``{"shuffle": g, **model_rngs(model)}``) to ``path``, atomically.
+
+    ``epoch`` (completed epochs), ``history`` (list of per-epoch metric dicts), ``config`` (the run's
+    settings) and ``extra`` must be JSON-serialisable (paths and numpy scalars are converted).
+    ``model_kwargs``: the :func:`~fastcnn.model.mnist_cnn` keyword arguments that rebuild the model.
+    ``threads``: recorded as-is; None records Numba's thread count if Numba is loaded.
+    Returns the path written (a :class:`~pathlib.Path`)."""
+    path = Path(path)
+    arrays = {f"param/{name}": np.ascontiguousarray(a) for name, a in model.state_arrays().items()}
+    opt_header = None
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        opt_header = {**optimizer_info(optimizer), "t": int(state.get("t", 0))}
+        for key, value in state.items():
+            if key == "t":
+                continue
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"optimizer state {key!r} is not an array; only 't' may be a scalar")
+            arrays[f"optim/{key}"] = np.ascontiguousarray(value)
+    rng_states = {}
+    for name, gen in (rngs or {}).items():
+        if not isinstance(gen, np.random.Generator):
+            raise TypeError(f"rngs[{name!r}] must be a numpy Generator, got {type(gen).__name__}")
+        rng_states[str(name)] = gen.bit_generator.state
+    model_kwargs = {k: (np.dtype(v).name if k == "dtype" else v) for k, v in dict(model_kwargs or {}).items()}
+    header = {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION,
+        "architecture": architecture_of(model, model_kwargs),
+        "dtype": _model_dtype(model),
+        "optimizer": opt_header,
+        "epoch": int(epoch), "history": list(history or []), "config": dict(config or {}),
+        "extra": dict(extra or {}), "rngs": rng_states,
+        "versions": {"python": platform.python_version(), "numpy": np.__version__,
+                     "numba": _version("numba"), "fastcnn": _version("fastcnn")},
+        "backend": getattr(model, "backend_name", None),
+        "threads": _numba_threads() if threads is None else threads,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "arrays": sorted(arrays),
+        "payload_sha256": payload_hash(arrays),
+    }
+    text = json.dumps(header, default=_jsonable, sort_keys=True)   # fails here, before any file exists
+    arrays[HEADER_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+
+    directory = path.parent if str(path.parent) else Path(".")
+    tmp = tempfile.NamedTemporaryFile(delete=False, dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with tmp:
+            np.savez(tmp, **arrays)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp.name, 0o666 & ~umask)
+        os.replace(tmp.name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp.name)
+        except OSError:
+            pass
+        raise
+    try:                                     # make the rename itself durable (best effort)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return path
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+def load_checkpoint(path):
+    """Read and verify a checkpoint file -> :class:`Checkpoint`.
+
+    Raises :class:`CheckpointError` (one line, naming the file) for a missing or unreadable file,
+    a file that is not an ``.npz`` archive, a damaged or truncated archive, a missing or malformed
+    header, another format or a newer version, arrays missing from or added to the archive, and a
+    payload whose SHA-256 differs from the header's. Never unpickles."""
+    path = Path(path)
+
+    def fail(why):
+        return CheckpointError(_one_line(f"{path}: {why}"))
+
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except FileNotFoundError:
+        raise fail("no such file") from None
+    except IsADirectoryError:
+        raise fail("is a directory, not a checkpoint file") from None
+    except OSError as exc:
+        raise fail(f"cannot read: {exc.strerror or exc}") from None
+    if not magic:
+        raise fail("empty file, not a checkpoint")
+    if magic not in (_ZIP_MAGIC, _EMPTY_ZIP_MAGIC):
+        raise fail("not a checkpoint: not an .npz (zip) archive")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise fail("refused: the archive holds an object (pickled) array") from None
+        raise fail(f"damaged archive: {exc}") from None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, zipfile.LargeZipFile) as exc:
+        raise fail(f"damaged or truncated archive: {exc or type(exc).__name__}") from None
+    except Exception as exc:  # noqa: BLE001 - any other parse failure of damaged bytes
+        raise fail(f"damaged archive: {type(exc).__name__}: {exc}") from None
+
+    raw = arrays.pop(HEADER_KEY, None)
+    if raw is None:
+        raise fail(f"not a fastcnn checkpoint: no {HEADER_KEY} array")
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise fail(f"malformed header: expected 1-D uint8, got {raw.dtype} of shape {raw.shape}")
+    try:
+        header = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise fail(f"malformed header: not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise fail("malformed header: not a JSON object")
+    if header.get("format") != FORMAT_NAME:
+        raise fail(f"not a fastcnn checkpoint: format {header.get('format')!r}, expected {FORMAT_NAME!r}")
+    version = header.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise fail(f"malformed header: bad format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise fail(f"format version {version} is newer than this fastcnn supports ({FORMAT_VERSION}); "
+                   "upgrade fastcnn")
+    for key, typ in _REQUIRED.items():
+        if not isinstance(header.get(key), typ) or isinstance(header.get(key), bool):
+            raise fail(f"malformed header: {key!r} missing or not a {typ.__name__}")
+    arch = header["architecture"]
+    if not isinstance(arch.get("layers"), list) or not isinstance(arch.get("params"), dict) \
+            or not isinstance(arch.get("model_kwargs", {}), dict):
+        raise fail("malformed header: architecture needs a 'layers' list and a 'params' object")
+    opt = header.get("optimizer")
+    if opt is not None and not (isinstance(opt, dict) and isinstance(opt.get("name"), str)
+                                and isinstance(opt.get("hparams"), dict)
+                                and isinstance(opt.get("t"), int) and not isinstance(opt.get("t"), bool)):
+        raise fail("malformed header: 'optimizer' must be null or an object with name, hparams and t")
+    for name, a in arrays.items():
+        if a.dtype.hasobject:
+            raise fail(f"refused: array {name!r} has object dtype")
+    listed, present = set(header["arrays"]), set(arrays)
+    if listed - present:
+        missing = sorted(listed - present)
+        raise fail(f"damaged: missing arrays {', '.join(missing[:5])}"
+                   + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
+    if present - listed:
+        raise fail(f"damaged: unexpected arrays {', '.join(sorted(present - listed)[:5])}")
+    expected = {f"param/{n}" for n in header["architecture"]["params"]}
+    if expected - present:
+        raise fail(f"damaged: missing parameter arrays {', '.join(sorted(expected - present)[:5])}")
+    if payload_hash(arrays) != header["payload_sha256"]:
+        raise fail("damaged: payload SHA-256 does not match the header (corrupted or modified arrays)")
+    return Checkpoint(path, header, arrays)
+
+
+# ---------------------------------------------------------------------------------------- restoring
+
+def _check_model(ckpt, model, fail):
+    arch = ckpt.header["architecture"]
+    model_dtype = _model_dtype(model)
+    if ckpt.header["dtype"] != model_dtype:
+        raise fail(f"dtype differs: checkpoint {ckpt.header['dtype']}, model {model_dtype}")
+    saved_layers, layers = list(arch["layers"]), [repr(layer) for layer in model.layers]
+    if saved_layers != layers:
+        for i, (a, b) in enumerate(zip(saved_layers, layers)):
+            if a != b:
+                where = f"at layer {i}: checkpoint has {a}, model has {b}"
+                break
+        else:
+            where = f"in length: checkpoint has {len(saved_layers)} layers, model has {len(layers)}"
+        built = ", ".join(f"{k}={v}" for k, v in sorted(arch.get("model_kwargs", {}).items()))
+        raise fail(f"architecture differs {where}" + (f" (checkpoint built with {built})" if built else ""))
+    live = model.state_arrays()
+    saved = arch["params"]
+    if set(saved) != set(live):
+        raise fail(f"architecture differs: checkpoint parameters {sorted(saved)}, model {sorted(live)}")
+    for name, a in live.items():
+        s = ckpt.arrays[f"param/{name}"]
+        if tuple(s.shape) != a.shape or s.dtype != a.dtype:
+            raise fail(f"architecture differs: parameter {name} is {s.dtype}{list(s.shape)} in the "
+                       f"checkpoint, {a.dtype}{list(a.shape)} in the model")
+    return live
+
+
+def _check_optimizer(ckpt, optimizer, fail, check_hparams):
+    saved = ckpt.header.get("optimizer")
+    info = optimizer_info(optimizer)
+    if saved is None:
+        raise fail("checkpoint holds no optimizer state (a model-only checkpoint cannot be resumed)")
+    if saved.get("name") != info["name"]:
+        raise fail(f"optimizer differs: checkpoint {saved.get('name')}, run {info['name']}")
+    if check_hparams:
+        old = saved.get("hparams", {})
+        diffs = [f"{k}={old.get(k)!r} vs {v!r}" for k, v in info["hparams"].items() if old.get(k) != v]
+        if diffs:
+            raise fail(f"optimizer settings differ (checkpoint vs run): {', '.join(diffs)}")
+    state = optimizer.state_dict()
+    for key, live in state.items():
+        if key == "t":
+            continue
+        s = ckpt.arrays.get(f"optim/{key}")
+        if s is None:
+            raise fail(f"optimizer state differs: checkpoint has no {key!r}")
+        if s.shape != np.shape(live) or s.dtype != np.asarray(live).dtype:
+            raise fail(f"optimizer state differs: {key} is {s.dtype}{list(s.shape)} in the checkpoint, "
+                       f"{np.asarray(live).dtype}{list(np.shape(live))} in the run")
+    extra = {k[len("optim/"):] for k in ckpt.arrays if k.startswith("optim/")} - set(state)
+    if extra:
+        raise fail(f"optimizer state differs: checkpoint has extra state {sorted(extra)[:3]}")
+    return state
+
+
+def _check_rngs(ckpt, rngs, fail):
+    saved = ckpt.header["rngs"]
+    for name, gen in rngs.items():
+        if not isinstance(gen, np.random.Generator):
+            raise fail(f"rngs[{name!r}] is not a numpy Generator")
+        if name not in saved:
+            raise fail(f"checkpoint has no state for random generator {name!r} "
+                       f"(it has {', '.join(sorted(saved)) or 'none'})")
+        state = saved[name]
+        kind = type(gen.bit_generator).__name__
+        if not isinstance(state, dict) or state.get("bit_generator") != kind:
+            got = state.get("bit_generator") if isinstance(state, dict) else state
+            raise fail(f"random generator {name!r} differs: checkpoint {got}, run {kind}")
+
+
+def restore(checkpoint, model, optimizer=None, rngs=None, *, check_hparams=True):
+    """Put the state of ``checkpoint`` (a :class:`Checkpoint` or a path) into ``model`` (params
+    and BatchNorm buffers, copied in place), ``optimizer`` (its ``load_state_dict``) and ``rngs``
+    (name -> Generator; each gets its saved ``bit_generator.state``).
+
+    Everything is checked first; on any mismatch :class:`CheckpointError` says why (dtype,
+    architecture, optimizer type, optimizer hyper-parameters when ``check_hparams``, a generator
+    missing from the checkpoint) and nothing has been modified. Returns a list of notes (strings)
+    about differences that do not prevent restoring but break bit-identical resumption: another
+    backend, or generators saved in the checkpoint but not restored."""
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+
+    def fail(why):
+        return CheckpointError(_one_line(f"{ckpt.path}: {why}"))
+
+    rngs = dict(rngs or {})
+    live = _check_model(ckpt, model, fail)
+    if optimizer is not None:
+        _check_optimizer(ckpt, optimizer, fail, check_hparams)
+    _check_rngs(ckpt, rngs, fail)
+    # Prepare the new generator states on copies: a malformed state raises here, before any change.
+    states = {}
+    for name, gen in rngs.items():
+        probe = type(gen.bit_generator)()
+        try:
+            probe.state = ckpt.header["rngs"][name]
+        except (TypeError, ValueError, KeyError) as exc:
+            raise fail(f"bad state for random generator {name!r}: {exc}") from None
+        states[name] = probe.state
+
+    for name, a in live.items():
+        a[...] = ckpt.arrays[f"param/{name}"]
+    if optimizer is not None:
+        optimizer.load_state_dict(ckpt.optimizer_state)
+    for name, gen in rngs.items():
+        gen.bit_generator.state = states[name]
+
+    notes = []
+    saved_backend = ckpt.header.get("backend")
+    if saved_backend and saved_backend != getattr(model, "backend_name", saved_backend):
+        notes.append(f"checkpoint was written with backend {saved_backend}, the model uses "
+                     f"{model.backend_name}: results will not be bit-identical to an uninterrupted run")
+    unused = sorted(set(ckpt.header["rngs"]) - set(rngs))
+    if unused and optimizer is not None:
+        notes.append(f"random generators saved but not restored: {', '.join(unused)}")
+    return notes
+
+
+def build_model(checkpoint, backend=None):
+    """Rebuild the network of ``checkpoint`` (a :class:`Checkpoint` or a path) with
+    :func:`~fastcnn.model.mnist_cnn` and its saved ``model_kwargs``, and restore its parameters and
+    buffers. ``backend`` overrides the saved one (None: ``$FASTCNN_BACKEND`` or the default)."""
+    from fastcnn.model import mnist_cnn
+
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    kwargs = dict(ckpt.model_kwargs)
+    kwargs.pop("backend", None)
+    kwargs.setdefault("dtype", ckpt.header["dtype"])
+    try:
+        model = mnist_cnn(**kwargs, backend=backend)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(_one_line(f"{ckpt.path}: cannot rebuild the model from {kwargs}: {exc}")) \
+            from None
+    restore(ckpt, model)
+    return model

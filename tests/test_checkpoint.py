@@ -1,0 +1,341 @@
+"""Tests for fastcnn.checkpoint: exact round trips, bit-identical resumption (every random generator
+captured), refusal of damaged files and of mismatched models/optimizers without touching anything,
+atomic writes, and never unpickling."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from fastcnn import checkpoint as ck
+from fastcnn.checkpoint import (CheckpointError, build_model, load_checkpoint, model_rngs, restore,
+                                save_checkpoint)
+from fastcnn.model import mnist_cnn
+from fastcnn.optim import SGD, AdamW
+
+KW = {"dropout": 0.5, "batchnorm": True, "dtype": "float32"}
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def make(seed=0, **overrides):
+    kw = {**KW, **overrides}
+    return mnist_cnn(seed=seed, backend="numpy", **kw), kw
+
+
+def snapshot(model, optimizer=None, rngs=()):
+    """Deep copies of everything restore() may change."""
+    snap = {f"param/{k}": v.copy() for k, v in model.state_arrays().items()}
+    if optimizer is not None:
+        snap.update({f"optim/{k}": np.array(v, copy=True) for k, v in optimizer.state_dict().items()})
+    snap.update({f"rng/{k}": json.dumps(g.bit_generator.state, default=ck._jsonable)
+                 for k, g in dict(rngs).items()})
+    return snap
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], np.ndarray):
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+            assert a[k].dtype == b[k].dtype, k
+        else:
+            assert a[k] == b[k], k
+
+
+def one_step(model, optimizer, seed=0, n=8):
+    """One training step on random data, so every array (params, BN buffers, moments) is non-trivial."""
+    r = np.random.default_rng(seed)
+    x = r.standard_normal((n, 1, 28, 28)).astype(model.state_arrays()["0.weight"].dtype)
+    model.train_step(x, r.integers(0, 10, n), optimizer)
+
+
+def save(path, model, optimizer, rngs, *, epoch=1, history=(), **kw):
+    kwargs = dict(epoch=epoch, history=list(history), config={"lr": 1e-3, "batch_size": 16},
+                  rngs=rngs, model_kwargs=kw.pop("model_kwargs", KW))
+    kwargs.update(kw)
+    return save_checkpoint(path, model, optimizer, **kwargs)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """A checkpoint after one AdamW step: (path, model, optimizer, rngs)."""
+    model, _ = make(0)
+    opt = AdamW(model, lr=1e-3)
+    one_step(model, opt)
+    rngs = {"shuffle": np.random.default_rng(42), **model_rngs(model)}
+    rngs["shuffle"].random(3)
+    path = save(tmp_path / "run.ckpt", model, opt, rngs, history=[{"epoch": 1, "loss": 2.3}])
+    return path, model, opt, rngs
+
+
+def rewrite(path, dest, *, header=None, drop=(), change=None, add=None):
+    """Copy the checkpoint at ``path`` to ``dest`` with the header edited and arrays dropped,
+    changed or added (the payload hash is NOT updated)."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    h = json.loads(arrays["__header__"].tobytes())
+    if header:
+        header(h)
+    arrays["__header__"] = np.frombuffer(json.dumps(h).encode(), np.uint8)
+    for k in drop:
+        del arrays[k]
+    if change:
+        arrays[change] = arrays[change].copy()
+        arrays[change].flat[0] += 1
+    arrays.update(add or {})
+    np.savez(dest, **arrays)
+    return dest
+
+
+# ---------------------------------------------------------------------------------------- round trip
+
+def test_model_rngs_names_every_dropout():
+    model, _ = make(0)
+    rngs = model_rngs(model)
+    assert list(rngs) == ["dropout/9"] and rngs["dropout/9"] is model.layers[9].rng
+
+
+def test_round_trip_restores_params_optimizer_and_rngs_exactly(saved):
+    path, model, opt, rngs = saved
+    ckpt = load_checkpoint(path)
+    h = ckpt.header
+    assert (h["format"], h["version"], h["epoch"]) == ("fastcnn-checkpoint", 1, 1)
+    assert h["dtype"] == "float32" and h["backend"] == "numpy"
+    assert h["optimizer"]["name"] == "adamw" and h["optimizer"]["t"] == 1
+    assert h["architecture"]["model_kwargs"] == KW
+    assert h["history"] == [{"epoch": 1, "loss": 2.3}] and h["config"]["batch_size"] == 16
+    assert set(h["versions"]) == {"python", "numpy", "numba", "fastcnn"}
+    assert "param/1.running_mean" in ckpt.arrays and "optim/m/0.weight" in ckpt.arrays
+
+    fresh, _ = make(seed=7)                                 # different weights and dropout stream
+    fopt = AdamW(fresh, lr=1e-3)
+    frngs = {"shuffle": np.random.default_rng(0), **model_rngs(fresh)}
+    assert restore(ckpt, fresh, fopt, frngs) == []
+    assert_same(snapshot(fresh, fopt), snapshot(model, opt))
+    for name in rngs:                                       # the next draws are identical
+        np.testing.assert_array_equal(frngs[name].random(5), rngs[name].random(5))
+
+
+def test_file_is_plain_npz_with_json_header(saved):
+    path = saved[0]
+    with np.load(path, allow_pickle=False) as z:
+        header = json.loads(z["__header__"].tobytes().decode("utf-8"))
+        names = sorted(k for k in z.files if k != "__header__")
+        assert header["payload_sha256"] == ck.payload_hash({k: z[k] for k in names})
+    assert names == header["arrays"]
+    assert all(n.startswith(("param/", "optim/")) for n in names)
+    assert isinstance(header["rngs"]["shuffle"]["state"]["state"], int)   # 128-bit int kept exactly
+
+
+def test_build_model_reproduces_outputs(saved, tmp_path):
+    path, model, _, _ = saved
+    rebuilt = build_model(path, backend="numpy")
+    x = np.random.default_rng(1).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_array_equal(rebuilt(x), model(x))
+    # a model-only checkpoint (optimizer=None) also rebuilds, but cannot be resumed
+    p2 = save(tmp_path / "final.ckpt", model, None, {})
+    np.testing.assert_array_equal(build_model(p2, backend="numpy")(x), model(x))
+    fresh, _ = make(3)
+    with pytest.raises(CheckpointError, match="no optimizer state"):
+        restore(p2, fresh, AdamW(fresh))
+
+
+def test_non_json_config_fails_before_writing(tmp_path, saved):
+    _, model, opt, rngs = saved
+    with pytest.raises(TypeError, match="cannot store"):
+        save(tmp_path / "x.ckpt", model, opt, rngs, config={"bad": object()})
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+# ------------------------------------------------------------------------- bit-identical resumption
+
+def _epoch(model, opt, shuffle, x, y, batch=16):
+    perm = shuffle.permutation(len(x))
+    losses, correct = [], 0
+    for i in range(0, len(x), batch):
+        idx = perm[i:i + batch]
+        loss, c = model.train_step(x[idx], y[idx], opt)
+        losses.append(loss)
+        correct += c
+    return {"loss": float(np.mean(losses)), "accuracy": correct / len(x)}
+
+
+@pytest.mark.parametrize("opt_cls, batchnorm", [(AdamW, True), (SGD, False)])
+def test_resume_is_bit_identical(tmp_path, opt_cls, batchnorm):
+    data = np.random.default_rng(2024)
+    x = data.standard_normal((64, 1, 28, 28)).astype(np.float32)
+    y = data.integers(0, 10, 64)
+    kw = {**KW, "batchnorm": batchnorm}
+
+    def fresh(seed):
+        model = mnist_cnn(seed=seed, backend="numpy", **kw)
+        opt = opt_cls(model, lr=0.01)
+        return model, opt, {"shuffle": np.random.default_rng(seed + 100), **model_rngs(model)}
+
+    straight_model, straight_opt, rngs = fresh(0)            # 2 epochs straight
+    straight = [_epoch(straight_model, straight_opt, rngs["shuffle"], x, y) for _ in range(2)]
+
+    model, opt, rngs = fresh(0)                              # 1 epoch, save, stop
+    history = [_epoch(model, opt, rngs["shuffle"], x, y)]
+    path = save(tmp_path / "ck.npz", model, opt, rngs, history=history, model_kwargs=kw)
+    del model, opt, rngs
+
+    model, opt, rngs = fresh(5)                              # new process: other seeds, then resume
+    ckpt = load_checkpoint(path)
+    assert restore(ckpt, model, opt, rngs) == []
+    history = ckpt.history + [_epoch(model, opt, rngs["shuffle"], x, y)]
+
+    assert history == straight
+    assert_same(snapshot(model, opt), snapshot(straight_model, straight_opt))
+
+
+def test_resume_without_dropout_rng_diverges(tmp_path):
+    """Negative control: the equivalence above depends on restoring the dropout generator too."""
+    data = np.random.default_rng(7)
+    x = data.standard_normal((32, 1, 28, 28)).astype(np.float32)
+    y = data.integers(0, 10, 32)
+    model, _ = make(0)
+    opt = SGD(model, lr=0.01)
+    rngs = {"shuffle": np.random.default_rng(1), **model_rngs(model)}
+    _epoch(model, opt, rngs["shuffle"], x, y)
+    path = save(tmp_path / "ck", model, opt, rngs)
+    _epoch(model, opt, rngs["shuffle"], x, y)
+
+    other, _ = make(5)
+    oopt = SGD(other, lr=0.01)
+    shuffle = np.random.default_rng(0)
+    notes = restore(path, other, oopt, {"shuffle": shuffle})          # dropout/9 left out
+    assert notes == ["random generators saved but not restored: dropout/9"]
+    _epoch(other, oopt, shuffle, x, y)
+    assert not np.array_equal(other.state_arrays()["10.weight"], model.state_arrays()["10.weight"])
+
+
+# ---------------------------------------------------------------------------------- damaged files
+
+def _damage_truncate(src, dst):
+    dst.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+
+
+def _damage_flip(src, dst):
+    raw = bytearray(src.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    dst.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_damage_truncate, r"damaged or truncated archive"),
+    (_damage_flip, r"damaged"),
+    (lambda s, d: d.write_bytes(np.random.default_rng(0).bytes(5000)), r"not an \.npz \(zip\) archive"),
+    (lambda s, d: d.write_bytes(b"PK\x03\x04" + np.random.default_rng(0).bytes(5000)),
+     r"damaged or truncated archive"),
+    (lambda s, d: d.write_bytes(b""), r"empty file"),
+    (lambda s, d: np.savez(d, a=np.zeros(3)), r"no __header__ array"),
+    (lambda s, d: np.savez(d, __header__=np.frombuffer(b"{not json", np.uint8)), r"not valid UTF-8 JSON"),
+    (lambda s, d: np.savez(d, __header__=np.zeros(3, np.float64)), r"malformed header: expected 1-D uint8"),
+    (lambda s, d: rewrite(s, d, header=lambda h: h.update(version=2)), r"format version 2 is newer"),
+    (lambda s, d: rewrite(s, d, header=lambda h: h.update(version="1")), r"bad format version"),
+    (lambda s, d: rewrite(s, d, header=lambda h: h.update(format="other")), r"not a fastcnn checkpoint"),
+    (lambda s, d: rewrite(s, d, header=lambda h: h.pop("epoch")), r"'epoch' missing"),
+    (lambda s, d: rewrite(s, d, header=lambda h: h.update(optimizer="sgd")), r"'optimizer' must be null"),
+    (lambda s, d: rewrite(s, d, change="param/0.weight"), r"payload SHA-256 does not match"),
+    (lambda s, d: rewrite(s, d, drop=["optim/v/10.bias"]), r"missing arrays optim/v/10\.bias"),
+    (lambda s, d: rewrite(s, d, add={"param/x": np.zeros(2)}), r"unexpected arrays param/x"),
+], ids=["truncated", "flipped-byte", "random-bytes", "zip-magic-then-garbage", "empty", "no-header",
+        "bad-json", "header-not-bytes", "newer-version", "bad-version", "wrong-format", "missing-key",
+        "bad-optimizer", "hash-mismatch", "missing-array", "extra-array"])
+def test_damaged_files_are_refused_with_one_line_reason(saved, tmp_path, damage, message):
+    dst = tmp_path / "bad.npz"
+    damage(saved[0], dst)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(dst)
+    text = str(info.value)
+    assert "\n" not in text and text.startswith(str(dst) + ": ")
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+    with pytest.raises(CheckpointError, match="is a directory"):
+        load_checkpoint(tmp_path)
+
+
+def test_object_arrays_are_never_unpickled(saved, tmp_path, monkeypatch):
+    dst = rewrite(saved[0], tmp_path / "obj.npz", add={"param/evil": np.array([{"x": 1}], dtype=object)})
+
+    def boom(*a, **k):
+        raise AssertionError("load_checkpoint unpickled something")
+    monkeypatch.setattr(pickle, "load", boom)
+    monkeypatch.setattr(pickle, "loads", boom)
+    with pytest.raises(CheckpointError, match=r"refused: the archive holds an object \(pickled\) array"):
+        load_checkpoint(dst)
+
+
+# ------------------------------------------------------------------------------------- mismatches
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: (make(1, batchnorm=False)[0], None, {}),
+     r"architecture differs at layer 1: checkpoint has BatchNorm2D\(32\), model has ReLU\(\)"),
+    (lambda: (make(1, dtype="float64")[0], None, {}), r"dtype differs: checkpoint float32, model float64"),
+    (lambda: (make(1, dropout=0.25)[0], None, {}), r"Dropout\(p=0\.5\), model has Dropout\(p=0\.25\)"),
+    (lambda: (lambda m: (m, SGD(m), {}))(make(1)[0]), r"optimizer differs: checkpoint adamw, run sgd"),
+    (lambda: (lambda m: (m, AdamW(m, lr=0.1), {}))(make(1)[0]),
+     r"optimizer settings differ \(checkpoint vs run\): lr=0\.001 vs 0\.1"),
+    (lambda: (lambda m: (m, AdamW(m), {"shuffle": np.random.default_rng(0),
+                                       "augment": np.random.default_rng(0)}))(make(1)[0]),
+     r"no state for random generator 'augment'"),
+    (lambda: (make(1)[0], None, {"shuffle": np.random.Generator(np.random.MT19937(0))}),
+     r"random generator 'shuffle' differs: checkpoint PCG64, run MT19937"),
+], ids=["batchnorm", "dtype", "dropout-p", "optimizer", "hparams", "rng-missing", "rng-kind"])
+def test_mismatch_is_refused_before_anything_changes(saved, build, message):
+    path = saved[0]
+    model, opt, rngs = build()
+    if opt is not None:
+        one_step(model, opt, seed=3)
+    before = snapshot(model, opt, rngs)
+    with pytest.raises(CheckpointError, match=message) as info:
+        restore(path, model, opt, rngs)
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"{path}: ")
+    assert_same(snapshot(model, opt, rngs), before)
+
+
+def test_hparams_check_can_be_waived(saved):
+    model, _ = make(1)
+    opt = AdamW(model, lr=0.5)
+    restore(saved[0], model, opt, check_hparams=False)
+    assert opt.t == 1 and opt.lr == 0.5
+    assert_same(snapshot(model), snapshot(saved[1]))
+
+
+# ------------------------------------------------------------------------------------- atomicity
+
+@pytest.mark.parametrize("where", ["savez", "replace"])
+def test_failed_save_keeps_previous_checkpoint(saved, monkeypatch, where):
+    path, model, opt, rngs = saved
+    before = path.read_bytes()
+    if where == "savez":
+        def failing(file, *args, **kwargs):
+            file.write(b"PK\x03\x04 half-written")
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(np, "savez", failing)
+    else:
+        def failing(src, dst):
+            raise KeyboardInterrupt                         # killed just before the rename
+        monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises((OSError, KeyboardInterrupt)):
+        save(path, model, opt, rngs, epoch=2)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert load_checkpoint(path).epoch == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]      # no temp files left
+
+
+def test_save_overwrites_and_leaves_no_temp_files(saved):
+    path, model, opt, rngs = saved
+    save(path, model, opt, rngs, epoch=2, history=[{"a": 1}, {"a": 2}])
+    assert load_checkpoint(path).epoch == 2
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    assert oct(path.stat().st_mode & 0o777) != oct(0o600)                    # normal permissions
