@@ -319,6 +319,7 @@ class BatchNorm2D(Layer):
         self.params = {"weight": np.ones(C, dtype), "bias": np.zeros(C, dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.buffers = {"running_mean": np.zeros(C, dtype), "running_var": np.ones(C, dtype)}
+        self._cache = None
 
     def forward(self, x, training=False):
         _check_input(self, x, 4, f"(N, {self.num_features}, H, W)")
@@ -327,6 +328,7 @@ class BatchNorm2D(Layer):
                              f"got shape {x.shape}")
         g, b = self.params["weight"][:, None, None], self.params["bias"][:, None, None]
         if not training:
+            self._cache = None          # backward differentiates training-mode forwards only
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
             return (x - mean[:, None, None]) / np.sqrt(var[:, None, None] + self.eps) * g + b
         mean = x.mean(axis=(0, 2, 3))
@@ -342,6 +344,8 @@ class BatchNorm2D(Layer):
         return x_hat * g + b
 
     def backward(self, dy):
+        if self._cache is None:
+            raise RuntimeError("BatchNorm2D.backward needs a preceding forward(x, training=True)")
         x_hat, inv_std = self._cache
         self.grads["bias"] = dy.sum(axis=(0, 2, 3))
         self.grads["weight"] = (dy * x_hat).sum(axis=(0, 2, 3))

@@ -15,9 +15,16 @@ from __future__ import annotations
 import numpy as np
 
 
+def _is_number(value):
+    """A real int/float, Python or NumPy (a float32 from a schedule array counts), not a bool."""
+    return (isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_)))
+
+
 def _check_positive(name, value, allow_zero=False):
-    ok = value >= 0 if allow_zero else value > 0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or not ok:
+    # Type first: comparing a str/None with 0 would raise a TypeError that does not name the argument.
+    ok = _is_number(value) and np.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
         raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
     return float(value)
 
@@ -78,9 +85,10 @@ class AdamW(Optimizer):
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
         super().__init__(model, lr)
-        b1, b2 = betas
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f"betas must lie in [0, 1), got {betas!r}")
+        pair = tuple(betas) if isinstance(betas, (tuple, list, np.ndarray)) else ()
+        if len(pair) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in pair):
+            raise ValueError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
+        b1, b2 = pair
         self.betas = (float(b1), float(b2))
         self.eps = _check_positive("eps", eps)
         self.weight_decay = _check_positive("weight_decay", weight_decay, allow_zero=True)

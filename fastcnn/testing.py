@@ -3,6 +3,8 @@
 AGREEMENT: how closely the Numba kernels must match the NumPy reference, per dtype. Both compute the
 same sums in a different order, so the bound is relative to the size of the result.
 GRADCHECK: how closely an analytic gradient must match central finite differences (float64 only).
+FORMULA: how closely a float64 result must match its formula written out independently in a test.
+STAT_SIGMAS: how many standard deviations a seeded statistical check (dropout rate) allows.
 TRAINING: how closely the per-step losses of the same model, trained from the same seed on the same
 batches, must agree between the two backends (relative).
 """
@@ -15,6 +17,16 @@ AGREEMENT = {
     np.dtype(np.float32): dict(rtol=1e-5, atol=1e-6),
 }
 GRADCHECK = dict(eps=1e-6, rtol=1e-5, atol=1e-7)
+
+# FORMULA: how closely a float64 result must match the same closed-form formula written out
+# independently in a test (optimizer steps, BatchNorm running statistics, dropout scaling). Only
+# the order of a handful of float64 operations differs, so a few ulps of the result's scale (~1).
+FORMULA = dict(rtol=1e-12, atol=1e-14)
+
+# STAT_SIGMAS: statistical checks (e.g. the fraction of elements dropout zeroes) accept this many
+# binomial standard deviations. The tests are seeded, so this only guards against choosing an
+# unlucky seed: a two-sided 6-sigma miss has probability ~2e-9.
+STAT_SIGMAS = 6.0
 
 # Training agreement (tests/test_kernels.py: mnist_cnn, AdamW lr=1e-3, 3 real MNIST batches of 64).
 # The op-level rounding differences pass through AdamW, whose first steps are ~lr * g / (|g| + eps):
@@ -71,6 +83,12 @@ def numerical_gradient(f, x, eps=GRADCHECK["eps"]):
         flat[i] = old
         gflat[i] = (fp - fm) / (2 * eps)
     return grad
+
+
+def assert_formula_close(actual, expected, what="result"):
+    """Assert a float64 result matches an independent evaluation of its formula (FORMULA)."""
+    np.testing.assert_allclose(actual, expected, rtol=FORMULA["rtol"], atol=FORMULA["atol"],
+                               err_msg=what)
 
 
 def assert_gradient_close(analytic, numeric, what="gradient"):

@@ -1,0 +1,297 @@
+"""Layer tests on the NumPy reference backend: constructor validation, input shape and dtype
+errors that say what was expected and what was given, Dropout and BatchNorm2D train/eval
+behaviour, and the mission network built by ``fastcnn.mnist_cnn``.
+
+Every tolerance comes from :mod:`fastcnn.testing`; none is written here.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D,
+                            ReLU)
+from fastcnn.losses import softmax_cross_entropy
+from fastcnn.testing import STAT_SIGMAS, assert_formula_close
+
+F32, F64 = np.float32, np.float64
+
+
+# ------------------------------------------------------------------------- constructor validation
+
+@pytest.mark.parametrize("make,exc,name", [
+    (lambda: Conv2D(0, 4, 3), ValueError, "in_channels"),
+    (lambda: Conv2D(1.5, 4, 3), TypeError, "in_channels"),
+    (lambda: Conv2D(1, -2, 3), ValueError, "out_channels"),
+    (lambda: Conv2D(1, True, 3), TypeError, "out_channels"),
+    (lambda: Conv2D(1, 4, 0), ValueError, "kernel_size"),
+    (lambda: Conv2D(1, 4, (3, 0)), ValueError, "kernel_size"),
+    (lambda: Conv2D(1, 4, (3,)), TypeError, "kernel_size"),
+    (lambda: Conv2D(1, 4, (3, 3, 3)), TypeError, "kernel_size"),
+    (lambda: Conv2D(1, 4, 2.0), TypeError, "kernel_size"),
+    (lambda: Conv2D(1, 4, True), TypeError, "kernel_size"),
+    (lambda: Conv2D(1, 4, 3, stride=0), ValueError, "stride"),
+    (lambda: Conv2D(1, 4, 3, stride=(1, -1)), ValueError, "stride"),
+    (lambda: Conv2D(1, 4, 3, stride="2"), TypeError, "stride"),
+    (lambda: Conv2D(1, 4, 3, padding=-1), ValueError, "padding"),
+    (lambda: Conv2D(1, 4, 3, padding=(0, 1.0)), TypeError, "padding"),
+    (lambda: Conv2D(1, 4, 3, dtype=np.int32), TypeError, "dtype"),
+    (lambda: Conv2D(1, 4, 3, dtype=np.float16), TypeError, "dtype"),
+    (lambda: Conv2D(1, 4, 3, backend="cuda"), ValueError, "backend"),
+    (lambda: MaxPool2D(0), ValueError, "kernel_size"),
+    (lambda: MaxPool2D((2, 2, 2)), TypeError, "kernel_size"),
+    (lambda: MaxPool2D(2, stride=0), ValueError, "stride"),
+    (lambda: MaxPool2D(2, stride=(2, 2.5)), TypeError, "stride"),
+    (lambda: AvgPool2D(-1), ValueError, "kernel_size"),
+    (lambda: AvgPool2D(2, stride=(0, 1)), ValueError, "stride"),
+    (lambda: Dropout(p=1.0), ValueError, "p"),
+    (lambda: Dropout(p=-0.1), ValueError, "p"),
+    (lambda: Dropout(p=1.5), ValueError, "p"),
+    (lambda: Dropout(p=float("nan")), ValueError, "p"),
+    (lambda: Dropout(p="0.5"), (TypeError, ValueError), "p"),
+    (lambda: Dropout(p=True), (TypeError, ValueError), "p"),
+    (lambda: Linear(0, 3), ValueError, "in_features"),
+    (lambda: Linear(3, "4"), TypeError, "out_features"),
+    (lambda: Linear(3, 4, dtype=np.int64), TypeError, "dtype"),
+    (lambda: BatchNorm2D(0), ValueError, "num_features"),
+    (lambda: BatchNorm2D(4, eps=0.0), ValueError, "eps"),
+    (lambda: BatchNorm2D(4, momentum=1.5), ValueError, "momentum"),
+    (lambda: BatchNorm2D(4, momentum=-0.1), ValueError, "momentum"),
+])
+def test_constructor_validation(make, exc, name):
+    with pytest.raises(exc, match=rf"\b{name}\b"):
+        make()
+
+
+def test_constructor_normalises_pairs():
+    conv = Conv2D(2, 3, (3, 1), stride=np.int64(2), padding=[1, 0], dtype=F64, backend="numpy")
+    assert conv.kernel_size == (3, 1) and conv.stride == (2, 2) and conv.padding == (1, 0)
+    assert conv.params["weight"].shape == (3, 2, 3, 1) and conv.params["weight"].dtype == F64
+    assert MaxPool2D(3).stride == (3, 3) and AvgPool2D(3, stride=1).stride == (1, 1)
+
+
+# ------------------------------------------------------------------------ input shape/dtype errors
+
+def _assert_names_both(exc_type, fn, expected, actual_shape):
+    """fn() raises exc_type whose message contains the expected shape text and the actual shape."""
+    with pytest.raises(exc_type) as info:
+        fn()
+    msg = str(info.value)
+    assert expected in msg, f"expected shape {expected!r} missing from: {msg}"
+    assert str(tuple(actual_shape)) in msg, f"actual shape {actual_shape} missing from: {msg}"
+
+
+@pytest.mark.parametrize("layer,shape,expected", [
+    (lambda: Conv2D(3, 4, 3, backend="numpy"), (2, 3, 5), "(N, 3, H, W)"),
+    (lambda: Conv2D(3, 4, 3, backend="numpy"), (2, 2, 5, 5), "(N, 3,"),
+    (lambda: Conv2D(3, 4, 3, backend="numpy"), (1, 3, 2, 5), "H >= 3"),
+    (lambda: Conv2D(3, 4, (2, 4), backend="numpy"), (1, 3, 5, 3), "W >= 4"),
+    (lambda: MaxPool2D(3, backend="numpy"), (1, 1, 2, 5), "H >= 3"),
+    (lambda: MaxPool2D(2, backend="numpy"), (4, 4), "(N, C, H, W)"),
+    (lambda: AvgPool2D((2, 3), backend="numpy"), (1, 2, 4, 2), "W >= 3"),
+    (lambda: Linear(5, 3), (2, 4), "(N, 5)"),
+    (lambda: Linear(5, 3), (2, 1, 5), "(N, 5)"),
+    (lambda: BatchNorm2D(4), (2, 3, 5, 5), "(N, 4, H, W)"),
+    (lambda: BatchNorm2D(4), (2, 4, 5), "(N, 4, H, W)"),
+    (lambda: Flatten(), (5,), "(N, ...)"),
+])
+def test_wrong_input_shape_names_expected_and_actual(layer, shape, expected):
+    lay = layer()
+    dtype = lay.params["weight"].dtype if "weight" in lay.params else F32
+    x = np.zeros(shape, dtype=dtype)
+    _assert_names_both(ValueError, lambda: lay.forward(x, training=True), expected, shape)
+
+
+def test_conv2d_dtype_mismatch_raises_type_error():
+    conv = Conv2D(1, 2, 3, dtype=F32, backend="numpy")
+    with pytest.raises(TypeError, match="float32.*float64|float64.*float32"):
+        conv.forward(np.zeros((1, 1, 5, 5), F64))
+    with pytest.raises(TypeError):
+        conv.forward(np.zeros((1, 1, 5, 5), np.int32))
+    with pytest.raises(TypeError):
+        conv.forward(np.zeros((1, 1, 5, 5), F32).tolist())
+
+
+def test_loss_rejects_bad_shapes_and_labels():
+    logits = np.zeros((3, 4))
+    with pytest.raises(ValueError, match="logits"):
+        softmax_cross_entropy(np.zeros(4), np.array([0]))
+    with pytest.raises(ValueError, match=r"\(3,\)"):
+        softmax_cross_entropy(logits, np.array([0, 1]))
+    for bad in ([0, 1, 4], [0, -1, 2]):
+        with pytest.raises(ValueError, match="labels"):
+            softmax_cross_entropy(logits, np.array(bad))
+
+
+def test_layers_accept_non_contiguous_input():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8, 12))[:, :, ::2, ::3]            # (2, 3, 4, 4) view
+    conv = Conv2D(3, 2, 3, padding=1, rng=rng, dtype=F64, backend="numpy")
+    np.testing.assert_array_equal(conv.forward(x), conv.forward(np.ascontiguousarray(x)))
+
+
+# ------------------------------------------------------------------------------------------ ReLU
+
+def test_relu_layer_forward_backward():
+    relu = ReLU(backend="numpy")
+    x = np.array([[-1.0, 0.0, 2.0]], F32)
+    np.testing.assert_array_equal(relu.forward(x), [[0.0, 0.0, 2.0]])
+    np.testing.assert_array_equal(relu.backward(np.ones_like(x)), [[0.0, 0.0, 1.0]])
+
+
+# --------------------------------------------------------------------------------------- Dropout
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_dropout_eval_is_identity(dtype):
+    x = np.random.default_rng(1).standard_normal((4, 6)).astype(dtype)
+    layer = Dropout(0.5, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(layer.forward(x, training=False), x)
+    np.testing.assert_array_equal(layer.forward(x), x)                # training defaults to False
+    np.testing.assert_array_equal(Dropout(0.0).forward(x, training=True), x)
+
+
+def test_dropout_train_deterministic_for_seeded_rng():
+    x = np.ones((50, 40), F32)
+    a = Dropout(0.4, rng=np.random.default_rng(123)).forward(x, training=True)
+    b = Dropout(0.4, rng=np.random.default_rng(123)).forward(x, training=True)
+    c = Dropout(0.4, rng=np.random.default_rng(124)).forward(x, training=True)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    layer = Dropout(0.4, rng=np.random.default_rng(123))
+    first, second = layer.forward(x, training=True), layer.forward(x, training=True)
+    assert not np.array_equal(first, second), "consecutive calls draw fresh masks"
+
+
+def test_dropout_uses_only_its_own_rng():
+    x = np.ones((30, 30), F32)
+    np.random.seed(0)
+    a = Dropout(0.5, rng=np.random.default_rng(9)).forward(x, training=True)
+    np.random.seed(1)
+    b = Dropout(0.5, rng=np.random.default_rng(9)).forward(x, training=True)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.9])
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_dropout_drops_about_p_and_scales_the_rest(p, dtype):
+    """At 100k elements the dropped fraction is within STAT_SIGMAS binomial standard deviations
+    of p; kept elements are scaled by 1/(1-p) with p at its documented 1/65536 resolution."""
+    n = 100_000
+    x = np.full((100, 1000), 3.0, dtype)
+    y = Dropout(p, rng=np.random.default_rng(2024)).forward(x, training=True)
+    assert y.dtype == dtype and y.shape == x.shape
+    dropped = float(np.mean(y == 0))
+    bound = STAT_SIGMAS * math.sqrt(p * (1 - p) / n)
+    assert abs(dropped - p) <= bound, f"dropped {dropped:.4f}, expected {p} +- {bound:.4f}"
+    p_q = round(p * 65536) / 65536
+    kept = y[y != 0].astype(F64)
+    np.testing.assert_array_equal(kept, kept[0])                     # one scale for all
+    if dtype == F64:
+        assert_formula_close(kept[0], 3.0 / (1 - p_q), "kept value")
+    if p == 0.5:
+        assert p_q == 0.5                                              # exact at p = 0.5
+
+
+# ---------------------------------------------------------------------------------- BatchNorm2D
+
+def _bn_with_state(C=3, dtype=F64):
+    layer = BatchNorm2D(C, eps=1e-3, momentum=0.2, dtype=dtype)
+    layer.params["weight"][...] = [1.5, -0.5, 2.0][:C]
+    layer.params["bias"][...] = [0.1, 0.2, -0.3][:C]
+    layer.buffers["running_mean"][...] = [1.0, -2.0, 0.5][:C]
+    layer.buffers["running_var"][...] = [4.0, 0.25, 1.0][:C]
+    return layer
+
+
+def test_batchnorm2d_eval_uses_running_stats_and_does_not_update_them():
+    layer = _bn_with_state()
+    x = np.random.default_rng(3).standard_normal((2, 3, 4, 5)) * 3 + 1
+    before = {k: v.copy() for k, v in layer.buffers.items()}
+    y = layer.forward(x, training=False)
+    rm, rv = before["running_mean"][:, None, None], before["running_var"][:, None, None]
+    g, b = layer.params["weight"][:, None, None], layer.params["bias"][:, None, None]
+    assert_formula_close(y, (x - rm) / np.sqrt(rv + 1e-3) * g + b, "eval output")
+    for k in before:
+        np.testing.assert_array_equal(layer.buffers[k], before[k], err_msg=k)
+
+
+def test_batchnorm2d_train_uses_batch_stats_and_updates_running_stats():
+    layer = _bn_with_state()
+    rng = np.random.default_rng(4)
+    rm, rv = layer.buffers["running_mean"].copy(), layer.buffers["running_var"].copy()
+    for _ in range(3):
+        x = rng.standard_normal((4, 3, 3, 5)) * 2 - 1
+        y = layer.forward(x, training=True)
+        mean = x.mean(axis=(0, 2, 3))
+        var = x.var(axis=(0, 2, 3))                                  # biased, for normalising
+        m = 4 * 3 * 5
+        x_hat = (x - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-3)
+        g, b = layer.params["weight"][:, None, None], layer.params["bias"][:, None, None]
+        assert_formula_close(y, x_hat * g + b, "train output")
+        rm = 0.8 * rm + 0.2 * mean
+        rv = 0.8 * rv + 0.2 * var * m / (m - 1)                      # unbiased, as in PyTorch
+        assert_formula_close(layer.buffers["running_mean"], rm, "running_mean")
+        assert_formula_close(layer.buffers["running_var"], rv, "running_var")
+    assert layer.buffers["running_mean"].dtype == F64
+
+
+def test_batchnorm2d_float32_keeps_dtype():
+    layer = BatchNorm2D(2)
+    x = np.random.default_rng(5).standard_normal((3, 2, 4, 4)).astype(F32)
+    assert layer.forward(x, training=False).dtype == F32
+    assert layer.forward(x, training=True).dtype == F32
+    assert all(v.dtype == F32 for v in layer.buffers.values())
+    assert layer.backward(np.ones_like(x)).dtype == F32
+    assert all(g.dtype == F32 for g in layer.grads.values())
+
+
+# ----------------------------------------------------------------------------------- mnist_cnn
+
+@pytest.mark.parametrize("N", [1, 3])
+def test_mnist_cnn_output_shape(N):
+    model = fastcnn.mnist_cnn(backend="numpy")
+    x = np.random.default_rng(N).random((N, 1, 28, 28), dtype=F32)
+    for training in (False, True):
+        y = model.forward(x, training=training)
+        assert y.shape == (N, 10) and y.dtype == F32
+        assert np.all(np.isfinite(y))
+
+
+def test_mnist_cnn_parameter_shapes():
+    model = fastcnn.mnist_cnn(backend="numpy")
+    shapes = {name: w.shape for name, w, _ in model.named_parameters()}
+    convs = [l for l in model.layers if isinstance(l, Conv2D)]
+    linears = [l for l in model.layers if isinstance(l, Linear)]
+    assert [c.params["weight"].shape for c in convs] == [(32, 1, 3, 3), (64, 32, 3, 3)]
+    assert [c.params["bias"].shape for c in convs] == [(32,), (64,)]
+    assert [l.params["weight"].shape for l in linears] == [(10, 3136)]
+    assert linears[0].params["bias"].shape == (10,)
+    assert sum(int(np.prod(s)) for s in shapes.values()) == (32 * 9 + 32) + (64 * 32 * 9 + 64) + (3136 * 10 + 10)
+    assert model.backend_name == "numpy"
+    assert all(l.backend_name == "numpy" for l in model.layers if hasattr(l, "backend_name"))
+    assert convs[0].need_input_grad is False and convs[1].need_input_grad is True
+    assert sum(isinstance(l, Dropout) for l in model.layers) == 1
+
+
+def test_mnist_cnn_seeding():
+    a, b, c = (fastcnn.mnist_cnn(seed=s, backend="numpy") for s in (5, 5, 6))
+    pa, pb, pc = ({n: w for n, w, _ in m.named_parameters()} for m in (a, b, c))
+    assert pa.keys() == pb.keys() == pc.keys()
+    for name in pa:
+        np.testing.assert_array_equal(pa[name], pb[name], err_msg=name)
+    assert all(not np.array_equal(pa[n], pc[n]) for n in pa if n.endswith("weight"))
+    x = np.random.default_rng(0).random((2, 1, 28, 28), dtype=F32)
+    np.testing.assert_array_equal(a.forward(x, training=True), b.forward(x, training=True))
+
+
+def test_mnist_cnn_batchnorm_and_dtype():
+    model = fastcnn.mnist_cnn(batchnorm=True, dtype=F64, backend="numpy")
+    bns = [l for l in model.layers if isinstance(l, BatchNorm2D)]
+    assert len(bns) == 2 and [bn.num_features for bn in bns] == [32, 64]
+    assert all(w.dtype == F64 for _, w, _ in model.named_parameters())
+    y = model.forward(np.zeros((2, 1, 28, 28), F64), training=True)
+    assert y.shape == (2, 10) and y.dtype == F64
+    assert sum(isinstance(l, BatchNorm2D) for l in fastcnn.mnist_cnn(backend="numpy").layers) == 0
