@@ -1,0 +1,92 @@
+"""Training curves as PNG files, drawn with Matplotlib's Agg canvas (no display, no pyplot state).
+
+``save_plots(history, plots_dir)`` writes, as the seed project did:
+
+* ``train_loss.png``: training loss per epoch, with the test loss;
+* ``test_acc.png``: test accuracy (%) per epoch, with the training accuracy.
+
+Each file is rendered to a temporary file in ``plots_dir`` and renamed over the final name, so a
+crash or interrupt never leaves a half-written PNG behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["save_plots", "PLOT_FILES"]
+
+PLOT_FILES = ("train_loss.png", "test_acc.png")
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, write, mode="wb"):
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it to ``path``
+    (permissions as a normally created file). On any error the temporary file is removed."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def _figure(title, ylabel, epochs, series):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(6.4, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for label, values, style in series:
+        ax.plot(epochs, values, style, label=label, linewidth=1.8, markersize=6)
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    if len(epochs) <= 20:
+        ax.set_xticks(list(epochs))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(epochs) == 1:
+        ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def save_plots(history, plots_dir):
+    """Write ``train_loss.png`` and ``test_acc.png`` for ``history`` (a list of per-epoch dicts with
+    ``epoch``, ``train_loss``, ``test_loss``, ``train_acc``, ``test_acc``; accuracies as fractions)
+    into ``plots_dir`` (created if missing). Returns the two paths."""
+    if not history:
+        raise ValueError("no epochs to plot")
+    plots_dir = Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    epochs = [int(m["epoch"]) for m in history]
+    loss = _figure("Training loss", "cross-entropy loss", epochs,
+                   [("train (mean over the epoch)", [m["train_loss"] for m in history], "o-"),
+                    ("test (after the epoch)", [m["test_loss"] for m in history], "s--")])
+    acc = _figure("Test accuracy", "accuracy (%)", epochs,
+                  [("test (after the epoch)", [100.0 * m["test_acc"] for m in history], "o-"),
+                   ("train (during the epoch, dropout on)", [100.0 * m["train_acc"] for m in history], "s--")])
+    paths = []
+    for name, fig in zip(PLOT_FILES, (loss, acc)):
+        paths.append(atomic_write(plots_dir / name, lambda fh, fig=fig: fig.savefig(fh, format="png")))
+    return paths

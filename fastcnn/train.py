@@ -1,0 +1,395 @@
+"""The training loop behind ``fastcnn-train``: epochs of shuffled mini-batches, a test-set
+evaluation after each epoch, per-epoch metrics, and an optional learning-rate schedule.
+
+    from fastcnn.data import load_dataset
+    from fastcnn.train import TrainConfig, train
+
+    run = train(TrainConfig(epochs=3), load_dataset("mnist"))
+    run.history[-1]["test_acc"]          # e.g. 0.99
+
+Randomness: everything comes from ``config.seed``. ``np.random.SeedSequence(seed)`` is spawned
+into independent streams: the model's own (weight initialisation and dropout, see
+:func:`fastcnn.model.mnist_cnn`) and the epoch shuffle (:attr:`RunState.shuffle_rng`), so changing
+e.g. the batch size never changes the initial weights, and the shuffle never touches dropout.
+
+Timing: ``seconds`` of an epoch is the training loop only (shuffle, batch gathering, train steps);
+the test-set evaluation after it is ``eval_seconds``. Before epoch 1 one warm-up training step and
+one evaluation run on a throwaway deep copy of the model and optimizer (:meth:`Trainer.warm_up`),
+so Numba's JIT compilation (or the loading of its on-disk cache) is not counted in epoch 1 and the
+real model's weights, optimizer state and dropout stream are untouched.
+
+Structure: a :class:`Trainer` holds the whole run in one :class:`RunState` (model, optimizer,
+shuffle generator, global step, history, timings) and calls ``callbacks(state, metrics)`` after
+every epoch; a callback may set ``state.stop_requested``. That is the seam for checkpoints,
+resuming (restore the state, including ``shuffle_rng``'s bit-generator state, then call
+:meth:`Trainer.run`, which starts at ``state.epoch + 1``), interrupt handling and divergence
+checks.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import sys
+import time
+import types
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from fastcnn.backend import resolve_backend_name
+
+__all__ = ["TrainConfig", "RunState", "Trainer", "train", "learning_rate", "OPTIMIZERS", "SCHEDULES",
+           "DEFAULT_LR", "DEFAULT_WEIGHT_DECAY", "process_age_seconds"]
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+DTYPES = ("float32", "float64")
+#: Peak learning rate per optimizer when ``TrainConfig.lr`` is None. AdamW's 2e-3 with the default
+#: cosine schedule was chosen on full MNIST (float32, batch 128, dropout 0.5, numba backend, seed 0
+#: unless noted): 5 epochs reach 99.13 % (seed 1: see the report) against 99.01 % with lr 1e-3
+#: (which needs ~8 epochs for 99.1 %); 3e-3 gave 99.14 %. A 1-epoch run (cosine over that one epoch)
+#: reaches 98.18 % / 98.42 % (seeds 0 / 1) at 2e-3, 97.73 % at 1e-3.
+DEFAULT_LR = {"adamw": 2e-3, "sgd": 0.01}
+#: Weight decay per optimizer when ``TrainConfig.weight_decay`` is None: AdamW's decoupled decay
+#: (PyTorch's default 0.01); none for SGD (the seed project's plain momentum SGD).
+DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "sgd": 0.0}
+DEFAULT_MOMENTUM = 0.9
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run. ``None`` means "the default for the chosen optimizer /
+    environment" and is filled in by :meth:`resolved`.
+
+    ``lr_schedule``: ``"cosine"`` anneals the learning rate per step from ``lr`` at the first step
+    to 0 after the last step of the last epoch, ``lr * (1 + cos(pi * step / total_steps)) / 2``;
+    ``"constant"`` keeps ``lr``. ``limit_train`` / ``limit_test`` use the first N images of each
+    split (all of them when N is larger). ``threads``: Numba worker threads for the numba backend,
+    BLAS threads for the numpy backend (None: leave as is)."""
+    epochs: int = 5
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float | None = None
+    lr_schedule: str = "cosine"
+    momentum: float | None = None
+    weight_decay: float | None = None
+    dropout: float = 0.5
+    batchnorm: bool = False
+    seed: int = 0
+    dtype: str = "float32"
+    backend: str | None = None
+    threads: int | None = None
+    limit_train: int | None = None
+    limit_test: int | None = None
+    eval_batch_size: int = 1000
+    warmup: bool = True
+    quiet: bool = False
+
+    def resolved(self):
+        """A validated copy with every ``None`` default filled in (raises ValueError)."""
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        cfg = replace(
+            self,
+            backend=resolve_backend_name(self.backend),
+            lr=DEFAULT_LR[self.optimizer] if self.lr is None else self.lr,
+            weight_decay=DEFAULT_WEIGHT_DECAY[self.optimizer] if self.weight_decay is None else self.weight_decay,
+            momentum=(DEFAULT_MOMENTUM if self.optimizer == "sgd" else None) if self.momentum is None
+            else self.momentum,
+        )
+        cfg.validate()
+        return cfg
+
+    def validate(self):
+        """Raise ValueError naming the first invalid option."""
+        def integer(name, minimum):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+
+        def number(name, lo, hi=math.inf, lo_open=False, hi_open=True):
+            v = getattr(self, name)
+            is_number = not isinstance(v, bool) and isinstance(v, (int, float, np.floating, np.integer))
+            if (not is_number or not math.isfinite(v) or (v <= lo if lo_open else v < lo)
+                    or (v >= hi if hi_open else v > hi)):
+                lo_txt = f"> {lo}" if lo_open else f">= {lo}"
+                hi_txt = "" if hi == math.inf else f" and {'<' if hi_open else '<='} {hi}"
+                raise ValueError(f"{name} must be a number {lo_txt}{hi_txt}, got {v!r}")
+
+        integer("epochs", 1)
+        integer("batch_size", 1)
+        integer("eval_batch_size", 1)
+        integer("seed", 0)
+        for name in ("limit_train", "limit_test", "threads"):
+            if getattr(self, name) is not None:
+                integer(name, 1)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        if str(self.dtype) not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        resolve_backend_name(self.backend)
+        if self.lr is not None:
+            number("lr", 0.0, lo_open=True)
+        if self.weight_decay is not None:
+            number("weight_decay", 0.0)
+        if self.momentum is not None:
+            if self.optimizer != "sgd":
+                raise ValueError("momentum applies only to the sgd optimizer")
+            number("momentum", 0.0, 1.0)
+        number("dropout", 0.0, 1.0)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def learning_rate(base_lr, schedule, step, total_steps):
+    """The learning rate of 0-based global ``step`` out of ``total_steps`` (see :class:`TrainConfig`)."""
+    if schedule == "constant" or total_steps <= 0:
+        return base_lr
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    raise ValueError(f"unknown lr_schedule {schedule!r}")
+
+
+def process_age_seconds():
+    """Seconds since this process started (Linux: from /proc, 10 ms resolution), else None."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        start = int(fields[19]) / os.sysconf("SC_CLK_TCK")      # field 22: starttime, in clock ticks
+        with open("/proc/uptime", encoding="ascii") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(0.0, uptime - start)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+@dataclass(eq=False)
+class RunState:
+    """Everything a run is made of, in one place (what a checkpoint would save).
+
+    ``epoch`` is the number of completed epochs and ``step`` the number of completed training
+    steps; ``history`` holds one metrics dict per completed epoch."""
+    config: TrainConfig
+    model: object
+    optimizer: object
+    shuffle_rng: np.random.Generator
+    steps_per_epoch: int
+    epoch: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)
+    warmup_seconds: float = 0.0
+    time_to_first_batch_seconds: float | None = None
+    process_time_to_first_batch_seconds: float | None = None
+    threads: int | None = None
+    stop_requested: bool = False
+
+    @property
+    def total_steps(self):
+        return self.config.epochs * self.steps_per_epoch
+
+    def summary(self):
+        """The JSON-ready part of the run: timings and the per-epoch history."""
+        return {"epochs": [dict(m) for m in self.history],
+                "warmup_seconds": self.warmup_seconds,
+                "time_to_first_batch_seconds": self.time_to_first_batch_seconds,
+                "time_to_first_batch_from": "train() entry",
+                "process_time_to_first_batch_seconds": self.process_time_to_first_batch_seconds,
+                "backend": self.config.backend,
+                "threads": self.threads}
+
+
+def _build_model(config, in_channels, image_size, num_classes):
+    from fastcnn.model import mnist_cnn
+    return mnist_cnn(seed=config.seed, dropout=config.dropout, batchnorm=config.batchnorm,
+                     dtype=np.dtype(config.dtype), backend=config.backend, in_channels=in_channels,
+                     image_size=image_size, num_classes=num_classes)
+
+
+def _build_optimizer(config, model):
+    from fastcnn.optim import SGD, AdamW
+    if config.optimizer == "sgd":
+        return SGD(model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return AdamW(model, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _throwaway_copy(model, optimizer):
+    """Deep copies of (model, optimizer), the copy's optimizer bound to the copy's model. Modules
+    (the backend op implementations layers refer to) are shared, not copied."""
+    memo = {}
+    for layer in getattr(model, "layers", ()):
+        for value in vars(layer).values():
+            if isinstance(value, types.ModuleType):
+                memo[id(value)] = value
+    return copy.deepcopy((model, optimizer), memo)
+
+
+def _check_threads(config):
+    """Raise ValueError unless ``config.threads`` is None or within what the backend allows."""
+    if config.threads is None:
+        return
+    import numba
+    limit = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= config.threads <= limit:
+        raise ValueError(f"threads must be between 1 and {limit} (NUMBA_NUM_THREADS), got {config.threads}")
+
+
+def _apply_threads(config, stack):
+    """Apply ``config.threads`` (Numba threads, or BLAS threads for the numpy backend, the latter
+    undone when ``stack`` closes); return the thread count in effect."""
+    if config.backend == "numba":
+        import numba
+        if config.threads is not None:
+            _check_threads(config)
+            numba.set_num_threads(config.threads)
+        return numba.get_num_threads()
+    from threadpoolctl import threadpool_info, threadpool_limits
+    if config.threads is not None:
+        stack.enter_context(threadpool_limits(limits=config.threads, user_api="blas"))
+        return config.threads
+    counts = [info.get("num_threads") for info in threadpool_info() if info.get("user_api") == "blas"]
+    return max(counts) if counts else None
+
+
+class Trainer:
+    """One training run: ``Trainer(config, data).run()``; see the module docstring.
+
+    ``data`` is a :class:`fastcnn.data.Dataset` (uint8 images (N, C, H, W), int labels); it is
+    converted to floats of ``config.dtype`` once, here. ``log(str)`` receives the per-epoch lines
+    (and nothing when ``config.quiet``); ``callbacks`` are called as ``cb(state, metrics)`` after
+    each epoch."""
+
+    def __init__(self, config, data, *, log=print, callbacks=()):
+        self._t_entry = time.perf_counter()
+        from fastcnn.data import to_float
+        config = config.resolved()
+        self.config = config
+        self.log = (lambda *a, **k: None) if config.quiet else log
+        self.callbacks = list(callbacks)
+
+        n_train = len(data.x_train) if config.limit_train is None else min(config.limit_train, len(data.x_train))
+        n_test = len(data.x_test) if config.limit_test is None else min(config.limit_test, len(data.x_test))
+        if n_train < 1 or n_test < 1:
+            raise ValueError(f"need at least one training and one test image, got {n_train} and {n_test}")
+        if config.batch_size > n_train:
+            raise ValueError(f"batch size {config.batch_size} is larger than the training set "
+                             f"({n_train} images)")
+        x_train = np.asarray(data.x_train[:n_train])
+        if x_train.ndim != 4 or x_train.shape[2] != x_train.shape[3]:
+            raise ValueError(f"training images must have shape (N, C, H, H), got {x_train.shape}")
+        dtype = np.dtype(config.dtype)
+        self.x_train, self.y_train = to_float(x_train, dtype), np.asarray(data.y_train[:n_train], np.int64)
+        self.x_test = to_float(np.asarray(data.x_test[:n_test]), dtype)
+        self.y_test = np.asarray(data.y_test[:n_test], np.int64)
+        num_classes = int(max(self.y_train.max(initial=-1), self.y_test.max(initial=-1))) + 1
+        num_classes = max(num_classes, int(getattr(data, "num_classes", 0) or 0), 2)
+
+        _check_threads(config)
+        model = _build_model(config, x_train.shape[1], x_train.shape[2], num_classes)
+        optimizer = _build_optimizer(config, model)
+        # mnist_cnn uses children 0 (init) and 1 (dropout) of SeedSequence(seed); the shuffle
+        # takes child 2, an independent stream.
+        shuffle_seq = np.random.SeedSequence(config.seed).spawn(3)[2]
+        self.state = RunState(config=config, model=model, optimizer=optimizer,
+                              shuffle_rng=np.random.default_rng(shuffle_seq),
+                              steps_per_epoch=math.ceil(n_train / config.batch_size))
+
+    # ----------------------------------------------------------------------------------- pieces
+
+    def warm_up(self):
+        """One training step on one batch and one evaluation, on a throwaway deep copy of the model
+        and optimizer: compiles (or loads) every JIT kernel before epoch 1 is timed."""
+        t0 = time.perf_counter()
+        model, optimizer = _throwaway_copy(self.state.model, self.state.optimizer)
+        n = min(self.config.batch_size, len(self.x_train))
+        model.train_step(self.x_train[:n], self.y_train[:n], optimizer)
+        m = min(self.config.eval_batch_size, len(self.x_test), 2 * n)
+        model.evaluate(self.x_test[:m], self.y_test[:m], batch_size=self.config.eval_batch_size)
+        self.state.warmup_seconds = time.perf_counter() - t0
+        return self.state.warmup_seconds
+
+    def _progress(self, desc):
+        if self.config.quiet or not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+        return tqdm(total=self.state.steps_per_epoch, desc=desc, unit="batch", leave=False,
+                    file=sys.stderr, dynamic_ncols=True)
+
+    def train_epoch(self):
+        """One pass over the (shuffled) training set; returns (mean loss, accuracy, seconds)."""
+        st, cfg = self.state, self.config
+        n, bs = len(self.x_train), cfg.batch_size
+        bar = self._progress(f"epoch {st.epoch + 1}/{cfg.epochs}")
+        total_loss, correct = 0.0, 0
+        t0 = time.perf_counter()
+        try:
+            order = st.shuffle_rng.permutation(n)
+            for i in range(0, n, bs):
+                idx = order[i:i + bs]
+                st.optimizer.lr = learning_rate(cfg.lr, cfg.lr_schedule, st.step, st.total_steps)
+                loss, hits = st.model.train_step(self.x_train[idx], self.y_train[idx], st.optimizer)
+                st.step += 1
+                if st.time_to_first_batch_seconds is None:
+                    st.time_to_first_batch_seconds = time.perf_counter() - self._t_entry
+                    st.process_time_to_first_batch_seconds = process_age_seconds()
+                total_loss += loss * len(idx)
+                correct += hits
+                if bar is not None:
+                    bar.update(1)
+                    if st.step % 10 == 0:
+                        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        finally:
+            if bar is not None:
+                bar.close()
+        return total_loss / n, correct / n, time.perf_counter() - t0
+
+    def evaluate(self):
+        """(loss, accuracy, seconds) of the model on the test set."""
+        t0 = time.perf_counter()
+        loss, acc = self.state.model.evaluate(self.x_test, self.y_test, batch_size=self.config.eval_batch_size)
+        return loss, acc, time.perf_counter() - t0
+
+    def run_epoch(self):
+        """Train one epoch, evaluate, record and log its metrics, call the callbacks."""
+        st, cfg = self.state, self.config
+        train_loss, train_acc, seconds = self.train_epoch()
+        test_loss, test_acc, eval_seconds = self.evaluate()
+        st.epoch += 1
+        metrics = {"epoch": st.epoch, "train_loss": train_loss, "train_acc": train_acc,
+                   "test_loss": test_loss, "test_acc": test_acc, "seconds": seconds,
+                   "images_per_second": len(self.x_train) / seconds if seconds > 0 else None,
+                   "eval_seconds": eval_seconds, "lr": st.optimizer.lr}      # lr: of the epoch's last step
+        st.history.append(metrics)
+        self.log(format_epoch(metrics, cfg.epochs))
+        for callback in self.callbacks:
+            callback(st, metrics)
+        return metrics
+
+    def run(self):
+        """Warm up (once), then train the remaining epochs; returns the :class:`RunState`."""
+        with contextlib.ExitStack() as stack:
+            self.state.threads = _apply_threads(self.config, stack)
+            if self.config.warmup and self.state.epoch < self.config.epochs and not self.state.warmup_seconds:
+                self.warm_up()
+            while self.state.epoch < self.config.epochs and not self.state.stop_requested:
+                self.run_epoch()
+        return self.state
+
+
+def format_epoch(m, epochs):
+    """The per-epoch line, e.g. ``epoch 1/3  loss 0.1432  train 95.62%  test 98.31%  12.3 s  4870 img/s``."""
+    ips = m["images_per_second"]
+    rate = f"{ips:.0f} img/s" if ips is not None else "- img/s"
+    return (f"epoch {m['epoch']}/{epochs}  loss {m['train_loss']:.4f}  train {100 * m['train_acc']:.2f}%  "
+            f"test {100 * m['test_acc']:.2f}%  {m['seconds']:.1f} s  {rate}")
+
+
+def train(config, data, *, log=print, callbacks=()):
+    """Train the MNIST CNN per ``config`` (a :class:`TrainConfig`) on ``data`` (a
+    :class:`fastcnn.data.Dataset`); returns the finished :class:`RunState` (``.model``,
+    ``.history``, ``.summary()``). Raises ValueError for an invalid configuration."""
+    return Trainer(config, data, log=log, callbacks=callbacks).run()

@@ -1,0 +1,268 @@
+"""fastcnn-train (fastcnn.cli): end to end in a subprocess, argument errors in-process.
+
+The error contract: a non-zero exit code (2 for bad arguments, 1 for runtime errors) and exactly
+one line on stderr, ``fastcnn-train: error: <message>``, never a traceback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastcnn.train
+from fastcnn.cli import build_parser, train_main
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_second",
+              "eval_seconds"}
+TOP_KEYS = {"config", "epochs", "warmup_seconds", "time_to_first_batch_seconds", "versions", "backend", "threads"}
+IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
+
+
+def write_idx(path, array):
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def write_custom_dataset(folder, n_train=64, n_test=32, truncate=None):
+    """Four raw IDX files with MNIST's names; ``truncate``: cut that many bytes off the test images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    arrays = (rng.integers(0, 256, (n_train, 28, 28)), rng.integers(0, 10, n_train),
+              rng.integers(0, 256, (n_test, 28, 28)), rng.integers(0, 10, n_test))
+    for name, array in zip(IDX_NAMES, arrays):
+        write_idx(folder / name, array)
+    if truncate:
+        path = folder / IDX_NAMES[2]
+        path.write_bytes(path.read_bytes()[:-truncate])
+    return folder
+
+
+def subprocess_env():
+    """The current environment with the repository root first on PYTHONPATH, so the tests work
+    whether or not fastcnn is installed."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.pop("FASTCNN_DATA_DIR", None)
+    return env
+
+
+def run_cli(args, cwd, timeout=300):
+    return subprocess.run([sys.executable, "-m", "fastcnn", *map(str, args)], cwd=cwd, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_error_line(stderr):
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("fastcnn-train: error: ") and len(lines[0]) > len("fastcnn-train: error: "), stderr
+
+
+@pytest.fixture(autouse=True)
+def isolated_data_search(monkeypatch, tmp_path):
+    """No $FASTCNN_DATA_DIR and an empty cache, so nothing is found by accident."""
+    monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+def test_end_to_end_on_real_mnist(mnist_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli(["--data-dir", mnist_dir, "--no-download", "--limit-train", 1000, "--limit-test", 500,
+                    "--epochs", 2, "--backend", "numpy", "--plots-dir", out, "--metrics", out / "m.json"],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    epoch_lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epoch_lines] == ["1/2", "2/2"], proc.stdout
+    assert all("test " in line and line.endswith("img/s") for line in epoch_lines)
+
+    metrics = json.loads((out / "m.json").read_text())
+    assert TOP_KEYS <= set(metrics)
+    assert len(metrics["epochs"]) == 2 and [m["epoch"] for m in metrics["epochs"]] == [1, 2]
+    for m in metrics["epochs"]:
+        assert EPOCH_KEYS <= set(m)
+        assert 0.0 <= m["test_acc"] <= 1.0 and m["seconds"] > 0 and m["images_per_second"] > 0
+    assert metrics["epochs"][-1]["test_acc"] > 0.3          # 1,000 images, 16 steps: measured ~0.70
+    assert metrics["backend"] == "numpy"
+    assert metrics["config"]["limit_train"] == 1000 and metrics["config"]["epochs"] == 2
+    assert metrics["config"]["lr"] == 2e-3                   # the resolved per-optimizer default
+    assert set(metrics["versions"]) == {"python", "numpy", "numba", "fastcnn"}
+    assert metrics["warmup_seconds"] > 0 and metrics["time_to_first_batch_seconds"] > 0
+    for name in ("train_loss.png", "test_acc.png"):
+        assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
+    assert sorted(p.name for p in out.iterdir()) == ["m.json", "test_acc.png", "train_loss.png"]
+
+
+def test_usage_error_in_a_subprocess_is_one_line(tmp_path):
+    proc = run_cli(["--epochs", "0"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert_one_error_line(proc.stderr)
+    assert "--epochs" in proc.stderr
+
+
+def test_custom_dataset_in_process(tmp_path, capsys):
+    data = write_custom_dataset(tmp_path / "data")
+    out = tmp_path / "plots"
+    code = train_main(["--dataset", "custom", "--data-dir", str(data), "--epochs", "1", "--batch-size", "32",
+                       "--backend", "numpy", "--plots-dir", str(out), "--metrics", str(tmp_path / "m" / "m.json")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.err == ""
+    assert sum(line.startswith("epoch 1/1") for line in captured.out.splitlines()) == 1
+    assert (out / "train_loss.png").is_file() and (out / "test_acc.png").is_file()
+    metrics = json.loads((tmp_path / "m" / "m.json").read_text())
+    assert metrics["config"]["dataset"] == "custom" and len(metrics["epochs"]) == 1
+
+
+def test_quiet_prints_nothing(tmp_path, capsys):
+    data = write_custom_dataset(tmp_path / "data")
+    code = train_main(["--dataset", "custom", "--data-dir", str(data), "--epochs", "1", "--batch-size", "64",
+                       "--backend", "numpy", "--plots-dir", str(tmp_path / "plots"), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0 and captured.out == "" and captured.err == ""
+
+
+# ------------------------------------------------------------------------------------------ help
+
+def test_help_mentions_every_option(capsys):
+    assert train_main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for option in ("--data-dir", "--dataset", "--backend", "--threads", "--epochs", "--batch-size",
+                   "--optimizer", "--lr", "--lr-schedule", "--momentum", "--weight-decay", "--dropout",
+                   "--batchnorm", "--seed", "--dtype", "--limit-train", "--limit-test", "--plots-dir",
+                   "--metrics", "--quiet", "--no-download"):
+        assert option in text, option
+    parsed = {s for action in build_parser()._actions for s in action.option_strings}
+    assert all(s in text for s in parsed)
+    assert "examples:" in text and "(default: 128)" in text
+
+
+# --------------------------------------------------------------------------------- bad arguments
+
+BAD_ARGS = [
+    (["--epochs", "0"], 2),
+    (["--epochs", "-1"], 2),
+    (["--epochs", "two"], 2),
+    (["--batch-size", "0"], 2),
+    (["--lr", "-1"], 2),
+    (["--lr", "0"], 2),
+    (["--lr", "nan"], 2),
+    (["--dropout", "1.5"], 2),
+    (["--dropout", "1"], 2),
+    (["--momentum", "1.2", "--optimizer", "sgd"], 2),
+    (["--momentum", "0.9"], 2),                              # adamw has no momentum option
+    (["--weight-decay", "-0.1"], 2),
+    (["--backend", "tensorflow"], 2),
+    (["--optimizer", "rmsprop"], 2),
+    (["--dataset", "cifar10"], 2),
+    (["--limit-train", "0"], 2),
+    (["--limit-test", "-5"], 2),
+    (["--dtype", "float16"], 2),
+    (["--threads", "0"], 2),
+    (["--threads", "100000"], 2),
+    (["--seed", "-1"], 2),
+    (["--no-such-option"], 2),
+    (["--data-dir", "/nonexistent/fastcnn-mnist", "--no-download"], 2),
+    (["--no-download"], 1),                                  # nothing in the (empty) search path
+]
+
+
+@pytest.mark.parametrize("args,code", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
+def test_bad_arguments_fail_with_one_line(args, code, tmp_path, capsys):
+    rc = train_main([*args, "--backend", "numpy", "--plots-dir", str(tmp_path / "plots")]
+                    if "--backend" not in args else [*args, "--plots-dir", str(tmp_path / "plots")])
+    captured = capsys.readouterr()
+    assert rc == code, captured.err
+    assert_one_error_line(captured.err)
+    assert captured.out == ""
+
+
+def test_plots_dir_that_is_a_file_fails_before_loading_data(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr("fastcnn.data.load_dataset", lambda *a, **k: pytest.fail("data loaded before the check"))
+    for plots_dir in (blocker, blocker / "sub"):
+        assert train_main(["--backend", "numpy", "--plots-dir", str(plots_dir)]) == 2
+        err = capsys.readouterr().err
+        assert_one_error_line(err)
+        assert "--plots-dir" in err
+
+
+@pytest.mark.parametrize("metrics", ["dir", "file-parent"])
+def test_unwritable_metrics_path_fails_fast(metrics, tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    path = tmp_path if metrics == "dir" else blocker / "m.json"
+    assert train_main(["--backend", "numpy", "--plots-dir", str(tmp_path / "p"), "--metrics", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err)
+    assert "--metrics" in err
+
+
+def test_truncated_idx_file_is_a_runtime_error(tmp_path, capsys):
+    data = write_custom_dataset(tmp_path / "data", truncate=100)
+    rc = train_main(["--dataset", "custom", "--data-dir", str(data), "--no-download", "--backend", "numpy",
+                     "--plots-dir", str(tmp_path / "plots")])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert_one_error_line(err)
+    assert "truncated" in err and "t10k-images-idx3-ubyte" in err
+
+
+def test_truncated_idx_file_in_a_subprocess(tmp_path):
+    data = write_custom_dataset(tmp_path / "data", truncate=100)
+    proc = run_cli(["--dataset", "custom", "--data-dir", data, "--no-download", "--backend", "numpy",
+                    "--plots-dir", tmp_path / "plots"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1
+    assert_one_error_line(proc.stderr)
+
+
+def test_batch_size_larger_than_limited_training_set(tmp_path, capsys):
+    data = write_custom_dataset(tmp_path / "data", n_train=64)
+    rc = train_main(["--dataset", "custom", "--data-dir", str(data), "--batch-size", "128", "--backend", "numpy",
+                     "--plots-dir", str(tmp_path / "plots")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert_one_error_line(err)
+    assert "--batch-size 128" in err and "64" in err
+
+
+def test_keyboard_interrupt_exits_130_with_one_line(tmp_path, capsys, monkeypatch):
+    data = write_custom_dataset(tmp_path / "data")
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fastcnn.train.Trainer, "run", interrupted)
+    rc = train_main(["--dataset", "custom", "--data-dir", str(data), "--batch-size", "32", "--backend", "numpy",
+                     "--plots-dir", str(tmp_path / "plots")])
+    err = capsys.readouterr().err
+    assert rc == 130
+    assert "Traceback" not in err and err.strip().splitlines() == ["fastcnn-train: interrupted"]
+
+
+def test_library_errors_are_reported_as_one_line(tmp_path, capsys, monkeypatch):
+    data = write_custom_dataset(tmp_path / "data")
+
+    def broken(self):
+        raise ValueError("loss diverged\nsecond line")
+
+    monkeypatch.setattr(fastcnn.train.Trainer, "run", broken)
+    rc = train_main(["--dataset", "custom", "--data-dir", str(data), "--batch-size", "32", "--backend", "numpy",
+                     "--plots-dir", str(tmp_path / "plots")])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert_one_error_line(err)
+    assert "loss diverged; second line" in err
