@@ -90,6 +90,16 @@ class _BackendLayer(Layer):
         self.backend_name = resolve_backend_name(backend)
         self.ops = get_backend(self.backend_name)
 
+    def __getstate__(self):
+        # The ops module is not copyable; copies (copy.deepcopy) look it up again by name.
+        state = dict(self.__dict__)
+        del state["ops"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.ops = get_backend(self.backend_name)
+
 
 class Conv2D(_BackendLayer):
     """2-D convolution over NCHW input; weight (K, C, R, S), bias (K,), He-normal initialisation.

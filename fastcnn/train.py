@@ -33,7 +33,6 @@ import math
 import os
 import sys
 import time
-import types
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -218,14 +217,8 @@ def _build_optimizer(config, model):
 
 
 def _throwaway_copy(model, optimizer):
-    """Deep copies of (model, optimizer), the copy's optimizer bound to the copy's model. Modules
-    (the backend op implementations layers refer to) are shared, not copied."""
-    memo = {}
-    for layer in getattr(model, "layers", ()):
-        for value in vars(layer).values():
-            if isinstance(value, types.ModuleType):
-                memo[id(value)] = value
-    return copy.deepcopy((model, optimizer), memo)
+    """Deep copies of (model, optimizer), the copy's optimizer bound to the copy's model."""
+    return copy.deepcopy((model, optimizer))
 
 
 def _check_threads(config):
