@@ -173,14 +173,16 @@ def _backward_weight_partials(x, dy, R, S, sh, sw, ph, pw, nchunks, dw_part, db_
 
 @njit(parallel=True, boundscheck=False, cache=CACHE)
 def _sum_partials(dw_part, db_part, dw, db):
-    """dw (K, L) = sum over chunks in chunk order; prange over rows k."""
+    """dw (K, L) = sum over chunks in chunk order; prange over rows k. Each element is summed in
+    the same order (chunk 0, 1, ...) whatever the thread count; rows are read contiguously."""
     nchunks, K, L = dw_part.shape
     for k in prange(K):
-        for l in range(L):
-            s = dw_part[0, k, l]
-            for ch in range(1, nchunks):
-                s += dw_part[ch, k, l]
-            dw[k, l] = s
+        row = dw[k]
+        row[:] = dw_part[0, k]
+        for ch in range(1, nchunks):
+            part = dw_part[ch, k]
+            for l in range(L):
+                row[l] += part[l]
         s = db_part[0, k]
         for ch in range(1, nchunks):
             s += db_part[ch, k]

@@ -48,29 +48,27 @@ def _maxpool_forward(x, kh, kw, sh, sw, relu, zero, y, argmax):
 
 @njit(parallel=True, boundscheck=False, cache=CACHE)
 def _maxpool_forward_2x2(x, relu, zero, y, argmax):
-    """Specialised kernel_size = stride = (2, 2): one pass over two input rows per output row."""
+    """Specialised kernel_size = stride = (2, 2): the four taps unrolled, plain 4-D indexing."""
     N, C = x.shape[0], x.shape[1]
     P, Q = y.shape[2], y.shape[3]
     for nc in prange(N * C):
         n, c = nc // C, nc % C
-        xc, yc, ac = x[n, c], y[n, c], argmax[n, c]
         for p in range(P):
-            r0, r1 = xc[2 * p], xc[2 * p + 1]
             for q in range(Q):
-                best, arg = r0[2 * q], 0
-                v = r0[2 * q + 1]
+                best, arg = x[n, c, 2 * p, 2 * q], 0
+                v = x[n, c, 2 * p, 2 * q + 1]
                 if _beats(v, best):
                     best, arg = v, 1
-                v = r1[2 * q]
+                v = x[n, c, 2 * p + 1, 2 * q]
                 if _beats(v, best):
                     best, arg = v, 2
-                v = r1[2 * q + 1]
+                v = x[n, c, 2 * p + 1, 2 * q + 1]
                 if _beats(v, best):
                     best, arg = v, 3
                 if relu and best <= 0:
                     best, arg = zero, -1
-                yc[p, q] = best
-                ac[p, q] = arg
+                y[n, c, p, q] = best
+                argmax[n, c, p, q] = arg
 
 
 @njit(parallel=True, boundscheck=False, cache=CACHE)
