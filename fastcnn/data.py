@@ -315,6 +315,7 @@ def load_dataset(name="mnist", data_dir=None, download=True, verify=True, timeou
     downloaded or checksummed, and labels may be any non-negative integers (classes = largest + 1).
     Structure checks, always: images 3-D with the same H x W in train and test, labels 1-D, as many
     labels as images, and labels below ``num_classes`` (10 for MNIST and Fashion-MNIST).
+    An explicit ``data_dir`` that does not exist is an error (it is not skipped).
     Every problem raises :class:`DataError` naming the file or the folders searched."""
     if isinstance(name, DatasetSpec):
         spec = name
@@ -326,6 +327,10 @@ def load_dataset(name="mnist", data_dir=None, download=True, verify=True, timeou
         raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS) + ['custom']}")
     if mirrors is not None:
         spec = replace(spec, mirrors=tuple(mirrors))
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        # An explicit folder that does not exist is a mistake to report, not a search miss to
+        # paper over with $FASTCNN_DATA_DIR or the cache.
+        raise DataError(f"{data_dir}: data folder not found (no such directory)")
     dirs = candidate_dirs(spec, data_dir, cache_dir)
     if not dirs:
         raise DataError(f"dataset 'custom' needs a folder: pass --data-dir DIR (data_dir=DIR) or set {ENV_VAR}")

@@ -450,3 +450,12 @@ def test_real_mnist(mnist_dir, tmp_path):
     assert ds.num_classes == 10
     x = to_float(ds.x_train[:10000])
     assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.05  # the documented mean/std fit
+
+
+def test_explicit_data_dir_that_does_not_exist_is_an_error_not_skipped(tmp_path, monkeypatch):
+    # Even with a valid $FASTCNN_DATA_DIR to fall back on, a mistyped folder must be reported.
+    good = tmp_path / "good"
+    good.mkdir()
+    monkeypatch.setenv("FASTCNN_DATA_DIR", str(good))
+    with pytest.raises(DataError, match="no such directory"):
+        load_dataset("custom", data_dir=tmp_path / "typo", download=False)

@@ -57,10 +57,12 @@ def test_test_set_evaluation_writes_both_pngs(ckpt, mnist_dir, tmp_path, capsys)
     assert sorted(p.name for p in out_dir.iterdir()) == ["confusion_matrix.png", "most_confident_errors.png"]
 
 
-def test_missing_data_is_one_line_error(ckpt, tmp_path, capsys):
-    code, out, err = run(capsys, ckpt, "--dataset", "custom", "--data-dir", tmp_path / "none",
+@pytest.mark.parametrize("folder,needle", [("none", "no such directory"), ("empty", "files not found")])
+def test_missing_data_is_one_line_error(ckpt, tmp_path, capsys, folder, needle):
+    (tmp_path / "empty").mkdir()
+    code, out, err = run(capsys, ckpt, "--dataset", "custom", "--data-dir", tmp_path / folder,
                          "--backend", "numpy", "--out", tmp_path / "o")
-    assert_one_error(code, err, "files not found", "--no-test")
+    assert_one_error(code, err, needle, "--no-test")
     assert not (tmp_path / "o").exists()
 
 
