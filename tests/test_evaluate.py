@@ -58,7 +58,8 @@ def test_test_set_evaluation_writes_both_pngs(ckpt, mnist_dir, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("folder,needle", [("none", "no such directory"), ("empty", "files not found")])
-def test_missing_data_is_one_line_error(ckpt, tmp_path, capsys, folder, needle):
+def test_missing_data_is_one_line_error(ckpt, tmp_path, capsys, monkeypatch, folder, needle):
+    monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)     # nothing to fall back on
     (tmp_path / "empty").mkdir()
     code, out, err = run(capsys, ckpt, "--dataset", "custom", "--data-dir", tmp_path / folder,
                          "--backend", "numpy", "--out", tmp_path / "o")
