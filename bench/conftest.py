@@ -6,15 +6,14 @@ with the ``fastcnn-bench`` command.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from fastcnn.testing import real_mnist_dir
+
 from fastcnn import benchmark as fb
 
-#: The project's shared MNIST copy: ``<repo>/../shared/data/mnist``.
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
 def pytest_configure(config):
@@ -61,15 +60,8 @@ def op_data():
 
 @pytest.fixture(scope="session")
 def mnist_dir():
-    """Folder with the real MNIST IDX files: ``$FASTCNN_DATA_DIR`` when it names an existing folder,
-    else ``../shared/data/mnist``; skips when neither exists."""
-    env = os.environ.get("FASTCNN_DATA_DIR")
-    if env and Path(env).expanduser().is_dir():
-        return Path(env).expanduser()
-    if not SHARED_MNIST.is_dir():
-        pytest.skip(f"real MNIST not available: {SHARED_MNIST} does not exist and FASTCNN_DATA_DIR "
-                    "does not name an existing folder")
-    return SHARED_MNIST
+    """Folder with the real MNIST IDX files (see :func:`fastcnn.testing.real_mnist_dir`)."""
+    return real_mnist_dir(Path(__file__).resolve().parents[1])
 
 
 @pytest.fixture(scope="session")

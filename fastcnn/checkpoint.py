@@ -53,12 +53,13 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from fastcnn._atomic import atomic_write
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CheckpointError", "Checkpoint", "save_checkpoint",
            "load_checkpoint", "restore", "build_model", "model_rngs", "payload_hash",
@@ -248,31 +249,7 @@ def save_checkpoint(path, model, optimizer, *, epoch, history, config, rngs, mod
     text = json.dumps(header, default=_jsonable, sort_keys=True)   # fails here, before any file exists
     arrays[HEADER_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
-    directory = path.parent if str(path.parent) else Path(".")
-    tmp = tempfile.NamedTemporaryFile(delete=False, dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with tmp:
-            np.savez(tmp, **arrays)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp.name, 0o666 & ~umask)
-        os.replace(tmp.name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp.name)
-        except OSError:
-            pass
-        raise
-    try:                                     # make the rename itself durable (best effort)
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
     return path
 
 

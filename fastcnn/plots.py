@@ -10,40 +10,13 @@ crash or interrupt never leaves a half-written PNG behind.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from fastcnn._atomic import atomic_write
 
 __all__ = ["save_plots", "PLOT_FILES"]
 
 PLOT_FILES = ("train_loss.png", "test_acc.png")
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path, write, mode="wb"):
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it to ``path``
-    (permissions as a normally created file). On any error the temporary file is removed."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
 
 
 def _figure(title, ylabel, epochs, series):

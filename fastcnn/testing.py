@@ -95,3 +95,21 @@ def assert_gradient_close(analytic, numeric, what="gradient"):
     """Assert an analytic gradient matches finite differences within GRADCHECK tolerances."""
     np.testing.assert_allclose(analytic, numeric, rtol=GRADCHECK["rtol"], atol=GRADCHECK["atol"],
                                err_msg=what)
+
+
+def real_mnist_dir(repo_root):
+    """The folder of real MNIST IDX files for the test and benchmark suites: ``$FASTCNN_DATA_DIR``
+    when it names an existing folder, else ``<repo_root>/../shared/data/mnist``. Skips the calling
+    test (``pytest.skip``, with the reason) when neither exists."""
+    import os
+    from pathlib import Path
+
+    env = os.environ.get("FASTCNN_DATA_DIR")
+    if env and Path(env).expanduser().is_dir():
+        return Path(env).expanduser()
+    shared = Path(repo_root).resolve().parent / "shared" / "data" / "mnist"
+    if shared.is_dir():
+        return shared
+    import pytest
+    pytest.skip(f"real MNIST not available: {shared} does not exist and FASTCNN_DATA_DIR "
+                "does not name an existing folder")

@@ -370,7 +370,7 @@ def test_download_into_cache(server, tmp_path, dead_url):
 
 def test_download_checksum_mismatch_leaves_nothing(server, tmp_path):
     root, url = server
-    arrays = make_dataset(root)
+    make_dataset(root)                            # the server holds the real files
     spec = tiny_spec(make_arrays(seed=1), [url])  # checksums of different content
     cache = tmp_path / "cache"
     with pytest.raises(DataError, match=r"download failed:\n.*checksum mismatch") as info:

@@ -140,7 +140,7 @@ def naive_maxpool2d(x, kernel_size, stride):
 
 
 def naive_maxpool2d_backward(dy, argmax, x_shape, kernel_size, stride):
-    (kh, kw), (sh, sw) = kernel_size, stride
+    (_, kw), (sh, sw) = kernel_size, stride
     dx = np.zeros(x_shape)
     N, C, P, Q = dy.shape
     for n in range(N):
