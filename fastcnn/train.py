@@ -24,11 +24,25 @@ every epoch; a callback may set ``state.stop_requested``. That is the seam for c
 resuming (restore the state, including ``shuffle_rng``'s bit-generator state, then call
 :meth:`Trainer.run`, which starts at ``state.epoch + 1``), interrupt handling and divergence
 checks.
+
+Stopping: ``state.stop_requested`` is checked before every training batch. Set between epochs (by a
+callback) the run simply ends; set during an epoch (by a signal handler, see :mod:`fastcnn.cli`)
+:class:`TrainingInterrupted` is raised and the partial epoch is abandoned: the last complete epoch
+(its checkpoint, its metrics) is what survives. After every training step the loss and every
+parameter must be finite, else :class:`TrainingDiverged` names the epoch and batch.
+
+Checkpoints and exact resume: :meth:`Trainer.save_checkpoint` writes the whole state (parameters,
+BatchNorm statistics, optimizer state, the shuffle and dropout generators, epoch, step, history,
+settings, a fingerprint of the data); :meth:`Trainer.restore` puts it back into a freshly built
+trainer after checking the settings and the data are the ones the checkpoint was trained with. On
+the same backend and thread count the resumed run's parameters and metrics are bit-identical to an
+uninterrupted run (tests/test_resilience.py).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import math
 import os
 import sys
@@ -40,7 +54,8 @@ import numpy as np
 from fastcnn.backend import resolve_backend_name
 
 __all__ = ["TrainConfig", "RunState", "Trainer", "train", "learning_rate", "OPTIMIZERS", "SCHEDULES",
-           "DEFAULT_LR", "DEFAULT_WEIGHT_DECAY", "process_age_seconds"]
+           "DEFAULT_LR", "DEFAULT_WEIGHT_DECAY", "process_age_seconds", "TrainingDiverged",
+           "TrainingInterrupted", "RESUME_KEYS", "TIMING_KEYS"]
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -55,6 +70,32 @@ DEFAULT_LR = {"adamw": 2e-3, "sgd": 0.01}
 #: (PyTorch's default 0.01); none for SGD (the seed project's plain momentum SGD).
 DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "sgd": 0.0}
 DEFAULT_MOMENTUM = 0.9
+#: Settings a resumed run must share with its checkpoint: they change what is computed. The others
+#: (epochs, backend, threads, warmup, quiet) may differ; ``epochs`` may grow to train further.
+RESUME_KEYS = ("batch_size", "optimizer", "lr", "lr_schedule", "momentum", "weight_decay", "dropout",
+               "batchnorm", "seed", "dtype", "limit_train", "limit_test", "eval_batch_size")
+#: Per-epoch metrics that are wall-clock measurements (everything else in an epoch's metrics is a
+#: deterministic function of the seed, backend and thread count).
+TIMING_KEYS = ("seconds", "images_per_second", "eval_seconds")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or a parameter became NaN or infinite. ``epoch`` and ``batch`` are 1-based; the
+    run's state holds the corrupted parameters, its history only the epochs before."""
+
+    def __init__(self, epoch, batch, batches, what, lr):
+        self.epoch, self.batch, self.batches, self.what, self.lr = epoch, batch, batches, what, lr
+        super().__init__(f"training diverged in epoch {epoch} at batch {batch}/{batches}: {what} "
+                         f"(learning rate {lr:.4g}; try a lower --lr)")
+
+
+class TrainingInterrupted(Exception):
+    """``stop_requested`` was set during an epoch (1-based ``epoch``) before training ``batch``
+    (1-based); that epoch is abandoned, ``state.epoch`` complete epochs remain."""
+
+    def __init__(self, epoch, batch, batches):
+        self.epoch, self.batch, self.batches = epoch, batch, batches
+        super().__init__(f"stopped in epoch {epoch} before batch {batch}/{batches}")
 
 
 @dataclass
@@ -191,22 +232,44 @@ class RunState:
     def total_steps(self):
         return self.config.epochs * self.steps_per_epoch
 
-    def summary(self):
-        """The JSON-ready part of the run: timings and the per-epoch history."""
-        return {"epochs": [dict(m) for m in self.history],
-                "warmup_seconds": self.warmup_seconds,
-                "time_to_first_batch_seconds": self.time_to_first_batch_seconds,
-                "time_to_first_batch_from": "train() entry",
-                "process_time_to_first_batch_seconds": self.process_time_to_first_batch_seconds,
-                "backend": self.config.backend,
-                "threads": self.threads}
+    def summary(self, timings=True):
+        """The JSON-ready part of the run: the per-epoch history, backend and threads, and (unless
+        ``timings`` is False) the wall-clock figures. Without timings the summary is a deterministic
+        function of the seed, backend and thread count."""
+        out = {"epochs": [{k: v for k, v in m.items() if timings or k not in TIMING_KEYS}
+                          for m in self.history],
+               "backend": self.config.backend,
+               "threads": self.threads}
+        if timings:
+            out.update({"warmup_seconds": self.warmup_seconds,
+                        "time_to_first_batch_seconds": self.time_to_first_batch_seconds,
+                        "time_to_first_batch_from": "train() entry",
+                        "process_time_to_first_batch_seconds": self.process_time_to_first_batch_seconds})
+        return out
 
 
-def _build_model(config, in_channels, image_size, num_classes):
+def _model_kwargs(config, in_channels, image_size, num_classes):
+    """The :func:`fastcnn.model.mnist_cnn` arguments (other than seed and backend) of the run's model,
+    as stored in its checkpoints."""
+    return {"dropout": config.dropout, "batchnorm": config.batchnorm, "dtype": str(config.dtype),
+            "in_channels": int(in_channels), "image_size": int(image_size), "num_classes": int(num_classes)}
+
+
+def _build_model(config, model_kwargs):
     from fastcnn.model import mnist_cnn
-    return mnist_cnn(seed=config.seed, dropout=config.dropout, batchnorm=config.batchnorm,
-                     dtype=np.dtype(config.dtype), backend=config.backend, in_channels=in_channels,
-                     image_size=image_size, num_classes=num_classes)
+    return mnist_cnn(seed=config.seed, backend=config.backend,
+                     **{**model_kwargs, "dtype": np.dtype(model_kwargs["dtype"])})
+
+
+def data_fingerprint(*arrays):
+    """SHA-256 (hex) over the shapes, dtypes and bytes of ``arrays``: identifies the exact images and
+    labels a run trained on, so a resume on other data is refused."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode("ascii"))
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
 
 
 def _build_optimizer(config, model):
@@ -214,6 +277,15 @@ def _build_optimizer(config, model):
     if config.optimizer == "sgd":
         return SGD(model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     return AdamW(model, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def check_resumable(ckpt):
+    """Raise CheckpointError unless the loaded checkpoint ``ckpt`` holds a training state (a
+    model-only file, as written by ``--save-model``, has no optimizer state to continue)."""
+    from fastcnn.checkpoint import CheckpointError
+    if ckpt.header.get("optimizer") is None or not isinstance(ckpt.header.get("extra", {}).get("step"), int):
+        raise CheckpointError(f"{ckpt.path}: holds a model only (e.g. from --save-model), not a training "
+                              "state that can be resumed; use a file written by --checkpoint")
 
 
 def _throwaway_copy(model, optimizer):
@@ -281,8 +353,12 @@ class Trainer:
         num_classes = int(max(self.y_train.max(initial=-1), self.y_test.max(initial=-1))) + 1
         num_classes = max(num_classes, int(getattr(data, "num_classes", 0) or 0), 2)
 
+        self.data_info = {"name": getattr(data, "name", None), "train_images": n_train, "test_images": n_test,
+                          "sha256": data_fingerprint(x_train, self.y_train, data.x_test[:n_test], self.y_test)}
+
         _check_threads(config)
-        model = _build_model(config, x_train.shape[1], x_train.shape[2], num_classes)
+        self.model_kwargs = _model_kwargs(config, x_train.shape[1], x_train.shape[2], num_classes)
+        model = _build_model(config, self.model_kwargs)
         optimizer = _build_optimizer(config, model)
         # mnist_cnn uses children 0 (init) and 1 (dropout) of SeedSequence(seed); the shuffle
         # takes child 2, an independent stream.
@@ -299,9 +375,10 @@ class Trainer:
         t0 = time.perf_counter()
         model, optimizer = _throwaway_copy(self.state.model, self.state.optimizer)
         n = min(self.config.batch_size, len(self.x_train))
-        model.train_step(self.x_train[:n], self.y_train[:n], optimizer)
         m = min(self.config.eval_batch_size, len(self.x_test), 2 * n)
-        model.evaluate(self.x_test[:m], self.y_test[:m], batch_size=self.config.eval_batch_size)
+        with np.errstate(over="ignore", invalid="ignore"):       # a huge --lr is reported by the real run
+            model.train_step(self.x_train[:n], self.y_train[:n], optimizer)
+            model.evaluate(self.x_test[:m], self.y_test[:m], batch_size=self.config.eval_batch_size)
         self.state.warmup_seconds = time.perf_counter() - t0
         return self.state.warmup_seconds
 
@@ -319,26 +396,49 @@ class Trainer:
         bar = self._progress(f"epoch {st.epoch + 1}/{cfg.epochs}")
         total_loss, correct = 0.0, 0
         t0 = time.perf_counter()
-        try:
-            order = st.shuffle_rng.permutation(n)
-            for i in range(0, n, bs):
-                idx = order[i:i + bs]
-                st.optimizer.lr = learning_rate(cfg.lr, cfg.lr_schedule, st.step, st.total_steps)
-                loss, hits = st.model.train_step(self.x_train[idx], self.y_train[idx], st.optimizer)
-                st.step += 1
-                if st.time_to_first_batch_seconds is None:
-                    st.time_to_first_batch_seconds = time.perf_counter() - self._t_entry
-                    st.process_time_to_first_batch_seconds = process_age_seconds()
-                total_loss += loss * len(idx)
-                correct += hits
+        # No overflow/NaN warnings: _check_finite stops a diverging run with one clear error instead.
+        with np.errstate(over="ignore", invalid="ignore"):
+            try:
+                order = st.shuffle_rng.permutation(n)
+                for batch, i in enumerate(range(0, n, bs), start=1):
+                    if st.stop_requested:
+                        raise TrainingInterrupted(st.epoch + 1, batch, st.steps_per_epoch)
+                    idx = order[i:i + bs]
+                    st.optimizer.lr = learning_rate(cfg.lr, cfg.lr_schedule, st.step, st.total_steps)
+                    loss, hits = st.model.train_step(self.x_train[idx], self.y_train[idx], st.optimizer)
+                    st.step += 1
+                    self._check_finite(loss, batch)
+                    if st.time_to_first_batch_seconds is None:
+                        st.time_to_first_batch_seconds = time.perf_counter() - self._t_entry
+                        st.process_time_to_first_batch_seconds = process_age_seconds()
+                    total_loss += loss * len(idx)
+                    correct += hits
+                    if bar is not None:
+                        bar.update(1)
+                        if st.step % 10 == 0:
+                            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            finally:
                 if bar is not None:
-                    bar.update(1)
-                    if st.step % 10 == 0:
-                        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        finally:
-            if bar is not None:
-                bar.close()
+                    bar.close()
         return total_loss / n, correct / n, time.perf_counter() - t0
+
+    def _check_finite(self, loss, batch):
+        """Raise :class:`TrainingDiverged` unless ``loss`` and every parameter are finite (about
+        30 us per step for the mission's network: a few hundred thousand floats)."""
+        st = self.state
+        what = None
+        if not math.isfinite(loss):
+            what = f"the loss is {loss}"
+        else:
+            for i, layer in enumerate(st.model.layers):
+                for name, w in layer.params.items():
+                    if not np.isfinite(w).all():
+                        what = f"parameter {i}.{name} ({type(layer).__name__}) has non-finite values"
+                        break
+                if what:
+                    break
+        if what:
+            raise TrainingDiverged(st.epoch + 1, batch, st.steps_per_epoch, what, st.optimizer.lr)
 
     def evaluate(self):
         """(loss, accuracy, seconds) of the model on the test set."""
@@ -361,6 +461,67 @@ class Trainer:
         for callback in self.callbacks:
             callback(st, metrics)
         return metrics
+
+    # ------------------------------------------------------------------------ checkpoint, resume
+
+    def _rngs(self):
+        from fastcnn.checkpoint import model_rngs
+        return {"shuffle": self.state.shuffle_rng, **model_rngs(self.state.model)}
+
+    def save_checkpoint(self, path, extra=None):
+        """Write the run's whole state after its last complete epoch to ``path`` (atomically, see
+        :mod:`fastcnn.checkpoint`); ``extra``: more JSON-ready facts for the header."""
+        from fastcnn.checkpoint import save_checkpoint
+        st = self.state
+        return save_checkpoint(path, st.model, st.optimizer, epoch=st.epoch, history=st.history,
+                               config=self.config.to_dict(), rngs=self._rngs(), model_kwargs=self.model_kwargs,
+                               extra={"step": st.step, "steps_per_epoch": st.steps_per_epoch,
+                                      "data": self.data_info, **(extra or {})},
+                               threads=st.threads)
+
+    def restore(self, checkpoint):
+        """Continue the run saved in ``checkpoint`` (a path or :class:`~fastcnn.checkpoint.Checkpoint`):
+        check that it was trained with this run's settings (:data:`RESUME_KEYS`) on the same data,
+        then restore parameters, optimizer, generators, epoch, step and history. Raises
+        :class:`~fastcnn.checkpoint.CheckpointError` (nothing changed) when anything differs.
+        Returns notes on differences that break bit-identical resumption (see
+        :func:`fastcnn.checkpoint.restore`) or change the learning-rate schedule."""
+        from fastcnn.checkpoint import Checkpoint, CheckpointError, load_checkpoint, restore
+        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+        st = self.state
+
+        def fail(why):
+            return CheckpointError(f"{ckpt.path}: {why}")
+
+        saved = ckpt.config
+        check_resumable(ckpt)
+        mine = self.config.to_dict()
+        diffs = [f"{k} {saved.get(k)!r} (this run: {mine[k]!r})" for k in RESUME_KEYS
+                 if k in saved and saved.get(k) != mine[k]]
+        if diffs:
+            raise fail(f"trained with other settings: {'; '.join(diffs)}")
+        data = ckpt.header.get("extra", {}).get("data", {})
+        if data.get("sha256") not in (None, self.data_info["sha256"]):
+            raise fail(f"trained on other data ({data.get('name')}, {data.get('train_images')} train / "
+                       f"{data.get('test_images')} test images) than this run ({self.data_info['name']}, "
+                       f"{self.data_info['train_images']} / {self.data_info['test_images']})")
+        steps = ckpt.header.get("extra", {}).get("step")
+        if ckpt.epoch < 0 or (steps is not None and steps != ckpt.epoch * st.steps_per_epoch):
+            raise fail(f"inconsistent: {ckpt.epoch} epochs but {steps} steps of {st.steps_per_epoch}")
+        if ckpt.epoch > self.config.epochs:
+            raise fail(f"already has {ckpt.epoch} epochs, more than this run's {self.config.epochs}")
+        if len(ckpt.history) != ckpt.epoch:
+            raise fail(f"inconsistent: {ckpt.epoch} epochs but {len(ckpt.history)} history entries")
+        # The optimizer's saved lr is the schedule's value at its last step, not the run's peak lr
+        # (compared above through RESUME_KEYS), so its hyper-parameters are not compared here.
+        notes = restore(ckpt, st.model, st.optimizer, self._rngs(), check_hparams=False)
+        st.epoch, st.step = ckpt.epoch, ckpt.epoch * st.steps_per_epoch
+        st.history = [dict(m) for m in ckpt.history]
+        if saved.get("epochs") != self.config.epochs and self.config.lr_schedule == "cosine":
+            notes.append(f"the cosine learning-rate schedule is recomputed for {self.config.epochs} epochs "
+                         f"(the checkpoint's run planned {saved.get('epochs')}), so the rate jumps to that "
+                         f"schedule's value at step {st.step}")
+        return notes
 
     def run(self):
         """Warm up (once), then train the remaining epochs; returns the :class:`RunState`."""
