@@ -1,8 +1,14 @@
 """``fastcnn-train`` (also ``python -m fastcnn``): train the MNIST CNN from the command line.
 
-Exit codes: 0 success, 1 runtime error (data, library or output-file problems), 2 invalid
-arguments, 130 interrupted (Ctrl-C). Every error is one line on stderr,
-``fastcnn-train: error: <message>``, never a traceback.
+Exit codes: 0 success, 1 runtime error (data, checkpoint, library or output-file problems), 2
+invalid arguments, 3 training diverged, 130 interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM).
+Every error is one line on stderr, ``fastcnn-train: error: <message>``, never a traceback.
+
+Outputs are written atomically after every epoch (the checkpoint, the metrics JSON, the two
+plots), so whatever stops the process leaves the last complete epoch's files intact. SIGINT and
+SIGTERM are caught: during training they stop the run before the next batch (the partial epoch is
+dropped), the final metrics (``"status": "interrupted"``) are written and the message says how to
+resume; before training starts, and on a second signal, the process stops at once.
 """
 from __future__ import annotations
 
@@ -11,14 +17,17 @@ import json
 import math
 import os
 import platform
+import shlex
+import signal
 import sys
 import tempfile
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
 PROG = "fastcnn-train"
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 
 
 class UsageError(Exception):
@@ -92,9 +101,16 @@ examples:
   fastcnn-train                                   # 5 epochs of AdamW on MNIST, plots in plots/
   fastcnn-train --epochs 1 --backend numpy --metrics out/metrics.json
   fastcnn-train --optimizer sgd --lr 0.05 --threads 2 --data-dir ~/data/mnist --no-download
+  fastcnn-train --checkpoint run.npz --save-model model.npz   # Ctrl-C, then:
+  fastcnn-train --resume run.npz                  # continues bit-identically
+  fastcnn-eval model.npz                          # test accuracy, confusion matrix, worst errors
 
 data: --data-dir, then $FASTCNN_DATA_DIR, then ~/.cache/fastcnn/<dataset> (downloaded there
-unless --no-download). Exit codes: 0 ok, 1 runtime error, 2 bad arguments, 130 interrupted.
+unless --no-download).
+stopping: Ctrl-C (SIGINT) or SIGTERM stops before the next batch; the last complete epoch's
+checkpoint, the metrics and the plots so far are kept; a second Ctrl-C stops at once.
+exit codes: 0 ok, 1 runtime error (data, checkpoint, files), 2 bad arguments, 3 training diverged
+(NaN or infinite loss or weights), 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
 
 
@@ -154,7 +170,22 @@ def build_parser():
                    help="where train_loss.png and test_acc.png are written (created if missing)")
     g.add_argument("--metrics", metavar="PATH", default=None,
                    help="also write the configuration, per-epoch metrics and timings as JSON here")
+    g.add_argument("--no-timings", action="store_true",
+                   help="leave wall-clock times out of --metrics, so that runs with the same seed, backend "
+                        "and thread count write byte-identical files")
     g.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (no progress bar)")
+
+    g = p.add_argument_group("checkpoints")
+    g.add_argument("--checkpoint", metavar="PATH", default=None,
+                   help="after every epoch, save everything needed to resume (weights, optimizer, random "
+                        "generators, metrics, settings) to PATH, atomically")
+    g.add_argument("--resume", metavar="PATH", default=None,
+                   help="continue the run saved in checkpoint PATH with its settings (give --epochs to train "
+                        "longer); later epochs are saved to PATH too unless --checkpoint names another file")
+    g.add_argument("--overwrite", action="store_true",
+                   help="let --checkpoint replace an existing file (refused otherwise, to protect earlier runs)")
+    g.add_argument("--save-model", metavar="PATH", default=None,
+                   help="when training completes, save the model alone (for fastcnn-eval) to PATH")
     return p
 
 
@@ -174,13 +205,36 @@ def _probe_writable(directory, what):
         raise UsageError(f"{what} {str(directory)!r} is not writable: {exc.strerror or exc}") from None
 
 
+def _check_file_target(path, option):
+    """``path`` must be a file path whose folder can be written (created if missing)."""
+    p = Path(path)
+    if p.is_dir() or str(path).endswith(os.sep):
+        raise UsageError(f"{option} {str(path)!r} is a directory; give a file path")
+    _probe_writable(p.parent if str(p.parent) else Path("."), f"{option} folder")
+
+
 def _check_outputs(args):
+    """Every output location is checked before any data is loaded or anything is trained."""
     _probe_writable(args.plots_dir, "--plots-dir")
-    if args.metrics is not None:
-        path = Path(args.metrics)
-        if path.is_dir() or str(args.metrics).endswith(os.sep):
-            raise UsageError(f"--metrics {args.metrics!r} is a directory; give a file path")
-        _probe_writable(path.parent if str(path.parent) else Path("."), "--metrics folder")
+    targets = {"--metrics": args.metrics, "--checkpoint": args.checkpoint or args.resume,
+               "--save-model": args.save_model}
+    for option, path in targets.items():
+        if path is not None:
+            _check_file_target(path, option)
+    from fastcnn.plots import PLOT_FILES
+    seen = {str((Path(args.plots_dir) / name).resolve()): "--plots-dir" for name in PLOT_FILES}
+    for option, path in targets.items():
+        if path is None:
+            continue
+        key = str(Path(path).resolve())
+        if key in seen:
+            raise UsageError(f"{option} and {seen[key]} name the same file {str(path)!r}")
+        seen[key] = option
+    ckpt = args.checkpoint
+    if ckpt is not None and Path(ckpt).exists() and not args.overwrite and not (
+            args.resume is not None and Path(ckpt).resolve() == Path(args.resume).resolve()):
+        raise UsageError(f"--checkpoint {ckpt!r} already exists: continue it with --resume {shlex.quote(ckpt)}, "
+                         "replace it with --overwrite, or choose another path")
 
 
 def make_config(args):
@@ -222,25 +276,175 @@ def _versions():
 
 def write_metrics(path, document):
     """Write ``document`` as JSON to ``path`` atomically."""
-    from fastcnn.plots import atomic_write
+    from fastcnn._atomic import atomic_write
     text = json.dumps(document, indent=2, allow_nan=True) + "\n"
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
+def _explicit_options(argv, args):
+    """The ``dest`` names of the options given on the command line (not left at their default)."""
+    unset = object()
+    probe = build_parser()
+    probe.set_defaults(**{dest: unset for dest in vars(args)})
+    return {dest for dest, value in vars(probe.parse_args(argv)).items() if value is not unset}
+
+
+def _resume_config(args, explicit, ckpt):
+    """The configuration of a resumed run: the checkpoint's settings, with ``--epochs``,
+    ``--backend``, ``--threads`` and ``--quiet`` from the command line. Any other training option
+    given explicitly must equal the checkpoint's (UsageError otherwise)."""
+    from fastcnn.train import RESUME_KEYS, TrainConfig
+    saved = ckpt.config
+    conflicts = []
+    for key in RESUME_KEYS + ("dataset",):
+        if key not in explicit:
+            continue
+        mine = getattr(args, key)
+        theirs = ckpt.header.get("extra", {}).get("dataset") if key == "dataset" else saved.get(key)
+        if mine != theirs:
+            conflicts.append(f"--{key.replace('_', '-')} {mine} (checkpoint: {theirs})")
+    if conflicts:
+        raise UsageError(f"--resume continues with the checkpoint's settings, but {', '.join(conflicts)}; "
+                         "leave these options out")
+    known = {k: saved[k] for k in RESUME_KEYS if k in saved}
+    cfg = TrainConfig(**known,
+                      epochs=args.epochs if "epochs" in explicit else saved.get("epochs", args.epochs),
+                      backend=args.backend if "backend" in explicit else saved.get("backend"),
+                      threads=args.threads if "threads" in explicit else saved.get("threads"),
+                      quiet=args.quiet)
+    try:
+        cfg = cfg.resolved()
+    except ValueError as exc:
+        raise UsageError(f"--resume {args.resume}: {exc}") from None
+    if ckpt.epoch >= cfg.epochs:
+        raise UsageError(f"--resume {args.resume}: the checkpoint has completed {ckpt.epoch} of "
+                         f"{cfg.epochs} epochs; pass --epochs N (N > {ckpt.epoch}) to train further")
+    return cfg
+
+
+class _Stopped(BaseException):
+    """Raised by the signal handler when the process must stop at once."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM while the command runs. Until :attr:`state` is set (data loading,
+    compilation) and on a second signal, the handler raises :class:`_Stopped` (atomic writes keep
+    every file whole); once training runs it sets ``state.stop_requested``, and the trainer stops
+    before its next batch."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received = None
+        self.state = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        return False
+
+    def _handle(self, signum, frame):
+        first = self.received is None
+        if first:
+            self.received = signum
+        if self.state is None or not first:
+            raise _Stopped(signum)
+        self.state.stop_requested = True
+        lead = "\n" if sys.stderr.isatty() else ""
+        print(f"{lead}{PROG}: {signal.Signals(signum).name} received, stopping before the next batch "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+
+def _signal_exit(signum):
+    return EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED
+
+
 # ---------------------------------------------------------------------------------------- main
 
-def _run(argv):
+class _Run:
+    """One ``fastcnn-train`` invocation: the outputs it writes after every epoch and at the end."""
+
+    def __init__(self, args, config, data, trainer, say):
+        self.args, self.config, self.data, self.trainer, self.say = args, config, data, trainer, say
+        self.checkpoint = args.checkpoint or args.resume
+        self.saved_epoch = None            # the epoch in self.checkpoint, once this run wrote or read one
+
+    def document(self, status, stop=None):
+        args, config, state = self.args, self.config, self.trainer.state
+        doc = {"status": status,
+               "config": {**asdict(config), "dataset": args.dataset, "data_dir": args.data_dir,
+                          "source_dir": str(self.data.source_dir), "plots_dir": args.plots_dir,
+                          "metrics": args.metrics, "checkpoint": self.checkpoint, "resume": args.resume},
+               **state.summary(timings=not args.no_timings), "versions": _versions()}
+        if stop is not None:
+            doc["stopped"] = stop
+        return doc
+
+    def after_epoch(self, state, metrics):
+        """Trainer callback: checkpoint, metrics so far, plots so far."""
+        from fastcnn.plots import save_plots
+        if self.checkpoint is not None:
+            self.trainer.save_checkpoint(self.checkpoint, extra={"dataset": self.args.dataset,
+                                                                 "source_dir": str(self.data.source_dir)})
+            self.saved_epoch = state.epoch
+        if self.args.metrics is not None:
+            write_metrics(self.args.metrics, self.document("running"))
+        save_plots(state.history, self.args.plots_dir)
+
+    def finish(self, status, stop=None):
+        """Final metrics; returns a sentence on what was kept."""
+        if self.args.metrics is not None:
+            write_metrics(self.args.metrics, self.document(status, stop))
+        n = len(self.trainer.state.history)
+        kept = [f"metrics in {self.args.metrics}"] if self.args.metrics else []
+        if n:
+            kept.append(f"plots of {n} epoch{'s' if n != 1 else ''} in {self.args.plots_dir}")
+        return ", ".join(kept)
+
+    def resume_hint(self):
+        if self.checkpoint is None:
+            return "no --checkpoint was given, so the run cannot be resumed"
+        if self.saved_epoch is None:
+            return "no epoch completed, so there is nothing to resume"
+        return (f"epoch {self.saved_epoch} is saved in {self.checkpoint}; resume with: "
+                f"{PROG} --resume {shlex.quote(str(self.checkpoint))}")
+
+
+def _run(argv, signals):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
         raise UsageError(f"--data-dir {args.data_dir!r}: no such directory")
-    config = make_config(args)
-    _check_outputs(args)
     say = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
 
+    ckpt = None
+    if args.resume is not None:
+        from fastcnn.checkpoint import load_checkpoint
+        from fastcnn.train import check_resumable
+        ckpt = load_checkpoint(args.resume)             # CheckpointError: exit 1, one line
+        check_resumable(ckpt)
+        config = _resume_config(args, _explicit_options(argv, args), ckpt)
+        extra = ckpt.header.get("extra", {})
+        args.dataset = extra.get("dataset", args.dataset)
+        if args.data_dir is None and extra.get("source_dir") and Path(extra["source_dir"]).is_dir():
+            args.data_dir = extra["source_dir"]
+    else:
+        config = make_config(args)
+    _check_outputs(args)
+
     from fastcnn.data import load_dataset
-    from fastcnn.plots import save_plots
-    from fastcnn.train import Trainer
+    from fastcnn.train import Trainer, TrainingDiverged, TrainingInterrupted, format_epoch
 
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download)
     n_train = min(len(data.x_train), config.limit_train or len(data.x_train))
@@ -253,41 +457,90 @@ def _run(argv):
         f"batch {config.batch_size}, {config.epochs} epoch{'s' if config.epochs != 1 else ''}")
 
     trainer = Trainer(config, data, log=say)
-    state = trainer.run()
+    run = _Run(args, config, data, trainer, say)
+    if ckpt is not None:
+        notes = trainer.restore(ckpt)                  # CheckpointError: exit 1, nothing changed
+        run.saved_epoch = ckpt.epoch
+        say(f"resuming {args.resume}: {ckpt.epoch} of {config.epochs} epochs done")
+        for note in notes:
+            say(f"note: {note}")
+        for m in trainer.state.history:
+            say(f"  {format_epoch(m, config.epochs)}")
+    trainer.callbacks.append(run.after_epoch)
+    if config.warmup:
+        trainer.warm_up()                              # JIT compilation: a signal here stops at once
+    signals.state = trainer.state                      # from here on a signal stops between batches
+
+    stop = None
+    try:
+        state = trainer.run()
+    except TrainingDiverged as exc:
+        kept = run.finish("diverged", {"reason": "diverged", "epoch": exc.epoch, "batch": exc.batch,
+                                       "what": exc.what})
+        last = (f"the last good checkpoint (epoch {run.saved_epoch}) is {run.checkpoint}"
+                if run.checkpoint is not None and run.saved_epoch is not None else "no checkpoint was written")
+        _error(f"{exc}; {last}" + (f"; kept {kept}" if kept else ""))
+        return EXIT_DIVERGED
+    except TrainingInterrupted as exc:
+        stop = {"reason": signal.Signals(signals.received).name if signals.received else "stop requested",
+                "epoch": exc.epoch, "batch": exc.batch}
+        where = f"in epoch {exc.epoch} before batch {exc.batch}/{exc.batches}"
+        state = trainer.state
+    else:
+        where = f"after epoch {state.epoch} of {config.epochs}"
+        if state.epoch < config.epochs:
+            stop = {"reason": signal.Signals(signals.received).name if signals.received else "stop requested",
+                    "epoch": state.epoch + 1, "batch": 0}
+    if stop is not None:
+        kept = run.finish("interrupted", stop)
+        name = stop["reason"]
+        print(f"{PROG}: stopped by {name} {where}; {run.resume_hint()}" + (f"; kept {kept}" if kept else ""),
+              file=sys.stderr, flush=True)
+        return _signal_exit(signals.received) if signals.received else EXIT_INTERRUPTED
+
     summary = state.summary()
     threads = summary["threads"]
     threads = "" if threads is None else f", {threads} thread{'s' if threads != 1 else ''}"
-    say(f"warm-up {summary['warmup_seconds']:.2f} s, first trained batch "
-        f"{summary['time_to_first_batch_seconds']:.2f} s after train() entry{threads}")
-
-    paths = save_plots(state.history, args.plots_dir)
-    say(f"plots: {', '.join(str(p) for p in paths)}")
+    if summary["time_to_first_batch_seconds"] is not None:
+        say(f"warm-up {summary['warmup_seconds']:.2f} s, first trained batch "
+            f"{summary['time_to_first_batch_seconds']:.2f} s after train() entry{threads}")
+    run.finish("completed")
+    from fastcnn.plots import PLOT_FILES
+    say(f"plots: {', '.join(str(Path(args.plots_dir) / name) for name in PLOT_FILES)}")
     if args.metrics is not None:
-        document = {"config": {**asdict(config), "dataset": args.dataset, "data_dir": args.data_dir,
-                               "source_dir": str(data.source_dir), "plots_dir": args.plots_dir,
-                               "metrics": args.metrics},
-                    **summary, "versions": _versions()}
-        write_metrics(args.metrics, document)
         say(f"metrics: {args.metrics}")
+    if run.checkpoint is not None:
+        say(f"checkpoint: {run.checkpoint} (epoch {state.epoch})")
+    if args.save_model is not None:
+        from fastcnn.checkpoint import save_checkpoint
+        save_checkpoint(args.save_model, state.model, None, epoch=state.epoch, history=state.history,
+                        config=asdict(config), rngs=None, model_kwargs=trainer.model_kwargs,
+                        extra={"dataset": args.dataset, "data": trainer.data_info}, threads=state.threads)
+        say(f"model: {args.save_model} (evaluate it with: fastcnn-eval {shlex.quote(str(args.save_model))})")
     return EXIT_OK
 
 
 def train_main(argv=None):
     """Entry point of ``fastcnn-train``; returns the exit code."""
+    from fastcnn.checkpoint import CheckpointError
     from fastcnn.data import DataError
+    signals = _StopSignals()
     try:
-        return _run(argv)
+        with signals:
+            return _run(argv, signals)
     except SystemExit as exc:                  # --help
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     except UsageError as exc:
         _error(exc)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        # A later issue saves a checkpoint here. The newline ends the terminal's "^C" line.
+    except (_Stopped, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, _Stopped) else signal.SIGINT
         lead = "\n" if sys.stderr.isatty() else ""
-        print(f"{lead}{PROG}: interrupted", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
-    except (DataError, ValueError, OSError, MemoryError) as exc:
+        what = "terminated" if signum == signal.SIGTERM else "interrupted"
+        print(f"{lead}{PROG}: {what} ({signal.Signals(signum).name}); files already written are complete",
+              file=sys.stderr, flush=True)
+        return _signal_exit(signum)
+    except (CheckpointError, DataError, ValueError, OSError, MemoryError) as exc:
         _error(str(exc) or type(exc).__name__)
         return EXIT_ERROR
     except Exception as exc:                   # a bug: still one line, the traceback on request
