@@ -1,0 +1,490 @@
+"""Training that survives: exact resume, Ctrl-C and SIGTERM, divergence, damaged checkpoints, bad
+arguments, reproducible metrics (issue: checkpoints and exact resume).
+
+The library tests train a few steps on synthetic data; the command-line tests run the real
+``fastcnn-train`` in a subprocess on a few thousand real MNIST images, numba backend (its kernels
+load from Numba's cache that the rest of the suite has filled).
+"""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+import fastcnn.model
+from fastcnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fastcnn.cli import train_main
+from fastcnn.data import Dataset
+from fastcnn.train import TIMING_KEYS, TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted
+
+from cli_helpers import (PNG_SIGNATURE, assert_one_error_line, cli_command, run_cli, subprocess_env,
+                         write_custom_dataset)
+
+
+def synthetic(n_train=96, n_test=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return Dataset(rng.integers(0, 256, (n_train, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_train),
+                   rng.integers(0, 256, (n_test, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_test),
+                   "synthetic")
+
+
+def config(**overrides):
+    options = dict(epochs=2, batch_size=32, backend="numpy", quiet=True, warmup=False)
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+def stop_after_epoch(state, metrics):
+    state.stop_requested = True
+
+
+def assert_same_run(a, b):
+    """Two RunStates are bit-identical: parameters and buffers, optimizer state, generators, step,
+    and the metrics without their wall-clock fields."""
+    pa, pb = a.model.state_arrays(), b.model.state_arrays()
+    assert pa.keys() == pb.keys()
+    for name in pa:
+        np.testing.assert_array_equal(pa[name], pb[name], err_msg=name)
+        assert pa[name].dtype == pb[name].dtype
+    sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+    assert a.shuffle_rng.bit_generator.state == b.shuffle_rng.bit_generator.state
+    assert (a.epoch, a.step) == (b.epoch, b.step)
+    assert a.summary(timings=False) == b.summary(timings=False)
+
+
+# ------------------------------------------------------------------------- library: exact resume
+
+RESUME_CASES = [
+    dict(),
+    dict(optimizer="sgd", lr_schedule="constant"),
+    dict(batchnorm=True),                                   # running statistics travel too
+    dict(dtype="float64", epochs=3),
+    dict(backend="numba", warmup=True),
+]
+
+
+@pytest.mark.parametrize("overrides", RESUME_CASES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items())
+                         or "adamw")
+def test_resume_after_an_epoch_is_bit_identical(overrides, tmp_path):
+    data, cfg = synthetic(), config(**overrides)
+    straight = Trainer(cfg, data).run()
+
+    first = Trainer(cfg, data, callbacks=[stop_after_epoch])
+    first.run()
+    assert first.state.epoch == 1
+    path = first.save_checkpoint(tmp_path / "run.npz")
+
+    resumed = Trainer(cfg, data)
+    assert resumed.restore(path) == []                      # nothing that would break bit-identity
+    assert resumed.state.epoch == 1 and len(resumed.state.history) == 1
+    resumed.run()
+    assert_same_run(straight, resumed.state)
+
+
+def test_checkpoint_records_versions_backend_threads_and_seed(tmp_path):
+    t = Trainer(config(seed=7), synthetic(), callbacks=[stop_after_epoch])
+    t.run()
+    header = load_checkpoint(t.save_checkpoint(tmp_path / "c.npz")).header
+    assert header["config"]["seed"] == 7 and header["backend"] == "numpy"
+    assert "threads" in header and set(header["versions"]) >= {"python", "numpy", "numba", "fastcnn"}
+    assert header["epoch"] == 1 and header["extra"]["step"] == 3
+    assert set(header["rngs"]) == {"shuffle", "dropout/7"}
+    assert len(header["extra"]["data"]["sha256"]) == 64
+
+
+@pytest.mark.parametrize("change,needle", [
+    (dict(lr=0.01), "lr"),
+    (dict(batch_size=16), "batch_size"),
+    (dict(seed=1), "seed"),
+    (dict(dtype="float64"), "dtype"),
+    (dict(dropout=0.25), "dropout"),
+    (dict(batchnorm=True), "batchnorm"),
+])
+def test_restore_refuses_other_settings_and_changes_nothing(change, needle, tmp_path):
+    data = synthetic()
+    t = Trainer(config(), data, callbacks=[stop_after_epoch])
+    t.run()
+    path = t.save_checkpoint(tmp_path / "c.npz")
+    other = Trainer(config(**change), data)
+    before = {k: v.copy() for k, v in other.state.model.state_arrays().items()}
+    rng_before = other.state.shuffle_rng.bit_generator.state
+    with pytest.raises(CheckpointError, match=needle) as info:
+        other.restore(path)
+    assert "\n" not in str(info.value) and "c.npz" in str(info.value)
+    for k, v in other.state.model.state_arrays().items():
+        np.testing.assert_array_equal(v, before[k])
+    assert other.state.shuffle_rng.bit_generator.state == rng_before and other.state.epoch == 0
+
+
+def test_restore_refuses_other_data(tmp_path):
+    t = Trainer(config(), synthetic(seed=0), callbacks=[stop_after_epoch])
+    t.run()
+    path = t.save_checkpoint(tmp_path / "c.npz")
+    with pytest.raises(CheckpointError, match="other data"):
+        Trainer(config(), synthetic(seed=1)).restore(path)
+
+
+def test_restore_refuses_a_checkpoint_past_the_runs_end(tmp_path):
+    data = synthetic()
+    t = Trainer(config(epochs=2), data)
+    t.run()
+    path = t.save_checkpoint(tmp_path / "c.npz")
+    with pytest.raises(CheckpointError, match="already has 2 epochs, more than this run's 1"):
+        Trainer(config(epochs=1), data).restore(path)
+
+
+def test_restore_refuses_a_model_only_checkpoint(tmp_path):
+    t = Trainer(config(), synthetic())
+    save_checkpoint(tmp_path / "m.npz", t.state.model, None, epoch=0, history=[], config={}, rngs=None,
+                    model_kwargs=t.model_kwargs)
+    with pytest.raises(CheckpointError, match="model only"):
+        t.restore(tmp_path / "m.npz")
+
+
+def test_resume_with_more_epochs_notes_the_schedule_change(tmp_path):
+    data = synthetic()
+    t = Trainer(config(epochs=1), data)
+    t.run()
+    path = t.save_checkpoint(tmp_path / "c.npz")
+    longer = Trainer(config(epochs=2), data)
+    notes = longer.restore(path)
+    assert len(notes) == 1 and "cosine" in notes[0]
+    longer.run()
+    assert [m["epoch"] for m in longer.state.history] == [1, 2]
+
+
+# ----------------------------------------------------------------- library: stopping, divergence
+
+def test_stop_requested_mid_epoch_abandons_the_epoch():
+    t = Trainer(config(), synthetic())
+    calls = []
+    real_step = t.state.model.train_step
+
+    def step(x, y, optimizer):
+        calls.append(1)
+        if len(calls) == 2:
+            t.state.stop_requested = True
+        return real_step(x, y, optimizer)
+
+    t.state.model.train_step = step
+    with pytest.raises(TrainingInterrupted) as info:
+        t.run()
+    assert (info.value.epoch, info.value.batch, info.value.batches) == (1, 3, 3)
+    assert t.state.epoch == 0 and t.state.history == [] and len(calls) == 2
+
+
+def test_huge_learning_rate_diverges_with_epoch_and_batch():
+    t = Trainer(config(lr=1e8, lr_schedule="constant", epochs=3), synthetic())
+    with pytest.raises(TrainingDiverged) as info:
+        t.run()
+    exc = info.value
+    assert 1 <= exc.batch <= 3 and len(t.state.history) == exc.epoch - 1
+    assert f"epoch {exc.epoch} at batch {exc.batch}/3" in str(exc) and "--lr" in str(exc)
+
+
+def test_a_non_finite_parameter_is_caught_even_when_the_loss_is_finite():
+    t = Trainer(config(), synthetic())
+    real_step = t.state.optimizer.step
+
+    def poisoned(*args, **kwargs):
+        real_step(*args, **kwargs)
+        if t.state.step == 4:                          # state.step counts steps before this one
+            t.state.model.layers[3].params["weight"][0, 0, 0, 0] = np.inf
+
+    t.state.optimizer.step = poisoned
+    with pytest.raises(TrainingDiverged, match=r"epoch 2 at batch 2/3: parameter 3\.weight"):
+        t.run()
+    assert len(t.state.history) == 1
+
+
+# ------------------------------------------------------------------------- command line, real data
+
+def train_args(mnist_dir, *extra, limit_train=6000, epochs=2):
+    return ["--data-dir", mnist_dir, "--no-download", "--limit-train", limit_train, "--limit-test", 500,
+            "--epochs", epochs, "--backend", "numba", "--no-timings", *extra]
+
+
+def wait_for(path, proc, timeout=240):
+    """Poll until ``path`` exists or the process ends."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"fastcnn-train ended early ({proc.returncode}): {proc.communicate()[1]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{path} did not appear")
+        time.sleep(0.01)
+
+
+def start(args, cwd):
+    return subprocess.Popen(cli_command(args), cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def params_of(path):
+    return load_checkpoint(path).params
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_epoch_then_resume_equals_a_straight_run(sig, code, mnist_dir, tmp_path):
+    """Train 2 epochs straight; separately, stop a run with a real signal early in epoch 2 and
+    resume it. Final parameters (the --save-model files) and metrics must be bit-identical."""
+    straight = run_cli(train_args(mnist_dir, "--metrics", "straight.json", "--save-model", "straight.npz",
+                                  "--plots-dir", "straight"), cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+
+    ckpt = tmp_path / "run.npz"
+    proc = start(train_args(mnist_dir, "--checkpoint", ckpt, "--metrics", "m.json", "--plots-dir", "plots"),
+                 tmp_path)
+    wait_for(tmp_path / "plots" / "test_acc.png", proc)     # written last after epoch 1: epoch 2 runs
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"fastcnn-train: stopped by {sig.name} ") and "epoch 2" in last, err
+    assert f"resume with: fastcnn-train --resume {ckpt}" in last
+    assert load_checkpoint(ckpt).epoch == 1                 # the last complete epoch
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["stopped"]["reason"] == sig.name
+    assert metrics["stopped"]["epoch"] == 2 and [m["epoch"] for m in metrics["epochs"]] == [1]
+    for name in ("train_loss.png", "test_acc.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == PNG_SIGNATURE
+    assert not list(tmp_path.glob("**/.*.tmp")), "a temporary file was left behind"
+
+    resumed = run_cli(["--resume", ckpt, "--metrics", "m.json", "--no-timings", "--save-model", "resumed.npz",
+                       "--plots-dir", "plots"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and "note:" not in resumed.stdout
+    a, b = params_of(tmp_path / "straight.npz"), params_of(tmp_path / "resumed.npz")
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    done = json.loads((tmp_path / "m.json").read_text())
+    assert done["status"] == "completed"
+    assert done["epochs"] == json.loads((tmp_path / "straight.json").read_text())["epochs"]
+    assert load_checkpoint(ckpt).epoch == 2
+
+
+def test_identical_seed_runs_write_byte_identical_metrics(mnist_dir, tmp_path):
+    outputs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        proc = run_cli(train_args(mnist_dir, "--metrics", "m.json", "--checkpoint", "c.npz", "--seed", 3,
+                                  limit_train=2000), cwd=tmp_path / name)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(tmp_path / name)
+    a, b = ((p / "m.json").read_bytes() for p in outputs)
+    assert a == b
+    doc = json.loads(a)
+    assert doc["config"]["seed"] == 3 and doc["backend"] == "numba" and doc["threads"] >= 1
+    assert set(doc["versions"]) == {"python", "numpy", "numba", "fastcnn"}
+    assert not any(key in m for m in doc["epochs"] for key in TIMING_KEYS)
+    pa, pb = params_of(outputs[0] / "c.npz"), params_of(outputs[1] / "c.npz")
+    for name in pa:
+        np.testing.assert_array_equal(pa[name], pb[name], err_msg=name)
+
+
+def test_forced_divergence_stops_at_once_with_one_line(mnist_dir, tmp_path):
+    proc = run_cli(train_args(mnist_dir, "--lr", "1e4", "--checkpoint", "c.npz", "--metrics", "m.json",
+                              limit_train=2000), cwd=tmp_path)
+    assert proc.returncode == 3
+    assert_one_error_line(proc.stderr)
+    assert "training diverged in epoch 1 at batch" in proc.stderr and "no checkpoint was written" in proc.stderr
+    assert "RuntimeWarning" not in proc.stderr
+    assert not (tmp_path / "c.npz").exists()
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["status"] == "diverged" and doc["stopped"]["epoch"] == 1 and doc["epochs"] == []
+
+
+# ------------------------------------------------------------- command line, in-process, synthetic
+
+def small_args(tmp_path, *extra):
+    data = tmp_path / "data"
+    if not data.exists():
+        write_custom_dataset(data, n_train=64, n_test=32)
+    return ["--dataset", "custom", "--data-dir", str(data), "--batch-size", "32", "--backend", "numpy",
+            "--plots-dir", str(tmp_path / "plots"), *map(str, extra)]
+
+
+def test_divergence_after_a_good_epoch_keeps_its_checkpoint_and_plots(tmp_path, capsys, monkeypatch):
+    real = fastcnn.model.Sequential.train_step
+    calls = []
+
+    def nan_in_epoch_2(self, x, y, optimizer):
+        calls.append(1)
+        loss, hits = real(self, x, y, optimizer)
+        return (float("nan") if len(calls) == 4 else loss), hits   # call 1 is the warm-up step
+
+    monkeypatch.setattr(fastcnn.model.Sequential, "train_step", nan_in_epoch_2)
+    ckpt = tmp_path / "c.npz"
+    rc = train_main(small_args(tmp_path, "--epochs", 3, "--checkpoint", ckpt, "--metrics", tmp_path / "m.json"))
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert_one_error_line(err)
+    assert "epoch 2 at batch 1/2: the loss is nan" in err and f"(epoch 1) is {ckpt}" in err
+    assert load_checkpoint(ckpt).epoch == 1
+    assert (tmp_path / "plots" / "train_loss.png").is_file() and (tmp_path / "plots" / "test_acc.png").is_file()
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["status"] == "diverged" and len(doc["epochs"]) == 1
+
+
+def test_metrics_keep_timings_unless_asked(tmp_path, capsys):
+    assert train_main(small_args(tmp_path, "--epochs", 1, "--metrics", tmp_path / "m.json")) == 0
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["status"] == "completed"
+    assert all(key in doc["epochs"][0] for key in TIMING_KEYS) and "warmup_seconds" in doc
+
+
+def damage_truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def damage_change_a_weight(path):
+    """A well-formed archive whose weights no longer match the header's SHA-256."""
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["param/0.weight"] = arrays["param/0.weight"] * 2
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def damage_flip_a_weight_byte(path):
+    ckpt = load_checkpoint(path)
+    raw = bytearray(path.read_bytes())
+    needle = ckpt.arrays["param/0.weight"].tobytes()[:16]
+    at = raw.find(needle)
+    raw[at + 3] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def damage_empty(path):
+    path.write_bytes(b"")
+
+
+def damage_not_a_zip(path):
+    path.write_text("hello, not a checkpoint\n")
+
+
+def damage_drop_the_header(path):
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files if k != "__header__"}
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def damage_edit_the_architecture(path):
+    """Change the saved layer list (as if written by another network) and fix up nothing else."""
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    header = json.loads(arrays["__header__"].tobytes())
+    header["architecture"]["layers"][0] = header["architecture"]["layers"][0].replace("32", "16")
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+DAMAGE = [(damage_truncate, "damaged"), (damage_flip_a_weight_byte, "Bad CRC-32"),
+          (damage_change_a_weight, "SHA-256"), (damage_empty, "empty"),
+          (damage_not_a_zip, "not an .npz"), (damage_drop_the_header, "no __header__"),
+          (damage_edit_the_architecture, "architecture differs")]
+
+
+@pytest.mark.parametrize("damage,needle", DAMAGE, ids=[d.__name__[len("damage_"):] for d, _ in DAMAGE])
+def test_damaged_checkpoint_is_refused_and_nothing_is_overwritten(damage, needle, tmp_path, capsys):
+    ckpt = tmp_path / "c.npz"
+    assert train_main(small_args(tmp_path, "--epochs", 1, "--checkpoint", ckpt)) == 0
+    damage(ckpt)
+    before = ckpt.read_bytes()
+    plots = {p.name: p.read_bytes() for p in (tmp_path / "plots").iterdir()}
+    capsys.readouterr()
+    rc = train_main(small_args(tmp_path, "--resume", ckpt, "--epochs", 2, "--metrics", tmp_path / "m.json"))
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert_one_error_line(err)
+    assert needle in err and str(ckpt) in err
+    assert ckpt.read_bytes() == before
+    assert {p.name: p.read_bytes() for p in (tmp_path / "plots").iterdir()} == plots
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_missing_resume_file(tmp_path, capsys):
+    rc = train_main(small_args(tmp_path, "--resume", tmp_path / "nope.npz"))
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert_one_error_line(err)
+    assert "no such file" in err
+
+
+def test_model_only_file_cannot_be_resumed_but_evaluates(tmp_path, capsys):
+    model = tmp_path / "model.npz"
+    assert train_main(small_args(tmp_path, "--epochs", 1, "--save-model", model)) == 0
+    assert load_checkpoint(model).header["optimizer"] is None
+    capsys.readouterr()
+    assert train_main(small_args(tmp_path, "--resume", model, "--epochs", 2)) == 1
+    err = capsys.readouterr().err
+    assert_one_error_line(err)
+    assert "model only" in err
+
+
+# ------------------------------------------------------------------------ bad arguments, table
+
+def existing_checkpoint(tmp_path):
+    ckpt = tmp_path / "done.npz"
+    if not ckpt.exists():
+        assert train_main(small_args(tmp_path, "--epochs", 1, "--checkpoint", ckpt, "--quiet")) == 0
+    return ckpt
+
+
+BAD = [
+    # (arguments given a tmp_path and an existing 1-epoch checkpoint, exit code, words in the message)
+    (lambda t, c: ["--checkpoint", c], 2, "already exists"),
+    (lambda t, c: ["--checkpoint", t], 2, "is a directory"),
+    (lambda t, c: ["--checkpoint", t / "file.txt" / "c.npz"], 2, "--checkpoint folder"),
+    (lambda t, c: ["--save-model", t / "x.npz", "--metrics", t / "x.npz"], 2, "same file"),
+    (lambda t, c: ["--checkpoint", t / "plots" / "test_acc.png"], 2, "same file"),
+    (lambda t, c: ["--resume", c], 2, "completed 1 of 1 epochs"),
+    (lambda t, c: ["--resume", c, "--epochs", 3, "--lr", "0.1"], 2, "--lr 0.1 (checkpoint: 0.002)"),
+    (lambda t, c: ["--resume", c, "--epochs", 3, "--batch-size", 16], 2, "--batch-size 16"),
+    (lambda t, c: ["--resume", c, "--epochs", 3, "--seed", 5], 2, "--seed 5"),
+    (lambda t, c: ["--resume", c, "--epochs", 3, "--dataset", "mnist"], 2, "--dataset mnist"),
+    (lambda t, c: ["--resume", t / "missing.npz"], 1, "no such file"),
+    (lambda t, c: ["--resume", t / "file.txt"], 1, "not a checkpoint"),
+    (lambda t, c: ["--resume", t], 1, "is a directory"),
+    (lambda t, c: ["--epochs", 0], 2, "--epochs"),
+    (lambda t, c: ["--limit-train", 0], 2, "--limit-train"),
+    (lambda t, c: ["--batch-size", 1000], 2, "--batch-size 1000"),
+    (lambda t, c: ["--plots-dir", t / "file.txt"], 2, "--plots-dir"),
+]
+
+
+@pytest.mark.parametrize("make,code,needle", BAD, ids=[b[2] for b in BAD])
+def test_bad_arguments_table(make, code, needle, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("not a folder\n")
+    ckpt = existing_checkpoint(tmp_path)
+    before = ckpt.read_bytes()
+    capsys.readouterr()
+    rc = train_main(small_args(tmp_path, *make(tmp_path, ckpt)))
+    out, err = capsys.readouterr()
+    assert rc == code, err
+    assert_one_error_line(err)
+    assert needle in err, err
+    assert out == ""
+    assert ckpt.read_bytes() == before
+
+
+def test_resume_runs_on_after_an_extension(tmp_path, capsys):
+    ckpt = existing_checkpoint(tmp_path)
+    rc = train_main(small_args(tmp_path, "--resume", ckpt, "--epochs", 2, "--metrics", tmp_path / "m.json"))
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "resuming" in out and "note: the cosine" in out
+    assert load_checkpoint(ckpt).epoch == 2
+    assert [m["epoch"] for m in json.loads((tmp_path / "m.json").read_text())["epochs"]] == [1, 2]
