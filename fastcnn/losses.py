@@ -21,6 +21,8 @@ def softmax_cross_entropy(logits, labels):
     if logits.ndim != 2:
         raise ValueError(f"logits must have shape (N, classes), got {logits.shape}")
     labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
     if labels.shape != (logits.shape[0],):
         raise ValueError(f"labels must have shape ({logits.shape[0]},), got {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):

@@ -18,11 +18,13 @@ class Sequential:
     passes through): same outputs and gradients, two fewer passes over the largest activations.
     """
 
-    def __init__(self, layers, *, backend=None, fuse=True):
+    def __init__(self, layers, *, backend=None, fuse=True, input_shape=None):
         layers = list(layers)
         if not layers or not all(isinstance(layer, Layer) for layer in layers):
             raise TypeError("Sequential needs a non-empty list of Layer objects")
         self.layers = layers
+        #: (C, H, W) of one input image when known: checked by forward, named in its error.
+        self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
         if hasattr(layers[0], "need_input_grad"):
             layers[0].need_input_grad = False
         if fuse:
@@ -39,6 +41,10 @@ class Sequential:
                 layer.set_backend(self.backend_name)
 
     def forward(self, x, training=False):
+        if (self.input_shape is not None and isinstance(x, np.ndarray)
+                and (x.ndim != 4 or x.shape[1:] != self.input_shape)):
+            raise ValueError(f"the model expects input of shape (N, {', '.join(map(str, self.input_shape))}), "
+                             f"got {x.shape}")
         with blas_guard(self.backend_name):
             for layer in self.layers:
                 x = layer.forward(x, training)
@@ -66,8 +72,25 @@ class Sequential:
             out.update({f"{i}.{k}": v for k, v in layer.buffers.items()})
         return out
 
+    @staticmethod
+    def _check_batch(x, y):
+        """Typed errors for data the layers cannot catch: NaN/inf images (they would silently
+        poison every weight), non-integer labels, mismatched lengths, an empty batch."""
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
+        y = np.asarray(y)
+        if not np.issubdtype(y.dtype, np.integer):
+            raise TypeError(f"y (labels) must be integers, got dtype {y.dtype}")
+        if len(x) == 0 or y.shape != (len(x),):
+            raise ValueError(f"need a non-empty batch with one label per image: x has {len(x)} images, "
+                             f"y has shape {y.shape}")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            raise ValueError("x contains NaN or infinite values")
+        return y
+
     def train_step(self, x, y, optimizer):
         """One forward/backward/update on a batch; returns (loss, number of correct predictions)."""
+        y = self._check_batch(x, y)
         logits = self.forward(x, training=True)
         loss, dlogits = softmax_cross_entropy(logits, y)
         self.backward(dlogits)
@@ -76,6 +99,9 @@ class Sequential:
 
     def evaluate(self, x, y, batch_size=1000):
         """Mean loss and accuracy of the model over (x, y) in evaluation mode."""
+        y = self._check_batch(x, y)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         total_loss, correct = 0.0, 0
         for i in range(0, len(x), batch_size):
             logits = self.forward(x[i:i + batch_size], training=False)
@@ -109,4 +135,4 @@ def mnist_cnn(*, seed=0, dropout=0.5, batchnorm=False, dtype=np.float32, backend
     layers += [ReLU(backend=backend), MaxPool2D(2, backend=backend), Flatten(),
                Dropout(dropout, rng=np.random.default_rng(dropout_seq)),
                Linear(64 * side * side, num_classes, rng=init_rng, dtype=dtype)]
-    return Sequential(layers, backend=backend)
+    return Sequential(layers, backend=backend, input_shape=(in_channels, image_size, image_size))

@@ -488,3 +488,74 @@ def test_resume_runs_on_after_an_extension(tmp_path, capsys):
     assert "resuming" in out and "note: the cosine" in out
     assert load_checkpoint(ckpt).epoch == 2
     assert [m["epoch"] for m in json.loads((tmp_path / "m.json").read_text())["epochs"]] == [1, 2]
+
+
+# ------------------------------------------------------------------------------ library, bad input
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((6, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 6)
+
+
+LIBRARY_BAD = [
+    (lambda x, y: (x[:, :, :, :27], y), ValueError, r"expects input of shape \(N, 1, 28, 28\), got \(6, 1, 28, 27\)"),
+    (lambda x, y: (x[0], y[:1]), ValueError, "expects input of shape"),
+    (lambda x, y: (x.astype(np.float64), y), TypeError, "float32 weights but got float64"),
+    (lambda x, y: (x.astype(np.int32), y), TypeError, "float32 or float64"),
+    (lambda x, y: (x.tolist(), y), TypeError, "numpy array"),
+    (lambda x, y: (np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x).astype(np.float32), y),
+     ValueError, "NaN or infinite"),
+    (lambda x, y: (np.full_like(x, np.inf), y), ValueError, "NaN or infinite"),
+    (lambda x, y: (x, y.astype(np.float64)), TypeError, "integers"),
+    (lambda x, y: (x, y[:-1]), ValueError, "one label per image"),
+    (lambda x, y: (x, np.where(y == y[0], 10, y)), ValueError, r"labels must lie in \[0, 9\]"),
+    (lambda x, y: (x[:0], y[:0]), ValueError, "non-empty batch"),
+]
+
+
+LIBRARY_BAD_IDS = ["28x27", "3d", "float64", "int32", "list", "one-nan", "all-inf", "float-labels",
+                   "short-labels", "label-10", "empty"]
+
+
+@pytest.mark.parametrize("method", ["train_step", "evaluate"])
+@pytest.mark.parametrize("make,error,match", LIBRARY_BAD, ids=LIBRARY_BAD_IDS)
+def test_library_raises_typed_errors_and_changes_nothing(method, make, error, match, batch):
+    from fastcnn.model import mnist_cnn
+    from fastcnn.optim import AdamW
+    model = mnist_cnn(backend="numpy")
+    before = {k: v.copy() for k, v in model.state_arrays().items()}
+    x, y = make(*batch)
+    with pytest.raises(error, match=match):
+        if method == "train_step":
+            model.train_step(x, y, AdamW(model))
+        else:
+            model.evaluate(x, y)
+    for k, v in model.state_arrays().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("layout", ["fortran", "strided", "reversed"])
+def test_non_contiguous_batches_train_exactly_like_contiguous_ones(backend, layout, batch):
+    from fastcnn.model import mnist_cnn
+    from fastcnn.optim import AdamW
+    x, y = batch
+    if layout == "fortran":
+        view = np.asfortranarray(x)
+    elif layout == "strided":
+        view = np.repeat(x, 2, axis=0)[::2]
+    else:
+        view = x[::-1, :, ::-1][::-1, :, ::-1]               # same values, negative strides underneath
+    assert not view.flags.c_contiguous or layout == "reversed"
+    np.testing.assert_array_equal(view, x)
+    results = []
+    for data in (x, view):
+        model = mnist_cnn(backend=backend, seed=1)
+        opt = AdamW(model)
+        results.append((model.train_step(data, y, opt), model.train_step(data, y, opt),
+                        model.evaluate(data, y, batch_size=4), model.state_arrays()))
+    (a1, a2, ea, pa), (b1, b2, eb, pb) = results
+    assert (a1, a2, ea) == (b1, b2, eb)
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
