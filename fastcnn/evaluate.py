@@ -3,7 +3,7 @@
     fastcnn-eval CHECKPOINT [--data-dir DIR] [--out DIR] [--backend numba|numpy] [--limit-test N]
                  [--top N] [--predict FILE ...] [--test | --no-test] [--invert]
 
-CHECKPOINT is a file written by ``fastcnn-train --checkpoint`` (or by
+CHECKPOINT is a file written by ``fastcnn-train --save-model`` or ``--checkpoint`` (or by
 :func:`fastcnn.checkpoint.save_checkpoint`).
 
 Test evaluation (the default without ``--predict``; with ``--predict`` only when ``--test`` is given)

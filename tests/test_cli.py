@@ -12,7 +12,7 @@ import pytest
 import fastcnn.train
 from fastcnn.cli import build_parser, train_main
 
-from cli_helpers import PNG_SIGNATURE, assert_one_error_line, run_cli, write_custom_dataset
+from helpers import PNG_SIGNATURE, assert_one_error_line, run_cli, write_custom_dataset
 
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_second",
               "eval_seconds"}

@@ -18,18 +18,10 @@ import pytest
 import fastcnn.model
 from fastcnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fastcnn.cli import train_main
-from fastcnn.data import Dataset
 from fastcnn.train import TIMING_KEYS, TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted
 
-from cli_helpers import (PNG_SIGNATURE, assert_one_error_line, cli_command, run_cli, subprocess_env,
-                         write_custom_dataset)
-
-
-def synthetic(n_train=96, n_test=32, seed=0):
-    rng = np.random.default_rng(seed)
-    return Dataset(rng.integers(0, 256, (n_train, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_train),
-                   rng.integers(0, 256, (n_test, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_test),
-                   "synthetic")
+from helpers import (PNG_SIGNATURE, assert_one_error_line, cli_command, run_cli, subprocess_env, synthetic,
+                     write_custom_dataset)
 
 
 def config(**overrides):
@@ -73,7 +65,7 @@ RESUME_CASES = [
 @pytest.mark.parametrize("overrides", RESUME_CASES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items())
                          or "adamw")
 def test_resume_after_an_epoch_is_bit_identical(overrides, tmp_path):
-    data, cfg = synthetic(), config(**overrides)
+    data, cfg = synthetic(96), config(**overrides)
     straight = Trainer(cfg, data).run()
 
     first = Trainer(cfg, data, callbacks=[stop_after_epoch])
@@ -89,7 +81,7 @@ def test_resume_after_an_epoch_is_bit_identical(overrides, tmp_path):
 
 
 def test_checkpoint_records_versions_backend_threads_and_seed(tmp_path):
-    t = Trainer(config(seed=7), synthetic(), callbacks=[stop_after_epoch])
+    t = Trainer(config(seed=7), synthetic(96), callbacks=[stop_after_epoch])
     t.run()
     header = load_checkpoint(t.save_checkpoint(tmp_path / "c.npz")).header
     assert header["config"]["seed"] == 7 and header["backend"] == "numpy"
@@ -108,7 +100,7 @@ def test_checkpoint_records_versions_backend_threads_and_seed(tmp_path):
     (dict(batchnorm=True), "batchnorm"),
 ])
 def test_restore_refuses_other_settings_and_changes_nothing(change, needle, tmp_path):
-    data = synthetic()
+    data = synthetic(96)
     t = Trainer(config(), data, callbacks=[stop_after_epoch])
     t.run()
     path = t.save_checkpoint(tmp_path / "c.npz")
@@ -124,15 +116,15 @@ def test_restore_refuses_other_settings_and_changes_nothing(change, needle, tmp_
 
 
 def test_restore_refuses_other_data(tmp_path):
-    t = Trainer(config(), synthetic(seed=0), callbacks=[stop_after_epoch])
+    t = Trainer(config(), synthetic(96, seed=0), callbacks=[stop_after_epoch])
     t.run()
     path = t.save_checkpoint(tmp_path / "c.npz")
     with pytest.raises(CheckpointError, match="other data"):
-        Trainer(config(), synthetic(seed=1)).restore(path)
+        Trainer(config(), synthetic(96, seed=1)).restore(path)
 
 
 def test_restore_refuses_a_checkpoint_past_the_runs_end(tmp_path):
-    data = synthetic()
+    data = synthetic(96)
     t = Trainer(config(epochs=2), data)
     t.run()
     path = t.save_checkpoint(tmp_path / "c.npz")
@@ -141,7 +133,7 @@ def test_restore_refuses_a_checkpoint_past_the_runs_end(tmp_path):
 
 
 def test_restore_refuses_a_model_only_checkpoint(tmp_path):
-    t = Trainer(config(), synthetic())
+    t = Trainer(config(), synthetic(96))
     save_checkpoint(tmp_path / "m.npz", t.state.model, None, epoch=0, history=[], config={}, rngs=None,
                     model_kwargs=t.model_kwargs)
     with pytest.raises(CheckpointError, match="model only"):
@@ -149,7 +141,7 @@ def test_restore_refuses_a_model_only_checkpoint(tmp_path):
 
 
 def test_resume_with_more_epochs_notes_the_schedule_change(tmp_path):
-    data = synthetic()
+    data = synthetic(96)
     t = Trainer(config(epochs=1), data)
     t.run()
     path = t.save_checkpoint(tmp_path / "c.npz")
@@ -163,7 +155,7 @@ def test_resume_with_more_epochs_notes_the_schedule_change(tmp_path):
 # ----------------------------------------------------------------- library: stopping, divergence
 
 def test_stop_requested_mid_epoch_abandons_the_epoch():
-    t = Trainer(config(), synthetic())
+    t = Trainer(config(), synthetic(96))
     calls = []
     real_step = t.state.model.train_step
 
@@ -181,7 +173,7 @@ def test_stop_requested_mid_epoch_abandons_the_epoch():
 
 
 def test_huge_learning_rate_diverges_with_epoch_and_batch():
-    t = Trainer(config(lr=1e8, lr_schedule="constant", epochs=3), synthetic())
+    t = Trainer(config(lr=1e8, lr_schedule="constant", epochs=3), synthetic(96))
     with pytest.raises(TrainingDiverged) as info:
         t.run()
     exc = info.value
@@ -190,7 +182,7 @@ def test_huge_learning_rate_diverges_with_epoch_and_batch():
 
 
 def test_a_non_finite_parameter_is_caught_even_when_the_loss_is_finite():
-    t = Trainer(config(), synthetic())
+    t = Trainer(config(), synthetic(96))
     real_step = t.state.optimizer.step
 
     def poisoned(*args, **kwargs):

@@ -10,21 +10,14 @@ import math
 import numpy as np
 import pytest
 
-from fastcnn.data import Dataset, load_dataset
+from fastcnn.data import load_dataset
 from fastcnn.plots import PLOT_FILES, save_plots
 from fastcnn.train import RunState, TrainConfig, Trainer, learning_rate, train
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from helpers import PNG_SIGNATURE, synthetic
+
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_second",
               "eval_seconds"}
-
-
-def synthetic(n_train=128, n_test=32, seed=0):
-    """Random 28x28 uint8 images with labels 0..9 (not learnable; for determinism checks)."""
-    rng = np.random.default_rng(seed)
-    return Dataset(rng.integers(0, 256, (n_train, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_train),
-                   rng.integers(0, 256, (n_test, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_test),
-                   "synthetic")
 
 
 def tiny(**overrides):

@@ -1,8 +1,8 @@
-"""Helpers for the command-line tests (test_cli.py, test_resilience.py): synthetic IDX datasets,
-running ``python -m fastcnn`` in a subprocess, and the one-line error contract.
+"""Helpers shared by the tests: small synthetic datasets (in memory and as IDX files), running
+``python -m fastcnn`` in a subprocess, and the command line's one-line error contract.
 
 pytest puts this folder on ``sys.path`` (``pythonpath`` in pyproject.toml), so tests import it as
-``from cli_helpers import ...``.
+``from helpers import ...``.
 """
 from __future__ import annotations
 
@@ -13,10 +13,21 @@ from pathlib import Path
 
 import numpy as np
 
+from fastcnn.data import Dataset
+
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
              "t10k-labels-idx1-ubyte")
+
+
+def synthetic(n_train=128, n_test=32, seed=0):
+    """A Dataset of random 28x28 uint8 images with labels 0..9 (not learnable; for determinism,
+    resume and error checks)."""
+    rng = np.random.default_rng(seed)
+    return Dataset(rng.integers(0, 256, (n_train, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_train),
+                   rng.integers(0, 256, (n_test, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_test),
+                   "synthetic")
 
 
 def write_idx(path, array):
