@@ -15,6 +15,12 @@ same names, signatures, dtypes and results):
     avgpool2d_backward(dy, x_shape, kernel_size, stride) -> dx
     relu_forward(x) -> y                      y = max(x, 0)
     relu_backward(dy, y) -> dx                dx = dy where y > 0, else 0
+    conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride) -> (y, argmax)
+        maxpool2d_forward(conv2d_forward(x, w, b, stride, padding), pool_size, pool_stride,
+        relu=True) in one op; argmax indexes windows of the (never stored) convolution output.
+    conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride)
+        -> (dw, db): the convolution's weight and bias gradients through the pool; no dx (the
+        fused op serves a first layer, whose input needs no gradient).
 
 All arrays are NCHW, float32 or float64 (every array of one call has the same dtype), and results
 are new C-contiguous arrays of that dtype. Inputs may be non-contiguous views. Pooling has no

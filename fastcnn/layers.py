@@ -106,6 +106,11 @@ class Conv2D(_BackendLayer):
 
     ``need_input_grad=False`` (set by :class:`~fastcnn.model.Sequential` on its first layer) skips
     dx in backward, which then returns None.
+
+    ``fused_pool``: when Sequential finds this first layer followed by a ReLU and a MaxPool2D, it
+    sets ``fused_pool`` to that pool and the three run as one op of the backend
+    (``conv2d_relu_maxpool_forward`` / ``_backward``): forward returns the pooled output, backward
+    takes the pooled gradient, and the ReLU and the pool pass values and gradients through.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *,
@@ -124,6 +129,7 @@ class Conv2D(_BackendLayer):
         self.params = {"weight": w.astype(dtype), "bias": np.zeros(self.out_channels, dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.need_input_grad = True
+        self.fused_pool = None
         self._x = None
 
     def output_shape(self, H, W):
@@ -141,9 +147,23 @@ class Conv2D(_BackendLayer):
         if x.dtype != w.dtype:
             raise TypeError(f"Conv2D has {w.dtype} weights but got {x.dtype} input")
         self._x = x
-        return self.ops.conv2d_forward(x, w, self.params["bias"], self.stride, self.padding)
+        pool = self.fused_pool
+        if pool is None:
+            return self.ops.conv2d_forward(x, w, self.params["bias"], self.stride, self.padding)
+        P, Q = self.output_shape(x.shape[2], x.shape[3])
+        pool._check_size(P, Q, (x.shape[0], self.out_channels, P, Q))
+        y, self._argmax = self.ops.conv2d_relu_maxpool_forward(x, w, self.params["bias"], self.stride,
+                                                               self.padding, pool.kernel_size, pool.stride)
+        return y
 
     def backward(self, dy):
+        if self.fused_pool is not None:
+            dw, db = self.ops.conv2d_relu_maxpool_backward(dy, self._argmax, self._x, self.params["weight"],
+                                                           self.stride, self.padding,
+                                                           self.fused_pool.kernel_size, self.fused_pool.stride)
+            self.grads["weight"] = dw
+            self.grads["bias"] = db
+            return None
         dx, dw, db = self.ops.conv2d_backward(dy, self._x, self.params["weight"], self.stride,
                                               self.padding, need_dx=self.need_input_grad)
         self.grads["weight"] = dw
@@ -164,11 +184,14 @@ class _Pool2D(_BackendLayer):
 
     def _check(self, x):
         _check_input(self, x, 4, "(N, C, H, W)")
-        kh, kw = self.kernel_size
-        if x.shape[2] < kh or x.shape[3] < kw:
-            raise ValueError(f"{type(self).__name__} expects input of shape (N, C, H >= {kh}, W >= {kw}), "
-                             f"got shape {x.shape}")
+        self._check_size(x.shape[2], x.shape[3], x.shape)
         self._x_shape = x.shape
+
+    def _check_size(self, H, W, shape):
+        kh, kw = self.kernel_size
+        if H < kh or W < kw:
+            raise ValueError(f"{type(self).__name__} expects input of shape (N, C, H >= {kh}, W >= {kw}), "
+                             f"got shape {tuple(shape)}")
 
     def __repr__(self):
         relu = ", relu=True" if getattr(self, "relu", False) else ""
@@ -179,18 +202,25 @@ class MaxPool2D(_Pool2D):
     """Max pooling, no padding, floor mode; ties send the gradient to the first maximum (row-major).
 
     ``relu=True`` computes maxpool(relu(x)) in the same pass (set by Sequential's fusion).
+    ``fused_into_prev``: the convolution before it computes the pool (see ``Conv2D.fused_pool``);
+    this layer then passes values and gradients through.
     """
 
     def __init__(self, kernel_size=2, stride=None, *, relu=False, backend=None):
         super().__init__(kernel_size, stride, backend=backend)
         self.relu = bool(relu)
+        self.fused_into_prev = False
 
     def forward(self, x, training=False):
+        if self.fused_into_prev:
+            return x
         self._check(x)
         y, self._argmax = self.ops.maxpool2d_forward(x, self.kernel_size, self.stride, relu=self.relu)
         return y
 
     def backward(self, dy):
+        if self.fused_into_prev:
+            return dy
         return self.ops.maxpool2d_backward(dy, self._argmax, self._x_shape, self.kernel_size, self.stride)
 
 

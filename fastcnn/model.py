@@ -16,6 +16,8 @@ class Sequential:
     the first convolution's dx. With ``fuse=True`` (default) a ReLU directly followed by a
     MaxPool2D is computed by the pool in one pass (``MaxPool2D(relu=True)``; the ReLU layer then
     passes through): same outputs and gradients, two fewer passes over the largest activations.
+    And a first layer Conv2D -> ReLU -> MaxPool2D runs as one fused op
+    (``Conv2D.fused_pool``), so its convolution output is never stored.
     """
 
     def __init__(self, layers, *, backend=None, fuse=True, input_shape=None):
@@ -31,6 +33,10 @@ class Sequential:
             for first, second in zip(layers, layers[1:]):
                 if isinstance(first, ReLU) and isinstance(second, MaxPool2D) and not second.relu:
                     first.fused_into_next, second.relu = True, True
+            conv, relu, pool = (layers + [None, None])[:3]
+            if (isinstance(conv, Conv2D) and not conv.need_input_grad and isinstance(relu, ReLU)
+                    and relu.fused_into_next and isinstance(pool, MaxPool2D) and pool.relu):
+                conv.fused_pool, pool.fused_into_prev = pool, True
         self.set_backend(backend)
 
     def set_backend(self, backend):

@@ -6,6 +6,7 @@ loops with ``prange``, over serial ``@njit`` workers (the stumpy pattern).
 """
 from fastcnn.kernels.activation import relu_backward, relu_forward
 from fastcnn.kernels.conv import conv2d_backward, conv2d_forward
+from fastcnn.kernels.fused import conv2d_relu_maxpool_backward, conv2d_relu_maxpool_forward
 from fastcnn.kernels.pool import (avgpool2d_backward, avgpool2d_forward, maxpool2d_backward,
                                   maxpool2d_forward)
 
@@ -13,4 +14,4 @@ NAME = "numba"
 
 __all__ = ["NAME", "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
            "avgpool2d_forward", "avgpool2d_backward",
-           "relu_forward", "relu_backward"]
+           "relu_forward", "relu_backward", "conv2d_relu_maxpool_forward", "conv2d_relu_maxpool_backward"]

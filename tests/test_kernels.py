@@ -158,6 +158,60 @@ def test_conv2d_grid(N, C, K, H, W, R, S, stride, padding, dtype):
                 seed=_seed(N, C, K, H, W, R, S, stride, padding, np.dtype(dtype)))
 
 
+# ------------------------------------------------------------- fused convolution + ReLU + max pool
+
+FUSED_POOLS = [((2, 2), (2, 2)), ((3, 3), (2, 2)), ((2, 2), (1, 1)), ((1, 2), (1, 3))]
+
+
+def _check_fused(N, C, K, H, W, R, S, stride, padding, pool, pool_stride, dtype, seed):
+    """The Numba fused op equals the Numba conv -> max-pool(relu) composition bit for bit (its
+    buffers hold the same values, reduced in the same order), and agrees with the reference."""
+    x, w, b, _ = _conv_data(N, C, K, H, W, R, S, stride, padding, dtype, seed)
+    P, Q = _conv_out(H, W, R, S, stride, padding)
+    what = (f"N={N} C={C} K={K} H={H} W={W} R={R} S={S} stride={stride} padding={padding} pool={pool} "
+            f"pool_stride={pool_stride} {np.dtype(dtype)}")
+    y, arg = nb.conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool, pool_stride)
+    conv = nb.conv2d_forward(x, w, b, stride, padding)
+    y_unfused, arg_unfused = nb.maxpool2d_forward(conv, pool, pool_stride, relu=True)
+    _bit_identical(y, y_unfused, f"fused y vs unfused [{what}]")
+    _bit_identical(arg, arg_unfused, f"fused argmax vs unfused [{what}]")
+    y_ref, _ = ref.conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool, pool_stride)
+    assert_agree(y, y_ref, f"fused y vs reference [{what}]")
+
+    dy = _normal(np.random.default_rng(seed + 1), y.shape, dtype)
+    dw, db = nb.conv2d_relu_maxpool_backward(dy, arg, x, w, stride, padding, pool, pool_stride)
+    dconv = nb.maxpool2d_backward(dy, arg, (N, K, P, Q), pool, pool_stride)
+    _, dw_unfused, db_unfused = nb.conv2d_backward(dconv, x, w, stride, padding, need_dx=False)
+    _bit_identical(dw, dw_unfused, f"fused dw vs unfused [{what}]")
+    _bit_identical(db, db_unfused, f"fused db vs unfused [{what}]")
+    # The reference routes dy through the same argmax (near-ties may pick another window element
+    # when the convolution sums in another order, so argmax itself is compared only above).
+    dw_ref, db_ref = ref.conv2d_relu_maxpool_backward(dy, arg, x, w, stride, padding, pool, pool_stride)
+    assert_agree(dw, dw_ref, f"fused dw vs reference [{what}]")
+    assert_agree(db, db_ref, f"fused db vs reference [{what}]")
+
+
+FUSED_GRID = [case for case in CONV_GRID
+              if min(_conv_out(*case.values[3:5], *case.values[5:7], *[
+                  v if isinstance(v, tuple) else (v, v) for v in case.values[7:9]])) >= 3]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pool, pool_stride", FUSED_POOLS, ids=["2x2s2", "3x3s2", "2x2s1", "1x2s13"])
+@pytest.mark.parametrize("N, C, K, H, W, R, S, stride, padding", FUSED_GRID)
+def test_conv2d_relu_maxpool_grid(N, C, K, H, W, R, S, stride, padding, pool, pool_stride, dtype):
+    _check_fused(N, C, K, H, W, R, S, stride, padding, pool, pool_stride, dtype,
+                 seed=_seed("fused", N, C, K, H, W, R, S, stride, padding, pool, pool_stride, np.dtype(dtype)))
+
+
+def test_conv2d_relu_maxpool_reference_is_the_composition():
+    x, w, b, _ = _conv_data(3, 2, 4, 9, 8, 3, 3, (1, 1), (1, 1), np.float64, 7)
+    y, arg = ref.conv2d_relu_maxpool_forward(x, w, b, (1, 1), (1, 1), (2, 2), (2, 2))
+    y2, arg2 = ref.maxpool2d_forward(ref.conv2d_forward(x, w, b, (1, 1), (1, 1)), (2, 2), (2, 2), relu=True)
+    _bit_identical(y, y2, "y")
+    _bit_identical(arg, arg2, "argmax")
+
+
 # ---------------------------------------------------------------------- pooling and ReLU: fixed grid
 
 def _pool_case(N, C, H, W, kernel, stride, label):
@@ -397,6 +451,14 @@ def test_conv2d_random_shapes(problem):
     _check_conv(*problem)
 
 
+@HYPOTHESIS
+@given(conv_problems(), st.integers(1, 3), st.integers(1, 3), st.integers(1, 3), st.integers(1, 3))
+def test_conv2d_relu_maxpool_random_shapes(problem, kh, kw, sh, sw):
+    N, C, K, H, W, R, S, stride, padding, dtype, seed = problem
+    P, Q = _conv_out(H, W, R, S, stride, padding)
+    _check_fused(N, C, K, H, W, R, S, stride, padding, (min(kh, P), min(kw, Q)), (sh, sw), dtype, seed)
+
+
 @st.composite
 def pool_problems(draw):
     kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
@@ -491,6 +553,11 @@ def _run_ops(x, w, b, dy, dy_pool, stride, padding):
     out["avgpool.dx"] = nb.avgpool2d_backward(dy_pool, x.shape, (2, 2), (2, 2))
     out["relu.y"] = nb.relu_forward(x)
     out["relu.dx"] = nb.relu_backward(x, out["relu.y"])
+    out["fused.y"], am = nb.conv2d_relu_maxpool_forward(x, w, b, stride, padding, (2, 2), (2, 2))
+    out["fused.argmax"] = am
+    dy_fused = np.ascontiguousarray(dy[:, :, :am.shape[2], :am.shape[3]])
+    out["fused.dw"], out["fused.db"] = nb.conv2d_relu_maxpool_backward(dy_fused, am, x, w, stride, padding,
+                                                                       (2, 2), (2, 2))
     return out
 
 
@@ -534,9 +601,13 @@ def mnist_batches(mnist_dir):
     return ds.x_train[:n], ds.y_train[:n]
 
 
-def _train(backend, dtype, images, labels):
+def _train(backend, dtype, images, labels, fuse_first_layer=True):
     """STEPS AdamW steps from seed 0; returns the losses and the final parameters."""
     model = fastcnn.mnist_cnn(seed=0, backend=backend, dtype=dtype)
+    conv, pool = model.layers[0], model.layers[2]
+    assert conv.fused_pool is pool and pool.fused_into_prev          # Sequential fused conv1-relu-pool1
+    if not fuse_first_layer:
+        conv.fused_pool, pool.fused_into_prev = None, False
     opt = fastcnn.AdamW(model, lr=1e-3)
     x = to_float(images, dtype)
     losses = []
@@ -567,6 +638,22 @@ def test_training_bit_identical_run_after_run(mnist_batches):
     assert loss1 == loss2
     for name in params1:
         np.testing.assert_array_equal(params2[name], params1[name], err_msg=name)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_fused_first_layer_trains_bit_identically_to_the_unfused_ops(mnist_batches, backend):
+    images, labels = mnist_batches
+    loss1, params1 = _train(backend, np.float32, images, labels)
+    loss2, params2 = _train(backend, np.float32, images, labels, fuse_first_layer=False)
+    assert loss1 == loss2
+    for name in params1:
+        np.testing.assert_array_equal(params2[name], params1[name], err_msg=name)
+
+
+def test_batchnorm_between_conv_and_relu_keeps_the_layers_apart():
+    model = fastcnn.mnist_cnn(batchnorm=True, backend="numpy")
+    assert model.layers[0].fused_pool is None and not model.layers[3].fused_into_prev
+    assert model.layers[3].relu                                       # ReLU -> pool still fused
 
 
 @needs_threads

@@ -1,0 +1,35 @@
+"""Convolution, ReLU and max pooling as one op (the first layer of the mission's network), NumPy
+reference: literally the composition of the three reference ops, so it is right by construction.
+The Numba backend computes the same thing in one pass per image (:mod:`fastcnn.kernels.fused`).
+
+    conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride) -> (y, argmax)
+        = maxpool2d_forward(conv2d_forward(x, w, b, stride, padding), pool_size, pool_stride,
+                            relu=True)
+    conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride)
+        -> (dw, db): conv2d_backward of the max-pool backward of dy, without dx.
+"""
+from __future__ import annotations
+
+from fastcnn.reference.conv import conv2d_backward, conv2d_forward
+from fastcnn.reference.pool import maxpool2d_backward, maxpool2d_forward
+
+
+def conv_output_size(H, W, kernel_size, stride, padding):
+    """(P, Q) of a convolution over an H x W input."""
+    (R, S), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    return (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1
+
+
+def conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride):
+    """x (N,C,H,W), w (K,C,R,S), b (K,) -> (y (N,K,P2,Q2), argmax (N,K,P2,Q2) int32)."""
+    return maxpool2d_forward(conv2d_forward(x, w, b, stride, padding), pool_size, pool_stride, relu=True)
+
+
+def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride):
+    """dy (N,K,P2,Q2), argmax from forward, x, w -> (dw (K,C,R,S), db (K,))."""
+    N, _, H, W = x.shape
+    K, _, R, S = w.shape
+    P, Q = conv_output_size(H, W, (R, S), stride, padding)
+    dconv = maxpool2d_backward(dy, argmax, (N, K, P, Q), pool_size, pool_stride)
+    _, dw, db = conv2d_backward(dconv, x, w, stride, padding, need_dx=False)
+    return dw, db
