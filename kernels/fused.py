@@ -11,13 +11,14 @@ quarters zeros and read once more by the weight gradient. Fused, each image's co
 (K, P, Q) live only in a per-image buffer that stays in the core's cache:
 
 forward   prange over images n: the convolution of image n into a (K, P*Q) buffer (the same
-          workers as :mod:`fastcnn.kernels.conv`: rows_axpy for a tiny reduction, else im2col +
-          gemm_nt), then :func:`~fastcnn.kernels.pool.maxpool_plane` with the ReLU into y[n] and
-          argmax[n].
-backward  prange over fixed chunks of images (bounds depend on N only), as conv2d_backward's dw:
-          each chunk scatters its pooled gradients through argmax into a zeroed, cache-resident
-          (K, nb*P*Q) block next to its images' im2col and writes its own partial dw and db; the
-          partials are summed in chunk order (bit-identical for any thread count).
+          workers as :mod:`fastcnn.kernels.conv` for a tiny reduction: im2col + rows_axpy), then
+          :func:`~fastcnn.kernels.pool.maxpool_plane` with the ReLU into y[n] and argmax[n]. (A
+          first layer with C*R*S >= SMALL_L runs the convolution kernels, then the pool.)
+backward  prange over fixed chunks of images (bounds depend on N only), as conv2d_backward's dw
+          (with its stride-1 padded-width layout where it applies): each chunk scatters its
+          pooled gradients through argmax into a zeroed, cache-resident dense block next to its
+          images' im2col and writes its own partial dw and db; the partials are summed in chunk
+          order (bit-identical for any thread count).
 The buffers hold exactly what the unfused kernels would have stored, and are reduced in the same
 order, so the fused results equal the unfused Numba results bit for bit.
 """
@@ -27,10 +28,11 @@ import numpy as np
 from numba import njit, prange
 
 from fastcnn.kernels._config import CACHE, FASTMATH
-from fastcnn.kernels._gemm import gemm_nt, rows_axpy
-from fastcnn.kernels.conv import (IMAGES_PER_CHUNK, SMALL_L, _im2col_chw_t, _im2col_hwc, _out_size,
-                                  _pad_chw, _pad_hwc, _prepare, _sum_partials)
-from fastcnn.kernels.pool import maxpool_plane
+from fastcnn.kernels._gemm import rows_axpy
+from fastcnn.kernels.conv import (IMAGES_PER_CHUNK, SMALL_L, _im2col_chw_t, _out_size, _pad_chw, _prepare,
+                                  _sum_partials, pack_cols_flat, partials_from_packed)
+from fastcnn.kernels.conv import _forward as _conv_forward
+from fastcnn.kernels.pool import maxpool2d_forward, maxpool_plane
 
 
 @njit(boundscheck=False, cache=CACHE)
@@ -40,9 +42,6 @@ def _pool_planes(conv, P, Q, kh, kw, psh, psw, zero, yn, an):
     for k in range(conv.shape[0]):
         maxpool_plane(planes[k], kh, kw, psh, psw, True, zero, yn[k], an[k])
 
-
-# Two drivers rather than one with a branch: with both paths in one prange body the small path
-# measured 40 % slower.
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _forward_small(x, w2, b, R, S, sh, sw, ph, pw, P, Q, kh, kw, psh, psw, zero, y, argmax):
@@ -60,28 +59,11 @@ def _forward_small(x, w2, b, R, S, sh, sw, ph, pw, P, Q, kh, kw, psh, psw, zero,
 
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _forward_gemm(x, w2, b, R, S, sh, sw, ph, pw, P, Q, kh, kw, psh, psw, zero, y, argmax):
-    """Any C*R*S: w2 (K, R*S*C) in (r, s, c) order -> y, argmax (N, K, P2, Q2)."""
-    N, C, H, W = x.shape
-    K = y.shape[1]
-    for n in prange(N):
-        xt = np.empty((H + 2 * ph, W + 2 * pw, C), x.dtype)
-        _pad_hwc(x[n], ph, pw, xt)
-        col = np.empty((P * Q, R * S * C), x.dtype)
-        _im2col_hwc(xt, R, S, sh, sw, P, Q, col)
-        conv = np.empty((K, P * Q), x.dtype)
-        gemm_nt(w2, col, conv, zero)
-        for k in range(K):
-            conv[k] += b[k]
-        _pool_planes(conv, P, Q, kh, kw, psh, psw, zero, y[n], argmax[n])
-
-
-@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _backward_partials(x, dy, argmax, R, S, sh, sw, ph, pw, P, Q, kw, psh, psw, nchunks,
                        dw_part, db_part, zero):
     """Per chunk of images: dw_part[ch] (K, C*R*S) and db_part[ch] (K,) from the pooled dy."""
     N, C, H, W = x.shape
-    K, P2, Q2 = dy.shape[1], dy.shape[2], dy.shape[3]
+    K = dy.shape[1]
     PQ = P * Q
     for ch in prange(nchunks):
         n0 = ch * N // nchunks
@@ -92,18 +74,41 @@ def _backward_partials(x, dy, argmax, R, S, sh, sw, ph, pw, P, Q, kw, psh, psw, 
         for i in range(nb):
             _pad_chw(x[n0 + i], ph, pw, xp)
             _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT, i * PQ)
-            for k in range(K):
-                for p in range(P2):
-                    for q in range(Q2):
-                        a = argmax[n0 + i, k, p, q]
-                        if a >= 0:
-                            dyc[k, i * PQ + (p * psh + a // kw) * Q + q * psw + a % kw] += dy[n0 + i, k, p, q]
-        gemm_nt(dyc, colT, dw_part[ch], zero)
-        for k in range(K):
-            s = zero
-            for v in range(nb * PQ):
-                s += dyc[k, v]
-            db_part[ch, k] = s
+            _scatter_pooled(dy[n0 + i], argmax[n0 + i], kw, psh, psw, Q, dyc, i * PQ)
+        partials_from_packed(dyc, colT, dw_part[ch], db_part[ch], zero)
+
+
+@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
+def _backward_partials_s1(x, dy, argmax, R, S, ph, pw, P, kw, psh, psw, nchunks, dw_part, db_part, zero):
+    """Convolution stride 1: as _backward_partials on the padded width Wp (see
+    conv._backward_weight_partials_s1), the same layout the unfused kernels use at stride 1."""
+    N, C, H, W = x.shape
+    K = dy.shape[1]
+    Wp = W + 2 * pw
+    L = P * Wp
+    for ch in prange(nchunks):
+        n0 = ch * N // nchunks
+        nb = (ch + 1) * N // nchunks - n0
+        colT = np.empty((C * R * S, nb * L), x.dtype)
+        dyc = np.zeros((K, nb * L), x.dtype)
+        xf = np.empty((C, (H + 2 * ph) * Wp + S), x.dtype)
+        for i in range(nb):
+            pack_cols_flat(x[n0 + i], R, S, ph, pw, xf, colT, i * L)
+            _scatter_pooled(dy[n0 + i], argmax[n0 + i], kw, psh, psw, Wp, dyc, i * L)
+        partials_from_packed(dyc, colT, dw_part[ch], db_part[ch], zero)
+
+
+@njit(boundscheck=False, cache=CACHE)
+def _scatter_pooled(dyn, an, kw, psh, psw, row, dyc, offset):
+    """Route one image's pooled gradient dyn (K, P2, Q2) through its argmax into the zeroed dense
+    block dyc[:, offset:], whose rows are ``row`` wide (Q, or Wp on the padded layout)."""
+    K, P2, Q2 = dyn.shape
+    for k in range(K):
+        for p in range(P2):
+            for q in range(Q2):
+                a = an[k, p, q]
+                if a >= 0:
+                    dyc[k, offset + (p * psh + a // kw) * row + q * psw + a % kw] += dyn[k, p, q]
 
 
 def _sizes(x, w, stride, padding, pool_size, pool_stride):
@@ -125,12 +130,13 @@ def conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride
     argmax = np.empty((N, K, P2, Q2), np.int32)
     if N == 0 or P2 == 0 or Q2 == 0:
         return y, argmax
-    args = (R, S, *stride, *padding, P, Q, *pool_size, *pool_stride, x.dtype.type(0), y, argmax)
     if C * R * S < SMALL_L:
-        _forward_small(x, w.reshape(K, C * R * S), b, *args)
-    else:
-        _forward_gemm(x, np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(K, R * S * C), b, *args)
-    return y, argmax
+        _forward_small(x, w.reshape(K, C * R * S), b, R, S, *stride, *padding, P, Q, *pool_size, *pool_stride,
+                       x.dtype.type(0), y, argmax)
+        return y, argmax
+    # A first layer with a long reduction (not the mission's): the convolution kernels as they
+    # are, then the pool; same results, without the cache benefit.
+    return maxpool2d_forward(_conv_forward(x, w, b, stride, padding), pool_size, pool_stride, relu=True)
 
 
 def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride):
@@ -147,7 +153,11 @@ def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, p
         nchunks = max(1, min(N, -(-N // IMAGES_PER_CHUNK)))
         dw_part = np.empty((nchunks, K, C * R * S), x.dtype)
         db_part = np.empty((nchunks, K), x.dtype)
-        _backward_partials(x, dy, argmax, R, S, *stride, *padding, P, Q, pool_size[1], *pool_stride, nchunks,
-                           dw_part, db_part, x.dtype.type(0))
+        if stride == (1, 1):
+            _backward_partials_s1(x, dy, argmax, R, S, *padding, P, pool_size[1], *pool_stride, nchunks,
+                                  dw_part, db_part, x.dtype.type(0))
+        else:
+            _backward_partials(x, dy, argmax, R, S, *stride, *padding, P, Q, pool_size[1], *pool_stride,
+                               nchunks, dw_part, db_part, x.dtype.type(0))
         _sum_partials(dw_part, db_part, dw, db)
     return dw.reshape(K, C, R, S), db

@@ -2,7 +2,7 @@
 (:mod:`fastcnn.reference`), plus determinism and argument validation of the kernels.
 
 * a fixed grid of edge cases per op (batch 1 and batches that do not split into chunks of 4, the
-  small (C*R*S < 32) and gemm paths, 1x1 / 3x3 / 5x5 / non-square kernels, strides 1, 2, 3 and
+  small (C*R*S < 32), gemm and im2col-free (stride 1, S*C >= 128) paths, 1x1 / 3x3 / 5x5 / non-square kernels, strides 1, 2, 3 and
   mixed, padding 0-2 and padding beyond kernel-1, tiny and odd spatial sizes, K, P*Q and C*R*S
   off the micro-kernel's 4-wide register block, for its edge loops), in float32 and float64;
 * max-pool inputs full of exact ties (small integers, all-zero windows as after a ReLU, signed
@@ -117,7 +117,7 @@ def _conv_case(N, C, K, H, W, R, S, stride, padding, label):
     padding = padding if isinstance(padding, tuple) else (padding, padding)
     P, Q = _conv_out(H, W, R, S, stride, padding)
     assert P >= 1 and Q >= 1, label
-    path = "small" if C * R * S < 32 else "gemm"
+    path = "small" if C * R * S < 32 else "shifted" if stride == (1, 1) and S * C >= 128 else "gemm"
     cid = (f"{label}-n{N}c{C}k{K}-{H}x{W}-k{R}x{S}-s{stride[0]}{stride[1]}-p{padding[0]}{padding[1]}"
            f"-{path}")
     return pytest.param(N, C, K, H, W, R, S, stride, padding, id=cid)
@@ -148,6 +148,12 @@ CONV_GRID = [
     _conv_case(3, 9, 4, 5, 5, 2, 2, 1, 2, "pad2-beyond-2x2"),
     _conv_case(2, 3, 1, 6, 6, 3, 3, 1, 0, "K1"),
     _conv_case(5, 2, 5, 3, 3, 3, 3, 3, 2, "pad-exceeds-input"),
+    # stride 1 with S*C >= 128 runs without im2col (gemm_nt_shifted), forward or inside dx:
+    _conv_case(3, 43, 7, 5, 6, 3, 3, 1, 1, "shifted-K7-odd-N-edges"),
+    _conv_case(2, 130, 5, 4, 3, 1, 1, 1, 0, "shifted-1x1"),
+    _conv_case(2, 30, 6, 7, 5, 5, 5, 1, 2, "shifted-5x5-pad2"),
+    _conv_case(1, 64, 3, 3, 4, 2, 3, 1, (1, 2), "shifted-batch1-2x3"),
+    _conv_case(2, 5, 48, 6, 6, 3, 3, 1, 1, "dx-shifted-K48"),
 ]
 
 
