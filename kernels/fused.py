@@ -59,7 +59,7 @@ def _forward_small(x, w2, b, R, S, sh, sw, ph, pw, P, Q, kh, kw, psh, psw, zero,
 
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _backward_partials(x, dy, argmax, R, S, sh, sw, ph, pw, P, Q, kw, psh, psw, nchunks,
+def _backward_partials(x, dy, argmax, R, S, sh, sw, ph, pw, P, Q, kh, kw, psh, psw, nchunks,
                        dw_part, db_part, zero):
     """Per chunk of images: dw_part[ch] (K, C*R*S) and db_part[ch] (K,) from the pooled dy."""
     N, C, H, W = x.shape
@@ -74,12 +74,13 @@ def _backward_partials(x, dy, argmax, R, S, sh, sw, ph, pw, P, Q, kw, psh, psw, 
         for i in range(nb):
             _pad_chw(x[n0 + i], ph, pw, xp)
             _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT, i * PQ)
-            _scatter_pooled(dy[n0 + i], argmax[n0 + i], kw, psh, psw, Q, dyc, i * PQ)
+            _scatter_pooled(dy[n0 + i], argmax[n0 + i], kh, kw, psh, psw, Q, dyc, i * PQ)
         partials_from_packed(dyc, colT, dw_part[ch], db_part[ch], zero)
 
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _backward_partials_s1(x, dy, argmax, R, S, ph, pw, P, kw, psh, psw, nchunks, dw_part, db_part, zero):
+def _backward_partials_s1(x, dy, argmax, R, S, ph, pw, P, kh, kw, psh, psw, nchunks, dw_part, db_part,
+                          zero):
     """Convolution stride 1: as _backward_partials on the padded width Wp (see
     conv._backward_weight_partials_s1), the same layout the unfused kernels use at stride 1."""
     N, C, H, W = x.shape
@@ -94,21 +95,26 @@ def _backward_partials_s1(x, dy, argmax, R, S, ph, pw, P, kw, psh, psw, nchunks,
         xf = np.empty((C, (H + 2 * ph) * Wp + S), x.dtype)
         for i in range(nb):
             pack_cols_flat(x[n0 + i], R, S, ph, pw, xf, colT, i * L)
-            _scatter_pooled(dy[n0 + i], argmax[n0 + i], kw, psh, psw, Wp, dyc, i * L)
+            _scatter_pooled(dy[n0 + i], argmax[n0 + i], kh, kw, psh, psw, Wp, dyc, i * L)
         partials_from_packed(dyc, colT, dw_part[ch], db_part[ch], zero)
 
 
 @njit(boundscheck=False, cache=CACHE)
-def _scatter_pooled(dyn, an, kw, psh, psw, row, dyc, offset):
+def _scatter_pooled(dyn, an, kh, kw, psh, psw, row, dyc, offset):
     """Route one image's pooled gradient dyn (K, P2, Q2) through its argmax into the zeroed dense
-    block dyc[:, offset:], whose rows are ``row`` wide (Q, or Wp on the padded layout)."""
+    block dyc[:, offset:], whose rows are ``row`` wide (Q, or Wp on the padded layout). The window
+    offsets come from a small table: an integer division per element cost more than the rest."""
     K, P2, Q2 = dyn.shape
+    step = np.empty(kh * kw, np.int64)
+    for a in range(kh * kw):
+        step[a] = (a // kw) * row + a % kw
     for k in range(K):
         for p in range(P2):
+            base = offset + p * psh * row
             for q in range(Q2):
                 a = an[k, p, q]
                 if a >= 0:
-                    dyc[k, offset + (p * psh + a // kw) * row + q * psw + a % kw] += dyn[k, p, q]
+                    dyc[k, base + q * psw + step[a]] += dyn[k, p, q]
 
 
 def _sizes(x, w, stride, padding, pool_size, pool_stride):
@@ -154,10 +160,10 @@ def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, p
         dw_part = np.empty((nchunks, K, C * R * S), x.dtype)
         db_part = np.empty((nchunks, K), x.dtype)
         if stride == (1, 1):
-            _backward_partials_s1(x, dy, argmax, R, S, *padding, P, pool_size[1], *pool_stride, nchunks,
+            _backward_partials_s1(x, dy, argmax, R, S, *padding, P, *pool_size, *pool_stride, nchunks,
                                   dw_part, db_part, x.dtype.type(0))
         else:
-            _backward_partials(x, dy, argmax, R, S, *stride, *padding, P, Q, pool_size[1], *pool_stride,
+            _backward_partials(x, dy, argmax, R, S, *stride, *padding, P, Q, *pool_size, *pool_stride,
                                nchunks, dw_part, db_part, x.dtype.type(0))
         _sum_partials(dw_part, db_part, dw, db)
     return dw.reshape(K, C, R, S), db
