@@ -6,7 +6,8 @@ gemm_nt(A, B, C, zero):  C[i, j] = sum_l A[i, l] * B[j, l]        A (M, L), B (N
     register block reuses every loaded vector 4 times (8 loads per 16 FMAs; 16 accumulators + 8
     operands fit the 32 AVX-512 registers). Measured against 4 x 3 in one run on the conv2 shapes:
     130 vs 107, 131 vs 126 and 155 vs 125 GFLOP/s.
-gemm_nt_shifted(A3, flat, ldb, rstride, C, zero):  C[i, j] = sum_r sum_l A3[r, i, l] * flat[j*ldb + r*rstride + l]
+gemm_nt_shifted(A3, flat, starts, rstride, C, zero):
+    C[i, j] = sum_r sum_l A3[r, i, l] * flat[starts[j] + r*rstride + l]
     gemm_nt whose B rows are overlapping windows of one flat buffer (no im2col copy).
 rows_axpy(W, colT, bias, Y):  Y[k, :] = bias[k] + sum_l W[k, l] * colT[l, :]
     For tiny reductions (first convolution: C*R*S = 9) where a dot product would not vectorise:
@@ -82,11 +83,12 @@ def _dot_shifted(A3, i, flat, start, rstride, L, zero):
 
 
 @njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def gemm_nt_shifted(A3, flat, ldb, rstride, C, zero):
-    """C[i, j] = sum_r sum_l A3[r, i, l] * flat[j*ldb + r*rstride + l]: A3 (R, M, L), flat 1-D,
-    C (M, N). gemm_nt with each B row a window of one flat buffer, so overlapping rows need not
-    be copied out (a stride-1 convolution's im2col rows, see conv._forward_shifted); the same
-    4 x 4 register block, its accumulators carried across the R windows."""
+def gemm_nt_shifted(A3, flat, starts, rstride, C, zero):
+    """C[i, j] = sum_r sum_l A3[r, i, l] * flat[starts[j] + r*rstride + l]: A3 (R, M, L), flat
+    1-D, starts (N,) int64, C (M, N). gemm_nt with each B row a window of one flat buffer, so
+    overlapping rows need not be copied out (a stride-1 convolution's im2col rows, see
+    conv._forward_shifted and conv._backward_weight_partials_s1); the same 4 x 4 register block,
+    its accumulators carried across the R windows."""
     R, M, L = A3.shape
     N = C.shape[1]
     i = 0
@@ -97,9 +99,9 @@ def gemm_nt_shifted(A3, flat, ldb, rstride, C, zero):
             c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = zero
             for r in range(R):
                 a0, a1, a2, a3 = A3[r, i], A3[r, i + 1], A3[r, i + 2], A3[r, i + 3]
-                o = j * ldb + r * rstride
-                b0, b1 = flat[o:o + L], flat[o + ldb:o + ldb + L]
-                b2, b3 = flat[o + 2 * ldb:o + 2 * ldb + L], flat[o + 3 * ldb:o + 3 * ldb + L]
+                o = r * rstride
+                o0, o1, o2, o3 = starts[j] + o, starts[j + 1] + o, starts[j + 2] + o, starts[j + 3] + o
+                b0, b1, b2, b3 = flat[o0:o0 + L], flat[o1:o1 + L], flat[o2:o2 + L], flat[o3:o3 + L]
                 for l in range(L):
                     x0, x1, x2, x3 = a0[l], a1[l], a2[l], a3[l]
                     y0, y1, y2, y3 = b0[l], b1[l], b2[l], b3[l]
@@ -126,11 +128,11 @@ def gemm_nt_shifted(A3, flat, ldb, rstride, C, zero):
             j += 4
         for jj in range(j, N):                       # leftover columns of this row block
             for ii in range(i, i + 4):
-                C[ii, jj] = _dot_shifted(A3, ii, flat, jj * ldb, rstride, L, zero)
+                C[ii, jj] = _dot_shifted(A3, ii, flat, starts[jj], rstride, L, zero)
         i += 4
     for ii in range(i, M):                           # leftover rows
         for jj in range(N):
-            C[ii, jj] = _dot_shifted(A3, ii, flat, jj * ldb, rstride, L, zero)
+            C[ii, jj] = _dot_shifted(A3, ii, flat, starts[jj], rstride, L, zero)
 
 
 @njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)

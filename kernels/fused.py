@@ -29,8 +29,9 @@ from numba import njit, prange
 
 from fastcnn.kernels._config import CACHE, FASTMATH
 from fastcnn.kernels._gemm import rows_axpy
-from fastcnn.kernels.conv import (IMAGES_PER_CHUNK, SMALL_L, _im2col_chw_t, _out_size, _pad_chw, _prepare,
-                                  _sum_partials, pack_cols_flat, partials_from_packed)
+from fastcnn.kernels.conv import (IMAGES_PER_CHUNK, SMALL_L, _im2col_chw_t, _out_size, _pad_chw, _pad_flat,
+                                  _prepare, _sum_partials, partials_from_packed, partials_shifted,
+                                  window_starts)
 from fastcnn.kernels.conv import _forward as _conv_forward
 from fastcnn.kernels.pool import maxpool2d_forward, maxpool_plane
 
@@ -79,24 +80,24 @@ def _backward_partials(x, dy, argmax, R, S, sh, sw, ph, pw, P, Q, kh, kw, psh, p
 
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _backward_partials_s1(x, dy, argmax, R, S, ph, pw, P, kh, kw, psh, psw, nchunks, dw_part, db_part,
+def _backward_partials_s1(x, dy, argmax, R, S, ph, pw, P, kh, kw, psh, psw, nchunks, starts, dw_part, db_part,
                           zero):
-    """Convolution stride 1: as _backward_partials on the padded width Wp (see
-    conv._backward_weight_partials_s1), the same layout the unfused kernels use at stride 1."""
+    """Convolution stride 1: as conv._backward_weight_partials_s1 (padded width Wp, no im2col),
+    with the dense gradient scattered from the pooled one."""
     N, C, H, W = x.shape
     K = dy.shape[1]
     Wp = W + 2 * pw
     L = P * Wp
+    plane = (H + 2 * ph) * Wp + S
     for ch in prange(nchunks):
         n0 = ch * N // nchunks
         nb = (ch + 1) * N // nchunks - n0
-        colT = np.empty((C * R * S, nb * L), x.dtype)
-        dyc = np.zeros((K, nb * L), x.dtype)
-        xf = np.empty((C, (H + 2 * ph) * Wp + S), x.dtype)
+        xfs = np.empty((nb, C, plane), x.dtype)
+        dyw = np.zeros((nb, K, L), x.dtype)
         for i in range(nb):
-            pack_cols_flat(x[n0 + i], R, S, ph, pw, xf, colT, i * L)
-            _scatter_pooled(dy[n0 + i], argmax[n0 + i], kh, kw, psh, psw, Wp, dyc, i * L)
-        partials_from_packed(dyc, colT, dw_part[ch], db_part[ch], zero)
+            _pad_flat(x[n0 + i], ph, pw, xfs[i])
+            _scatter_pooled(dy[n0 + i], argmax[n0 + i], kh, kw, psh, psw, Wp, dyw[i], 0)
+        partials_shifted(dyw, xfs.reshape(nb * C * plane), starts, C * plane, dw_part[ch], db_part[ch], zero)
 
 
 @njit(boundscheck=False, cache=CACHE)
@@ -160,7 +161,8 @@ def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, p
         dw_part = np.empty((nchunks, K, C * R * S), x.dtype)
         db_part = np.empty((nchunks, K), x.dtype)
         if stride == (1, 1):
-            _backward_partials_s1(x, dy, argmax, R, S, *padding, P, *pool_size, *pool_stride, nchunks,
+            starts = window_starts(C, R, S, x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
+            _backward_partials_s1(x, dy, argmax, R, S, *padding, P, *pool_size, *pool_stride, nchunks, starts,
                                   dw_part, db_part, x.dtype.type(0))
         else:
             _backward_partials(x, dy, argmax, R, S, *stride, *padding, P, Q, *pool_size, *pool_stride,
