@@ -1,7 +1,8 @@
 """Per-op benchmarks at the mission network's training shapes (batch 128, float32).
 
 For every op of the network (conv1, pool1, conv2, pool2; forward, backward-weight,
-backward-input+weight, pool backward) and each backend, one benchmark in a group named after the op,
+backward-input+weight, pool backward; and conv1+pool1, the fused first layer as the model runs it)
+and each backend, one benchmark in a group named after the op,
 so NumPy and Numba sit side by side in pytest-benchmark's table. Each benchmark first checks its
 result against the NumPy reference (``fastcnn.testing`` tolerances), so a wrong fast kernel fails
 instead of posting a time; kernels are compiled once per session before any timing. ``extra_info``

@@ -167,6 +167,19 @@ class ConvShape:
 
 
 @dataclass(frozen=True)
+class FusedShape(ConvShape):
+    """The first layer as the model runs it: conv, ReLU and max-pool in one op
+    (``conv2d_relu_maxpool_forward`` / ``_backward``); FLOPs are the convolution's."""
+    pool: tuple = (2, 2)
+    pool_stride: tuple = (2, 2)
+
+    @property
+    def pooled_shape(self):
+        P, Q = self.out_size
+        return (self.N, self.K, *pool_output_size(P, Q, self.pool, self.pool_stride))
+
+
+@dataclass(frozen=True)
 class PoolShape:
     """One max-pool of the network (ReLU fused, as Sequential runs it): x (N,C,H,W)."""
     layer: str
@@ -236,6 +249,15 @@ class OpCase:
             return (rng.standard_normal(shape) * scale).astype(dt)
 
         s = self.shape
+        if isinstance(s, FusedShape):
+            x = normal(s.x_shape)
+            w = normal(s.w_shape, math.sqrt(2.0 / (s.C * s.R * s.S)))
+            b = normal((s.K,), 0.1)
+            if self.kind == "forward":
+                return {"x": x, "w": w, "b": b}
+            from fastcnn import reference
+            _, argmax = reference.conv2d_relu_maxpool_forward(x, w, b, s.stride, s.padding, s.pool, s.pool_stride)
+            return {"dy": normal(s.pooled_shape), "argmax": argmax, "x": x, "w": w}
         if self.is_conv:
             x = normal(s.x_shape)
             w = normal(s.w_shape, math.sqrt(2.0 / (s.C * s.R * s.S)))
@@ -252,6 +274,13 @@ class OpCase:
     def run(self, ops, inputs):
         """Call the op through ``ops`` (a backend module); returns a tuple of result arrays."""
         s = self.shape
+        if isinstance(s, FusedShape):
+            if self.kind == "forward":        # argmax is not compared: a near-tie may go either way
+                return ops.conv2d_relu_maxpool_forward(inputs["x"], inputs["w"], inputs["b"], s.stride,
+                                                       s.padding, s.pool, s.pool_stride)[:1]
+            return tuple(ops.conv2d_relu_maxpool_backward(inputs["dy"], inputs["argmax"], inputs["x"],
+                                                          inputs["w"], s.stride, s.padding, s.pool,
+                                                          s.pool_stride))
         if self.is_conv:
             if self.kind == "forward":
                 return (ops.conv2d_forward(inputs["x"], inputs["w"], inputs["b"], s.stride, s.padding),)
@@ -264,6 +293,8 @@ class OpCase:
         return (ops.maxpool2d_backward(inputs["dy"], inputs["argmax"], s.x_shape, s.kernel, s.stride),)
 
     def result_names(self):
+        if isinstance(self.shape, FusedShape):
+            return ("y",) if self.kind == "forward" else ("dw", "db")
         if self.is_conv:
             return {"forward": ("y",), "backward-weight": ("dw", "db"),
                     "backward-input+weight": ("dx", "dw", "db")}[self.kind]
@@ -294,24 +325,36 @@ def op_cases(batch=BATCH_SIZE, dtype=np.float32):
     Convolutions: forward; backward-weight (``need_dx=False``: dw and db, all the first layer needs);
     backward-input+weight (``need_dx=True``: dx, dw and db in one call, as the second layer runs it;
     the op contract has no dx-only call, so backward-input alone is derived as the difference).
-    Max-pools (ReLU fused, as :class:`~fastcnn.model.Sequential` runs them): forward and backward."""
+    Max-pools (ReLU fused, as :class:`~fastcnn.model.Sequential` runs them): forward and backward.
+    ``conv1+pool1``: the first layer as the model runs it, one fused op (forward; backward-weight,
+    which takes the pooled gradient)."""
     shapes = mission_shapes(batch)
     isz = np.dtype(dtype).itemsize
     cases = []
-    for layer in ("conv1", "pool1", "conv2", "pool2"):
-        s = shapes[layer]
-        if isinstance(s, ConvShape):
-            cases.append(OpCase(layer, "forward", "GFLOP/s", s.flops, s, dtype=dtype))
+    for layer in ("conv1", "pool1", "conv1+pool1", "conv2", "pool2"):
+        if layer == "conv1+pool1":
+            c1 = shapes["conv1"]
+            s = FusedShape(layer, c1.N, c1.C, c1.H, c1.W, c1.K, c1.R, c1.S, c1.stride, c1.padding)
+            cases.append(OpCase(layer, "forward", "GFLOP/s", s.flops, s, dtype=dtype,
+                                note="conv1 + ReLU + pool1 fused, as the model runs them"))
             cases.append(OpCase(layer, "backward-weight", "GFLOP/s", s.flops, s, dtype=dtype,
-                                note="dw, db (need_dx=False)"))
+                                note="dw, db from the pooled gradient, as the model runs them"))
+            continue
+        s = shapes[layer]
+        fused = "; the model runs it inside the fused conv1+pool1 op" if layer in ("conv1", "pool1") else ""
+        if isinstance(s, ConvShape):
+            cases.append(OpCase(layer, "forward", "GFLOP/s", s.flops, s, dtype=dtype, note=fused[2:]))
+            cases.append(OpCase(layer, "backward-weight", "GFLOP/s", s.flops, s, dtype=dtype,
+                                note="dw, db (need_dx=False)" + fused))
             note = "dx, dw, db" + (" (not run in training: the first layer needs no dx)"
                                    if layer == "conv1" else "")
             cases.append(OpCase(layer, "backward-input+weight", "GFLOP/s", 2 * s.flops, s, dtype=dtype,
                                 note=note))
         else:
             cases.append(OpCase(layer, "forward", "GB/s", s.forward_bytes(isz), s, dtype=dtype,
-                                note="ReLU fused"))
-            cases.append(OpCase(layer, "backward", "GB/s", s.backward_bytes(isz), s, dtype=dtype))
+                                note="ReLU fused" + fused))
+            cases.append(OpCase(layer, "backward", "GB/s", s.backward_bytes(isz), s, dtype=dtype,
+                                note=fused[2:]))
     return cases
 
 

@@ -67,7 +67,8 @@ def test_op_cases_cover_every_op_of_the_network():
             assert f"{conv} {kind}" in names
     for pool in ("pool1", "pool2"):
         assert f"{pool} forward" in names and f"{pool} backward" in names
-    assert len(names) == len(set(names)) == 10
+    assert "conv1+pool1 forward" in names and "conv1+pool1 backward-weight" in names   # the fused op
+    assert len(names) == len(set(names)) == 12
 
 
 @pytest.mark.parametrize("case", fb.op_cases(2), ids=lambda c: c.id)
