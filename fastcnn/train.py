@@ -78,6 +78,10 @@ RESUME_KEYS = ("batch_size", "optimizer", "lr", "lr_schedule", "momentum", "weig
 #: Per-epoch metrics that are wall-clock measurements (everything else in an epoch's metrics is a
 #: deterministic function of the seed, backend and thread count).
 TIMING_KEYS = ("seconds", "images_per_second", "eval_seconds")
+#: The order of an epoch's metrics (kept when a checkpoint's history, stored with sorted keys, is
+#: restored, so a resumed run writes the same metrics file as an uninterrupted one).
+METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_second",
+               "eval_seconds", "lr")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -517,7 +521,7 @@ class Trainer:
         # (compared above through RESUME_KEYS), so its hyper-parameters are not compared here.
         notes = restore(ckpt, st.model, st.optimizer, self._rngs(), check_hparams=False)
         st.epoch, st.step = ckpt.epoch, ckpt.epoch * st.steps_per_epoch
-        st.history = [dict(m) for m in ckpt.history]
+        st.history = [{**{k: m[k] for k in METRIC_KEYS if k in m}, **m} for m in ckpt.history]
         if saved.get("epochs") != self.config.epochs and self.config.lr_schedule == "cosine":
             notes.append(f"the cosine learning-rate schedule is recomputed for {self.config.epochs} epochs "
                          f"(the checkpoint's run planned {saved.get('epochs')}), so the rate jumps to that "
