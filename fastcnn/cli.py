@@ -410,6 +410,8 @@ class _Run:
         kept = [f"metrics in {self.args.metrics}"] if self.args.metrics else []
         if n:
             kept.append(f"plots of {n} epoch{'s' if n != 1 else ''} in {self.args.plots_dir}")
+        if status != "completed" and self.args.save_model is not None:
+            kept.append("no --save-model file (written only when training completes)")
         return ", ".join(kept)
 
     def resume_hint(self):

@@ -288,10 +288,11 @@ def test_identical_seed_runs_write_byte_identical_metrics(mnist_dir, tmp_path):
 
 def test_forced_divergence_stops_at_once_with_one_line(mnist_dir, tmp_path):
     proc = run_cli(train_args(mnist_dir, "--lr", "1e4", "--checkpoint", "c.npz", "--metrics", "m.json",
-                              limit_train=2000), cwd=tmp_path)
+                              "--save-model", "model.npz", limit_train=2000), cwd=tmp_path)
     assert proc.returncode == 3
     assert_one_error_line(proc.stderr)
     assert "training diverged in epoch 1 at batch" in proc.stderr and "no checkpoint was written" in proc.stderr
+    assert "no --save-model file" in proc.stderr and not (tmp_path / "model.npz").exists()
     assert "RuntimeWarning" not in proc.stderr
     assert not (tmp_path / "c.npz").exists()
     doc = json.loads((tmp_path / "m.json").read_text())
