@@ -28,6 +28,45 @@ def _dot(a, b, L, zero):
     return s
 
 
+@njit(inline="always", cache=CACHE)
+def _zeros16(zero):
+    return (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero)
+
+
+@njit(fastmath=FASTMATH, boundscheck=False, inline="always", cache=CACHE)
+def _block_4x4(a0, a1, a2, a3, b0, b1, b2, b3, L, acc):
+    """The micro-kernel: acc[4p + q] += sum_l a_p[l] * b_q[l] for rows a0..a3 and b0..b3 (8 vector
+    loads feed 16 FMAs per step; the 16 accumulators stay in registers)."""
+    c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33 = acc
+    for l in range(L):
+        x0, x1, x2, x3 = a0[l], a1[l], a2[l], a3[l]
+        y0, y1, y2, y3 = b0[l], b1[l], b2[l], b3[l]
+        c00 += x0 * y0
+        c01 += x0 * y1
+        c02 += x0 * y2
+        c03 += x0 * y3
+        c10 += x1 * y0
+        c11 += x1 * y1
+        c12 += x1 * y2
+        c13 += x1 * y3
+        c20 += x2 * y0
+        c21 += x2 * y1
+        c22 += x2 * y2
+        c23 += x2 * y3
+        c30 += x3 * y0
+        c31 += x3 * y1
+        c32 += x3 * y2
+        c33 += x3 * y3
+    return (c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33)
+
+
+@njit(boundscheck=False, inline="always", cache=CACHE)
+def _store_4x4(C, i, j, acc):
+    for p in range(4):
+        for q in range(4):
+            C[i + p, j + q] = acc[4 * p + q]
+
+
 @njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def gemm_nt(A, B, C, zero):
     M, L = A.shape
@@ -38,31 +77,8 @@ def gemm_nt(A, B, C, zero):
         j = 0
         while j + 4 <= N:
             b0, b1, b2, b3 = B[j], B[j + 1], B[j + 2], B[j + 3]
-            c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
-            c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = zero
-            for l in range(L):                       # 8 vector loads feed 16 FMAs
-                x0, x1, x2, x3 = a0[l], a1[l], a2[l], a3[l]
-                y0, y1, y2, y3 = b0[l], b1[l], b2[l], b3[l]
-                c00 += x0 * y0
-                c01 += x0 * y1
-                c02 += x0 * y2
-                c03 += x0 * y3
-                c10 += x1 * y0
-                c11 += x1 * y1
-                c12 += x1 * y2
-                c13 += x1 * y3
-                c20 += x2 * y0
-                c21 += x2 * y1
-                c22 += x2 * y2
-                c23 += x2 * y3
-                c30 += x3 * y0
-                c31 += x3 * y1
-                c32 += x3 * y2
-                c33 += x3 * y3
-            C[i, j], C[i, j + 1], C[i, j + 2], C[i, j + 3] = c00, c01, c02, c03
-            C[i + 1, j], C[i + 1, j + 1], C[i + 1, j + 2], C[i + 1, j + 3] = c10, c11, c12, c13
-            C[i + 2, j], C[i + 2, j + 1], C[i + 2, j + 2], C[i + 2, j + 3] = c20, c21, c22, c23
-            C[i + 3, j], C[i + 3, j + 1], C[i + 3, j + 2], C[i + 3, j + 3] = c30, c31, c32, c33
+            acc = _block_4x4(a0, a1, a2, a3, b0, b1, b2, b3, L, _zeros16(zero))
+            _store_4x4(C, i, j, acc)
             j += 4
         for jj in range(j, N):                       # leftover columns of this row block
             for ii in range(i, i + 4):
@@ -95,36 +111,14 @@ def gemm_nt_shifted(A3, flat, starts, rstride, C, zero):
     while i + 4 <= M:
         j = 0
         while j + 4 <= N:
-            c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
-            c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = zero
-            for r in range(R):
+            acc = _zeros16(zero)
+            for r in range(R):                       # accumulators carried across the R windows
                 a0, a1, a2, a3 = A3[r, i], A3[r, i + 1], A3[r, i + 2], A3[r, i + 3]
                 o = r * rstride
                 o0, o1, o2, o3 = starts[j] + o, starts[j + 1] + o, starts[j + 2] + o, starts[j + 3] + o
                 b0, b1, b2, b3 = flat[o0:o0 + L], flat[o1:o1 + L], flat[o2:o2 + L], flat[o3:o3 + L]
-                for l in range(L):
-                    x0, x1, x2, x3 = a0[l], a1[l], a2[l], a3[l]
-                    y0, y1, y2, y3 = b0[l], b1[l], b2[l], b3[l]
-                    c00 += x0 * y0
-                    c01 += x0 * y1
-                    c02 += x0 * y2
-                    c03 += x0 * y3
-                    c10 += x1 * y0
-                    c11 += x1 * y1
-                    c12 += x1 * y2
-                    c13 += x1 * y3
-                    c20 += x2 * y0
-                    c21 += x2 * y1
-                    c22 += x2 * y2
-                    c23 += x2 * y3
-                    c30 += x3 * y0
-                    c31 += x3 * y1
-                    c32 += x3 * y2
-                    c33 += x3 * y3
-            C[i, j], C[i, j + 1], C[i, j + 2], C[i, j + 3] = c00, c01, c02, c03
-            C[i + 1, j], C[i + 1, j + 1], C[i + 1, j + 2], C[i + 1, j + 3] = c10, c11, c12, c13
-            C[i + 2, j], C[i + 2, j + 1], C[i + 2, j + 2], C[i + 2, j + 3] = c20, c21, c22, c23
-            C[i + 3, j], C[i + 3, j + 1], C[i + 3, j + 2], C[i + 3, j + 3] = c30, c31, c32, c33
+                acc = _block_4x4(a0, a1, a2, a3, b0, b1, b2, b3, L, acc)
+            _store_4x4(C, i, j, acc)
             j += 4
         for jj in range(j, N):                       # leftover columns of this row block
             for ii in range(i, i + 4):
