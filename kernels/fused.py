@@ -15,10 +15,10 @@ forward   prange over images n: the convolution of image n into a (K, P*Q) buffe
           :func:`~fastcnn.kernels.pool.maxpool_plane` with the ReLU into y[n] and argmax[n]. (A
           first layer with C*R*S >= SMALL_L runs the convolution kernels, then the pool.)
 backward  prange over fixed chunks of images (bounds depend on N only), as conv2d_backward's dw
-          (with its stride-1 padded-width layout where it applies): each chunk scatters its
-          pooled gradients through argmax into a zeroed, cache-resident dense block next to its
-          images' im2col and writes its own partial dw and db; the partials are summed in chunk
-          order (bit-identical for any thread count).
+          (at stride 1 its padded-width layout, the images' windows read in place): each chunk
+          scatters its pooled gradients through argmax into a zeroed, cache-resident dense block
+          and writes its own partial dw and db; the partials are summed in chunk order
+          (bit-identical for any thread count).
 The buffers hold exactly what the unfused kernels would have stored, and are reduced in the same
 order, so the fused results equal the unfused Numba results bit for bit.
 """
