@@ -354,6 +354,11 @@ class _StopSignals:
             signal.signal(sig, handler)
         return False
 
+    @property
+    def reason(self):
+        """What stopped the run: the signal's name, or "stop requested" (a library callback)."""
+        return signal.Signals(self.received).name if self.received else "stop requested"
+
     def _handle(self, signum, frame):
         first = self.received is None
         if first:
@@ -375,8 +380,8 @@ def _signal_exit(signum):
 class _Run:
     """One ``fastcnn-train`` invocation: the outputs it writes after every epoch and at the end."""
 
-    def __init__(self, args, config, data, trainer, say):
-        self.args, self.config, self.data, self.trainer, self.say = args, config, data, trainer, say
+    def __init__(self, args, config, data, trainer):
+        self.args, self.config, self.data, self.trainer = args, config, data, trainer
         self.checkpoint = args.checkpoint or args.resume
         self.saved_epoch = None            # the epoch in self.checkpoint, once this run wrote or read one
 
@@ -459,7 +464,7 @@ def _run(argv, signals):
         f"batch {config.batch_size}, {config.epochs} epoch{'s' if config.epochs != 1 else ''}")
 
     trainer = Trainer(config, data, log=say)
-    run = _Run(args, config, data, trainer, say)
+    run = _Run(args, config, data, trainer)
     if ckpt is not None:
         notes = trainer.restore(ckpt)                  # CheckpointError: exit 1, nothing changed
         run.saved_epoch = ckpt.epoch
@@ -484,15 +489,13 @@ def _run(argv, signals):
         _error(f"{exc}; {last}" + (f"; kept {kept}" if kept else ""))
         return EXIT_DIVERGED
     except TrainingInterrupted as exc:
-        stop = {"reason": signal.Signals(signals.received).name if signals.received else "stop requested",
-                "epoch": exc.epoch, "batch": exc.batch}
+        stop = {"reason": signals.reason, "epoch": exc.epoch, "batch": exc.batch}
         where = f"in epoch {exc.epoch} before batch {exc.batch}/{exc.batches}"
         state = trainer.state
     else:
         where = f"after epoch {state.epoch} of {config.epochs}"
         if state.epoch < config.epochs:
-            stop = {"reason": signal.Signals(signals.received).name if signals.received else "stop requested",
-                    "epoch": state.epoch + 1, "batch": 0}
+            stop = {"reason": signals.reason, "epoch": state.epoch + 1, "batch": 0}
     if stop is not None:
         kept = run.finish("interrupted", stop)
         name = stop["reason"]

@@ -510,8 +510,8 @@ class Trainer:
             raise fail(f"trained on other data ({data.get('name')}, {data.get('train_images')} train / "
                        f"{data.get('test_images')} test images) than this run ({self.data_info['name']}, "
                        f"{self.data_info['train_images']} / {self.data_info['test_images']})")
-        steps = ckpt.header.get("extra", {}).get("step")
-        if ckpt.epoch < 0 or (steps is not None and steps != ckpt.epoch * st.steps_per_epoch):
+        steps = ckpt.header["extra"]["step"]                      # an int: check_resumable made sure
+        if ckpt.epoch < 0 or steps != ckpt.epoch * st.steps_per_epoch:
             raise fail(f"inconsistent: {ckpt.epoch} epochs but {steps} steps of {st.steps_per_epoch}")
         if ckpt.epoch > self.config.epochs:
             raise fail(f"already has {ckpt.epoch} epochs, more than this run's {self.config.epochs}")
