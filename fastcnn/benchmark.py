@@ -341,20 +341,23 @@ def op_cases(batch=BATCH_SIZE, dtype=np.float32):
                                 note="dw, db from the pooled gradient, as the model runs them"))
             continue
         s = shapes[layer]
-        fused = "; the model runs it inside the fused conv1+pool1 op" if layer in ("conv1", "pool1") else ""
+        fused = "the model runs it inside the fused conv1+pool1 op" if layer in ("conv1", "pool1") else ""
+
+        def note(*parts):
+            return "; ".join(p for p in (*parts, fused) if p)
+
         if isinstance(s, ConvShape):
-            cases.append(OpCase(layer, "forward", "GFLOP/s", s.flops, s, dtype=dtype, note=fused[2:]))
+            cases.append(OpCase(layer, "forward", "GFLOP/s", s.flops, s, dtype=dtype, note=note()))
             cases.append(OpCase(layer, "backward-weight", "GFLOP/s", s.flops, s, dtype=dtype,
-                                note="dw, db (need_dx=False)" + fused))
+                                note=note("dw, db (need_dx=False)")))
             note = "dx, dw, db" + (" (not run in training: the first layer needs no dx)"
                                    if layer == "conv1" else "")
             cases.append(OpCase(layer, "backward-input+weight", "GFLOP/s", 2 * s.flops, s, dtype=dtype,
                                 note=note))
         else:
             cases.append(OpCase(layer, "forward", "GB/s", s.forward_bytes(isz), s, dtype=dtype,
-                                note="ReLU fused" + fused))
-            cases.append(OpCase(layer, "backward", "GB/s", s.backward_bytes(isz), s, dtype=dtype,
-                                note=fused[2:]))
+                                note=note("ReLU fused")))
+            cases.append(OpCase(layer, "backward", "GB/s", s.backward_bytes(isz), s, dtype=dtype, note=note()))
     return cases
 
 
