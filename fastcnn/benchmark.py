@@ -34,6 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fastcnn._cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Parser, UsageError, positive_int, print_error
+from fastcnn.convmath import conv_flops, conv_output_size, pool_output_size
+
 BATCH_SIZE = 128
 TRAIN_IMAGES = 60_000
 TEST_IMAGES = 10_000
@@ -42,37 +45,10 @@ EVAL_BATCH_SIZE = 1000
 BACKEND_ORDER = ("numpy", "numba")                               # reference first, for speedups
 MATMUL_N = 2048
 SCHEMA = "fastcnn-bench/1"
+PROG = "fastcnn-bench"
 
 
 # ------------------------------------------------------------------------------------ work counts
-
-def _pair(v):
-    return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
-
-
-def conv_output_size(H, W, R, S, stride=1, padding=0):
-    """(P, Q) of a convolution: P = (H + 2ph - R) // sh + 1, Q likewise."""
-    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
-    return (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1
-
-
-def conv_flops(N, C, H, W, K, R, S, stride=1, padding=0):
-    """FLOPs of one convolution pass: 2*N*K*C*R*S*P*Q (a multiply and an add per weight per output).
-
-    The forward pass, the input gradient (dx) and the weight gradient (dw) each cost exactly this
-    (dx is a convolution of dy with the flipped weights; dw correlates dy with x)."""
-    P, Q = conv_output_size(H, W, R, S, stride, padding)
-    return 2 * N * K * C * R * S * P * Q
-
-
-conv_forward_flops = conv_backward_input_flops = conv_backward_weight_flops = conv_flops
-
-
-def pool_output_size(H, W, kernel=2, stride=None):
-    (kh, kw) = _pair(kernel)
-    (sh, sw) = _pair(kernel if stride is None else stride)
-    return (H - kh) // sh + 1, (W - kw) // sw + 1
-
 
 def pool_forward_bytes(N, C, H, W, kernel=2, stride=None, itemsize=4):
     """Bytes a max-pool forward moves at least: read x, write y and the int32 argmax."""
@@ -1044,25 +1020,6 @@ def plot_charts(results, out_dir):
 
 # --------------------------------------------------------------------------------- the command
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise _UsageError(message)
-
-
-class _UsageError(Exception):
-    pass
-
-
-def _positive(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
 def _backends(text):
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in BACKEND_ORDER]
@@ -1073,24 +1030,24 @@ def _backends(text):
 
 
 def build_parser():
-    p = _Parser(prog="fastcnn-bench",
+    p = Parser(prog=PROG,
                 description="Compare the NumPy reference and the Numba kernels of fastcnn: per op at the "
                             "MNIST network's training shapes, per training epoch and evaluation on real "
                             "MNIST, and Numba thread scaling. Prints a table; writes results.json and "
                             "PNG charts.")
     p.add_argument("--out", type=Path, default=Path("bench-results"),
                    help="output folder for results.json and the charts (default: bench-results/)")
-    p.add_argument("--threads", type=_positive, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="thread scaling of the Numba epoch over 1..N threads (default: all cores)")
     p.add_argument("--quick", action="store_true",
                    help="fewer batches, rounds and test images (about a minute, mostly compilation)")
-    p.add_argument("--batches", type=_positive, default=None,
+    p.add_argument("--batches", type=positive_int, default=None,
                    help="timed training batches for the Numba backend and per thread count "
                         "(default 60, quick 15); the NumPy reference gets at most 20 (quick 5)")
     p.add_argument("--backends", type=_backends, default=BACKEND_ORDER,
                    help="comma-separated backends to time (default: numpy,numba); results are "
                         "always checked against the NumPy reference")
-    p.add_argument("--eval-images", type=_positive, default=None,
+    p.add_argument("--eval-images", type=positive_int, default=None,
                    help="test images timed for evaluation (default 10000, quick 2000)")
     p.add_argument("--data-dir", default=None,
                    help="folder with the MNIST IDX files (default: $FASTCNN_DATA_DIR, then the cache, "
@@ -1122,9 +1079,9 @@ def bench_main(argv=None):
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except _UsageError as exc:
-        print(f"fastcnn-bench: error: {exc} (see fastcnn-bench --help)", file=sys.stderr)
-        return 2
+    except UsageError as exc:
+        print_error(PROG, f"{exc} (see {PROG} --help)")
+        return EXIT_USAGE
     except SystemExit as exc:                               # --help
         return int(exc.code or 0)
     try:
@@ -1140,16 +1097,15 @@ def bench_main(argv=None):
         print("wrote " + ", ".join(str(p) for p in written), flush=True)
         return 0
     except KeyboardInterrupt:
-        print("fastcnn-bench: interrupted", file=sys.stderr)
-        return 130
+        print_error(PROG, "interrupted")
+        return EXIT_INTERRUPTED
     except AssertionError as exc:
         msg = str(exc).splitlines()[0] if str(exc) else "a result disagrees with the reference"
-        print(f"fastcnn-bench: error: check against the NumPy reference failed: {msg}", file=sys.stderr)
-        return 1
+        print_error(PROG, f"check against the NumPy reference failed: {msg}")
+        return EXIT_ERROR
     except Exception as exc:                                # noqa: BLE001 - one line, no traceback
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"fastcnn-bench: error: {msg}", file=sys.stderr)
-        return 1
+        print_error(PROG, str(exc) or type(exc).__name__)
+        return EXIT_ERROR
 
 
 def _json_default(obj):

@@ -51,7 +51,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import sys
 import zipfile
 from dataclasses import dataclass, field
@@ -60,6 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from fastcnn._atomic import atomic_write
+from fastcnn._cli import versions
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CheckpointError", "Checkpoint", "save_checkpoint",
            "load_checkpoint", "restore", "build_model", "model_rngs", "payload_hash",
@@ -140,14 +140,6 @@ def _jsonable(obj):
         except TypeError:
             pass
     raise TypeError(f"cannot store {type(obj).__name__} {obj!r} in a checkpoint header")
-
-
-def _version(dist):
-    try:
-        from importlib.metadata import version
-        return version(dist)
-    except Exception:  # noqa: BLE001 - not installed, or broken metadata
-        return None
 
 
 def payload_hash(arrays):
@@ -238,8 +230,7 @@ def save_checkpoint(path, model, optimizer, *, epoch, history, config, rngs, mod
         "optimizer": opt_header,
         "epoch": int(epoch), "history": list(history or []), "config": dict(config or {}),
         "extra": dict(extra or {}), "rngs": rng_states,
-        "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                     "numba": _version("numba"), "fastcnn": _version("fastcnn")},
+        "versions": versions(),
         "backend": getattr(model, "backend_name", None),
         "threads": _numba_threads() if threads is None else threads,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

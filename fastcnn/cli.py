@@ -12,11 +12,8 @@ resume; before training starts, and on a second signal, the process stops at onc
 """
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
-import platform
 import shlex
 import signal
 import sys
@@ -25,76 +22,11 @@ import threading
 from dataclasses import asdict
 from pathlib import Path
 
+from fastcnn._cli import (EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE,
+                          HelpFormatter, Parser, UsageError, float_in, int_at_least, print_error,
+                          versions)
+
 PROG = "fastcnn-train"
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
-
-
-class UsageError(Exception):
-    """An invalid argument found after parsing (exit code 2)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (no usage block) and exit code 2."""
-
-    def error(self, message):
-        raise UsageError(message)
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the epilog's line breaks; appends "(default: X)" to an option's help unless the help
-    already names its default or there is nothing to show (None, or a flag's False)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if ("default" in text or action.default is None or action.default is False
-                or action.default == argparse.SUPPRESS
-                or not action.option_strings):
-            return text
-        return text + " (default: %(default)s)"
-
-
-def one_line(message):
-    """Collapse a multi-line message into one line ("Looked in:\\n  a\\n  b" -> "Looked in: a; b")."""
-    out = ""
-    for part in (p.strip() for p in str(message).splitlines()):
-        if not part:
-            continue
-        out = part if not out else out + (" " if out.endswith(":") else "; ") + part
-    return out or "unknown error"
-
-
-# ------------------------------------------------------------------------------ argument types
-
-def _int_at_least(minimum):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    parse.__name__ = "integer"
-    return parse
-
-
-def _float_in(lo, hi=math.inf, lo_open=False, hi_open=True):
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        bad_lo = value <= lo if lo_open else value < lo
-        bad_hi = value >= hi if hi_open else value > hi
-        if not math.isfinite(value) or bad_lo or bad_hi:
-            lo_txt = f"> {lo:g}" if lo_open else f">= {lo:g}"
-            hi_txt = "" if hi == math.inf else f" and {'<' if hi_open else '<='} {hi:g}"
-            raise argparse.ArgumentTypeError(f"must be a finite number {lo_txt}{hi_txt}, got {text!r}")
-        return value
-    parse.__name__ = "number"
-    return parse
-
 
 _EPILOG = """\
 examples:
@@ -120,49 +52,49 @@ def build_parser():
                                TrainConfig)
 
     d = TrainConfig()
-    p = _Parser(
+    p = Parser(
         prog=PROG,
         description="Train the fastcnn MNIST CNN (conv 32 - pool - conv 64 - pool - dropout - linear)\n"
                     "on the CPU: one line per epoch, loss and accuracy plots, optional JSON metrics.",
-        epilog=_EPILOG, formatter_class=_HelpFormatter)
+        epilog=_EPILOG, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=["mnist", "fashion-mnist", "custom"], default="mnist",
                    help="which dataset ('custom': any folder with MNIST's four IDX file names, needs --data-dir)")
     g.add_argument("--data-dir", metavar="DIR", default=None,
                    help="folder with the four IDX files (gzipped or not); must exist when given")
     g.add_argument("--no-download", action="store_true", help="never download; fail if the files are not found")
-    g.add_argument("--limit-train", metavar="N", type=_int_at_least(1), default=None,
+    g.add_argument("--limit-train", metavar="N", type=int_at_least(1), default=None,
                    help="use only the first N training images (default: all)")
-    g.add_argument("--limit-test", metavar="N", type=_int_at_least(1), default=None,
+    g.add_argument("--limit-test", metavar="N", type=int_at_least(1), default=None,
                    help="use only the first N test images (default: all)")
 
     g = p.add_argument_group("compute")
     g.add_argument("--backend", choices=BACKENDS, default=None,
                    help=f"conv/pool implementation (default: ${ENV_VAR}, else numba)")
-    g.add_argument("--threads", metavar="N", type=_int_at_least(1), default=None,
+    g.add_argument("--threads", metavar="N", type=int_at_least(1), default=None,
                    help="Numba threads (numba backend) or BLAS threads (numpy backend), "
                         "1..NUMBA_NUM_THREADS (default: all cores)")
     g.add_argument("--dtype", choices=DTYPES, default=d.dtype, help="floating-point type of weights and data")
 
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", metavar="N", type=_int_at_least(1), default=d.epochs, help="number of epochs")
-    g.add_argument("--batch-size", metavar="N", type=_int_at_least(1), default=d.batch_size,
+    g.add_argument("--epochs", metavar="N", type=int_at_least(1), default=d.epochs, help="number of epochs")
+    g.add_argument("--batch-size", metavar="N", type=int_at_least(1), default=d.batch_size,
                    help="training batch size (at most the number of training images)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="optimizer")
     lrs = ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
-    g.add_argument("--lr", metavar="LR", type=_float_in(0.0, lo_open=True), default=None,
+    g.add_argument("--lr", metavar="LR", type=float_in(0.0, lo_open=True), default=None,
                    help=f"peak learning rate (default: {lrs})")
     g.add_argument("--lr-schedule", choices=SCHEDULES, default=d.lr_schedule,
                    help="'cosine': anneal per step from --lr to 0 over the whole run; 'constant': keep --lr")
-    g.add_argument("--momentum", metavar="M", type=_float_in(0.0, 1.0), default=None,
+    g.add_argument("--momentum", metavar="M", type=float_in(0.0, 1.0), default=None,
                    help=f"SGD momentum, sgd only (default: {DEFAULT_MOMENTUM:g})")
     wds = ", ".join(f"{k} {v:g}" for k, v in DEFAULT_WEIGHT_DECAY.items())
-    g.add_argument("--weight-decay", metavar="WD", type=_float_in(0.0), default=None,
+    g.add_argument("--weight-decay", metavar="WD", type=float_in(0.0), default=None,
                    help=f"weight decay: decoupled for adamw, L2 for sgd (default: {wds})")
-    g.add_argument("--dropout", metavar="P", type=_float_in(0.0, 1.0), default=d.dropout,
+    g.add_argument("--dropout", metavar="P", type=float_in(0.0, 1.0), default=d.dropout,
                    help="dropout probability before the final linear layer, 0 <= P < 1")
     g.add_argument("--batchnorm", action="store_true", help="add batch normalisation after each convolution")
-    g.add_argument("--seed", metavar="S", type=_int_at_least(0), default=d.seed,
+    g.add_argument("--seed", metavar="S", type=int_at_least(0), default=d.seed,
                    help="seed of the weights, dropout and shuffling")
 
     g = p.add_argument_group("output")
@@ -257,21 +189,6 @@ def make_config(args):
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return cfg
-
-
-def _versions():
-    from importlib import metadata
-
-    import numpy
-    import fastcnn
-
-    def version(dist):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-    return {"python": platform.python_version(), "numpy": numpy.__version__, "numba": version("numba"),
-            "fastcnn": fastcnn.__version__}
 
 
 def write_metrics(path, document):
@@ -391,7 +308,7 @@ class _Run:
                "config": {**asdict(config), "dataset": args.dataset, "data_dir": args.data_dir,
                           "source_dir": str(self.data.source_dir), "plots_dir": args.plots_dir,
                           "metrics": args.metrics, "checkpoint": self.checkpoint, "resume": args.resume},
-               **state.summary(timings=not args.no_timings), "versions": _versions()}
+               **state.summary(timings=not args.no_timings), "versions": versions()}
         if stop is not None:
             doc["stopped"] = stop
         return doc
@@ -556,4 +473,4 @@ def train_main(argv=None):
 
 
 def _error(message):
-    print(f"{PROG}: error: {one_line(message)}", file=sys.stderr, flush=True)
+    print_error(PROG, message)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from fastcnn._atomic import atomic_write
+from fastcnn._cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Parser, UsageError, positive_int, print_error
 from fastcnn.checkpoint import CheckpointError, build_model, load_checkpoint
 from fastcnn.data import DATASETS, DataError, load_dataset, to_float
 from fastcnn.losses import log_softmax
@@ -218,27 +219,8 @@ def plot_confident_errors(images, labels, pred, probs, path, top=25, class_names
 
 # --------------------------------------------------------------------------------------- the command
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise _UsageError(message)
-
-
-def _positive(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
 def build_parser():
-    p = _Parser(prog=PROG, description=(
+    p = Parser(prog=PROG, description=(
         "Evaluate a fastcnn checkpoint on the test set (loss, accuracy, confusion matrix and the most "
         "confidently wrong images as PNGs) and/or classify your own 28x28 images."),
         epilog="Give CHECKPOINT before --predict FILE ... (which takes every name that follows). "
@@ -252,9 +234,9 @@ def build_parser():
                    help=f"folder for {CONFUSION_PNG} and {ERRORS_PNG} (default: eval/)")
     p.add_argument("--backend", choices=("numba", "numpy"), default=None,
                    help="implementation of the convolutions (default: $FASTCNN_BACKEND, else numba)")
-    p.add_argument("--limit-test", type=_positive, default=None, metavar="N",
+    p.add_argument("--limit-test", type=positive_int, default=None, metavar="N",
                    help="evaluate only the first N test images")
-    p.add_argument("--top", type=_positive, default=25, metavar="N",
+    p.add_argument("--top", type=positive_int, default=25, metavar="N",
                    help="how many confidently wrong images to show (default: 25)")
     p.add_argument("--predict", nargs="+", type=Path, default=None, metavar="FILE",
                    help="classify these .png (28x28, grayscale or RGB) or .npy (28x28 or 1x28x28; "
@@ -267,7 +249,7 @@ def build_parser():
 
 
 def _err(message):
-    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    print_error(PROG, message)
 
 
 def _class_label(k, names):
@@ -346,9 +328,9 @@ def eval_main(argv=None):
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except _UsageError as exc:
+    except UsageError as exc:
         _err(exc)
-        return 2
+        return EXIT_USAGE
     except SystemExit as exc:           # --help
         return exc.code if isinstance(exc.code, int) else 0
     try:
@@ -359,10 +341,10 @@ def eval_main(argv=None):
         _err(f"{exc.filename + ': ' if getattr(exc, 'filename', None) else ''}{exc.strerror or exc}")
     except KeyboardInterrupt:
         _err("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the command never ends in a traceback
         _err(f"unexpected {type(exc).__name__}: {exc}")
-    return 1
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

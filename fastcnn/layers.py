@@ -15,20 +15,10 @@ import math
 import numpy as np
 
 from fastcnn.backend import get_backend, resolve_backend_name
+from fastcnn.convmath import conv_output_size
+from fastcnn.convmath import pair
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _pair(value, name, minimum):
-    """An int or a pair of ints -> a validated (int, int) tuple."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (int(value), int(value))
-    if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if min(value) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {tuple(value)}")
-    return (int(value[0]), int(value[1]))
 
 
 def _positive_int(value, name):
@@ -117,9 +107,9 @@ class Conv2D(_BackendLayer):
                  rng=None, dtype=np.float32, backend=None):
         self.in_channels = _positive_int(in_channels, "in_channels")
         self.out_channels = _positive_int(out_channels, "out_channels")
-        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
-        self.stride = _pair(stride, "stride", 1)
-        self.padding = _pair(padding, "padding", 0)
+        self.kernel_size = pair(kernel_size, "kernel_size", 1)
+        self.stride = pair(stride, "stride", 1)
+        self.padding = pair(padding, "padding", 0)
         dtype = _float_dtype(dtype)
         super().__init__(backend)
         rng = np.random.default_rng(0) if rng is None else rng
@@ -133,8 +123,7 @@ class Conv2D(_BackendLayer):
         self._x = None
 
     def output_shape(self, H, W):
-        (R, S), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        return (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1
+        return conv_output_size(H, W, *self.kernel_size, self.stride, self.padding)
 
     def forward(self, x, training=False):
         _check_input(self, x, 4, f"(N, {self.in_channels}, H, W)")
@@ -177,8 +166,8 @@ class Conv2D(_BackendLayer):
 
 class _Pool2D(_BackendLayer):
     def __init__(self, kernel_size=2, stride=None, *, backend=None):
-        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
-        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", 1)
+        self.kernel_size = pair(kernel_size, "kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride", 1)
         super().__init__(backend)
         self._x_shape = None
 

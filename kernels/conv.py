@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from fastcnn.convmath import conv_output_size
 from fastcnn.kernels._config import CACHE, FASTMATH
 from fastcnn.kernels._gemm import gemm_nt, gemm_nt_shifted, rows_axpy
 
@@ -306,14 +307,10 @@ def _prepare(*arrays):
     return [np.ascontiguousarray(a) for a in arrays]
 
 
-def _out_size(H, W, R, S, stride, padding):
-    return (H + 2 * padding[0] - R) // stride[0] + 1, (W + 2 * padding[1] - S) // stride[1] + 1
-
-
 def _forward(x, w, b, stride, padding):
     N, C, H, W = x.shape
     K, _, R, S = w.shape
-    P, Q = _out_size(H, W, R, S, stride, padding)
+    P, Q = conv_output_size(H, W, R, S, stride, padding)
     y = np.empty((N, K, P, Q), x.dtype)
     if N == 0 or P <= 0 or Q <= 0:
         return y

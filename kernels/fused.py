@@ -27,9 +27,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from fastcnn.convmath import conv_output_size
 from fastcnn.kernels._config import CACHE, FASTMATH
 from fastcnn.kernels._gemm import rows_axpy
-from fastcnn.kernels.conv import (IMAGES_PER_CHUNK, SMALL_L, _im2col_chw_t, _out_size, _pad_chw, _prepare,
+from fastcnn.kernels.conv import (IMAGES_PER_CHUNK, SMALL_L, _im2col_chw_t, _pad_chw, _prepare,
                                   _sum_partials, partials_from_packed, partials_s1, window_starts)
 from fastcnn.kernels.conv import _forward as _conv_forward
 from fastcnn.kernels.pool import maxpool2d_forward, maxpool_plane
@@ -122,7 +123,7 @@ def _window_offsets(pool_size, row):
 def _sizes(x, w, stride, padding, pool_size, pool_stride):
     N, C, H, W = x.shape
     K, _, R, S = w.shape
-    P, Q = _out_size(H, W, R, S, stride, padding)
+    P, Q = conv_output_size(H, W, R, S, stride, padding)
     (kh, kw), (psh, psw) = pool_size, pool_stride
     return P, Q, (P - kh) // psh + 1 if P >= kh else 0, (Q - kw) // psw + 1 if Q >= kw else 0
 

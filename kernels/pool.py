@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from fastcnn.convmath import pool_output_size
 from fastcnn.kernels._config import CACHE, FASTMATH
 
 
@@ -154,11 +155,6 @@ def _avgpool_backward(dy, kh, kw, sh, sw, dx, inv):
                         dxc[p * sh + r, q * sw + s] += g
 
 
-def _out(x_shape, kernel_size, stride):
-    (kh, kw), (sh, sw) = kernel_size, stride
-    return (x_shape[2] - kh) // sh + 1, (x_shape[3] - kw) // sw + 1
-
-
 def _contig(a):
     if a.dtype not in (np.float32, np.float64):
         raise TypeError(f"pooling kernels need float32 or float64 arrays, got {a.dtype}")
@@ -168,7 +164,7 @@ def _contig(a):
 def maxpool2d_forward(x, kernel_size=(2, 2), stride=(2, 2), relu=False):
     """x (N,C,H,W) -> (y (N,C,P,Q), argmax (N,C,P,Q) int32 flat window offsets, -1 = no gradient)."""
     x = _contig(x)
-    P, Q = _out(x.shape, kernel_size, stride)
+    P, Q = pool_output_size(x.shape[2], x.shape[3], kernel_size, stride)
     y = np.empty(x.shape[:2] + (P, Q), x.dtype)
     argmax = np.empty(y.shape, np.int32)
     _maxpool_forward(x, *kernel_size, *stride, bool(relu), x.dtype.type(0), y, argmax)
@@ -190,7 +186,7 @@ def maxpool2d_backward(dy, argmax, x_shape, kernel_size=(2, 2), stride=(2, 2)):
 def avgpool2d_forward(x, kernel_size=(2, 2), stride=(2, 2)):
     """x (N,C,H,W) -> y (N,C,P,Q), the mean of each window."""
     x = _contig(x)
-    P, Q = _out(x.shape, kernel_size, stride)
+    P, Q = pool_output_size(x.shape[2], x.shape[3], kernel_size, stride)
     y = np.empty(x.shape[:2] + (P, Q), x.dtype)
     _avgpool_forward(x, *kernel_size, *stride, y, x.dtype.type(1.0 / (kernel_size[0] * kernel_size[1])))
     return y

@@ -218,4 +218,10 @@ def test_library_errors_are_reported_as_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert rc == 1
     assert_one_error_line(err)
-    assert "loss diverged; second line" in err
+    assert "loss diverged" in err and "second line" not in err
+
+    monkeypatch.setenv("FASTCNN_VERBOSE", "1")
+    rc = train_main(["--dataset", "custom", "--data-dir", str(data), "--batch-size", "32", "--backend", "numpy",
+                     "--plots-dir", str(tmp_path / "plots")])
+    lines = capsys.readouterr().err.splitlines()
+    assert rc == 1 and lines == ["fastcnn-train: error: loss diverged", "  second line"]

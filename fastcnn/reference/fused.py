@@ -10,14 +10,9 @@ The Numba backend computes the same thing in one pass per image (:mod:`fastcnn.k
 """
 from __future__ import annotations
 
+from fastcnn.convmath import conv_output_size
 from fastcnn.reference.conv import conv2d_backward, conv2d_forward
 from fastcnn.reference.pool import maxpool2d_backward, maxpool2d_forward
-
-
-def conv_output_size(H, W, kernel_size, stride, padding):
-    """(P, Q) of a convolution over an H x W input."""
-    (R, S), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    return (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1
 
 
 def conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride):
@@ -29,7 +24,7 @@ def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, p
     """dy (N,K,P2,Q2), argmax from forward, x, w -> (dw (K,C,R,S), db (K,))."""
     N, _, H, W = x.shape
     K, _, R, S = w.shape
-    P, Q = conv_output_size(H, W, (R, S), stride, padding)
+    P, Q = conv_output_size(H, W, R, S, stride, padding)
     dconv = maxpool2d_backward(dy, argmax, (N, K, P, Q), pool_size, pool_stride)
     _, dw, db = conv2d_backward(dconv, x, w, stride, padding, need_dx=False)
     return dw, db

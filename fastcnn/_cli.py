@@ -1,0 +1,128 @@
+"""Plumbing shared by the command-line tools (``fastcnn-train``, ``fastcnn-eval``, ``fastcnn-bench``):
+the parser, usage errors, argument types, the one-line error format and the exit codes.
+
+Every error a command prints is ``PROG: error: <first line>``: the fix first, at most about
+:data:`FIRST_LINE_MAX` characters; any detail (each mirror's error, a path list) goes on further
+lines, printed only with ``--verbose`` (or ``FASTCNN_VERBOSE=1``).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+from collections.abc import Callable
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
+FIRST_LINE_MAX = 200
+
+
+class UsageError(Exception):
+    """An invalid argument, found by the parser or after it (exit code 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error raises :class:`UsageError` (one line, exit code 2) instead of
+    printing the usage block and exiting."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's line breaks; appends "(default: X)" to an option's help unless the help
+    already names its default or there is nothing to show (None, or a flag's False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS
+                or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
+
+
+# ------------------------------------------------------------------------------ argument types
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer ``>= minimum``."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+positive_int = int_at_least(1)
+
+
+def float_in(lo: float, hi: float = math.inf, lo_open: bool = False,
+             hi_open: bool = True) -> Callable[[str], float]:
+    """An argparse type: a finite number in the interval from ``lo`` to ``hi`` (open or closed ends)."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        bad_lo = value <= lo if lo_open else value < lo
+        bad_hi = value >= hi if hi_open else value > hi
+        if not math.isfinite(value) or bad_lo or bad_hi:
+            lo_txt = f"> {lo:g}" if lo_open else f">= {lo:g}"
+            hi_txt = "" if hi == math.inf else f" and {'<' if hi_open else '<='} {hi:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number {lo_txt}{hi_txt}, got {text!r}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+# ------------------------------------------------------------------------------ errors
+
+def one_line(message) -> str:
+    """Collapse a multi-line message into one line ("Looked in:\\n  a\\n  b" -> "Looked in: a; b")."""
+    out = ""
+    for part in (p.strip() for p in str(message).splitlines()):
+        if not part:
+            continue
+        out = part if not out else out + (" " if out.endswith(":") else "; ") + part
+    return out or "unknown error"
+
+
+def verbose_requested() -> bool:
+    return os.environ.get("FASTCNN_VERBOSE", "") not in ("", "0")
+
+
+def print_error(prog: str, message, *, verbose: bool | None = None) -> None:
+    """Print ``PROG: error: <first line>`` on stderr; the message's further lines (details) follow,
+    indented, only when ``verbose`` (default: ``$FASTCNN_VERBOSE``)."""
+    lines = [line.rstrip() for line in str(message).splitlines() if line.strip()] or ["unknown error"]
+    verbose = verbose_requested() if verbose is None else verbose
+    text = f"{prog}: error: {' '.join(lines[0].split())}"
+    if verbose and len(lines) > 1:
+        text += "\n" + "\n".join("  " + line.strip() for line in lines[1:])
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (BrokenPipeError, ValueError):       # stderr closed: nothing left to tell
+        pass
+
+
+def versions() -> dict:
+    """Versions of Python, NumPy, Numba and fastcnn, for metrics and benchmark reports."""
+    from importlib import metadata
+
+    import numpy
+
+    import fastcnn
+
+    def version(dist):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+    return {"python": platform.python_version(), "numpy": numpy.__version__, "numba": version("numba"),
+            "fastcnn": fastcnn.__version__}
