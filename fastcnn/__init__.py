@@ -3,10 +3,10 @@ as a clear NumPy reference (:mod:`fastcnn.reference`) and as Numba-JIT parallel 
 (:mod:`fastcnn.kernels`) that must agree with it and beat it."""
 from fastcnn._memory import tune_malloc
 from fastcnn.backend import get_backend
-from fastcnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, Layer, Linear, MaxPool2D,
-                            ReLU)
+from fastcnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, ConvReLUMaxPool2D, Dropout, Flatten, FusedLayer,
+                            Identity, Layer, Linear, MaxPool2D, ReLU, ReLUMaxPool2D)
 from fastcnn.losses import softmax_cross_entropy
-from fastcnn.model import Sequential, mnist_cnn
+from fastcnn.model import Sequential, fuse, mnist_cnn
 from fastcnn.optim import SGD, AdamW
 
 __version__ = "0.1.0"
@@ -14,4 +14,5 @@ __version__ = "0.1.0"
 tune_malloc()
 
 __all__ = ["get_backend", "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "ReLU", "Flatten", "Dropout",
-           "Linear", "BatchNorm2D", "softmax_cross_entropy", "Sequential", "mnist_cnn", "SGD", "AdamW"]
+           "Linear", "BatchNorm2D", "Identity", "FusedLayer", "ReLUMaxPool2D", "ConvReLUMaxPool2D",
+           "softmax_cross_entropy", "Sequential", "fuse", "mnist_cnn", "SGD", "AdamW"]

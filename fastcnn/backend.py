@@ -31,13 +31,56 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Any, Protocol
+
+import numpy as np
+
+from fastcnn import reference
 
 BACKENDS = ("numba", "numpy")
 DEFAULT_BACKEND = "numba"
 ENV_VAR = "FASTCNN_BACKEND"
 
+Pair = tuple[int, int]
 
-def resolve_backend_name(name=None):
+
+class Ops(Protocol):
+    """The op contract as a type: the names and signatures every backend module provides (see the
+    module docstring for shapes and semantics). Modules satisfy it structurally."""
+
+    def conv2d_forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: Pair,
+                       padding: Pair) -> np.ndarray: ...
+
+    def conv2d_backward(self, dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair,
+                        need_dx: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]: ...
+
+    def maxpool2d_forward(self, x: np.ndarray, kernel_size: Pair, stride: Pair,
+                          relu: bool = False) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def maxpool2d_backward(self, dy: np.ndarray, argmax: np.ndarray, x_shape: tuple[int, ...],
+                           kernel_size: Pair, stride: Pair) -> np.ndarray: ...
+
+    def avgpool2d_forward(self, x: np.ndarray, kernel_size: Pair, stride: Pair) -> np.ndarray: ...
+
+    def avgpool2d_backward(self, dy: np.ndarray, x_shape: tuple[int, ...], kernel_size: Pair,
+                           stride: Pair) -> np.ndarray: ...
+
+    def relu_forward(self, x: np.ndarray) -> np.ndarray: ...
+
+    def relu_backward(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray: ...
+
+    def conv2d_relu_maxpool_forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: Pair, padding: Pair,
+                                    pool_size: Pair, pool_stride: Pair) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def conv2d_relu_maxpool_backward(self, dy: np.ndarray, argmax: np.ndarray, x: np.ndarray, w: np.ndarray,
+                                     stride: Pair, padding: Pair, pool_size: Pair,
+                                     pool_stride: Pair) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+OP_NAMES = tuple(name for name in vars(Ops) if not name.startswith("_"))
+
+
+def resolve_backend_name(name: str | None = None) -> str:
     """The backend name to use: ``name``, else ``$FASTCNN_BACKEND``, else the default (numba)."""
     if name is None:
         name = os.environ.get(ENV_VAR) or DEFAULT_BACKEND
@@ -46,28 +89,29 @@ def resolve_backend_name(name=None):
     return name.lower()
 
 
-def get_backend(name=None):
+def get_backend(name: str | None = None) -> Ops:
     """The module implementing the op contract for ``name`` ('numpy' or 'numba')."""
     name = resolve_backend_name(name)
     if name == "numpy":
-        from fastcnn import reference
         return reference
+    # Lazy: importing the kernels imports numba, which a numpy-backend run never needs.
     from fastcnn import kernels
     return kernels
 
 
-_BLAS_CONTROLLER = None
+_BLAS_CONTROLLER: Any = None
 
 
-def blas_guard(backend_name):
+def blas_guard(backend_name: str) -> contextlib.AbstractContextManager:
     """Context manager: while the numba backend runs, keep BLAS (used only by Linear) to one
     thread. Otherwise OpenBLAS's spinning thread pool and Numba's OpenMP pool fight over the
-    cores (measured: 2.5x slower training steps on 2 cores). The numpy backend keeps every BLAS
+    cores and every training step slows down several times. The numpy backend keeps every BLAS
     thread, since its convolutions are BLAS matmuls."""
     global _BLAS_CONTROLLER
     if backend_name != "numba":
         return contextlib.nullcontext()
     if _BLAS_CONTROLLER is None:
+        # Lazy: threadpoolctl inspects every loaded library; only numba-backend runs need it.
         from threadpoolctl import ThreadpoolController
         _BLAS_CONTROLLER = ThreadpoolController()
     return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")

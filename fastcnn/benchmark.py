@@ -75,7 +75,7 @@ def network_flops(model=None, image_shape=(1, 28, 28)):
         model = mnist_cnn(backend="numpy")
     C, H, W = image_shape
     layers, train, evaluate = [], 0, 0
-    for i, layer in enumerate(model.layers):
+    for i, layer in enumerate(model.unfused_layers()):
         if isinstance(layer, Conv2D):
             R, S = layer.kernel_size
             fwd = conv_flops(1, C, H, W, layer.out_channels, R, S, layer.stride, layer.padding)

@@ -168,7 +168,7 @@ def _model_dtype(model):
 
 def architecture_of(model, model_kwargs=None):
     """The architecture description stored in (and compared against) a checkpoint."""
-    return {"layers": [repr(layer) for layer in model.layers],
+    return {"layers": [repr(layer) for layer in model.unfused_layers()],
             "params": {name: {"shape": list(a.shape), "dtype": a.dtype.name}
                        for name, a in model.state_arrays().items()},
             "model_kwargs": dict(model_kwargs or {})}
@@ -339,7 +339,9 @@ def _check_model(ckpt, model, fail):
     model_dtype = _model_dtype(model)
     if ckpt.header["dtype"] != model_dtype:
         raise fail(f"dtype differs: checkpoint {ckpt.header['dtype']}, model {model_dtype}")
-    saved_layers, layers = list(arch["layers"]), [repr(layer) for layer in model.layers]
+    # Files written while fusion was a flag on the pool recorded it as "MaxPool2D(..., relu=True)".
+    saved_layers = [str(s).replace(", relu=True)", ")") for s in arch["layers"]]
+    layers = [repr(layer) for layer in model.unfused_layers()]
     if saved_layers != layers:
         for i, (a, b) in enumerate(zip(saved_layers, layers)):
             if a != b:

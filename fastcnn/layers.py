@@ -6,22 +6,28 @@ in ``layer.params`` and their gradients in ``layer.grads`` under the same names 
 keeps what it needs from that call). Convolution and pooling call the op contract of
 :mod:`fastcnn.backend`; everything else is plain NumPy on both backends.
 
+Fused layers (:class:`ReLUMaxPool2D`, :class:`ConvReLUMaxPool2D`) compute a run of layers as one
+op. They are built from the layers they replace (which they keep as ``parts``) by
+:func:`fastcnn.model.fuse`; no plain layer knows about fusion.
+
 Dimension legend: N batch, C channels in, K channels out, H, W height/width in, P, Q out, F features.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
-from fastcnn.backend import get_backend, resolve_backend_name
-from fastcnn.convmath import conv_output_size
-from fastcnn.convmath import pair
+from fastcnn.backend import Ops, get_backend, resolve_backend_name
+from fastcnn.convmath import conv_output_size, pair
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+IntPair = tuple[int, int]
 
-def _positive_int(value, name):
+
+def _positive_int(value: object, name: str) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < 1:
@@ -29,14 +35,14 @@ def _positive_int(value, name):
     return int(value)
 
 
-def _float_dtype(dtype):
+def _float_dtype(dtype: object) -> np.dtype:
     dtype = np.dtype(dtype)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
     return dtype
 
 
-def _check_input(layer, x, ndim, what):
+def _check_input(layer: Layer, x: object, ndim: int, what: str) -> None:
     """Raise a ValueError/TypeError that says what the layer expected and what it got."""
     name = type(layer).__name__
     if not isinstance(x, np.ndarray):
@@ -47,46 +53,76 @@ def _check_input(layer, x, ndim, what):
         raise TypeError(f"{name} expects float32 or float64 input, got {x.dtype}")
 
 
+def _check_conv_input(layer: Layer, conv: Conv2D, x: np.ndarray) -> None:
+    """The checks of a convolution's input, named after ``layer`` (the conv or a fused layer)."""
+    _check_input(layer, x, 4, f"(N, {conv.in_channels}, H, W)")
+    (R, S), (ph, pw) = conv.kernel_size, conv.padding
+    if x.shape[1] != conv.in_channels or x.shape[2] + 2 * ph < R or x.shape[3] + 2 * pw < S:
+        raise ValueError(f"{type(layer).__name__} expects input of shape (N, {conv.in_channels}, H >= {R - 2 * ph}, "
+                         f"W >= {S - 2 * pw}), got shape {x.shape}")
+    w = conv.params["weight"]
+    if x.dtype != w.dtype:
+        raise TypeError(f"{type(layer).__name__} has {w.dtype} weights but got {x.dtype} input")
+
+
+def _check_pool_size(name: str, kernel_size: IntPair, shape: tuple[int, ...]) -> None:
+    """A pool window must fit in the (N, C, H, W) ``shape`` it slides over."""
+    kh, kw = kernel_size
+    if shape[2] < kh or shape[3] < kw:
+        raise ValueError(f"{name} expects input of shape (N, C, H >= {kh}, W >= {kw}), got shape {tuple(shape)}")
+
+
 class Layer:
     """Base class: no parameters, identity bookkeeping."""
 
-    def __init__(self):
-        self.params = {}
-        self.grads = {}
-        self.buffers = {}      # non-trained state (BatchNorm running statistics)
+    def __init__(self) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}      # non-trained state (BatchNorm running statistics)
 
-    def forward(self, x, training=False):
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         raise NotImplementedError
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
         raise NotImplementedError
 
-    def __call__(self, x, training=False):
+    def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         return self.forward(x, training)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+class Identity(Layer):
+    """y = x. :func:`fastcnn.model.fuse` puts one in each slot a fused layer freed, so the other
+    layers keep their indices (and their parameter names, e.g. ``3.weight``)."""
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        return x
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return dy
 
 
 class _BackendLayer(Layer):
     """A layer whose heavy lifting is an op of the op contract."""
 
-    def __init__(self, backend):
+    def __init__(self, backend: str | None) -> None:
         super().__init__()
         self.set_backend(backend)
 
-    def set_backend(self, backend):
+    def set_backend(self, backend: str | None) -> None:
         """Switch implementation ('numpy' or 'numba'); None means $FASTCNN_BACKEND or the default."""
         self.backend_name = resolve_backend_name(backend)
-        self.ops = get_backend(self.backend_name)
+        self.ops: Ops = get_backend(self.backend_name)
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict:
         # The ops module is not copyable; copies (copy.deepcopy) look it up again by name.
         state = dict(self.__dict__)
         del state["ops"]
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.ops = get_backend(self.backend_name)
 
@@ -96,15 +132,12 @@ class Conv2D(_BackendLayer):
 
     ``need_input_grad=False`` (set by :class:`~fastcnn.model.Sequential` on its first layer) skips
     dx in backward, which then returns None.
-
-    ``fused_pool``: when Sequential finds this first layer followed by a ReLU and a MaxPool2D, it
-    sets ``fused_pool`` to that pool and the three run as one op of the backend
-    (``conv2d_relu_maxpool_forward`` / ``_backward``): forward returns the pooled output, backward
-    takes the pooled gradient, and the ReLU and the pool pass values and gradients through.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *,
-                 rng=None, dtype=np.float32, backend=None):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
+                 stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0, *,
+                 rng: np.random.Generator | None = None, dtype: object = np.float32,
+                 backend: str | None = None) -> None:
         self.in_channels = _positive_int(in_channels, "in_channels")
         self.out_channels = _positive_int(out_channels, "out_channels")
         self.kernel_size = pair(kernel_size, "kernel_size", 1)
@@ -119,146 +152,175 @@ class Conv2D(_BackendLayer):
         self.params = {"weight": w.astype(dtype), "bias": np.zeros(self.out_channels, dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.need_input_grad = True
-        self.fused_pool = None
-        self._x = None
+        self._x: np.ndarray | None = None
 
-    def output_shape(self, H, W):
+    def output_shape(self, H: int, W: int) -> IntPair:
+        """(P, Q) of the output for an H x W input."""
         return conv_output_size(H, W, *self.kernel_size, self.stride, self.padding)
 
-    def forward(self, x, training=False):
-        _check_input(self, x, 4, f"(N, {self.in_channels}, H, W)")
-        R, S = self.kernel_size
-        (ph, pw) = self.padding
-        if x.shape[1] != self.in_channels or x.shape[2] + 2 * ph < R or x.shape[3] + 2 * pw < S:
-            raise ValueError(f"Conv2D expects input of shape (N, {self.in_channels}, H >= {R - 2 * ph}, "
-                             f"W >= {S - 2 * pw}), got shape {x.shape}")
-        w = self.params["weight"]
-        if x.dtype != w.dtype:
-            raise TypeError(f"Conv2D has {w.dtype} weights but got {x.dtype} input")
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        _check_conv_input(self, self, x)
         self._x = x
-        pool = self.fused_pool
-        if pool is None:
-            return self.ops.conv2d_forward(x, w, self.params["bias"], self.stride, self.padding)
-        P, Q = self.output_shape(x.shape[2], x.shape[3])
-        pool._check_size(P, Q, (x.shape[0], self.out_channels, P, Q))
-        y, self._argmax = self.ops.conv2d_relu_maxpool_forward(x, w, self.params["bias"], self.stride,
-                                                               self.padding, pool.kernel_size, pool.stride)
-        return y
+        return self.ops.conv2d_forward(x, self.params["weight"], self.params["bias"], self.stride, self.padding)
 
-    def backward(self, dy):
-        if self.fused_pool is not None:
-            dw, db = self.ops.conv2d_relu_maxpool_backward(dy, self._argmax, self._x, self.params["weight"],
-                                                           self.stride, self.padding,
-                                                           self.fused_pool.kernel_size, self.fused_pool.stride)
-            self.grads["weight"] = dw
-            self.grads["bias"] = db
-            return None
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
         dx, dw, db = self.ops.conv2d_backward(dy, self._x, self.params["weight"], self.stride,
                                               self.padding, need_dx=self.need_input_grad)
         self.grads["weight"] = dw
         self.grads["bias"] = db
         return dx
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"Conv2D({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding})")
 
 
 class _Pool2D(_BackendLayer):
-    def __init__(self, kernel_size=2, stride=None, *, backend=None):
+    def __init__(self, kernel_size: int | Sequence[int] = 2, stride: int | Sequence[int] | None = None, *,
+                 backend: str | None = None) -> None:
         self.kernel_size = pair(kernel_size, "kernel_size", 1)
         self.stride = self.kernel_size if stride is None else pair(stride, "stride", 1)
         super().__init__(backend)
-        self._x_shape = None
+        self._x_shape: tuple[int, ...] | None = None
 
-    def _check(self, x):
+    def _check(self, x: np.ndarray) -> None:
         _check_input(self, x, 4, "(N, C, H, W)")
-        self._check_size(x.shape[2], x.shape[3], x.shape)
+        _check_pool_size(type(self).__name__, self.kernel_size, x.shape)
         self._x_shape = x.shape
 
-    def _check_size(self, H, W, shape):
-        kh, kw = self.kernel_size
-        if H < kh or W < kw:
-            raise ValueError(f"{type(self).__name__} expects input of shape (N, C, H >= {kh}, W >= {kw}), "
-                             f"got shape {tuple(shape)}")
-
-    def __repr__(self):
-        relu = ", relu=True" if getattr(self, "relu", False) else ""
-        return f"{type(self).__name__}(kernel_size={self.kernel_size}, stride={self.stride}{relu})"
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kernel_size={self.kernel_size}, stride={self.stride})"
 
 
 class MaxPool2D(_Pool2D):
-    """Max pooling, no padding, floor mode; ties send the gradient to the first maximum (row-major).
+    """Max pooling, no padding, floor mode; ties send the gradient to the first maximum (row-major)."""
 
-    ``relu=True`` computes maxpool(relu(x)) in the same pass (set by Sequential's fusion).
-    ``fused_into_prev``: the convolution before it computes the pool (see ``Conv2D.fused_pool``);
-    this layer then passes values and gradients through.
-    """
-
-    def __init__(self, kernel_size=2, stride=None, *, relu=False, backend=None):
-        super().__init__(kernel_size, stride, backend=backend)
-        self.relu = bool(relu)
-        self.fused_into_prev = False
-
-    def forward(self, x, training=False):
-        if self.fused_into_prev:
-            return x
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._check(x)
-        y, self._argmax = self.ops.maxpool2d_forward(x, self.kernel_size, self.stride, relu=self.relu)
+        y, self._argmax = self.ops.maxpool2d_forward(x, self.kernel_size, self.stride)
         return y
 
-    def backward(self, dy):
-        if self.fused_into_prev:
-            return dy
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         return self.ops.maxpool2d_backward(dy, self._argmax, self._x_shape, self.kernel_size, self.stride)
 
 
 class AvgPool2D(_Pool2D):
     """Average pooling, no padding, floor mode."""
 
-    def forward(self, x, training=False):
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._check(x)
         return self.ops.avgpool2d_forward(x, self.kernel_size, self.stride)
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         return self.ops.avgpool2d_backward(dy, self._x_shape, self.kernel_size, self.stride)
 
 
 class ReLU(_BackendLayer):
-    """y = max(x, 0); the gradient passes where x > 0 (read back from y, so no mask is stored).
+    """y = max(x, 0); the gradient passes where x > 0 (read back from y, so no mask is stored)."""
 
-    When :class:`~fastcnn.model.Sequential` fuses this ReLU into the MaxPool2D that follows it,
-    ``fused_into_next`` is True and the layer passes values and gradients through unchanged: the
-    pool applies the ReLU (max-pool and ReLU commute, and the gradients are identical).
-    """
-
-    def __init__(self, *, backend=None):
+    def __init__(self, *, backend: str | None = None) -> None:
         super().__init__(backend)
-        self.fused_into_next = False
 
-    def forward(self, x, training=False):
-        if self.fused_into_next:
-            return x
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._y = self.ops.relu_forward(x)
         return self._y
 
-    def backward(self, dy):
-        if self.fused_into_next:
-            return dy
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         return self.ops.relu_backward(dy, self._y)
+
+
+class FusedLayer(_BackendLayer):
+    """A run of layers computed as one op. ``parts`` are the layers it replaces, in order; the
+    fused layer reads their configuration and shares their parameter dicts, so parameter names,
+    values and checkpoints are those of the parts. Its repr shows the parts."""
+
+    def __init__(self, parts: Sequence[_BackendLayer]) -> None:
+        self.parts = tuple(parts)
+        super().__init__(self.parts[0].backend_name)
+
+    def set_backend(self, backend: str | None) -> None:
+        super().set_backend(backend)
+        for part in self.parts:
+            part.set_backend(self.backend_name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(map(repr, self.parts))})"
+
+
+class ReLUMaxPool2D(FusedLayer):
+    """ReLU then MaxPool2D in one pass: y = maxpool(relu(x)), the ReLU's gradient mask applied by
+    the pool's backward (the op's ``relu=True``). Max pool and ReLU commute, so values and
+    gradients equal the two layers'; the ReLU output, as large as the input, is never written."""
+
+    def __init__(self, relu: ReLU, pool: MaxPool2D) -> None:
+        if not isinstance(relu, ReLU) or not isinstance(pool, MaxPool2D):
+            raise TypeError(f"ReLUMaxPool2D fuses a ReLU and a MaxPool2D, got {relu!r}, {pool!r}")
+        super().__init__((relu, pool))
+        self.kernel_size, self.stride = pool.kernel_size, pool.stride
+        self._x_shape: tuple[int, ...] | None = None
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        _check_input(self, x, 4, "(N, C, H, W)")
+        _check_pool_size(type(self).__name__, self.kernel_size, x.shape)
+        self._x_shape = x.shape
+        y, self._argmax = self.ops.maxpool2d_forward(x, self.kernel_size, self.stride, relu=True)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return self.ops.maxpool2d_backward(dy, self._argmax, self._x_shape, self.kernel_size, self.stride)
+
+
+class ConvReLUMaxPool2D(FusedLayer):
+    """Conv2D, ReLU and MaxPool2D as one op of the backend (``conv2d_relu_maxpool_forward`` /
+    ``_backward``): the convolution output, the largest activation of a first layer, is never
+    stored. The op computes no input gradient, so the convolution must have
+    ``need_input_grad=False`` (a first layer); backward returns None.
+
+    ``params`` and ``grads`` are the convolution's own dicts: ``0.weight`` stays ``0.weight``."""
+
+    def __init__(self, conv: Conv2D, relu: ReLU, pool: MaxPool2D) -> None:
+        if not (isinstance(conv, Conv2D) and isinstance(relu, ReLU) and isinstance(pool, MaxPool2D)):
+            raise TypeError(f"ConvReLUMaxPool2D fuses a Conv2D, a ReLU and a MaxPool2D, got {conv!r}, {relu!r}, "
+                            f"{pool!r}")
+        if conv.need_input_grad:
+            raise ValueError("ConvReLUMaxPool2D computes no input gradient: set need_input_grad=False on the "
+                             "Conv2D (only a first layer can be fused)")
+        super().__init__((conv, relu, pool))
+        self.conv, self.pool = conv, pool
+        self.params, self.grads = conv.params, conv.grads
+        self._x: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        conv, pool = self.conv, self.pool
+        _check_conv_input(self, conv, x)
+        P, Q = conv.output_shape(x.shape[2], x.shape[3])
+        _check_pool_size(type(self).__name__, pool.kernel_size, (x.shape[0], conv.out_channels, P, Q))
+        self._x = x
+        y, self._argmax = self.ops.conv2d_relu_maxpool_forward(x, self.params["weight"], self.params["bias"],
+                                                               conv.stride, conv.padding, pool.kernel_size,
+                                                               pool.stride)
+        return y
+
+    def backward(self, dy: np.ndarray) -> None:
+        conv, pool = self.conv, self.pool
+        dw, db = self.ops.conv2d_relu_maxpool_backward(dy, self._argmax, self._x, self.params["weight"],
+                                                       conv.stride, conv.padding, pool.kernel_size, pool.stride)
+        self.grads["weight"] = dw
+        self.grads["bias"] = db
+        return None
 
 
 class Flatten(Layer):
     """(N, ...) -> (N, F)."""
 
-    def forward(self, x, training=False):
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if not isinstance(x, np.ndarray) or x.ndim < 2:
             raise ValueError(f"Flatten expects input of shape (N, ...), got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
         self._shape = x.shape
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         return dy.reshape(self._shape)
 
 
@@ -272,7 +334,7 @@ class Dropout(Layer):
     and the scale uses that same quantised p, which keeps the layer unbiased.
     """
 
-    def __init__(self, p=0.5, *, rng=None):
+    def __init__(self, p: float = 0.5, *, rng: np.random.Generator | None = None) -> None:
         super().__init__()
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
@@ -283,7 +345,7 @@ class Dropout(Layer):
         self.rng = np.random.default_rng(0) if rng is None else rng
         self._mask = None
 
-    def forward(self, x, training=False):
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if not training or self._threshold == 0:
             self._mask = None
             return x
@@ -291,17 +353,18 @@ class Dropout(Layer):
         self._mask = keep * x.dtype.type(65536.0 / (65536 - self._threshold))
         return x * self._mask
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         return dy if self._mask is None else dy * self._mask
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Dropout(p={self.p})"
 
 
 class Linear(Layer):
     """y = x @ weight.T + bias; weight (out, in) as in PyTorch, N(0, 1/in) initialisation."""
 
-    def __init__(self, in_features, out_features, *, rng=None, dtype=np.float32):
+    def __init__(self, in_features: int, out_features: int, *, rng: np.random.Generator | None = None,
+                 dtype: object = np.float32) -> None:
         super().__init__()
         self.in_features = _positive_int(in_features, "in_features")
         self.out_features = _positive_int(out_features, "out_features")
@@ -311,19 +374,19 @@ class Linear(Layer):
         self.params = {"weight": w.astype(dtype), "bias": np.zeros(self.out_features, dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
-    def forward(self, x, training=False):
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         _check_input(self, x, 2, f"(N, {self.in_features})")
         if x.shape[1] != self.in_features:
             raise ValueError(f"Linear expects input of shape (N, {self.in_features}), got shape {x.shape}")
         self._x = x
         return x @ self.params["weight"].T + self.params["bias"]        # (N, F_out)
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         self.grads["weight"] = dy.T @ self._x                            # (F_out, F_in)
         self.grads["bias"] = dy.sum(axis=0)
         return dy @ self.params["weight"]                                # (N, F_in)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Linear({self.in_features}, {self.out_features})"
 
 
@@ -335,7 +398,8 @@ class BatchNorm2D(Layer):
     PyTorch). Evaluation: normalise with the running statistics.
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, *, dtype=np.float32):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *,
+                 dtype: object = np.float32) -> None:
         super().__init__()
         self.num_features = _positive_int(num_features, "num_features")
         if not eps > 0:
@@ -350,7 +414,7 @@ class BatchNorm2D(Layer):
         self.buffers = {"running_mean": np.zeros(C, dtype), "running_var": np.ones(C, dtype)}
         self._cache = None
 
-    def forward(self, x, training=False):
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         _check_input(self, x, 4, f"(N, {self.num_features}, H, W)")
         if x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm2D expects input of shape (N, {self.num_features}, H, W), "
@@ -372,7 +436,7 @@ class BatchNorm2D(Layer):
         self.buffers["running_var"] = ((1 - mom) * self.buffers["running_var"] + mom * unbiased).astype(x.dtype)
         return x_hat * g + b
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._cache is None:
             raise RuntimeError("BatchNorm2D.backward needs a preceding forward(x, training=True)")
         x_hat, inv_std = self._cache
@@ -385,5 +449,5 @@ class BatchNorm2D(Layer):
         mean_dx = (dx_hat * x_hat).mean(axis=(0, 2, 3), keepdims=True)
         return (dx_hat - mean_d - x_hat * mean_dx) * inv_std[:, None, None]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"BatchNorm2D({self.num_features})"

@@ -1,76 +1,144 @@
-"""The Sequential container and the mission's MNIST network."""
+"""The Sequential container, its fusion rewrite and the MNIST network."""
 from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from fastcnn.backend import blas_guard, resolve_backend_name
-from fastcnn.layers import (BatchNorm2D, Conv2D, Dropout, Flatten, Layer, Linear, MaxPool2D, ReLU,
-                            _BackendLayer, _float_dtype)
+from fastcnn.layers import (BatchNorm2D, Conv2D, ConvReLUMaxPool2D, Dropout, Flatten, FusedLayer, Identity, Layer,
+                            Linear, MaxPool2D, ReLU, ReLUMaxPool2D, _BackendLayer, _float_dtype)
 from fastcnn.losses import softmax_cross_entropy
+from fastcnn.optim import Optimizer
+from fastcnn.profiling import Profile
+
+
+def fuse_layers(layers: Sequence[Layer]) -> list[Layer]:
+    """``layers`` with runs that one op computes replaced by a fused layer, each freed slot holding
+    an :class:`~fastcnn.layers.Identity` so every other layer keeps its index:
+
+    * a first layer Conv2D that needs no input gradient, then ReLU, then MaxPool2D
+      -> :class:`~fastcnn.layers.ConvReLUMaxPool2D` (the convolution output is never stored);
+    * ReLU then MaxPool2D -> :class:`~fastcnn.layers.ReLUMaxPool2D` (one pass instead of two).
+
+    Outputs and gradients are those of the unfused layers; the parameters are the same arrays.
+    """
+    out = list(layers)
+    if (len(out) >= 3 and isinstance(out[0], Conv2D) and not out[0].need_input_grad
+            and isinstance(out[1], ReLU) and isinstance(out[2], MaxPool2D)):
+        out[0:3] = [ConvReLUMaxPool2D(out[0], out[1], out[2]), Identity(), Identity()]
+    for i in range(len(out) - 1):
+        if isinstance(out[i], ReLU) and isinstance(out[i + 1], MaxPool2D):
+            out[i:i + 2] = [ReLUMaxPool2D(out[i], out[i + 1]), Identity()]
+    return out
+
+
+def fuse(model: Sequential) -> Sequential:
+    """Rewrite ``model.layers`` in place with :func:`fuse_layers`; returns ``model``."""
+    model.layers = fuse_layers(model.layers)
+    model.set_backend(model.backend_name)
+    return model
 
 
 class Sequential:
     """Layers applied in order.
 
     The first layer is told it needs no input gradient (the data never needs one), which saves
-    the first convolution's dx. With ``fuse=True`` (default) a ReLU directly followed by a
-    MaxPool2D is computed by the pool in one pass (``MaxPool2D(relu=True)``; the ReLU layer then
-    passes through): same outputs and gradients, two fewer passes over the largest activations.
-    And a first layer Conv2D -> ReLU -> MaxPool2D runs as one fused op
-    (``Conv2D.fused_pool``), so its convolution output is never stored.
+    the first convolution's dx. With ``fuse=True`` (default) the layer list is rewritten by
+    :func:`fuse`: same outputs, gradients and parameter names, fewer passes over the largest
+    activations. :meth:`unfused_layers` gives the layers as built.
     """
 
-    def __init__(self, layers, *, backend=None, fuse=True, input_shape=None):
+    def __init__(self, layers: Iterable[Layer], *, backend: str | None = None, fuse: bool = True,
+                 input_shape: Sequence[int] | None = None) -> None:
         layers = list(layers)
         if not layers or not all(isinstance(layer, Layer) for layer in layers):
             raise TypeError("Sequential needs a non-empty list of Layer objects")
-        self.layers = layers
-        #: (C, H, W) of one input image when known: checked by forward, named in its error.
-        self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
         if hasattr(layers[0], "need_input_grad"):
             layers[0].need_input_grad = False
-        if fuse:
-            for first, second in zip(layers, layers[1:]):
-                if isinstance(first, ReLU) and isinstance(second, MaxPool2D) and not second.relu:
-                    first.fused_into_next, second.relu = True, True
-            conv, relu, pool = (layers + [None, None])[:3]
-            if (isinstance(conv, Conv2D) and not conv.need_input_grad and isinstance(relu, ReLU)
-                    and relu.fused_into_next and isinstance(pool, MaxPool2D) and pool.relu):
-                conv.fused_pool, pool.fused_into_prev = pool, True
+        self.layers: list[Layer] = fuse_layers(layers) if fuse else layers
+        #: (C, H, W) of one input image when known: checked by forward, named in its error.
+        self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
+        #: The attached :class:`~fastcnn.profiling.Profile`, or None (see :meth:`start_profile`).
+        self.profile: Profile | None = None
         self.set_backend(backend)
 
-    def set_backend(self, backend):
+    def set_backend(self, backend: str | None) -> None:
         """Use 'numpy' or 'numba' for every convolution and pooling layer."""
         self.backend_name = resolve_backend_name(backend)
         for layer in self.layers:
             if isinstance(layer, _BackendLayer):
                 layer.set_backend(self.backend_name)
 
-    def forward(self, x, training=False):
+    def unfused_layers(self) -> list[Layer]:
+        """The layers as built: each fused layer replaced by its parts (which fill the slots of the
+        Identity placeholders after it). This is the architecture a checkpoint stores."""
+        out: list[Layer] = []
+        skip = 0
+        for layer in self.layers:
+            if skip:
+                skip -= 1
+                continue
+            parts = layer.parts if isinstance(layer, FusedLayer) else (layer,)
+            out.extend(parts)
+            skip = len(parts) - 1
+        return out
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if (self.input_shape is not None and isinstance(x, np.ndarray)
                 and (x.ndim != 4 or x.shape[1:] != self.input_shape)):
             raise ValueError(f"the model expects input of shape (N, {', '.join(map(str, self.input_shape))}), "
                              f"got {x.shape}")
+        profile = self.profile if training else None
         with blas_guard(self.backend_name):
-            for layer in self.layers:
+            if profile is None:
+                for layer in self.layers:
+                    x = layer.forward(x, training)
+                return x
+            clock = time.perf_counter
+            for i, layer in enumerate(self.layers):
+                t0 = clock()
                 x = layer.forward(x, training)
+                profile.forward_s[i] += clock() - t0
         return x
 
     __call__ = forward
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        profile = self.profile
         with blas_guard(self.backend_name):
-            for layer in reversed(self.layers):
-                dy = layer.backward(dy)
+            if profile is None:
+                for layer in reversed(self.layers):
+                    dy = layer.backward(dy)
+                return dy
+            clock = time.perf_counter
+            for i in reversed(range(len(self.layers))):
+                t0 = clock()
+                dy = self.layers[i].backward(dy)
+                profile.backward_s[i] += clock() - t0
         return dy
 
-    def named_parameters(self):
+    def start_profile(self) -> Profile:
+        """Attach a new :class:`~fastcnn.profiling.Profile`: from now on every training step adds
+        its per-layer forward/backward and optimizer times to it. Returns it."""
+        names = [None if isinstance(layer, Identity) else f"{i} {type(layer).__name__}"
+                 for i, layer in enumerate(self.layers)]
+        self.profile = Profile(names)
+        return self.profile
+
+    def stop_profile(self) -> Profile | None:
+        """Detach the profile (timing stops) and return it, or None if none was attached."""
+        profile, self.profile = self.profile, None
+        return profile
+
+    def named_parameters(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         """Yield (name, parameter, gradient) for every trainable array, e.g. '0.weight'."""
         for i, layer in enumerate(self.layers):
             for key, w in layer.params.items():
                 yield f"{i}.{key}", w, layer.grads[key]
 
-    def state_arrays(self):
+    def state_arrays(self) -> dict[str, np.ndarray]:
         """Parameters and buffers by name (views of the live arrays)."""
         out = {}
         for i, layer in enumerate(self.layers):
@@ -79,7 +147,7 @@ class Sequential:
         return out
 
     @staticmethod
-    def _check_batch(x, y):
+    def _check_batch(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Typed errors for data the layers cannot catch: NaN/inf images (they would silently
         poison every weight), non-integer labels, mismatched lengths, an empty batch."""
         if not isinstance(x, np.ndarray):
@@ -94,16 +162,24 @@ class Sequential:
             raise ValueError("x contains NaN or infinite values")
         return y
 
-    def train_step(self, x, y, optimizer):
+    def train_step(self, x: np.ndarray, y: np.ndarray, optimizer: Optimizer) -> tuple[float, int]:
         """One forward/backward/update on a batch; returns (loss, number of correct predictions)."""
+        profile = self.profile
+        start = time.perf_counter() if profile is not None else 0.0
         y = self._check_batch(x, y)
         logits = self.forward(x, training=True)
         loss, dlogits = softmax_cross_entropy(logits, y)
         self.backward(dlogits)
-        optimizer.step()
+        if profile is None:
+            optimizer.step()
+        else:
+            t0 = time.perf_counter()
+            optimizer.step()
+            end = time.perf_counter()
+            profile.add_step(end - t0, end - start)
         return loss, int((logits.argmax(axis=1) == y).sum())
 
-    def evaluate(self, x, y, batch_size=1000):
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> tuple[float, float]:
         """Mean loss and accuracy of the model over (x, y) in evaluation mode."""
         y = self._check_batch(x, y)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -116,15 +192,17 @@ class Sequential:
             correct += int((logits.argmax(axis=1) == y[i:i + batch_size]).sum())
         return total_loss / len(x), correct / len(x)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         inner = "\n".join(f"  ({i}) {layer!r}" for i, layer in enumerate(self.layers))
         return f"Sequential(backend={self.backend_name!r}\n{inner}\n)"
 
 
-def mnist_cnn(*, seed=0, dropout=0.5, batchnorm=False, dtype=np.float32, backend=None,
-              in_channels=1, image_size=28, num_classes=10):
-    """The mission's network: Conv 1->32 3x3 pad 1, ReLU, MaxPool 2, Conv 32->64 3x3 pad 1, ReLU,
+def mnist_cnn(*, seed: int = 0, dropout: float = 0.5, batchnorm: bool = False, dtype: object = np.float32,
+              backend: str | None = None, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
+              fuse: bool = True) -> Sequential:
+    """The MNIST network: Conv 1->32 3x3 pad 1, ReLU, MaxPool 2, Conv 32->64 3x3 pad 1, ReLU,
     MaxPool 2, Flatten, Dropout(p), Linear 3136->10 (``batchnorm`` adds BatchNorm after each conv).
+    ``fuse``: as in :class:`Sequential`.
 
     All randomness comes from ``seed``: one stream initialises the weights, another drives dropout.
     """
@@ -133,7 +211,7 @@ def mnist_cnn(*, seed=0, dropout=0.5, batchnorm=False, dtype=np.float32, backend
     init_rng = np.random.default_rng(init_seq)
     side = image_size // 4
     backend = resolve_backend_name(backend)
-    layers = [Conv2D(in_channels, 32, 3, padding=1, rng=init_rng, dtype=dtype, backend=backend)]
+    layers: list[Layer] = [Conv2D(in_channels, 32, 3, padding=1, rng=init_rng, dtype=dtype, backend=backend)]
     layers += [BatchNorm2D(32, dtype=dtype)] if batchnorm else []
     layers += [ReLU(backend=backend), MaxPool2D(2, backend=backend),
                Conv2D(32, 64, 3, padding=1, rng=init_rng, dtype=dtype, backend=backend)]
@@ -141,4 +219,4 @@ def mnist_cnn(*, seed=0, dropout=0.5, batchnorm=False, dtype=np.float32, backend
     layers += [ReLU(backend=backend), MaxPool2D(2, backend=backend), Flatten(),
                Dropout(dropout, rng=np.random.default_rng(dropout_seq)),
                Linear(64 * side * side, num_classes, rng=init_rng, dtype=dtype)]
-    return Sequential(layers, backend=backend, input_shape=(in_channels, image_size, image_size))
+    return Sequential(layers, backend=backend, fuse=fuse, input_shape=(in_channels, image_size, image_size))

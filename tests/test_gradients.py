@@ -16,7 +16,7 @@ import pytest
 
 from fastcnn import reference as ref
 from fastcnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D,
-                            ReLU)
+                            ReLU, ReLUMaxPool2D)
 from fastcnn.losses import softmax_cross_entropy
 from fastcnn.model import Sequential
 from fastcnn.testing import (assert_agree, assert_formula_close, assert_gradient_close,
@@ -393,7 +393,7 @@ def test_maxpool2d_gradients(N, C, H, W, ks, stride):
 @pytest.mark.parametrize("N,C,H,W,ks,stride", POOL_CASES)
 def test_maxpool2d_fused_relu_gradients(N, C, H, W, ks, stride):
     rng = _rng("maxpool-relu-grad", N, C, H, W, ks, stride)
-    layer = MaxPool2D(ks, stride, relu=True, backend="numpy")
+    layer = ReLUMaxPool2D(ReLU(backend="numpy"), MaxPool2D(ks, stride, backend="numpy"))
     x = _distinct((N, C, H, W), rng, offset=0.5)                 # half negative, none zero
     check_layer(layer, x, rng, what=f"{layer!r}")
 
@@ -569,7 +569,7 @@ def test_sequential_gradients(fuse, two_convs):
 def test_sequential_fused_and_unfused_agree():
     rng_a, rng_b = _rng("seq-fuse"), _rng("seq-fuse")
     fused, plain = _small_net(rng_a, fuse=True, two_convs=True), _small_net(rng_b, fuse=False, two_convs=True)
-    assert fused.layers[-3].relu and not plain.layers[-3].relu
+    assert isinstance(fused.layers[3], ReLUMaxPool2D) and isinstance(plain.layers[4], MaxPool2D)
     x = _rng("seq-fuse-x").standard_normal((3, 2, 6, 7))
     labels = np.array([0, 1, 2])
     for model in (fused, plain):

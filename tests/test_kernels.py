@@ -607,13 +607,10 @@ def mnist_batches(mnist_dir):
     return ds.x_train[:n], ds.y_train[:n]
 
 
-def _train(backend, dtype, images, labels, fuse_first_layer=True):
+def _train(backend, dtype, images, labels, fuse=True):
     """STEPS AdamW steps from seed 0; returns the losses and the final parameters."""
-    model = fastcnn.mnist_cnn(seed=0, backend=backend, dtype=dtype)
-    conv, pool = model.layers[0], model.layers[2]
-    assert conv.fused_pool is pool and pool.fused_into_prev          # Sequential fused conv1-relu-pool1
-    if not fuse_first_layer:
-        conv.fused_pool, pool.fused_into_prev = None, False
+    model = fastcnn.mnist_cnn(seed=0, backend=backend, dtype=dtype, fuse=fuse)
+    assert isinstance(model.layers[0], fastcnn.ConvReLUMaxPool2D) == fuse     # conv1-relu-pool1 as one op
     opt = fastcnn.AdamW(model, lr=1e-3)
     x = to_float(images, dtype)
     losses = []
@@ -647,10 +644,10 @@ def test_training_bit_identical_run_after_run(mnist_batches):
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
-def test_fused_first_layer_trains_bit_identically_to_the_unfused_ops(mnist_batches, backend):
+def test_fused_model_trains_bit_identically_to_the_unfused_layers(mnist_batches, backend):
     images, labels = mnist_batches
     loss1, params1 = _train(backend, np.float32, images, labels)
-    loss2, params2 = _train(backend, np.float32, images, labels, fuse_first_layer=False)
+    loss2, params2 = _train(backend, np.float32, images, labels, fuse=False)
     assert loss1 == loss2
     for name in params1:
         np.testing.assert_array_equal(params2[name], params1[name], err_msg=name)
@@ -658,8 +655,8 @@ def test_fused_first_layer_trains_bit_identically_to_the_unfused_ops(mnist_batch
 
 def test_batchnorm_between_conv_and_relu_keeps_the_layers_apart():
     model = fastcnn.mnist_cnn(batchnorm=True, backend="numpy")
-    assert model.layers[0].fused_pool is None and not model.layers[3].fused_into_prev
-    assert model.layers[3].relu                                       # ReLU -> pool still fused
+    assert isinstance(model.layers[0], fastcnn.Conv2D) and isinstance(model.layers[1], fastcnn.BatchNorm2D)
+    assert isinstance(model.layers[2], fastcnn.ReLUMaxPool2D)         # ReLU -> pool still fused
 
 
 @needs_threads

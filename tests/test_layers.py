@@ -1,6 +1,6 @@
 """Layer tests on the NumPy reference backend: constructor validation, input shape and dtype
 errors that say what was expected and what was given, Dropout and BatchNorm2D train/eval
-behaviour, and the mission network built by ``fastcnn.mnist_cnn``.
+behaviour, and the MNIST network built by ``fastcnn.mnist_cnn``.
 
 Every tolerance comes from :mod:`fastcnn.testing`; none is written here.
 """
@@ -263,17 +263,18 @@ def test_mnist_cnn_output_shape(N):
 def test_mnist_cnn_parameter_shapes():
     model = fastcnn.mnist_cnn(backend="numpy")
     shapes = {name: w.shape for name, w, _ in model.named_parameters()}
-    convs = [l for l in model.layers if isinstance(l, Conv2D)]
-    linears = [l for l in model.layers if isinstance(l, Linear)]
+    layers = model.unfused_layers()
+    convs = [l for l in layers if isinstance(l, Conv2D)]
+    linears = [l for l in layers if isinstance(l, Linear)]
     assert [c.params["weight"].shape for c in convs] == [(32, 1, 3, 3), (64, 32, 3, 3)]
     assert [c.params["bias"].shape for c in convs] == [(32,), (64,)]
     assert [l.params["weight"].shape for l in linears] == [(10, 3136)]
     assert linears[0].params["bias"].shape == (10,)
     assert sum(int(np.prod(s)) for s in shapes.values()) == (32 * 9 + 32) + (64 * 32 * 9 + 64) + (3136 * 10 + 10)
     assert model.backend_name == "numpy"
-    assert all(l.backend_name == "numpy" for l in model.layers if hasattr(l, "backend_name"))
+    assert all(l.backend_name == "numpy" for l in model.layers + layers if hasattr(l, "backend_name"))
     assert convs[0].need_input_grad is False and convs[1].need_input_grad is True
-    assert sum(isinstance(l, Dropout) for l in model.layers) == 1
+    assert sum(isinstance(l, Dropout) for l in layers) == 1
 
 
 def test_mnist_cnn_seeding():

@@ -1,0 +1,167 @@
+"""Fusion as a rewrite of Sequential.layers: which runs are fused, what the fused model keeps
+(parameter names, arrays, outputs, gradients, training trajectory, checkpoint architecture), and
+the fused layers' own checks. NumPy reference backend; the Numba kernels' fused ops are compared
+with the unfused ones in tests/test_kernels.py.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from fastcnn.checkpoint import CheckpointError, load_checkpoint, restore, save_checkpoint
+from fastcnn.layers import (Conv2D, ConvReLUMaxPool2D, Flatten, Identity, Linear, MaxPool2D, ReLU,
+                            ReLUMaxPool2D)
+from fastcnn.model import Sequential, fuse, fuse_layers, mnist_cnn
+from fastcnn.optim import SGD
+
+F32, F64 = np.float32, np.float64
+
+
+def _types(layers):
+    return [type(layer).__name__ for layer in layers]
+
+
+def test_mnist_cnn_is_rewritten_with_identity_in_the_freed_slots():
+    model = mnist_cnn(backend="numpy")
+    assert _types(model.layers) == ["ConvReLUMaxPool2D", "Identity", "Identity", "Conv2D", "ReLUMaxPool2D",
+                                    "Identity", "Flatten", "Dropout", "Linear"]
+    plain = mnist_cnn(backend="numpy", fuse=False)
+    assert _types(plain.layers) == ["Conv2D", "ReLU", "MaxPool2D", "Conv2D", "ReLU", "MaxPool2D", "Flatten",
+                                    "Dropout", "Linear"]
+    assert [repr(layer) for layer in model.unfused_layers()] == [repr(layer) for layer in plain.layers]
+    assert plain.unfused_layers() == plain.layers
+
+
+def test_plain_layers_know_nothing_of_fusion():
+    model = mnist_cnn(backend="numpy")
+    for layer in model.unfused_layers():
+        assert "relu=" not in repr(layer) and "fuse" not in repr(layer).lower()
+        assert not any("fuse" in name for name in vars(layer))
+
+
+def test_fused_model_keeps_parameter_names_and_arrays():
+    fused, plain = mnist_cnn(seed=3, backend="numpy"), mnist_cnn(seed=3, backend="numpy", fuse=False)
+    a, b = fused.state_arrays(), plain.state_arrays()
+    assert list(a) == list(b) == ["0.weight", "0.bias", "3.weight", "3.bias", "8.weight", "8.bias"]
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    conv = fused.unfused_layers()[0]
+    assert fused.layers[0].params is conv.params and fused.layers[0].grads is conv.grads
+    assert a["0.weight"] is conv.params["weight"]
+
+
+def test_batchnorm_after_the_first_conv_leaves_it_unfused():
+    model = mnist_cnn(batchnorm=True, backend="numpy")
+    assert _types(model.layers)[:6] == ["Conv2D", "BatchNorm2D", "ReLUMaxPool2D", "Identity", "Conv2D",
+                                        "BatchNorm2D"]
+    assert "1.running_mean" in model.state_arrays()
+
+
+def test_only_a_first_conv_is_fused_with_its_pool():
+    rng = np.random.default_rng(0)
+    layers = [Flatten(), Conv2D(1, 2, 3, rng=rng, backend="numpy"), ReLU(backend="numpy"),
+              MaxPool2D(2, backend="numpy")]
+    assert _types(fuse_layers(layers)) == ["Flatten", "Conv2D", "ReLUMaxPool2D", "Identity"]
+    first = [Conv2D(1, 2, 3, rng=rng, backend="numpy"), ReLU(backend="numpy"), MaxPool2D(2, backend="numpy")]
+    assert _types(fuse_layers(first)) == ["Conv2D", "ReLUMaxPool2D", "Identity"]
+    first[0].need_input_grad = False
+    assert _types(fuse_layers(first)) == ["ConvReLUMaxPool2D", "Identity", "Identity"]
+
+
+def test_fuse_rewrites_an_unfused_model_in_place_and_is_idempotent():
+    model = mnist_cnn(backend="numpy", fuse=False)
+    assert fuse(model) is model
+    expected = [repr(layer) for layer in mnist_cnn(backend="numpy").layers]
+    assert [repr(layer) for layer in model.layers] == expected
+    fuse(model)
+    assert [repr(layer) for layer in model.layers] == expected
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_fused_training_is_bit_identical_to_unfused(dtype, batchnorm):
+    """Same losses, hits and parameters after several SGD steps with dropout, fused or not."""
+    models = [mnist_cnn(seed=1, dtype=dtype, batchnorm=batchnorm, backend="numpy", fuse=f) for f in (True, False)]
+    opts = [SGD(m, lr=0.05, momentum=0.9) for m in models]
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        x = rng.standard_normal((8, 1, 28, 28)).astype(dtype)
+        y = rng.integers(0, 10, 8)
+        (la, ha), (lb, hb) = (m.train_step(x, y, o) for m, o in zip(models, opts))
+        assert la == lb and ha == hb
+    a, b = (m.state_arrays() for m in models)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    x = rng.standard_normal((4, 1, 28, 28)).astype(dtype)
+    np.testing.assert_array_equal(models[0].forward(x), models[1].forward(x))
+
+
+def test_conv_relu_maxpool_needs_a_conv_without_input_gradient():
+    conv = Conv2D(1, 2, 3, backend="numpy")
+    with pytest.raises(ValueError, match="need_input_grad=False"):
+        ConvReLUMaxPool2D(conv, ReLU(backend="numpy"), MaxPool2D(2, backend="numpy"))
+    with pytest.raises(TypeError, match="ConvReLUMaxPool2D fuses"):
+        ConvReLUMaxPool2D(conv, MaxPool2D(2, backend="numpy"), ReLU(backend="numpy"))
+    with pytest.raises(TypeError, match="ReLUMaxPool2D fuses"):
+        ReLUMaxPool2D(MaxPool2D(2, backend="numpy"), ReLU(backend="numpy"))
+
+
+def test_fused_layers_name_themselves_in_input_errors():
+    model = mnist_cnn(backend="numpy")
+    first, pool = model.layers[0], model.layers[4]
+    with pytest.raises(ValueError, match=r"ConvReLUMaxPool2D expects input of shape \(N, 1, H >= 1, W >= 1\), "
+                                         r"got shape \(2, 3, 8, 8\)"):
+        first.forward(np.zeros((2, 3, 8, 8), F32))
+    with pytest.raises(ValueError, match=r"ConvReLUMaxPool2D expects input of shape \(N, C, H >= 2, W >= 2\), "
+                                         r"got shape \(2, 32, 1, 8\)"):
+        first.forward(np.zeros((2, 1, 1, 8), F32))            # the conv output is too small to pool
+    with pytest.raises(TypeError, match="ConvReLUMaxPool2D has float32 weights but got float64 input"):
+        first.forward(np.zeros((2, 1, 8, 8), F64))
+    with pytest.raises(ValueError, match=r"ReLUMaxPool2D expects input of shape \(N, C, H >= 2, W >= 2\)"):
+        pool.forward(np.zeros((2, 64, 1, 1), F32))
+
+
+def test_set_backend_reaches_the_parts_and_copies_work():
+    model = mnist_cnn(backend="numpy")
+    model.set_backend("numba")
+    assert all(part.backend_name == "numba" for part in model.layers[0].parts)
+    clone = copy.deepcopy(model)
+    assert clone.layers[0].params is clone.layers[0].parts[0].params      # sharing survives the copy
+    assert clone.layers[0].params is not model.layers[0].params
+
+
+def test_user_identity_layers_stay_in_the_architecture():
+    rng = np.random.default_rng(0)
+    model = Sequential([Conv2D(1, 2, 3, rng=rng, backend="numpy"), ReLU(backend="numpy"),
+                        MaxPool2D(2, backend="numpy"), Identity(), Flatten(), Linear(2, 3, rng=rng)],
+                       backend="numpy")
+    assert _types(model.unfused_layers()) == ["Conv2D", "ReLU", "MaxPool2D", "Identity", "Flatten", "Linear"]
+
+
+def test_checkpoint_stores_the_unfused_architecture(tmp_path):
+    model = mnist_cnn(backend="numpy", batchnorm=True)
+    path = save_checkpoint(tmp_path / "m.npz", model, None, epoch=0, history=[], config={}, rngs=None,
+                           model_kwargs={"batchnorm": True})
+    ckpt = load_checkpoint(path)
+    layers = ckpt.header["architecture"]["layers"]
+    assert layers == [repr(layer) for layer in mnist_cnn(backend="numpy", batchnorm=True, fuse=False).layers]
+    assert not any("Fused" in s or "Identity" in s or "relu=" in s for s in layers)
+    other = mnist_cnn(seed=9, backend="numpy", batchnorm=True)
+    restore(ckpt, other)
+    for name, a in model.state_arrays().items():
+        np.testing.assert_array_equal(other.state_arrays()[name], a, err_msg=name)
+
+
+def test_checkpoints_that_recorded_the_relu_flag_still_load(tmp_path):
+    """Files written while the fused ReLU was a flag of the pool name it "MaxPool2D(..., relu=True)"."""
+    model = mnist_cnn(backend="numpy")
+    ckpt = load_checkpoint(save_checkpoint(tmp_path / "m.npz", model, None, epoch=0, history=[], config={},
+                                           rngs=None, model_kwargs={}))
+    layers = ckpt.header["architecture"]["layers"]
+    layers[2] = layers[5] = "MaxPool2D(kernel_size=(2, 2), stride=(2, 2), relu=True)"
+    restore(ckpt, mnist_cnn(seed=4, backend="numpy"))
+    layers[2] = "MaxPool2D(kernel_size=(3, 3), stride=(3, 3), relu=True)"
+    with pytest.raises(CheckpointError, match="architecture differs at layer 2"):
+        restore(ckpt, mnist_cnn(seed=4, backend="numpy"))
