@@ -3,8 +3,21 @@ as a clear NumPy reference (:mod:`fastcnn.reference`) and as Numba-JIT parallel 
 (:mod:`fastcnn.kernels`) that must agree with it and beat it."""
 from fastcnn._memory import tune_malloc
 from fastcnn.backend import get_backend
-from fastcnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, ConvReLUMaxPool2D, Dropout, Flatten, FusedLayer,
-                            Identity, Layer, Linear, MaxPool2D, ReLU, ReLUMaxPool2D)
+from fastcnn.layers import (
+    AvgPool2D,
+    BatchNorm2D,
+    Conv2D,
+    ConvReLUMaxPool2D,
+    Dropout,
+    Flatten,
+    FusedLayer,
+    Identity,
+    Layer,
+    Linear,
+    MaxPool2D,
+    ReLU,
+    ReLUMaxPool2D,
+)
 from fastcnn.losses import softmax_cross_entropy
 from fastcnn.model import Sequential, fuse, mnist_cnn
 from fastcnn.optim import SGD, AdamW

@@ -2,8 +2,8 @@
 
 A training step allocates and frees the same activation-sized arrays (up to 13 MB for the first
 layer at batch 128) every batch. glibc serves blocks above its mmap threshold with fresh mmap'd
-pages, so every step pays page faults to zero them again; on the 2-core test machine that was
-~8 ms of a ~42 ms Numba training step. Raising the mmap and trim thresholds (the same thing the
+pages, so every step pays page faults to zero them again, a sizeable part of a Numba training
+step. Raising the mmap and trim thresholds (the same thing the
 MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ environment variables do) lets the heap reuse the
 pages. Linux/glibc only; elsewhere, or with FASTCNN_MALLOC_TUNING=0, this does nothing.
 """
@@ -21,7 +21,7 @@ _TRIM_THRESHOLD = 256 * 1024 * 1024
 _done = False
 
 
-def tune_malloc():
+def tune_malloc() -> bool:
     """Apply the thresholds once per process; returns True if they were applied."""
     global _done
     if _done or not sys.platform.startswith("linux") or os.environ.get("FASTCNN_MALLOC_TUNING") == "0":

@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def log_softmax(logits):
+def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise log softmax of (N, F) logits."""
     z = logits - logits.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def softmax_cross_entropy(logits, labels):
+def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
     """Mean cross-entropy of (N, F) logits against (N,) integer labels -> (loss, dlogits)."""
     if logits.ndim != 2:
         raise ValueError(f"logits must have shape (N, classes), got {logits.shape}")

@@ -7,8 +7,22 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from fastcnn.backend import blas_guard, resolve_backend_name
-from fastcnn.layers import (BatchNorm2D, Conv2D, ConvReLUMaxPool2D, Dropout, Flatten, FusedLayer, Identity, Layer,
-                            Linear, MaxPool2D, ReLU, ReLUMaxPool2D, _BackendLayer, _float_dtype)
+from fastcnn.layers import (
+    BatchNorm2D,
+    Conv2D,
+    ConvReLUMaxPool2D,
+    Dropout,
+    Flatten,
+    FusedLayer,
+    Identity,
+    Layer,
+    Linear,
+    MaxPool2D,
+    ReLU,
+    ReLUMaxPool2D,
+    _BackendLayer,
+    _float_dtype,
+)
 from fastcnn.losses import softmax_cross_entropy
 from fastcnn.optim import Optimizer
 from fastcnn.profiling import Profile

@@ -1,7 +1,8 @@
 """Optimizers. Both update the model's parameter arrays in place and keep their state in plain
 arrays (``state_dict`` / ``load_state_dict``) so it can be checkpointed.
 
-SGD with momentum (the seed project's form; weight decay, if any, is added to the gradient):
+SGD with momentum (PyTorch's form: lr scales the velocity; weight decay, if any, is added to the
+gradient):
     v <- mu * v + (g + wd * W)
     W <- W - lr * v
 AdamW (Loshchilov & Hutter; bias-corrected moments, decoupled weight decay):
@@ -12,16 +13,22 @@ AdamW (Loshchilov & Hutter; bias-corrected moments, decoupled weight decay):
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+if TYPE_CHECKING:                     # the model imports the optimizers' base class for its hints
+    from fastcnn.model import Sequential
 
-def _is_number(value):
+
+def _is_number(value: object) -> bool:
     """A real int/float, Python or NumPy (a float32 from a schedule array counts), not a bool."""
     return (isinstance(value, (int, float, np.integer, np.floating))
             and not isinstance(value, (bool, np.bool_)))
 
 
-def _check_positive(name, value, allow_zero=False):
+def _check_positive(name: str, value: object, allow_zero: bool = False) -> float:
     # Type first: comparing a str/None with 0 would raise a TypeError that does not name the argument.
     ok = _is_number(value) and np.isfinite(value) and (value >= 0 if allow_zero else value > 0)
     if not ok:
@@ -32,30 +39,33 @@ def _check_positive(name, value, allow_zero=False):
 class Optimizer:
     """Holds the (param, grad-owner) pairs of a model; ``step()`` reads each layer's current grads."""
 
-    def __init__(self, model, lr):
+    def __init__(self, model: Sequential, lr: float) -> None:
         self.model = model
         self.lr = _check_positive("lr", lr)
         self.t = 0
 
-    def _pairs(self):
+    def _pairs(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
         return list(self.model.named_parameters())
 
-    def step(self):
+    def step(self) -> None:
         self.t += 1
         for name, w, g in self._pairs():
             self._update(name, w, g)
 
-    def state_dict(self):
+    def _update(self, name: str, w: np.ndarray, g: np.ndarray) -> None:
         raise NotImplementedError
 
-    def load_state_dict(self, state):
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
         raise NotImplementedError
 
 
 class SGD(Optimizer):
     """SGD with (heavy-ball) momentum and optional L2 weight decay."""
 
-    def __init__(self, model, lr=0.01, momentum=0.9, weight_decay=0.0):
+    def __init__(self, model: Sequential, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0) -> None:
         super().__init__(model, lr)
         self.momentum = _check_positive("momentum", momentum, allow_zero=True)
         if self.momentum >= 1:
@@ -63,7 +73,7 @@ class SGD(Optimizer):
         self.weight_decay = _check_positive("weight_decay", weight_decay, allow_zero=True)
         self.velocity = {name: np.zeros_like(w) for name, w, _ in self._pairs()}
 
-    def _update(self, name, w, g):
+    def _update(self, name: str, w: np.ndarray, g: np.ndarray) -> None:
         v = self.velocity[name]
         if self.weight_decay:
             g = g + w.dtype.type(self.weight_decay) * w
@@ -71,10 +81,10 @@ class SGD(Optimizer):
         v += g
         w -= w.dtype.type(self.lr) * v
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         return {"t": self.t, **{f"velocity/{k}": v for k, v in self.velocity.items()}}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
         self.t = int(state["t"])
         for k in self.velocity:
             self.velocity[k][...] = state[f"velocity/{k}"]
@@ -83,7 +93,8 @@ class SGD(Optimizer):
 class AdamW(Optimizer):
     """Adam with bias correction and decoupled weight decay."""
 
-    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+    def __init__(self, model: Sequential, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2) -> None:
         super().__init__(model, lr)
         pair = tuple(betas) if isinstance(betas, (tuple, list, np.ndarray)) else ()
         if len(pair) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in pair):
@@ -95,7 +106,7 @@ class AdamW(Optimizer):
         self.m = {name: np.zeros_like(w) for name, w, _ in self._pairs()}
         self.v = {name: np.zeros_like(w) for name, w, _ in self._pairs()}
 
-    def _update(self, name, w, g):
+    def _update(self, name: str, w: np.ndarray, g: np.ndarray) -> None:
         b1, b2 = self.betas
         m, v = self.m[name], self.v[name]
         m *= b1
@@ -109,13 +120,13 @@ class AdamW(Optimizer):
             update += w.dtype.type(self.lr * self.weight_decay) * w
         w -= update
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         state = {"t": self.t}
         state.update({f"m/{k}": a for k, a in self.m.items()})
         state.update({f"v/{k}": a for k, a in self.v.items()})
         return state
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
         self.t = int(state["t"])
         for k in self.m:
             self.m[k][...] = state[f"m/{k}"]

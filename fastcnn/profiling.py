@@ -52,9 +52,9 @@ class Profile:
         def row(name: str, direction: str, seconds: float) -> ProfileRow:
             return ProfileRow(name, direction, 1e3 * seconds / n, 100.0 * seconds / total)
 
-        rows = [row(name, "forward", s) for name, s in zip(self.layer_names, self.forward_s) if name is not None]
-        rows += [row(name, "backward", s)
-                 for name, s in reversed(list(zip(self.layer_names, self.backward_s))) if name is not None]
+        slots = list(zip(self.layer_names, self.forward_s, self.backward_s, strict=True))
+        rows = [row(name, "forward", fwd) for name, fwd, _ in slots if name is not None]
+        rows += [row(name, "backward", bwd) for name, _, bwd in reversed(slots) if name is not None]
         rows.append(row(OPTIMIZER, "", self.optimizer_s))
         # The remainder (unreported Identity slots included), not a separate timer, so the rows add
         # up to the step.

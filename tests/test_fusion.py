@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from fastcnn.checkpoint import CheckpointError, load_checkpoint, restore, save_checkpoint
-from fastcnn.layers import (Conv2D, ConvReLUMaxPool2D, Flatten, Identity, Linear, MaxPool2D, ReLU,
-                            ReLUMaxPool2D)
+from fastcnn.layers import Conv2D, ConvReLUMaxPool2D, Flatten, Identity, Linear, MaxPool2D, ReLU, ReLUMaxPool2D
 from fastcnn.model import Sequential, fuse, fuse_layers, mnist_cnn
 from fastcnn.optim import SGD
 
@@ -89,7 +88,7 @@ def test_fused_training_is_bit_identical_to_unfused(dtype, batchnorm):
     for _ in range(3):
         x = rng.standard_normal((8, 1, 28, 28)).astype(dtype)
         y = rng.integers(0, 10, 8)
-        (la, ha), (lb, hb) = (m.train_step(x, y, o) for m, o in zip(models, opts))
+        (la, ha), (lb, hb) = (m.train_step(x, y, o) for m, o in zip(models, opts, strict=True))
         assert la == lb and ha == hb
     a, b = (m.state_arrays() for m in models)
     for name in a:

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 import fastcnn
-from fastcnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D,
-                            ReLU)
+from fastcnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D, ReLU
 from fastcnn.losses import softmax_cross_entropy
 from fastcnn.testing import STAT_SIGMAS, assert_formula_close
 
@@ -264,17 +263,17 @@ def test_mnist_cnn_parameter_shapes():
     model = fastcnn.mnist_cnn(backend="numpy")
     shapes = {name: w.shape for name, w, _ in model.named_parameters()}
     layers = model.unfused_layers()
-    convs = [l for l in layers if isinstance(l, Conv2D)]
-    linears = [l for l in layers if isinstance(l, Linear)]
+    convs = [layer for layer in layers if isinstance(layer, Conv2D)]
+    linears = [layer for layer in layers if isinstance(layer, Linear)]
     assert [c.params["weight"].shape for c in convs] == [(32, 1, 3, 3), (64, 32, 3, 3)]
     assert [c.params["bias"].shape for c in convs] == [(32,), (64,)]
-    assert [l.params["weight"].shape for l in linears] == [(10, 3136)]
+    assert [linear.params["weight"].shape for linear in linears] == [(10, 3136)]
     assert linears[0].params["bias"].shape == (10,)
     assert sum(int(np.prod(s)) for s in shapes.values()) == (32 * 9 + 32) + (64 * 32 * 9 + 64) + (3136 * 10 + 10)
     assert model.backend_name == "numpy"
-    assert all(l.backend_name == "numpy" for l in model.layers + layers if hasattr(l, "backend_name"))
+    assert all(layer.backend_name == "numpy" for layer in model.layers + layers if hasattr(layer, "backend_name"))
     assert convs[0].need_input_grad is False and convs[1].need_input_grad is True
-    assert sum(isinstance(l, Dropout) for l in layers) == 1
+    assert sum(isinstance(layer, Dropout) for layer in layers) == 1
 
 
 def test_mnist_cnn_seeding():
@@ -290,9 +289,9 @@ def test_mnist_cnn_seeding():
 
 def test_mnist_cnn_batchnorm_and_dtype():
     model = fastcnn.mnist_cnn(batchnorm=True, dtype=F64, backend="numpy")
-    bns = [l for l in model.layers if isinstance(l, BatchNorm2D)]
+    bns = [layer for layer in model.layers if isinstance(layer, BatchNorm2D)]
     assert len(bns) == 2 and [bn.num_features for bn in bns] == [32, 64]
     assert all(w.dtype == F64 for _, w, _ in model.named_parameters())
     y = model.forward(np.zeros((2, 1, 28, 28), F64), training=True)
     assert y.shape == (2, 10) and y.dtype == F64
-    assert sum(isinstance(l, BatchNorm2D) for l in fastcnn.mnist_cnn(backend="numpy").layers) == 0
+    assert sum(isinstance(layer, BatchNorm2D) for layer in fastcnn.mnist_cnn(backend="numpy").layers) == 0
