@@ -6,12 +6,14 @@ Every tolerance comes from :mod:`fastcnn.testing`; none is written here.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
 import pytest
 
 import fastcnn
+from fastcnn.backend import OP_NAMES, Ops, get_backend
 from fastcnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D, ReLU
 from fastcnn.losses import softmax_cross_entropy
 from fastcnn.testing import STAT_SIGMAS, assert_formula_close
@@ -295,3 +297,16 @@ def test_mnist_cnn_batchnorm_and_dtype():
     y = model.forward(np.zeros((2, 1, 28, 28), F64), training=True)
     assert y.shape == (2, 10) and y.dtype == F64
     assert sum(isinstance(layer, BatchNorm2D) for layer in fastcnn.mnist_cnn(backend="numpy").layers) == 0
+
+
+# ---------------------------------------------------------------------------------- op contract
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_both_backends_implement_the_typed_op_contract(backend):
+    """Every op of backend.Ops exists in the backend with the same parameter names, kinds and defaults."""
+    ops = get_backend(backend)
+    assert OP_NAMES and set(OP_NAMES) <= set(dir(ops))
+    for name in OP_NAMES:
+        contract = list(inspect.signature(getattr(Ops, name)).parameters.values())[1:]      # drop self
+        actual = list(inspect.signature(getattr(ops, name)).parameters.values())
+        assert [(p.name, p.kind, p.default) for p in actual] == [(p.name, p.kind, p.default) for p in contract], name
