@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from fastcnn.backend import Ops, get_backend, resolve_backend_name
 from fastcnn.convmath import conv_output_size, pair
@@ -35,7 +36,7 @@ def _positive_int(value: object, name: str) -> int:
     return int(value)
 
 
-def _float_dtype(dtype: object) -> np.dtype:
+def _float_dtype(dtype: npt.DTypeLike) -> np.dtype:
     dtype = np.dtype(dtype)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
@@ -134,9 +135,11 @@ class Conv2D(_BackendLayer):
     dx in backward, which then returns None.
     """
 
+    _x: np.ndarray                  # the input of the last forward, for backward
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
                  stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0, *,
-                 rng: np.random.Generator | None = None, dtype: object = np.float32,
+                 rng: np.random.Generator | None = None, dtype: npt.DTypeLike = np.float32,
                  backend: str | None = None) -> None:
         self.in_channels = _positive_int(in_channels, "in_channels")
         self.out_channels = _positive_int(out_channels, "out_channels")
@@ -152,7 +155,6 @@ class Conv2D(_BackendLayer):
         self.params = {"weight": w.astype(dtype), "bias": np.zeros(self.out_channels, dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.need_input_grad = True
-        self._x: np.ndarray | None = None
 
     def output_shape(self, H: int, W: int) -> IntPair:
         """(P, Q) of the output for an H x W input."""
@@ -176,12 +178,13 @@ class Conv2D(_BackendLayer):
 
 
 class _Pool2D(_BackendLayer):
+    _x_shape: tuple[int, ...]       # the input shape of the last forward, for backward
+
     def __init__(self, kernel_size: int | Sequence[int] = 2, stride: int | Sequence[int] | None = None, *,
                  backend: str | None = None) -> None:
         self.kernel_size = pair(kernel_size, "kernel_size", 1)
         self.stride = self.kernel_size if stride is None else pair(stride, "stride", 1)
         super().__init__(backend)
-        self._x_shape: tuple[int, ...] | None = None
 
     def _check(self, x: np.ndarray) -> None:
         _check_input(self, x, 4, "(N, C, H, W)")
@@ -252,12 +255,14 @@ class ReLUMaxPool2D(FusedLayer):
     the pool's backward (the op's ``relu=True``). Max pool and ReLU commute, so values and
     gradients equal the two layers'; the ReLU output, as large as the input, is never written."""
 
+    _x_shape: tuple[int, ...]
+    _argmax: np.ndarray
+
     def __init__(self, relu: ReLU, pool: MaxPool2D) -> None:
         if not isinstance(relu, ReLU) or not isinstance(pool, MaxPool2D):
             raise TypeError(f"ReLUMaxPool2D fuses a ReLU and a MaxPool2D, got {relu!r}, {pool!r}")
         super().__init__((relu, pool))
         self.kernel_size, self.stride = pool.kernel_size, pool.stride
-        self._x_shape: tuple[int, ...] | None = None
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         _check_input(self, x, 4, "(N, C, H, W)")
@@ -278,6 +283,9 @@ class ConvReLUMaxPool2D(FusedLayer):
 
     ``params`` and ``grads`` are the convolution's own dicts: ``0.weight`` stays ``0.weight``."""
 
+    _x: np.ndarray
+    _argmax: np.ndarray
+
     def __init__(self, conv: Conv2D, relu: ReLU, pool: MaxPool2D) -> None:
         if not (isinstance(conv, Conv2D) and isinstance(relu, ReLU) and isinstance(pool, MaxPool2D)):
             raise TypeError(f"ConvReLUMaxPool2D fuses a Conv2D, a ReLU and a MaxPool2D, got {conv!r}, {relu!r}, "
@@ -288,7 +296,6 @@ class ConvReLUMaxPool2D(FusedLayer):
         super().__init__((conv, relu, pool))
         self.conv, self.pool = conv, pool
         self.params, self.grads = conv.params, conv.grads
-        self._x: np.ndarray | None = None
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         conv, pool = self.conv, self.pool
@@ -364,7 +371,7 @@ class Linear(Layer):
     """y = x @ weight.T + bias; weight (out, in) as in PyTorch, N(0, 1/in) initialisation."""
 
     def __init__(self, in_features: int, out_features: int, *, rng: np.random.Generator | None = None,
-                 dtype: object = np.float32) -> None:
+                 dtype: npt.DTypeLike = np.float32) -> None:
         super().__init__()
         self.in_features = _positive_int(in_features, "in_features")
         self.out_features = _positive_int(out_features, "out_features")
@@ -399,7 +406,7 @@ class BatchNorm2D(Layer):
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *,
-                 dtype: object = np.float32) -> None:
+                 dtype: npt.DTypeLike = np.float32) -> None:
         super().__init__()
         self.num_features = _positive_int(num_features, "num_features")
         if not eps > 0:
@@ -412,7 +419,7 @@ class BatchNorm2D(Layer):
         self.params = {"weight": np.ones(C, dtype), "bias": np.zeros(C, dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.buffers = {"running_mean": np.zeros(C, dtype), "running_var": np.ones(C, dtype)}
-        self._cache = None
+        self._cache: tuple[np.ndarray, np.ndarray] | None = None
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         _check_input(self, x, 4, f"(N, {self.num_features}, H, W)")

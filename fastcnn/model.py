@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from fastcnn.backend import blas_guard, resolve_backend_name
 from fastcnn.layers import (
@@ -39,12 +41,14 @@ def fuse_layers(layers: Sequence[Layer]) -> list[Layer]:
     Outputs and gradients are those of the unfused layers; the parameters are the same arrays.
     """
     out = list(layers)
-    if (len(out) >= 3 and isinstance(out[0], Conv2D) and not out[0].need_input_grad
-            and isinstance(out[1], ReLU) and isinstance(out[2], MaxPool2D)):
-        out[0:3] = [ConvReLUMaxPool2D(out[0], out[1], out[2]), Identity(), Identity()]
+    conv, relu, pool = (out + [Identity(), Identity()])[:3]
+    if (isinstance(conv, Conv2D) and not conv.need_input_grad and isinstance(relu, ReLU)
+            and isinstance(pool, MaxPool2D)):
+        out[0:3] = [ConvReLUMaxPool2D(conv, relu, pool), Identity(), Identity()]
     for i in range(len(out) - 1):
-        if isinstance(out[i], ReLU) and isinstance(out[i + 1], MaxPool2D):
-            out[i:i + 2] = [ReLUMaxPool2D(out[i], out[i + 1]), Identity()]
+        relu, pool = out[i], out[i + 1]
+        if isinstance(relu, ReLU) and isinstance(pool, MaxPool2D):
+            out[i:i + 2] = [ReLUMaxPool2D(relu, pool), Identity()]
     return out
 
 
@@ -120,18 +124,21 @@ class Sequential:
     __call__ = forward
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        """Backpropagate the loss gradient ``dy`` of the last training forward; returns the input
+        gradient, None when the first layer skips it."""
+        grad: Any = dy                  # None only after the first layer, which nothing follows
         profile = self.profile
         with blas_guard(self.backend_name):
             if profile is None:
                 for layer in reversed(self.layers):
-                    dy = layer.backward(dy)
-                return dy
+                    grad = layer.backward(grad)
+                return grad
             clock = time.perf_counter
             for i in reversed(range(len(self.layers))):
                 t0 = clock()
-                dy = self.layers[i].backward(dy)
+                grad = self.layers[i].backward(grad)
                 profile.backward_s[i] += clock() - t0
-        return dy
+        return grad
 
     def start_profile(self) -> Profile:
         """Attach a new :class:`~fastcnn.profiling.Profile`: from now on every training step adds
@@ -211,7 +218,7 @@ class Sequential:
         return f"Sequential(backend={self.backend_name!r}\n{inner}\n)"
 
 
-def mnist_cnn(*, seed: int = 0, dropout: float = 0.5, batchnorm: bool = False, dtype: object = np.float32,
+def mnist_cnn(*, seed: int = 0, dropout: float = 0.5, batchnorm: bool = False, dtype: npt.DTypeLike = np.float32,
               backend: str | None = None, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
               fuse: bool = True) -> Sequential:
     """The MNIST network: Conv 1->32 3x3 pad 1, ReLU, MaxPool 2, Conv 32->64 3x3 pad 1, ReLU,

@@ -14,7 +14,7 @@ AdamW (Loshchilov & Hutter; bias-corrected moments, decoupled weight decay):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,7 +28,7 @@ def _is_number(value: object) -> bool:
             and not isinstance(value, (bool, np.bool_)))
 
 
-def _check_positive(name: str, value: object, allow_zero: bool = False) -> float:
+def _check_positive(name: str, value: Any, allow_zero: bool = False) -> float:
     # Type first: comparing a str/None with 0 would raise a TypeError that does not name the argument.
     ok = _is_number(value) and np.isfinite(value) and (value >= 0 if allow_zero else value > 0)
     if not ok:
@@ -121,7 +121,7 @@ class AdamW(Optimizer):
         w -= update
 
     def state_dict(self) -> dict:
-        state = {"t": self.t}
+        state: dict[str, int | np.ndarray] = {"t": self.t}
         state.update({f"m/{k}": a for k, a in self.m.items()})
         state.update({f"v/{k}": a for k, a in self.v.items()})
         return state

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 AGREEMENT = {
     np.dtype(np.float64): dict(rtol=1e-10, atol=1e-12),
@@ -43,13 +44,13 @@ TRAINING = {
 }
 
 
-def agreement_tolerance(dtype: object) -> tuple[float, float]:
+def agreement_tolerance(dtype: npt.DTypeLike) -> tuple[float, float]:
     """(rtol, atol) for comparing a Numba result with the reference in ``dtype``."""
     tol = AGREEMENT[np.dtype(dtype)]
     return tol["rtol"], tol["atol"]
 
 
-def training_tolerance(dtype: object) -> float:
+def training_tolerance(dtype: npt.DTypeLike) -> float:
     """Relative tolerance for comparing the two backends' training losses in ``dtype``."""
     return TRAINING[np.dtype(dtype)]["rtol"]
 
@@ -89,7 +90,7 @@ def numerical_gradient(f: Callable[[], float], x: np.ndarray, eps: float = GRADC
     return grad
 
 
-def assert_formula_close(actual: object, expected: object, what: str = "result") -> None:
+def assert_formula_close(actual: np.ndarray | float, expected: np.ndarray | float, what: str = "result") -> None:
     """Assert a float64 result matches an independent evaluation of its formula (FORMULA)."""
     np.testing.assert_allclose(actual, expected, rtol=FORMULA["rtol"], atol=FORMULA["atol"],
                                err_msg=what)
