@@ -13,7 +13,7 @@ CONTENDED = " [contended: other programs took cores]"
 
 
 def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg     # lazy: matplotlib loads slowly
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: matplotlib loads slowly
     from matplotlib.figure import Figure
     fig = Figure(figsize=(width, height), dpi=110)
     FigureCanvasAgg(fig)

@@ -5,8 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fastcnn._cli import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, HelpFormatter, Parser, UsageError,
-                          positive_int, print_error)
+from fastcnn._cli import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    HelpFormatter,
+    Parser,
+    UsageError,
+    positive_int,
+    print_error,
+)
 from fastcnn.benchmarks.charts import plot_charts
 from fastcnn.benchmarks.measurement import MATMUL_N
 from fastcnn.benchmarks.report import format_report, write_json
@@ -64,7 +73,7 @@ def build_parser() -> Parser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    import numba                                            # lazy: --help stays fast
+    import numba  # lazy: --help stays fast
     quick = args.quick
     max_threads = numba.config.NUMBA_NUM_THREADS
     threads = args.threads if args.threads is not None else max_threads

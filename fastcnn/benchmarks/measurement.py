@@ -53,7 +53,7 @@ class CpuMeter:
     programs used more cores than the ``threads`` this measurement left spare (or, without
     /proc/stat, this process got well below ``threads`` CPU seconds per second)."""
 
-    def __enter__(self) -> CpuMeter:
+    def __enter__(self):                                   # returns self
         self.busy0, self.cpu0, self.wall0 = _machine_busy_seconds(), time.process_time(), time.perf_counter()
         return self
 

@@ -29,7 +29,7 @@ def _table(headers: list, rows: list) -> str:
     align = ["<"] + [">"] * (len(headers) - 1)
 
     def line(cells):
-        return "  ".join(f"{str(c):{a}{w}}" for c, a, w in zip(cells, align, widths)).rstrip()
+        return "  ".join(f"{c!s:{a}{w}}" for c, a, w in zip(cells, align, widths)).rstrip()
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
@@ -71,8 +71,8 @@ def _header(results: dict) -> list[str]:
     if not out and (peak["contended"] or mm["contended"]):
         out.append("WARNING: other programs took cores while the reference rates were measured: the peak may be "
                    "low and every fraction of it too high; run again on a quiet machine")
-    out += [f"fastcnn-bench on {m['cpu_model']} ({m['cpu_count']} cores, {lim['cpu']['isa']}), Python {m['python']}, "
-            f"NumPy {m['numpy']}, Numba {m['numba']} ({m['numba_threading_layer']}, {m['numba_threads']} threads)",
+    out += [(f"fastcnn-bench on {m['cpu_model']} ({m['cpu_count']} cores, {lim['cpu']['isa']}), Python {m['python']}, "
+             f"NumPy {m['numpy']}, Numba {m['numba']} ({m['numba_threading_layer']}, {m['numba_threads']} threads)"),
             f"BLAS: {blas_libs}" + (f"; PyTorch {torch['version']} ({torch['threads']} threads)" if torch else "")]
     if blas.get("message"):
         out.append(f"note: {blas['message']}")
@@ -90,8 +90,8 @@ def _header(results: dict) -> list[str]:
                 [f"memory bandwidth (triad, {bw['bytes'] / 2**20:.0f} MiB)",
                  f"{bw['gbytes_per_s']:.1f} GB/s{_mark(bw['contended'])}",
                  _fmt(bw["cpu_seconds_per_second"], ".2f"), _fmt(bw["other_load"], ".2f")]]),
-            f"(every 'of peak' and 'ideal' below is against the {peak['threads']}-thread FMA peak; "
-            f"formulations measured: {forms}; 'of matmul' is the second yardstick)"]
+            (f"(every 'of peak' and 'ideal' below is against the {peak['threads']}-thread FMA peak; "
+             f"formulations measured: {forms}; 'of matmul' is the second yardstick)")]
     return out
 
 
@@ -169,8 +169,8 @@ def format_report(results: dict) -> str:
     if results.get("training_fastcnn_over_torch"):
         out.append(f"fastcnn / torch epoch time: {results['training_fastcnn_over_torch']:.2f} "
                    "(steps alternated batch by batch)")
-    out += [f"(ideal = epoch FLOPs at the FMA peak; the first {st['warmup_batches']} batches of each run are "
-            "warm-up and not timed)", ""]
+    out += [(f"(ideal = epoch FLOPs at the FMA peak; the first {st['warmup_batches']} batches of each run are "
+             "warm-up and not timed)"), ""]
 
     ev = results["evaluation"]
     out.append(_heading(f"Evaluation ({st['eval_images']} test images in batches of {EVAL_BATCH_SIZE}, "
@@ -193,8 +193,8 @@ def format_report(results: dict) -> str:
                  f"{r['cpu_seconds_per_second']:.2f}", _fmt(r.get("other_load"), ".2f")] for r in scaling]
         out.append(_table(["threads", "per batch", "images/s", "s/epoch", "speedup", "efficiency", "CPU/wall",
                            "other load"], rows))
-    out += ["", f"(CPU/wall: CPU seconds this process got per second; other load: cores other programs used "
-            f"meanwhile; {MARK}: other programs took cores this measurement needed, so its time is pessimistic)"]
+    out += ["", (f"(CPU/wall: CPU seconds this process got per second; other load: cores other programs used "
+                 f"meanwhile; {MARK}: other programs took cores this measurement needed, so its time is pessimistic)")]
     starved = contended_sections(results)
     if starved:
         out.append(f"note: contended sections: {', '.join(starved)}; run again on a quiet machine")

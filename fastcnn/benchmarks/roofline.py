@@ -116,7 +116,7 @@ class PeakKernel:
     ignores the SLP setting) into a one-thread and an all-thread (prange over threads) function."""
 
     def __init__(self, name: str):
-        import numba                        # lazy: importing fastcnn.benchmarks must not start Numba
+        import numba  # lazy: importing fastcnn.benchmarks must not start Numba
         from numba import njit, prange
 
         make_source, self.fmas_per_pass, self.state_shape, slp = FORMULATIONS[name]

@@ -11,12 +11,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastcnn.benchmarks import roofline
-from fastcnn.benchmarks.measurement import (MATMUL_N, FastcnnRunner, check_eval, check_train_step, eval_data,
-                                            eval_logits, fastcnn_step, machine_info, measure_evaluation,
-                                            measure_matmul, measure_ops, measure_steps, measure_thread_scaling,
-                                            mnist_batches, thread_counts, train_step_result, warm_up_kernels)
-from fastcnn.benchmarks.workload import (BATCH_SIZE, BATCHES_PER_EPOCH, EVAL_BATCH_SIZE, general_cases,
-                                         network_budget, network_cases)
+from fastcnn.benchmarks.measurement import (
+    MATMUL_N,
+    FastcnnRunner,
+    check_eval,
+    check_train_step,
+    eval_data,
+    eval_logits,
+    fastcnn_step,
+    machine_info,
+    measure_evaluation,
+    measure_matmul,
+    measure_ops,
+    measure_steps,
+    measure_thread_scaling,
+    mnist_batches,
+    thread_counts,
+    train_step_result,
+    warm_up_kernels,
+)
+from fastcnn.benchmarks.workload import (
+    BATCH_SIZE,
+    BATCHES_PER_EPOCH,
+    EVAL_BATCH_SIZE,
+    at_batch,
+    general_cases,
+    network_budget,
+    network_cases,
+)
 from fastcnn.data import load_dataset
 
 SCHEMA = "fastcnn-bench/2"
@@ -130,7 +152,7 @@ def run_benchmarks(settings: Settings, log=_log) -> dict:
     cases = network_cases(BATCH_SIZE) + (general_cases() if s.general else [])
     if "numba" in s.backends:
         log("compiling the Numba kernels (not timed)")
-        results["compile_seconds"] = warm_up_kernels(network_cases(2) + (_tiny(general_cases()) if s.general else []),
+        results["compile_seconds"] = warm_up_kernels(network_cases(2) + (at_batch(general_cases(), 1) if s.general else []),
                                                      ("numba",))
 
     runners = {name: FastcnnRunner(name) for name in s.backends}
@@ -217,9 +239,3 @@ def run_benchmarks(settings: Settings, log=_log) -> dict:
     results["elapsed_seconds"] = time.perf_counter() - started
     return results
 
-
-def _tiny(cases: list) -> list:
-    """The same op cases at batch 1 (the kernels compile per dtype and code path, not per size)."""
-    from dataclasses import replace
-    return [type(c)(replace(c.shape, N=1), layer=c.layer, note=c.note, dtype=c.dtype, group=c.group)
-            for c in cases]

@@ -111,7 +111,7 @@ class TorchSide:
             loss = F.cross_entropy(logits, torch.from_numpy(np.asarray(y, np.int64)))
             loss.backward()
             opt.step()
-            return float(loss)
+            return loss.item()
         return step
 
     def train_step(self, seed: int = 0) -> Callable:
@@ -135,8 +135,9 @@ class TorchSide:
         ref_loss, _ = model.train_step(x, y, opt)
         grads = {name: g for name, _, g in model.named_parameters()}
         rtol = training_tolerance(np.float32)
-        if not abs(float(loss) - ref_loss) <= rtol * abs(ref_loss):
-            raise AssertionError(f"torch training step: loss {float(loss):.7g} != reference {ref_loss:.7g}")
+        got = loss.item()
+        if not abs(got - ref_loss) <= rtol * abs(ref_loss):
+            raise AssertionError(f"torch training step: loss {got:.7g} != reference {ref_loss:.7g}")
         for index, m in weighted:
             for key, p in (("weight", m.weight), ("bias", m.bias)):
                 assert_agree(p.grad.numpy(), grads[f"{index}.{key}"], f"torch training step: gradient of {index}.{key}")

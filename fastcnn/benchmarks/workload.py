@@ -7,7 +7,7 @@ convention); pooling, ReLU, the loss and the optimizer are memory-bound and coun
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -267,7 +267,7 @@ class OpCase:
     def torch_call(self, torch, tensors: dict):
         """A function computing the same results with PyTorch (``tensors``: the inputs as tensors),
         or None when PyTorch has no single call for this op."""
-        return None
+        return
 
     def check(self, result: tuple, expected: tuple) -> None:
         """Raise AssertionError unless ``result`` agrees with the reference's ``expected``
@@ -514,3 +514,10 @@ def general_cases(dtype=np.float32) -> list[OpCase]:
     """Forward and both backward calls of every shape in :func:`general_shapes`."""
     return [case for s in general_shapes() for case in conv_cases(s, group="general", dtype=dtype,
                                                                   note=s.describe())]
+
+
+def at_batch(cases: list[OpCase], batch: int) -> list[OpCase]:
+    """The same op cases at another batch size (the kernels compile per dtype and code path, not per
+    size: a batch of 1 or 2 warms them up)."""
+    return [type(c)(replace(c.shape, N=batch), layer=c.layer, note=c.note, dtype=c.dtype, group=c.group)
+            for c in cases]
