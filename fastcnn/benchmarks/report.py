@@ -123,7 +123,7 @@ def _op_table(results: dict, group: str, backends: list[str]) -> list[str]:
             cells += [_fmt(r.get("fastcnn_over_torch"), ".2f"), _fmt(b.get("torch", {}).get("fraction_of_peak"), ".0%")]
         rows.append(cells)
     title = ("Ops of the network (batch 128)" if group == "network"
-             else "General shapes (forward and backward of convolutions users build; Numba only)")
+             else "General shapes (forward and backward of convolutions users build; no NumPy timing)")
     out = [_heading(title, any(r.get("contended") for r in rows_in)), _table(headers, rows)]
     if group == "network":
         out.append("(~ = derived as backward-input+weight minus backward-weight; pooling moves bytes: GB/s, "
