@@ -43,16 +43,17 @@ def _backends(text: str) -> tuple:
 
 def build_parser() -> Parser:
     p = Parser(prog=PROG, formatter_class=HelpFormatter, epilog=EPILOG,
-               description="Measure fastcnn against the machine: the float32 FMA peak and numpy.matmul, then the "
-                           "NumPy reference and the Numba kernels per op (the MNIST network's shapes and a general "
-                           "shape set), per training epoch and evaluation on real MNIST, and Numba thread scaling. "
-                           "Prints tables; writes results.json and PNG charts.")
+               description="Measure fastcnn against the machine: the float32 FMA peak and numpy.matmul, then\n"
+                           "the NumPy reference and the Numba kernels per op (the MNIST network's shapes and a\n"
+                           "general shape set), per training epoch and evaluation on real MNIST, and Numba thread\n"
+                           "scaling. Prints tables; writes results.json and PNG charts.")
     p.add_argument("--out", type=Path, default=Path("bench-results"), metavar="DIR",
                    help="output folder for results.json and the charts")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="thread scaling of the Numba epoch over 1..N threads (default: all Numba threads)")
     p.add_argument("--quick", action="store_true",
-                   help="fewer batches, rounds and test images (about 1.5 minutes on 2 cores, 20 s of it compilation)")
+                   help="fewer batches, rounds and test images (about 1 minute on a quiet 2-core machine; the first "
+                        "run adds 20-40 s of compilation)")
     p.add_argument("--batches", type=positive_int, default=None, metavar="N",
                    help="timed training batches for the Numba backend and per thread count (default 60, quick 15); "
                         "the NumPy reference gets at most 20 (quick 5)")

@@ -105,6 +105,18 @@ def _add_fractions(rows: list[dict], limits: dict) -> None:
         row["fastcnn_over_torch"] = numba / torch if torch and numba else None
 
 
+def _with_rates(row: dict, flops_per_image: int, limits: dict, seconds_key: str, ideal_seconds: float) -> dict:
+    """Add GFLOP/s, the fractions of peak and of matmul, the ideal time and the ratio to it to a
+    checked training or evaluation row (``seconds_key``: its extrapolated epoch or test-set time)."""
+    row["gflops"] = flops_per_image * row["images_per_s"] / 1e9
+    row["fraction_of_peak"] = row["gflops"] / limits["peak"]["gflops"]
+    row["fraction_of_matmul"] = row["gflops"] / limits["matmul"]["gflops"]
+    row[f"ideal_{seconds_key}"] = ideal_seconds
+    row["ratio_to_ideal"] = row[seconds_key] / ideal_seconds
+    row["checked"] = True
+    return row
+
+
 def slowest_op(rows: list[dict], backend: str = "numba") -> dict | None:
     """The convolution row furthest below what its arithmetic intensity allows."""
     def shortfall(row):
@@ -187,13 +199,8 @@ def run_benchmarks(settings: Settings, log=_log) -> dict:
         own = threads if name != "numpy" else 1
         measured = measure_steps(steps, batches[:s.warmup_batches + count], s.warmup_batches, threads=own)
         for key, row in measured.items():
-            row["gflops"] = budget["train_flops_per_image"] * row["images_per_s"] / 1e9
-            row["fraction_of_peak"] = row["gflops"] / limits["peak"]["gflops"]
-            row["fraction_of_matmul"] = row["gflops"] / limits["matmul"]["gflops"]
-            row["ideal_epoch_seconds"] = results["network"]["ideal_epoch_seconds"]
-            row["ratio_to_ideal"] = row["epoch_seconds"] / row["ideal_epoch_seconds"]
-            row["checked"] = True
-            results["training"][key] = row
+            results["training"][key] = _with_rates(row, budget["train_flops_per_image"], limits, "epoch_seconds",
+                                                   results["network"]["ideal_epoch_seconds"])
     tr = results["training"]
     if {"numpy", "numba"} <= set(tr):
         results["training_speedup"] = tr["numpy"]["epoch_seconds"] / tr["numba"]["epoch_seconds"]
@@ -208,13 +215,8 @@ def run_benchmarks(settings: Settings, log=_log) -> dict:
         check_eval(name, x_test[:EVAL_BATCH_SIZE], ref_logits, s.seed)
         row = measure_evaluation(name, x_test, y_test, threads=threads if name != "numpy" else 1, seed=s.seed,
                                  repeats=s.eval_repeats)
-        row["gflops"] = budget["eval_flops_per_image"] * row["images_per_s"] / 1e9
-        row["fraction_of_peak"] = row["gflops"] / limits["peak"]["gflops"]
-        row["fraction_of_matmul"] = row["gflops"] / limits["matmul"]["gflops"]
-        row["ideal_test_set_seconds"] = results["network"]["ideal_test_set_seconds"]
-        row["ratio_to_ideal"] = row["test_set_seconds"] / row["ideal_test_set_seconds"]
-        row["checked"] = True
-        results["evaluation"][name] = row
+        results["evaluation"][name] = _with_rates(row, budget["eval_flops_per_image"], limits, "test_set_seconds",
+                                                  results["network"]["ideal_test_set_seconds"])
 
     # ---- thread scaling
     if "numba" in s.backends and s.threads >= 1:

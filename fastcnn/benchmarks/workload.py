@@ -369,18 +369,23 @@ class ConvBackwardInputWeight(ConvBackwardWeight):
                         t["dy"].sum(dim=(0, 2, 3)))
 
 
-class PoolForward(OpCase):
-    kind = "forward"
+class _PoolCase(OpCase):
+    """A max-pool pass: memory-bound, so its work is the bytes it must move (``count_bytes``)."""
     unit = "GB/s"
-    results = ("y", "argmax")
+    count_bytes = staticmethod(pool_forward_bytes)
 
     @property
     def work(self) -> int:
         s = self.shape
-        return pool_forward_bytes(s.N, s.C, s.H, s.W, s.kernel, s.stride, self.dtype.itemsize)
+        return self.count_bytes(s.N, s.C, s.H, s.W, s.kernel, s.stride, self.dtype.itemsize)
 
     def min_bytes(self) -> int:
         return self.work
+
+
+class PoolForward(_PoolCase):
+    kind = "forward"
+    results = ("y", "argmax")
 
     def make_inputs(self, seed: int = 0) -> dict:
         return {"x": _normal(np.random.default_rng(seed), self.shape.x_shape, self.dtype)}
@@ -390,18 +395,10 @@ class PoolForward(OpCase):
         return tuple(ops.maxpool2d_forward(inputs["x"], s.kernel, s.stride, relu=True))
 
 
-class PoolBackward(OpCase):
+class PoolBackward(_PoolCase):
     kind = "backward"
-    unit = "GB/s"
     results = ("dx",)
-
-    @property
-    def work(self) -> int:
-        s = self.shape
-        return pool_backward_bytes(s.N, s.C, s.H, s.W, s.kernel, s.stride, self.dtype.itemsize)
-
-    def min_bytes(self) -> int:
-        return self.work
+    count_bytes = staticmethod(pool_backward_bytes)
 
     def make_inputs(self, seed: int = 0) -> dict:
         rng = np.random.default_rng(seed)
