@@ -67,21 +67,17 @@ class TorchSide:
         nn = self.torch.nn
         modules, weighted = [], []
         for index, layer in enumerate(model.layers):
-            parts = _parts(layer)
-            fused = len(parts) > 1
-            for part in parts:
+            for part in _parts(layer):
                 if isinstance(part, Conv2D):
                     m = nn.Conv2d(part.in_channels, part.out_channels, part.kernel_size, part.stride, part.padding)
                     modules.append(m)
                     weighted.append((index, m))
-                    if fused:
-                        modules.append(nn.ReLU())
                 elif isinstance(part, Linear):
                     m = nn.Linear(part.in_features, part.out_features)
                     modules.append(m)
                     weighted.append((index, m))
                 elif isinstance(part, MaxPool2D) or "MaxPool" in type(part).__name__:
-                    if getattr(part, "relu", False) and not isinstance(modules[-1], nn.ReLU):
+                    if getattr(part, "relu", False) and not isinstance(modules[-1], nn.ReLU):   # a pool with the ReLU fused
                         modules.append(nn.ReLU())
                     modules.append(nn.MaxPool2d(part.kernel_size, part.stride))
                 elif isinstance(part, ReLU):

@@ -116,12 +116,10 @@ def pool_backward_bytes(N: int, C: int, H: int, W: int, kernel=2, stride=None, i
 # ------------------------------------------------------------------------ the network's shapes
 
 def _parts(layer) -> list:
-    """The plain layers a (possibly fused) layer computes, in order: a fused layer holding its
-    convolution and pool as ``conv`` / ``pool`` (or a list as ``layers``) is expanded."""
-    if hasattr(layer, "conv") and hasattr(layer, "pool"):
-        return [layer.conv, layer.pool]
-    inner = getattr(layer, "layers", None)
-    if isinstance(inner, (list, tuple)):
+    """The plain layers a layer computes, in order: a fused layer (one holding the layers it
+    replaces as ``parts``) is expanded, any other layer is itself."""
+    inner = getattr(layer, "parts", None)
+    if isinstance(inner, (list, tuple)) and inner:
         return [p for sub in inner for p in _parts(sub)]
     return [layer]
 
