@@ -180,6 +180,13 @@ def test_allowed_fraction_is_the_roofline():
     assert roofline.allowed_fraction(0.0, 100.0, 5.0) == 0.0
 
 
+def test_plausibility_per_cycle():
+    pc = roofline.plausibility(79.5, 256, 2445.0)
+    assert pc["two_pipe_flops_per_cycle"] == 32 and pc["flops_per_cycle"] == pytest.approx(32.5, abs=0.1)
+    assert roofline.plausibility(265.0, 512, None) == {"mhz": None, "two_pipe_flops_per_cycle": 64,
+                                                       "flops_per_cycle": None}
+
+
 def test_peak_check_warns_on_poor_scaling_and_narrow_vectors():
     peak = {"threads": 2, "scaling": 0.4, "vector_bits": 256}
     notes = roofline.peak_check(peak, 512)
@@ -260,6 +267,7 @@ def test_cli_quick_run_writes_table_json_and_charts(quick_run, capsys):
     lim = res["limits"]
     assert lim["peak"]["gflops"] > 0 and lim["peak"]["one_thread_gflops"] > 0 and lim["matmul"]["gflops"] > 0
     assert lim["peak"]["vector_bits"] in (128, 256, 512) and lim["bandwidth"]["gbytes_per_s"] > 0
+    assert lim["peak"]["per_cycle"]["two_pipe_flops_per_cycle"] == 2 * lim["peak"]["vector_bits"] // 32 * 2
     peak = lim["peak"]["gflops"]
     assert res["network"]["ideal_epoch_seconds"] == pytest.approx(res["network"]["epoch_flops"] / peak / 1e9)
     ops = {r["name"]: r for r in res["ops"]}

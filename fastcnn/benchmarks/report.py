@@ -38,7 +38,8 @@ def contended_sections(results: dict) -> list[str]:
     cores it needed (see :class:`fastcnn.benchmarks.measurement.CpuMeter`)."""
     limits = results.get("limits", {})
     out = []
-    if any(limits.get(k, {}).get("contended") for k in ("matmul", "peak", "bandwidth")):
+    if (any(limits.get(k, {}).get("contended") for k in ("matmul", "peak", "bandwidth"))
+            or limits.get("peak", {}).get("one_thread", {}).get("contended")):
         out.append("reference rates")
     if any(r.get("contended") for r in results.get("ops", []) if r.get("group") == "network"):
         out.append("network ops")
@@ -59,6 +60,14 @@ def _mark(flag: bool) -> str:
 def _heading(title: str, contended: bool) -> str:
     return title + (f"  [{MARK} contended: other programs took cores; figures marked {MARK} are pessimistic]"
                     if contended else "")
+
+
+def _per_cycle(peak: dict) -> str:
+    pc = peak.get("per_cycle") or {}
+    if not pc.get("flops_per_cycle"):
+        return ""
+    return (f" = {pc['flops_per_cycle']:.1f} FLOP/cycle at {pc['mhz']:.0f} MHz (2 FMA pipes of "
+            f"{peak['vector_bits']} bits: {pc['two_pipe_flops_per_cycle']})")
 
 
 def _header(results: dict) -> list[str]:
@@ -83,7 +92,9 @@ def _header(results: dict) -> list[str]:
                 [f"FMA peak, {peak['threads']} threads (Numba {peak['formulation']}, {peak['vector_bits']}-bit FMAs)",
                  f"{peak['gflops']:.1f} GFLOP/s{_mark(peak['contended'])}",
                  _fmt(peak["cpu_seconds_per_second"], ".2f"), _fmt(peak["other_load"], ".2f")],
-                ["FMA peak, 1 thread", f"{peak['one_thread_gflops']:.1f} GFLOP/s", "-", "-"],
+                ["FMA peak, 1 thread",
+                 f"{peak['one_thread_gflops']:.1f} GFLOP/s{_mark(peak['one_thread']['contended'])}{_per_cycle(peak)}",
+                 _fmt(peak["one_thread"]["cpu_seconds_per_second"], ".2f"), _fmt(peak["one_thread"]["other_load"], ".2f")],
                 [f"numpy.matmul {mm['n']}x{mm['n']} (best of {mm['repeats']})",
                  f"{mm['gflops']:.1f} GFLOP/s{_mark(mm['contended'])} = {mm['gflops'] / peak['gflops']:.0%} of peak",
                  _fmt(mm["cpu_seconds_per_second"], ".2f"), _fmt(mm["other_load"], ".2f")],

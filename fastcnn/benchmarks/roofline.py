@@ -54,6 +54,29 @@ def cpu_vector_bits(flags: set[str]) -> int | None:
     return 128
 
 
+def cpu_mhz() -> float | None:
+    """The clock /proc/cpuinfo reports (the nominal one under most hypervisors; turbo may be higher)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith("cpu mhz"):
+                    return float(line.split(":", 1)[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def plausibility(one_thread_gflops: float, vector_bits: int | None, mhz: float | None) -> dict:
+    """The one-thread peak per cycle at the reported clock, next to what two FMA pipes of the emitted
+    vector width give (2 pipes x lanes x 2 FLOPs): a figure far above it means the clock reading is
+    low (turbo), far below it that the kernel or the machine is not at its peak."""
+    lanes = (vector_bits or 32) // 32
+    out = {"mhz": mhz, "two_pipe_flops_per_cycle": 2 * lanes * 2, "flops_per_cycle": None}
+    if mhz:
+        out["flops_per_cycle"] = one_thread_gflops * 1e3 / mhz
+    return out
+
+
 def isa_name(bits: int | None) -> str:
     return {512: "AVX-512", 256: "AVX2/FMA", 128: "SSE"}.get(bits, "unknown")
 
@@ -213,7 +236,7 @@ def measure_fma_peak(threads: int, *, min_time: float = 0.5, repeats: int = 5) -
     forms = out["formulations"]
     best_one = max(forms, key=lambda k: forms[k]["one_thread"]["gflops"])
     best_all = max(forms, key=lambda k: forms[k]["all_threads"]["gflops"])
-    out.update(one_thread_gflops=forms[best_one]["one_thread"]["gflops"],
+    out.update(one_thread_gflops=forms[best_one]["one_thread"]["gflops"], one_thread=forms[best_one]["one_thread"],
                gflops=forms[best_all]["all_threads"]["gflops"], formulation=best_all,
                vector_bits=forms[best_all]["vector_bits"],
                cpu_seconds_per_second=forms[best_all]["all_threads"]["cpu_seconds_per_second"],

@@ -82,6 +82,7 @@ def measure_limits(s: Settings, threads: int, log=_log) -> dict:
     matmul = measure_matmul(s.matmul_n, s.matmul_repeats, min_time=s.matmul_min_time)
     log(f"FMA peak: Numba multiply-add chains on 1 and {threads} threads (compiles two small kernels)")
     peak = roofline.measure_fma_peak(threads, min_time=s.peak_min_time, repeats=3 if s.quick else 5)
+    peak["per_cycle"] = roofline.plausibility(peak["one_thread_gflops"], peak["vector_bits"], roofline.cpu_mhz())
     bandwidth = roofline.measure_bandwidth(threads, megabytes=96 if s.quick else 192)
     cpu_bits = roofline.cpu_vector_bits(roofline.cpu_flags())
     blas = roofline.blas_check(blas_info(), cpu_bits)
