@@ -1,19 +1,22 @@
 """Fixtures of the pytest-benchmark suite (``pytest bench/ --benchmark-only``).
 
 Smoke mode: ``pytest bench/ --benchmark-disable`` runs every benchmark body once, checks included,
-on fewer batches (what CI runs). Every measuring helper lives in :mod:`fastcnn.benchmark`, shared
+on fewer batches (what CI runs). Every measuring helper lives in :mod:`fastcnn.benchmarks`, shared
 with the ``fastcnn-bench`` command.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numba
 import pytest
 
+from fastcnn import reference
+from fastcnn.benchmarks import measurement as fm
+from fastcnn.benchmarks import roofline
+from fastcnn.benchmarks import workload as fw
+from fastcnn.data import load_dataset
 from fastcnn.testing import real_mnist_dir
-
-from fastcnn import benchmark as fb
-
 
 
 def pytest_configure(config):
@@ -28,30 +31,39 @@ def smoke(request):
 
 @pytest.fixture(scope="session")
 def matmul_gflops(smoke):
-    """This machine's reference rate (float32 numpy.matmul, BLAS at its normal thread count),
-    measured once per session, before any Numba kernel runs (see ``numba_ready``)."""
+    """This machine's numpy.matmul rate (float32, BLAS at its normal thread count), measured once
+    per session, before any Numba kernel runs (see ``numba_ready``): the second yardstick."""
     if smoke:
-        return fb.measure_matmul(fb.MATMUL_N, repeats=1)["gflops"]
-    return fb.measure_matmul(fb.MATMUL_N, repeats=5, min_time=1.5)["gflops"]
+        return fm.measure_matmul(fm.MATMUL_N, repeats=1)["gflops"]
+    return fm.measure_matmul(fm.MATMUL_N, repeats=5, min_time=1.5)["gflops"]
 
 
 @pytest.fixture(scope="session")
-def numba_ready(matmul_gflops):
-    """Compile every Numba kernel once, so compile time never enters a timing. Depends on
-    ``matmul_gflops`` so that the reference rate is measured before Numba's threads exist."""
-    return fb.warm_up_kernels(("numba",))
+def peak_gflops(smoke, matmul_gflops):
+    """The float32 FMA peak on all Numba threads (:func:`fastcnn.benchmarks.roofline.measure_fma_peak`):
+    every ``fraction_of_peak`` in ``extra_info`` is against it."""
+    peak = roofline.measure_fma_peak(numba.get_num_threads(), min_time=0.05 if smoke else 0.5,
+                                     repeats=1 if smoke else 5)
+    return peak["gflops"]
+
+
+@pytest.fixture(scope="session")
+def numba_ready(peak_gflops):
+    """Compile every Numba kernel once, so compile time never enters a timing. Depends on the
+    reference rates, so that they are measured before the kernels' threads exist."""
+    return fm.warm_up_kernels(fw.network_cases(2) + fw.at_batch(fw.general_cases(), 1), ("numba",))
 
 
 @pytest.fixture(scope="session")
 def op_data():
     """Per op case: (case, inputs, reference result), built once and shared by both backends."""
     cache = {}
+    cases = {c.name: c for c in fw.network_cases(fw.BATCH_SIZE) + fw.general_cases()}
 
     def get(name):
         if name not in cache:
-            case = {c.name: c for c in fb.op_cases(fb.BATCH_SIZE)}[name]
+            case = cases[name]
             inputs = case.make_inputs(seed=0)
-            from fastcnn import reference
             cache[name] = (case, inputs, case.run(reference, inputs))
         return cache[name]
 
@@ -66,32 +78,30 @@ def mnist_dir():
 
 @pytest.fixture(scope="session")
 def mnist(mnist_dir):
-    from fastcnn.data import load_dataset
     return load_dataset("mnist", data_dir=mnist_dir, download=False)
 
 
 @pytest.fixture(scope="session")
 def train_batches(mnist, smoke):
     """Real shuffled training batches of 128 (float32, normalised); 4 in smoke mode, else 48."""
-    return fb.mnist_batches(mnist, 4 if smoke else 48, seed=0)
+    return fm.mnist_batches(mnist, 4 if smoke else 48, seed=0)
 
 
 @pytest.fixture(scope="session")
 def train_reference(train_batches):
     """The NumPy reference's loss and gradients for one step on the first batch."""
-    return fb.train_step_result("numpy", train_batches[0])
+    return fm.train_step_result("numpy", train_batches[0])
 
 
 @pytest.fixture(scope="session")
 def eval_batches(mnist, smoke):
     """Test images in evaluation batches of 1000: 1 batch in smoke mode, else all 10."""
-    x, y = fb.eval_data(mnist, fb.EVAL_BATCH_SIZE if smoke else fb.TEST_IMAGES)
-    n = fb.EVAL_BATCH_SIZE
+    x, y = fm.eval_data(mnist, fw.EVAL_BATCH_SIZE if smoke else fw.TEST_IMAGES)
+    n = fw.EVAL_BATCH_SIZE
     return [(x[i:i + n], y[i:i + n]) for i in range(0, len(x), n)]
 
 
 @pytest.fixture(scope="session")
 def eval_reference(eval_batches):
     """The NumPy reference's logits on the first evaluation batch."""
-    return fb.eval_logits("numpy", eval_batches[0][0])
-
+    return fm.eval_logits("numpy", eval_batches[0][0])

@@ -1,0 +1,442 @@
+"""How fastcnn-bench and bench/ measure: timers, a CPU meter that sees other programs, the
+``numpy.matmul`` rate, machine information, and the op, training, evaluation and thread-scaling
+measurements, each checked against the NumPy reference before it is timed."""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+import fastcnn
+from fastcnn import reference
+from fastcnn.backend import blas_guard, get_backend
+from fastcnn.benchmarks.workload import BATCH_SIZE, EVAL_BATCH_SIZE, TEST_IMAGES, TRAIN_IMAGES, OpCase
+from fastcnn.data import to_float
+from fastcnn.model import mnist_cnn
+from fastcnn.optim import AdamW
+from fastcnn.testing import assert_agree
+
+MATMUL_N = 2048
+CONTENDED_OTHER_LOAD = 0.3      # cores used by other programs beyond the spare ones: contention
+CONTENDED_CPU_RATIO = 0.8       # without /proc/stat: CPU/wall below this x the threads
+
+
+# ------------------------------------------------------------------------------------ the CPU meter
+
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds all programs have used since boot (/proc/stat: user, nice, system, irq, softirq
+    and steal, the last being time the hypervisor gave to other machines); None off Linux."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = fh.readline().split()
+        ticks = [int(v) for v in fields[1:9]]
+        return (sum(ticks[:3]) + sum(ticks[5:8])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                                 # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class CpuMeter:
+    """Context manager: wall seconds, this process's CPU seconds, and the CPU seconds every other
+    program used meanwhile. ``summary(threads)`` says whether the measurement was contended: other
+    programs used more cores than the ``threads`` this measurement left spare (or, without
+    /proc/stat, this process got well below ``threads`` CPU seconds per second)."""
+
+    def __enter__(self):                                   # returns self
+        self.busy0, self.cpu0, self.wall0 = _machine_busy_seconds(), time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.wall0
+        self.cpu = time.process_time() - self.cpu0
+        busy1 = _machine_busy_seconds()
+        self.others = None if busy1 is None or self.busy0 is None else max(0.0, busy1 - self.busy0 - self.cpu)
+
+    def summary(self, threads: int) -> dict:
+        wall = max(self.wall, 1e-9)
+        cpu_ratio = self.cpu / wall
+        other = None if self.others is None else self.others / wall
+        if other is not None:
+            contended = other > max(0, usable_cpus() - threads) + CONTENDED_OTHER_LOAD
+        else:
+            contended = cpu_ratio < CONTENDED_CPU_RATIO * threads
+        return {"cpu_seconds_per_second": cpu_ratio, "other_load": other, "threads": threads,
+                "contended": bool(contended)}
+
+
+# ------------------------------------------------------------------------------------------ timers
+
+def time_calls(fn: Callable, *, min_rounds: int = 5, min_time: float = 0.2, max_rounds: int = 1000,
+               warmup: int = 1) -> list[float]:
+    """Call ``fn()`` ``warmup`` times untimed, then at least ``min_rounds`` times and until
+    ``min_time`` seconds have passed; returns the list of per-call seconds."""
+    return time_interleaved([fn], min_rounds=min_rounds, min_time=min_time, max_rounds=max_rounds,
+                            warmup=warmup)[0]
+
+
+def time_interleaved(fns: list[Callable], *, min_rounds: int = 5, min_time: float = 0.2, max_rounds: int = 1000,
+                     warmup: int = 1) -> list[list[float]]:
+    """Call several functions in turn (f0, f1, f0, f1, ...), so a change of machine load hits all
+    of them alike; returns one list of per-call seconds per function."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    start = time.perf_counter()
+    while len(times[0]) < min_rounds or (time.perf_counter() - start < min_time and len(times[0]) < max_rounds):
+        for fn, out in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return times
+
+
+# ------------------------------------------------------------------------------ reference rates
+
+def measure_matmul(n: int = MATMUL_N, repeats: int = 5, dtype=np.float32, min_time: float = 0.0) -> dict:
+    """The best of at least ``repeats`` calls (and ``min_time`` seconds) of ``numpy.matmul`` on two
+    n x n matrices, BLAS at its normal thread count. The best, not the mean: another process taking
+    a core halves a single call's rate."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    c = np.empty((n, n), dtype)
+    threads = max((lib.get("num_threads") or 1 for lib in blas_info()), default=1)
+    with CpuMeter() as meter:
+        times = time_calls(lambda: np.matmul(a, b, out=c), min_rounds=repeats, min_time=min_time, warmup=1)
+    best = min(times)
+    return {"n": n, "dtype": np.dtype(dtype).name, "repeats": len(times), "seconds": best,
+            "gflops": 2.0 * n ** 3 / best / 1e9, **meter.summary(threads)}
+
+
+def blas_info() -> list[dict]:
+    """The BLAS libraries NumPy loaded, from threadpoolctl: API, version, threads, core type."""
+    try:
+        from threadpoolctl import threadpool_info
+        return [{k: info.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer",
+                                           "architecture")}
+                for info in threadpool_info() if info.get("user_api") == "blas"]
+    except Exception:                                      # noqa: BLE001 - informational only
+        return []
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_info() -> dict:
+    """CPU model, cores, library versions, Numba threading and BLAS (for the JSON and chart titles)."""
+    import matplotlib
+    import numba
+    try:
+        layer = numba.threading_layer()
+    except ValueError:                                     # no parallel region has run yet
+        layer = f"not started ({numba.config.THREADING_LAYER})"
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):                      # pragma: no cover - not Unix
+        load = None
+    return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "usable_cpus": usable_cpus(),
+            "platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__,
+            "numba": numba.__version__, "matplotlib": matplotlib.__version__, "fastcnn": fastcnn.__version__,
+            "numba_threads": numba.get_num_threads(), "numba_max_threads": numba.config.NUMBA_NUM_THREADS,
+            "numba_threading_layer": layer, "blas": blas_info(), "load_average": load}
+
+
+def machine_label(info: dict) -> str:
+    """One line for chart titles: CPU, cores and library versions."""
+    blas = info.get("blas") or []
+    blas_txt = f" ({blas[0]['internal_api']} {blas[0]['version']})" if blas else ""
+    return (f"{info['cpu_model']}, {info['cpu_count']} cores | Python {info['python']}, "
+            f"NumPy {info['numpy']}{blas_txt}, Numba {info['numba']} ({info['numba_threading_layer']})")
+
+
+# ------------------------------------------------------------------------------------------- ops
+
+def warm_up_kernels(cases: list[OpCase], backends: tuple = ("numba",)) -> float:
+    """Compile every kernel ``cases`` use (pass them at a tiny batch: same dtypes and code paths as
+    the real shapes); returns the seconds it took."""
+    t0 = time.perf_counter()
+    for name in backends:
+        ops = get_backend(name)
+        with blas_guard(name):
+            for case in cases:
+                case.run(ops, case.make_inputs())
+    return time.perf_counter() - t0
+
+
+class FastcnnRunner:
+    """Runs op cases through one fastcnn backend (the NumPy reference or the Numba kernels)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.ops = get_backend(name)
+
+    def guard(self):
+        return blas_guard(self.name)
+
+    def call(self, case: OpCase, inputs: dict) -> Callable | None:
+        return lambda: case.run(self.ops, inputs)
+
+
+def _entry(case: OpCase, times: list[float], meter: dict) -> dict:
+    sec = min(times)
+    return {"seconds": sec, "median_seconds": float(np.median(times)), "rounds": len(times),
+            "rate": case.rate(sec), "checked": True, **meter}
+
+
+def measure_ops(cases: list[OpCase], runners: dict, *, threads: int, min_rounds: int = 5,
+                min_time: float = 0.25, seed: int = 0, interleave: tuple = ("numba", "torch")) -> list[dict]:
+    """Check, then time, every op case with every runner (name -> object with ``call(case, inputs)``
+    returning a function or None, and ``guard()``). ``seconds`` is the best time per call, the usual
+    estimate on a shared machine; the median is kept too.
+
+    Runners named in ``interleave`` are timed alternately (same load for both). A convolution's
+    backward-weight and backward-input+weight calls are timed together, and a derived
+    ``backward-input`` row (the difference of their best times) follows them: the op contract
+    computes dx only together with dw."""
+    rows = []
+    by_layer: dict[str, list[OpCase]] = {}
+    for case in cases:
+        by_layer.setdefault(case.layer, []).append(case)
+    groups = [[n for n in runners if n not in interleave]] + [[n for n in runners if n in interleave]]
+    groups = [[n] for n in groups[0]] + ([groups[1]] if groups[1] else [])
+    for layer, layer_cases in by_layer.items():
+        data = {}
+        for case in layer_cases:
+            inputs = case.make_inputs(seed)
+            data[case.name] = (inputs, case.run(reference, inputs))
+        row_of = {c.name: {"name": c.name, "layer": c.layer, "kind": c.kind, "unit": c.unit, "work": c.work,
+                           "group": c.group, "intensity": c.intensity, "note": c.note, "derived": False,
+                           "backends": {}} for c in layer_cases}
+        pair = [c for c in layer_cases if c.kind in ("backward-weight", "backward-input+weight")]
+        pair = pair if len(pair) == 2 else []
+        units = [pair] if pair else []
+        units += [[c] for c in layer_cases if c not in pair]
+        for group in groups:
+            for unit in units:
+                calls = []
+                for name in group:
+                    runner = runners[name]
+                    for case in unit:
+                        inputs, expected = data[case.name]
+                        fn = runner.call(case, inputs)
+                        if fn is None:
+                            continue
+                        with runner.guard():
+                            case.check(fn(), expected)    # a wrong kernel fails here, before any timing
+                        calls.append((name, case, fn, runner))
+                if not calls:
+                    continue
+                with contextlib.ExitStack() as guards, CpuMeter() as meter:
+                    for name in group:
+                        guards.enter_context(runners[name].guard())
+                    times = time_interleaved([fn for _, _, fn, _ in calls], min_rounds=min_rounds,
+                                             min_time=min_time * len(unit))
+                summary = meter.summary(threads)
+                for (name, case, _, _), t in zip(calls, times):
+                    row_of[case.name]["backends"][name] = _entry(case, t, summary)
+        rows += list(row_of.values())
+        if pair:
+            rows.append(_derived_row(layer, pair, row_of))
+    for row in rows:
+        b = row["backends"]
+        row["speedup"] = (b["numpy"]["seconds"] / b["numba"]["seconds"]
+                          if b.get("numpy", {}).get("seconds") and b.get("numba", {}).get("seconds") else None)
+        row["contended"] = any(e.get("contended") for e in b.values())
+    return rows
+
+
+def _derived_row(layer: str, pair: list[OpCase], row_of: dict) -> dict:
+    weight, both = pair
+    work = both.work - weight.work
+    shape = weight.shape
+    isz = weight.dtype.itemsize
+    least = (math.prod(shape.y_shape) + math.prod(shape.w_shape) + math.prod(shape.x_shape)) * isz
+    row = {"name": f"{layer} backward-input", "layer": layer, "kind": "backward-input", "unit": "GFLOP/s",
+           "work": work, "group": weight.group, "intensity": work / least, "derived": True,
+           "note": "derived: best backward-input+weight time minus best backward-weight time", "backends": {}}
+    for name, entry in row_of[both.name]["backends"].items():
+        w = row_of[weight.name]["backends"].get(name)
+        if not w:
+            continue
+        diff = entry["seconds"] - w["seconds"]
+        sec = diff if diff > 0 else None
+        row["backends"][name] = {"seconds": sec, "rounds": entry["rounds"], "checked": True,
+                                 "rate": work / sec / 1e9 if sec else None,
+                                 **{k: entry[k] for k in ("cpu_seconds_per_second", "other_load", "threads",
+                                                          "contended")}}
+    return row
+
+
+# ------------------------------------------------------------------------- training and evaluation
+
+def mnist_batches(dataset, count: int, batch_size: int = BATCH_SIZE, seed: int = 0, dtype=np.float32) -> list:
+    """``count`` real training batches (x float32 normalised, y int64) in a seeded shuffled order."""
+    order = np.random.default_rng(seed).permutation(len(dataset.x_train))
+    count = max(1, min(count, len(order) // batch_size))
+    out = []
+    for i in range(count):
+        idx = np.sort(order[i * batch_size:(i + 1) * batch_size])
+        out.append((to_float(dataset.x_train[idx], dtype), dataset.y_train[idx]))
+    return out
+
+
+def eval_data(dataset, images: int, dtype=np.float32) -> tuple:
+    """The first ``images`` test images (float32) and labels, as one pair of arrays."""
+    images = max(1, min(images, len(dataset.x_test)))
+    return to_float(dataset.x_test[:images], dtype), dataset.y_test[:images]
+
+
+def make_trainer(backend: str, seed: int = 0, dropout: float = 0.5) -> tuple:
+    """The MNIST network on ``backend`` with AdamW(lr=1e-3), as fastcnn-train builds it."""
+    model = mnist_cnn(seed=seed, backend=backend, dropout=dropout)
+    return model, AdamW(model, lr=1e-3)
+
+
+def train_step_result(backend: str, batch: tuple, seed: int = 0) -> tuple:
+    """One training step from the seeded initial weights: (loss, {param name: gradient})."""
+    model, opt = make_trainer(backend, seed)
+    loss, _ = model.train_step(batch[0], batch[1], opt)
+    return loss, {name: np.array(g, copy=True) for name, _, g in model.named_parameters()}
+
+
+def check_train_step(backend: str, batch: tuple, expected: tuple, seed: int = 0) -> None:
+    """Raise AssertionError unless one training step on ``backend`` gives the reference's loss
+    and gradients (``expected`` from :func:`train_step_result` on "numpy")."""
+    loss, grads = train_step_result(backend, batch, seed)
+    ref_loss, ref_grads = expected
+    assert_agree(np.float32(loss), np.float32(ref_loss), f"{backend} training step: loss")
+    for name, g in ref_grads.items():
+        assert_agree(grads[name], g, f"{backend} training step: gradient of {name}")
+
+
+def eval_logits(backend: str, x: np.ndarray, seed: int = 0) -> np.ndarray:
+    model, _ = make_trainer(backend, seed)
+    return model.forward(x, training=False)
+
+
+def check_eval(backend: str, x: np.ndarray, expected_logits: np.ndarray, seed: int = 0) -> None:
+    """Raise AssertionError unless the backend's evaluation logits agree with the reference's."""
+    assert_agree(eval_logits(backend, x, seed), expected_logits, f"{backend} evaluation logits")
+
+
+def measure_steps(steps: dict, batches: list, warmup: int = 2, threads: int = 1) -> dict:
+    """Time training steps (name -> function(x, y)) over real batches, the functions taking turns
+    batch by batch; the first ``warmup`` batches are untimed. An epoch is extrapolated from the rate
+    (60,000 images = 469 batches of 128, the last holding 96). Returns per name: seconds per batch
+    (mean and median), images/s, epoch seconds, and the CPU meter of the whole run."""
+    warmup = min(warmup, len(batches) - 1)
+    for x, y in batches[:warmup]:
+        for step in steps.values():
+            step(x, y)
+    times: dict = {name: [] for name in steps}
+    images = 0
+    with CpuMeter() as meter:
+        for x, y in batches[warmup:]:
+            for name, step in steps.items():
+                t = time.perf_counter()
+                step(x, y)
+                times[name].append(time.perf_counter() - t)
+            images += len(x)
+    out = {}
+    for name, t in times.items():
+        total = sum(t)
+        rate = images / total
+        out[name] = {"backend": name, "batches": len(t), "warmup_batches": warmup, "images": images,
+                     "seconds_per_batch": total / len(t), "median_seconds_per_batch": float(np.median(t)),
+                     "images_per_s": rate, "epoch_seconds": TRAIN_IMAGES / rate, **meter.summary(threads)}
+    return out
+
+
+def fastcnn_step(backend: str, seed: int = 0) -> Callable:
+    """A training-step function ``(x, y) -> None`` of the MNIST network on ``backend``."""
+    model, opt = make_trainer(backend, seed)
+    return lambda x, y: model.train_step(x, y, opt)
+
+
+def measure_evaluation(backend: str, x: np.ndarray, y: np.ndarray, *, threads: int, batch_size: int = EVAL_BATCH_SIZE,
+                       seed: int = 0, repeats: int = 3) -> dict:
+    """Time ``model.evaluate`` over (x, y) ``repeats`` times after one untimed warm-up batch and
+    keep the fastest pass (the least disturbed by other programs); extrapolate to the 10,000-image
+    test set."""
+    model, _ = make_trainer(backend, seed)
+    model.evaluate(x[:batch_size], y[:batch_size], batch_size)
+    passes = []
+    for _ in range(repeats):
+        with CpuMeter() as meter:
+            model.evaluate(x, y, batch_size)
+        passes.append((meter.wall, meter.summary(threads)))
+    seconds, summary = min(passes, key=lambda p: p[0])
+    rate = len(x) / seconds
+    return {"backend": backend, "images": len(x), "batch_size": batch_size, "seconds": seconds,
+            "passes": repeats, "pass_seconds": [p[0] for p in passes], "images_per_s": rate,
+            "test_set_seconds": TEST_IMAGES / rate, **summary}
+
+
+def thread_counts(max_threads: int) -> list[int]:
+    """1..max_threads, thinned to powers of two (plus the maximum) beyond 8."""
+    if max_threads <= 8:
+        return list(range(1, max_threads + 1))
+    counts = [1 << i for i in range(int(math.log2(max_threads)) + 1)]
+    return counts + ([max_threads] if counts[-1] != max_threads else [])
+
+
+def measure_thread_scaling(batches: list, max_threads: int, warmup: int = 2, seed: int = 0) -> list[dict]:
+    """Numba training epoch time at 1..max_threads threads (``numba.set_num_threads``)."""
+    import numba
+    before = numba.get_num_threads()
+    rows = []
+    try:
+        for t in thread_counts(max_threads):
+            numba.set_num_threads(t)
+            row = measure_steps({"numba": fastcnn_step("numba", seed)}, batches, warmup, threads=t)["numba"]
+            row["threads"] = t
+            rows.append(row)
+    finally:
+        numba.set_num_threads(before)
+    base = rows[0]["epoch_seconds"]
+    for row in rows:
+        row["speedup"] = base / row["epoch_seconds"]
+        row["efficiency"] = row["speedup"] / row["threads"]
+    return rows
+
+
+def record_rate(benchmark, work: int, unit: str = "GFLOP/s", peak_gflops: float | None = None,
+                matmul_gflops: float | None = None, /, **extra) -> float | None:
+    """For the pytest-benchmark suite: after ``benchmark`` ran, store the rate of its median round
+    (``work`` FLOPs or bytes per round) in ``benchmark.extra_info`` as ``gflops`` (with
+    ``fraction_of_peak`` and ``fraction_of_matmul``) or ``gbytes_per_s``, plus ``extra``. Returns
+    the rate, or None when benchmarking is disabled."""
+    benchmark.extra_info.update(extra)
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if stats is None or not stats.median:
+        return None
+    rate = work / stats.median / 1e9
+    if unit == "GFLOP/s":
+        benchmark.extra_info["gflops"] = round(rate, 3)
+        if peak_gflops:
+            benchmark.extra_info["fraction_of_peak"] = round(rate / peak_gflops, 4)
+        if matmul_gflops:
+            benchmark.extra_info["fraction_of_matmul"] = round(rate / matmul_gflops, 4)
+    else:
+        benchmark.extra_info["gbytes_per_s"] = round(rate, 3)
+    return rate
