@@ -10,6 +10,8 @@ import socket
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -55,7 +57,7 @@ def make_dataset(directory, arrays=None, gz=True, level=9):
 
 def tiny_spec(arrays, mirrors=(), name="tiny", algorithm="sha256"):
     """A DatasetSpec whose checksums are those of the decompressed bytes of ``arrays``."""
-    files = [FileSpec(n, hashlib.new(algorithm, idx_bytes(a)).hexdigest(), "data", algorithm)
+    files = [FileSpec(n, hashlib.new(algorithm, idx_bytes(a)).hexdigest(), algorithm)
              for n, a in zip(NAMES, arrays)]
     return DatasetSpec(name, *files, mirrors=tuple(mirrors))
 
@@ -196,7 +198,7 @@ def test_custom_labels_may_exceed_ten(tmp_path):
 
 def test_custom_needs_a_folder(tmp_path):
     make_dataset(data.default_cache_dir("custom"))  # the cache is never consulted for custom
-    with pytest.raises(DataError, match=r"custom.*needs a folder.*--data-dir DIR.*FASTCNN_DATA_DIR"):
+    with pytest.raises(DataError, match=r"custom dataset needs a folder: pass --data-dir DIR or set FASTCNN_DATA_DIR"):
         load_dataset("custom")
 
 
@@ -268,27 +270,80 @@ def test_home_cache_when_xdg_unset(tmp_path, monkeypatch):
     assert data.default_cache_dir("mnist") == tmp_path / "home" / ".cache" / "fastcnn" / "mnist"
 
 
-def test_incomplete_folder_is_skipped(tmp_path, monkeypatch):
+def test_incomplete_env_folder_is_skipped(tmp_path, monkeypatch):
     spec = DatasetSpec("tiny", *(FileSpec(n) for n in NAMES))
-    explicit, env = tmp_path / "explicit", tmp_path / "env"
-    make_dataset(explicit)
-    (explicit / NAMES[3]).unlink()
-    arrays = make_dataset(env, make_arrays(seed=5), gz=False)  # raw files count too
+    env, cache = tmp_path / "env", data.default_cache_dir("tiny")
+    make_dataset(env)
+    (env / NAMES[3]).unlink()
+    arrays = make_dataset(cache, make_arrays(seed=5), gz=False)  # raw files count too
     monkeypatch.setenv("FASTCNN_DATA_DIR", str(env))
-    assert find_data_dir(spec, explicit) == env
-    assert_loaded(load_dataset(spec, data_dir=explicit), arrays)
+    assert find_data_dir(spec) == cache
+    assert_loaded(load_dataset(spec), arrays)
 
 
-def test_missing_everywhere_without_download(tmp_path):
+# An explicit folder is binding: whatever it lacks, neither $FASTCNN_DATA_DIR nor the cache nor a
+# download stands in for it (each alternative below holds a complete, valid dataset).
+EXPLICIT_CASES = [
+    ("empty", [], r"--data-dir \S+ lacks all 4 IDX files \(train-images-idx3-ubyte.gz, ...\)"),
+    ("no_test_labels", NAMES[:3], r"--data-dir \S+ lacks t10k-labels-idx1-ubyte.gz: put the .+ files there"),
+    ("no_train_images", NAMES[1:], r"--data-dir \S+ lacks train-images-idx3-ubyte.gz: put the .+ files there"),
+]
+
+
+@pytest.mark.parametrize("dataset", ["custom", "mnist"])
+@pytest.mark.parametrize("case, keep, message", EXPLICIT_CASES, ids=[c[0] for c in EXPLICIT_CASES])
+def test_explicit_data_dir_is_binding(tmp_path, monkeypatch, server, dataset, case, keep, message):
+    root, url = server
+    arrays = make_dataset(root)
+    make_dataset(tmp_path / "env", arrays)
+    make_dataset(tmp_path / "cache", arrays)
+    monkeypatch.setenv("FASTCNN_DATA_DIR", str(tmp_path / "env"))
     explicit = tmp_path / "explicit"
-    explicit.mkdir()
+    make_dataset(explicit, arrays)
+    for name in set(NAMES) - set(keep):
+        (explicit / name).unlink()
+    with pytest.raises(DataError, match=message) as info:
+        load_dataset(dataset, data_dir=explicit, cache_dir=tmp_path / "cache", mirrors=[url], timeout=5)
+    first, *details = str(info.value).splitlines()
+    assert len(first) < 200 + len(str(explicit)) and "or pass another folder" in first
+    assert details == [f"missing: {', '.join(n for n in NAMES if n not in keep)}"]
+    assert sorted(p.name for p in explicit.iterdir()) == sorted(keep)        # nothing downloaded into it
+
+
+def test_explicit_data_dir_is_binding_for_the_test_split_too(tmp_path, monkeypatch):
+    arrays = make_dataset(tmp_path / "env")
+    monkeypatch.setenv("FASTCNN_DATA_DIR", str(tmp_path / "env"))
+    make_dataset(tmp_path / "explicit", arrays)
+    (tmp_path / "explicit" / NAMES[2]).unlink()
+    with pytest.raises(DataError, match=r"lacks t10k-images-idx3-ubyte.gz"):
+        load_dataset("custom", data_dir=tmp_path / "explicit", splits=("test",))
+    # the training split alone is complete there
+    ds = load_dataset("custom", data_dir=tmp_path / "explicit", splits=("train",))
+    assert ds.x_test is None and ds.source_dir == tmp_path / "explicit"
+
+
+def test_test_split_alone_needs_only_the_t10k_files(tmp_path):
+    arrays = make_dataset(tmp_path / "d")
+    for name in NAMES[:2]:
+        (tmp_path / "d" / name).unlink()
+    ds = load_dataset(tiny_spec(arrays), data_dir=tmp_path / "d", splits=("test",))
+    assert ds.x_train is None and ds.y_train is None
+    np.testing.assert_array_equal(ds.x_test[:, 0], arrays[2])
+    np.testing.assert_array_equal(ds.y_test, arrays[3])
+    assert ds.num_classes == int(arrays[3].max()) + 1
+
+
+def test_missing_everywhere_without_download(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FASTCNN_DATA_DIR", "env")
+    (tmp_path / "env").mkdir()
     with pytest.raises(DataError) as info:
-        load_dataset("mnist", data_dir=explicit, download=False, cache_dir=tmp_path / "cache")
-    msg = str(info.value)
-    assert "download disabled" in msg
-    assert f"{explicit} (data_dir argument): missing {NAMES[0]}" in msg
-    assert f"{tmp_path / 'cache'} (cache): no such directory" in msg
-    assert "--data-dir DIR" in msg and "FASTCNN_DATA_DIR" in msg
+        load_dataset("mnist", download=False, cache_dir="cache")
+    first, *details = str(info.value).splitlines()
+    assert first == ("MNIST not found (download disabled): pass --data-dir DIR or set FASTCNN_DATA_DIR "
+                     "(looked in: env, cache)")
+    assert f"  env (FASTCNN_DATA_DIR): missing {NAMES[0]}, {NAMES[1]}, {NAMES[2]}, {NAMES[3]}" in details
+    assert "  cache (cache): no such directory" in details
     assert not (tmp_path / "cache").exists()
 
 
@@ -322,32 +377,40 @@ def test_data_digest_accepts_any_gzip_wrapper_and_raw(tmp_path):
         assert_loaded(load_dataset(spec, data_dir=tmp_path / d), arrays)
 
 
-def test_gz_digest_checks_the_gzipped_bytes(tmp_path):
-    arrays = make_dataset(tmp_path / "d", level=9)
-    files = [FileSpec(n, hashlib.md5((tmp_path / "d" / n).read_bytes()).hexdigest(), "gz", "md5") for n in NAMES]
-    spec = DatasetSpec("tiny", *files)
-    assert_loaded(load_dataset(spec, data_dir=tmp_path / "d"), arrays)
-    make_dataset(tmp_path / "d", arrays, level=1)  # same data, different gzip bytes: rejected
-    with pytest.raises(DataError, match=r"checksum mismatch: expected md5 \w+ of the gzipped file"):
+@pytest.mark.parametrize("container", ["gz-level-1", "gz-two-members", "raw"])
+def test_any_container_of_wrong_content_is_refused(tmp_path, container):
+    # A raw or re-gzipped copy is verified like the original: the digest is of the decompressed bytes.
+    arrays = make_arrays()
+    spec = tiny_spec(arrays)
+    bad = arrays[2].copy()
+    bad[0, 0, 0] ^= 1
+    path = tmp_path / "d" / (NAMES[2] if container != "raw" else NAMES[2][:-3])
+    make_dataset(tmp_path / "d", arrays, gz=container != "raw")
+    payload = idx_bytes(bad)
+    if container == "gz-level-1":
+        payload = gzip.compress(payload, compresslevel=1)
+    elif container == "gz-two-members":
+        payload = gzip.compress(payload[:10]) + gzip.compress(payload[10:])
+    path.write_bytes(payload)
+    with pytest.raises(DataError, match=re.escape(str(path)) + r": checksum mismatch: expected sha256 "
+                                        + spec.test_images.digest + " of the decompressed data"):
         load_dataset(spec, data_dir=tmp_path / "d")
-    make_dataset(tmp_path / "raw", arrays, gz=False)  # decompressed copy: cannot be checked, accepted
-    assert_loaded(load_dataset(spec, data_dir=tmp_path / "raw"), arrays)
 
 
 def test_filespec_validates():
-    with pytest.raises(ValueError, match="digest_of"):
-        FileSpec("x.gz", "0" * 32, "zip")
     with pytest.raises(ValueError):
-        FileSpec("x.gz", "0" * 32, "data", "nosuchhash")
+        FileSpec("x.gz", "0" * 32, "nosuchhash")
 
 
 def test_registry():
     assert DATASETS == {"mnist": MNIST, "fashion-mnist": FASHION_MNIST}
     assert [f.name for f in FASHION_MNIST.files] == NAMES
     assert MNIST.mirrors[0] == "https://ossci-datasets.s3.amazonaws.com/mnist/" and len(MNIST.mirrors) == 3
-    assert all(f.digest_of == "data" and len(f.digest) == 64 for f in MNIST.files)
-    assert all(f.digest_of == "gz" and f.algorithm == "md5" for f in FASHION_MNIST.files)
-    assert FASHION_MNIST.train_images.digest == "8d4fb7e6c68d591d4c3dfef9ec88bf0d"
+    for spec in (MNIST, FASHION_MNIST):             # every digest is a SHA-256 of decompressed bytes
+        assert all(f.algorithm == "sha256" and re.fullmatch(r"[0-9a-f]{64}", f.digest) for f in spec.files)
+    assert FASHION_MNIST.train_images.digest.startswith("c59f468a")
+    assert (MNIST.title, FASHION_MNIST.title) == ("MNIST", "Fashion-MNIST")
+    assert MNIST.classes is None and FASHION_MNIST.classes[9] == "Ankle boot"
     with pytest.raises(AttributeError):
         MNIST.name = "x"  # frozen
 
@@ -373,7 +436,7 @@ def test_download_checksum_mismatch_leaves_nothing(server, tmp_path):
     make_dataset(root)                            # the server holds the real files
     spec = tiny_spec(make_arrays(seed=1), [url])  # checksums of different content
     cache = tmp_path / "cache"
-    with pytest.raises(DataError, match=r"download failed:\n.*checksum mismatch") as info:
+    with pytest.raises(DataError, match=r"download failed(?s:.*)checksum mismatch") as info:
         load_dataset(spec, cache_dir=cache, timeout=5)
     assert url + NAMES[0] in str(info.value)
     assert list(cache.iterdir()) == []  # no file, no temp file
@@ -383,7 +446,7 @@ def test_download_keeps_verified_files_only(server, tmp_path):
     root, url = server
     arrays = make_dataset(root)
     spec = tiny_spec(arrays, [url])
-    bad = FileSpec(NAMES[2], "0" * 64, "data", "sha256")
+    bad = FileSpec(NAMES[2], "0" * 64)
     spec = DatasetSpec("tiny", spec.train_images, spec.train_labels, bad, spec.test_labels, mirrors=(url,))
     cache = tmp_path / "cache"
     with pytest.raises(DataError, match=re.escape(NAMES[2]) + r": .*checksum mismatch"):
@@ -392,19 +455,38 @@ def test_download_keeps_verified_files_only(server, tmp_path):
 
 
 def test_server_down(tmp_path, monkeypatch, dead_url):
-    explicit, env, cache = tmp_path / "explicit", tmp_path / "env", tmp_path / "cache"
-    make_dataset(explicit)
-    (explicit / NAMES[1]).unlink()
+    monkeypatch.chdir(tmp_path)
+    env, cache = Path("env"), Path("cache")
+    make_dataset(env)
+    (env / NAMES[1]).unlink()
     monkeypatch.setenv("FASTCNN_DATA_DIR", str(env))
     with pytest.raises(DataError) as info:
-        load_dataset("mnist", data_dir=explicit, cache_dir=cache, mirrors=[dead_url], timeout=5)
-    msg = str(info.value)
-    assert "download failed" in msg and dead_url + NAMES[0] in msg and "refused" in msg.lower()
-    assert f"{explicit} (data_dir argument): missing {NAMES[1]}" in msg
-    assert f"{env} (FASTCNN_DATA_DIR): no such directory" in msg
-    assert f"{cache} (cache): missing" in msg
-    assert "--data-dir DIR" in msg and "FASTCNN_DATA_DIR=DIR" in msg
+        load_dataset("mnist", cache_dir=cache, mirrors=[dead_url], timeout=5)
+    first, *details = str(info.value).splitlines()
+    assert first == (f"MNIST not found and no network: pass --data-dir DIR or set FASTCNN_DATA_DIR "
+                     f"(looked in: {env}, {cache})")
+    assert f"  {env} (FASTCNN_DATA_DIR): missing {NAMES[1]}" in details
+    assert any(line.startswith(f"  {cache} (cache): missing") for line in details)
+    assert any(dead_url + NAMES[0] in line and "refused" in line.lower() for line in details)
     assert list(cache.iterdir()) == []
+
+
+def test_no_data_error_first_line_stays_short(tmp_path, monkeypatch, dead_url):
+    deep = tmp_path.joinpath(*["a-rather-long-folder-name"] * 8)
+    monkeypatch.setenv("FASTCNN_DATA_DIR", str(deep))
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", cache_dir=deep / "cache", mirrors=[dead_url], timeout=5)
+    first, *details = str(info.value).splitlines()
+    assert len(first) <= 200
+    assert first.startswith("MNIST not found and no network: pass --data-dir DIR or set FASTCNN_DATA_DIR")
+    assert any(str(deep) in line for line in details)
+
+
+def test_download_error_that_is_not_the_network(server, tmp_path):
+    _, url = server
+    with pytest.raises(DataError) as info:
+        load_dataset(tiny_spec(make_arrays(), [url + "a/"]), cache_dir=tmp_path / "c", timeout=5)
+    assert str(info.value).startswith("tiny not found and its download failed: pass --data-dir DIR")
 
 
 def test_mirror_fallback(server, tmp_path):
@@ -416,7 +498,7 @@ def test_mirror_fallback(server, tmp_path):
 
 def test_all_mirrors_404(server, tmp_path):
     _, url = server
-    with pytest.raises(DataError, match=re.escape(url) + r"a/train-images-idx3-ubyte.gz: HTTP Error 404.*"
+    with pytest.raises(DataError, match=r"(?s)" + re.escape(url) + r"a/train-images-idx3-ubyte.gz: HTTP Error 404.*"
                                         + re.escape(url) + r"b/train-images-idx3-ubyte.gz: HTTP Error 404"):
         load_dataset(tiny_spec(make_arrays(), [url + "a/", url + "b/"]), cache_dir=tmp_path / "c", timeout=5)
 
