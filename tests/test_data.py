@@ -7,17 +7,30 @@ import gzip
 import hashlib
 import re
 import socket
+import subprocess
+import sys
 import threading
+import warnings
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import subprocess_env
 
 from fastcnn import data
-from fastcnn.data import (DATASETS, FASHION_MNIST, MNIST, DataError, DatasetSpec, FileSpec, find_data_dir,
-                          load_dataset, read_idx, to_float)
+from fastcnn.data import (
+    DATASETS,
+    FASHION_MNIST,
+    MNIST,
+    DataError,
+    DatasetSpec,
+    FileSpec,
+    find_data_dir,
+    load_dataset,
+    read_idx,
+    to_float,
+)
 
 NAMES = [f.name for f in MNIST.files]
 
@@ -541,3 +554,139 @@ def test_explicit_data_dir_that_does_not_exist_is_an_error_not_skipped(tmp_path,
     monkeypatch.setenv("FASTCNN_DATA_DIR", str(good))
     with pytest.raises(DataError, match="no such directory"):
         load_dataset("custom", data_dir=tmp_path / "typo", download=False)
+
+
+# ------------------------------------------------------------------------ bounded, streamed reading
+
+def gzip_bomb(path, dims, zeros):
+    """A gzip file: the IDX header declaring ``dims``, then ``zeros`` zero bytes (rounded up to whole
+    64 MiB members, each compressed once and repeated: a few MB on disk for gigabytes of data)."""
+    unit = 64 << 20
+    member = gzip.compress(b"\0" * unit, compresslevel=9, mtime=0)
+    head = b"\x00\x00\x08" + bytes([len(dims)]) + b"".join(int(d).to_bytes(4, "big") for d in dims)
+    with open(path, "wb") as f:
+        f.write(gzip.compress(head, mtime=0))
+        f.writelines(member for _ in range(-(-zeros // unit)))
+    return path
+
+
+# (declared dims, zero bytes that follow, message): each file is ~4 MB of gzip holding 4 GiB.
+BOMBS = [
+    ((10**9, 28, 28), 4 << 30, (r"refused: header says 1000000000x28x28 = 784000000000 bytes of data, more "
+                                r"than a \d+-byte gzip file can hold \(damaged or forged file\)")),
+    ((4_000_000, 28, 28), 4 << 30, (r"refused: header says 4000000x28x28 = 3136000000 bytes of data, more "
+                                    r"than the 1073741824 bytes fastcnn reads from one file")),
+    ((60_000, 28, 28), 4 << 30, (r"trailing bytes: header says 60000x28x28 = 47040000 bytes of data, found "
+                                 r"\d+\+ \(at least \d+ extra\)")),
+]
+
+_PEAK_RSS = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))   # a runaway allocation fails, not the machine
+from fastcnn.data import DataError, read_idx
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    read_idx(sys.argv[1])
+except DataError as exc:
+    print(exc)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)   # peak growth, MiB
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units and RLIMIT_AS as on Linux")
+@pytest.mark.parametrize("dims, zeros, message", BOMBS, ids=["1e9-images", "over-the-maximum", "trailing"])
+def test_gzip_bomb_is_refused_in_bounded_memory(tmp_path, dims, zeros, message):
+    path = gzip_bomb(tmp_path / "train-images-idx3-ubyte.gz", dims, zeros)
+    assert path.stat().st_size < 8 << 20
+    env = subprocess_env()
+    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(path)], check=False, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    error, growth_mib = proc.stdout.splitlines()
+    assert re.fullmatch(re.escape(str(path)) + ": " + message, error), error
+    # Reading may hold the buffer the header declares when it is plausible (47 MB here) and a few
+    # chunks; the 4 GiB behind it are never held.
+    declared = int(np.prod(dims))
+    limit_mib = 16 + (declared >> 20 if declared <= data.MAX_IDX_BYTES else 0)
+    assert int(growth_mib) < limit_mib, (growth_mib, error)
+
+
+def test_raw_file_declaring_more_than_it_holds_is_truncated_not_allocated(tmp_path, monkeypatch):
+    path = tmp_path / "labels-idx1-ubyte"
+    path.write_bytes(b"\x00\x00\x08\x01" + (10**9).to_bytes(4, "big") + bytes(10))
+    allocations = []
+    real_empty = np.empty
+    monkeypatch.setattr(data.np, "empty", lambda n, *a, **k: allocations.append(n) or real_empty(n, *a, **k))
+    with pytest.raises(DataError, match=r"truncated: header says 1000000000 = 1000000000 bytes of data, found 10"):
+        read_idx(path)
+    assert allocations == []
+
+
+def test_multi_member_gzip_reads_whole(tmp_path):
+    arr = np.arange(3000, dtype=np.int64).reshape(30, 10, 10).astype(np.uint8)
+    payload = idx_bytes(arr)
+    path = tmp_path / "x.gz"
+    path.write_bytes(b"".join(gzip.compress(payload[i:i + 777]) for i in range(0, len(payload), 777)))
+    np.testing.assert_array_equal(read_idx(path), arr)
+
+
+# ----------------------------------------------------------------- what a dataset's files must hold
+
+def one_class(arrays):
+    xi, yi, xt, yt = arrays
+    return xi, np.full_like(yi, 3), xt, yt
+
+
+# (what to change in the four arrays, error pattern): each split checked on its own.
+SPLIT_CASES = [
+    ("train_count", lambda a: (a[0], a[1][:-1], a[2], a[3]),
+     r"{d}/train-images-idx3-ubyte.gz, {d}/train-labels-idx1-ubyte.gz: count mismatch: 6 images but 5 labels"),
+    ("test_count", lambda a: (a[0], a[1], a[2], a[3][:-1]),
+     r"{d}/t10k-images-idx3-ubyte.gz, {d}/t10k-labels-idx1-ubyte.gz: count mismatch: 4 images but 3 labels"),
+    ("test_count_more_labels", lambda a: (a[0], a[1], a[2][:-2], a[3]), r"count mismatch: 2 images but 4 labels"),
+    ("train_0x0", lambda a: (np.zeros((6, 0, 0), np.uint8), *a[1:]),
+     r"{d}/train-images-idx3-ubyte.gz: images are 0x0 pixels: an image needs at least 1x1"),
+    ("test_0x0", lambda a: (*a[:2], np.zeros((4, 0, 0), np.uint8), a[3]),
+     r"{d}/t10k-images-idx3-ubyte.gz: images are 0x0 pixels: an image needs at least 1x1"),
+    ("test_5x0", lambda a: (*a[:2], np.zeros((4, 5, 0), np.uint8), a[3]), r"images are 5x0 pixels"),
+    ("train_empty", lambda a: (np.zeros((0, 4, 5), np.uint8), np.zeros(0, np.uint8), *a[2:]),
+     r"{d}/train-images-idx3-ubyte.gz: holds no images \(the train split is empty\)"),
+    ("test_empty", lambda a: (*a[:2], np.zeros((0, 4, 5), np.uint8), np.zeros(0, np.uint8)),
+     r"{d}/t10k-images-idx3-ubyte.gz: holds no images \(the test split is empty\)"),
+    ("test_labels_2d", lambda a: (*a[:3], a[3].reshape(2, 2)), r"{d}/t10k-labels-idx1-ubyte.gz: expected 1-D labels"),
+]
+
+
+@pytest.mark.parametrize("case, change, message", SPLIT_CASES, ids=[c[0] for c in SPLIT_CASES])
+def test_each_split_is_checked(tmp_path, case, change, message):
+    make_dataset(tmp_path / "d", change(make_arrays()))
+    pattern = message.replace("{d}", re.escape(str(tmp_path / "d")))
+    with pytest.raises(DataError, match=pattern):
+        load_dataset("custom", data_dir=tmp_path / "d")
+    split = "test" if case.startswith("test") else "train"
+    with pytest.raises(DataError, match=pattern):          # the split loaded alone is checked too
+        load_dataset("custom", data_dir=tmp_path / "d", splits=(split,))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_single_class_label_file_warns(tmp_path, split):
+    xi, yi, xt, yt = make_arrays()
+    if split == "train":
+        yi = np.full_like(yi, 3)
+    else:
+        yt = np.full_like(yt, 3)
+    make_dataset(tmp_path / "d", (xi, yi, xt, yt))
+    name = NAMES[1] if split == "train" else NAMES[3]
+    pattern = re.escape(str(tmp_path / "d" / name)) + rf": all \d+ {split} labels are 3: a single class"
+    with pytest.warns(data.DataWarning, match=pattern):
+        ds = load_dataset("custom", data_dir=tmp_path / "d")
+    assert ds.num_classes == max(int(yi.max()), int(yt.max())) + 1
+
+
+def test_two_classes_do_not_warn(tmp_path):
+    xi, yi, xt, yt = make_arrays()
+    make_dataset(tmp_path / "d", (xi, yi % 2, xt, yt % 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset("custom", data_dir=tmp_path / "d")
