@@ -4,8 +4,18 @@ from __future__ import annotations
 import numpy as np
 
 from fastcnn.backend import blas_guard, resolve_backend_name
-from fastcnn.layers import (BatchNorm2D, Conv2D, Dropout, Flatten, Layer, Linear, MaxPool2D, ReLU,
-                            _BackendLayer, _float_dtype)
+from fastcnn.layers import (
+    BatchNorm2D,
+    Conv2D,
+    Dropout,
+    Flatten,
+    Layer,
+    Linear,
+    MaxPool2D,
+    ReLU,
+    _BackendLayer,
+    _float_dtype,
+)
 from fastcnn.losses import softmax_cross_entropy
 
 
@@ -128,6 +138,9 @@ def mnist_cnn(*, seed=0, dropout=0.5, batchnorm=False, dtype=np.float32, backend
 
     All randomness comes from ``seed``: one stream initialises the weights, another drives dropout.
     """
+    if not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool) or image_size < 4:
+        raise ValueError(f"images of {image_size}x{image_size} pixels are too small for this network: its two "
+                         "2x2 max-poolings need at least 4x4 pixels (MNIST's are 28x28)")
     dtype = _float_dtype(dtype)
     init_seq, dropout_seq = np.random.SeedSequence(seed).spawn(2)
     init_rng = np.random.default_rng(init_seq)

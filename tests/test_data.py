@@ -690,3 +690,40 @@ def test_two_classes_do_not_warn(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_dataset("custom", data_dir=tmp_path / "d")
+
+
+# ------------------------------------------------------- data the command line refuses, in one line
+
+def _custom(folder, hw, n_train=8, n_test=4):
+    rng = np.random.default_rng(0)
+    arrays = (rng.integers(0, 256, (n_train, *hw), dtype=np.uint8), np.arange(n_train, dtype=np.uint8) % 10,
+              rng.integers(0, 256, (n_test, *hw), dtype=np.uint8), np.arange(n_test, dtype=np.uint8) % 10)
+    make_dataset(folder, arrays, gz=False)
+    return folder
+
+
+# (image height x width, the one error line's pattern)
+TRAIN_CLI_CASES = [
+    ((0, 0), r"fastcnn-train: error: \S+/train-images-idx3-ubyte: images are 0x0 pixels: an image needs at least 1x1"),
+    ((3, 3), (r"fastcnn-train: error: images of 3x3 pixels are too small for this network: its two 2x2 "
+              r"max-poolings need at least 4x4 pixels \(MNIST's are 28x28\)")),
+]
+
+
+@pytest.mark.parametrize("hw, line", TRAIN_CLI_CASES, ids=["0x0", "3x3"])
+def test_train_refuses_images_the_network_cannot_take(tmp_path, capsys, hw, line):
+    from fastcnn.cli import train_main
+    folder = _custom(tmp_path / "d", hw)
+    code = train_main(["--dataset", "custom", "--data-dir", str(folder), "--epochs", "1", "--batch-size", "4",
+                       "--backend", "numpy", "--plots-dir", str(tmp_path / "plots"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert len(err.splitlines()) == 1 and re.fullmatch(line, err.strip()), err
+
+
+def test_four_pixel_images_are_enough(tmp_path, capsys):
+    from fastcnn.cli import train_main
+    folder = _custom(tmp_path / "d", (4, 4))
+    code = train_main(["--dataset", "custom", "--data-dir", str(folder), "--epochs", "1", "--batch-size", "4",
+                       "--backend", "numpy", "--plots-dir", str(tmp_path / "plots"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
