@@ -3,6 +3,7 @@ as a clear NumPy reference (:mod:`fastcnn.reference`) and as Numba-JIT parallel 
 (:mod:`fastcnn.kernels`) that must agree with it and beat it."""
 from fastcnn._memory import tune_malloc
 from fastcnn.backend import get_backend
+from fastcnn.data import DataError, load_dataset, load_mnist, to_float
 from fastcnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, Layer, Linear, MaxPool2D,
                             ReLU)
 from fastcnn.losses import softmax_cross_entropy
@@ -14,4 +15,5 @@ __version__ = "0.1.0"
 tune_malloc()
 
 __all__ = ["get_backend", "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "ReLU", "Flatten", "Dropout",
-           "Linear", "BatchNorm2D", "softmax_cross_entropy", "Sequential", "mnist_cnn", "SGD", "AdamW"]
+           "Linear", "BatchNorm2D", "softmax_cross_entropy", "Sequential", "mnist_cnn", "SGD", "AdamW",
+           "load_dataset", "load_mnist", "to_float", "DataError"]

@@ -727,3 +727,19 @@ def test_four_pixel_images_are_enough(tmp_path, capsys):
     code = train_main(["--dataset", "custom", "--data-dir", str(folder), "--epochs", "1", "--batch-size", "4",
                        "--backend", "numpy", "--plots-dir", str(tmp_path / "plots"), "--quiet"])
     assert code == 0, capsys.readouterr().err
+
+
+def test_package_exports_the_loader(tmp_path):
+    import fastcnn
+    assert fastcnn.load_dataset is load_dataset and fastcnn.to_float is to_float
+    assert fastcnn.DataError is DataError
+    arrays = make_dataset(tmp_path / "d", tiny_arrays := make_arrays())
+    assert arrays is tiny_arrays
+    spec = tiny_spec(arrays)
+    assert_loaded(fastcnn.load_dataset(spec, tmp_path / "d"), arrays)
+
+
+def test_load_mnist(mnist_dir):
+    import fastcnn
+    ds = fastcnn.load_mnist(mnist_dir, splits=("test",))
+    assert ds.name == "mnist" and ds.x_train is None and ds.x_test.shape == (10000, 1, 28, 28)
