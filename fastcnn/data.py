@@ -345,11 +345,13 @@ def find_data_dir(dataset="mnist", data_dir=None, cache_dir=None, splits=("train
 
 # ----------------------------------------------------------------------------- verify and download
 
-def _check_digest(fspec, path, actual, hint=" (delete the file to download it again)"):
-    """Raise DataError if the decompressed bytes' digest ``actual`` differs from ``fspec``'s."""
+def _check_digest(fspec, path, actual, fix):
+    """Raise DataError if the decompressed bytes' digest ``actual`` differs from ``fspec``'s: the first
+    line short, with ``fix``; the full digests on the next."""
     if fspec.digest is not None and actual != fspec.digest.lower():
-        raise DataError(f"{path}: checksum mismatch: expected {fspec.algorithm} {fspec.digest} of the "
-                        f"decompressed data, got {actual}{hint}")
+        raise DataError(f"{path}: checksum mismatch ({fix}): {fspec.algorithm} {actual[:12]}..., expected "
+                        f"{fspec.digest[:12]}...\nexpected {fspec.algorithm} {fspec.digest} of the decompressed "
+                        f"data, got {actual}")
 
 
 def _download(url, dest, fspec, timeout):
@@ -371,7 +373,7 @@ def _download(url, dest, fspec, timeout):
             _, digest = _load_idx(tmp, fspec.algorithm if fspec.digest else None)
         except DataError as exc:                       # name the URL, not the temporary file
             raise DataError(str(exc).replace(tmp, url, 1)) from None
-        _check_digest(fspec, url, digest, hint="")
+        _check_digest(fspec, url, digest, "the mirror serves other data")
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
     except BaseException:
@@ -490,13 +492,17 @@ def load_dataset(name="mnist", data_dir=None, download=True, verify=True, timeou
                 raise _not_found(spec, files, dirs, "not found and no network" if network
                                  else "not found and its download failed", failures)
             source = dirs[-1][0]
+    in_cache = dirs[-1][1] == "cache" and source == dirs[-1][0] if data_dir is None else False
+    fix = ("delete it to download it again" if in_cache else
+           f"not {spec.title}'s file; for other data use --dataset custom" if spec in DATASETS.values() else
+           f"not {spec.title}'s file")
     source = source.absolute()
     loaded = {}
     for fspec in files:
         path = _locate(source, fspec.name)
         arr, digest = _load_idx(path, fspec.algorithm if verify and fspec.digest else None)
         if digest is not None:
-            _check_digest(fspec, path, digest)
+            _check_digest(fspec, path, digest, fix)
         loaded[fspec.name] = (path, arr)
     result = {}
     for split, (fi, fl) in (("train", spec.files[:2]), ("test", spec.files[2:])):

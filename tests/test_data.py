@@ -372,8 +372,9 @@ def test_checksum_mismatch_on_disk(tmp_path):
     write_idx(tmp_path / "d" / NAMES[0], xi)
     expected = spec.train_images.digest
     actual = hashlib.sha256(idx_bytes(xi)).hexdigest()
-    pattern = (re.escape(str(tmp_path / "d" / NAMES[0])) + f": checksum mismatch: expected sha256 {expected} "
-               f"of the decompressed data, got {actual}")
+    pattern = (re.escape(str(tmp_path / "d" / NAMES[0])) + rf": checksum mismatch \(not tiny's file\): sha256 "
+               rf"{actual[:12]}\.\.\., expected {expected[:12]}\.\.\.\nexpected sha256 {expected} of the "
+               f"decompressed data, got {actual}")
     with pytest.raises(DataError, match=pattern):
         load_dataset(spec, data_dir=tmp_path / "d")
     assert_loaded(load_dataset(spec, data_dir=tmp_path / "d", verify=False), (xi, *rest))
@@ -405,8 +406,8 @@ def test_any_container_of_wrong_content_is_refused(tmp_path, container):
     elif container == "gz-two-members":
         payload = gzip.compress(payload[:10]) + gzip.compress(payload[10:])
     path.write_bytes(payload)
-    with pytest.raises(DataError, match=re.escape(str(path)) + r": checksum mismatch: expected sha256 "
-                                        + spec.test_images.digest + " of the decompressed data"):
+    with pytest.raises(DataError, match=re.escape(str(path)) + r": checksum mismatch \(not tiny's file\): sha256 "
+                                        r"\w{12}\.\.\., expected " + spec.test_images.digest[:12]):
         load_dataset(spec, data_dir=tmp_path / "d")
 
 
@@ -743,3 +744,20 @@ def test_load_mnist(mnist_dir):
     import fastcnn
     ds = fastcnn.load_mnist(mnist_dir, splits=("test",))
     assert ds.name == "mnist" and ds.x_train is None and ds.x_test.shape == (10000, 1, 28, 28)
+
+
+@pytest.mark.parametrize("where", ["data_dir", "env", "cache"])
+def test_checksum_error_says_what_to_do_where_the_file_is(tmp_path, monkeypatch, where):
+    # The real MNIST registry entry: a folder of other data is refused with a fix fitting its place.
+    folder = {"data_dir": tmp_path / "d", "env": tmp_path / "env", "cache": tmp_path / "cache"}[where]
+    make_dataset(folder)
+    if where == "env":
+        monkeypatch.setenv("FASTCNN_DATA_DIR", str(folder))
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", data_dir=folder if where == "data_dir" else None, cache_dir=tmp_path / "cache",
+                     download=False)
+    first = str(info.value).splitlines()[0]
+    fix = ("delete it to download it again" if where == "cache"
+           else "not MNIST's file; for other data use --dataset custom")
+    assert first.startswith(f"{folder / NAMES[0]}: checksum mismatch ({fix}): sha256 "), first
+    assert len(first) < 150 + len(str(folder / NAMES[0]))
