@@ -397,7 +397,7 @@ def _validate_header(header, arrays, fail) -> None:
         raise bad(f"model setting batchnorm={kwargs['batchnorm']!r:.40} is not true or false")
     if "dtype" in kwargs and kwargs["dtype"] not in _FLOAT_DTYPES:
         raise bad(f"model setting dtype={kwargs['dtype']!r:.40} is not one of {', '.join(_FLOAT_DTYPES)}")
-
+    _check_network_size(kwargs, arrays, bad, image_size=4)       # 4: the smallest, if unrecorded
     opt = header.get("optimizer")
     if opt is not None and not (isinstance(opt, dict) and isinstance(opt.get("name"), str)
                                 and isinstance(opt.get("hparams"), dict) and _is_int(opt.get("t"), 0)):
@@ -424,6 +424,19 @@ def _validate_header(header, arrays, fail) -> None:
         if list(a.shape) != info["shape"] or a.dtype.name != info["dtype"]:
             raise fail(f"damaged: parameter {name} is {a.dtype}{list(a.shape)}, the header says "
                        f"{info['dtype']}{info['shape']}")
+
+
+def _check_network_size(kwargs, arrays, bad, image_size=28):
+    """Bound the network before anything builds it: mnist_cnn's classifier alone holds
+    64 * (image_size // 4)^2 * num_classes weights and its first convolution 32 * in_channels * 9, and a
+    genuine file stores them all. ``image_size``: the value assumed when ``kwargs`` has none."""
+    stored = sum(a.size for name, a in arrays.items() if name.startswith("param/"))
+    side = kwargs.get("image_size", image_size) // 4
+    needed = 64 * side * side * kwargs.get("num_classes", 10) + 32 * kwargs.get("in_channels", 1) * 9
+    if needed > stored:
+        settings = ", ".join(f"{k}={kwargs[k]}" for k in ("in_channels", "image_size", "num_classes") if k in kwargs)
+        raise bad(f"its model settings ({settings}) describe a network of at least {needed} weights, the file "
+                  f"stores {stored}")
 
 
 def load_checkpoint(path) -> Checkpoint:
@@ -621,15 +634,8 @@ def build_model(checkpoint, backend=None):
     kwargs = dict(ckpt.model_kwargs)
     kwargs.pop("backend", None)
     kwargs.setdefault("dtype", ckpt.header["dtype"])
-    # Bound the network before it exists: mnist_cnn's classifier alone holds 64 * (image_size // 4)^2
-    # * num_classes weights and its first convolution 32 * in_channels * 9; a genuine file stores them.
-    stored = sum(a.size for a in ckpt.params.values())
-    side = kwargs.get("image_size", 28) // 4
-    needed = 64 * side * side * kwargs.get("num_classes", 10) + 32 * kwargs.get("in_channels", 1) * 9
-    if needed > stored:
-        raise CheckpointError(_one_line(
-            f"{ckpt.path}: malformed header: its model settings ({', '.join(f'{k}={v}' for k, v in sorted(kwargs.items()))}) "
-            f"describe a network of at least {needed} weights, the file stores {stored}"))
+    _check_network_size(kwargs, ckpt.arrays,                       # as mnist_cnn's defaults would build it
+                        lambda why: CheckpointError(_one_line(f"{ckpt.path}: malformed header: {why}")))
     try:
         model = mnist_cnn(**kwargs, backend=backend)
     except (TypeError, ValueError) as exc:
