@@ -25,6 +25,7 @@ so a forged header or a gzip bomb is refused at once and Ctrl-C is honoured whil
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -391,10 +392,19 @@ def _is_network_error(exc) -> bool:
 def _download_missing(spec, files, directory, timeout) -> tuple[list[str], bool]:
     """Download every one of ``files`` missing from ``directory`` -> (failure reasons, all of them
     network errors)."""
+    created = not directory.exists()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return [f"cannot create {directory}: {exc.strerror or exc}"], False
+    failures, network = _download_each(spec, files, directory, timeout)
+    if failures and created:
+        with contextlib.suppress(OSError):      # leave no empty cache folder behind; keep any file
+            directory.rmdir()
+    return failures, network
+
+
+def _download_each(spec, files, directory, timeout):
     for fspec in files:
         if _locate(directory, fspec.name) is not None:
             continue
