@@ -761,3 +761,39 @@ def test_checksum_error_says_what_to_do_where_the_file_is(tmp_path, monkeypatch,
            else "not MNIST's file; for other data use --dataset custom")
     assert first.startswith(f"{folder / NAMES[0]}: checksum mismatch ({fix}): sha256 "), first
     assert len(first) < 150 + len(str(folder / NAMES[0]))
+
+
+# -------------------------------------------------- the no-data error, as every command prints it
+
+def _no_data_commands(tmp_path):
+    from fastcnn.benchmark import bench_main
+    from fastcnn.checkpoint import save_checkpoint
+    from fastcnn.cli import train_main
+    from fastcnn.evaluate import eval_main
+    from fastcnn.model import mnist_cnn
+    model = tmp_path / "m.npz"
+    save_checkpoint(model, mnist_cnn(backend="numpy"), None, epoch=0, history=[], config={}, rngs={},
+                    model_kwargs={}, extra={"dataset": "mnist"})
+    return {"fastcnn-train": lambda: train_main(["--epochs", "1", "--plots-dir", str(tmp_path / "p")]),
+            "fastcnn-eval": lambda: eval_main([str(model), "--backend", "numpy", "--out", str(tmp_path / "e")]),
+            "fastcnn-bench": lambda: bench_main(["--quick", "--out", str(tmp_path / "b")])}
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+@pytest.mark.parametrize("prog", ["fastcnn-train", "fastcnn-eval", "fastcnn-bench"])
+def test_no_data_error_is_short_and_fix_first(tmp_path, monkeypatch, capsys, dead_url, prog, verbose):
+    monkeypatch.setitem(data.DATASETS, "mnist", data.replace(MNIST, mirrors=(dead_url, dead_url + "b/")))
+    monkeypatch.setenv("XDG_CACHE_HOME", "xdg")
+    monkeypatch.chdir(tmp_path)
+    if verbose:
+        monkeypatch.setenv("FASTCNN_VERBOSE", "1")
+    else:
+        monkeypatch.delenv("FASTCNN_VERBOSE", raising=False)
+    assert _no_data_commands(tmp_path)[prog]() == 1
+    first, *details = capsys.readouterr().err.splitlines()
+    assert first == (f"{prog}: error: MNIST not found and no network: pass --data-dir DIR or set FASTCNN_DATA_DIR "
+                     "(looked in: xdg/fastcnn/mnist)")
+    if verbose:              # each mirror's error on its own line
+        assert sum(dead_url in line and "refused" in line.lower() for line in details) == 2, details
+    else:
+        assert details == []
