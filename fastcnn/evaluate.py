@@ -263,25 +263,27 @@ def _class_label(k, names):
     return f"class {k} ({names[k]})" if names else f"digit {k}"
 
 
-def _test_data_source(args, ckpt):
-    """-> (dataset name, data folder or None) of the test set: ``--dataset`` or the dataset the model
-    was trained on; ``--data-dir`` (binding) or, for that same dataset, the folder its training read
-    when it still holds the test files (else the usual search: $FASTCNN_DATA_DIR, cache, download)."""
+def _trained_on(ckpt):
+    """The dataset the checkpoint's model was trained on ("mnist", "fashion-mnist", "custom"), or None."""
     extra = ckpt.header.get("extra") or {}
-    trained_on = extra.get("dataset", ckpt.config.get("dataset"))
-    if trained_on not in DATASETS and trained_on != "custom":
-        trained_on = None
-    dataset = args.dataset or trained_on or "mnist"
-    if args.data_dir is not None or dataset != trained_on:
-        return dataset, args.data_dir
-    source = extra.get("source_dir")
+    name = extra.get("dataset", ckpt.config.get("dataset"))
+    return name if name in DATASETS or name == "custom" else None
+
+
+def _test_data_dir(args, ckpt, dataset):
+    """The folder to read ``dataset``'s test set from: ``--data-dir`` (binding) or, for the dataset
+    the model was trained on, the folder its training read when that still holds the test files;
+    None: the usual search ($FASTCNN_DATA_DIR, the cache, a download)."""
+    if args.data_dir is not None or dataset != _trained_on(ckpt):
+        return args.data_dir
+    source = (ckpt.header.get("extra") or {}).get("source_dir")
     if isinstance(source, str) and find_data_dir(dataset, source, splits=("test",)) is not None:
-        return dataset, Path(source)
+        return Path(source)
     if dataset == "custom":
         where = f" from {source}, which no longer holds its test files" if isinstance(source, str) else ""
         raise DataError(f"pass --data-dir DIR with the test files of the custom dataset the model was "
                         f"trained on{where}")
-    return dataset, None
+    return None
 
 
 def _check_fits(data, ckpt):
@@ -306,7 +308,7 @@ def _run(args):
     model = build_model(ckpt, backend=args.backend)
     dtype = np.dtype(ckpt.header["dtype"])
     side = int(ckpt.model_kwargs.get("image_size", 28))
-    dataset, data_dir = _test_data_source(args, ckpt)
+    dataset = args.dataset or _trained_on(ckpt) or "mnist"
     names = dataset_spec(dataset).classes
     status = 0
 
@@ -333,7 +335,7 @@ def _run(args):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
-        data = load_dataset(dataset, data_dir=data_dir, splits=("test",))
+        data = load_dataset(dataset, data_dir=_test_data_dir(args, ckpt, dataset), splits=("test",))
     for warning in caught:
         print(f"{PROG}: warning: {warning.message}", file=sys.stderr, flush=True)
     _check_fits(data, ckpt)

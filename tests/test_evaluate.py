@@ -296,3 +296,12 @@ def test_mnist_model_reads_the_folder_its_training_used(mnist_dir, tmp_path, cap
     assert re.fullmatch(r"test loss .* \(\d+/200 correct\) on mnist from " + re.escape(str(mnist_dir))
                         + r" \(first 200 images\)", out[0]), out
     assert not (tmp_path / "xdg").exists()
+
+
+def test_predict_alone_needs_no_data_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)
+    model = model_file(tmp_path / "model.npz", "custom", tmp_path / "gone")
+    image = tmp_path / "x.npy"
+    np.save(image, np.zeros((28, 28), np.uint8))
+    code, out, err = run(capsys, model, "--backend", "numpy", "--predict", image)
+    assert code == 0 and err == [] and re.fullmatch(re.escape(str(image)) + r": .* \(p=[01]\.\d\d\)", out[0]), out
