@@ -504,7 +504,7 @@ def load_dataset(name="mnist", data_dir=None, download=True, verify=True, timeou
             source = dirs[-1][0]
     in_cache = dirs[-1][1] == "cache" and source == dirs[-1][0] if data_dir is None else False
     fix = ("delete it to download it again" if in_cache else
-           f"not {spec.title}'s file; for other data use --dataset custom" if spec in DATASETS.values() else
+           f"not {spec.title}'s file; for other data use --dataset custom" if spec.name in DATASETS else
            f"not {spec.title}'s file")
     source = source.absolute()
     loaded = {}
