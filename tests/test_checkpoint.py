@@ -293,16 +293,21 @@ def test_object_arrays_are_never_unpickled(saved, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------- mismatches
 
+def _with(make_optimizer, rngs=None):
+    """(model, its optimizer, rngs) for the mismatch cases."""
+    model = make(1)[0]
+    return model, make_optimizer(model), rngs or {}
+
+
 @pytest.mark.parametrize("build, message", [
     (lambda: (make(1, batchnorm=False)[0], None, {}),
      r"architecture differs at layer 1: checkpoint has BatchNorm2D\(32\), model has ReLU\(\)"),
     (lambda: (make(1, dtype="float64")[0], None, {}), r"dtype differs: checkpoint float32, model float64"),
     (lambda: (make(1, dropout=0.25)[0], None, {}), r"Dropout\(p=0\.5\), model has Dropout\(p=0\.25\)"),
-    (lambda: (lambda m: (m, SGD(m), {}))(make(1)[0]), r"optimizer differs: checkpoint adamw, run sgd"),
-    (lambda: (lambda m: (m, AdamW(m, lr=0.1), {}))(make(1)[0]),
+    (lambda: _with(lambda m: SGD(m)), r"optimizer differs: checkpoint adamw, run sgd"),
+    (lambda: _with(lambda m: AdamW(m, lr=0.1)),
      r"optimizer settings differ \(checkpoint vs run\): lr=0\.001 vs 0\.1"),
-    (lambda: (lambda m: (m, AdamW(m), {"shuffle": np.random.default_rng(0),
-                                       "augment": np.random.default_rng(0)}))(make(1)[0]),
+    (lambda: _with(AdamW, {"shuffle": np.random.default_rng(0), "augment": np.random.default_rng(0)}),
      r"no state for random generator 'augment'"),
     (lambda: (make(1)[0], None, {"shuffle": np.random.Generator(np.random.MT19937(0))}),
      r"random generator 'shuffle' differs: checkpoint PCG64, run MT19937"),

@@ -65,7 +65,7 @@ def test_test_set_evaluation_writes_both_pngs(ckpt, mnist_dir, tmp_path, capsys)
 def test_missing_data_is_one_line_error(ckpt, tmp_path, capsys, monkeypatch, folder, needle):
     monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)     # nothing to fall back on
     (tmp_path / "empty").mkdir()
-    code, out, err = run(capsys, ckpt, "--dataset", "custom", "--data-dir", tmp_path / folder,
+    code, _out, err = run(capsys, ckpt, "--dataset", "custom", "--data-dir", tmp_path / folder,
                          "--backend", "numpy", "--out", tmp_path / "o")
     assert_one_error(code, err, needle)
     assert not (tmp_path / "o").exists()
@@ -168,7 +168,7 @@ def test_single_class_test_labels_warn(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)
     write_test_split(tmp_path / "trained", labels=np.full(40, 3))
     model = model_file(tmp_path / "model.npz", "custom", tmp_path / "trained")
-    code, out, err = run(capsys, model, "--backend", "numpy", "--out", tmp_path / "eval")
+    code, _out, err = run(capsys, model, "--backend", "numpy", "--out", tmp_path / "eval")
     assert code == 0
     warning = (f"fastcnn-eval: warning: {tmp_path}/trained/t10k-labels-idx1-ubyte: all 40 test labels are 3: "
                "a single class (a wrong or truncated label file?)")
