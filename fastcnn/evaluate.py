@@ -231,7 +231,7 @@ def build_parser():
         epilog="Give CHECKPOINT before --predict FILE ... (which takes every name that follows). "
                "Exit status: 0 ok, 1 an error (one line on stderr), 2 a usage error.")
     p.add_argument("checkpoint", type=Path, help="checkpoint file written by fastcnn-train")
-    p.add_argument("--data-dir", type=Path, default=None,
+    p.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                    help="folder with the test set's t10k-images/t10k-labels IDX files, gzipped or not; used "
                         "as given (default: the folder the model's training read, else $FASTCNN_DATA_DIR, "
                         "then the cache)")
