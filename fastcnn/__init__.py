@@ -3,6 +3,7 @@ as a clear NumPy reference (:mod:`fastcnn.reference`) and as Numba-JIT parallel 
 (:mod:`fastcnn.kernels`) that must agree with it and beat it."""
 from fastcnn._memory import tune_malloc
 from fastcnn.backend import get_backend
+from fastcnn.data import DataError, load_dataset, load_mnist, to_float
 from fastcnn.layers import (
     AvgPool2D,
     BatchNorm2D,
@@ -28,4 +29,5 @@ tune_malloc()
 
 __all__ = ["get_backend", "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "ReLU", "Flatten", "Dropout",
            "Linear", "BatchNorm2D", "Identity", "FusedLayer", "ReLUMaxPool2D", "ConvReLUMaxPool2D",
-           "softmax_cross_entropy", "Sequential", "fuse", "mnist_cnn", "SGD", "AdamW"]
+           "softmax_cross_entropy", "Sequential", "fuse", "mnist_cnn", "SGD", "AdamW",
+           "load_dataset", "load_mnist", "to_float", "DataError"]

@@ -1,14 +1,14 @@
 """Checkpoints: one file with everything needed to resume a training run bit-identically, or to
 evaluate the trained model.
 
-File format (version 1)
+File format (version 2)
 -----------------------
 A plain, uncompressed ``.npz`` archive (a zip of ``.npy`` files, see :func:`numpy.savez`) holding:
 
 ``__header__``
     a 1-D ``uint8`` array: UTF-8 JSON text (an object) with the keys
 
-    ``format`` ``"fastcnn-checkpoint"`` and ``version`` ``1``;
+    ``format`` ``"fastcnn-checkpoint"`` and ``version`` ``2``;
     ``architecture`` ``{"layers": [repr of each layer], "params": {name: {"shape": [...],
         "dtype": "float32"}}, "model_kwargs": {...}}``: ``model_kwargs`` are the keyword arguments of
         :func:`fastcnn.model.mnist_cnn` that rebuild the network (e.g. ``{"dropout": 0.5,
@@ -24,9 +24,13 @@ A plain, uncompressed ``.npz`` archive (a zip of ``.npy`` files, see :func:`nump
         stores exactly;
     ``versions`` of python, numpy, numba and fastcnn; ``backend`` and ``threads`` (Numba threads,
         or null) of the run that wrote the file; ``created`` (UTC, ISO 8601);
-    ``arrays`` the sorted names of all other arrays in the archive;
-    ``payload_sha256`` SHA-256 over the other arrays, in sorted name order, of each array's
-        ``name NUL dtype.str NUL shape NUL`` followed by its C-order bytes (see :func:`payload_hash`).
+    ``arrays`` the sorted names of the ``param/`` and ``optim/`` arrays.
+
+``__sha256__``
+    a 1-D ``uint8`` array: the hex SHA-256 of the whole content, header included (see
+    :func:`content_hash`): ``fastcnn-checkpoint NUL``, the header's byte count (8 bytes, big-endian)
+    and its bytes, then for each other array in sorted name order ``name NUL dtype.str NUL shape NUL``
+    and its C-order bytes. Editing any byte of the header or of an array makes the file refused.
 
 ``param/<name>``
     each parameter and buffer of :meth:`fastcnn.model.Sequential.state_arrays`, e.g.
@@ -35,9 +39,12 @@ A plain, uncompressed ``.npz`` archive (a zip of ``.npy`` files, see :func:`nump
     each array of the optimizer's ``state_dict()``, e.g. ``optim/velocity/0.weight`` (SGD),
     ``optim/m/0.weight`` and ``optim/v/0.weight`` (AdamW); the step count ``t`` is in the header.
 
-The archive is read with ``allow_pickle=False``: loading never unpickles anything, and an archive
-holding an object array is refused. Any other reader of ``.npz`` files (and any JSON parser) can
-read a checkpoint.
+Loading never unpickles anything (an archive holding an object array is refused), and never
+allocates more than the file holds: every member must be stored uncompressed and its ``.npy`` header
+must declare exactly the bytes the member holds, checked before an array is read. Then the content
+hash is checked, then every header field by type and range (sizes bounded before a model is built
+from them). Version 1 files (whose header the hash did not cover) are refused. Any other reader of
+``.npz`` files (and any JSON parser) can read a checkpoint.
 
 Writes are atomic: the file is written to a temporary file in the same folder, flushed, fsynced and
 renamed over the target (:func:`os.replace`), so a crash at any moment leaves the previous checkpoint
@@ -50,6 +57,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import sys
 import zipfile
@@ -61,17 +69,37 @@ import numpy as np
 from fastcnn._atomic import atomic_write
 from fastcnn._cli import versions
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CheckpointError", "Checkpoint", "save_checkpoint",
-           "load_checkpoint", "restore", "build_model", "model_rngs", "payload_hash",
-           "architecture_of", "optimizer_info"]
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "architecture_of",
+    "build_model",
+    "content_hash",
+    "load_checkpoint",
+    "model_rngs",
+    "optimizer_info",
+    "payload_hash",
+    "restore",
+    "save_checkpoint",
+]
 
 FORMAT_NAME = "fastcnn-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEADER_KEY = "__header__"
+DIGEST_KEY = "__sha256__"
 _ZIP_MAGIC = b"PK\x03\x04"
 _EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 _REQUIRED = {"format": str, "version": int, "architecture": dict, "dtype": str, "epoch": int,
-             "history": list, "config": dict, "rngs": dict, "arrays": list, "payload_sha256": str}
+             "history": list, "config": dict, "rngs": dict, "arrays": list}
+_FLOAT_DTYPES = ("float32", "float64")
+_MAX_ARRAYS = 10_000
+_MAX_EPOCHS = 10_000_000
+# Bounds of mnist_cnn's settings, checked before a model is built from a header.
+_KWARG_RANGES = {"in_channels": (1, 4096), "image_size": (4, 1 << 16), "num_classes": (1, 1 << 20)}
+_METRIC_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_second",
+                "eval_seconds")
 
 
 class CheckpointError(ValueError):
@@ -142,16 +170,27 @@ def _jsonable(obj):
     raise TypeError(f"cannot store {type(obj).__name__} {obj!r} in a checkpoint header")
 
 
-def payload_hash(arrays):
-    """SHA-256 (hex) over ``arrays`` (name -> array), in sorted name order: for each array
-    ``name NUL dtype.str NUL shape NUL`` (UTF-8, shape as a comma-separated list) then its C-order
-    bytes."""
-    h = hashlib.sha256()
+def _hash_arrays(h, arrays):
     for name in sorted(arrays):
         a = np.asarray(arrays[name])
         h.update(f"{name}\0{a.dtype.str}\0{','.join(map(str, a.shape))}\0".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
+        h.update(np.ascontiguousarray(a).data if a.size else b"")
+    return h
+
+
+def payload_hash(arrays) -> str:
+    """SHA-256 (hex) over ``arrays`` (name -> array), in sorted name order: for each array
+    ``name NUL dtype.str NUL shape NUL`` (UTF-8, shape as a comma-separated list) then its C-order
+    bytes."""
+    return _hash_arrays(hashlib.sha256(), arrays).hexdigest()
+
+
+def content_hash(header_bytes: bytes, arrays) -> str:
+    """SHA-256 (hex) of a checkpoint's whole content: ``fastcnn-checkpoint NUL``, the header's length
+    (8 bytes, big-endian) and bytes, then ``arrays`` as in :func:`payload_hash`."""
+    h = hashlib.sha256(FORMAT_NAME.encode() + b"\0" + len(header_bytes).to_bytes(8, "big"))
+    h.update(header_bytes)
+    return _hash_arrays(h, arrays).hexdigest()
 
 
 def model_rngs(model):
@@ -235,10 +274,12 @@ def save_checkpoint(path, model, optimizer, *, epoch, history, config, rngs, mod
         "threads": _numba_threads() if threads is None else threads,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "arrays": sorted(arrays),
-        "payload_sha256": payload_hash(arrays),
     }
     text = json.dumps(header, default=_jsonable, sort_keys=True)   # fails here, before any file exists
-    arrays[HEADER_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    header_bytes = text.encode("utf-8")
+    digest = content_hash(header_bytes, arrays)
+    arrays[HEADER_KEY] = np.frombuffer(header_bytes, dtype=np.uint8)
+    arrays[DIGEST_KEY] = np.frombuffer(digest.encode("ascii"), dtype=np.uint8)
 
     atomic_write(path, lambda fh: np.savez(fh, **arrays))
     return path
@@ -246,13 +287,167 @@ def save_checkpoint(path, model, optimizer, *, epoch, history, config, rngs, mod
 
 # ----------------------------------------------------------------------------------------- loading
 
-def load_checkpoint(path):
+def _read_archive(path, fail) -> dict:
+    """The arrays of the ``.npz`` at ``path``, each checked before it is read: stored uncompressed,
+    a plain ``.npy`` header that declares exactly the bytes the member holds, no object dtype. So
+    nothing larger than the file is ever allocated, and nothing is unpickled."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > _MAX_ARRAYS:
+                raise fail(f"damaged: {len(infos)} members, more than a checkpoint holds")
+            for info in infos:
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise fail(f"refused: member {info.filename!r} is compressed (checkpoints are stored "
+                               "uncompressed)")
+            if sum(info.file_size for info in infos) > size:
+                raise fail("damaged: the archive declares more bytes than the file holds")
+            arrays = {}
+            for info in infos:
+                name = info.filename[:-4] if info.filename.endswith(".npy") else None
+                if name is None or name in arrays:
+                    raise fail(f"damaged: unexpected archive member {info.filename!r}")
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version not in ((1, 0), (2, 0)):
+                        raise fail(f"damaged: array {name!r} has .npy format version {version}")
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, fortran, dtype = read_header(f)
+                    if dtype.hasobject:
+                        raise fail("refused: the archive holds an object (pickled) array")
+                    nbytes = math.prod(shape) * dtype.itemsize
+                    offset = f.tell()
+                    if offset + nbytes != info.file_size:
+                        raise fail(f"damaged: array {name!r} declares {nbytes} bytes, its member holds "
+                                   f"{info.file_size - offset}")
+                    buf = bytearray(nbytes)
+                    if f.readinto(buf) != nbytes or f.read(1):     # reading to the end checks the CRC
+                        raise fail(f"damaged: array {name!r} is truncated")
+                arrays[name] = np.frombuffer(buf, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+            return arrays
+    except CheckpointError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+            raise fail("refused: the archive holds an object (pickled) array") from None
+        raise fail(f"damaged archive: {exc}") from None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, zipfile.LargeZipFile) as exc:
+        raise fail(f"damaged or truncated archive: {exc or type(exc).__name__}") from None
+    except Exception as exc:  # noqa: BLE001 - any other parse failure of damaged bytes
+        raise fail(f"damaged archive: {type(exc).__name__}: {exc}") from None
+
+
+def _is_int(value, lo=None, hi=None) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and (lo is None or value >= lo) and (hi is None or value <= hi))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _validate_header(header, arrays, fail) -> None:
+    """Check every header field that anything reads, by type and range, and that the listed arrays
+    are the ones present; raise ``fail(...)`` for the first problem."""
+    def bad(what):
+        return fail(f"malformed header: {what}")
+
+    for key, typ in _REQUIRED.items():
+        if not isinstance(header.get(key), typ) or isinstance(header.get(key), bool):
+            raise bad(f"{key!r} missing or not a {typ.__name__}")
+    for key, typ in (("extra", dict), ("versions", dict), ("created", str), ("backend", str)):
+        if header.get(key) is not None and not isinstance(header[key], typ):
+            raise bad(f"{key!r} is not a {typ.__name__}")
+    if header.get("threads") is not None and not _is_int(header["threads"], 1, 1 << 16):
+        raise bad(f"'threads' must be null or a thread count, got {header['threads']!r}")
+    if header["dtype"] not in _FLOAT_DTYPES:
+        raise bad(f"'dtype' must be one of {', '.join(_FLOAT_DTYPES)}, got {header['dtype']!r}")
+    if not _is_int(header["epoch"], 0, _MAX_EPOCHS):
+        raise bad(f"'epoch' must be a count of epochs, got {header['epoch']!r}")
+    for i, entry in enumerate(header["history"], 1):
+        if not isinstance(entry, dict):
+            raise bad(f"history entry {i} is {type(entry).__name__} {entry!r:.40}, not an object")
+        if "epoch" in entry and not _is_int(entry["epoch"], 0, _MAX_EPOCHS):
+            raise bad(f"history entry {i}: 'epoch' is {entry['epoch']!r:.40}, not an epoch number")
+        for key in _METRIC_KEYS:
+            if entry.get(key) is not None and not _is_number(entry[key]):
+                raise bad(f"history entry {i}: {key!r} is {entry[key]!r:.40}, not a number")
+    for name, state in header["rngs"].items():
+        if not isinstance(state, dict):
+            raise bad(f"the state of random generator {name!r} is not an object")
+
+    arch = header["architecture"]
+    if not (isinstance(arch.get("layers"), list) and all(isinstance(x, str) for x in arch["layers"])
+            and isinstance(arch.get("params"), dict) and isinstance(arch.get("model_kwargs", {}), dict)):
+        raise bad("architecture needs a 'layers' list of strings, a 'params' object and 'model_kwargs'")
+    for name, info in arch["params"].items():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not (isinstance(shape, list) and len(shape) <= 8 and all(_is_int(d, 0) for d in shape)
+                and info.get("dtype") in _FLOAT_DTYPES):
+            raise bad(f"parameter {name!r} needs a 'shape' list and a float 'dtype'")
+    kwargs = arch.get("model_kwargs", {})
+    for key, (lo, hi) in _KWARG_RANGES.items():
+        if key in kwargs and not _is_int(kwargs[key], lo, hi):
+            raise bad(f"model setting {key}={kwargs[key]!r:.40} is not an integer in {lo}..{hi}")
+    if "dropout" in kwargs and not (_is_number(kwargs["dropout"]) and 0 <= kwargs["dropout"] < 1):
+        raise bad(f"model setting dropout={kwargs['dropout']!r:.40} is not a number in [0, 1)")
+    if "batchnorm" in kwargs and not isinstance(kwargs["batchnorm"], bool):
+        raise bad(f"model setting batchnorm={kwargs['batchnorm']!r:.40} is not true or false")
+    if "dtype" in kwargs and kwargs["dtype"] not in _FLOAT_DTYPES:
+        raise bad(f"model setting dtype={kwargs['dtype']!r:.40} is not one of {', '.join(_FLOAT_DTYPES)}")
+    _check_network_size(kwargs, arrays, bad, image_size=4)       # 4: the smallest, if unrecorded
+    opt = header.get("optimizer")
+    if opt is not None and not (isinstance(opt, dict) and isinstance(opt.get("name"), str)
+                                and isinstance(opt.get("hparams"), dict) and _is_int(opt.get("t"), 0)):
+        raise fail("malformed header: 'optimizer' must be null or an object with name, hparams and t")
+    if opt is not None:
+        for key, value in opt["hparams"].items():
+            values = value if isinstance(value, list) else [value]
+            if not all(_is_number(v) and math.isfinite(v) for v in values):
+                raise bad(f"optimizer setting {key}={value!r:.40} is not a finite number")
+
+    if not all(isinstance(n, str) for n in header["arrays"]):
+        raise bad("'arrays' must list array names")
+    listed, present = set(header["arrays"]), set(arrays)
+    if listed - present:
+        missing = sorted(listed - present)
+        raise fail(f"damaged: missing arrays {', '.join(missing[:5])}"
+                   + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
+    if present - listed:
+        raise fail(f"damaged: unexpected arrays {', '.join(sorted(present - listed)[:5])}")
+    for name, info in arch["params"].items():
+        a = arrays.get(f"param/{name}")
+        if a is None:
+            raise fail(f"damaged: missing parameter array param/{name}")
+        if list(a.shape) != info["shape"] or a.dtype.name != info["dtype"]:
+            raise fail(f"damaged: parameter {name} is {a.dtype}{list(a.shape)}, the header says "
+                       f"{info['dtype']}{info['shape']}")
+
+
+def _check_network_size(kwargs, arrays, bad, image_size=28):
+    """Bound the network before anything builds it: mnist_cnn's classifier alone holds
+    64 * (image_size // 4)^2 * num_classes weights and its first convolution 32 * in_channels * 9, and a
+    genuine file stores them all. ``image_size``: the value assumed when ``kwargs`` has none."""
+    stored = sum(a.size for name, a in arrays.items() if name.startswith("param/"))
+    side = kwargs.get("image_size", image_size) // 4
+    needed = 64 * side * side * kwargs.get("num_classes", 10) + 32 * kwargs.get("in_channels", 1) * 9
+    if needed > stored:
+        settings = ", ".join(f"{k}={kwargs[k]}" for k in ("in_channels", "image_size", "num_classes") if k in kwargs)
+        raise bad(f"its model settings ({settings}) describe a network of at least {needed} weights, the file "
+                  f"stores {stored}")
+
+
+def load_checkpoint(path) -> Checkpoint:
     """Read and verify a checkpoint file -> :class:`Checkpoint`.
 
     Raises :class:`CheckpointError` (one line, naming the file) for a missing or unreadable file,
-    a file that is not an ``.npz`` archive, a damaged or truncated archive, a missing or malformed
-    header, another format or a newer version, arrays missing from or added to the archive, and a
-    payload whose SHA-256 differs from the header's. Never unpickles."""
+    a file that is not an ``.npz`` archive, a damaged or truncated archive, an array whose ``.npy``
+    header declares more than its member holds, a missing or malformed header, another format, an
+    older or newer version, a content SHA-256 that does not match (any edited byte of the header or
+    of an array), a header field of the wrong type or out of range, and arrays missing from or added
+    to the archive. Never unpickles, and never allocates more than the file holds."""
     path = Path(path)
 
     def fail(why):
@@ -271,64 +466,41 @@ def load_checkpoint(path):
         raise fail("empty file, not a checkpoint")
     if magic not in (_ZIP_MAGIC, _EMPTY_ZIP_MAGIC):
         raise fail("not a checkpoint: not an .npz (zip) archive")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise fail("refused: the archive holds an object (pickled) array") from None
-        raise fail(f"damaged archive: {exc}") from None
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, zipfile.LargeZipFile) as exc:
-        raise fail(f"damaged or truncated archive: {exc or type(exc).__name__}") from None
-    except Exception as exc:  # noqa: BLE001 - any other parse failure of damaged bytes
-        raise fail(f"damaged archive: {type(exc).__name__}: {exc}") from None
+    arrays = _read_archive(path, fail)
 
     raw = arrays.pop(HEADER_KEY, None)
     if raw is None:
         raise fail(f"not a fastcnn checkpoint: no {HEADER_KEY} array")
     if raw.dtype != np.uint8 or raw.ndim != 1:
         raise fail(f"malformed header: expected 1-D uint8, got {raw.dtype} of shape {raw.shape}")
+    header_bytes = raw.tobytes()
+    digest = arrays.pop(DIGEST_KEY, None)
+    if digest is not None:      # checked first: an edited byte anywhere is reported as such
+        if digest.dtype != np.uint8 or digest.ndim != 1:
+            raise fail(f"malformed {DIGEST_KEY}: expected 1-D uint8, got {digest.dtype} of shape {digest.shape}")
+        if digest.tobytes() != content_hash(header_bytes, arrays).encode("ascii"):
+            raise fail("damaged or modified: the SHA-256 of its content (header and arrays) does not match "
+                       "the one stored in it")
     try:
-        header = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise fail(f"malformed header: not valid UTF-8 JSON ({exc})") from None
+        header = json.loads(header_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise fail(f"malformed header: not valid UTF-8 JSON ({type(exc).__name__})") from None
     if not isinstance(header, dict):
         raise fail("malformed header: not a JSON object")
     if header.get("format") != FORMAT_NAME:
-        raise fail(f"not a fastcnn checkpoint: format {header.get('format')!r}, expected {FORMAT_NAME!r}")
+        raise fail(f"not a fastcnn checkpoint: format {header.get('format')!r:.40}, expected {FORMAT_NAME!r}")
     version = header.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise fail(f"malformed header: bad format version {version!r}")
+    if not _is_int(version, 1):
+        raise fail(f"malformed header: bad format version {version!r:.40}")
     if version > FORMAT_VERSION:
         raise fail(f"format version {version} is newer than this fastcnn supports ({FORMAT_VERSION}); "
                    "upgrade fastcnn")
-    for key, typ in _REQUIRED.items():
-        if not isinstance(header.get(key), typ) or isinstance(header.get(key), bool):
-            raise fail(f"malformed header: {key!r} missing or not a {typ.__name__}")
-    arch = header["architecture"]
-    if not isinstance(arch.get("layers"), list) or not isinstance(arch.get("params"), dict) \
-            or not isinstance(arch.get("model_kwargs", {}), dict):
-        raise fail("malformed header: architecture needs a 'layers' list and a 'params' object")
-    opt = header.get("optimizer")
-    if opt is not None and not (isinstance(opt, dict) and isinstance(opt.get("name"), str)
-                                and isinstance(opt.get("hparams"), dict)
-                                and isinstance(opt.get("t"), int) and not isinstance(opt.get("t"), bool)):
-        raise fail("malformed header: 'optimizer' must be null or an object with name, hparams and t")
-    for name, a in arrays.items():
-        if a.dtype.hasobject:
-            raise fail(f"refused: array {name!r} has object dtype")
-    listed, present = set(header["arrays"]), set(arrays)
-    if listed - present:
-        missing = sorted(listed - present)
-        raise fail(f"damaged: missing arrays {', '.join(missing[:5])}"
-                   + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
-    if present - listed:
-        raise fail(f"damaged: unexpected arrays {', '.join(sorted(present - listed)[:5])}")
-    expected = {f"param/{n}" for n in header["architecture"]["params"]}
-    if expected - present:
-        raise fail(f"damaged: missing parameter arrays {', '.join(sorted(expected - present)[:5])}")
-    if payload_hash(arrays) != header["payload_sha256"]:
-        raise fail("damaged: payload SHA-256 does not match the header (corrupted or modified arrays)")
+    if version < FORMAT_VERSION:
+        raise fail(f"format version {version} is no longer read: its header is not covered by a checksum, "
+                   "so it cannot be verified; train the model again")
+    if digest is None:
+        raise fail(f"damaged: no {DIGEST_KEY} array (the content checksum)")
+    _validate_header(header, arrays, fail)
     return Checkpoint(path, header, arrays)
 
 
@@ -464,6 +636,8 @@ def build_model(checkpoint, backend=None):
     kwargs = dict(ckpt.model_kwargs)
     kwargs.pop("backend", None)
     kwargs.setdefault("dtype", ckpt.header["dtype"])
+    _check_network_size(kwargs, ckpt.arrays,                       # as mnist_cnn's defaults would build it
+                        lambda why: CheckpointError(_one_line(f"{ckpt.path}: malformed header: {why}")))
     try:
         model = mnist_cnn(**kwargs, backend=backend)
     except (TypeError, ValueError) as exc:

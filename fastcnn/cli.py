@@ -442,7 +442,8 @@ def _run(argv, signals):
         from fastcnn.checkpoint import save_checkpoint
         save_checkpoint(args.save_model, state.model, None, epoch=state.epoch, history=state.history,
                         config=asdict(config), rngs=None, model_kwargs=trainer.model_kwargs,
-                        extra={"dataset": args.dataset, "data": trainer.data_info}, threads=state.threads)
+                        extra={"dataset": args.dataset, "data": trainer.data_info,
+                               "source_dir": str(data.source_dir)}, threads=state.threads)
         say(f"model: {args.save_model} (evaluate it with: fastcnn-eval {shlex.quote(str(args.save_model))})")
     if args.profile:
         print(state.model.stop_profile().table(), flush=True)

@@ -1,131 +1,209 @@
 """Datasets in the IDX format: MNIST, Fashion-MNIST, or any folder of the same four files.
 
-Where the files come from, in this order (the first folder that holds all four wins):
+Where the files come from:
 
-1. the ``data_dir`` argument (``--data-dir DIR`` on the command line);
-2. the folder named by the environment variable ``FASTCNN_DATA_DIR``;
-3. the per-user cache, ``$XDG_CACHE_HOME/fastcnn/<dataset>`` or ``~/.cache/fastcnn/<dataset>``.
+1. an explicit ``data_dir`` (``--data-dir DIR`` on the command line) is binding: the files are read
+   from there or the load fails; nothing else is searched and nothing is downloaded;
+2. otherwise the folder named by the environment variable ``FASTCNN_DATA_DIR``, then the per-user
+   cache ``$XDG_CACHE_HOME/fastcnn/<dataset>`` (or ``~/.cache/fastcnn/<dataset>``): the first that
+   holds the files wins.
 
 A file counts whether it is gzipped (``train-images-idx3-ubyte.gz``) or not (``train-images-idx3-ubyte``);
-gzip is recognised by its magic bytes, not by the name. If no folder is complete, MNIST and
+gzip is recognised by its magic bytes, not by the name. If no folder holds the files, MNIST and
 Fashion-MNIST are downloaded into the cache from their mirrors, one file at a time, each to a temporary
 file that is verified and only then renamed into place, so an interrupted or corrupt download leaves
 nothing behind. Offline, point ``FASTCNN_DATA_DIR`` (or ``--data-dir``) at a folder with the files.
 
-Checksums: MNIST's are of the *decompressed* IDX bytes, so both the original downloads and re-gzipped
-copies pass; Fashion-MNIST's are the published MD5s of the ``.gz`` files as downloaded (a decompressed
-copy of a Fashion-MNIST file cannot be checked and is accepted on its structure alone).
+Checksums are SHA-256 digests of the *decompressed* IDX bytes, for MNIST and Fashion-MNIST alike, so
+the original downloads, copies re-gzipped by a distribution and raw (decompressed) copies are all
+verified, and all pass when their content is right.
+
+Reading is streamed: the IDX header is read and checked first, and the data buffer is never larger
+than the header declares, than the file can hold (its size when raw; 1032 times its size when
+gzipped, deflate's largest expansion) and than :data:`MAX_IDX_BYTES`. The data is then read in chunks,
+so a forged header or a gzip bomb is refused at once and Ctrl-C is honoured while a file is read.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
+import socket
 import sys
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from http.client import HTTPException
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DataError", "FileSpec", "DatasetSpec", "Dataset", "MNIST", "FASHION_MNIST", "DATASETS",
-           "read_idx", "find_data_dir", "candidate_dirs", "default_cache_dir", "load_dataset", "to_float"]
+__all__ = [
+    "DATASETS",
+    "FASHION_MNIST",
+    "MAX_IDX_BYTES",
+    "MNIST",
+    "DataError",
+    "DataWarning",
+    "Dataset",
+    "DatasetSpec",
+    "FileSpec",
+    "candidate_dirs",
+    "default_cache_dir",
+    "find_data_dir",
+    "load_dataset",
+    "load_mnist",
+    "read_idx",
+    "to_float",
+]
 
 ENV_VAR = "FASTCNN_DATA_DIR"
+MAX_IDX_BYTES = 1 << 30          # the largest IDX data one file may declare (MNIST's largest: 47 MB)
+_DEFLATE_MAX_RATIO = 1032        # deflate expands at most ~1032:1, so a .gz of n bytes holds < 1032 n
 _GZIP_MAGIC = b"\x1f\x8b"
 _IDX_UBYTE = 0x08
-_CHUNK = 1 << 16
+_CHUNK = 1 << 20                 # read unit: small enough that Ctrl-C is honoured between chunks
 
 
 class DataError(ValueError):
-    """A data file is missing, malformed, fails its checksum, or could not be downloaded."""
+    """A data file is missing, malformed, fails its checksum, or could not be downloaded. The first
+    line of the message says what to do; further lines (if any) give the details."""
+
+
+class DataWarning(UserWarning):
+    """Data that loads but is probably not what was meant (e.g. a label file holding one class)."""
 
 
 # ----------------------------------------------------------------------------------------- IDX files
 
-def _read_file(path):
-    """Return ``(raw_bytes, data_bytes)`` of ``path``: as stored, and decompressed if it is gzipped."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    if raw[:2] != _GZIP_MAGIC:
-        return raw, raw
-    try:
-        return raw, gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: corrupt gzip data: {exc}") from exc
+def _read_upto(stream, n: int) -> bytes:
+    """Up to ``n`` bytes of ``stream`` (fewer only at its end)."""
+    out = b""
+    while len(out) < n:
+        chunk = stream.read(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
 
 
-def _parse_idx(data, path):
-    """Parse the bytes of an unsigned-byte IDX file into a uint8 array, validating every field."""
-    if len(data) < 4:
-        raise DataError(f"{path}: too short for an IDX header ({len(data)} bytes)")
-    if data[0] != 0 or data[1] != 0:
-        raise DataError(f"{path}: bad magic number 0x{data[:4].hex()}: the first two bytes must be zero "
+def _read_idx_stream(stream, path, stored_size: int, gz: bool, hasher=None) -> np.ndarray:
+    """Parse an unsigned-byte IDX file from ``stream`` (decompressed bytes), header first."""
+    head = _read_upto(stream, 4)
+    if len(head) < 4:
+        raise DataError(f"{path}: too short for an IDX header ({len(head)} bytes)")
+    if head[0] != 0 or head[1] != 0:
+        raise DataError(f"{path}: bad magic number 0x{head.hex()}: the first two bytes must be zero "
                         "(not an IDX file?)")
-    if data[2] != _IDX_UBYTE:
-        raise DataError(f"{path}: unsupported IDX data type 0x{data[2]:02x} "
+    if head[2] != _IDX_UBYTE:
+        raise DataError(f"{path}: unsupported IDX data type 0x{head[2]:02x} "
                         f"(only 0x{_IDX_UBYTE:02x} = unsigned byte is accepted)")
-    ndim = data[3]
+    ndim = head[3]
     if ndim == 0:
-        raise DataError(f"{path}: bad magic number 0x{data[:4].hex()}: zero dimensions")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path}: truncated header: {ndim} dimensions need {header} bytes, "
-                        f"found {len(data)}")
-    dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+        raise DataError(f"{path}: bad magic number 0x{head.hex()}: zero dimensions")
+    header_len = 4 + 4 * ndim
+    raw_dims = _read_upto(stream, 4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        raise DataError(f"{path}: truncated header: {ndim} dimensions need {header_len} bytes, "
+                        f"found {4 + len(raw_dims)}")
+    dims = tuple(int.from_bytes(raw_dims[4 * i:4 * i + 4], "big") for i in range(ndim))
     expected = 1
     for d in dims:
         expected *= d
-    found = len(data) - header
-    what = f"header says {'x'.join(map(str, dims))} = {expected} bytes of data, found {found}"
+    what = f"header says {'x'.join(map(str, dims))} = {expected} bytes of data"
+    # Bound the buffer before it exists: by what the file can hold and by a sane maximum.
+    can_hold = stored_size * _DEFLATE_MAX_RATIO if gz else stored_size - header_len
+    if expected > can_hold and not gz:
+        raise DataError(f"{path}: truncated: {what}, found {max(can_hold, 0)}")
+    if expected > can_hold:
+        raise DataError(f"{path}: refused: {what}, more than a {stored_size}-byte gzip file can hold "
+                        "(damaged or forged file)")
+    if expected > MAX_IDX_BYTES:
+        raise DataError(f"{path}: refused: {what}, more than the {MAX_IDX_BYTES} bytes fastcnn reads "
+                        "from one file")
+    if hasher is not None:
+        hasher.update(head + raw_dims)
+    data = np.empty(expected, dtype=np.uint8)
+    view = memoryview(data)
+    found = 0
+    while found < expected:
+        n = stream.readinto(view[found:found + _CHUNK])
+        if not n:
+            break
+        if hasher is not None:
+            hasher.update(view[found:found + n])
+        found += n
     if found < expected:
-        raise DataError(f"{path}: truncated: {what}")
-    if found > expected:
-        raise DataError(f"{path}: trailing bytes: {what} ({found - expected} extra)")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
+        raise DataError(f"{path}: truncated: {what}, found {found}")
+    if gz:      # count what follows, but never decompress more than a few chunks of it
+        extra = len(_read_upto(stream, 4 * _CHUNK))
+        extra_txt = f"{extra} extra" if extra < 4 * _CHUNK else f"at least {extra} extra"
+    else:
+        extra = stored_size - header_len - expected
+        extra_txt = f"{extra} extra"
+    if extra:
+        raise DataError(f"{path}: trailing bytes: {what}, found {expected + extra}"
+                        f"{'+' if extra_txt.startswith('at') else ''} ({extra_txt})")
+    return data.reshape(dims)
 
 
-def read_idx(path):
+def _load_idx(path, algorithm: str | None = None) -> tuple[np.ndarray, str | None]:
+    """Read ``path`` (gzipped or raw) -> (uint8 array of its declared shape, hex digest of the
+    decompressed bytes under ``algorithm``, or None)."""
+    path = Path(path)
+    hasher = hashlib.new(algorithm) if algorithm else None
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            gz = f.read(2) == _GZIP_MAGIC
+            f.seek(0)
+            if not gz:
+                return _read_idx_stream(f, path, size, False, hasher), hasher and hasher.hexdigest()
+            try:
+                arr = _read_idx_stream(gzip.GzipFile(fileobj=f, mode="rb"), path, size, True, hasher)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise DataError(f"{path}: corrupt gzip data: {exc}") from None
+            return arr, hasher and hasher.hexdigest()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def read_idx(path) -> np.ndarray:
     """Read an IDX file of unsigned bytes (gzipped or raw) into a ``uint8`` array of its declared shape.
 
     Raises :class:`DataError`, naming the file, for an unreadable file, corrupt gzip data, a bad magic
-    number, a data type other than 0x08 (unsigned byte), or a byte count that differs from the product
-    of the dimensions (truncated or trailing bytes)."""
-    return _parse_idx(_read_file(path)[1], path)
+    number, a data type other than 0x08 (unsigned byte), a byte count that differs from the product
+    of the dimensions (truncated or trailing bytes), or a header that declares more data than the file
+    can hold or than :data:`MAX_IDX_BYTES` (refused before anything that large is allocated)."""
+    return _load_idx(path)[0]
 
 
 # ------------------------------------------------------------------------------------ dataset specs
 
 @dataclass(frozen=True)
 class FileSpec:
-    """One file of a dataset: its published name and, optionally, a checksum.
-
-    ``digest_of`` says what ``digest`` is taken over: ``"data"`` = the decompressed IDX bytes (any gzip
-    wrapper, or none, passes), ``"gz"`` = the gzipped file exactly as downloaded. ``digest=None`` means
-    no checksum (structure checks only)."""
+    """One file of a dataset: its published name and, optionally, the checksum of its decompressed
+    IDX bytes (``digest``, hex, under hashlib's ``algorithm``; None = structure checks only). The
+    checksum holds whatever the container: the original ``.gz``, any other gzip wrapper, or raw."""
     name: str
     digest: str | None = None
-    digest_of: str = "data"
-    algorithm: str = "md5"
+    algorithm: str = "sha256"
 
     def __post_init__(self):
-        if self.digest_of not in ("data", "gz"):
-            raise ValueError(f"digest_of must be 'data' or 'gz', got {self.digest_of!r}")
         hashlib.new(self.algorithm)  # fails early for an unknown algorithm
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     """A dataset of four IDX files: train images/labels, test images/labels, where to download them
-    (``mirrors``: base URLs tried in order; empty = never download) and how many classes the labels
-    may take (``num_classes=None``: any non-negative label)."""
+    (``mirrors``: base URLs tried in order; empty = never download), how many classes the labels
+    may take (``num_classes=None``: any non-negative label), the name to show (``title``) and the
+    class names (``classes``, None: the classes are numbered)."""
     name: str
     train_images: FileSpec
     train_labels: FileSpec
@@ -133,70 +211,109 @@ class DatasetSpec:
     test_labels: FileSpec
     mirrors: tuple[str, ...] = ()
     num_classes: int | None = 10
+    title: str | None = None
+    classes: tuple[str, ...] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "mirrors", tuple(self.mirrors))
+        if self.title is None:
+            object.__setattr__(self, "title", self.name)
 
     @property
-    def files(self):
+    def files(self) -> tuple[FileSpec, ...]:
         """The four :class:`FileSpec` in the order train images, train labels, test images, test labels."""
         return (self.train_images, self.train_labels, self.test_images, self.test_labels)
+
+    def split_files(self, splits: Sequence[str] = ("train", "test")) -> tuple[FileSpec, ...]:
+        """The files of the given splits ("train", "test"), in :attr:`files` order."""
+        return tuple(f for f, s in zip(self.files, ("train", "train", "test", "test")) if s in splits)
 
 
 _NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
           "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 
-def _spec(name, mirrors, digests, digest_of, algorithm, num_classes=10):
-    files = [FileSpec(n, d, digest_of, algorithm) for n, d in zip(_NAMES, digests)]
-    return DatasetSpec(name, *files, mirrors=tuple(mirrors), num_classes=num_classes)
+def _spec(name, mirrors, digests, num_classes=10, **kw):
+    files = [FileSpec(n, d) for n, d in zip(_NAMES, digests)]
+    return DatasetSpec(name, *files, mirrors=tuple(mirrors), num_classes=num_classes, **kw)
 
 
+# SHA-256 of the decompressed IDX bytes. Fashion-MNIST's were computed from Debian's
+# dataset-fashion-mnist files after checking that their deflate streams, given back the original gzip
+# headers, reproduce the published MD5s of the original .gz files (8d4fb7e6..., 25c81989...,
+# bef4ecab..., bb300cfd...) byte for byte.
 MNIST = _spec("mnist", ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/",
                         "https://storage.googleapis.com/cvdf-datasets/mnist/"),
               ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-               "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"), "data", "sha256")
+               "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"), title="MNIST")
 FASHION_MNIST = _spec("fashion-mnist", ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-                      ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
-                       "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"), "gz", "md5")
-_CUSTOM = _spec("custom", (), (None,) * 4, "data", "md5", num_classes=None)
+                      ("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+                       "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+                       "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+                       "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+                      title="Fashion-MNIST",
+                      classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                               "Sneaker", "Bag", "Ankle boot"))
+_CUSTOM = _spec("custom", (), (None,) * 4, num_classes=None, title="custom dataset")
 DATASETS = {"mnist": MNIST, "fashion-mnist": FASHION_MNIST}
+
+
+def dataset_spec(name) -> DatasetSpec:
+    """The :class:`DatasetSpec` of ``"mnist"``, ``"fashion-mnist"`` or ``"custom"`` (a spec passes
+    through); :class:`DataError` for any other name."""
+    if isinstance(name, DatasetSpec):
+        return name
+    if name == "custom":
+        return _CUSTOM
+    if name in DATASETS:
+        return DATASETS[name]
+    raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS) + ['custom']}")
 
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """A loaded dataset. Images are ``uint8`` of shape (N, 1, H, W) (28 x 28 for MNIST), labels are
-    ``int64`` of shape (N,); ``source_dir`` is the folder the files were read from."""
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    ``int64`` of shape (N,); ``source_dir`` is the (absolute) folder the files were read from. A split
+    that was not asked for (``load_dataset(..., splits=("test",))``) is None."""
+    x_train: np.ndarray | None
+    y_train: np.ndarray | None
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
     name: str
     source_dir: Path = field(default=None)
 
     @property
-    def num_classes(self):
-        """Largest label + 1 over train and test (10 for MNIST and Fashion-MNIST)."""
-        return int(max(self.y_train.max(initial=-1), self.y_test.max(initial=-1))) + 1
+    def num_classes(self) -> int:
+        """Largest label + 1 over the loaded splits (10 for MNIST and Fashion-MNIST)."""
+        tops = [int(y.max(initial=-1)) for y in (self.y_train, self.y_test) if y is not None]
+        return max(tops, default=-1) + 1
+
+    @property
+    def classes(self) -> tuple[str, ...] | None:
+        """The class names of a known dataset (Fashion-MNIST's), or None (classes are numbered)."""
+        spec = DATASETS.get(self.name)
+        return spec.classes if spec is not None else None
 
 
 # ------------------------------------------------------------------------------------ where to look
 
-def default_cache_dir(dataset):
+def default_cache_dir(dataset) -> Path:
     """``$XDG_CACHE_HOME/fastcnn/<dataset>``, or ``~/.cache/fastcnn/<dataset>`` when that is unset."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "fastcnn" / dataset
-
-
-def candidate_dirs(dataset="mnist", data_dir=None, cache_dir=None):
-    """The folders searched, in order, as ``(path, where)`` pairs: ``data_dir``, ``$FASTCNN_DATA_DIR``,
-    then the cache (``cache_dir`` or :func:`default_cache_dir`; never for ``"custom"``)."""
     name = dataset.name if isinstance(dataset, DatasetSpec) else dataset
-    dirs = []
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "fastcnn" / name
+
+
+def candidate_dirs(dataset="mnist", data_dir=None, cache_dir=None) -> list[tuple[Path, str]]:
+    """The folders searched, in order, as ``(path, where)`` pairs: ``data_dir`` alone when it is given
+    (it is binding); else ``$FASTCNN_DATA_DIR``, then the cache (``cache_dir`` or
+    :func:`default_cache_dir`; never for ``"custom"``)."""
+    name = dataset.name if isinstance(dataset, DatasetSpec) else dataset
     if data_dir is not None:
-        dirs.append((Path(data_dir).expanduser(), "data_dir argument"))
+        return [(Path(data_dir).expanduser(), "--data-dir")]
+    dirs = []
     if os.environ.get(ENV_VAR):
         dirs.append((Path(os.environ[ENV_VAR]).expanduser(), ENV_VAR))
     if name != "custom":
@@ -212,32 +329,30 @@ def _locate(directory, name):
     return None
 
 
-def _missing(directory, spec):
-    return [f.name for f in spec.files if _locate(directory, f.name) is None]
+def _missing(directory, files):
+    return [f.name for f in files if _locate(directory, f.name) is None]
 
 
-def find_data_dir(dataset="mnist", data_dir=None, cache_dir=None):
-    """The first folder of :func:`candidate_dirs` that holds all four files of ``dataset`` (a name or
-    a :class:`DatasetSpec`), or None."""
+def find_data_dir(dataset="mnist", data_dir=None, cache_dir=None, splits=("train", "test")) -> Path | None:
+    """The first folder of :func:`candidate_dirs` that holds the files of ``splits`` of ``dataset`` (a
+    name or a :class:`DatasetSpec`), or None."""
     spec = dataset if isinstance(dataset, DatasetSpec) else DATASETS.get(dataset, _CUSTOM)
+    files = spec.split_files(splits)
     for directory, _ in candidate_dirs(spec, data_dir, cache_dir):
-        if not _missing(directory, spec):
+        if not _missing(directory, files):
             return directory
     return None
 
 
 # ----------------------------------------------------------------------------- verify and download
 
-def _check_digest(fspec, path, raw, data, hint=" (delete the file to download it again)"):
-    """Raise DataError if the file's checksum is wrong; skip when it cannot apply (no digest, or a
-    ``.gz`` digest for a file stored decompressed)."""
-    if fspec.digest is None or (fspec.digest_of == "gz" and raw[:2] != _GZIP_MAGIC):
-        return
-    actual = hashlib.new(fspec.algorithm, raw if fspec.digest_of == "gz" else data).hexdigest()
-    if actual != fspec.digest.lower():
-        what = "the gzipped file" if fspec.digest_of == "gz" else "the decompressed data"
-        raise DataError(f"{path}: checksum mismatch: expected {fspec.algorithm} {fspec.digest} of {what}, "
-                        f"got {actual}{hint}")
+def _check_digest(fspec, path, actual, fix):
+    """Raise DataError if the decompressed bytes' digest ``actual`` differs from ``fspec``'s: the first
+    line short, with ``fix``; the full digests on the next."""
+    if fspec.digest is not None and actual != fspec.digest.lower():
+        raise DataError(f"{path}: checksum mismatch ({fix}): {fspec.algorithm} {actual[:12]}..., expected "
+                        f"{fspec.digest[:12]}...\nexpected {fspec.algorithm} {fspec.digest} of the decompressed "
+                        f"data, got {actual}")
 
 
 def _download(url, dest, fspec, timeout):
@@ -255,9 +370,11 @@ def _download(url, dest, fspec, timeout):
                     print(f"\rdownloading {url}{pct} ({done / 1e6:.1f} MB)", end="", file=sys.stderr)
         if show:
             print(file=sys.stderr)
-        raw, data = _read_file(tmp)
-        _check_digest(fspec, url, raw, data, hint="")
-        _parse_idx(data, url)
+        try:
+            _, digest = _load_idx(tmp, fspec.algorithm if fspec.digest else None)
+        except DataError as exc:                       # name the URL, not the temporary file
+            raise DataError(str(exc).replace(tmp, url, 1)) from None
+        _check_digest(fspec, url, digest, "the mirror serves other data")
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
     except BaseException:
@@ -265,16 +382,33 @@ def _download(url, dest, fspec, timeout):
         raise
 
 
-def _download_missing(spec, directory, timeout):
-    """Download every file of ``spec`` missing from ``directory``; return a list of failure reasons."""
+def _is_network_error(exc) -> bool:
+    """True for "the network or the server cannot be reached", as opposed to an answer (HTTP 404)."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return False
+    return isinstance(exc, (urllib.error.URLError, socket.timeout, ConnectionError, HTTPException, OSError))
+
+
+def _download_missing(spec, files, directory, timeout) -> tuple[list[str], bool]:
+    """Download every one of ``files`` missing from ``directory`` -> (failure reasons, all of them
+    network errors)."""
+    created = not directory.exists()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        return [f"cannot create {directory}: {exc.strerror or exc}"]
-    for fspec in spec.files:
+        return [f"cannot create {directory}: {exc.strerror or exc}"], False
+    failures, network = _download_each(spec, files, directory, timeout)
+    if failures and created:
+        with contextlib.suppress(OSError):      # leave no empty cache folder behind; keep any file
+            directory.rmdir()
+    return failures, network
+
+
+def _download_each(spec, files, directory, timeout):
+    for fspec in files:
         if _locate(directory, fspec.name) is not None:
             continue
-        reasons = []
+        reasons, network = [], True
         for base in spec.mirrors:
             url = base.rstrip("/") + "/" + fspec.name
             try:
@@ -282,86 +416,139 @@ def _download_missing(spec, directory, timeout):
                 break
             except DataError as exc:  # already names the URL
                 reasons.append(str(exc))
+                network = False
             except (OSError, HTTPException) as exc:
                 reason = exc.reason if type(exc) is urllib.error.URLError else exc
                 reasons.append(f"{url}: {reason or type(exc).__name__}")
+                network = network and _is_network_error(exc)
         else:
-            return [f"{fspec.name}: " + ("; ".join(reasons) or "no mirrors")]
-    return []
+            return [f"{fspec.name}: {r}" for r in reasons] or [f"{fspec.name}: no mirrors"], network and bool(reasons)
+    return [], False
 
 
-def _not_found(spec, dirs, problem):
-    looked = "\n".join(f"  {d} ({where}): " + (f"missing {', '.join(_missing(d, spec))}" if d.is_dir()
-                                                 else "no such directory") for d, where in dirs)
-    names = ", ".join(f.name for f in spec.files)
-    return DataError(f"{spec.name}: {problem}\nLooked in:\n{looked or '  (nowhere)'}\n"
-                     f"To use local files, pass --data-dir DIR (data_dir=DIR) or set {ENV_VAR}=DIR, where "
-                     f"DIR is a folder with the four IDX files, gzipped or not: {names}")
+def _not_found(spec, files, dirs, problem, details=()):
+    """The error for data found nowhere: the fix on the first line, the folders and reasons below."""
+    short = ", ".join(str(d) for d, _ in dirs) or "nowhere"
+    fix = f"pass --data-dir DIR or set {ENV_VAR}"
+    first = f"{spec.title} {problem}: {fix} (looked in: {short})"
+    if len(first) > 200:
+        first = f"{spec.title} {problem}: {fix} (looked in {len(dirs)} folders; FASTCNN_VERBOSE=1 lists them)"
+    looked = [f"  {d} ({where}): " + (f"missing {', '.join(_missing(d, files))}" if d.is_dir()
+                                       else "no such directory") for d, where in dirs]
+    lines = [first, "Looked in:", *looked]
+    if details:
+        lines += ["Download:", *(f"  {line}" for line in details)]
+    lines.append("DIR must hold the IDX files, gzipped or not: " + ", ".join(f.name for f in files))
+    return DataError("\n".join(lines))
 
 
 # ------------------------------------------------------------------------------------------ loading
 
 def load_dataset(name="mnist", data_dir=None, download=True, verify=True, timeout=30, *,
-                 mirrors=None, cache_dir=None):
-    """Load a dataset of four IDX files into a :class:`Dataset` (images (N, 1, H, W) uint8, labels int64).
+                 mirrors=None, cache_dir=None, splits=("train", "test")) -> Dataset:
+    """Load a dataset of IDX files into a :class:`Dataset` (images (N, 1, H, W) uint8, labels int64).
 
-    ``name``: ``"mnist"``, ``"fashion-mnist"``, ``"custom"`` or a :class:`DatasetSpec`. Folders are
-    searched as in :func:`find_data_dir`; if none holds all four files and ``download`` is true, the
-    missing ones are fetched from the mirrors (``mirrors`` overrides the spec's) into ``cache_dir``
-    (default :func:`default_cache_dir`; this is the folder the files go in, no subfolder is added).
-    ``verify`` checks each file's checksum. ``timeout`` is per network operation, in seconds.
+    ``name``: ``"mnist"``, ``"fashion-mnist"``, ``"custom"`` or a :class:`DatasetSpec`. ``data_dir``,
+    when given, is the only folder used: it must hold the files (else :class:`DataError`; nothing is
+    downloaded). Otherwise folders are searched as in :func:`candidate_dirs`; if none holds the files
+    and ``download`` is true, the missing ones are fetched from the mirrors (``mirrors`` overrides the
+    spec's) into ``cache_dir`` (default :func:`default_cache_dir`; the files go in that very folder).
+    ``verify`` checks each file's SHA-256 (of its decompressed bytes). ``timeout`` is per network
+    operation, in seconds. ``splits``: which of ``"train"`` and ``"test"`` to load (only their files
+    are needed; the other split is None in the result).
 
     ``"custom"`` needs ``data_dir`` or ``$FASTCNN_DATA_DIR``, with MNIST's four file names; it is never
     downloaded or checksummed, and labels may be any non-negative integers (classes = largest + 1).
-    Structure checks, always: images 3-D with the same H x W in train and test, labels 1-D, as many
-    labels as images, and labels below ``num_classes`` (10 for MNIST and Fashion-MNIST).
-    An explicit ``data_dir`` that does not exist is an error (it is not skipped).
-    Every problem raises :class:`DataError` naming the file or the folders searched."""
-    if isinstance(name, DatasetSpec):
-        spec = name
-    elif name == "custom":
-        spec = _CUSTOM
-    elif name in DATASETS:
-        spec = DATASETS[name]
-    else:
-        raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS) + ['custom']}")
+    Structure checks, always: images 3-D with at least one image of at least 1x1 pixels and the same
+    H x W in train and test, labels 1-D, as many labels as images in each split, labels below
+    ``num_classes`` (10 for MNIST and Fashion-MNIST). A label file holding a single class loads with
+    a :class:`DataWarning`. Every problem raises :class:`DataError`: its first line says what to do
+    and names the file or folders; further lines give details."""
+    spec = dataset_spec(name)
+    splits = tuple(splits)
+    if not splits or set(splits) - {"train", "test"}:
+        raise ValueError(f"splits must be a non-empty subset of ('train', 'test'), got {splits!r}")
     if mirrors is not None:
         spec = replace(spec, mirrors=tuple(mirrors))
-    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        # An explicit folder that does not exist is a mistake to report, not a search miss to
-        # paper over with $FASTCNN_DATA_DIR or the cache.
-        raise DataError(f"{data_dir}: data folder not found (no such directory)")
-    dirs = candidate_dirs(spec, data_dir, cache_dir)
-    if not dirs:
-        raise DataError(f"dataset 'custom' needs a folder: pass --data-dir DIR (data_dir=DIR) or set {ENV_VAR}")
-    source = find_data_dir(spec, data_dir, cache_dir)
-    if source is None:
-        if not download or not spec.mirrors or dirs[-1][1] != "cache":
-            raise _not_found(spec, dirs, "files not found" + ("" if download else " (download disabled)"))
-        failures = _download_missing(spec, dirs[-1][0], timeout)
-        if failures:
-            raise _not_found(spec, dirs, "files not found, and the download failed:\n  " + "\n  ".join(failures))
-        source = dirs[-1][0]
-    arrays = []
-    for fspec in spec.files:
+    files = spec.split_files(splits)
+    if data_dir is not None:
+        # An explicit folder is binding: a mistake in it is reported, never papered over with
+        # $FASTCNN_DATA_DIR, the cache or a download.
+        source = Path(data_dir).expanduser()
+        if not source.is_dir():
+            raise DataError(f"--data-dir {data_dir}: no such directory: pass the folder that holds the "
+                            f"{spec.title} IDX files")
+        missing = _missing(source, files)
+        if missing:
+            if len(missing) <= 2:
+                what = ", ".join(missing)
+            else:
+                count = f"all {len(files)}" if len(missing) == len(files) else f"{len(missing)} of {len(files)}"
+                what = f"{count} IDX files ({missing[0]}, ...)"
+            raise DataError(f"--data-dir {data_dir} lacks {what}: put the {spec.title} files there (gzipped "
+                            f"or not) or pass another folder\nmissing: {', '.join(missing)}")
+    else:
+        dirs = candidate_dirs(spec, None, cache_dir)
+        if not dirs:
+            raise DataError(f"{spec.title} needs a folder: pass --data-dir DIR or set {ENV_VAR}")
+        source = find_data_dir(spec, None, cache_dir, splits)
+        if source is None:
+            if not spec.mirrors or dirs[-1][1] != "cache":
+                raise _not_found(spec, files, dirs, "not found")
+            if not download:
+                raise _not_found(spec, files, dirs, "not found (download disabled)")
+            failures, network = _download_missing(spec, files, dirs[-1][0], timeout)
+            if failures:
+                raise _not_found(spec, files, dirs, "not found and no network" if network
+                                 else "not found and its download failed", failures)
+            source = dirs[-1][0]
+    in_cache = dirs[-1][1] == "cache" and source == dirs[-1][0] if data_dir is None else False
+    fix = ("delete it to download it again" if in_cache else
+           f"not {spec.title}'s file; for other data use --dataset custom" if spec.name in DATASETS else
+           f"not {spec.title}'s file")
+    source = source.absolute()
+    loaded = {}
+    for fspec in files:
         path = _locate(source, fspec.name)
-        raw, data = _read_file(path)
-        if verify:
-            _check_digest(fspec, path, raw, data)
-        arrays.append((path, _parse_idx(data, path)))
-    (pxi, xi), (pyi, yi), (pxt, xt), (pyt, yt) = arrays
-    for path, arr, ndim in ((pxi, xi, 3), (pyi, yi, 1), (pxt, xt, 3), (pyt, yt, 1)):
-        if arr.ndim != ndim:
-            raise DataError(f"{path}: expected {ndim}-D {'images' if ndim == 3 else 'labels'}, "
-                            f"got shape {arr.shape}")
-    for pi, x, pl, y in ((pxi, xi, pyi, yi), (pxt, xt, pyt, yt)):
-        if len(x) != len(y):
-            raise DataError(f"{pi}, {pl}: count mismatch: {len(x)} images but {len(y)} labels")
-        if spec.num_classes is not None and y.size and y.max() >= spec.num_classes:
-            raise DataError(f"{pl}: label {int(y.max())} out of range 0..{spec.num_classes - 1}")
-    if xi.shape[1:] != xt.shape[1:]:
-        raise DataError(f"{pxi}, {pxt}: image size mismatch: train {xi.shape[1:]} vs test {xt.shape[1:]}")
-    return Dataset(xi[:, None], yi.astype(np.int64), xt[:, None], yt.astype(np.int64), spec.name, source)
+        arr, digest = _load_idx(path, fspec.algorithm if verify and fspec.digest else None)
+        if digest is not None:
+            _check_digest(fspec, path, digest, fix)
+        loaded[fspec.name] = (path, arr)
+    result = {}
+    for split, (fi, fl) in (("train", spec.files[:2]), ("test", spec.files[2:])):
+        if split in splits:
+            result[split] = _check_split(spec, split, *loaded[fi.name], *loaded[fl.name])
+    if len(result) == 2:
+        (pxi, xi), (pxt, xt) = (loaded[f.name] for f in (spec.train_images, spec.test_images))
+        if xi.shape[1:] != xt.shape[1:]:
+            raise DataError(f"{pxi}, {pxt}: image size mismatch: train {xi.shape[1:]} vs test {xt.shape[1:]}")
+    (xi, yi), (xt, yt) = result.get("train", (None, None)), result.get("test", (None, None))
+    return Dataset(xi, yi, xt, yt, spec.name, source)
+
+
+def _check_split(spec, split, pi, x, pl, y):
+    """Structure checks of one split -> (images (N, 1, H, W), labels int64)."""
+    if x.ndim != 3:
+        raise DataError(f"{pi}: expected 3-D images (count x height x width), got shape {x.shape}")
+    if y.ndim != 1:
+        raise DataError(f"{pl}: expected 1-D labels, got shape {y.shape}")
+    if len(x) != len(y):
+        raise DataError(f"{pi}, {pl}: count mismatch: {len(x)} images but {len(y)} labels")
+    if len(x) == 0:
+        raise DataError(f"{pi}: holds no images (the {split} split is empty)")
+    if 0 in x.shape[1:]:
+        raise DataError(f"{pi}: images are {x.shape[1]}x{x.shape[2]} pixels: an image needs at least 1x1")
+    if spec.num_classes is not None and y.max() >= spec.num_classes:
+        raise DataError(f"{pl}: label {int(y.max())} out of range 0..{spec.num_classes - 1}")
+    if len(y) > 1 and y.min() == y.max():
+        warnings.warn(f"{pl}: all {len(y)} {split} labels are {int(y[0])}: a single class "
+                      "(a wrong or truncated label file?)", DataWarning, stacklevel=3)
+    return x[:, None], y.astype(np.int64)
+
+
+def load_mnist(data_dir=None, **kwargs) -> Dataset:
+    """``load_dataset("mnist", data_dir, **kwargs)``: MNIST's 60000 training and 10000 test digits."""
+    return load_dataset("mnist", data_dir, **kwargs)
 
 
 def to_float(images, dtype=np.float32, *, mean=0.1307, std=0.3081):

@@ -7,7 +7,11 @@ CHECKPOINT is a file written by ``fastcnn-train --save-model`` or ``--checkpoint
 :func:`fastcnn.checkpoint.save_checkpoint`).
 
 Test evaluation (the default without ``--predict``; with ``--predict`` only when ``--test`` is given)
-prints the test loss and accuracy and writes two PNGs into ``--out`` (default ``eval/``), each
+uses the test set of the dataset the model was trained on (MNIST, Fashion-MNIST with its class names,
+or a custom folder), read from the folder its training found it in, or from ``--data-dir DIR`` (which
+is then binding); only the two ``t10k-*`` files are needed. A folder whose images or labels do not fit
+the model is refused. It prints the test loss and accuracy and writes two PNGs into ``--out`` (default
+``eval/``), each
 atomically: ``confusion_matrix.png`` (true class by predicted class, every cell's count written in it)
 and ``most_confident_errors.png`` (the ``--top`` test images the model got wrong with the highest
 probability, titled ``true 4 / pred 9 (p=0.99)``).
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +39,14 @@ import numpy as np
 from fastcnn._atomic import atomic_write
 from fastcnn._cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Parser, UsageError, positive_int, print_error
 from fastcnn.checkpoint import CheckpointError, build_model, load_checkpoint
-from fastcnn.data import DATASETS, DataError, load_dataset, to_float
+from fastcnn.data import (DATASETS, FASHION_MNIST, DataError, DataWarning, dataset_spec, find_data_dir,
+                          load_dataset, to_float)
 from fastcnn.losses import log_softmax
 
 PROG = "fastcnn-eval"
 CONFUSION_PNG = "confusion_matrix.png"
 ERRORS_PNG = "most_confident_errors.png"
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                   "Bag", "Ankle boot")
+FASHION_CLASSES = FASHION_MNIST.classes
 _LUMA = np.array([0.299, 0.587, 0.114])          # ITU-R BT.601, as Pillow's RGB -> L
 _MEAN, _STD = to_float.__kwdefaults__["mean"], to_float.__kwdefaults__["std"]   # training's constants
 
@@ -226,10 +231,12 @@ def build_parser():
         epilog="Give CHECKPOINT before --predict FILE ... (which takes every name that follows). "
                "Exit status: 0 ok, 1 an error (one line on stderr), 2 a usage error.")
     p.add_argument("checkpoint", type=Path, help="checkpoint file written by fastcnn-train")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="folder with the four IDX files (default: $FASTCNN_DATA_DIR, then the cache)")
+    p.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                   help="folder with the test set's t10k-images/t10k-labels IDX files, gzipped or not; used "
+                        "as given (default: the folder the model's training read, else $FASTCNN_DATA_DIR, "
+                        "then the cache)")
     p.add_argument("--dataset", choices=sorted(DATASETS) + ["custom"], default=None,
-                   help="test set to use (default: the checkpoint's training dataset, else mnist)")
+                   help="test set to use (default: the dataset the model was trained on, else mnist)")
     p.add_argument("--out", type=Path, default=Path("eval"),
                    help=f"folder for {CONFUSION_PNG} and {ERRORS_PNG} (default: eval/)")
     p.add_argument("--backend", choices=("numba", "numpy"), default=None,
@@ -256,16 +263,53 @@ def _class_label(k, names):
     return f"class {k} ({names[k]})" if names else f"digit {k}"
 
 
+def _trained_on(ckpt):
+    """The dataset the checkpoint's model was trained on ("mnist", "fashion-mnist", "custom"), or None."""
+    extra = ckpt.header.get("extra") or {}
+    name = extra.get("dataset", ckpt.config.get("dataset"))
+    return name if name in DATASETS or name == "custom" else None
+
+
+def _test_data_dir(args, ckpt, dataset):
+    """The folder to read ``dataset``'s test set from: ``--data-dir`` (binding) or, for the dataset
+    the model was trained on, the folder its training read when that still holds the test files;
+    None: the usual search ($FASTCNN_DATA_DIR, the cache, a download)."""
+    if args.data_dir is not None or dataset != _trained_on(ckpt):
+        return args.data_dir
+    source = (ckpt.header.get("extra") or {}).get("source_dir")
+    if isinstance(source, str) and find_data_dir(dataset, source, splits=("test",)) is not None:
+        return Path(source)
+    if dataset == "custom":
+        where = f" from {source}, which no longer holds its test files" if isinstance(source, str) else ""
+        raise DataError(f"pass --data-dir DIR with the test files of the custom dataset the model was "
+                        f"trained on{where}")
+    return None
+
+
+def _check_fits(data, ckpt):
+    """DataError (fix first) unless the test images and labels fit the model."""
+    kwargs = ckpt.model_kwargs
+    shape = (int(kwargs.get("in_channels", 1)), int(kwargs.get("image_size", 28)))
+    classes = int(kwargs.get("num_classes", 10))
+    fix = f"pass --data-dir with the {data.name} test files the model was trained on"
+    _, c, h, w = data.x_test.shape
+    if (c, h, w) != (shape[0], shape[1], shape[1]):
+        raise DataError(f"{fix}: {data.source_dir} holds {h}x{w} test images, the model takes "
+                        f"{shape[1]}x{shape[1]}")
+    top = int(data.y_test.max())
+    if top >= classes:
+        raise DataError(f"{fix}: {data.source_dir} has test labels up to {top}, the model has {classes} "
+                        f"classes (0..{classes - 1})")
+
+
 def _run(args):
     """The command, given parsed arguments; returns the exit status."""
     ckpt = load_checkpoint(args.checkpoint)
     model = build_model(ckpt, backend=args.backend)
     dtype = np.dtype(ckpt.header["dtype"])
     side = int(ckpt.model_kwargs.get("image_size", 28))
-    dataset = args.dataset or ckpt.config.get("dataset") or "mnist"
-    if dataset not in DATASETS and dataset != "custom":
-        dataset = "mnist"
-    names = FASHION_CLASSES if dataset == "fashion-mnist" else None
+    dataset = args.dataset or _trained_on(ckpt) or "mnist"
+    names = dataset_spec(dataset).classes
     status = 0
 
     if args.predict:
@@ -289,27 +333,20 @@ def _run(args):
     if not run_test:
         return status
 
-    try:
-        data = load_dataset(dataset, data_dir=args.data_dir)
-    except DataError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        text = ""
-        for line in lines:
-            text += (" " if text.endswith(":") else "; " if text else "") + line
-        raise DataError(text + " (use --no-test to skip the test set)") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        data = load_dataset(dataset, data_dir=_test_data_dir(args, ckpt, dataset), splits=("test",))
+    for warning in caught:
+        print(f"{PROG}: warning: {warning.message}", file=sys.stderr, flush=True)
+    _check_fits(data, ckpt)
     x_raw, y = data.x_test, data.y_test
     if args.limit_test:
         x_raw, y = x_raw[:args.limit_test], y[:args.limit_test]
-    if x_raw.shape[2:] != (side, side):
-        raise DataError(f"{dataset} test images are {x_raw.shape[2]}x{x_raw.shape[3]}, the model expects "
-                        f"{side}x{side}")
     probs = predict_proba(model, to_float(x_raw, dtype))
-    if probs.shape[1] <= int(y.max(initial=0)):
-        raise DataError(f"{dataset} has labels up to {int(y.max())}, the model has {probs.shape[1]} classes")
     loss, acc, pred, cm = evaluate_probs(probs, y)
     correct = int((pred == y).sum())
-    print(f"test loss {loss:.4f}, accuracy {acc:.2%} ({correct}/{len(y)} correct) on {dataset}"
-          f"{f' (first {len(y)} images)' if args.limit_test else ''}")
+    print(f"test loss {loss:.4f}, accuracy {acc:.2%} ({correct}/{len(y)} correct) on {dataset} from "
+          f"{data.source_dir}{f' (first {len(y)} images)' if args.limit_test else ''}")
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

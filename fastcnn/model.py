@@ -227,6 +227,9 @@ def mnist_cnn(*, seed: int = 0, dropout: float = 0.5, batchnorm: bool = False, d
 
     All randomness comes from ``seed``: one stream initialises the weights, another drives dropout.
     """
+    if not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool) or image_size < 4:
+        raise ValueError(f"images of {image_size}x{image_size} pixels are too small for this network: its two "
+                         "2x2 max-poolings need at least 4x4 pixels (MNIST's are 28x28)")
     dtype = _float_dtype(dtype)
     init_seq, dropout_seq = np.random.SeedSequence(seed).spawn(2)
     init_rng = np.random.default_rng(init_seq)

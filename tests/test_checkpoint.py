@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 
 from fastcnn import checkpoint as ck
-from fastcnn.checkpoint import (CheckpointError, build_model, load_checkpoint, model_rngs, restore,
-                                save_checkpoint)
+from fastcnn.checkpoint import (
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    model_rngs,
+    restore,
+    save_checkpoint,
+)
 from fastcnn.model import mnist_cnn
 from fastcnn.optim import SGD, AdamW
 
@@ -54,8 +60,8 @@ def one_step(model, optimizer, seed=0, n=8):
 
 
 def save(path, model, optimizer, rngs, *, epoch=1, history=(), **kw):
-    kwargs = dict(epoch=epoch, history=list(history), config={"lr": 1e-3, "batch_size": 16},
-                  rngs=rngs, model_kwargs=kw.pop("model_kwargs", KW))
+    kwargs = {"epoch": epoch, "history": list(history), "config": {"lr": 1e-3, "batch_size": 16},
+              "rngs": rngs, "model_kwargs": kw.pop("model_kwargs", KW)}
     kwargs.update(kw)
     return save_checkpoint(path, model, optimizer, **kwargs)
 
@@ -72,21 +78,30 @@ def saved(tmp_path):
     return path, model, opt, rngs
 
 
-def rewrite(path, dest, *, header=None, drop=(), change=None, add=None):
-    """Copy the checkpoint at ``path`` to ``dest`` with the header edited and arrays dropped,
-    changed or added (the payload hash is NOT updated)."""
+def rewrite(path, dest, *, header=None, drop=(), change=None, add=None, rehash=False, raw_header=None):
+    """Copy the checkpoint at ``path`` to ``dest`` with the header edited (``header(h)`` on the parsed
+    JSON, or ``raw_header(bytes) -> bytes``) and arrays dropped, changed or added, as a well-formed
+    archive. The content hash is kept as it was (an edit to detect) unless ``rehash``: then it is
+    recomputed, as a forger would, so that the header's fields themselves are what gets checked."""
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    h = json.loads(arrays["__header__"].tobytes())
+    text = arrays.pop("__header__").tobytes()
     if header:
+        h = json.loads(text)
         header(h)
-    arrays["__header__"] = np.frombuffer(json.dumps(h).encode(), np.uint8)
+        text = json.dumps(h).encode()
+    if raw_header:
+        text = raw_header(text)
     for k in drop:
         del arrays[k]
     if change:
         arrays[change] = arrays[change].copy()
         arrays[change].flat[0] += 1
     arrays.update(add or {})
+    if rehash:
+        digest = ck.content_hash(text, {k: v for k, v in arrays.items() if k != "__sha256__"})
+        arrays["__sha256__"] = np.frombuffer(digest.encode(), np.uint8)
+    arrays["__header__"] = np.frombuffer(text, np.uint8)
     np.savez(dest, **arrays)
     return dest
 
@@ -103,7 +118,7 @@ def test_round_trip_restores_params_optimizer_and_rngs_exactly(saved):
     path, model, opt, rngs = saved
     ckpt = load_checkpoint(path)
     h = ckpt.header
-    assert (h["format"], h["version"], h["epoch"]) == ("fastcnn-checkpoint", 1, 1)
+    assert (h["format"], h["version"], h["epoch"]) == ("fastcnn-checkpoint", 2, 1)
     assert h["dtype"] == "float32" and h["backend"] == "numpy"
     assert h["optimizer"]["name"] == "adamw" and h["optimizer"]["t"] == 1
     assert h["architecture"]["model_kwargs"] == KW
@@ -123,9 +138,10 @@ def test_round_trip_restores_params_optimizer_and_rngs_exactly(saved):
 def test_file_is_plain_npz_with_json_header(saved):
     path = saved[0]
     with np.load(path, allow_pickle=False) as z:
-        header = json.loads(z["__header__"].tobytes().decode("utf-8"))
-        names = sorted(k for k in z.files if k != "__header__")
-        assert header["payload_sha256"] == ck.payload_hash({k: z[k] for k in names})
+        text = z["__header__"].tobytes()
+        header = json.loads(text.decode("utf-8"))
+        names = sorted(k for k in z.files if k not in ("__header__", "__sha256__"))
+        assert z["__sha256__"].tobytes().decode() == ck.content_hash(text, {k: z[k] for k in names})
     assert names == header["arrays"]
     assert all(n.startswith(("param/", "optim/")) for n in names)
     assert isinstance(header["rngs"]["shuffle"]["state"]["state"], int)   # 128-bit int kept exactly
@@ -236,14 +252,15 @@ def _damage_flip(src, dst):
     (lambda s, d: np.savez(d, a=np.zeros(3)), r"no __header__ array"),
     (lambda s, d: np.savez(d, __header__=np.frombuffer(b"{not json", np.uint8)), r"not valid UTF-8 JSON"),
     (lambda s, d: np.savez(d, __header__=np.zeros(3, np.float64)), r"malformed header: expected 1-D uint8"),
-    (lambda s, d: rewrite(s, d, header=lambda h: h.update(version=2)), r"format version 2 is newer"),
-    (lambda s, d: rewrite(s, d, header=lambda h: h.update(version="1")), r"bad format version"),
-    (lambda s, d: rewrite(s, d, header=lambda h: h.update(format="other")), r"not a fastcnn checkpoint"),
-    (lambda s, d: rewrite(s, d, header=lambda h: h.pop("epoch")), r"'epoch' missing"),
-    (lambda s, d: rewrite(s, d, header=lambda h: h.update(optimizer="sgd")), r"'optimizer' must be null"),
-    (lambda s, d: rewrite(s, d, change="param/0.weight"), r"payload SHA-256 does not match"),
-    (lambda s, d: rewrite(s, d, drop=["optim/v/10.bias"]), r"missing arrays optim/v/10\.bias"),
-    (lambda s, d: rewrite(s, d, add={"param/x": np.zeros(2)}), r"unexpected arrays param/x"),
+    (lambda s, d: rewrite(s, d, header=lambda h: h.update(version=3), rehash=True), r"format version 3 is newer"),
+    (lambda s, d: rewrite(s, d, header=lambda h: h.update(version="1"), rehash=True), r"bad format version"),
+    (lambda s, d: rewrite(s, d, header=lambda h: h.update(format="other"), rehash=True), r"not a fastcnn checkpoint"),
+    (lambda s, d: rewrite(s, d, header=lambda h: h.pop("epoch"), rehash=True), r"'epoch' missing"),
+    (lambda s, d: rewrite(s, d, header=lambda h: h.update(optimizer="sgd"), rehash=True),
+     r"'optimizer' must be null"),
+    (lambda s, d: rewrite(s, d, change="param/0.weight"), r"SHA-256 of its content .* does not match"),
+    (lambda s, d: rewrite(s, d, drop=["optim/v/10.bias"], rehash=True), r"missing arrays optim/v/10\.bias"),
+    (lambda s, d: rewrite(s, d, add={"param/x": np.zeros(2)}, rehash=True), r"unexpected arrays param/x"),
 ], ids=["truncated", "flipped-byte", "random-bytes", "zip-magic-then-garbage", "empty", "no-header",
         "bad-json", "header-not-bytes", "newer-version", "bad-version", "wrong-format", "missing-key",
         "bad-optimizer", "hash-mismatch", "missing-array", "extra-array"])
@@ -276,16 +293,21 @@ def test_object_arrays_are_never_unpickled(saved, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------- mismatches
 
+def _with(make_optimizer, rngs=None):
+    """(model, its optimizer, rngs) for the mismatch cases."""
+    model = make(1)[0]
+    return model, make_optimizer(model), rngs or {}
+
+
 @pytest.mark.parametrize("build, message", [
     (lambda: (make(1, batchnorm=False)[0], None, {}),
      r"architecture differs at layer 1: checkpoint has BatchNorm2D\(32\), model has ReLU\(\)"),
     (lambda: (make(1, dtype="float64")[0], None, {}), r"dtype differs: checkpoint float32, model float64"),
     (lambda: (make(1, dropout=0.25)[0], None, {}), r"Dropout\(p=0\.5\), model has Dropout\(p=0\.25\)"),
-    (lambda: (lambda m: (m, SGD(m), {}))(make(1)[0]), r"optimizer differs: checkpoint adamw, run sgd"),
-    (lambda: (lambda m: (m, AdamW(m, lr=0.1), {}))(make(1)[0]),
+    (lambda: _with(lambda m: SGD(m)), r"optimizer differs: checkpoint adamw, run sgd"),
+    (lambda: _with(lambda m: AdamW(m, lr=0.1)),
      r"optimizer settings differ \(checkpoint vs run\): lr=0\.001 vs 0\.1"),
-    (lambda: (lambda m: (m, AdamW(m), {"shuffle": np.random.default_rng(0),
-                                       "augment": np.random.default_rng(0)}))(make(1)[0]),
+    (lambda: _with(AdamW, {"shuffle": np.random.default_rng(0), "augment": np.random.default_rng(0)}),
      r"no state for random generator 'augment'"),
     (lambda: (make(1)[0], None, {"shuffle": np.random.Generator(np.random.MT19937(0))}),
      r"random generator 'shuffle' differs: checkpoint PCG64, run MT19937"),
@@ -339,3 +361,188 @@ def test_save_overwrites_and_leaves_no_temp_files(saved):
     assert load_checkpoint(path).epoch == 2
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
     assert oct(path.stat().st_mode & 0o777) != oct(0o600)                    # normal permissions
+
+
+# ------------------------------------------------------------ the whole content is covered, header too
+
+def _set(path_keys, value):
+    """A header edit: set the value at ``path_keys`` (a tuple of keys/indices)."""
+    def edit(h):
+        node = h
+        for key in path_keys[:-1]:
+            node = node[key]
+        node[path_keys[-1]] = value
+    return edit
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A checkpoint after 3 epochs with real-looking metrics: (path, model, optimizer, rngs)."""
+    model, _ = make(0)
+    opt = AdamW(model, lr=1e-3)
+    one_step(model, opt)
+    rngs = {"shuffle": np.random.default_rng(42), **model_rngs(model)}
+    history = [{"epoch": e, "train_loss": 0.5 / e, "train_acc": 0.9, "test_loss": 0.4 / e, "test_acc": 0.95,
+                "seconds": 1.0, "images_per_second": 100.0} for e in (1, 2, 3)]
+    return save(tmp_path / "run.ckpt", model, opt, rngs, epoch=3, history=history), model, opt, rngs
+
+
+# Edits an attacker or a slip could make, each written back as a well-formed archive with the old hash.
+HEADER_EDITS = [
+    ("lr-50", lambda h: h["optimizer"]["hparams"].update(lr=50.0)),
+    ("epoch-3-to-1", lambda h: h.update(epoch=1)),
+    ("test-acc", _set(("history", 2, "test_acc"), 0.999)),
+    ("config", lambda h: h["config"].update(batch_size=32)),
+    ("dataset", lambda h: h.setdefault("extra", {}).update(dataset="fashion-mnist")),
+    ("rng-state", lambda h: h["rngs"]["shuffle"]["state"].update(state=1)),
+    ("whitespace", None),                      # same JSON value, different bytes: still refused
+]
+
+
+@pytest.mark.parametrize("name, edit", HEADER_EDITS, ids=[e[0] for e in HEADER_EDITS])
+def test_any_header_edit_is_refused(trained, tmp_path, name, edit):
+    dst = tmp_path / "edited.npz"
+    if edit is None:
+        rewrite(trained[0], dst, raw_header=lambda b: b + b" ")
+    else:
+        rewrite(trained[0], dst, header=edit)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(dst)
+    assert str(info.value) == (f"{dst}: damaged or modified: the SHA-256 of its content (header and arrays) "
+                               "does not match the one stored in it")
+
+
+def test_every_header_byte_is_covered(trained, tmp_path):
+    """Flip one bit at 64 positions spread over the header (first and last byte included)."""
+    with np.load(trained[0], allow_pickle=False) as z:
+        size = z["__header__"].size
+    dst = tmp_path / "flipped.npz"
+    for pos in sorted({0, size - 1, *range(0, size, max(1, size // 62))}):
+        def flip(b, pos=pos):
+            return b[:pos] + bytes([b[pos] ^ 0x04]) + b[pos + 1:]
+        rewrite(trained[0], dst, raw_header=flip)
+        with pytest.raises(CheckpointError, match=r"damaged or modified: the SHA-256"):
+            load_checkpoint(dst)
+
+
+def test_header_bytes_flipped_in_the_file_itself(trained, tmp_path):
+    raw = trained[0].read_bytes()
+    with np.load(trained[0], allow_pickle=False) as z:
+        start = raw.find(z["__header__"].tobytes()[:64])
+    assert start > 0
+    for offset in (0, 10, 100):
+        damaged = bytearray(raw)
+        damaged[start + offset] ^= 0x01
+        dst = tmp_path / f"flip{offset}.npz"
+        dst.write_bytes(bytes(damaged))
+        with pytest.raises(CheckpointError, match=r"damaged") as info:
+            load_checkpoint(dst)
+        assert "\n" not in str(info.value)
+
+
+def test_version_1_files_are_refused(trained, tmp_path):
+    dst = rewrite(trained[0], tmp_path / "v1.npz", header=_set(("version",), 1), drop=["__sha256__"])
+    with pytest.raises(CheckpointError, match=r"format version 1 is no longer read: its header is not covered "
+                                              r"by a checksum, so it cannot be verified; train the model again"):
+        load_checkpoint(dst)
+
+
+# Headers a forger made consistent (hash recomputed): each field is still checked by type and range.
+FORGED = [
+    ("history-junk", lambda h: h["history"].append("junk"), r"history entry 4 is str 'junk', not an object"),
+    ("history-acc-text", _set(("history", 0, "test_acc"), "99%"), r"history entry 1: 'test_acc' is '99%', not a number"),
+    ("history-epoch", _set(("history", 1, "epoch"), -2), r"history entry 2: 'epoch' is -2, not an epoch number"),
+    ("epoch-negative", _set(("epoch",), -1), r"'epoch' must be a count of epochs, got -1"),
+    ("epoch-text", _set(("epoch",), "3"), r"'epoch' missing or not a int"),
+    ("epoch-bool", _set(("epoch",), True), r"'epoch' missing or not a int"),
+    ("dtype", _set(("dtype",), "float16"), r"'dtype' must be one of float32, float64, got 'float16'"),
+    ("num-classes-text", _set(("architecture", "model_kwargs", "num_classes"), "10"),
+     r"model setting num_classes='10' is not an integer in 1\.\.1048576"),
+    ("image-size-huge", _set(("architecture", "model_kwargs", "image_size"), 10**9),
+     r"model setting image_size=1000000000 is not an integer in 4\.\.65536"),
+    ("dropout", _set(("architecture", "model_kwargs", "dropout"), 1.5), r"dropout=1\.5 is not a number in \[0, 1\)"),
+    ("batchnorm", _set(("architecture", "model_kwargs", "batchnorm"), "yes"), r"batchnorm='yes' is not true or false"),
+    ("lr-text", _set(("optimizer", "hparams", "lr"), "fast"), r"optimizer setting lr='fast' is not a finite number"),
+    ("lr-nan", _set(("optimizer", "hparams", "lr"), float("nan")), r"optimizer setting lr=nan is not a finite"),
+    ("optimizer-t", _set(("optimizer", "t"), -5), r"'optimizer' must be null or an object"),
+    ("threads", _set(("threads",), 0), r"'threads' must be null or a thread count, got 0"),
+    ("rng-state", _set(("rngs", "shuffle"), [1, 2]), r"the state of random generator 'shuffle' is not an object"),
+    ("param-shape", _set(("architecture", "params", "0.weight", "shape"), [32, 1, 3, 4]),
+     r"damaged: parameter 0\.weight is float32\[32, 1, 3, 3\], the header says float32\[32, 1, 3, 4\]"),
+    ("param-shape-text", _set(("architecture", "params", "0.weight", "shape"), "big"),
+     r"parameter '0\.weight' needs a 'shape' list and a float 'dtype'"),
+    ("layers", _set(("architecture", "layers"), [1, 2]), r"architecture needs a 'layers' list of strings"),
+    ("deep-json", None, r"malformed header: not valid UTF-8 JSON \(RecursionError\)"),
+]
+
+
+@pytest.mark.parametrize("name, edit, message", FORGED, ids=[f[0] for f in FORGED])
+def test_forged_header_fields_are_refused(trained, tmp_path, name, edit, message):
+    dst = tmp_path / "forged.npz"
+    if edit is None:
+        rewrite(trained[0], dst, raw_header=lambda b: b"[" * 100_000 + b"]" * 100_000, rehash=True)
+    else:
+        rewrite(trained[0], dst, header=edit, rehash=True)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(dst)
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"{dst}: ")
+    assert len(str(info.value)) < 200 + len(str(dst))
+
+
+def test_huge_num_classes_is_refused_before_anything_is_allocated(trained, tmp_path, monkeypatch):
+    dst = rewrite(trained[0], tmp_path / "forged.npz", rehash=True,
+                  header=_set(("architecture", "model_kwargs", "num_classes"), 200_000))
+    import fastcnn.model
+
+    def never(*a, **k):
+        raise AssertionError("a model was built from the forged settings")
+    monkeypatch.setattr(fastcnn.model, "mnist_cnn", never)
+    message = (r"malformed header: its model settings \(num_classes=200000\) describe a network of at least "
+               r"12800288 weights, the file stores \d+")
+    with pytest.raises(CheckpointError, match=message):     # in range for its type, bounded by the file
+        load_checkpoint(dst)
+    with pytest.raises(CheckpointError, match=message):
+        build_model(dst, backend="numpy")
+
+
+def _zip_with(dst, members, compress=False):
+    import zipfile
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return dst
+
+
+def _npy_bytes(arr, shape=None):
+    """``arr`` as .npy bytes; ``shape``: declare that shape in the header instead (a forgery)."""
+    import io
+    buf = io.BytesIO()
+    if shape is None:
+        np.lib.format.write_array(buf, arr, allow_pickle=True)
+    else:
+        np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(arr.dtype),
+                                                   "fortran_order": False, "shape": tuple(shape)})
+        buf.write(arr.tobytes())
+    return buf.getvalue()
+
+
+ARCHIVES = [
+    ("huge-declared-shape", lambda d, ok: _zip_with(d, {**ok, "param/0.weight.npy": _npy_bytes(np.zeros(4, np.float32),
+                                                                                                (10**10,))}),
+     r"damaged: array 'param/0\.weight' declares 40000000000 bytes, its member holds 16"),
+    ("compressed-member", lambda d, ok: _zip_with(d, ok, compress=True), r"refused: member .* is compressed"),
+    ("object-array", lambda d, ok: _zip_with(d, {**ok, "x.npy": _npy_bytes(np.array([None], dtype=object))}),
+     r"refused: the archive holds an object \(pickled\) array"),
+    ("not-npy-member", lambda d, ok: _zip_with(d, {**ok, "notes.txt": b"hello"}), r"unexpected archive member 'notes\.txt'"),
+]
+
+
+@pytest.mark.parametrize("name, make_archive, message", ARCHIVES, ids=[a[0] for a in ARCHIVES])
+def test_archive_members_are_checked_before_reading(trained, tmp_path, name, make_archive, message):
+    import zipfile
+    with zipfile.ZipFile(trained[0]) as zf:
+        ok = {info.filename: zf.read(info) for info in zf.infolist()}
+    dst = make_archive(tmp_path / "forged.npz", ok)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(dst)
+    assert "\n" not in str(info.value)

@@ -7,15 +7,30 @@ import gzip
 import hashlib
 import re
 import socket
+import subprocess
+import sys
 import threading
+import warnings
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import subprocess_env
 
 from fastcnn import data
-from fastcnn.data import (DATASETS, FASHION_MNIST, MNIST, DataError, DatasetSpec, FileSpec, find_data_dir,
-                          load_dataset, read_idx, to_float)
+from fastcnn.data import (
+    DATASETS,
+    FASHION_MNIST,
+    MNIST,
+    DataError,
+    DatasetSpec,
+    FileSpec,
+    find_data_dir,
+    load_dataset,
+    read_idx,
+    to_float,
+)
 
 NAMES = [f.name for f in MNIST.files]
 
@@ -55,7 +70,7 @@ def make_dataset(directory, arrays=None, gz=True, level=9):
 
 def tiny_spec(arrays, mirrors=(), name="tiny", algorithm="sha256"):
     """A DatasetSpec whose checksums are those of the decompressed bytes of ``arrays``."""
-    files = [FileSpec(n, hashlib.new(algorithm, idx_bytes(a)).hexdigest(), "data", algorithm)
+    files = [FileSpec(n, hashlib.new(algorithm, idx_bytes(a)).hexdigest(), algorithm)
              for n, a in zip(NAMES, arrays)]
     return DatasetSpec(name, *files, mirrors=tuple(mirrors))
 
@@ -196,7 +211,7 @@ def test_custom_labels_may_exceed_ten(tmp_path):
 
 def test_custom_needs_a_folder(tmp_path):
     make_dataset(data.default_cache_dir("custom"))  # the cache is never consulted for custom
-    with pytest.raises(DataError, match=r"custom.*needs a folder.*--data-dir DIR.*FASTCNN_DATA_DIR"):
+    with pytest.raises(DataError, match=r"custom dataset needs a folder: pass --data-dir DIR or set FASTCNN_DATA_DIR"):
         load_dataset("custom")
 
 
@@ -268,27 +283,80 @@ def test_home_cache_when_xdg_unset(tmp_path, monkeypatch):
     assert data.default_cache_dir("mnist") == tmp_path / "home" / ".cache" / "fastcnn" / "mnist"
 
 
-def test_incomplete_folder_is_skipped(tmp_path, monkeypatch):
+def test_incomplete_env_folder_is_skipped(tmp_path, monkeypatch):
     spec = DatasetSpec("tiny", *(FileSpec(n) for n in NAMES))
-    explicit, env = tmp_path / "explicit", tmp_path / "env"
-    make_dataset(explicit)
-    (explicit / NAMES[3]).unlink()
-    arrays = make_dataset(env, make_arrays(seed=5), gz=False)  # raw files count too
+    env, cache = tmp_path / "env", data.default_cache_dir("tiny")
+    make_dataset(env)
+    (env / NAMES[3]).unlink()
+    arrays = make_dataset(cache, make_arrays(seed=5), gz=False)  # raw files count too
     monkeypatch.setenv("FASTCNN_DATA_DIR", str(env))
-    assert find_data_dir(spec, explicit) == env
-    assert_loaded(load_dataset(spec, data_dir=explicit), arrays)
+    assert find_data_dir(spec) == cache
+    assert_loaded(load_dataset(spec), arrays)
 
 
-def test_missing_everywhere_without_download(tmp_path):
+# An explicit folder is binding: whatever it lacks, neither $FASTCNN_DATA_DIR nor the cache nor a
+# download stands in for it (each alternative below holds a complete, valid dataset).
+EXPLICIT_CASES = [
+    ("empty", [], r"--data-dir \S+ lacks all 4 IDX files \(train-images-idx3-ubyte.gz, ...\)"),
+    ("no_test_labels", NAMES[:3], r"--data-dir \S+ lacks t10k-labels-idx1-ubyte.gz: put the .+ files there"),
+    ("no_train_images", NAMES[1:], r"--data-dir \S+ lacks train-images-idx3-ubyte.gz: put the .+ files there"),
+]
+
+
+@pytest.mark.parametrize("dataset", ["custom", "mnist"])
+@pytest.mark.parametrize("case, keep, message", EXPLICIT_CASES, ids=[c[0] for c in EXPLICIT_CASES])
+def test_explicit_data_dir_is_binding(tmp_path, monkeypatch, server, dataset, case, keep, message):
+    root, url = server
+    arrays = make_dataset(root)
+    make_dataset(tmp_path / "env", arrays)
+    make_dataset(tmp_path / "cache", arrays)
+    monkeypatch.setenv("FASTCNN_DATA_DIR", str(tmp_path / "env"))
     explicit = tmp_path / "explicit"
-    explicit.mkdir()
+    make_dataset(explicit, arrays)
+    for name in set(NAMES) - set(keep):
+        (explicit / name).unlink()
+    with pytest.raises(DataError, match=message) as info:
+        load_dataset(dataset, data_dir=explicit, cache_dir=tmp_path / "cache", mirrors=[url], timeout=5)
+    first, *details = str(info.value).splitlines()
+    assert len(first) < 200 + len(str(explicit)) and "or pass another folder" in first
+    assert details == [f"missing: {', '.join(n for n in NAMES if n not in keep)}"]
+    assert sorted(p.name for p in explicit.iterdir()) == sorted(keep)        # nothing downloaded into it
+
+
+def test_explicit_data_dir_is_binding_for_the_test_split_too(tmp_path, monkeypatch):
+    arrays = make_dataset(tmp_path / "env")
+    monkeypatch.setenv("FASTCNN_DATA_DIR", str(tmp_path / "env"))
+    make_dataset(tmp_path / "explicit", arrays)
+    (tmp_path / "explicit" / NAMES[2]).unlink()
+    with pytest.raises(DataError, match=r"lacks t10k-images-idx3-ubyte.gz"):
+        load_dataset("custom", data_dir=tmp_path / "explicit", splits=("test",))
+    # the training split alone is complete there
+    ds = load_dataset("custom", data_dir=tmp_path / "explicit", splits=("train",))
+    assert ds.x_test is None and ds.source_dir == tmp_path / "explicit"
+
+
+def test_test_split_alone_needs_only_the_t10k_files(tmp_path):
+    arrays = make_dataset(tmp_path / "d")
+    for name in NAMES[:2]:
+        (tmp_path / "d" / name).unlink()
+    ds = load_dataset(tiny_spec(arrays), data_dir=tmp_path / "d", splits=("test",))
+    assert ds.x_train is None and ds.y_train is None
+    np.testing.assert_array_equal(ds.x_test[:, 0], arrays[2])
+    np.testing.assert_array_equal(ds.y_test, arrays[3])
+    assert ds.num_classes == int(arrays[3].max()) + 1
+
+
+def test_missing_everywhere_without_download(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FASTCNN_DATA_DIR", "env")
+    (tmp_path / "env").mkdir()
     with pytest.raises(DataError) as info:
-        load_dataset("mnist", data_dir=explicit, download=False, cache_dir=tmp_path / "cache")
-    msg = str(info.value)
-    assert "download disabled" in msg
-    assert f"{explicit} (data_dir argument): missing {NAMES[0]}" in msg
-    assert f"{tmp_path / 'cache'} (cache): no such directory" in msg
-    assert "--data-dir DIR" in msg and "FASTCNN_DATA_DIR" in msg
+        load_dataset("mnist", download=False, cache_dir="cache")
+    first, *details = str(info.value).splitlines()
+    assert first == ("MNIST not found (download disabled): pass --data-dir DIR or set FASTCNN_DATA_DIR "
+                     "(looked in: env, cache)")
+    assert f"  env (FASTCNN_DATA_DIR): missing {NAMES[0]}, {NAMES[1]}, {NAMES[2]}, {NAMES[3]}" in details
+    assert "  cache (cache): no such directory" in details
     assert not (tmp_path / "cache").exists()
 
 
@@ -304,8 +372,9 @@ def test_checksum_mismatch_on_disk(tmp_path):
     write_idx(tmp_path / "d" / NAMES[0], xi)
     expected = spec.train_images.digest
     actual = hashlib.sha256(idx_bytes(xi)).hexdigest()
-    pattern = (re.escape(str(tmp_path / "d" / NAMES[0])) + f": checksum mismatch: expected sha256 {expected} "
-               f"of the decompressed data, got {actual}")
+    pattern = (re.escape(str(tmp_path / "d" / NAMES[0])) + rf": checksum mismatch \(not tiny's file\): sha256 "
+               rf"{actual[:12]}\.\.\., expected {expected[:12]}\.\.\.\nexpected sha256 {expected} of the "
+               f"decompressed data, got {actual}")
     with pytest.raises(DataError, match=pattern):
         load_dataset(spec, data_dir=tmp_path / "d")
     assert_loaded(load_dataset(spec, data_dir=tmp_path / "d", verify=False), (xi, *rest))
@@ -322,32 +391,40 @@ def test_data_digest_accepts_any_gzip_wrapper_and_raw(tmp_path):
         assert_loaded(load_dataset(spec, data_dir=tmp_path / d), arrays)
 
 
-def test_gz_digest_checks_the_gzipped_bytes(tmp_path):
-    arrays = make_dataset(tmp_path / "d", level=9)
-    files = [FileSpec(n, hashlib.md5((tmp_path / "d" / n).read_bytes()).hexdigest(), "gz", "md5") for n in NAMES]
-    spec = DatasetSpec("tiny", *files)
-    assert_loaded(load_dataset(spec, data_dir=tmp_path / "d"), arrays)
-    make_dataset(tmp_path / "d", arrays, level=1)  # same data, different gzip bytes: rejected
-    with pytest.raises(DataError, match=r"checksum mismatch: expected md5 \w+ of the gzipped file"):
+@pytest.mark.parametrize("container", ["gz-level-1", "gz-two-members", "raw"])
+def test_any_container_of_wrong_content_is_refused(tmp_path, container):
+    # A raw or re-gzipped copy is verified like the original: the digest is of the decompressed bytes.
+    arrays = make_arrays()
+    spec = tiny_spec(arrays)
+    bad = arrays[2].copy()
+    bad[0, 0, 0] ^= 1
+    path = tmp_path / "d" / (NAMES[2] if container != "raw" else NAMES[2][:-3])
+    make_dataset(tmp_path / "d", arrays, gz=container != "raw")
+    payload = idx_bytes(bad)
+    if container == "gz-level-1":
+        payload = gzip.compress(payload, compresslevel=1)
+    elif container == "gz-two-members":
+        payload = gzip.compress(payload[:10]) + gzip.compress(payload[10:])
+    path.write_bytes(payload)
+    with pytest.raises(DataError, match=re.escape(str(path)) + r": checksum mismatch \(not tiny's file\): sha256 "
+                                        r"\w{12}\.\.\., expected " + spec.test_images.digest[:12]):
         load_dataset(spec, data_dir=tmp_path / "d")
-    make_dataset(tmp_path / "raw", arrays, gz=False)  # decompressed copy: cannot be checked, accepted
-    assert_loaded(load_dataset(spec, data_dir=tmp_path / "raw"), arrays)
 
 
 def test_filespec_validates():
-    with pytest.raises(ValueError, match="digest_of"):
-        FileSpec("x.gz", "0" * 32, "zip")
     with pytest.raises(ValueError):
-        FileSpec("x.gz", "0" * 32, "data", "nosuchhash")
+        FileSpec("x.gz", "0" * 32, "nosuchhash")
 
 
 def test_registry():
     assert DATASETS == {"mnist": MNIST, "fashion-mnist": FASHION_MNIST}
     assert [f.name for f in FASHION_MNIST.files] == NAMES
     assert MNIST.mirrors[0] == "https://ossci-datasets.s3.amazonaws.com/mnist/" and len(MNIST.mirrors) == 3
-    assert all(f.digest_of == "data" and len(f.digest) == 64 for f in MNIST.files)
-    assert all(f.digest_of == "gz" and f.algorithm == "md5" for f in FASHION_MNIST.files)
-    assert FASHION_MNIST.train_images.digest == "8d4fb7e6c68d591d4c3dfef9ec88bf0d"
+    for spec in (MNIST, FASHION_MNIST):             # every digest is a SHA-256 of decompressed bytes
+        assert all(f.algorithm == "sha256" and re.fullmatch(r"[0-9a-f]{64}", f.digest) for f in spec.files)
+    assert FASHION_MNIST.train_images.digest.startswith("c59f468a")
+    assert (MNIST.title, FASHION_MNIST.title) == ("MNIST", "Fashion-MNIST")
+    assert MNIST.classes is None and FASHION_MNIST.classes[9] == "Ankle boot"
     with pytest.raises(AttributeError):
         MNIST.name = "x"  # frozen
 
@@ -373,17 +450,17 @@ def test_download_checksum_mismatch_leaves_nothing(server, tmp_path):
     make_dataset(root)                            # the server holds the real files
     spec = tiny_spec(make_arrays(seed=1), [url])  # checksums of different content
     cache = tmp_path / "cache"
-    with pytest.raises(DataError, match=r"download failed:\n.*checksum mismatch") as info:
+    with pytest.raises(DataError, match=r"download failed(?s:.*)checksum mismatch") as info:
         load_dataset(spec, cache_dir=cache, timeout=5)
     assert url + NAMES[0] in str(info.value)
-    assert list(cache.iterdir()) == []  # no file, no temp file
+    assert not cache.exists()  # no file, no temp file, not even the folder it created
 
 
 def test_download_keeps_verified_files_only(server, tmp_path):
     root, url = server
     arrays = make_dataset(root)
     spec = tiny_spec(arrays, [url])
-    bad = FileSpec(NAMES[2], "0" * 64, "data", "sha256")
+    bad = FileSpec(NAMES[2], "0" * 64)
     spec = DatasetSpec("tiny", spec.train_images, spec.train_labels, bad, spec.test_labels, mirrors=(url,))
     cache = tmp_path / "cache"
     with pytest.raises(DataError, match=re.escape(NAMES[2]) + r": .*checksum mismatch"):
@@ -392,19 +469,38 @@ def test_download_keeps_verified_files_only(server, tmp_path):
 
 
 def test_server_down(tmp_path, monkeypatch, dead_url):
-    explicit, env, cache = tmp_path / "explicit", tmp_path / "env", tmp_path / "cache"
-    make_dataset(explicit)
-    (explicit / NAMES[1]).unlink()
+    monkeypatch.chdir(tmp_path)
+    env, cache = Path("env"), Path("cache")
+    make_dataset(env)
+    (env / NAMES[1]).unlink()
     monkeypatch.setenv("FASTCNN_DATA_DIR", str(env))
     with pytest.raises(DataError) as info:
-        load_dataset("mnist", data_dir=explicit, cache_dir=cache, mirrors=[dead_url], timeout=5)
-    msg = str(info.value)
-    assert "download failed" in msg and dead_url + NAMES[0] in msg and "refused" in msg.lower()
-    assert f"{explicit} (data_dir argument): missing {NAMES[1]}" in msg
-    assert f"{env} (FASTCNN_DATA_DIR): no such directory" in msg
-    assert f"{cache} (cache): missing" in msg
-    assert "--data-dir DIR" in msg and "FASTCNN_DATA_DIR=DIR" in msg
-    assert list(cache.iterdir()) == []
+        load_dataset("mnist", cache_dir=cache, mirrors=[dead_url], timeout=5)
+    first, *details = str(info.value).splitlines()
+    assert first == (f"MNIST not found and no network: pass --data-dir DIR or set FASTCNN_DATA_DIR "
+                     f"(looked in: {env}, {cache})")
+    assert f"  {env} (FASTCNN_DATA_DIR): missing {NAMES[1]}" in details
+    assert f"  {cache} (cache): no such directory" in details      # the folder it created is gone again
+    assert any(dead_url + NAMES[0] in line and "refused" in line.lower() for line in details)
+    assert not cache.exists()
+
+
+def test_no_data_error_first_line_stays_short(tmp_path, monkeypatch, dead_url):
+    deep = tmp_path.joinpath(*["a-rather-long-folder-name"] * 8)
+    monkeypatch.setenv("FASTCNN_DATA_DIR", str(deep))
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", cache_dir=deep / "cache", mirrors=[dead_url], timeout=5)
+    first, *details = str(info.value).splitlines()
+    assert len(first) <= 200
+    assert first.startswith("MNIST not found and no network: pass --data-dir DIR or set FASTCNN_DATA_DIR")
+    assert any(str(deep) in line for line in details)
+
+
+def test_download_error_that_is_not_the_network(server, tmp_path):
+    _, url = server
+    with pytest.raises(DataError) as info:
+        load_dataset(tiny_spec(make_arrays(), [url + "a/"]), cache_dir=tmp_path / "c", timeout=5)
+    assert str(info.value).startswith("tiny not found and its download failed: pass --data-dir DIR")
 
 
 def test_mirror_fallback(server, tmp_path):
@@ -416,7 +512,7 @@ def test_mirror_fallback(server, tmp_path):
 
 def test_all_mirrors_404(server, tmp_path):
     _, url = server
-    with pytest.raises(DataError, match=re.escape(url) + r"a/train-images-idx3-ubyte.gz: HTTP Error 404.*"
+    with pytest.raises(DataError, match=r"(?s)" + re.escape(url) + r"a/train-images-idx3-ubyte.gz: HTTP Error 404.*"
                                         + re.escape(url) + r"b/train-images-idx3-ubyte.gz: HTTP Error 404"):
         load_dataset(tiny_spec(make_arrays(), [url + "a/", url + "b/"]), cache_dir=tmp_path / "c", timeout=5)
 
@@ -459,3 +555,245 @@ def test_explicit_data_dir_that_does_not_exist_is_an_error_not_skipped(tmp_path,
     monkeypatch.setenv("FASTCNN_DATA_DIR", str(good))
     with pytest.raises(DataError, match="no such directory"):
         load_dataset("custom", data_dir=tmp_path / "typo", download=False)
+
+
+# ------------------------------------------------------------------------ bounded, streamed reading
+
+def gzip_bomb(path, dims, zeros):
+    """A gzip file: the IDX header declaring ``dims``, then ``zeros`` zero bytes (rounded up to whole
+    64 MiB members, each compressed once and repeated: a few MB on disk for gigabytes of data)."""
+    unit = 64 << 20
+    member = gzip.compress(b"\0" * unit, compresslevel=9, mtime=0)
+    head = b"\x00\x00\x08" + bytes([len(dims)]) + b"".join(int(d).to_bytes(4, "big") for d in dims)
+    with open(path, "wb") as f:
+        f.write(gzip.compress(head, mtime=0))
+        f.writelines(member for _ in range(-(-zeros // unit)))
+    return path
+
+
+# (declared dims, zero bytes that follow, message): each file is ~4 MB of gzip holding 4 GiB.
+BOMBS = [
+    ((10**9, 28, 28), 4 << 30, (r"refused: header says 1000000000x28x28 = 784000000000 bytes of data, more "
+                                r"than a \d+-byte gzip file can hold \(damaged or forged file\)")),
+    ((4_000_000, 28, 28), 4 << 30, (r"refused: header says 4000000x28x28 = 3136000000 bytes of data, more "
+                                    r"than the 1073741824 bytes fastcnn reads from one file")),
+    ((60_000, 28, 28), 4 << 30, (r"trailing bytes: header says 60000x28x28 = 47040000 bytes of data, found "
+                                 r"\d+\+ \(at least \d+ extra\)")),
+]
+
+_PEAK_RSS = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))   # a runaway allocation fails, not the machine
+from fastcnn.data import DataError, read_idx
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    read_idx(sys.argv[1])
+except DataError as exc:
+    print(exc)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)   # peak growth, MiB
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units and RLIMIT_AS as on Linux")
+@pytest.mark.parametrize("dims, zeros, message", BOMBS, ids=["1e9-images", "over-the-maximum", "trailing"])
+def test_gzip_bomb_is_refused_in_bounded_memory(tmp_path, dims, zeros, message):
+    path = gzip_bomb(tmp_path / "train-images-idx3-ubyte.gz", dims, zeros)
+    assert path.stat().st_size < 8 << 20
+    env = subprocess_env()
+    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(path)], check=False, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    error, growth_mib = proc.stdout.splitlines()
+    assert re.fullmatch(re.escape(str(path)) + ": " + message, error), error
+    # Reading may hold the buffer the header declares when it is plausible (47 MB here) and a few
+    # chunks; the 4 GiB behind it are never held.
+    declared = int(np.prod(dims))
+    limit_mib = 16 + (declared >> 20 if declared <= data.MAX_IDX_BYTES else 0)
+    assert int(growth_mib) < limit_mib, (growth_mib, error)
+
+
+def test_raw_file_declaring_more_than_it_holds_is_truncated_not_allocated(tmp_path, monkeypatch):
+    path = tmp_path / "labels-idx1-ubyte"
+    path.write_bytes(b"\x00\x00\x08\x01" + (10**9).to_bytes(4, "big") + bytes(10))
+    allocations = []
+    real_empty = np.empty
+    monkeypatch.setattr(data.np, "empty", lambda n, *a, **k: allocations.append(n) or real_empty(n, *a, **k))
+    with pytest.raises(DataError, match=r"truncated: header says 1000000000 = 1000000000 bytes of data, found 10"):
+        read_idx(path)
+    assert allocations == []
+
+
+def test_multi_member_gzip_reads_whole(tmp_path):
+    arr = np.arange(3000, dtype=np.int64).reshape(30, 10, 10).astype(np.uint8)
+    payload = idx_bytes(arr)
+    path = tmp_path / "x.gz"
+    path.write_bytes(b"".join(gzip.compress(payload[i:i + 777]) for i in range(0, len(payload), 777)))
+    np.testing.assert_array_equal(read_idx(path), arr)
+
+
+# ----------------------------------------------------------------- what a dataset's files must hold
+
+def one_class(arrays):
+    xi, yi, xt, yt = arrays
+    return xi, np.full_like(yi, 3), xt, yt
+
+
+# (what to change in the four arrays, error pattern): each split checked on its own.
+SPLIT_CASES = [
+    ("train_count", lambda a: (a[0], a[1][:-1], a[2], a[3]),
+     r"{d}/train-images-idx3-ubyte.gz, {d}/train-labels-idx1-ubyte.gz: count mismatch: 6 images but 5 labels"),
+    ("test_count", lambda a: (a[0], a[1], a[2], a[3][:-1]),
+     r"{d}/t10k-images-idx3-ubyte.gz, {d}/t10k-labels-idx1-ubyte.gz: count mismatch: 4 images but 3 labels"),
+    ("test_count_more_labels", lambda a: (a[0], a[1], a[2][:-2], a[3]), r"count mismatch: 2 images but 4 labels"),
+    ("train_0x0", lambda a: (np.zeros((6, 0, 0), np.uint8), *a[1:]),
+     r"{d}/train-images-idx3-ubyte.gz: images are 0x0 pixels: an image needs at least 1x1"),
+    ("test_0x0", lambda a: (*a[:2], np.zeros((4, 0, 0), np.uint8), a[3]),
+     r"{d}/t10k-images-idx3-ubyte.gz: images are 0x0 pixels: an image needs at least 1x1"),
+    ("test_5x0", lambda a: (*a[:2], np.zeros((4, 5, 0), np.uint8), a[3]), r"images are 5x0 pixels"),
+    ("train_empty", lambda a: (np.zeros((0, 4, 5), np.uint8), np.zeros(0, np.uint8), *a[2:]),
+     r"{d}/train-images-idx3-ubyte.gz: holds no images \(the train split is empty\)"),
+    ("test_empty", lambda a: (*a[:2], np.zeros((0, 4, 5), np.uint8), np.zeros(0, np.uint8)),
+     r"{d}/t10k-images-idx3-ubyte.gz: holds no images \(the test split is empty\)"),
+    ("test_labels_2d", lambda a: (*a[:3], a[3].reshape(2, 2)), r"{d}/t10k-labels-idx1-ubyte.gz: expected 1-D labels"),
+]
+
+
+@pytest.mark.parametrize("case, change, message", SPLIT_CASES, ids=[c[0] for c in SPLIT_CASES])
+def test_each_split_is_checked(tmp_path, case, change, message):
+    make_dataset(tmp_path / "d", change(make_arrays()))
+    pattern = message.replace("{d}", re.escape(str(tmp_path / "d")))
+    with pytest.raises(DataError, match=pattern):
+        load_dataset("custom", data_dir=tmp_path / "d")
+    split = "test" if case.startswith("test") else "train"
+    with pytest.raises(DataError, match=pattern):          # the split loaded alone is checked too
+        load_dataset("custom", data_dir=tmp_path / "d", splits=(split,))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_single_class_label_file_warns(tmp_path, split):
+    xi, yi, xt, yt = make_arrays()
+    if split == "train":
+        yi = np.full_like(yi, 3)
+    else:
+        yt = np.full_like(yt, 3)
+    make_dataset(tmp_path / "d", (xi, yi, xt, yt))
+    name = NAMES[1] if split == "train" else NAMES[3]
+    pattern = re.escape(str(tmp_path / "d" / name)) + rf": all \d+ {split} labels are 3: a single class"
+    with pytest.warns(data.DataWarning, match=pattern):
+        ds = load_dataset("custom", data_dir=tmp_path / "d")
+    assert ds.num_classes == max(int(yi.max()), int(yt.max())) + 1
+
+
+def test_two_classes_do_not_warn(tmp_path):
+    xi, yi, xt, yt = make_arrays()
+    make_dataset(tmp_path / "d", (xi, yi % 2, xt, yt % 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset("custom", data_dir=tmp_path / "d")
+
+
+# ------------------------------------------------------- data the command line refuses, in one line
+
+def _custom(folder, hw, n_train=8, n_test=4):
+    rng = np.random.default_rng(0)
+    arrays = (rng.integers(0, 256, (n_train, *hw), dtype=np.uint8), np.arange(n_train, dtype=np.uint8) % 10,
+              rng.integers(0, 256, (n_test, *hw), dtype=np.uint8), np.arange(n_test, dtype=np.uint8) % 10)
+    make_dataset(folder, arrays, gz=False)
+    return folder
+
+
+# (image height x width, the one error line's pattern)
+TRAIN_CLI_CASES = [
+    ((0, 0), r"fastcnn-train: error: \S+/train-images-idx3-ubyte: images are 0x0 pixels: an image needs at least 1x1"),
+    ((3, 3), (r"fastcnn-train: error: images of 3x3 pixels are too small for this network: its two 2x2 "
+              r"max-poolings need at least 4x4 pixels \(MNIST's are 28x28\)")),
+]
+
+
+@pytest.mark.parametrize("hw, line", TRAIN_CLI_CASES, ids=["0x0", "3x3"])
+def test_train_refuses_images_the_network_cannot_take(tmp_path, capsys, hw, line):
+    from fastcnn.cli import train_main
+    folder = _custom(tmp_path / "d", hw)
+    code = train_main(["--dataset", "custom", "--data-dir", str(folder), "--epochs", "1", "--batch-size", "4",
+                       "--backend", "numpy", "--plots-dir", str(tmp_path / "plots"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert len(err.splitlines()) == 1 and re.fullmatch(line, err.strip()), err
+
+
+def test_four_pixel_images_are_enough(tmp_path, capsys):
+    from fastcnn.cli import train_main
+    folder = _custom(tmp_path / "d", (4, 4))
+    code = train_main(["--dataset", "custom", "--data-dir", str(folder), "--epochs", "1", "--batch-size", "4",
+                       "--backend", "numpy", "--plots-dir", str(tmp_path / "plots"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+
+
+def test_package_exports_the_loader(tmp_path):
+    import fastcnn
+    assert fastcnn.load_dataset is load_dataset and fastcnn.to_float is to_float
+    assert fastcnn.DataError is DataError
+    arrays = make_dataset(tmp_path / "d", tiny_arrays := make_arrays())
+    assert arrays is tiny_arrays
+    spec = tiny_spec(arrays)
+    assert_loaded(fastcnn.load_dataset(spec, tmp_path / "d"), arrays)
+
+
+def test_load_mnist(mnist_dir):
+    import fastcnn
+    ds = fastcnn.load_mnist(mnist_dir, splits=("test",))
+    assert ds.name == "mnist" and ds.x_train is None and ds.x_test.shape == (10000, 1, 28, 28)
+
+
+@pytest.mark.parametrize("where", ["data_dir", "env", "cache"])
+def test_checksum_error_says_what_to_do_where_the_file_is(tmp_path, monkeypatch, where):
+    # The real MNIST registry entry: a folder of other data is refused with a fix fitting its place.
+    folder = {"data_dir": tmp_path / "d", "env": tmp_path / "env", "cache": tmp_path / "cache"}[where]
+    make_dataset(folder)
+    if where == "env":
+        monkeypatch.setenv("FASTCNN_DATA_DIR", str(folder))
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", data_dir=folder if where == "data_dir" else None, cache_dir=tmp_path / "cache",
+                     download=False)
+    first = str(info.value).splitlines()[0]
+    fix = ("delete it to download it again" if where == "cache"
+           else "not MNIST's file; for other data use --dataset custom")
+    assert first.startswith(f"{folder / NAMES[0]}: checksum mismatch ({fix}): sha256 "), first
+    assert len(first) < 150 + len(str(folder / NAMES[0]))
+
+
+# -------------------------------------------------- the no-data error, as every command prints it
+
+def _no_data_commands(tmp_path):
+    from fastcnn.benchmarks.cli import bench_main
+    from fastcnn.checkpoint import save_checkpoint
+    from fastcnn.cli import train_main
+    from fastcnn.evaluate import eval_main
+    from fastcnn.model import mnist_cnn
+    model = tmp_path / "m.npz"
+    save_checkpoint(model, mnist_cnn(backend="numpy"), None, epoch=0, history=[], config={}, rngs={},
+                    model_kwargs={}, extra={"dataset": "mnist"})
+    return {"fastcnn-train": lambda: train_main(["--epochs", "1", "--plots-dir", str(tmp_path / "p")]),
+            "fastcnn-eval": lambda: eval_main([str(model), "--backend", "numpy", "--out", str(tmp_path / "e")]),
+            "fastcnn-bench": lambda: bench_main(["--quick", "--out", str(tmp_path / "b")])}
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+@pytest.mark.parametrize("prog", ["fastcnn-train", "fastcnn-eval", "fastcnn-bench"])
+def test_no_data_error_is_short_and_fix_first(tmp_path, monkeypatch, capsys, dead_url, prog, verbose):
+    monkeypatch.setitem(data.DATASETS, "mnist", data.replace(MNIST, mirrors=(dead_url, dead_url + "b/")))
+    monkeypatch.setenv("XDG_CACHE_HOME", "xdg")
+    monkeypatch.chdir(tmp_path)
+    if verbose:
+        monkeypatch.setenv("FASTCNN_VERBOSE", "1")
+    else:
+        monkeypatch.delenv("FASTCNN_VERBOSE", raising=False)
+    assert _no_data_commands(tmp_path)[prog]() == 1
+    first, *details = capsys.readouterr().err.splitlines()
+    assert first == (f"{prog}: error: MNIST not found and no network: pass --data-dir DIR or set FASTCNN_DATA_DIR "
+                     "(looked in: xdg/fastcnn/mnist)")
+    if verbose:              # each mirror's error on its own line
+        assert sum(dead_url in line and "refused" in line.lower() for line in details) == 2, details
+    else:
+        assert details == []

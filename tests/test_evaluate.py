@@ -3,14 +3,17 @@ evaluation on real MNIST with both PNGs, --predict on .npy and .png files, and o
 (exit 1) for bad inputs and checkpoints, exit 2 for usage errors."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import re
 
 import numpy as np
 import pytest
+from helpers import write_custom_dataset, write_idx
 from matplotlib import image as mpimg
 
 from fastcnn.checkpoint import save_checkpoint
-from fastcnn.data import load_dataset, to_float
+from fastcnn.data import FASHION_MNIST, load_dataset, to_float
 from fastcnn.evaluate import eval_main, normalise, read_image
 from fastcnn.model import mnist_cnn
 
@@ -57,14 +60,136 @@ def test_test_set_evaluation_writes_both_pngs(ckpt, mnist_dir, tmp_path, capsys)
     assert sorted(p.name for p in out_dir.iterdir()) == ["confusion_matrix.png", "most_confident_errors.png"]
 
 
-@pytest.mark.parametrize("folder,needle", [("none", "no such directory"), ("empty", "files not found")])
+@pytest.mark.parametrize("folder,needle", [("none", "no such directory"),
+                                           ("empty", "lacks t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz")])
 def test_missing_data_is_one_line_error(ckpt, tmp_path, capsys, monkeypatch, folder, needle):
     monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)     # nothing to fall back on
     (tmp_path / "empty").mkdir()
-    code, out, err = run(capsys, ckpt, "--dataset", "custom", "--data-dir", tmp_path / folder,
+    code, _out, err = run(capsys, ckpt, "--dataset", "custom", "--data-dir", tmp_path / folder,
                          "--backend", "numpy", "--out", tmp_path / "o")
-    assert_one_error(code, err, needle, "--no-test")
+    assert_one_error(code, err, needle)
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------- the test set the model was trained on
+
+def write_test_split(folder, n=40, hw=(28, 28), labels=None, n_labels=None, seed=0):
+    """t10k-images/t10k-labels IDX files (raw) in ``folder``; returns the folder."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    images = rng.integers(0, 256, (n, *hw))
+    labels = np.arange(n) % 10 if labels is None else labels
+    write_idx(folder / "t10k-images-idx3-ubyte", images)
+    write_idx(folder / "t10k-labels-idx1-ubyte", labels[:n_labels])
+    return folder
+
+
+def model_file(path, dataset, source_dir):
+    """A model-only checkpoint, as --save-model writes it, trained on ``dataset`` from ``source_dir``."""
+    save_checkpoint(path, mnist_cnn(seed=0, backend="numpy"), None, epoch=1, history=[], config={}, rngs={},
+                    model_kwargs={"dropout": 0.5, "batchnorm": False, "dtype": "float32", "in_channels": 1,
+                                  "image_size": 28, "num_classes": 10},
+                    extra={"dataset": dataset, "source_dir": str(source_dir)})
+    return path
+
+
+def fake_fashion(monkeypatch, folder):
+    """Fashion-MNIST-shaped test files in ``folder``, with the registry's checksums made theirs."""
+    from fastcnn import data as data_module
+    write_test_split(folder, labels=np.arange(40) % 10)
+    digests = {name: hashlib.sha256((folder / name[:-3]).read_bytes()).hexdigest()
+               for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+    spec = data_module.FASHION_MNIST
+    spec = dataclasses.replace(spec, test_images=dataclasses.replace(spec.test_images,
+                                                                     digest=digests[spec.test_images.name]),
+                               test_labels=dataclasses.replace(spec.test_labels,
+                                                               digest=digests[spec.test_labels.name]))
+    monkeypatch.setitem(data_module.DATASETS, "fashion-mnist", spec)
+    return folder
+
+
+# (name, dataset the model was trained on, how to lay out the folders -> extra argv, expected exit,
+#  pattern of stdout's first line or of the one error line)
+EVAL_DATA_CASES = [
+    ("custom-saved-folder-t10k-only", "custom", lambda t, mp: write_test_split(t / "trained") and [], 0,
+     r"test loss \d\.\d+, accuracy \d+\.\d+% \(\d+/40 correct\) on custom from {t}/trained"),
+    ("fashion-saved-folder", "fashion-mnist", lambda t, mp: fake_fashion(mp, t / "trained") and [], 0,
+     r"test loss .* \(\d+/40 correct\) on fashion-mnist from {t}/trained"),
+    ("explicit-dir-is-used", "custom", lambda t, mp: (write_test_split(t / "trained"),
+                                                      write_test_split(t / "other", n=30)) and
+     ["--data-dir", t / "other"], 0, r"test loss .* \(\d+/30 correct\) on custom from {t}/other"),
+    ("explicit-dir-is-binding", "custom", lambda t, mp: (write_test_split(t / "trained"), (t / "empty").mkdir())
+     and ["--data-dir", t / "empty"], 1,
+     (r"fastcnn-eval: error: --data-dir {t}/empty lacks t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz: "
+     r"put the custom dataset files there \(gzipped or not\) or pass another folder")),
+    ("images-do-not-fit", "custom", lambda t, mp: write_test_split(t / "trained", hw=(16, 16)) and [], 1,
+     (r"fastcnn-eval: error: pass --data-dir with the custom test files the model was trained on: {t}/trained "
+     r"holds 16x16 test images, the model takes 28x28")),
+    ("labels-do-not-fit", "custom", lambda t, mp: write_test_split(t / "trained", labels=np.arange(40) % 13) and [],
+     1, (r"fastcnn-eval: error: pass --data-dir with the custom test files the model was trained on: {t}/trained "
+        r"has test labels up to 12, the model has 10 classes \(0\.\.9\)")),
+    ("count-mismatch", "custom", lambda t, mp: write_test_split(t / "trained", n_labels=39) and [], 1,
+     (r"fastcnn-eval: error: {t}/trained/t10k-images-idx3-ubyte, {t}/trained/t10k-labels-idx1-ubyte: count "
+     r"mismatch: 40 images but 39 labels")),
+    ("custom-folder-gone", "custom", lambda t, mp: [], 1,
+     (r"fastcnn-eval: error: pass --data-dir DIR with the test files of the custom dataset the model was trained "
+     r"on from {t}/trained, which no longer holds its test files")),
+]
+
+
+@pytest.mark.parametrize("name, dataset, layout, code, pattern", EVAL_DATA_CASES, ids=[c[0] for c in EVAL_DATA_CASES])
+def test_eval_uses_the_data_the_model_was_trained_on(tmp_path, capsys, monkeypatch, name, dataset, layout, code,
+                                                     pattern):
+    monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    model = model_file(tmp_path / "model.npz", dataset, tmp_path / "trained")
+    extra = layout(tmp_path, monkeypatch)
+    got, out, err = run(capsys, model, *extra, "--backend", "numpy", "--out", tmp_path / "eval")
+    assert got == code, (out, err)
+    line = out[0] if code == 0 else (err[0] if len(err) == 1 else err)
+    assert re.fullmatch(pattern.replace("{t}", re.escape(str(tmp_path))), line), line
+    if code == 0:
+        assert err == []
+        assert (tmp_path / "eval" / "confusion_matrix.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert not (tmp_path / "xdg").exists()                        # no download, no cache
+
+
+def test_fashion_model_predicts_fashion_class_names(tmp_path, capsys, monkeypatch):
+    model = model_file(tmp_path / "model.npz", "fashion-mnist", tmp_path / "trained")
+    image = tmp_path / "x.npy"
+    np.save(image, np.zeros((28, 28), np.uint8))
+    code, out, err = run(capsys, model, "--backend", "numpy", "--predict", image)
+    assert code == 0, err
+    m = re.fullmatch(re.escape(str(image)) + r": class (\d) \((.+)\) \(p=[01]\.\d\d\)", out[0])
+    assert m and m.group(2) == FASHION_MNIST.classes[int(m.group(1))], out
+
+
+def test_single_class_test_labels_warn(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)
+    write_test_split(tmp_path / "trained", labels=np.full(40, 3))
+    model = model_file(tmp_path / "model.npz", "custom", tmp_path / "trained")
+    code, _out, err = run(capsys, model, "--backend", "numpy", "--out", tmp_path / "eval")
+    assert code == 0
+    warning = (f"fastcnn-eval: warning: {tmp_path}/trained/t10k-labels-idx1-ubyte: all 40 test labels are 3: "
+               "a single class (a wrong or truncated label file?)")
+    assert err == [warning]
+
+
+def test_trained_model_is_evaluated_on_its_own_data_folder(tmp_path, capsys, monkeypatch):
+    """fastcnn-train --save-model records the folder; fastcnn-eval MODEL, from elsewhere, reads it."""
+    from fastcnn.cli import train_main
+    monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    folder = write_custom_dataset(tmp_path / "digits", n_train=64, n_test=32)
+    monkeypatch.chdir(tmp_path)
+    assert train_main(["--dataset", "custom", "--data-dir", "digits", "--epochs", "1", "--batch-size", "16",
+                       "--backend", "numpy", "--quiet", "--save-model", "m.npz", "--plots-dir", "plots"]) == 0
+    capsys.readouterr()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, out, err = run(capsys, tmp_path / "m.npz", "--backend", "numpy")
+    assert code == 0, err
+    assert re.fullmatch(r"test loss .* \(\d+/32 correct\) on custom from " + re.escape(str(folder)), out[0]), out
 
 
 # ---------------------------------------------------------------------------------- --predict
@@ -160,3 +285,23 @@ def test_usage_errors_exit_2_with_one_line(capsys, argv):
 def test_help_exits_0(capsys):
     code, out, err = run(capsys, "--help")
     assert code == 0 and any("--predict" in line for line in out)
+
+
+def test_mnist_model_reads_the_folder_its_training_used(mnist_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)         # and nothing in the cache: no fallback
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    model = model_file(tmp_path / "model.npz", "mnist", mnist_dir)
+    code, out, err = run(capsys, model, "--backend", "numpy", "--limit-test", 200, "--out", tmp_path / "eval")
+    assert code == 0, err
+    assert re.fullmatch(r"test loss .* \(\d+/200 correct\) on mnist from " + re.escape(str(mnist_dir))
+                        + r" \(first 200 images\)", out[0]), out
+    assert not (tmp_path / "xdg").exists()
+
+
+def test_predict_alone_needs_no_data_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)
+    model = model_file(tmp_path / "model.npz", "custom", tmp_path / "gone")
+    image = tmp_path / "x.npy"
+    np.save(image, np.zeros((28, 28), np.uint8))
+    code, out, err = run(capsys, model, "--backend", "numpy", "--predict", image)
+    assert code == 0 and err == [] and re.fullmatch(re.escape(str(image)) + r": .* \(p=[01]\.\d\d\)", out[0]), out

@@ -389,7 +389,7 @@ def damage_edit_the_architecture(path):
 DAMAGE = [(damage_truncate, "damaged"), (damage_flip_a_weight_byte, "Bad CRC-32"),
           (damage_change_a_weight, "SHA-256"), (damage_empty, "empty"),
           (damage_not_a_zip, "not an .npz"), (damage_drop_the_header, "no __header__"),
-          (damage_edit_the_architecture, "architecture differs")]
+          (damage_edit_the_architecture, "damaged or modified")]
 
 
 @pytest.mark.parametrize("damage,needle", DAMAGE, ids=[d.__name__[len("damage_"):] for d, _ in DAMAGE])
