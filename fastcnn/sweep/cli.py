@@ -274,6 +274,3 @@ def sweep_main(argv: list[str] | None = None) -> int:
         print_error(PROG, f"unexpected {type(exc).__name__}: {exc} (set FASTCNN_TRACEBACK=1 to see the traceback)")
         return EXIT_ERROR
 
-
-if __name__ == "__main__":
-    sys.exit(sweep_main())

@@ -231,8 +231,13 @@ def _part(field: str, value) -> str:
     return f"{field.replace('_', '-')}{_fmt(value)}"
 
 
+_DEFAULTS = TrainConfig()
+
+
 def _names(given: list[dict], keys: list[str]) -> list[str]:
-    return ["_".join(_part(k, g.get(k)) for k in keys) for g in given]
+    """Names from the given values; a value not given is TrainConfig's default (None, "-default", for
+    the settings whose default depends on the optimizer)."""
+    return ["_".join(_part(k, g[k] if k in g else getattr(_DEFAULTS, k)) for k in keys) for g in given]
 
 
 def build_runs(cli_lists: dict, entries: list[dict] | None = None) -> list[RunSpec]:
