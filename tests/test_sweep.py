@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -173,6 +174,44 @@ def test_failing_runs_do_not_stop_the_others_on_a_given_scheduler(mnist_dir, tmp
         assert "batch size 1000 is larger than the training set (256 images)" in runs[name]["reason"]
     csv_status = [line.split(",")[2] for line in (tmp_path / "summary.csv").read_text().splitlines()[1:]]
     assert sorted(csv_status) == ["completed", "diverged", "failed", "failed"]
+
+
+def test_a_lost_worker_run_is_retried_once_from_its_checkpoint(mnist_dir, tmp_path, capsys):
+    """The worker running the sweep's only run is killed after its first epoch; the run is submitted
+    again and resumes from that epoch's checkpoint."""
+    import dask
+    from distributed import Client, LocalCluster
+    ckpt = tmp_path / "sgd" / "checkpoint.npz"
+    killed = []
+
+    def kill_the_worker(address):
+        deadline = time.monotonic() + 240
+        while not ckpt.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with Client(address) as client:
+            pids = client.run(os.getpid)
+            busy = [w for w, keys in client.processing().items() if any(str(k).startswith("sgd-") for k in keys)]
+            for w in busy:
+                os.kill(pids[w], signal.SIGKILL)
+                killed.append(w)
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address="127.0.0.1:0", worker_dashboard_address=None) as cluster:
+        killer = threading.Thread(target=kill_the_worker, args=(cluster.scheduler_address,))
+        killer.start()
+        # 20 epochs of one batch: the kill comes right after epoch 1's checkpoint, long before the end.
+        code = sweep_main(["--scheduler", cluster.scheduler_address, "--optimizer", "sgd", "--epochs", "20",
+                           "--limit-train", "64", "--limit-test", "50", "--batch-size", "64", "--threads-per-run", "1",
+                           "--data-dir", str(mnist_dir), "--out", str(tmp_path), "-q"])
+        killer.join()
+    err = capsys.readouterr().err
+    assert len(killed) == 1, killed
+    assert code == EXIT_OK, err
+    assert "run sgd: its worker was lost" in err and "retrying it once, from its last checkpoint" in err, err
+    (run,) = json.loads((tmp_path / "summary.json").read_text())["runs"]
+    assert run["status"] == "completed" and run["epochs_done"] == 20 and run["resumed_from"] >= 1
+    assert [m["epoch"] for m in _metrics(tmp_path, "sgd")["epochs"]] == list(range(1, 21))
 
 
 def _sweep_process(argv, cwd):

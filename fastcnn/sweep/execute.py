@@ -108,6 +108,7 @@ class Cluster:
             self._stack.callback(cluster.close)
             self.client = Client(cluster)
             self._stack.callback(self.client.close)
+            self.client.register_plugin(_ignore_sigint_plugin(), name="fastcnn-sweep-ignore-sigint")
             self.description = (f"a local Dask cluster: {self.slots} worker process{'es' if self.slots != 1 else ''}"
                                 f" x {self.threads} thread{'s' if self.threads != 1 else ''}")
             if _has_bokeh():
@@ -134,6 +135,19 @@ class Cluster:
                             f"thread{'s' if self.threads != 1 else ''}")
         if "dashboard" in self.client.scheduler_info().get("services", {}):
             self.dashboard_link = self.client.dashboard_link
+
+
+def _ignore_sigint_plugin():
+    """A worker plugin for the local cluster: a worker process the nanny restarts (after a crash)
+    ignores SIGINT too, like the first ones, which inherit that from the sweep at spawn time."""
+    from distributed import WorkerPlugin
+
+    class IgnoreSigint(WorkerPlugin):
+        def setup(self, worker) -> None:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return IgnoreSigint()
 
 
 def _has_bokeh() -> bool:

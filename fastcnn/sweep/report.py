@@ -95,7 +95,7 @@ def group_curves(records: list[dict], key: str) -> dict[str, dict]:
     for r in records:
         if r["history"]:
             out.setdefault(r["group"], {"members": []})["members"].append(r["history"])
-    for group, g in out.items():
+    for g in out.values():
         epochs = sorted({m["epoch"] for h in g["members"] for m in h})
         values = [[m[key] for h in g["members"] for m in h if m["epoch"] == e and m.get(key) is not None]
                   for e in epochs]
