@@ -281,6 +281,17 @@ def test_bad_option_list_from_the_command_line(tmp_path):
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr and not list(tmp_path.iterdir())
 
 
+def test_missing_data_is_one_line_before_any_cluster_starts(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = sweep_main(["--dataset", "custom", "--data-dir", str(empty), "--no-download", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == EXIT_ERROR
+    assert err.count("\n") == 1 and err.startswith("fastcnn-sweep: error: pass --data-dir DIR or set "
+                                                    "FASTCNN_DATA_DIR=DIR"), err
+    assert not (tmp_path / "o").exists()
+
+
 def test_default_sweep_is_sgd_against_adamw():
     runs = build_runs({})
     assert [r.name for r in runs] == ["sgd", "adamw"]

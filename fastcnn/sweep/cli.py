@@ -114,6 +114,24 @@ def _check_out(out: Path) -> None:
         raise UsageError(f"--out {str(out)!r} is not writable: {exc.strerror or exc}") from None
 
 
+def _fetch_data(dataset: str, data_dir: str | None, download: bool) -> None:
+    """Make sure the local workers find the data: download it once here (not in every worker at the
+    same time) when no folder holds it; a DataError names what is missing before any cluster starts."""
+    from fastcnn.data import DataError, find_data_dir, load_dataset
+    if find_data_dir(dataset, data_dir) is None:
+        try:
+            load_dataset(dataset, data_dir=data_dir, download=download)
+        except DataError as exc:
+            first = str(exc).splitlines()[0].rstrip(":")
+            raise DataError(f"pass --data-dir DIR or set FASTCNN_DATA_DIR=DIR (a folder with the four IDX files) "
+                            f"or allow the download; {first}\n{exc}") from None
+
+
+def _short(text, limit: int = 160) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
@@ -131,7 +149,7 @@ def _line(rec: dict, done: int, total: int) -> str:
         if rec["mean_epoch_seconds"] is not None:
             text += f"  {rec['mean_epoch_seconds']:.1f} s/epoch"
     if rec["status"] != "completed" and rec.get("reason"):
-        text += f"  ({rec['reason']})"
+        text += f"  ({_short(rec['reason'])})"
     return text
 
 
@@ -151,11 +169,13 @@ def _run(argv, say) -> int:
         say = _silent
     specs = _specs(args)
     out = Path(args.out).expanduser().resolve()
-    _check_out(out)
     if args.data_dir is not None and args.scheduler is None and not Path(args.data_dir).expanduser().is_dir():
         raise UsageError(f"--data-dir {args.data_dir!r}: no such directory")
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir and args.scheduler is None \
         else args.data_dir
+    if args.scheduler is None:
+        _fetch_data(args.dataset, data_dir, not args.no_download)
+    _check_out(out)
     task_kwargs = {"dataset": args.dataset, "data_dir": data_dir, "download": not args.no_download,
                    "timings": not args.no_timings}
 
@@ -235,7 +255,7 @@ def _run(argv, say) -> int:
     if bad:
         first = bad[0]
         print_error(PROG, f"{len(bad)} of {len(ordered)} runs did not complete (see {csv_path}); first: "
-                          f"{first['run']} {first['status']}: {first.get('reason')}")
+                          f"{first['run']} {first['status']}: {_short(first.get('reason'), 100)}")
         return EXIT_ERROR
     return EXIT_OK
 
