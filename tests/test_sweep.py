@@ -275,16 +275,20 @@ def test_bad_option_list_is_one_line_usage_error(argv, expected, capsys, tmp_pat
 
 def test_bad_option_list_from_the_command_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fastcnn.sweep", "--dropout", "0.5,1.5"], cwd=tmp_path,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == EXIT_USAGE
     assert proc.stderr.startswith("fastcnn-sweep: error: --dropout '0.5,1.5': must be a finite number"), proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr and not list(tmp_path.iterdir())
 
 
-def test_missing_data_is_one_line_before_any_cluster_starts(tmp_path, capsys):
+def test_missing_data_is_one_line_before_any_cluster_starts(tmp_path, capsys, monkeypatch):
+    # Nowhere to find MNIST: no $FASTCNN_DATA_DIR (searched after --data-dir), an empty cache.
+    monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    code = sweep_main(["--dataset", "custom", "--data-dir", str(empty), "--no-download", "--out", str(tmp_path / "o")])
+    code = sweep_main(["--data-dir", str(empty), "--no-download", "--epochs", "1", "--limit-train", "64",
+                       "--limit-test", "50", "--out", str(tmp_path / "o"), *LOCAL])
     err = capsys.readouterr().err
     assert code == EXIT_ERROR
     assert err.count("\n") == 1 and err.startswith("fastcnn-sweep: error: pass --data-dir DIR or set "

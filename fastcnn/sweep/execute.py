@@ -71,7 +71,7 @@ class Cluster:
     dashboard_link: str | None = field(default=None, init=False)
     _stack: contextlib.ExitStack = field(default=None, init=False, repr=False)
 
-    def __enter__(self) -> Cluster:
+    def __enter__(self) -> Cluster:  # noqa: PYI034 -- typing.Self needs Python 3.11
         self._stack = contextlib.ExitStack()
         try:
             self._start()
@@ -164,7 +164,7 @@ class _Signals:
         self.received: int | None = None
         self._old: dict = {}
 
-    def __enter__(self) -> _Signals:
+    def __enter__(self) -> _Signals:  # noqa: PYI034 -- typing.Self needs Python 3.11
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -222,7 +222,7 @@ def run_all(cluster: Cluster, specs: list, out_dir: str, *, on_result: Callable[
                         continue
                     result = {"name": spec.name, "status": "failed", "document": None, "resumed_from": None,
                               "reason": f"its worker was lost {attempt + 1} times (last: {exc.last_worker.address})"}
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 -- any task error is that run's failure, not the sweep's
                     result = {"name": spec.name, "status": "failed", "document": None, "resumed_from": None,
                               "reason": f"{type(exc).__name__}: {exc}"}
                 on_result(spec, result)

@@ -85,7 +85,7 @@ class _StopWatcher:
     def is_set(self) -> bool:
         try:
             return self.event is not None and self.event.is_set()
-        except Exception:              # the scheduler is gone: nobody is left to ask us to stop
+        except Exception:  # noqa: BLE001 -- the scheduler is gone: nobody is left to ask us to stop
             return False
 
     def watch(self, state) -> None:
@@ -100,7 +100,7 @@ class _StopWatcher:
                 if self.event.wait(timeout=_POLL_SECONDS):
                     self.state.stop_requested = True
                     return
-            except Exception:
+            except Exception:  # noqa: BLE001 -- the scheduler is gone: the run goes on to its end
                 return
 
     def close(self) -> None:
@@ -177,7 +177,7 @@ def run_one(name: str, config: TrainConfig, out_dir: str, *, dataset: str = "mni
     except (CheckpointError, ValueError, OSError, MemoryError) as exc:
         hint = f"; delete {run_dir} or choose another --out" if isinstance(exc, CheckpointError) else ""
         result.update(status="failed", reason=one_line(str(exc) or type(exc).__name__) + hint)
-    except Exception as exc:                     # a bug: reported with the run, the sweep goes on
+    except Exception as exc:  # noqa: BLE001 -- a bug: reported with the run, the sweep goes on
         last = traceback.extract_tb(exc.__traceback__)[-1]
         result.update(status="failed", reason=f"unexpected {type(exc).__name__}: {one_line(str(exc))} "
                                               f"({Path(last.filename).name}:{last.lineno})")
