@@ -1,0 +1,344 @@
+"""fastcnn-sweep on a real Dask LocalCluster (processes, 2 workers) and real MNIST, small limits.
+
+Covered: a 2x2 grid (summary and plots hold the runs' numbers; a rerun skips it), one run equal bit
+for bit to the same run of fastcnn-train, failing and diverging runs next to a good one (on a given
+scheduler address), Ctrl-C and resume, one-line usage errors; and that no worker process is left.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import PNG_SIGNATURE, REPO, run_cli, subprocess_env
+
+from fastcnn._cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from fastcnn.checkpoint import load_checkpoint
+from fastcnn.sweep.cli import sweep_main
+from fastcnn.sweep.grid import DEFAULT_EPOCHS, build_runs, load_runs_file
+from fastcnn.sweep.report import PLOT_FILES, comparison_figures
+from fastcnn.train import TIMING_KEYS
+
+SMALL = ["--limit-train", "256", "--limit-test", "100", "--batch-size", "64"]
+LOCAL = ["--workers", "2", "--threads-per-run", "1", "--dashboard", "127.0.0.1:0", "-q"]
+
+
+def _children() -> set[int]:
+    """Process ids whose parent is this process (Linux /proc), except multiprocessing's resource
+    tracker (started with the first spawned process, it lives as long as this interpreter)."""
+    me, out = os.getpid(), set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(fields[1]) == me and b"multiprocessing.resource_tracker" not in cmdline:
+                out.add(int(entry.name))
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_leftover_processes():
+    """Every cluster the tests start is closed: no worker or nanny process outlives the module."""
+    before = _children()
+    yield
+    deadline = time.monotonic() + 10
+    while _children() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _children() - before, f"processes left behind: {_children() - before}"
+
+
+@pytest.fixture(scope="module")
+def grid(mnist_dir, tmp_path_factory):
+    """A 2x2 sweep (optimizer x seed, 2 epochs) run once for the tests that read it."""
+    out = tmp_path_factory.mktemp("grid") / "out"
+    argv = ["--optimizer", "sgd,adamw", "--seed", "0,1", "--epochs", "2", *SMALL, *LOCAL,
+            "--data-dir", str(mnist_dir), "--out", str(out)]
+    code = sweep_main(argv)
+    return {"out": out, "argv": argv, "code": code}
+
+
+def _metrics(out, run):
+    return json.loads((out / run / "metrics.json").read_text())
+
+
+def test_grid_completes_with_summary_and_plots(grid):
+    out = grid["out"]
+    assert grid["code"] == EXIT_OK
+    summary = json.loads((out / "summary.json").read_text())
+    runs = summary["runs"]
+    assert [r["run"] for r in runs] == ["sgd_seed0", "sgd_seed1", "adamw_seed0", "adamw_seed1"]
+    assert [r["group"] for r in runs] == ["sgd", "sgd", "adamw", "adamw"]
+    for r in runs:
+        doc = _metrics(out, r["run"])
+        accs = [m["test_acc"] for m in doc["epochs"]]
+        assert r["status"] == doc["status"] == "completed" and r["reason"] is None
+        assert doc["config"]["optimizer"] == r["config"]["optimizer"] and doc["config"]["seed"] == r["config"]["seed"]
+        assert doc["threads"] == 1 and r["epochs_done"] == 2
+        assert r["final_test_acc"] == accs[-1] and r["best_test_acc"] == max(accs)
+        assert r["final_train_loss"] == doc["epochs"][-1]["train_loss"]
+        assert r["epoch_seconds"] == [m["seconds"] for m in doc["epochs"]]
+        assert (out / r["run"] / "checkpoint.npz").is_file()
+        assert load_checkpoint(out / r["run"] / "checkpoint.npz").epoch == 2
+
+    lines = (out / "summary.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert len(lines) == 5
+    for line, r in zip(lines[1:], runs):
+        row = dict(zip(header, line.split(",")))
+        assert row["run"] == r["run"] and row["status"] == "completed"
+        assert float(row["final_test_acc"]) == r["final_test_acc"]
+        assert float(row["best_test_acc"]) == r["best_test_acc"]
+
+    for name in PLOT_FILES.values():
+        assert (out / name).read_bytes().startswith(PNG_SIGNATURE)
+    figs = comparison_figures(runs)
+    for key, scale in (("test_acc", 100.0), ("train_loss", 1.0)):
+        ax = figs[key].axes[0]
+        curves = {line.get_gid(): line for line in ax.lines}
+        assert set(curves) == {"sgd", "adamw"}
+        assert len(ax.collections) == 2                        # one seed band per group
+        for group in ("sgd", "adamw"):
+            seeds = [r for r in runs if r["group"] == group]
+            expected = [scale * sum(r["history"][e][key] for r in seeds) / 2 for e in range(2)]
+            np.testing.assert_allclose(curves[group].get_ydata(), expected, rtol=1e-12)
+            np.testing.assert_array_equal(curves[group].get_xdata(), [1, 2])
+    bars = {p.get_gid(): p.get_height() for p in figs["final_acc"].axes[0].patches}
+    for group in ("sgd", "adamw"):
+        finals = [100 * r["final_test_acc"] for r in runs if r["group"] == group]
+        assert bars[group] == pytest.approx(sum(finals) / 2, rel=1e-12)
+
+
+def test_rerun_skips_completed_runs(grid, capsys):
+    out = grid["out"]
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/*")}
+    argv = [a for a in grid["argv"] if a != "-q"]
+    assert sweep_main(argv) == EXIT_OK
+    text = capsys.readouterr().out
+    assert "(0 to train, 4 completed earlier)" in text, text
+    assert text.count("completed earlier") == 5, text
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*")} == before     # no run was trained again
+
+
+def test_run_equals_fastcnn_train_alone(grid, mnist_dir, tmp_path):
+    """adamw seed 1 from the sweep against the same settings trained alone, one thread each."""
+    cmd = ["--optimizer", "adamw", "--seed", "1", "--epochs", "2", *SMALL, "--threads", "1", "--no-timings",
+           "--data-dir", mnist_dir, "--metrics", tmp_path / "m.json", "--checkpoint", tmp_path / "c.npz",
+           "--plots-dir", tmp_path / "plots", "-q"]
+    proc = run_cli(cmd, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    alone = json.loads((tmp_path / "m.json").read_text())
+    swept = _metrics(grid["out"], "adamw_seed1")
+    assert alone["threads"] == swept["threads"] == 1 and alone["backend"] == swept["backend"]
+    assert [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in swept["epochs"]] == alone["epochs"]
+    a, b = load_checkpoint(tmp_path / "c.npz"), load_checkpoint(grid["out"] / "adamw_seed1" / "checkpoint.npz")
+    assert sorted(a.arrays) == sorted(b.arrays)
+    for name in a.arrays:
+        assert a.arrays[name].dtype == b.arrays[name].dtype
+        assert a.arrays[name].tobytes() == b.arrays[name].tobytes(), name
+
+
+def test_failing_runs_do_not_stop_the_others_on_a_given_scheduler(mnist_dir, tmp_path, capsys):
+    from distributed import LocalCluster
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0", worker_dashboard_address=None) as cluster:
+        code = sweep_main(["--scheduler", cluster.scheduler_address, "--optimizer", "sgd", "--lr", "0.01,1e30",
+                           "--batch-size", "64,1000", "--epochs", "1", "--limit-train", "256", "--limit-test", "100",
+                           "--threads-per-run", "1", "--data-dir", str(mnist_dir), "--out", str(tmp_path), "-q"])
+        address = cluster.scheduler_address
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=5):
+        pass                                                   # the scheduler's port is closed again
+    err = capsys.readouterr().err
+    assert code == EXIT_ERROR
+    assert err.count("\n") == 1 and err.startswith("fastcnn-sweep: error: 3 of 4 runs did not complete"), err
+    runs = {r["run"]: r for r in json.loads((tmp_path / "summary.json").read_text())["runs"]}
+    assert set(runs) == {"lr0.01_batch-size64", "lr0.01_batch-size1000", "lr1e+30_batch-size64",
+                         "lr1e+30_batch-size1000"}
+    assert runs["lr0.01_batch-size64"]["status"] == "completed" and runs["lr0.01_batch-size64"]["epochs_done"] == 1
+    diverged = runs["lr1e+30_batch-size64"]
+    assert diverged["status"] == "diverged" and "training diverged in epoch 1" in diverged["reason"]
+    assert _metrics(tmp_path, "lr1e+30_batch-size64")["status"] == "diverged"
+    for name in ("lr0.01_batch-size1000", "lr1e+30_batch-size1000"):
+        assert runs[name]["status"] == "failed"
+        assert "batch size 1000 is larger than the training set (256 images)" in runs[name]["reason"]
+    csv_status = [line.split(",")[2] for line in (tmp_path / "summary.csv").read_text().splitlines()[1:]]
+    assert sorted(csv_status) == ["completed", "diverged", "failed", "failed"]
+
+
+def test_a_lost_worker_run_is_retried_once_from_its_checkpoint(mnist_dir, tmp_path, capsys):
+    """The worker running the sweep's only run is killed after its first epoch; the run is submitted
+    again and resumes from that epoch's checkpoint."""
+    import dask
+    from distributed import Client, LocalCluster
+    ckpt = tmp_path / "sgd" / "checkpoint.npz"
+    killed = []
+
+    def kill_the_worker(address):
+        deadline = time.monotonic() + 240
+        while not ckpt.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with Client(address) as client:
+            pids = client.run(os.getpid)
+            busy = [w for w, keys in client.processing().items() if any(str(k).startswith("sgd-") for k in keys)]
+            for w in busy:
+                os.kill(pids[w], signal.SIGKILL)
+                killed.append(w)
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address="127.0.0.1:0", worker_dashboard_address=None) as cluster:
+        killer = threading.Thread(target=kill_the_worker, args=(cluster.scheduler_address,))
+        killer.start()
+        # 20 epochs of one batch: the kill comes right after epoch 1's checkpoint, long before the end.
+        code = sweep_main(["--scheduler", cluster.scheduler_address, "--optimizer", "sgd", "--epochs", "20",
+                           "--limit-train", "64", "--limit-test", "50", "--batch-size", "64", "--threads-per-run", "1",
+                           "--data-dir", str(mnist_dir), "--out", str(tmp_path), "-q"])
+        killer.join()
+    err = capsys.readouterr().err
+    assert len(killed) == 1, killed
+    assert code == EXIT_OK, err
+    assert "run sgd: its worker was lost" in err and "retrying it once, from its last checkpoint" in err, err
+    (run,) = json.loads((tmp_path / "summary.json").read_text())["runs"]
+    assert run["status"] == "completed" and run["epochs_done"] == 20 and run["resumed_from"] >= 1
+    assert [m["epoch"] for m in _metrics(tmp_path, "sgd")["epochs"]] == list(range(1, 21))
+
+
+def _sweep_process(argv, cwd):
+    return subprocess.Popen([sys.executable, "-m", "fastcnn.sweep", *map(str, argv)], cwd=cwd,
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_interrupted_sweep_resumes(mnist_dir, tmp_path):
+    out = tmp_path / "out"
+    # 12 epochs of one batch: the signal comes right after epoch 1's checkpoint, long before epoch 12.
+    argv = ["--optimizer", "sgd,adamw", "--epochs", "12", "--limit-train", "64", "--limit-test", "50",
+            "--batch-size", "64", *LOCAL, "--data-dir", mnist_dir, "--out", out]
+    proc = _sweep_process(argv, tmp_path)
+    try:
+        ckpts = [out / run / "checkpoint.npz" for run in ("sgd", "adamw")]
+        deadline = time.monotonic() + 240
+        while not all(p.exists() for p in ckpts) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == EXIT_INTERRUPTED, stderr
+    assert "stopped by SIGINT" in stderr and "rerun the same command to resume" in stderr, stderr
+    first = {r["run"]: r for r in json.loads((out / "summary.json").read_text())["runs"]}
+    assert all(r["status"] == "interrupted" and 1 <= r["epochs_done"] < 12 for r in first.values()), first
+    for run, r in first.items():
+        assert _metrics(out, run)["status"] == "interrupted"
+        assert load_checkpoint(out / run / "checkpoint.npz").epoch == r["epochs_done"]
+
+    proc = _sweep_process([a for a in argv if a != "-q"], tmp_path)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_OK, stderr
+    second = {r["run"]: r for r in json.loads((out / "summary.json").read_text())["runs"]}
+    for run, r in second.items():
+        assert r["status"] == "completed" and r["resumed_from"] == first[run]["epochs_done"]
+        assert f"{run}: completed (resumed after epoch {first[run]['epochs_done']})" in stdout, stdout
+        doc = _metrics(out, run)
+        assert [m["epoch"] for m in doc["epochs"]] == list(range(1, 13))
+        kept = first[run]["history"]                 # the epochs before the interrupt are kept as they were
+        assert [{k: m[k] for k in h} for m, h in zip(doc["epochs"], kept)] == kept
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--lr", "0.01,abc"], "fastcnn-sweep: error: --lr '0.01,abc': expected a number, got 'abc'"),
+    (["--seed", "0,,1"], "fastcnn-sweep: error: --seed '0,,1': give a comma-separated list without empty items"),
+    (["--optimizer", "sgd,rmsprop"], "fastcnn-sweep: error: --optimizer 'sgd,rmsprop': expected one of adamw, sgd"),
+    (["--seed", "1,1"], "fastcnn-sweep: error: --seed '1,1': '1' is listed twice"),
+    (["--optimizer", "adamw", "--momentum", "0.9"], "fastcnn-sweep: error: --momentum applies only to sgd runs"),
+    (["--batchnorm", "maybe"], "fastcnn-sweep: error: --batchnorm 'maybe': expected on or off"),
+])
+def test_bad_option_list_is_one_line_usage_error(argv, expected, capsys, tmp_path):
+    assert sweep_main([*argv, "--out", str(tmp_path / "out")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(expected), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_option_list_from_the_command_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fastcnn.sweep", "--dropout", "0.5,1.5"], cwd=tmp_path,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == EXIT_USAGE
+    assert proc.stderr.startswith("fastcnn-sweep: error: --dropout '0.5,1.5': must be a finite number"), proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr and not list(tmp_path.iterdir())
+
+
+def test_missing_data_is_one_line_before_any_cluster_starts(tmp_path, capsys, monkeypatch):
+    # Nowhere to find MNIST: no $FASTCNN_DATA_DIR (searched after --data-dir), an empty cache.
+    monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = sweep_main(["--data-dir", str(empty), "--no-download", "--epochs", "1", "--limit-train", "64",
+                       "--limit-test", "50", "--out", str(tmp_path / "o"), *LOCAL])
+    err = capsys.readouterr().err
+    assert code == EXIT_ERROR
+    assert err.count("\n") == 1 and err.startswith("fastcnn-sweep: error: pass --data-dir DIR or set "
+                                                    "FASTCNN_DATA_DIR=DIR"), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_default_sweep_is_sgd_against_adamw():
+    runs = build_runs({})
+    assert [r.name for r in runs] == ["sgd", "adamw"]
+    assert [r.config.optimizer for r in runs] == ["sgd", "adamw"]
+    assert {r.config.seed for r in runs} == {0} and {r.config.epochs for r in runs} == {DEFAULT_EPOCHS}
+    assert runs[0].config.momentum == 0.9 and runs[1].config.momentum is None
+
+
+def test_grid_order_names_and_momentum_only_for_sgd():
+    runs = build_runs({"optimizer": ["sgd", "adamw"], "momentum": [0.5, 0.9], "batchnorm": [False, True]})
+    assert [r.name for r in runs] == ["sgd_momentum0.5_nobn", "sgd_momentum0.5_bn", "sgd_momentum0.9_nobn",
+                                      "sgd_momentum0.9_bn", "adamw_momentum-default_nobn", "adamw_momentum-default_bn"]
+    assert [r.config.momentum for r in runs] == [0.5, 0.5, 0.9, 0.9, None, None]
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_runs_file(tmp_path, suffix):
+    if suffix == ".toml":
+        pytest.importorskip("tomllib", reason="TOML runs files need Python >= 3.11")
+        text = ('[defaults]\nepochs = 2\nlimit-train = 500\n\n[[runs]]\nname = "slow-sgd"\noptimizer = "sgd"\n'
+                'lr = 0.001\n\n[[runs]]\noptimizer = "adamw"\nbatchnorm = true\nseed = [0, 1]\n')
+    else:
+        text = json.dumps({"defaults": {"epochs": 2, "limit_train": 500},
+                           "runs": [{"name": "slow-sgd", "optimizer": "sgd", "lr": 0.001},
+                                    {"optimizer": "adamw", "batchnorm": True, "seed": [0, 1]}]})
+    path = tmp_path / f"runs{suffix}"
+    path.write_text(text)
+    runs = build_runs({"dropout": [0.25]}, load_runs_file(path))
+    assert [r.name for r in runs] == ["slow-sgd", "adamw_lr-default_bn_seed0", "adamw_lr-default_bn_seed1"]
+    assert [r.group for r in runs] == ["slow-sgd", "adamw_lr-default_bn", "adamw_lr-default_bn"]
+    assert [(r.config.optimizer, r.config.lr, r.config.batchnorm, r.config.seed) for r in runs] == [
+        ("sgd", 0.001, False, 0), ("adamw", 2e-3, True, 0), ("adamw", 2e-3, True, 1)]
+    assert {(r.config.epochs, r.config.limit_train, r.config.dropout) for r in runs} == {(2, 500, 0.25)}
+
+
+def test_runs_file_errors_name_the_entry(tmp_path, capsys):
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps({"runs": [{"optimizer": "sgd"}, {"lr": 0.1, "learning_rate": 3}]}))
+    assert sweep_main(["--runs", str(path), "--out", str(tmp_path / "out")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"fastcnn-sweep: error: --runs '{path}': runs[1]: unknown option 'learning_rate'"), err
+
+
+def test_readme_documents_the_sweep():
+    text = (REPO / "README.md").read_text()
+    assert "fastcnn-sweep" in text and "dask scheduler" in text and "dask worker" in text
