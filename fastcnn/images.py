@@ -78,12 +78,12 @@ class Prepared:
 
 # ------------------------------------------------------------------------------------ reading files
 
-def to_unit_float(arr: np.ndarray, what: str = "image") -> np.ndarray:
+def to_unit_float(arr: np.ndarray, what: str = "image", kind: str = "") -> np.ndarray:
     """Real-valued pixels -> float64 in [0, 1]: integers are taken as 0..255, floats must already
-    lie in [0, 1]. :class:`InputError` (naming ``what``) otherwise."""
+    lie in [0, 1]. :class:`InputError` (naming ``what``, and ``kind`` of data) otherwise."""
     arr = np.asarray(arr)
     if arr.dtype.kind == "b" or arr.dtype.kind not in "uif":
-        raise InputError(f"{what}: unsupported data type {arr.dtype} (expected integers in 0..255 "
+        raise InputError(f"{what}: unsupported {kind + ' ' if kind else ''}data type {arr.dtype} (expected integers in 0..255 "
                          "or floats in [0, 1])")
     if arr.size == 0:
         raise InputError(f"{what}: empty image")
@@ -165,7 +165,7 @@ def read_image(path, size: tuple[int, int] | None = None) -> np.ndarray:
             raise InputError(f"{path}: expected an HxW image (or 1xHxW), got shape "
                              f"{'x'.join(map(str, arr.shape)) or 'scalar'}")
         _check_size(arr, path, size)
-        return to_unit_float(arr, f"{path}")
+        return to_unit_float(arr, str(path), ".npy")
     img = _decode(path, ext)
     _check_size(img, path, size)
     return img
