@@ -241,7 +241,7 @@ def _note(args, background: float, inverted: bool) -> str:
             return "raw, inverted"
         return "raw, light background: add --invert" if background > 0.5 and args.invert is None else "raw"
     if args.invert is not None:
-        return "inverted (--invert)" if inverted else "not inverted (--no-invert)"
+        return "inverted: --invert" if inverted else "not inverted: --no-invert"
     return "light background: inverted" if inverted else "dark background"
 
 

@@ -262,9 +262,10 @@ def prepare_digit(image: np.ndarray, *, size: int = 28, box: int = 20, invert: b
         img = 1.0 - img
     lo, hi = (1.0 - background if inverted else background), float(img.max())
     if hi - lo < MIN_CONTRAST:
+        forced = "" if invert is None else f", with inversion forced {'on' if inverted else 'off'}"
         raise InputError(f"{what}: no digit found: the image is blank or has almost no contrast "
                          f"(background {background:.2f}, {'darkest' if inverted else 'brightest'} pixel "
-                         f"{1 - hi if inverted else hi:.2f})")
+                         f"{1 - hi if inverted else hi:.2f}{forced})")
     img = np.clip((img - lo) / (hi - lo), 0.0, 1.0)
     top, left, h, w = _bounding_box(img > INK_THRESHOLD)
     digit = _fit(img[top:top + h, left:left + w], _WORK * box)
