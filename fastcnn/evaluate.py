@@ -145,7 +145,7 @@ def plot_confident_errors(images, labels, pred, probs, path, top=25, class_names
     return _save_figure_atomic(fig, path), len(chosen)
 
 
-def plot_predictions(images, names, labels, path, cols=6):
+def plot_predictions(images: np.ndarray, names: list[str], labels: list[str], path: Path, cols: int = 6) -> Path:
     """Write a grid of the images the network classified (each as it saw it, [0, 1] shown from
     black to white), titled with the file name and the prediction."""
     from matplotlib.figure import Figure

@@ -25,6 +25,7 @@ names the file.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def _decode(path: Path, ext: str) -> np.ndarray:
     """A PNG or JPEG file -> float64 (H, W) luminance in [0, 1] (transparency laid over white)."""
     # Pillow decodes PNG and JPEG; it is imported here, on first use, to keep it off the import path
     # of the training command.
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with open(path, "rb") as f:
         head = f.read(8)
@@ -113,8 +114,8 @@ def _decode(path: Path, ext: str) -> np.ndarray:
         kind = "PNG" if ext == ".png" else "JPEG"
         raise InputError(f"{path}: not a {kind} image (bad signature)")
     try:
-        with Image.open(path) as im:
-            im.load()
+        with Image.open(path) as opened:
+            im = ImageOps.exif_transpose(opened)       # photos: turn them the way the camera was held
             if im.mode.startswith("I;16") or im.mode == "I":           # 16-bit grayscale
                 arr = np.asarray(im, dtype=np.float64) / 65535.0
                 return np.clip(arr, 0.0, 1.0)
@@ -136,7 +137,7 @@ def _decode(path: Path, ext: str) -> np.ndarray:
     return np.clip(gray, 0.0, 1.0)
 
 
-def read_image(path, size: tuple[int, int] | None = None) -> np.ndarray:
+def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
     """Read a ``.png``, ``.jpg``/``.jpeg`` or ``.npy`` image -> float64 (H, W) pixels in [0, 1].
 
     PNG and JPEG: grayscale, RGB or palette images are reduced to luminance; transparent pixels are

@@ -89,6 +89,15 @@ def test_read_png_jpeg_and_npy_of_any_size(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "big.npy") * 255, gray)
 
 
+def test_camera_orientation_is_applied(tmp_path):
+    """A phone photo stores its pixels as the sensor saw them and the rotation in EXIF: apply it."""
+    img = Image.fromarray(np.full((20, 40), 200, np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 6                                   # Orientation: rotate 90 degrees clockwise to view
+    img.save(tmp_path / "photo.jpg", exif=exif)
+    assert read_image(tmp_path / "photo.jpg").shape == (40, 20)
+
+
 def test_transparent_pixels_are_laid_over_white(tmp_path):
     """A black stroke on a transparent canvas (as drawing programs save it) reads as black on white."""
     rgba = np.zeros((30, 30, 4), np.uint8)
