@@ -195,8 +195,8 @@ def build_parser() -> Parser:
     p.add_argument("--raw", action="store_true",
                    help="with --predict: skip the preparation; images must be 28x28, a light digit on black")
     p.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
-                   help="with --predict: force (--invert) or forbid (--no-invert) inverting the images "
-                        "(default: invert those whose border is light; with --raw, none)")
+                   help="with --predict: --invert inverts every image, --no-invert none (default: those "
+                        "whose border is light; with --raw, none)")
     p.add_argument("--predict-grid", type=Path, default=None, metavar="PNG",
                    help="with --predict: write a PNG of each image as the network sees it, with its prediction")
     p.add_argument("--test", action=argparse.BooleanOptionalAction, default=None,
