@@ -19,7 +19,7 @@ from fastcnn.images import _morph, prepare_digit, resize
 from fastcnn.model import mnist_cnn
 from fastcnn.optim import AdamW
 
-STEPS, BATCH = 300, 128          # ~98 % test accuracy: enough to tell a misread digit from a read one
+STEPS, BATCH = 300, 128          # well trained enough to tell a misread digit from a read one
 N_IMAGES = 300                   # test digits per condition
 PAGE, SCALE = 200, 5             # digits drawn 140x140 on a 200x200 page
 THICK = 6                        # pen radius added at the 140 px scale (1.2 px at MNIST's 28)
