@@ -218,6 +218,8 @@ def parse_args(parser: Parser, argv=None) -> argparse.Namespace:
                              "FILE ...) or after the image files")
         if not args.predict:
             raise UsageError("--predict needs at least one image file (.png, .jpg, .jpeg or .npy)")
+    if args.predict_grid is not None and args.predict_grid.suffix.lower() != ".png":
+        raise UsageError(f"--predict-grid writes a PNG: give a name ending in .png, not {args.predict_grid}")
     if not args.predict:
         used = [flag for flag, value in (("--raw", args.raw), ("--invert/--no-invert", args.invert is not None),
                                          ("--predict-grid", args.predict_grid)) if value]

@@ -162,6 +162,7 @@ def test_forced_polarity(trained, drawn_files, capsys):
     (["model.npz", "--raw"], "--raw needs --predict FILE"),
     (["model.npz", "--predict-grid", "g.png"], "--predict-grid needs --predict FILE"),
     (["model.npz", "--no-invert"], "--invert/--no-invert needs --predict FILE"),
+    (["model.npz", "--predict", "a.png", "--predict-grid", "g.jpg"], "give a name ending in .png, not g.jpg"),
 ])
 def test_predict_usage_errors(capsys, argv, needle):
     code, _, err = run(capsys, *argv)
