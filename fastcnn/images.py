@@ -273,10 +273,11 @@ def prepare_digit(image: np.ndarray, *, size: int = 28, box: int = 20, invert: b
     width = stroke_width(digit > 0.5)
     radius = round((width - STROKE_WIDTH * _WORK * box) / 2)
     if radius:
-        digit = _morph(digit, abs(radius), np.minimum if radius > 0 else np.maximum)
-        if digit.max() > INK_THRESHOLD:
-            t, l_, hh, ww = _bounding_box(digit > INK_THRESHOLD)
-            digit = _fit(digit[t:t + hh, l_:l_ + ww], _WORK * box)
+        # Padded first, so that a thickened stroke can grow past the crop's edge.
+        reshaped = _morph(np.pad(digit, abs(radius)), abs(radius), np.minimum if radius > 0 else np.maximum)
+        if reshaped.max() > INK_THRESHOLD:             # never thin a digit away
+            t, l_, hh, ww = _bounding_box(reshaped > INK_THRESHOLD)
+            digit = _fit(reshaped[t:t + hh, l_:l_ + ww], _WORK * box)
     digit = _fit(digit, box)
     new_h, new_w = digit.shape
     mass = digit.sum()
