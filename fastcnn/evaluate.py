@@ -1,7 +1,8 @@
 """``fastcnn-eval``: evaluate a saved model on the test set and classify your own images.
 
     fastcnn-eval CHECKPOINT [--data-dir DIR] [--out DIR] [--backend numba|numpy] [--limit-test N]
-                 [--top N] [--predict FILE ...] [--test | --no-test] [--invert]
+                 [--top N] [--test | --no-test]
+                 [--predict FILE ... [--raw] [--invert | --no-invert] [--predict-grid PNG]]
 
 CHECKPOINT is a file written by ``fastcnn-train --save-model`` or ``--checkpoint`` (or by
 :func:`fastcnn.checkpoint.save_checkpoint`).
@@ -16,15 +17,19 @@ atomically: ``confusion_matrix.png`` (true class by predicted class, every cell'
 and ``most_confident_errors.png`` (the ``--top`` test images the model got wrong with the highest
 probability, titled ``true 4 / pred 9 (p=0.99)``).
 
-``--predict FILE ...`` classifies each file and prints ``FILE: digit 7 (p=0.98)``. A file is a
-``.npy`` array of shape (28, 28) or (1, 28, 28) (integers in 0..255, or floats in [0, 1]) or a
-``.png`` image of 28 x 28 pixels (grayscale, or RGB/RGBA reduced to luminance; alpha is ignored).
-Images are expected like MNIST, a light digit on a dark background (``--invert`` flips dark-on-light
-images); they get the training normalisation (:func:`fastcnn.data.to_float`).
+``--predict FILE ...`` classifies each image file (``.png``, ``.jpg``/``.jpeg``, or a ``.npy`` array
+of integers in 0..255 or floats in [0, 1]; any size) and prints
+``FILE: digit 7 (p=0.98; light background: inverted)``. Each image is first prepared as MNIST's
+digits were (:func:`fastcnn.images.prepare_digit`): grayscale, inverted when its border is light
+(dark ink on paper; ``--invert`` / ``--no-invert`` force it), cropped to the digit, its strokes
+brought to MNIST's width, scaled to fit 20 x 20 keeping the aspect ratio, and centred in 28 x 28 by
+its centre of mass. ``--raw`` skips all that: the image must then be 28 x 28 already, a light digit
+on black (or use ``--invert``). ``--predict-grid PNG`` draws every prepared image, as the network
+sees it, with its prediction. CHECKPOINT may come first or after the files.
 
 Errors (a missing, damaged or mismatched checkpoint, missing data, an unreadable image or one of the
-wrong shape, type or value range) print one line ``fastcnn-eval: error: ...`` and exit with status 1;
-every valid ``--predict`` file is still classified. Usage errors exit with status 2.
+wrong shape, type or value range, an image with no digit) print one line ``fastcnn-eval: error: ...``
+and exit with status 1; every valid ``--predict`` file is still classified. Usage errors exit with status 2.
 """
 from __future__ import annotations
 
@@ -39,96 +44,18 @@ import numpy as np
 from fastcnn._atomic import atomic_write
 from fastcnn._cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Parser, UsageError, positive_int, print_error
 from fastcnn.checkpoint import CheckpointError, build_model, load_checkpoint
-from fastcnn.data import (DATASETS, FASHION_MNIST, DataError, DataWarning, dataset_spec, find_data_dir,
-                          load_dataset, to_float)
+from fastcnn.data import (DATASETS, DataError, DataWarning, dataset_spec, find_data_dir, load_dataset,
+                          to_float)
+from fastcnn.images import IMAGE_SUFFIXES, InputError, border_level, prepare_digit, read_image
 from fastcnn.losses import log_softmax
 
 PROG = "fastcnn-eval"
 CONFUSION_PNG = "confusion_matrix.png"
 ERRORS_PNG = "most_confident_errors.png"
-FASHION_CLASSES = FASHION_MNIST.classes
-_LUMA = np.array([0.299, 0.587, 0.114])          # ITU-R BT.601, as Pillow's RGB -> L
 _MEAN, _STD = to_float.__kwdefaults__["mean"], to_float.__kwdefaults__["std"]   # training's constants
 
 
-class InputError(ValueError):
-    """A --predict file cannot be used; the message names the file and says why."""
-
-
-# ------------------------------------------------------------------------------------ reading images
-
-def _as_unit_float(arr, path, kind):
-    """A real-valued 2-D image -> float64 pixels in [0, 1] (integers are taken as 0..255)."""
-    if arr.dtype.kind == "b" or arr.dtype.kind not in "uif":
-        raise InputError(f"{path}: unsupported {kind} data type {arr.dtype} (expected integers in 0..255 "
-                         "or floats in [0, 1])")
-    if arr.size == 0:
-        raise InputError(f"{path}: empty image")
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all():
-            raise InputError(f"{path}: contains NaN or infinite values")
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < 0 or hi > 1:
-            raise InputError(f"{path}: float pixels must lie in [0, 1], got {lo:g}..{hi:g} "
-                             "(store 0..255 values as an integer array)")
-        return arr.astype(np.float64)
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo < 0 or hi > 255:
-        raise InputError(f"{path}: integer pixels must lie in 0..255, got {lo}..{hi}")
-    return arr.astype(np.float64) / 255.0
-
-
-def _check_shape(arr, path, size):
-    h, w = size
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.shape != (h, w):
-        raise InputError(f"{path}: expected a {h}x{w} image (or 1x{h}x{w}), got shape "
-                         f"{'x'.join(map(str, arr.shape)) or 'scalar'}")
-    return arr
-
-
-def read_image(path, size=(28, 28)):
-    """Read a ``.npy`` or ``.png`` image -> float64 (H, W) pixels in [0, 1]; :class:`InputError`
-    (one line, naming the file) for anything unusable."""
-    path = Path(path)
-    ext = path.suffix.lower()
-    if ext not in (".npy", ".png"):
-        raise InputError(f"{path}: unsupported file type {ext or '(no extension)'!r} (expected .png or .npy)")
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory")
-    if ext == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise InputError(f"{path}: cannot read as a .npy array: {' '.join(str(exc).split())}") from None
-        if not isinstance(arr, np.ndarray):
-            raise InputError(f"{path}: not a .npy array")
-        arr = _check_shape(arr, path, size)
-        return _as_unit_float(arr, path, ".npy")
-    from matplotlib import image as mpimg
-    try:
-        with open(path, "rb") as f:
-            if f.read(8) != b"\x89PNG\r\n\x1a\n":
-                raise InputError(f"{path}: not a PNG image (bad signature)")
-        arr = np.asarray(mpimg.imread(path, format="png"))
-    except InputError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for damaged files
-        why = " ".join(str(exc).split()) or type(exc).__name__
-        raise InputError(f"{path}: cannot read PNG: {why}") from None
-    if arr.ndim == 3 and arr.shape[2] in (1, 2):          # gray (+ alpha)
-        arr = arr[..., 0]
-    elif arr.ndim == 3 and arr.shape[2] in (3, 4):        # RGB(A) -> luminance
-        unit = _as_unit_float(arr[..., :3], path, "PNG") if arr.dtype.kind != "f" else arr[..., :3]
-        arr = np.clip(np.asarray(unit, np.float64) @ _LUMA, 0.0, 1.0)
-    if arr.ndim != 2:
-        raise InputError(f"{path}: unsupported PNG layout of shape {arr.shape}")
-    arr = _check_shape(arr, path, size)
-    return _as_unit_float(arr, path, "PNG")
-
+# ------------------------------------------------------------------------------------ your images
 
 def normalise(images01, dtype):
     """[0, 1] pixels (N, H, W) -> network input (N, 1, H, W) with the training normalisation. Pixels
@@ -222,15 +149,37 @@ def plot_confident_errors(images, labels, pred, probs, path, top=25, class_names
     return _save_figure_atomic(fig, path), len(chosen)
 
 
+def plot_predictions(images: np.ndarray, names: list[str], labels: list[str], path: Path, cols: int = 6) -> Path:
+    """Write a grid of the images the network classified (each as it saw it, [0, 1] shown from
+    black to white), titled with the file name and the prediction."""
+    from matplotlib.figure import Figure
+    n = len(images)
+    cols = max(1, min(cols, n))
+    rows = -(-n // cols)
+    fig = Figure(figsize=(2.0 * cols, 2.3 * rows + 0.3))
+    for k in range(n):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.imshow(images[k], cmap="gray", vmin=0.0, vmax=1.0)
+        name = names[k] if len(names[k]) <= 22 else names[k][:10] + "..." + names[k][-9:]
+        ax.set_title(f"{name}\n{labels[k]}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("fastcnn-eval --predict: each image as the network sees it", fontsize=10)
+    fig.tight_layout()
+    return _save_figure_atomic(fig, path)
+
+
 # --------------------------------------------------------------------------------------- the command
 
-def build_parser():
+def build_parser() -> Parser:
     p = Parser(prog=PROG, description=(
         "Evaluate a fastcnn checkpoint on the test set (loss, accuracy, confusion matrix and the most "
-        "confidently wrong images as PNGs) and/or classify your own 28x28 images."),
-        epilog="Give CHECKPOINT before --predict FILE ... (which takes every name that follows). "
+        "confidently wrong images as PNGs) and/or classify your own images of digits, prepared the "
+        "way MNIST's were."),
+        epilog="CHECKPOINT may come before --predict FILE ... or after the files. "
                "Exit status: 0 ok, 1 an error (one line on stderr), 2 a usage error.")
-    p.add_argument("checkpoint", type=Path, help="checkpoint file written by fastcnn-train")
+    p.add_argument("checkpoint", type=Path, nargs="?", default=None, metavar="CHECKPOINT",
+                   help="checkpoint file written by fastcnn-train")
     p.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                    help="folder with the test set's t10k-images/t10k-labels IDX files, gzipped or not; used "
                         "as given (default: the folder the model's training read, else $FASTCNN_DATA_DIR, "
@@ -246,13 +195,43 @@ def build_parser():
     p.add_argument("--top", type=positive_int, default=25, metavar="N",
                    help="how many confidently wrong images to show (default: 25)")
     p.add_argument("--predict", nargs="+", type=Path, default=None, metavar="FILE",
-                   help="classify these .png (28x28, grayscale or RGB) or .npy (28x28 or 1x28x28; "
-                        "integers 0..255 or floats 0..1) images")
-    p.add_argument("--invert", action="store_true",
-                   help="with --predict: invert the images (for dark digits on a light background)")
+                   help="classify these images: .png, .jpg or .npy (integers 0..255 or floats 0..1), any "
+                        "size, dark-on-light or light-on-dark; each is prepared like an MNIST digit "
+                        "(inverted if its border is light, cropped, fitted into 20x20, centred by mass)")
+    p.add_argument("--raw", action="store_true",
+                   help="with --predict: skip the preparation; images must be 28x28, a light digit on black")
+    p.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --predict: --invert inverts every image, --no-invert none (default: those "
+                        "whose border is light; with --raw, none)")
+    p.add_argument("--predict-grid", type=Path, default=None, metavar="PNG",
+                   help="with --predict: write a PNG of each image as the network sees it, with its prediction")
     p.add_argument("--test", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluate on the test set (default: yes, unless --predict is given)")
     return p
+
+
+def parse_args(parser: Parser, argv=None) -> argparse.Namespace:
+    """Parse the command line; CHECKPOINT may also follow ``--predict FILE ...`` (whose ``nargs="+"``
+    takes it as one more file): the last name after ``--predict``, when it is not an image, is the
+    checkpoint. :class:`UsageError` when there is no checkpoint, no image, or a --predict option
+    without --predict."""
+    args = parser.parse_args(argv)
+    if args.checkpoint is None:
+        if args.predict and args.predict[-1].suffix.lower() not in IMAGE_SUFFIXES:
+            args.checkpoint = args.predict.pop()
+        else:
+            raise UsageError("missing CHECKPOINT: give the model file first (fastcnn-eval MODEL --predict "
+                             "FILE ...) or after the image files")
+        if not args.predict:
+            raise UsageError("--predict needs at least one image file (.png, .jpg, .jpeg or .npy)")
+    if args.predict_grid is not None and args.predict_grid.suffix.lower() != ".png":
+        raise UsageError(f"--predict-grid writes a PNG: give a name ending in .png, not {args.predict_grid}")
+    if not args.predict:
+        used = [flag for flag, value in (("--raw", args.raw), ("--invert/--no-invert", args.invert is not None),
+                                         ("--predict-grid", args.predict_grid)) if value]
+        if used:
+            raise UsageError(f"{used[0]} needs --predict FILE ...")
+    return args
 
 
 def _err(message):
@@ -302,6 +281,52 @@ def _check_fits(data, ckpt):
                         f"classes (0..{classes - 1})")
 
 
+def _note(args, background: float, inverted: bool) -> str:
+    """What was done to an image's polarity, for its output line."""
+    if args.raw:
+        if inverted:
+            return "raw, inverted"
+        return "raw, light background: add --invert" if background > 0.5 and args.invert is None else "raw"
+    if args.invert is not None:
+        return "inverted: --invert" if inverted else "not inverted: --no-invert"
+    return "light background: inverted" if inverted else "dark background"
+
+
+def _predict(args, model, dtype, side, names) -> int:
+    """Classify the ``--predict`` files, print one line per image, draw ``--predict-grid``; every
+    unusable file is a one-line error, the others are still classified. Returns the exit status."""
+    status, good, images, notes = 0, [], [], []
+    for path in args.predict:
+        try:
+            img = read_image(path, (side, side) if args.raw else None)
+            if args.raw:
+                background, inverted = border_level(img), bool(args.invert)
+                img = 1.0 - img if inverted else img
+            else:
+                prep = prepare_digit(img, size=side, box=round(side * 20 / 28), invert=args.invert,
+                                     what=str(path))
+                img, background, inverted = prep.image, prep.background, prep.inverted
+        except InputError as exc:
+            _err(exc)
+            status = 1
+            continue
+        good.append(path)
+        images.append(img)
+        notes.append(_note(args, background, inverted))
+    if not good:
+        return status
+    probs = predict_proba(model, normalise(np.stack(images), dtype))
+    for path, p, note in zip(good, probs, notes):
+        k = int(p.argmax())
+        print(f"{path}: {_class_label(k, names)} (p={p[k]:.2f}; {note})")
+    if args.predict_grid:
+        grid = args.predict_grid
+        grid.parent.mkdir(parents=True, exist_ok=True)
+        labels = [f"{_class_label(int(p.argmax()), names)} (p={p.max():.2f})" for p in probs]
+        print(f"wrote {plot_predictions(np.stack(images), [path.name for path in good], labels, grid)}")
+    return status
+
+
 def _run(args):
     """The command, given parsed arguments; returns the exit status."""
     ckpt = load_checkpoint(args.checkpoint)
@@ -313,21 +338,7 @@ def _run(args):
     status = 0
 
     if args.predict:
-        good, images = [], []
-        for path in args.predict:
-            try:
-                img = read_image(path, (side, side))
-            except InputError as exc:
-                _err(exc)
-                status = 1
-                continue
-            images.append(1.0 - img if args.invert else img)
-            good.append(path)
-        if good:
-            probs = predict_proba(model, normalise(np.stack(images), dtype))
-            for path, p in zip(good, probs):
-                k = int(p.argmax())
-                print(f"{path}: {_class_label(k, names)} (p={p[k]:.2f})")
+        status = _predict(args, model, dtype, side, names)
 
     run_test = args.test if args.test is not None else not args.predict
     if not run_test:
@@ -364,7 +375,7 @@ def eval_main(argv=None):
     """Entry point of ``fastcnn-eval``; returns the exit status (0 ok, 1 error, 2 usage error)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse_args(parser, argv)
     except UsageError as exc:
         _err(exc)
         return EXIT_USAGE

@@ -18,7 +18,7 @@ from fastcnn.evaluate import eval_main, normalise, read_image
 from fastcnn.model import mnist_cnn
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-LINE = re.compile(r"^(?P<path>.+): digit (?P<digit>\d) \(p=(?P<p>[01]\.\d\d)\)$")
+LINE = re.compile(r"^(?P<path>.+): digit (?P<digit>\d) \(p=(?P<p>[01]\.\d\d); (?P<note>[^)]+)\)$")
 
 
 @pytest.fixture(scope="module")
@@ -158,9 +158,9 @@ def test_fashion_model_predicts_fashion_class_names(tmp_path, capsys, monkeypatc
     model = model_file(tmp_path / "model.npz", "fashion-mnist", tmp_path / "trained")
     image = tmp_path / "x.npy"
     np.save(image, np.zeros((28, 28), np.uint8))
-    code, out, err = run(capsys, model, "--backend", "numpy", "--predict", image)
+    code, out, err = run(capsys, model, "--backend", "numpy", "--raw", "--predict", image)
     assert code == 0, err
-    m = re.fullmatch(re.escape(str(image)) + r": class (\d) \((.+)\) \(p=[01]\.\d\d\)", out[0])
+    m = re.fullmatch(re.escape(str(image)) + r": class (\d) \((.+)\) \(p=[01]\.\d\d; raw\)", out[0])
     assert m and m.group(2) == FASHION_MNIST.classes[int(m.group(1))], out
 
 
@@ -233,7 +233,7 @@ def _write(tmp_path, name, content):
 
 
 BAD_FILES = [
-    ("short.npy", np.zeros((27, 28), np.uint8), "expected a 28x28 image (or 1x28x28), got shape 27x28"),
+    ("short.npy", np.zeros((27, 28), np.uint8), "expected a 28x28 image, got 27x28 (drop --raw"),
     ("rgb.npy", np.zeros((3, 28, 28)), "got shape 3x28x28"),
     ("nan.npy", np.full((28, 28), np.nan), "contains NaN or infinite values"),
     ("big.npy", np.full((28, 28), 255.0), "float pixels must lie in [0, 1]"),
@@ -249,7 +249,7 @@ BAD_FILES = [
 @pytest.mark.parametrize("name, content, why", BAD_FILES, ids=[case[0] for case in BAD_FILES])
 def test_bad_predict_file_is_one_line_error(ckpt, tmp_path, capsys, name, content, why):
     path = _write(tmp_path, name, content)
-    code, out, err = run(capsys, ckpt, "--backend", "numpy", "--predict", path)
+    code, out, err = run(capsys, ckpt, "--backend", "numpy", "--raw", "--predict", path)
     assert_one_error(code, err, f"{path}: ", why)
     assert out == []
 
@@ -257,11 +257,11 @@ def test_bad_predict_file_is_one_line_error(ckpt, tmp_path, capsys, name, conten
 def test_wrong_size_png_and_partial_success(ckpt, digit, tmp_path, capsys):
     mpimg.imsave(tmp_path / "big.png", np.zeros((32, 32)), cmap="gray")
     np.save(tmp_path / "ok.npy", digit)
-    code, out, err = run(capsys, ckpt, "--backend", "numpy", "--predict", tmp_path / "big.png",
+    code, out, err = run(capsys, ckpt, "--backend", "numpy", "--raw", "--predict", tmp_path / "big.png",
                          tmp_path / "ok.npy", tmp_path / "missing.npy")
     assert code == 1
     assert len(out) == 1 and LINE.match(out[0])["path"] == str(tmp_path / "ok.npy")
-    assert len(err) == 2 and "got shape 32x32" in err[0] and "missing.npy: no such file" in err[1]
+    assert len(err) == 2 and "got 32x32" in err[0] and "missing.npy: no such file" in err[1]
 
 
 # ----------------------------------------------------------------------- checkpoints and usage
@@ -303,5 +303,5 @@ def test_predict_alone_needs_no_data_folder(tmp_path, capsys, monkeypatch):
     model = model_file(tmp_path / "model.npz", "custom", tmp_path / "gone")
     image = tmp_path / "x.npy"
     np.save(image, np.zeros((28, 28), np.uint8))
-    code, out, err = run(capsys, model, "--backend", "numpy", "--predict", image)
-    assert code == 0 and err == [] and re.fullmatch(re.escape(str(image)) + r": .* \(p=[01]\.\d\d\)", out[0]), out
+    code, out, err = run(capsys, model, "--backend", "numpy", "--raw", "--predict", image)
+    assert code == 0 and err == [] and re.fullmatch(re.escape(str(image)) + r": .* \(p=[01]\.\d\d; raw\)", out[0]), out
