@@ -59,11 +59,14 @@ def _pad_hwc(x, ph, pw, xt):
 def _pad_chw(x, ph, pw, xp):
     """x (C, H, W) -> xp (C, Hp, Wp), zero border."""
     C, H, W = x.shape
-    if ph or pw:
-        xp[:] = 0
-    for c in range(C):
+    Hp, Wp = xp.shape[1], xp.shape[2]
+    for c in range(C):                    # element loops, not slice assignments: these compile faster
+        for h in range(Hp):
+            for w in range(Wp):
+                xp[c, h, w] = 0
         for h in range(H):
-            xp[c, h + ph, pw:pw + W] = x[c, h]
+            for w in range(W):
+                xp[c, h + ph, pw + w] = x[c, h, w]
 
 
 @njit(boundscheck=False, cache=CACHE)
@@ -154,7 +157,8 @@ def _forward_shifted(x, Ap, b, R, S, ph, pw, y, starts, ngroups):
         for c in range(C):
             for h in range(H):
                 base = c * plane + (h + ph) * Wp + pw
-                xf[base:base + W] = x[n, c, h]
+                for w in range(W):
+                    xf[base + w] = x[n, c, h, w]
         Ct = np.zeros((Ap.shape[0] * MR, j1 - j0 + NR), x.dtype)
         tiles_shifted(Ap, K, xf, starts, j0, j1, Ct)
         for p in range(j0 // Wp, (j1 - 1) // Wp + 1):
@@ -211,11 +215,13 @@ def _pad_flat(x, ph, pw, xf):
     """x (C, H, W) -> xf (C, Hp*Wp + slack): each zero-padded plane flattened, zeros after it."""
     C, H, W = x.shape
     Wp = W + 2 * pw
-    xf[:] = 0
     for c in range(C):
+        for v in range(xf.shape[1]):
+            xf[c, v] = 0
         for h in range(H):
             base = (h + ph) * Wp + pw
-            xf[c, base:base + W] = x[c, h]
+            for w in range(W):
+                xf[c, base + w] = x[c, h, w]
 
 
 @njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
@@ -246,7 +252,8 @@ def _backward_weight_partials_s1(x, dy, ph, pw, S, nchunks, starts, dw_part, db_
         for i in range(nb):
             for k in range(K):
                 for p in range(P):
-                    dyw[i, k, p * Wp:p * Wp + Q] = dy[n0 + i, k, p]
+                    for q in range(Q):
+                        dyw[i, k, p * Wp + q] = dy[n0 + i, k, p, q]
         partials_s1(x, n0, dyw, ph, pw, S, starts, dw_part[ch], db_part[ch], zero)
 
 
@@ -361,12 +368,11 @@ def _sum_partials(dw_part, db_part, dw, db):
     the same order (chunk 0, 1, ...) whatever the thread count; rows are read contiguously."""
     nchunks, K, L = dw_part.shape
     for k in prange(K):
-        row = dw[k]
-        row[:] = dw_part[0, k]
+        for l in range(L):
+            dw[k, l] = dw_part[0, k, l]
         for ch in range(1, nchunks):
-            part = dw_part[ch, k]
             for l in range(L):
-                row[l] += part[l]
+                dw[k, l] += dw_part[ch, k, l]
         s = db_part[0, k]
         for ch in range(1, nchunks):
             s += db_part[ch, k]
