@@ -6,14 +6,16 @@ P, Q output size, sh, sw stride, ph, pw padding, Hp = H + 2ph, Wp = W + 2pw, L r
 Layout of the work (each parallel driver loops with prange over independent pieces; no two
 iterations ever write the same element, so there are no races and no atomics):
 
-forward      prange over images n. The image is copied to a zero-padded HWC buffer, so each row of
-             its pixel-major im2col matrix col (P*Q, R*S*C) is R contiguous copies of S*C values;
-             then y[n] (K, P*Q) = W2 (K, R*S*C) . col^T with the gemm_nt micro-kernel (+ bias).
+forward      stride 1 (C*R*S >= SMALL_L): no im2col. prange over (image, group of pixel panels);
+             the register tile of kernels/_tile.py (MR output channels x NR pixels, the weights
+             packed in MR-row panels) reads its B panels straight from the zero-padded image
+             flattened per channel, on the padded-width grid (_forward_shifted).
+             Other strides: prange over images n. The image is copied to a zero-padded HWC
+             buffer, so each row of its pixel-major im2col matrix col (P*Q, R*S*C) is R
+             contiguous copies of S*C values; then y[n] (K, P*Q) = W2 (K, R*S*C) . col^T with
+             the gemm_nt micro-kernel (+ bias).
              For a tiny reduction (C*R*S < SMALL_L, the first layer) the im2col is kept
              channel-major (C*R*S, P*Q) and y[n] is built with rows_axpy, vectorised over pixels.
-             At stride 1 with long runs (S*C >= SHIFTED_MIN_RUN) there is no im2col at all:
-             gemm_nt_shifted reads each receptive-field run straight from the padded flat HWC
-             image, on the padded-width grid (_forward_shifted).
 backward dx  stride 1: dx is the forward convolution of dy with the flipped, transposed weights
              (C, K, R, S) and padding (R-1-ph, S-1-pw), the same fast kernel. Any other stride:
              per image, dcol (P*Q, R*S*C) = dy[n]^T . W2 with gemm_nt, then col2im adds each row
@@ -22,9 +24,13 @@ backward dw  prange over fixed chunks of images (their bounds depend on N only):
              its images' channel-major im2col side by side (C*R*S, nb*P*Q) with the matching dy
              rows (K, nb*P*Q) and writes its own partial dw = dy_chunk . col_chunk^T and db. The
              partials are then summed in chunk order, so results are bit-identical for any thread
-             count. At stride 1 there is no im2col: on the padded width Wp (dy rows widened by zeros)
-             every im2col row is a window of the flattened padded image, which
-             gemm_nt_shifted reads in place.
+             count. At stride 1 there is no im2col: on the padded width Wp (dy rows widened by
+             zeros) the reduction runs over the padded grid's pixels; with C a multiple of NR the
+             register tile reads NR-channel runs of the padded HWC images in place
+             (_partials_s1_tiles), otherwise gemm_nt_shifted reads each im2col row as a window
+             of the flattened padded image.
+SLP: the drivers that reach the register tile are called inside slp_compilation() (see
+kernels/_config.py).
 """
 from __future__ import annotations
 

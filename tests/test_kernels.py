@@ -765,3 +765,13 @@ def test_warm_up_announces_compilation_only_on_an_empty_cache(tmp_path):
 def test_warm_up_rejects_other_dtypes():
     with pytest.raises(TypeError, match="float32 or float64"):
         nb.warm_up(np.int32)
+
+
+def test_slp_setting_is_restored_after_the_tile_kernels():
+    """The SLP vectoriser is switched on only around fastcnn's own drivers (kernels/_config.py)."""
+    before = numba.core.config.SLP_VECTORIZE
+    x = np.ones((2, 16, 5, 5), np.float32)
+    w = np.ones((3, 16, 3, 3), np.float32)
+    y = nb.conv2d_forward(x, w, np.zeros(3, np.float32), (1, 1), (1, 1))
+    nb.conv2d_backward(np.ones_like(y), x, w, (1, 1), (1, 1))
+    assert numba.core.config.SLP_VECTORIZE == before
