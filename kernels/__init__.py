@@ -9,9 +9,11 @@ from fastcnn.kernels.conv import conv2d_backward, conv2d_forward
 from fastcnn.kernels.fused import conv2d_relu_maxpool_backward, conv2d_relu_maxpool_forward
 from fastcnn.kernels.pool import (avgpool2d_backward, avgpool2d_forward, maxpool2d_backward,
                                   maxpool2d_forward)
+from fastcnn.kernels._warmup import warm_up
 
 NAME = "numba"
 
 __all__ = ["NAME", "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
            "avgpool2d_forward", "avgpool2d_backward",
-           "relu_forward", "relu_backward", "conv2d_relu_maxpool_forward", "conv2d_relu_maxpool_backward"]
+           "relu_forward", "relu_backward", "conv2d_relu_maxpool_forward", "conv2d_relu_maxpool_backward",
+           "warm_up"]

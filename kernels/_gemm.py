@@ -103,7 +103,7 @@ def gemm_nt_shifted(A3, flat, starts, rstride, C, zero):
     """C[i, j] = sum_r sum_l A3[r, i, l] * flat[starts[j] + r*rstride + l]: A3 (R, M, L), flat
     1-D, starts (N,) int64, C (M, N). gemm_nt with each B row a window of one flat buffer, so
     overlapping rows need not be copied out (a stride-1 convolution's im2col rows, see
-    conv._forward_shifted and conv._backward_weight_partials_s1); the same 4 x 4 register block,
+    conv.partials_s1 when C is not a multiple of the register tile's width); the same 4 x 4 register block,
     its accumulators carried across the R windows."""
     R, M, L = A3.shape
     N = C.shape[1]

@@ -6,14 +6,16 @@ P, Q output size, sh, sw stride, ph, pw padding, Hp = H + 2ph, Wp = W + 2pw, L r
 Layout of the work (each parallel driver loops with prange over independent pieces; no two
 iterations ever write the same element, so there are no races and no atomics):
 
-forward      prange over images n. The image is copied to a zero-padded HWC buffer, so each row of
-             its pixel-major im2col matrix col (P*Q, R*S*C) is R contiguous copies of S*C values;
-             then y[n] (K, P*Q) = W2 (K, R*S*C) . col^T with the gemm_nt micro-kernel (+ bias).
+forward      stride 1 (C*R*S >= SMALL_L): no im2col. prange over (image, group of pixel panels);
+             the register tile of kernels/_tile.py (MR output channels x NR pixels, the weights
+             packed in MR-row panels) reads its B panels straight from the zero-padded image
+             flattened per channel, on the padded-width grid (_forward_shifted).
+             Other strides: prange over images n. The image is copied to a zero-padded HWC
+             buffer, so each row of its pixel-major im2col matrix col (P*Q, R*S*C) is R
+             contiguous copies of S*C values; then y[n] (K, P*Q) = W2 (K, R*S*C) . col^T with
+             the gemm_nt micro-kernel (+ bias).
              For a tiny reduction (C*R*S < SMALL_L, the first layer) the im2col is kept
              channel-major (C*R*S, P*Q) and y[n] is built with rows_axpy, vectorised over pixels.
-             At stride 1 with long runs (S*C >= SHIFTED_MIN_RUN) there is no im2col at all:
-             gemm_nt_shifted reads each receptive-field run straight from the padded flat HWC
-             image, on the padded-width grid (_forward_shifted).
 backward dx  stride 1: dx is the forward convolution of dy with the flipped, transposed weights
              (C, K, R, S) and padding (R-1-ph, S-1-pw), the same fast kernel. Any other stride:
              per image, dcol (P*Q, R*S*C) = dy[n]^T . W2 with gemm_nt, then col2im adds each row
@@ -22,9 +24,13 @@ backward dw  prange over fixed chunks of images (their bounds depend on N only):
              its images' channel-major im2col side by side (C*R*S, nb*P*Q) with the matching dy
              rows (K, nb*P*Q) and writes its own partial dw = dy_chunk . col_chunk^T and db. The
              partials are then summed in chunk order, so results are bit-identical for any thread
-             count. At stride 1 there is no im2col: on the padded width Wp (dy rows widened by zeros)
-             every im2col row is a window of the flattened padded image, which
-             gemm_nt_shifted reads in place.
+             count. At stride 1 there is no im2col: on the padded width Wp (dy rows widened by
+             zeros) the reduction runs over the padded grid's pixels; with C a multiple of NR the
+             register tile reads NR-channel runs of the padded HWC images in place
+             (_partials_s1_tiles), otherwise gemm_nt_shifted reads each im2col row as a window
+             of the flattened padded image.
+SLP: the drivers that reach the register tile are called inside slp_compilation() (see
+kernels/_config.py).
 """
 from __future__ import annotations
 
@@ -32,14 +38,14 @@ import numpy as np
 from numba import njit, prange
 
 from fastcnn.convmath import conv_output_size
-from fastcnn.kernels._config import CACHE, FASTMATH
+from fastcnn.kernels._config import CACHE, FASTMATH, TILE_FASTMATH, slp_compilation
 from fastcnn.kernels._gemm import gemm_nt, gemm_nt_shifted, rows_axpy
+from fastcnn.kernels._tile import MR, NR, tile
 
 SMALL_L = 32          # reductions shorter than this use rows_axpy instead of gemm_nt
-SHIFTED_MIN_RUN = 128  # stride 1 with S*C at least this: gemm_nt_shifted, no im2col. Measured on
-                       # the mission's conv2 shapes: S*C = 192 (its dx) 4.7 -> 3.6 ms per batch;
-                       # S*C = 96 (its forward) 3.9 -> 4.6 ms, so that one keeps im2col
 IMAGES_PER_CHUNK = 4  # dw partials: images packed per chunk
+KC = 256              # reduction block of the tile kernels: a B panel of KC x NR stays in L1
+TASKS_PER_CALL = 8    # a forward call on fewer images than this also splits each image's pixels
 
 
 # ---------------------------------------------------------------- serial workers (one image)
@@ -59,11 +65,14 @@ def _pad_hwc(x, ph, pw, xt):
 def _pad_chw(x, ph, pw, xp):
     """x (C, H, W) -> xp (C, Hp, Wp), zero border."""
     C, H, W = x.shape
-    if ph or pw:
-        xp[:] = 0
-    for c in range(C):
+    Hp, Wp = xp.shape[1], xp.shape[2]
+    for c in range(C):                    # element loops, not slice assignments: these compile faster
+        for h in range(Hp):
+            for w in range(Wp):
+                xp[c, h, w] = 0
         for h in range(H):
-            xp[c, h + ph, pw:pw + W] = x[c, h]
+            for w in range(W):
+                xp[c, h + ph, pw + w] = x[c, h, w]
 
 
 @njit(boundscheck=False, cache=CACHE)
@@ -114,29 +123,58 @@ def _forward_gemm(x, w2, b, R, S, sh, sw, ph, pw, y, zero):
             yn[k] += b[k]
 
 
+@njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
+def tiles_shifted(Ap, M, flat, starts, j0, j1, Ct):
+    """Ct[i, j - j0] += sum_l Ap[i // MR, l, i % MR] * flat[starts[l] + j] for i < M rounded up to MR,
+    j0 <= j < j1 rounded up to NR: the tile kernel over B panels that are windows of ``flat`` (read
+    in place, never packed). Loop order: NR-wide panel, KC block of the reduction (its B panel
+    stays in L1), MR-row block of the packed A."""
+    L = starts.shape[0]
+    for jp in range(j0, j1, NR):
+        for k0 in range(0, L, KC):
+            k1 = min(L, k0 + KC)
+            for ib in range(Ap.shape[0]):
+                tile(Ap[ib, k0:k1], flat, starts[k0:k1], jp, Ct, ib * MR, jp - j0)
+
+
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _forward_shifted(x, w3, b, R, S, ph, pw, y, starts, zero):
-    """Stride 1, long runs: x (N,C,H,W), w3 (R, K, S*C) in (r, k, (s, c)) order -> y (N,K,P,Q).
-    With the padded image in a flat HWC buffer, output pixel l = p*Wp + q of the padded-width
-    grid needs, for each r, the S*C values starting at (l + r*Wp)*C: windows of the buffer itself,
-    which gemm_nt_shifted reads in place. No im2col; the Wp - Q junk columns per row (14 % more
-    multiply-adds at 14x14) are dropped when copying out."""
+def _forward_shifted(x, Ap, b, R, S, ph, pw, y, starts, ngroups):
+    """Stride 1: x (N,C,H,W), Ap (ceil(K/MR), C*R*S, MR) the packed weights -> y (N,K,P,Q).
+    With the padded image flattened per channel (CHW), output pixel j = p*Wp + q of the
+    padded-width grid needs x_pad[c, p + r, q + s] = flat[c*Hp*Wp + r*Wp + s + j]: for a fixed
+    reduction index l = (c, r, s) consecutive pixels are consecutive in the buffer, so every B panel
+    of the tile kernel is a window of the image itself (no im2col, no packing). The Wp - Q junk
+    columns per row are computed and dropped when copying out. prange over (image, group of
+    panels); each task writes only its own pixels of its own image."""
     N, C, H, W = x.shape
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     Hp, Wp = H + 2 * ph, W + 2 * pw
-    for n in prange(N):
-        xf = np.zeros((Hp * Wp + S) * C, x.dtype)                  # slack: the last windows overrun
+    plane = Hp * Wp
+    J = P * Wp
+    npan = (J + NR - 1) // NR
+    for t in prange(N * ngroups):
+        n = t // ngroups
+        g = t - n * ngroups
+        j0 = (g * npan // ngroups) * NR
+        j1 = min(J, ((g + 1) * npan // ngroups) * NR)
+        if j1 <= j0:
+            continue
+        xf = np.zeros(C * plane + S + NR, x.dtype)                  # slack: the last panels overrun
         for c in range(C):
             for h in range(H):
-                base = ((h + ph) * Wp + pw) * C + c
+                base = c * plane + (h + ph) * Wp + pw
                 for w in range(W):
-                    xf[base + w * C] = x[n, c, h, w]
-        ypad = np.empty((K, P * Wp), x.dtype)
-        gemm_nt_shifted(w3, xf, starts, Wp * C, ypad, zero)
-        for k in range(K):
-            for p in range(P):
-                for q in range(Q):
-                    y[n, k, p, q] = ypad[k, p * Wp + q] + b[k]
+                    xf[base + w] = x[n, c, h, w]
+        Ct = np.zeros((Ap.shape[0] * MR, j1 - j0 + NR), x.dtype)
+        tiles_shifted(Ap, K, xf, starts, j0, j1, Ct)
+        for p in range(j0 // Wp, (j1 - 1) // Wp + 1):
+            q0 = max(0, j0 - p * Wp)
+            q1 = min(Q, j1 - p * Wp)
+            c0 = p * Wp - j0
+            for k in range(K):
+                bk = b[k]
+                for q in range(q0, q1):
+                    y[n, k, p, q] = Ct[k, c0 + q] + bk
 
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
@@ -183,11 +221,13 @@ def _pad_flat(x, ph, pw, xf):
     """x (C, H, W) -> xf (C, Hp*Wp + slack): each zero-padded plane flattened, zeros after it."""
     C, H, W = x.shape
     Wp = W + 2 * pw
-    xf[:] = 0
     for c in range(C):
+        for v in range(xf.shape[1]):
+            xf[c, v] = 0
         for h in range(H):
             base = (h + ph) * Wp + pw
-            xf[c, base:base + W] = x[c, h]
+            for w in range(W):
+                xf[c, base + w] = x[c, h, w]
 
 
 @njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
@@ -218,7 +258,8 @@ def _backward_weight_partials_s1(x, dy, ph, pw, S, nchunks, starts, dw_part, db_
         for i in range(nb):
             for k in range(K):
                 for p in range(P):
-                    dyw[i, k, p * Wp:p * Wp + Q] = dy[n0 + i, k, p]
+                    for q in range(Q):
+                        dyw[i, k, p * Wp + q] = dy[n0 + i, k, p, q]
         partials_s1(x, n0, dyw, ph, pw, S, starts, dw_part[ch], db_part[ch], zero)
 
 
@@ -230,6 +271,51 @@ def flat_plane(Hp, Wp, S):
 
 
 @njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
+def _partials_s1_tiles(x, n0, dyw, ph, pw, S, dw_part, zero):
+    """partials_s1's dw for C a multiple of NR, with the tile kernel: rows k (A = dyw packed,
+    pixel-major), columns (r, s, c), reduction over the chunk's pixels j. With the images padded
+    in HWC order, flattened and laid one after the other, B[j, (r, s, c)] = xh[img + (j + r*Wp +
+    s)*C + c]: NR consecutive channels of one (r, s) are contiguous, so each B panel is read in
+    place. dw_part (K, C*R*S) in (c, r, s) order."""
+    nb, K, J = dyw.shape
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    L = dw_part.shape[1]
+    R = L // (C * S)
+    img = (Hp * Wp + S) * C                                     # S pixels of slack per image
+    xh = np.zeros(nb * img, x.dtype)
+    for i in range(nb):
+        for c in range(C):
+            for h in range(H):
+                base = i * img + ((h + ph) * Wp + pw) * C + c
+                for w in range(W):
+                    xh[base + w * C] = x[n0 + i, c, h, w]
+    mb = (K + MR - 1) // MR
+    Ap = np.zeros((mb, nb * J, MR), x.dtype)
+    bstarts = np.empty(nb * J, np.int64)
+    for i in range(nb):
+        for j in range(J):
+            bstarts[i * J + j] = i * img + j * C
+        for k in range(K):
+            ib, m = k // MR, k % MR
+            for j in range(J):
+                Ap[ib, i * J + j, m] = dyw[i, k, j]
+    Ct = np.zeros((mb * MR, L), x.dtype)
+    for k0 in range(0, nb * J, KC):
+        k1 = min(nb * J, k0 + KC)
+        for col in range(0, L, NR):
+            rs = col // C
+            boff = ((rs // S) * Wp + rs % S) * C + col - rs * C
+            for ib in range(mb):
+                tile(Ap[ib, k0:k1], xh, bstarts[k0:k1], boff, Ct, ib * MR, col)
+    for k in range(K):
+        for c in range(C):
+            for r in range(R):
+                for s in range(S):
+                    dw_part[k, (c * R + r) * S + s] = Ct[k, (r * S + s) * C + c]
+
+
+@njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def partials_s1(x, n0, dyw, ph, pw, S, starts, dw_part, db_part, zero):
     """Stride-1 partial dw (K, C*R*S) and db (K,) of images n0 .. n0+nb of x (N, C, H, W) against
     their widened gradient dyw (nb, K, P*Wp): the images padded and flattened one after the other,
@@ -237,11 +323,14 @@ def partials_s1(x, n0, dyw, ph, pw, S, starts, dw_part, db_part, zero):
     see window_starts), so the accumulators run over all the chunk's images."""
     nb = dyw.shape[0]
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    plane = flat_plane(H + 2 * ph, W + 2 * pw, S)
-    xfs = np.empty((nb, C, plane), x.dtype)
-    for i in range(nb):
-        _pad_flat(x[n0 + i], ph, pw, xfs[i])
-    gemm_nt_shifted(dyw, xfs.reshape(nb * C * plane), starts, C * plane, dw_part, zero)
+    if C % NR == 0:
+        _partials_s1_tiles(x, n0, dyw, ph, pw, S, dw_part, zero)
+    else:
+        plane = flat_plane(H + 2 * ph, W + 2 * pw, S)
+        xfs = np.empty((nb, C, plane), x.dtype)
+        for i in range(nb):
+            _pad_flat(x[n0 + i], ph, pw, xfs[i])
+        gemm_nt_shifted(dyw, xfs.reshape(nb * C * plane), starts, C * plane, dw_part, zero)
     for k in range(dyw.shape[1]):
         t = zero
         for r in range(nb):
@@ -285,12 +374,11 @@ def _sum_partials(dw_part, db_part, dw, db):
     the same order (chunk 0, 1, ...) whatever the thread count; rows are read contiguously."""
     nchunks, K, L = dw_part.shape
     for k in prange(K):
-        row = dw[k]
-        row[:] = dw_part[0, k]
+        for l in range(L):
+            dw[k, l] = dw_part[0, k, l]
         for ch in range(1, nchunks):
-            part = dw_part[ch, k]
             for l in range(L):
-                row[l] += part[l]
+                dw[k, l] += dw_part[ch, k, l]
         s = db_part[0, k]
         for ch in range(1, nchunks):
             s += db_part[ch, k]
@@ -298,6 +386,22 @@ def _sum_partials(dw_part, db_part, dw, db):
 
 
 # ---------------------------------------------------------------- wrappers (validate, allocate)
+
+def pack_rows(a):
+    """a (M, L) -> (ceil(M/MR), L, MR): the tile kernel's A panels, rows past M zero."""
+    M, L = a.shape
+    mb = -(-M // MR)
+    ap = np.zeros((mb * MR, L), a.dtype)
+    ap[:M] = a
+    return np.ascontiguousarray(ap.reshape(mb, MR, L).transpose(0, 2, 1))
+
+
+def chw_window_starts(C, R, S, plane, Wp):
+    """starts[(c, r, s)] = c*plane + r*Wp + s: where reduction index (c, r, s) starts in a padded
+    image flattened per channel (planes ``plane`` long, rows Wp wide)."""
+    c, r, s = np.meshgrid(np.arange(C), np.arange(R), np.arange(S), indexing="ij")
+    return (c * plane + r * Wp + s).reshape(-1).astype(np.int64)
+
 
 def _prepare(*arrays):
     dtype = arrays[0].dtype
@@ -316,10 +420,13 @@ def _forward(x, w, b, stride, padding):
         return y
     if C * R * S < SMALL_L:
         _forward_small(x, w.reshape(K, C * R * S), b, R, S, *stride, *padding, y)
-    elif stride == (1, 1) and S * C >= SHIFTED_MIN_RUN:
-        w3 = np.ascontiguousarray(w.transpose(2, 0, 3, 1)).reshape(R, K, S * C)  # (r, k, (s, c))
-        starts = np.arange(P * (W + 2 * padding[1]), dtype=np.int64) * C       # pixel l's run at l*C
-        _forward_shifted(x, w3, b, R, S, *padding, y, starts, x.dtype.type(0))
+    elif stride == (1, 1):
+        Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
+        npan = -(-(P * Wp) // NR)
+        ngroups = 1 if N >= TASKS_PER_CALL else min(npan, -(-TASKS_PER_CALL // N))
+        with slp_compilation():
+            _forward_shifted(x, pack_rows(w.reshape(K, C * R * S)), b, R, S, *padding, y,
+                             chw_window_starts(C, R, S, Hp * Wp, Wp), ngroups)
     else:
         w2 = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(K, R * S * C)  # (r, s, c) order
         _forward_gemm(x, w2, b, R, S, *stride, *padding, y, x.dtype.type(0))
@@ -351,7 +458,8 @@ def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx=True):
     else:
         if stride == (1, 1):
             starts = window_starts(C, R, S, H + 2 * padding[0], W + 2 * padding[1])
-            _backward_weight_partials_s1(x, dy, *padding, S, nchunks, starts, dw_part, db_part, zero)
+            with slp_compilation():
+                _backward_weight_partials_s1(x, dy, *padding, S, nchunks, starts, dw_part, db_part, zero)
         else:
             _backward_weight_partials(x, dy, R, S, *stride, *padding, nchunks, dw_part, db_part, zero)
         _sum_partials(dw_part, db_part, dw, db)

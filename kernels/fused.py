@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from fastcnn.convmath import conv_output_size
-from fastcnn.kernels._config import CACHE, FASTMATH
+from fastcnn.kernels._config import CACHE, FASTMATH, slp_compilation
 from fastcnn.kernels._gemm import rows_axpy
 from fastcnn.kernels.conv import (IMAGES_PER_CHUNK, SMALL_L, _im2col_chw_t, _pad_chw, _prepare,
                                   _sum_partials, partials_from_packed, partials_s1, window_starts)
@@ -164,8 +164,9 @@ def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, p
         db_part = np.empty((nchunks, K), x.dtype)
         if stride == (1, 1):
             Hp, Wp = x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1]
-            _backward_partials_s1(x, dy, argmax, *padding, S, P, _window_offsets(pool_size, Wp), *pool_stride,
-                                  nchunks, window_starts(C, R, S, Hp, Wp), dw_part, db_part, x.dtype.type(0))
+            with slp_compilation():                                 # reaches the register tile
+                _backward_partials_s1(x, dy, argmax, *padding, S, P, _window_offsets(pool_size, Wp), *pool_stride,
+                                      nchunks, window_starts(C, R, S, Hp, Wp), dw_part, db_part, x.dtype.type(0))
         else:
             _backward_partials(x, dy, argmax, R, S, *stride, *padding, P, Q, _window_offsets(pool_size, Q),
                                *pool_stride, nchunks, dw_part, db_part, x.dtype.type(0))

@@ -2,7 +2,8 @@
 (:mod:`fastcnn.reference`), plus determinism and argument validation of the kernels.
 
 * a fixed grid of edge cases per op (batch 1 and batches that do not split into chunks of 4, the
-  small (C*R*S < 32), gemm and im2col-free (stride 1, S*C >= 128) paths, 1x1 / 3x3 / 5x5 / non-square kernels, strides 1, 2, 3 and
+  small (C*R*S < 32), gemm and register-tile (stride 1) paths, the general shapes of other
+  networks (LeNet 5x5, 3-channel input, 64->128, stride 2, 1x1, a 7x7 stride-2 stem), 1x1 / 3x3 / 5x5 / non-square kernels, strides 1, 2, 3 and
   mixed, padding 0-2 and padding beyond kernel-1, tiny and odd spatial sizes, K, P*Q and C*R*S
   off the micro-kernel's 4-wide register block, for its edge loops), in float32 and float64;
 * max-pool inputs full of exact ties (small integers, all-zero windows as after a ReLU, signed
@@ -15,6 +16,11 @@
 Every tolerance comes from :mod:`fastcnn.testing`; none is written here.
 """
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -117,7 +123,8 @@ def _conv_case(N, C, K, H, W, R, S, stride, padding, label):
     padding = padding if isinstance(padding, tuple) else (padding, padding)
     P, Q = _conv_out(H, W, R, S, stride, padding)
     assert P >= 1 and Q >= 1, label
-    path = "small" if C * R * S < 32 else "shifted" if stride == (1, 1) and S * C >= 128 else "gemm"
+    path = ("small" if C * R * S < 32 else "gemm" if stride != (1, 1)
+            else "tiles-dwtiles" if C % 16 == 0 else "tiles")
     cid = (f"{label}-n{N}c{C}k{K}-{H}x{W}-k{R}x{S}-s{stride[0]}{stride[1]}-p{padding[0]}{padding[1]}"
            f"-{path}")
     return pytest.param(N, C, K, H, W, R, S, stride, padding, id=cid)
@@ -148,12 +155,23 @@ CONV_GRID = [
     _conv_case(3, 9, 4, 5, 5, 2, 2, 1, 2, "pad2-beyond-2x2"),
     _conv_case(2, 3, 1, 6, 6, 3, 3, 1, 0, "K1"),
     _conv_case(5, 2, 5, 3, 3, 3, 3, 3, 2, "pad-exceeds-input"),
-    # stride 1 with S*C >= 128 runs without im2col (gemm_nt_shifted), forward or inside dx:
+    # stride 1 runs the register-tile kernel on windows of the padded image (forward and dx; dw
+    # too when C is a multiple of the tile's width 16, else gemm_nt_shifted):
     _conv_case(3, 43, 7, 5, 6, 3, 3, 1, 1, "shifted-K7-odd-N-edges"),
     _conv_case(2, 130, 5, 4, 3, 1, 1, 1, 0, "shifted-1x1"),
     _conv_case(2, 30, 6, 7, 5, 5, 5, 1, 2, "shifted-5x5-pad2"),
     _conv_case(1, 64, 3, 3, 4, 2, 3, 1, (1, 2), "shifted-batch1-2x3"),
     _conv_case(2, 5, 48, 6, 6, 3, 3, 1, 1, "dx-shifted-K48"),
+    _conv_case(5, 16, 11, 9, 7, 3, 3, 1, 1, "dwtiles-K11-N5-odd-grid"),
+    _conv_case(1, 48, 7, 5, 5, 3, 2, 1, (0, 1), "dwtiles-batch1-3x2"),
+    _conv_case(6, 32, 9, 13, 11, 1, 1, 1, 0, "dwtiles-1x1"),
+    # the general shapes a user builds (small batches: agreement, not speed):
+    _conv_case(3, 6, 16, 14, 14, 5, 5, 1, 0, "lenet-5x5-6to16"),
+    _conv_case(2, 3, 64, 32, 32, 3, 3, 1, 1, "rgb-3to64-32x32"),
+    _conv_case(2, 64, 128, 16, 16, 3, 3, 1, 1, "64to128-16x16"),
+    _conv_case(3, 64, 32, 15, 15, 3, 3, 2, 1, "stride2-3x3-odd"),
+    _conv_case(2, 64, 48, 16, 16, 1, 1, 1, 0, "1x1-64to48"),
+    _conv_case(1, 3, 64, 224, 224, 7, 7, 2, 3, "stem-7x7-s2-224"),
 ]
 
 
@@ -567,22 +585,39 @@ def _run_ops(x, w, b, dy, dy_pool, stride, padding):
     return out
 
 
-needs_threads = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
-                                   reason="Numba has a single thread here: nothing to compare")
+THREADS = 2   # compared with 1 thread: the drivers' work split differs, the results must not
 
 
-@needs_threads
+def _ran_in_a_two_thread_process(request) -> bool:
+    """Where this process's Numba pool has fewer than THREADS threads (NUMBA_NUM_THREADS, one core),
+    run the calling test again in a child process with NUMBA_NUM_THREADS=THREADS (Numba allows
+    more threads than cores) and assert that it passed; returns True then. Never a silent skip."""
+    if numba.config.NUMBA_NUM_THREADS >= THREADS:
+        return False
+    if os.environ.get("NUMBA_NUM_THREADS") == str(THREADS):
+        pytest.fail(f"NUMBA_NUM_THREADS={THREADS} is set but Numba has {numba.config.NUMBA_NUM_THREADS} thread(s)")
+    env = {**os.environ, "NUMBA_NUM_THREADS": str(THREADS)}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", request.node.nodeid],
+                          cwd=root, env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, (f"{request.node.nodeid} with NUMBA_NUM_THREADS={THREADS} failed:\n"
+                                  f"{proc.stdout[-4000:]}{proc.stderr[-2000:]}")
+    return True
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N, C, K, H, R, padding", [
     pytest.param(16, 32, 64, 14, 3, 1, id="conv2-shape-n16"),
     pytest.param(9, 1, 32, 28, 3, 1, id="conv1-shape-n9"),
     pytest.param(7, 8, 6, 9, 3, 0, id="n7-chunks-uneven"),
 ])
-def test_kernels_bit_identical_across_thread_counts(N, C, K, H, R, padding, dtype, restore_threads):
+def test_kernels_bit_identical_across_thread_counts(N, C, K, H, R, padding, dtype, restore_threads, request):
+    if _ran_in_a_two_thread_process(request):
+        return
     stride, padding = (1, 1), (padding, padding)
     x, w, b, dy = _conv_data(N, C, K, H, H, R, R, stride, padding, dtype, _seed("threads", N, C))
     dy_pool = _normal(np.random.default_rng(1), (N, C, H // 2, H // 2), dtype)
-    many = numba.config.NUMBA_NUM_THREADS
+    many = THREADS
     numba.set_num_threads(1)
     one = _run_ops(x, w, b, dy, dy_pool, stride, padding)
     numba.set_num_threads(many)
@@ -659,14 +694,15 @@ def test_batchnorm_between_conv_and_relu_keeps_the_layers_apart():
     assert isinstance(model.layers[2], fastcnn.ReLUMaxPool2D)         # ReLU -> pool still fused
 
 
-@needs_threads
-def test_training_bit_identical_across_thread_counts(mnist_batches, restore_threads):
+def test_training_bit_identical_across_thread_counts(mnist_batches, restore_threads, request):
+    if _ran_in_a_two_thread_process(request):
+        return
     images, labels = mnist_batches
     numba.set_num_threads(1)
     loss1, params1 = _train("numba", np.float32, images, labels)
-    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(THREADS)
     loss2, params2 = _train("numba", np.float32, images, labels)
-    assert loss1 == loss2, f"losses with 1 thread {loss1} vs {numba.config.NUMBA_NUM_THREADS}: {loss2}"
+    assert loss1 == loss2, f"losses with 1 thread {loss1} vs {THREADS}: {loss2}"
     for name in params1:
         np.testing.assert_array_equal(params2[name], params1[name], err_msg=name)
 
@@ -700,3 +736,39 @@ def test_relu_kernel_rejects_integer_and_mixed_dtypes():
         nb.relu_forward(np.arange(4))
     with pytest.raises(TypeError):
         nb.relu_backward(np.ones(4, np.float32), np.ones(4, np.float64))
+
+
+# ------------------------------------------------------------------------------------------ warm_up
+
+_WARM_UP = ("import numpy as np, fastcnn.kernels as k; calls = []; "
+            "k.warm_up(np.float32, on_compile=calls.append); print('on_compile', calls)")
+
+
+def test_warm_up_announces_compilation_only_on_an_empty_cache(tmp_path):
+    """First process on an empty Numba cache: on_compile is called once, with a positive
+    estimate, before compiling; a second process loads everything from the cache: not called."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "FASTCNN_NUMBA_CACHE": "1"}
+    runs = [subprocess.run([sys.executable, "-c", _WARM_UP], env=env, capture_output=True, text=True, check=False)
+            for _ in range(2)]
+    for proc in runs:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    cold = runs[0].stdout.strip().splitlines()[-1]
+    warm = runs[1].stdout.strip().splitlines()[-1]
+    assert cold.startswith("on_compile [") and cold != "on_compile []", cold
+    assert float(cold[len("on_compile ["):-1]) > 0, cold
+    assert warm == "on_compile []", warm
+
+
+def test_warm_up_rejects_other_dtypes():
+    with pytest.raises(TypeError, match="float32 or float64"):
+        nb.warm_up(np.int32)
+
+
+def test_slp_setting_is_restored_after_the_tile_kernels():
+    """The SLP vectoriser is switched on only around fastcnn's own drivers (kernels/_config.py)."""
+    before = numba.core.config.SLP_VECTORIZE
+    x = np.ones((2, 16, 5, 5), np.float32)
+    w = np.ones((3, 16, 3, 3), np.float32)
+    y = nb.conv2d_forward(x, w, np.zeros(3, np.float32), (1, 1), (1, 1))
+    nb.conv2d_backward(np.ones_like(y), x, w, (1, 1), (1, 1))
+    assert numba.core.config.SLP_VECTORIZE == before
