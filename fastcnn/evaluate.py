@@ -44,8 +44,7 @@ import numpy as np
 from fastcnn._atomic import atomic_write
 from fastcnn._cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Parser, UsageError, positive_int, print_error
 from fastcnn.checkpoint import CheckpointError, build_model, load_checkpoint
-from fastcnn.data import (DATASETS, DataError, DataWarning, dataset_spec, find_data_dir, load_dataset,
-                          to_float)
+from fastcnn.data import DATASETS, DataError, DataWarning, dataset_spec, find_data_dir, load_dataset, to_float
 from fastcnn.images import IMAGE_SUFFIXES, InputError, border_level, prepare_digit, read_image
 from fastcnn.losses import log_softmax
 

@@ -84,8 +84,8 @@ def to_unit_float(arr: np.ndarray, what: str = "image", kind: str = "") -> np.nd
     lie in [0, 1]. :class:`InputError` (naming ``what``, and ``kind`` of data) otherwise."""
     arr = np.asarray(arr)
     if arr.dtype.kind == "b" or arr.dtype.kind not in "uif":
-        raise InputError(f"{what}: unsupported {kind + ' ' if kind else ''}data type {arr.dtype} (expected integers in 0..255 "
-                         "or floats in [0, 1])")
+        raise InputError(f"{what}: unsupported {kind + ' ' if kind else ''}data type {arr.dtype} "
+                         "(expected integers in 0..255 or floats in [0, 1])")
     if arr.size == 0:
         raise InputError(f"{what}: empty image")
     if arr.dtype.kind == "f":

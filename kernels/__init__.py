@@ -4,12 +4,11 @@ Installed as ``fastcnn.kernels`` (the repository's top-level ``kernels/`` folder
 plain Python wrapper that validates and allocates, over an ``@njit(parallel=True)`` driver that
 loops with ``prange``, over serial ``@njit`` workers (the stumpy pattern).
 """
+from fastcnn.kernels._warmup import warm_up
 from fastcnn.kernels.activation import relu_backward, relu_forward
 from fastcnn.kernels.conv import conv2d_backward, conv2d_forward
 from fastcnn.kernels.fused import conv2d_relu_maxpool_backward, conv2d_relu_maxpool_forward
-from fastcnn.kernels.pool import (avgpool2d_backward, avgpool2d_forward, maxpool2d_backward,
-                                  maxpool2d_forward)
-from fastcnn.kernels._warmup import warm_up
+from fastcnn.kernels.pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
 
 NAME = "numba"
 

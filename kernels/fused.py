@@ -30,8 +30,17 @@ from numba import njit, prange
 from fastcnn.convmath import conv_output_size
 from fastcnn.kernels._config import CACHE, FASTMATH, slp_compilation
 from fastcnn.kernels._gemm import rows_axpy
-from fastcnn.kernels.conv import (IMAGES_PER_CHUNK, SMALL_L, _im2col_chw_t, _pad_chw, _prepare,
-                                  _sum_partials, partials_from_packed, partials_s1, window_starts)
+from fastcnn.kernels.conv import (
+    IMAGES_PER_CHUNK,
+    SMALL_L,
+    _im2col_chw_t,
+    _pad_chw,
+    _prepare,
+    _sum_partials,
+    partials_from_packed,
+    partials_s1,
+    window_starts,
+)
 from fastcnn.kernels.conv import _forward as _conv_forward
 from fastcnn.kernels.pool import maxpool2d_forward, maxpool_plane
 

@@ -450,7 +450,8 @@ def test_version_1_files_are_refused(trained, tmp_path):
 # Headers a forger made consistent (hash recomputed): each field is still checked by type and range.
 FORGED = [
     ("history-junk", lambda h: h["history"].append("junk"), r"history entry 4 is str 'junk', not an object"),
-    ("history-acc-text", _set(("history", 0, "test_acc"), "99%"), r"history entry 1: 'test_acc' is '99%', not a number"),
+    ("history-acc-text", _set(("history", 0, "test_acc"), "99%"),
+     r"history entry 1: 'test_acc' is '99%', not a number"),
     ("history-epoch", _set(("history", 1, "epoch"), -2), r"history entry 2: 'epoch' is -2, not an epoch number"),
     ("epoch-negative", _set(("epoch",), -1), r"'epoch' must be a count of epochs, got -1"),
     ("epoch-text", _set(("epoch",), "3"), r"'epoch' missing or not a int"),
@@ -533,7 +534,8 @@ ARCHIVES = [
     ("compressed-member", lambda d, ok: _zip_with(d, ok, compress=True), r"refused: member .* is compressed"),
     ("object-array", lambda d, ok: _zip_with(d, {**ok, "x.npy": _npy_bytes(np.array([None], dtype=object))}),
      r"refused: the archive holds an object \(pickled\) array"),
-    ("not-npy-member", lambda d, ok: _zip_with(d, {**ok, "notes.txt": b"hello"}), r"unexpected archive member 'notes\.txt'"),
+    ("not-npy-member", lambda d, ok: _zip_with(d, {**ok, "notes.txt": b"hello"}),
+     r"unexpected archive member 'notes\.txt'"),
 ]
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import subprocess_env
 
 from fastcnn import data
 from fastcnn.data import (
@@ -31,6 +30,8 @@ from fastcnn.data import (
     read_idx,
     to_float,
 )
+
+from helpers import subprocess_env
 
 NAMES = [f.name for f in MNIST.files]
 

@@ -9,13 +9,14 @@ import re
 
 import numpy as np
 import pytest
-from helpers import write_custom_dataset, write_idx
 from matplotlib import image as mpimg
 
 from fastcnn.checkpoint import save_checkpoint
 from fastcnn.data import FASHION_MNIST, load_dataset, to_float
 from fastcnn.evaluate import eval_main, normalise, read_image
 from fastcnn.model import mnist_cnn
+
+from helpers import write_custom_dataset, write_idx
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LINE = re.compile(r"^(?P<path>.+): digit (?P<digit>\d) \(p=(?P<p>[01]\.\d\d); (?P<note>[^)]+)\)$")

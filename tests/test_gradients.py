@@ -15,12 +15,10 @@ import numpy as np
 import pytest
 
 from fastcnn import reference as ref
-from fastcnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D,
-                            ReLU, ReLUMaxPool2D)
+from fastcnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D, ReLU, ReLUMaxPool2D
 from fastcnn.losses import softmax_cross_entropy
 from fastcnn.model import Sequential
-from fastcnn.testing import (assert_agree, assert_formula_close, assert_gradient_close,
-                             numerical_gradient)
+from fastcnn.testing import assert_agree, assert_formula_close, assert_gradient_close, numerical_gradient
 
 F64 = np.float64
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]

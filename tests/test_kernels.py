@@ -3,7 +3,8 @@
 
 * a fixed grid of edge cases per op (batch 1 and batches that do not split into chunks of 4, the
   small (C*R*S < 32), gemm and register-tile (stride 1) paths, the general shapes of other
-  networks (LeNet 5x5, 3-channel input, 64->128, stride 2, 1x1, a 7x7 stride-2 stem), 1x1 / 3x3 / 5x5 / non-square kernels, strides 1, 2, 3 and
+  networks (LeNet 5x5, 3-channel input, 64->128, stride 2, 1x1, a 7x7 stride-2 stem),
+  1x1 / 3x3 / 5x5 / non-square kernels, strides 1, 2, 3 and
   mixed, padding 0-2 and padding beyond kernel-1, tiny and odd spatial sizes, K, P*Q and C*R*S
   off the micro-kernel's 4-wide register block, for its edge loops), in float32 and float64;
 * max-pool inputs full of exact ties (small integers, all-zero windows as after a ReLU, signed

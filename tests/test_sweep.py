@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import PNG_SIGNATURE, REPO, run_cli, subprocess_env
 
 from fastcnn._cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from fastcnn.checkpoint import load_checkpoint
@@ -26,6 +25,8 @@ from fastcnn.sweep.cli import sweep_main
 from fastcnn.sweep.grid import DEFAULT_EPOCHS, build_runs, load_runs_file
 from fastcnn.sweep.report import PLOT_FILES, comparison_figures
 from fastcnn.train import TIMING_KEYS
+
+from helpers import PNG_SIGNATURE, REPO, run_cli, subprocess_env
 
 SMALL = ["--limit-train", "256", "--limit-test", "100", "--batch-size", "64"]
 LOCAL = ["--workers", "2", "--threads-per-run", "1", "--dashboard", "127.0.0.1:0", "-q"]

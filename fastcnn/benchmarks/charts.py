@@ -38,7 +38,8 @@ def _fraction_chart(results: dict, path: Path) -> Path:
         has_torch = any(r["backends"].get("torch", {}).get("fraction_of_peak") for r in rows)
         h = 0.4 if has_torch else 0.8
         vals = [100 * r["backends"]["numba"]["fraction_of_peak"] for r in rows]
-        ax.barh([i + (h / 2 if has_torch else 0) for i in y], vals, height=h, color=COLORS["numba"], label="fastcnn (Numba)")
+        ax.barh([i + (h / 2 if has_torch else 0) for i in y], vals, height=h, color=COLORS["numba"],
+                label="fastcnn (Numba)")
         if has_torch:
             tv = [100 * (r["backends"].get("torch", {}).get("fraction_of_peak") or 0) for r in rows]
             ax.barh([i - h / 2 for i in y], tv, height=h, color=COLORS["torch"], label="PyTorch")

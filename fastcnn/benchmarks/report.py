@@ -87,14 +87,16 @@ def _header(results: dict) -> list[str]:
         out.append(f"note: {blas['message']}")
     forms = ", ".join(f"{k} {v['vector_bits']}-bit" for k, v in peak["formulations"].items())
     out += ["",
-            _heading("Reference rates (float32)", any(lim[k].get("contended") for k in ("matmul", "peak", "bandwidth"))),
+            _heading("Reference rates (float32)",
+                     any(lim[k].get("contended") for k in ("matmul", "peak", "bandwidth"))),
             _table(["rate", "value", "CPU/wall", "other load"], [
                 [f"FMA peak, {peak['threads']} threads (Numba {peak['formulation']}, {peak['vector_bits']}-bit FMAs)",
                  f"{peak['gflops']:.1f} GFLOP/s{_mark(peak['contended'])}",
                  _fmt(peak["cpu_seconds_per_second"], ".2f"), _fmt(peak["other_load"], ".2f")],
                 ["FMA peak, 1 thread",
                  f"{peak['one_thread_gflops']:.1f} GFLOP/s{_mark(peak['one_thread']['contended'])}{_per_cycle(peak)}",
-                 _fmt(peak["one_thread"]["cpu_seconds_per_second"], ".2f"), _fmt(peak["one_thread"]["other_load"], ".2f")],
+                 _fmt(peak["one_thread"]["cpu_seconds_per_second"], ".2f"),
+                 _fmt(peak["one_thread"]["other_load"], ".2f")],
                 [f"numpy.matmul {mm['n']}x{mm['n']} (best of {mm['repeats']})",
                  f"{mm['gflops']:.1f} GFLOP/s{_mark(mm['contended'])} = {mm['gflops'] / peak['gflops']:.0%} of peak",
                  _fmt(mm["cpu_seconds_per_second"], ".2f"), _fmt(mm["other_load"], ".2f")],
@@ -164,14 +166,16 @@ def format_report(results: dict) -> str:
 
     tr = results["training"]
     out.append(_heading(f"Training epoch (60,000 images, batch 128, forward+backward+AdamW, real MNIST; "
-                        f"{net['epoch_flops'] / 1e12:.3f} TFLOP per epoch)", any(r.get("contended") for r in tr.values())))
+                        f"{net['epoch_flops'] / 1e12:.3f} TFLOP per epoch)",
+                        any(r.get("contended") for r in tr.values())))
     rows = []
     for b in backends:
         t = tr.get(b)
         if t:
             rows.append([b + _mark(t["contended"]), t["batches"], _fmt_time(t["seconds_per_batch"]),
-                         f"{t['images_per_s']:.0f}", f"{t['epoch_seconds']:.1f} s", f"{t['ideal_epoch_seconds']:.1f} s",
-                         f"{t['ratio_to_ideal']:.1f}x", f"{t['fraction_of_peak']:.0%}", f"{t['fraction_of_matmul']:.0%}",
+                         f"{t['images_per_s']:.0f}", f"{t['epoch_seconds']:.1f} s",
+                         f"{t['ideal_epoch_seconds']:.1f} s", f"{t['ratio_to_ideal']:.1f}x",
+                         f"{t['fraction_of_peak']:.0%}", f"{t['fraction_of_matmul']:.0%}",
                          f"{t['cpu_seconds_per_second']:.2f}", _fmt(t.get("other_load"), ".2f")])
     out.append(_table(["backend", "batches", "per batch", "images/s", "s/epoch", "ideal s/epoch", "ratio",
                        "of peak", "of matmul", "CPU/wall", "other load"], rows))
@@ -199,7 +203,8 @@ def format_report(results: dict) -> str:
     if scaling:
         out += ["", _heading("Thread scaling of the Numba training epoch (numba.set_num_threads)",
                              any(r.get("contended") for r in scaling))]
-        rows = [[f"{r['threads']}{_mark(r['contended'])}", _fmt_time(r["seconds_per_batch"]), f"{r['images_per_s']:.0f}",
+        rows = [[f"{r['threads']}{_mark(r['contended'])}", _fmt_time(r["seconds_per_batch"]),
+                 f"{r['images_per_s']:.0f}",
                  f"{r['epoch_seconds']:.1f} s", f"{r['speedup']:.2f}x", f"{r['efficiency']:.0%}",
                  f"{r['cpu_seconds_per_second']:.2f}", _fmt(r.get("other_load"), ".2f")] for r in scaling]
         out.append(_table(["threads", "per batch", "images/s", "s/epoch", "speedup", "efficiency", "CPU/wall",

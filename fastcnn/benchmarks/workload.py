@@ -475,7 +475,8 @@ def network_cases(batch: int = BATCH_SIZE, dtype=np.float32, model: Sequential |
             f = FusedShape("conv1+pool1", c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.stride, c.padding,
                            p.kernel, p.stride)
             cases += [FusedForward(f, dtype=dtype, note="conv1 + ReLU + pool1 fused, as the model runs them"),
-                      FusedBackwardWeight(f, dtype=dtype, note="dw, db from the pooled gradient, as the model runs them")]
+                      FusedBackwardWeight(f, dtype=dtype,
+                                          note="dw, db from the pooled gradient, as the model runs them")]
     return cases
 
 

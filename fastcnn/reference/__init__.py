@@ -4,8 +4,8 @@ Every function here is vectorised NumPy (im2col through strided views, then one 
 col2im as a loop over the kh*kw kernel offsets, never over pixels). It is the ground truth the
 Numba kernels in :mod:`fastcnn.kernels` are tested against. See :mod:`fastcnn.backend` for the contract.
 """
-from fastcnn.reference.conv import conv2d_backward, conv2d_forward
 from fastcnn.reference.activation import relu_backward, relu_forward
+from fastcnn.reference.conv import conv2d_backward, conv2d_forward
 from fastcnn.reference.fused import conv2d_relu_maxpool_backward, conv2d_relu_maxpool_forward
 from fastcnn.reference.pool import (
     avgpool2d_backward,
