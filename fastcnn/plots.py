@@ -60,6 +60,6 @@ def save_plots(history, plots_dir):
                   [("test (after the epoch)", [100.0 * m["test_acc"] for m in history], "o-"),
                    ("train (during the epoch, dropout on)", [100.0 * m["train_acc"] for m in history], "s--")])
     paths = []
-    for name, fig in zip(PLOT_FILES, (loss, acc)):
+    for name, fig in zip(PLOT_FILES, (loss, acc), strict=True):
         paths.append(atomic_write(plots_dir / name, lambda fh, fig=fig: fig.savefig(fh, format="png")))
     return paths

@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import PNG_SIGNATURE, assert_one_error_line, run_cli, write_custom_dataset
 
 import fastcnn.train
 from fastcnn.cli import build_parser, train_main
-
-from helpers import PNG_SIGNATURE, assert_one_error_line, run_cli, write_custom_dataset
 
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_second",
               "eval_seconds"}
@@ -203,7 +202,7 @@ def test_keyboard_interrupt_exits_130_with_one_line(tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert rc == 130
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert err.startswith("fastcnn-train: interrupted (SIGINT)")
+    assert err.startswith("fastcnn-train: stopped at once by SIGINT")
 
 
 def test_library_errors_are_reported_as_one_line(tmp_path, capsys, monkeypatch):

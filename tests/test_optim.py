@@ -59,7 +59,7 @@ def sgd_reference(w0, grads, lr, momentum, wd):
     step). ``lr``: one number, or one per step."""
     lrs = [lr] * len(grads) if np.isscalar(lr) else list(lr)
     w, v, out = w0.astype(np.float64), np.zeros(w0.shape), []
-    for g, lr_t in zip(grads, lrs):
+    for g, lr_t in zip(grads, lrs, strict=True):
         v = momentum * v + (g + wd * w)
         w = w - lr_t * v
         out.append(w)
@@ -108,7 +108,7 @@ def test_sgd_matches_formula_while_the_learning_rate_changes(momentum):
     opt = SGD(model, lr=lrs[0], momentum=momentum, weight_decay=0.05)
     grads = _grad_sequence(8, FakeModel(np.random.default_rng(7)), steps=len(lrs))
     expected = {k: sgd_reference(w0[k], [g[k] for g in grads], lrs, momentum, 0.05) for k in w0}
-    for t, (g, lr) in enumerate(zip(grads, lrs)):
+    for t, (g, lr) in enumerate(zip(grads, lrs, strict=True)):
         opt.lr = lr
         model.grads = {k: v.copy() for k, v in g.items()}
         opt.step()

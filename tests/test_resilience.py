@@ -14,14 +14,13 @@ import time
 
 import numpy as np
 import pytest
+from helpers import (PNG_SIGNATURE, assert_one_error_line, cli_command, run_cli, subprocess_env, synthetic,
+                     write_custom_dataset)
 
 import fastcnn.model
 from fastcnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fastcnn.cli import train_main
-from fastcnn.train import TIMING_KEYS, TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted
-
-from helpers import (PNG_SIGNATURE, assert_one_error_line, cli_command, run_cli, subprocess_env, synthetic,
-                     write_custom_dataset)
+from fastcnn.train import TIMING_KEYS, ResumeRefused, TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted
 
 
 def config(**overrides):
@@ -124,13 +123,15 @@ def test_restore_refuses_other_data(tmp_path):
         Trainer(config(), synthetic(96, seed=1)).restore(path)
 
 
-def test_restore_refuses_a_checkpoint_past_the_runs_end(tmp_path):
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_restore_refuses_a_checkpoint_with_no_epoch_left(epochs, tmp_path):
     data = synthetic(96)
     t = Trainer(config(epochs=2), data)
     t.run()
     path = t.save_checkpoint(tmp_path / "c.npz")
-    with pytest.raises(CheckpointError, match="already has 2 epochs, more than this run's 1"):
-        Trainer(config(epochs=1), data).restore(path)
+    with pytest.raises(ResumeRefused, match=f"has completed 2 of {epochs} epochs") as info:
+        Trainer(config(epochs=epochs), data).restore(path)
+    assert info.value.epochs_done == 2 and isinstance(info.value, CheckpointError)
 
 
 def test_restore_refuses_a_model_only_checkpoint(tmp_path):

@@ -9,12 +9,11 @@ import math
 
 import numpy as np
 import pytest
+from helpers import PNG_SIGNATURE, synthetic
 
 from fastcnn.data import load_dataset
 from fastcnn.plots import PLOT_FILES, save_plots
 from fastcnn.train import RunState, TrainConfig, Trainer, learning_rate, train
-
-from helpers import PNG_SIGNATURE, synthetic
 
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_second",
               "eval_seconds"}
