@@ -345,6 +345,8 @@ class _Outputs:
             if key in seen:
                 raise UsageError(f"{option} and {seen[key]} name the same file {str(path)!r}")
             seen[key] = option
+        if args.data_dir is not None:                  # other data folders: check_inputs, after loading
+            self.check_inputs(Path(args.data_dir).expanduser())
         resume = Path(args.resume).resolve() if args.resume else None
         for option, (path, kind) in self.targets.items():
             if option != "--checkpoint" and path.resolve() == resume:
@@ -373,9 +375,8 @@ class _Outputs:
             raise UsageError(f"{option} {str(path)!r} already exists: replace it with --overwrite or choose "
                              "another path")
 
-    def check_inputs(self, data) -> None:
-        """After loading: no output may be one of the data files."""
-        source = getattr(data, "source_dir", None)
+    def check_inputs(self, source) -> None:
+        """No output may be one of the files in the data folder ``source``."""
         if source is None:
             return
         try:
@@ -586,7 +587,7 @@ class _Run:
         if n:
             kept.append(f"plots of {n} epoch{'s' if n != 1 else ''} in {args.plots_dir}")
         if status != "completed" and args.save_model is not None:
-            kept.append("no --save-model file (written only when training completes)")
+            kept.append("no --save-model file")
         return ", ".join(kept)
 
     def resume_hint(self) -> str:
@@ -655,7 +656,7 @@ def _train(args, config, ckpt, run, signals, console):
     say = console.say
 
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download)
-    run.outputs.check_inputs(data)
+    run.outputs.check_inputs(data.source_dir)
     n_train = min(len(data.x_train), config.limit_train or len(data.x_train))
     n_test = min(len(data.x_test), config.limit_test or len(data.x_test))
     try:
@@ -675,6 +676,7 @@ def _train(args, config, ckpt, run, signals, console):
         for m in trainer.state.history:
             say(f"  {format_epoch(m, config.epochs)}")
     trainer.callbacks.append(run.after_epoch)
+    trainer.on_batch = _test_pause_hook(trainer)
     # Compilation of the JIT kernels happens here, before training starts (a signal stops at once).
     if config.warmup:
         trainer.warm_up()
@@ -690,7 +692,7 @@ def _train(args, config, ckpt, run, signals, console):
                                        "what": exc.what})
         last = (f"the last good checkpoint (epoch {run.saved_epoch}) is {run.checkpoint}"
                 if run.checkpoint is not None and run.saved_epoch is not None else "no checkpoint was written")
-        _error(f"{exc}; {last}" + (f"; kept {kept}" if kept else ""))
+        _error(f"try a lower --lr: {exc}; {last}" + (f"; kept {kept}" if kept else ""))
         return EXIT_DIVERGED
     except TrainingInterrupted as exc:
         stop = {"reason": signals.reason, "epoch": exc.epoch, "batch": exc.batch}
@@ -731,6 +733,24 @@ def _train(args, config, ckpt, run, signals, console):
     if hint:
         say(hint)
     return EXIT_OK
+
+
+def _test_pause_hook(trainer):
+    """For tests that must signal the run at an exact batch: ``FASTCNN_TEST_PAUSE=PHASE:EPOCH:BATCH:FILE``
+    ("train" or "eval") makes the run create FILE when it reaches that batch and wait there until a
+    stop is requested; then it stops exactly before that batch. Unset: no hook."""
+    spec = os.environ.get("FASTCNN_TEST_PAUSE")
+    if not spec:
+        return None
+    phase, epoch, batch, marker = spec.split(":", 3)
+    at = (phase, int(epoch), int(batch))
+
+    def hook(phase, epoch, batch):
+        if (phase, epoch, batch) == at:
+            Path(marker).touch()
+            while not trainer.stopping():
+                time.sleep(0.005)
+    return hook
 
 
 def contention_hint(cpu_seconds: float, wall_seconds: float, threads: int | None) -> str | None:

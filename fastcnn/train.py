@@ -127,7 +127,7 @@ class TrainingDiverged(FloatingPointError):
     def __init__(self, epoch, batch, batches, what, lr):
         self.epoch, self.batch, self.batches, self.what, self.lr = epoch, batch, batches, what, lr
         super().__init__(f"training diverged in epoch {epoch} at batch {batch}/{batches}: {what} "
-                         f"(learning rate {lr:.4g}; try a lower --lr)")
+                         f"(learning rate {lr:.4g}; try a lower one)")
 
 
 class TrainingInterrupted(Exception):
@@ -436,6 +436,9 @@ class Trainer:
         self.log = (lambda *a, **k: None) if config.quiet else log
         self.callbacks = list(callbacks)
         self.should_stop = should_stop
+        #: Called as ``on_batch(phase, epoch, batch)`` ("train" or "eval", 1-based) just before each
+        #: batch's stop check: a seam for progress reports and for tests that must act at an exact batch.
+        self.on_batch = None
 
         n_train = len(data.x_train) if config.limit_train is None else min(config.limit_train, len(data.x_train))
         n_test = len(data.x_test) if config.limit_test is None else min(config.limit_test, len(data.x_test))
@@ -509,6 +512,8 @@ class Trainer:
             try:
                 order = st.shuffle_rng.permutation(n)
                 for batch, i in enumerate(range(0, n, bs), start=1):
+                    if self.on_batch is not None:
+                        self.on_batch("train", st.epoch + 1, batch)
                     if self.stopping():
                         raise TrainingInterrupted(st.epoch + 1, batch, st.steps_per_epoch)
                     idx = order[i:i + bs]
@@ -562,8 +567,8 @@ class Trainer:
         if mean > cfg.divergence_factor * st.start_loss:
             n = len(self._recent_losses)
             raise TrainingDiverged(st.epoch + 1, batch, st.steps_per_epoch,
-                                   f"the mean loss of the last {n} batch{'es' if n != 1 else ''} is {mean:.4g}, over "
-                                   f"{cfg.divergence_factor:g} times the starting loss {st.start_loss:.4g}",
+                                   f"mean loss of the last {n} batch{'es' if n != 1 else ''} {mean:.4g} > "
+                                   f"{cfg.divergence_factor:g} x the starting {st.start_loss:.4g}",
                                    st.optimizer.lr)
 
     def evaluate(self):
@@ -574,7 +579,9 @@ class Trainer:
         t0 = time.perf_counter()
         x, y, bs = self.x_test, self.y_test, self.config.eval_batch_size
         total_loss, correct = 0.0, 0
-        for i in range(0, len(x), bs):          # the loop of Sequential.evaluate, with stop checks
+        for batch, i in enumerate(range(0, len(x), bs), start=1):   # Sequential.evaluate's loop, stoppable
+            if self.on_batch is not None:
+                self.on_batch("eval", st.epoch + 1, batch)
             if self.stopping():
                 raise TrainingInterrupted(st.epoch + 1, st.steps_per_epoch + 1, st.steps_per_epoch)
             logits = st.model.forward(x[i:i + bs], training=False)

@@ -127,7 +127,26 @@ BAD_ARGS = [
     (["--no-such-option"], 2),
     (["--data-dir", "/nonexistent/fastcnn-mnist", "--no-download"], 2),
     (["--no-download"], 1),                                  # nothing in the (empty) search path
+    (["--dropout", "0.99999999"], 2),                        # below 1 but beyond the 16-bit mask
+    (["--threads", "64", "--backend", "numpy"], 2),
+    (["--diverge-factor", "0.5"], 2),
+    (["--diverge-window", "0"], 2),
 ]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--dropout", "0.99999999"], "--dropout must be below 0.99999"),
+    (["--threads", "64", "--backend", "numpy"], "the CPU count"),
+    (["--momentum", "0.5"], "--momentum applies only to the sgd optimizer"),
+])
+def test_config_errors_name_the_option_and_fail_before_loading(args, needle, tmp_path, capsys, monkeypatch):
+    """The TrainConfig validator decides; the CLI only words it as a usage error, before any data."""
+    import fastcnn.data
+    monkeypatch.setattr(fastcnn.data, "load_dataset", lambda *a, **k: pytest.fail("data loaded"))
+    rc = train_main([*args, "--plots-dir", str(tmp_path / "plots")])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and "NUMBA_NUM_THREADS" not in err, err
+    assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args,code", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
