@@ -1,17 +1,41 @@
 """fastcnn: a small CNN library whose convolution and pooling exist twice behind one interface,
 as a clear NumPy reference (:mod:`fastcnn.reference`) and as Numba-JIT parallel kernels
-(:mod:`fastcnn.kernels`) that must agree with it and beat it."""
+(:mod:`fastcnn.kernels`) that must agree with it and beat it.
+
+The public names below are imported on first use (PEP 562), so ``import fastcnn.cli`` stays
+light: ``fastcnn-train`` installs its signal handlers before NumPy is imported, and a Ctrl-C in
+its first moments ends with one line, not a traceback."""
+from importlib import import_module
+
 from fastcnn._memory import tune_malloc
-from fastcnn.backend import get_backend
-from fastcnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, Layer, Linear, MaxPool2D,
-                            ReLU)
-from fastcnn.losses import softmax_cross_entropy
-from fastcnn.model import Sequential, mnist_cnn
-from fastcnn.optim import SGD, AdamW
 
 __version__ = "0.1.0"
 
 tune_malloc()
 
+_EXPORTS = {
+    "get_backend": "fastcnn.backend",
+    **dict.fromkeys(("AvgPool2D", "BatchNorm2D", "Conv2D", "Dropout", "Flatten", "Layer", "Linear", "MaxPool2D",
+                     "ReLU"), "fastcnn.layers"),
+    "softmax_cross_entropy": "fastcnn.losses",
+    "Sequential": "fastcnn.model",
+    "mnist_cnn": "fastcnn.model",
+    "SGD": "fastcnn.optim",
+    "AdamW": "fastcnn.optim",
+}
+
 __all__ = ["get_backend", "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "ReLU", "Flatten", "Dropout",
            "Linear", "BatchNorm2D", "softmax_cross_entropy", "Sequential", "mnist_cnn", "SGD", "AdamW"]
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastcnn' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

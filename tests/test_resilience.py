@@ -881,3 +881,27 @@ def test_should_stop_and_request_stop_stop_between_batches():
     with pytest.raises(TrainingInterrupted) as info:
         t2.run()
     assert (info.value.epoch, info.value.batch) == (1, 4) and t2.state.history == []     # during evaluation
+
+
+def handlers_installed(pid):
+    """Whether process ``pid`` catches SIGHUP (Python itself never does; fastcnn-train's handlers do)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        mask = next(int(line.split()[1], 16) for line in fh if line.startswith("SigCgt:"))
+    return bool(mask & (1 << (signal.SIGHUP - 1)))
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_a_signal_before_anything_slow_is_one_line(tmp_path):
+    """The handlers are installed before NumPy and the data are loaded: a Ctrl-C as soon as they
+    are (read from /proc, no sleep) ends with exit 130 and one line, never a traceback."""
+    proc = start(small_subprocess_args(tmp_path, "--checkpoint", "c.npz"), tmp_path)
+    deadline = time.monotonic() + 60
+    while not handlers_installed(proc.pid):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("fastcnn-train: stopped at once by SIGINT"), err
+    assert not (tmp_path / "c.npz").exists() and not list(tmp_path.glob(".*"))
