@@ -238,13 +238,13 @@ def test_signal_mid_epoch_then_resume_equals_a_straight_run(sig, code, mnist_dir
     """Train 2 epochs straight; separately, stop a run with a real signal early in epoch 2 and
     resume it. Final parameters (the --save-model files) and metrics must be bit-identical."""
     straight = run_cli(train_args(mnist_dir, "--metrics", "straight.json", "--save-model", "straight.npz",
-                                  "--plots-dir", "straight"), cwd=tmp_path)
+                                  "--plots-dir", "straight", limit_train=2000), cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
 
     ckpt = tmp_path / "run.npz"
     marker = tmp_path / "at-epoch-2-batch-2"
-    proc = start(train_args(mnist_dir, "--checkpoint", ckpt, "--metrics", "m.json", "--plots-dir", "plots"),
-                 tmp_path, pause=("train", 2, 2, marker))
+    proc = start(train_args(mnist_dir, "--checkpoint", ckpt, "--metrics", "m.json", "--plots-dir", "plots",
+                            limit_train=2000), tmp_path, pause=("train", 2, 2, marker))
     wait_for(marker, proc)                                  # the run waits before epoch 2's batch 2
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
