@@ -652,7 +652,8 @@ def _run(argv, signals, console):
 
 def _train(args, config, ckpt, run, signals, console):
     from fastcnn.data import load_dataset
-    from fastcnn.train import Trainer, TrainingDiverged, TrainingInterrupted, format_epoch
+    from fastcnn import train as train_module
+    from fastcnn.train import Trainer, TrainingDiverged, TrainingInterrupted, format_epoch, step_memory_lower_bound
     say = console.say
 
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download)
@@ -664,6 +665,10 @@ def _train(args, config, ckpt, run, signals, console):
     except ValueError as exc:
         raise _usage_from(exc) from None
     say(_header(data, config, n_train, n_test))
+    need, have = step_memory_lower_bound(config, data.x_train.shape[1:]), train_module.available_memory_bytes()
+    if have is not None and need > have / 2:
+        console.err(f"{PROG}: warning: --batch-size {config.batch_size} needs at least {need / 2**30:.1f} GiB per "
+                    f"training step, more than half the {have / 2**30:.1f} GiB available; a smaller batch needs less")
 
     trainer = Trainer(config, data, log=say)
     run.data, run.trainer = data, trainer

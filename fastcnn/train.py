@@ -259,6 +259,26 @@ class TrainConfig:
         return asdict(self)
 
 
+def step_memory_lower_bound(config: TrainConfig, image_shape: tuple[int, int, int]) -> int:
+    """Bytes one training step needs at least: the first convolution's output (32 channels at the
+    input's resolution) and its gradient, for ``config.batch_size`` images of ``image_shape``
+    (C, H, W). The real peak is higher (the other layers, the batch itself)."""
+    _, height, width = image_shape
+    return 2 * config.batch_size * 32 * height * width * np.dtype(config.dtype).itemsize
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def learning_rate(base_lr, schedule, step, total_steps):
     """The learning rate of 0-based global ``step`` out of ``total_steps`` (see :class:`TrainConfig`)."""
     if schedule == "constant" or total_steps <= 0:
