@@ -265,7 +265,9 @@ def test_signal_mid_epoch_then_resume_equals_a_straight_run(sig, code, mnist_dir
     resumed = run_cli(["--resume", ckpt, "--metrics", "m.json", "--no-timings", "--save-model", "resumed.npz",
                        "--plots-dir", "plots"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout and "note:" not in resumed.stdout
+    assert "resuming" in resumed.stdout
+    notes = [line for line in resumed.stdout.splitlines() if line.startswith("note:")]
+    assert all("other programs used the cores" in line for line in notes), notes   # nothing breaks bit-identity
     a, b = params_of(tmp_path / "straight.npz"), params_of(tmp_path / "resumed.npz")
     assert a.keys() == b.keys()
     for name in a:
