@@ -41,6 +41,8 @@ import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
+# Only light modules at the top: train_main installs the signal handlers before fastcnn.train,
+# .data, .checkpoint and .plots (NumPy, Numba, Matplotlib) are imported inside the functions.
 from fastcnn._atomic import atomic_write, remove_stale_temps
 from fastcnn._cli import (EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, HelpFormatter, Parser, UsageError, float_in,
                           int_at_least, print_error, versions)
@@ -651,8 +653,8 @@ def _run(argv, signals, console):
 
 
 def _train(args, config, ckpt, run, signals, console):
-    from fastcnn.data import load_dataset
     from fastcnn import train as train_module
+    from fastcnn.data import load_dataset
     from fastcnn.train import Trainer, TrainingDiverged, TrainingInterrupted, format_epoch, step_memory_lower_bound
     say = console.say
 
