@@ -684,7 +684,8 @@ def _train(args, config, ckpt, run, signals, console):
             say(f"  {format_epoch(m, config.epochs)}")
     trainer.callbacks.append(run.after_epoch)
     trainer.on_batch = _test_pause_hook(trainer)
-    # Compilation of the JIT kernels happens here, before training starts (a signal stops at once).
+    # The one place for JIT compilation, before training starts (a signal here stops at once): a
+    # compile message and fastcnn.kernels.warm_up(dtype, on_compile=...) belong right here.
     if config.warmup:
         trainer.warm_up()
     signals.trainer = trainer                          # from here on a signal stops between batches

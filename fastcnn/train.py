@@ -337,7 +337,7 @@ class RunState:
         if timings:
             out.update({"warmup_seconds": self.warmup_seconds,
                         "time_to_first_batch_seconds": self.time_to_first_batch_seconds,
-                        "time_to_first_batch_from": "train() entry",
+                        "time_to_first_batch_from": "trainer created (data loaded)",
                         "process_time_to_first_batch_seconds": self.process_time_to_first_batch_seconds})
         return out
 

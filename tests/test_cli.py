@@ -260,3 +260,32 @@ def test_a_batch_too_large_for_the_memory_is_warned_about(tmp_path, capsys, monk
     assert train_main(args) == 0
     err = capsys.readouterr().err
     assert "warning: --batch-size 32 needs at least 0.0 GiB per training step" in err, err
+
+
+@pytest.mark.parametrize("cpu,wall,threads,noted", [
+    (1.9, 1.0, 2, False), (1.0, 1.0, 2, False), (0.9, 1.0, 2, True), (0.3, 1.0, 1, True),
+    (9.0, 1.0, 16, False), (7.0, 1.0, 16, True), (0.1, 1.0, None, False), (1.0, 0.0, 2, False),
+])
+def test_contention_hint_when_cpu_over_wall_is_well_below_the_threads(cpu, wall, threads, noted):
+    from fastcnn.cli import contention_hint
+    hint = contention_hint(cpu, wall, threads)
+    assert (hint is not None) == noted
+    if noted:
+        assert hint.startswith("note: other programs used the cores; epoch times are inflated")
+        assert f"CPU/wall {cpu / wall:.2f} with {threads} thread" in hint
+
+
+def test_header_wraps_between_words_in_a_120_column_terminal(monkeypatch):
+    import os
+    import shutil
+
+    from fastcnn.cli import _header
+    from fastcnn.data import Dataset
+    from fastcnn.train import TrainConfig
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=None: os.terminal_size((120, 40)))
+    data = Dataset(None, None, None, None, "fashion-mnist", "/home/someone/a-rather-long/path/to/the/datasets/folder")
+    text = _header(data, TrainConfig(optimizer="sgd").resolved(), 60000, 10000)
+    words = " ".join(text.split())
+    assert words.startswith("fastcnn-train: fashion-mnist from /home/someone/a-rather-long/path/to/the/datasets/folder ")
+    assert "batch 128, 5 epochs" in words
+    assert all(len(line) < 120 for line in text.splitlines())

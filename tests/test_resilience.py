@@ -828,10 +828,12 @@ def scripted_losses(monkeypatch, losses):
 
 GROWTH = [
     # (losses per batch, factor, window, diverged at (epoch, batch) or None)
-    ([2.0, 50.0] + [2.0] * 7, 10, 3, None),                 # one spike: mean 18 < 20
-    ([2.0, 50.0, 50.0] + [2.0] * 6, 10, 3, (1, 3)),          # held: mean 34 > 20
+    # 3 batches per epoch; the window holds fewer batches until that many were trained
+    ([2.0, 2.0, 2.0, 50.0] + [2.0] * 5, 10, 3, None),       # one spike: means 18 < 20
+    ([2.0, 2.0, 2.0, 50.0, 50.0] + [2.0] * 4, 10, 3, (2, 2)),   # held: mean 34 > 20 at the 5th batch
+    ([2.0, 50.0] + [2.0] * 7, 10, 3, (1, 2)),               # early: the 2-batch mean 26 > 20
     ([2.0] * 5 + [19.0] * 4, 10, 3, None),                  # high but under 10 x 2.0
-    ([2.0] * 5 + [21.0] * 4, 10, 3, (2, 3)),                # epoch 2, batch 3 (3 batches per epoch)
+    ([2.0] * 5 + [21.0] * 4, 10, 3, (3, 2)),                # the 8th batch: mean 21 > 20
     ([2.0, 1e9, 1e9] + [2.0] * 6, 0, 3, None),              # factor 0: finite losses never diverge
 ]
 
