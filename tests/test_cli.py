@@ -286,6 +286,7 @@ def test_header_wraps_between_words_in_a_120_column_terminal(monkeypatch):
     data = Dataset(None, None, None, None, "fashion-mnist", "/home/someone/a-rather-long/path/to/the/datasets/folder")
     text = _header(data, TrainConfig(optimizer="sgd").resolved(), 60000, 10000)
     words = " ".join(text.split())
-    assert words.startswith("fastcnn-train: fashion-mnist from /home/someone/a-rather-long/path/to/the/datasets/folder ")
+    folder = "/home/someone/a-rather-long/path/to/the/datasets/folder"
+    assert words.startswith(f"fastcnn-train: fashion-mnist from {folder} ")
     assert "batch 128, 5 epochs" in words
     assert all(len(line) < 120 for line in text.splitlines())
