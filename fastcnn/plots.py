@@ -1,6 +1,6 @@
 """Training curves as PNG files, drawn with Matplotlib's Agg canvas (no display, no pyplot state).
 
-``save_plots(history, plots_dir)`` writes, as the seed project did:
+``save_plots(history, plots_dir)`` writes:
 
 * ``train_loss.png``: loss per epoch, training (mean over the epoch) and test (after it);
 * ``test_acc.png``: accuracy (%) per epoch, test and training.

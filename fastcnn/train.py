@@ -75,14 +75,11 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 DTYPES = ("float32", "float64")
 #: Peak learning rate per optimizer when ``TrainConfig.lr`` is None. AdamW's 2e-3 with the default
-#: cosine schedule was chosen on full MNIST (float32, batch 128, dropout 0.5, numba backend, seed 0
-#: unless noted): 5 epochs reach 99.13 % (seed 1: see the report) against 99.01 % with lr 1e-3
-#: (which needs ~8 epochs for 99.1 %); 3e-3 gave 99.14 %. A 1-epoch run (cosine over that one epoch)
-#: reaches 98.18 % / 98.42 % (seeds 0 / 1) at 2e-3, 97.73 % at 1e-3. (Those runs predate the current
-#: kernels, which sum in another order: the default run now ends at 99.11 %, --epochs 1 at 98.24 %.)
+#: cosine schedule was chosen on full MNIST against 1e-3 and 3e-3: 1e-3 needs more epochs for the
+#: same accuracy, 3e-3 gains nothing (the figures: README, section fastcnn-train).
 DEFAULT_LR = {"adamw": 2e-3, "sgd": 0.01}
 #: Weight decay per optimizer when ``TrainConfig.weight_decay`` is None: AdamW's decoupled decay
-#: (PyTorch's default 0.01); none for SGD (the seed project's plain momentum SGD).
+#: (PyTorch's default 0.01); none for SGD (plain momentum SGD).
 DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "sgd": 0.0}
 DEFAULT_MOMENTUM = 0.9
 #: Dropout masks are 16-bit draws (see :class:`fastcnn.layers.Dropout`).
@@ -559,8 +556,8 @@ class Trainer:
         return total_loss / n, correct / n, time.perf_counter() - t0
 
     def _check_finite(self, loss, batch):
-        """Raise :class:`TrainingDiverged` unless ``loss`` and every parameter are finite (about
-        30 us per step for the mission's network: a few hundred thousand floats)."""
+        """Raise :class:`TrainingDiverged` unless ``loss`` and every parameter are finite (cheap: the
+        network has a few hundred thousand parameters, checked once per step)."""
         st = self.state
         what = None
         if not math.isfinite(loss):

@@ -1,5 +1,5 @@
 """Training that survives: exact resume, Ctrl-C and SIGTERM, divergence, damaged checkpoints, bad
-arguments, reproducible metrics (issue: checkpoints and exact resume).
+arguments, reproducible metrics, protected outputs, signals, closed pipes and full disks.
 
 The library tests train a few steps on synthetic data; the command-line tests run the real
 ``fastcnn-train`` in a subprocess on a few thousand real MNIST images, numba backend (its kernels
