@@ -128,7 +128,7 @@ BAD_ARGS = [
     (["--data-dir", "/nonexistent/fastcnn-mnist", "--no-download"], 2),
     (["--no-download"], 1),                                  # nothing in the (empty) search path
     (["--dropout", "0.99999999"], 2),                        # below 1 but beyond the 16-bit mask
-    (["--threads", "64", "--backend", "numpy"], 2),
+    (["--threads", "100000", "--backend", "numpy"], 2),
     (["--diverge-factor", "0.5"], 2),
     (["--diverge-window", "0"], 2),
 ]
@@ -136,7 +136,7 @@ BAD_ARGS = [
 
 @pytest.mark.parametrize("args,needle", [
     (["--dropout", "0.99999999"], "--dropout must be below 0.99999"),
-    (["--threads", "64", "--backend", "numpy"], "the CPU count"),
+    (["--threads", "100000", "--backend", "numpy"], "the CPU count"),
     (["--momentum", "0.5"], "--momentum applies only to the sgd optimizer"),
 ])
 def test_config_errors_name_the_option_and_fail_before_loading(args, needle, tmp_path, capsys, monkeypatch):
