@@ -1,33 +1,40 @@
 """fastcnn: a small CNN library whose convolution and pooling exist twice behind one interface,
 as a clear NumPy reference (:mod:`fastcnn.reference`) and as Numba-JIT parallel kernels
-(:mod:`fastcnn.kernels`) that must agree with it and beat it."""
+(:mod:`fastcnn.kernels`) that must agree with it and beat it.
+
+The public names below are imported on first use (PEP 562), so ``import fastcnn.cli`` stays
+light: ``fastcnn-train`` installs its signal handlers before NumPy is imported, and a Ctrl-C in
+its first moments ends with one line, not a traceback."""
+from importlib import import_module
+
 from fastcnn._memory import tune_malloc
-from fastcnn.backend import get_backend
-from fastcnn.data import DataError, load_dataset, load_mnist, to_float
-from fastcnn.layers import (
-    AvgPool2D,
-    BatchNorm2D,
-    Conv2D,
-    ConvReLUMaxPool2D,
-    Dropout,
-    Flatten,
-    FusedLayer,
-    Identity,
-    Layer,
-    Linear,
-    MaxPool2D,
-    ReLU,
-    ReLUMaxPool2D,
-)
-from fastcnn.losses import softmax_cross_entropy
-from fastcnn.model import Sequential, fuse, mnist_cnn
-from fastcnn.optim import SGD, AdamW
 
 __version__ = "0.1.0"
 
 tune_malloc()
 
-__all__ = ["get_backend", "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "ReLU", "Flatten", "Dropout",
-           "Linear", "BatchNorm2D", "Identity", "FusedLayer", "ReLUMaxPool2D", "ConvReLUMaxPool2D",
-           "softmax_cross_entropy", "Sequential", "fuse", "mnist_cnn", "SGD", "AdamW",
-           "load_dataset", "load_mnist", "to_float", "DataError"]
+_EXPORTS = {
+    "get_backend": "fastcnn.backend",
+    **dict.fromkeys(("AvgPool2D", "BatchNorm2D", "Conv2D", "ConvReLUMaxPool2D", "Dropout", "Flatten", "FusedLayer",
+                     "Identity", "Layer", "Linear", "MaxPool2D", "ReLU", "ReLUMaxPool2D"), "fastcnn.layers"),
+    "softmax_cross_entropy": "fastcnn.losses",
+    **dict.fromkeys(("Sequential", "fuse", "mnist_cnn"), "fastcnn.model"),
+    **dict.fromkeys(("DataError", "load_dataset", "load_mnist", "to_float"), "fastcnn.data"),
+    "SGD": "fastcnn.optim",
+    "AdamW": "fastcnn.optim",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastcnn' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

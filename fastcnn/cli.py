@@ -1,32 +1,67 @@
 """``fastcnn-train`` (also ``python -m fastcnn``): train the MNIST CNN from the command line.
 
 Exit codes: 0 success, 1 runtime error (data, checkpoint, library or output-file problems), 2
-invalid arguments, 3 training diverged, 130 interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM).
+invalid arguments, 3 training diverged, 128 + the signal's number when stopped by a signal: 130
+SIGINT (Ctrl-C), 143 SIGTERM, 129 SIGHUP (closed terminal or ssh session), 131 SIGQUIT (Ctrl-\\).
 Every error is one line on stderr, ``fastcnn-train: error: <message>``, never a traceback.
 
 Outputs are written atomically after every epoch (the checkpoint, the metrics JSON, the two
-plots), so whatever stops the process leaves the last complete epoch's files intact. SIGINT and
-SIGTERM are caught: during training they stop the run before the next batch (the partial epoch is
-dropped), the final metrics (``"status": "interrupted"``) are written and the message says how to
-resume; before training starts, and on a second signal, the process stops at once.
+plots), so whatever stops the process leaves the last complete epoch's files intact, and every
+ending (completion, divergence, a signal, an error) leaves the metrics file with a final
+``status``. The four signals are caught from the first moment of :func:`train_main`: during
+training (or the end-of-epoch evaluation) they stop the run before the next batch (the partial
+epoch is dropped) and the message says how to resume; before training starts, and on a second
+signal, the process stops at once. A closed stdout or stderr (``fastcnn-train | head -1``) only
+silences the output: training goes on and saves.
+
+Outputs are protected alike: an existing file of another kind (not a fastcnn checkpoint, metrics
+file or PNG) or an input of the run (the data files, the ``--resume`` file) is never replaced;
+an existing output of the same kind only with ``--overwrite`` (or, for ``--metrics`` and
+``--save-model``, when ``--resume`` continues a run; plots are redrawn freely). Each output is
+locked (an advisory ``fcntl`` lock on a ``.<name>.lock`` file beside it, removed on exit) so two
+runs never write one file, and temporary files that a killed run left beside it are removed.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import math
 import os
+import re
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
+import textwrap
 import threading
+import time
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
-from fastcnn._cli import (EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE,
-                          HelpFormatter, Parser, UsageError, float_in, int_at_least, print_error,
-                          versions)
+# Only light modules at the top: train_main installs the signal handlers before fastcnn.train,
+# .data, .checkpoint and .plots (NumPy, Numba, Matplotlib) are imported inside the functions.
+from fastcnn._atomic import atomic_write, remove_stale_temps
+from fastcnn._cli import (
+    EXIT_DIVERGED,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    HelpFormatter,
+    Parser,
+    UsageError,
+    float_in,
+    int_at_least,
+    print_error,
+    versions,
+)
 
 PROG = "fastcnn-train"
+#: Signals that stop a run; the exit code is 128 + the signal's number.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+                     if hasattr(signal, name))
 
 _EPILOG = """\
 examples:
@@ -39,17 +74,30 @@ examples:
 
 data: --data-dir, then $FASTCNN_DATA_DIR, then ~/.cache/fastcnn/<dataset> (downloaded there
 unless --no-download).
-stopping: Ctrl-C (SIGINT) or SIGTERM stops before the next batch; the last complete epoch's
-checkpoint, the metrics and the plots so far are kept; a second Ctrl-C stops at once.
-exit codes: 0 ok, 1 runtime error (data, checkpoint, files), 2 bad arguments, 3 training diverged
-(NaN or infinite loss or weights), 130 interrupted (SIGINT), 143 terminated (SIGTERM).
+stopping: Ctrl-C (SIGINT), SIGTERM, SIGHUP or SIGQUIT stops before the next batch; the last
+complete epoch's checkpoint, the metrics (with the final status) and the plots so far are kept; a
+second signal stops at once.
+divergence: a NaN or infinite loss or weight, or a mean loss over the last --diverge-window
+batches above --diverge-factor times the run's starting loss, stops the run (exit 3); the last
+good checkpoint is kept and no --save-model file is written.
+outputs: an existing file is replaced only with --overwrite (plots always; --metrics and
+--save-model also when resuming), never when it is of another kind or an input of the run.
+exit codes: 0 ok, 1 runtime error (data, checkpoint, files), 2 bad arguments, 3 training diverged,
+128+signal when stopped by one: 130 SIGINT, 143 SIGTERM, 129 SIGHUP, 131 SIGQUIT.
 """
 
 
-def build_parser():
+def build_parser() -> Parser:
     from fastcnn.backend import BACKENDS, ENV_VAR
-    from fastcnn.train import (DEFAULT_LR, DEFAULT_MOMENTUM, DEFAULT_WEIGHT_DECAY, DTYPES, OPTIMIZERS, SCHEDULES,
-                               TrainConfig)
+    from fastcnn.train import (
+        DEFAULT_LR,
+        DEFAULT_MOMENTUM,
+        DEFAULT_WEIGHT_DECAY,
+        DTYPES,
+        OPTIMIZERS,
+        SCHEDULES,
+        TrainConfig,
+    )
 
     d = TrainConfig()
     p = Parser(
@@ -72,8 +120,8 @@ def build_parser():
     g.add_argument("--backend", choices=BACKENDS, default=None,
                    help=f"conv/pool implementation (default: ${ENV_VAR}, else numba)")
     g.add_argument("--threads", metavar="N", type=int_at_least(1), default=None,
-                   help="Numba threads (numba backend) or BLAS threads (numpy backend), "
-                        "1..NUMBA_NUM_THREADS (default: all cores)")
+                   help="Numba threads, 1..NUMBA_NUM_THREADS (numba backend), or BLAS threads, 1..CPU count "
+                        "(numpy backend) (default: all cores)")
     g.add_argument("--dtype", choices=DTYPES, default=d.dtype, help="floating-point type of weights and data")
 
     g = p.add_argument_group("training")
@@ -94,14 +142,19 @@ def build_parser():
     g.add_argument("--dropout", metavar="P", type=float_in(0.0, 1.0), default=d.dropout,
                    help="dropout probability before the final linear layer, 0 <= P < 1")
     g.add_argument("--batchnorm", action="store_true", help="add batch normalisation after each convolution")
-    g.add_argument("--seed", metavar="S", type=int_at_least(0), default=d.seed,
+    g.add_argument("--seed", metavar="N", type=int_at_least(0), default=d.seed,
                    help="seed of the weights, dropout and shuffling")
+    g.add_argument("--diverge-factor", metavar="F", type=float_in(0.0), default=d.divergence_factor,
+                   help="stop as diverged when the mean loss of the last --diverge-window batches exceeds F "
+                        "times the run's starting loss (0: stop only on NaN or infinity)")
+    g.add_argument("--diverge-window", metavar="N", type=int_at_least(1), default=d.divergence_window,
+                   help="batches averaged for --diverge-factor")
 
     g = p.add_argument_group("output")
     g.add_argument("--plots-dir", metavar="DIR", default="plots",
                    help="where train_loss.png and test_acc.png are written (created if missing)")
     g.add_argument("--metrics", metavar="PATH", default=None,
-                   help="also write the configuration, per-epoch metrics and timings as JSON here")
+                   help="also write the configuration, per-epoch metrics, timings and final status as JSON here")
     g.add_argument("--no-timings", action="store_true",
                    help="leave wall-clock times out of --metrics, so that runs with the same seed, backend "
                         "and thread count write byte-identical files")
@@ -118,13 +171,94 @@ def build_parser():
                    help="continue the run saved in checkpoint PATH with its settings (give --epochs to train "
                         "longer); later epochs are saved to PATH too unless --checkpoint names another file")
     g.add_argument("--overwrite", action="store_true",
-                   help="let --checkpoint replace an existing file (refused otherwise, to protect earlier runs)")
+                   help="let --checkpoint, --save-model and --metrics replace an existing file of their kind "
+                        "(refused otherwise, to protect earlier runs)")
     g.add_argument("--save-model", metavar="PATH", default=None,
                    help="when training completes, save the model alone (for fastcnn-eval) to PATH")
     return p
 
 
-# --------------------------------------------------------------------------------- validation
+# ------------------------------------------------------------------------------ configuration
+
+def _usage_from(exc, resume=None) -> UsageError:
+    """A UsageError for a :class:`~fastcnn.train.ConfigError`, naming the option instead of the field."""
+    from fastcnn.train import ConfigError
+    text = str(exc)
+    if isinstance(exc, ConfigError) and text.startswith(exc.field):
+        text = "--" + exc.field.replace("_", "-") + text[len(exc.field):]
+    return UsageError(f"--resume {resume}: {text}" if resume else text)
+
+
+_CONFIG_OPTIONS = {"divergence_factor": "diverge_factor", "divergence_window": "diverge_window"}
+
+
+def make_config(args):
+    """The resolved :class:`~fastcnn.train.TrainConfig` of parsed ``args`` (its ValueError: UsageError)."""
+    from fastcnn.train import TrainConfig
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                      lr_schedule=args.lr_schedule, momentum=args.momentum, weight_decay=args.weight_decay,
+                      dropout=args.dropout, batchnorm=args.batchnorm, seed=args.seed, dtype=args.dtype,
+                      backend=args.backend, threads=args.threads, limit_train=args.limit_train,
+                      limit_test=args.limit_test, quiet=args.quiet, divergence_factor=args.diverge_factor,
+                      divergence_window=args.diverge_window)
+    try:
+        return cfg.resolved()
+    except ValueError as exc:
+        raise _usage_from(exc) from None
+
+
+def _explicit_options(argv, args):
+    """The ``dest`` names of the options given on the command line (not left at their default)."""
+    unset = object()
+    probe = build_parser()
+    probe.set_defaults(**{dest: unset for dest in vars(args)})
+    return {dest for dest, value in vars(probe.parse_args(argv)).items() if value is not unset}
+
+
+def _resume_config(args, explicit, ckpt):
+    """The configuration of a resumed run: the checkpoint's settings, with every option given on
+    the command line on top; :func:`fastcnn.train.check_resume` decides (UsageError when an
+    explicit option contradicts the checkpoint or no epoch is left to train)."""
+    from fastcnn.checkpoint import CheckpointError
+    from fastcnn.train import RESUME_KEYS, ResumeRefused, TrainConfig, check_resume
+    saved = ckpt.config
+    settings = {k: saved[k] for k in RESUME_KEYS if k in saved}
+    for key in ("epochs", "backend", "threads", "divergence_factor", "divergence_window"):
+        if key in saved:
+            settings[key] = saved[key]
+    for key in (*RESUME_KEYS, "epochs", "backend", "threads", "divergence_factor", "divergence_window"):
+        option = _CONFIG_OPTIONS.get(key, key)
+        if option in explicit:
+            settings[key] = getattr(args, option)
+    try:
+        cfg = TrainConfig(**settings, quiet=args.quiet).resolved()
+        check_resume(ckpt, cfg, dataset=args.dataset if "dataset" in explicit else None)
+    except ResumeRefused as exc:
+        if exc.diffs:
+            conflicts = ", ".join(f"--{k.replace('_', '-')} {mine} (checkpoint: {theirs})"
+                                  for k, mine, theirs in exc.diffs)
+            raise UsageError(f"leave these options out: --resume continues with the checkpoint's settings, but "
+                             f"{conflicts}") from None
+        if exc.epochs_done is not None:
+            raise UsageError(f"pass --epochs N (N > {exc.epochs_done}) to train further: --resume {args.resume} "
+                             f"has completed {exc.epochs_done} of {cfg.epochs} epochs") from None
+        raise
+    except CheckpointError:
+        raise
+    except ValueError as exc:
+        raise _usage_from(exc, args.resume) from None
+    return cfg
+
+
+# --------------------------------------------------------------------------------------- outputs
+
+class OutputBusy(Exception):
+    """Another process holds the lock of an output file (exit code 1)."""
+
+
+class OutputFailed(Exception):
+    """Writing an output failed (exit code 1); the message names the user's path and what is safe."""
+
 
 def _probe_writable(directory, what):
     """Create ``directory`` if needed and check a file can really be created in it (os.access
@@ -140,107 +274,167 @@ def _probe_writable(directory, what):
         raise UsageError(f"{what} {str(directory)!r} is not writable: {exc.strerror or exc}") from None
 
 
-def _check_file_target(path, option):
-    """``path`` must be a file path whose folder can be written (created if missing)."""
-    p = Path(path)
-    if p.is_dir() or str(path).endswith(os.sep):
-        raise UsageError(f"{option} {str(path)!r} is a directory; give a file path")
-    _probe_writable(p.parent if str(p.parent) else Path("."), f"{option} folder")
+_KIND_NAMES = {"checkpoint": "fastcnn checkpoint", "metrics": "fastcnn metrics file", "png": "PNG image"}
 
 
-def _check_outputs(args):
-    """Every output location is checked before any data is loaded or anything is trained."""
-    _probe_writable(args.plots_dir, "--plots-dir")
-    targets = {"--metrics": args.metrics, "--checkpoint": args.checkpoint or args.resume,
-               "--save-model": args.save_model}
-    for option, path in targets.items():
-        if path is not None:
-            _check_file_target(path, option)
-    from fastcnn.plots import PLOT_FILES
-    seen = {str((Path(args.plots_dir) / name).resolve()): "--plots-dir" for name in PLOT_FILES}
-    for option, path in targets.items():
-        if path is None:
-            continue
-        key = str(Path(path).resolve())
-        if key in seen:
-            raise UsageError(f"{option} and {seen[key]} name the same file {str(path)!r}")
-        seen[key] = option
-    ckpt = args.checkpoint
-    if ckpt is not None and Path(ckpt).exists() and not args.overwrite and not (
-            args.resume is not None and Path(ckpt).resolve() == Path(args.resume).resolve()):
-        raise UsageError(f"--checkpoint {ckpt!r} already exists: continue it with --resume {shlex.quote(ckpt)}, "
-                         "replace it with --overwrite, or choose another path")
-
-
-def make_config(args):
-    """The :class:`~fastcnn.train.TrainConfig` for parsed ``args`` (raises UsageError)."""
-    from fastcnn.train import TrainConfig
-    if args.momentum is not None and args.optimizer != "sgd":
-        raise UsageError("--momentum applies only to --optimizer sgd")
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                      lr_schedule=args.lr_schedule, momentum=args.momentum, weight_decay=args.weight_decay,
-                      dropout=args.dropout, batchnorm=args.batchnorm, seed=args.seed, dtype=args.dtype,
-                      backend=args.backend, threads=args.threads, limit_train=args.limit_train,
-                      limit_test=args.limit_test, quiet=args.quiet)
+def _kind_of(path: Path) -> str:
+    """What an existing file is: "empty", "checkpoint", "metrics", "png" or "other"."""
+    from fastcnn.checkpoint import HEADER_KEY
     try:
-        cfg = cfg.resolved()
-        if cfg.threads is not None:
-            import numba
-            limit = numba.config.NUMBA_NUM_THREADS
-            if cfg.threads > limit:
-                raise ValueError(f"--threads must be between 1 and {limit} (NUMBA_NUM_THREADS), got {cfg.threads}")
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    return cfg
+        size = path.stat().st_size
+        if size == 0:
+            return "empty"
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        if head == b"\x89PNG\r\n\x1a\n":
+            return "png"
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                return "checkpoint" if f"{HEADER_KEY}.npy" in zf.namelist() else "other"
+        if head.lstrip()[:1] == b"{" and size < 64 << 20:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            return "metrics" if isinstance(doc, dict) and {"status", "config"} <= doc.keys() else "other"
+    except (OSError, ValueError, zipfile.BadZipFile):
+        pass
+    return "other"
 
 
-def write_metrics(path, document):
+class _Lock:
+    """An advisory ``fcntl`` lock on ``.<name>.lock`` beside an output, removed on release."""
+
+    def __init__(self, target: Path):
+        self.target = target
+        self.path = target.parent / f".{target.name}.lock"
+        self.fd = None
+
+    def acquire(self) -> None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+                os.close(fd)
+                raise OutputBusy(f"wait for it or choose another path: another {PROG} (pid {holder}) is writing "
+                                 f"{self.target}") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:                      # else the holder removed the file meanwhile: lock the new one
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+
+
+class _Outputs:
+    """The run's output files: checked, locked, cleaned of stale temporary files."""
+
+    def __init__(self, args):
+        from fastcnn.plots import PLOT_FILES
+        self.args = args
+        self.checkpoint = args.checkpoint or args.resume
+        # option -> (path, kind it must be)
+        self.targets = {"--checkpoint": (self.checkpoint, "checkpoint"), "--save-model": (args.save_model,
+                                                                                         "checkpoint"),
+                        "--metrics": (args.metrics, "metrics")}
+        self.targets = {k: (Path(p), kind) for k, (p, kind) in self.targets.items() if p is not None}
+        self.plots = [Path(args.plots_dir) / name for name in PLOT_FILES]
+        self.locks = []
+
+    def check(self) -> None:
+        """Before any data is loaded: folders writable, no two outputs on one file, existing files
+        replaceable (UsageError otherwise)."""
+        args = self.args
+        _probe_writable(args.plots_dir, "--plots-dir")
+        for option, (path, _) in self.targets.items():
+            if path.is_dir() or str(path).endswith(os.sep):
+                raise UsageError(f"{option} {str(path)!r} is a directory; give a file path")
+            _probe_writable(path.parent if str(path.parent) else Path("."), f"{option} folder")
+        seen = {str(p.resolve()): "--plots-dir" for p in self.plots}
+        for option, (path, _) in self.targets.items():
+            key = str(path.resolve())
+            if key in seen:
+                raise UsageError(f"{option} and {seen[key]} name the same file {str(path)!r}")
+            seen[key] = option
+        if args.data_dir is not None:                  # other data folders: check_inputs, after loading
+            self.check_inputs(Path(args.data_dir).expanduser())
+        resume = Path(args.resume).resolve() if args.resume else None
+        for option, (path, kind) in self.targets.items():
+            if option != "--checkpoint" and path.resolve() == resume:
+                raise UsageError(f"choose another path: {option} {str(path)!r} is the --resume file, an input of "
+                                 "this run")
+            self._check_existing(option, path, kind)
+        for path in self.plots:
+            self._check_existing("--plots-dir", path, "png")
+
+    def _check_existing(self, option, path, kind):
+        if not path.is_file():
+            return
+        found = _kind_of(path)
+        if found not in (kind, "empty"):
+            raise UsageError(f"choose another path: {option} {str(path)!r} exists and is not a {_KIND_NAMES[kind]} "
+                             "(never replaced, even with --overwrite)")
+        args = self.args
+        if found == "empty" or kind == "png" or args.overwrite:
+            return
+        if option == "--checkpoint":
+            if args.resume is not None and path.resolve() == Path(args.resume).resolve():
+                return
+            raise UsageError(f"--checkpoint {str(path)!r} already exists: continue it with --resume "
+                             f"{shlex.quote(str(path))}, replace it with --overwrite, or choose another path")
+        if args.resume is None:
+            raise UsageError(f"{option} {str(path)!r} already exists: replace it with --overwrite or choose "
+                             "another path")
+
+    def check_inputs(self, source) -> None:
+        """No output may be one of the files in the data folder ``source``."""
+        if source is None:
+            return
+        try:
+            inputs = {p.resolve() for p in Path(source).iterdir() if p.is_file()}
+        except OSError:
+            return
+        for option, (path, _) in [*self.targets.items(), *(("--plots-dir", (p, "png")) for p in self.plots)]:
+            if path.resolve() in inputs:
+                raise UsageError(f"choose another path: {option} {str(path)!r} is a data file this run reads "
+                                 f"(in {source})")
+
+    def lock(self, say) -> None:
+        """Lock every output, then remove what killed runs left beside them."""
+        for path in [p for p, _ in self.targets.values()] + self.plots:
+            lock = _Lock(path)
+            lock.acquire()
+            self.locks.append(lock)
+            removed = remove_stale_temps(path)
+            if removed:
+                say(f"note: removed {len(removed)} temporary file{'s' if len(removed) != 1 else ''} an interrupted "
+                    f"run left beside {path}")
+
+    def release(self) -> None:
+        for lock in reversed(self.locks):
+            lock.release()
+        self.locks = []
+
+
+def write_metrics(path, document) -> None:
     """Write ``document`` as JSON to ``path`` atomically."""
-    from fastcnn._atomic import atomic_write
     text = json.dumps(document, indent=2, allow_nan=True) + "\n"
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
-def _explicit_options(argv, args):
-    """The ``dest`` names of the options given on the command line (not left at their default)."""
-    unset = object()
-    probe = build_parser()
-    probe.set_defaults(**{dest: unset for dest in vars(args)})
-    return {dest for dest, value in vars(probe.parse_args(argv)).items() if value is not unset}
-
-
-def _resume_config(args, explicit, ckpt):
-    """The configuration of a resumed run: the checkpoint's settings, with ``--epochs``,
-    ``--backend``, ``--threads`` and ``--quiet`` from the command line. Any other training option
-    given explicitly must equal the checkpoint's (UsageError otherwise)."""
-    from fastcnn.train import RESUME_KEYS, TrainConfig
-    saved = ckpt.config
-    conflicts = []
-    for key in RESUME_KEYS + ("dataset",):
-        if key not in explicit:
-            continue
-        mine = getattr(args, key)
-        theirs = ckpt.header.get("extra", {}).get("dataset") if key == "dataset" else saved.get(key)
-        if mine != theirs:
-            conflicts.append(f"--{key.replace('_', '-')} {mine} (checkpoint: {theirs})")
-    if conflicts:
-        raise UsageError(f"--resume continues with the checkpoint's settings, but {', '.join(conflicts)}; "
-                         "leave these options out")
-    known = {k: saved[k] for k in RESUME_KEYS if k in saved}
-    cfg = TrainConfig(**known,
-                      epochs=args.epochs if "epochs" in explicit else saved.get("epochs", args.epochs),
-                      backend=args.backend if "backend" in explicit else saved.get("backend"),
-                      threads=args.threads if "threads" in explicit else saved.get("threads"),
-                      quiet=args.quiet)
-    try:
-        cfg = cfg.resolved()
-    except ValueError as exc:
-        raise UsageError(f"--resume {args.resume}: {exc}") from None
-    if ckpt.epoch >= cfg.epochs:
-        raise UsageError(f"--resume {args.resume}: the checkpoint has completed {ckpt.epoch} of "
-                         f"{cfg.epochs} epochs; pass --epochs N (N > {ckpt.epoch}) to train further")
-    return cfg
-
+# --------------------------------------------------------------------------------------- signals
 
 class _Stopped(BaseException):
     """Raised by the signal handler when the process must stop at once."""
@@ -251,21 +445,21 @@ class _Stopped(BaseException):
 
 
 class _StopSignals:
-    """SIGINT and SIGTERM while the command runs. Until :attr:`state` is set (data loading,
+    """The :data:`STOP_SIGNALS` while the command runs. Until :attr:`trainer` is set (data loading,
     compilation) and on a second signal, the handler raises :class:`_Stopped` (atomic writes keep
-    every file whole); once training runs it sets ``state.stop_requested``, and the trainer stops
-    before its next batch."""
+    every file whole); once training runs it asks the trainer to stop before its next batch. While
+    :attr:`finishing` (the final files), signals are only recorded."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
+    def __init__(self, console):
         self.received = None
-        self.state = None
+        self.trainer = None
+        self.finishing = False
+        self.console = console
         self._old = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
+            for sig in STOP_SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -283,29 +477,74 @@ class _StopSignals:
         first = self.received is None
         if first:
             self.received = signum
-        if self.state is None or not first:
+        if self.finishing:
+            return
+        if self.trainer is None or not first:
             raise _Stopped(signum)
-        self.state.stop_requested = True
-        lead = "\n" if sys.stderr.isatty() else ""
-        print(f"{lead}{PROG}: {signal.Signals(signum).name} received, stopping before the next batch "
-              "(send it again to stop at once)", file=sys.stderr, flush=True)
+        self.trainer.request_stop()
+        self.console.err(f"{PROG}: {signal.Signals(signum).name} received, stopping before the next batch "
+                         "(send it again to stop at once)", lead=True)
 
 
-def _signal_exit(signum):
-    return EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED
+def _signal_exit(signum) -> int:
+    return 128 + int(signum)
 
 
-# ---------------------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------------------- console
+
+class _Console:
+    """stdout and stderr that survive a closed pipe: the first EPIPE silences that stream (its file
+    descriptor then points at /dev/null, so no later write or the exit flush fails) and the run
+    goes on."""
+
+    def __init__(self, quiet=False):
+        self.quiet = quiet
+
+    @staticmethod
+    def _write(stream, text):
+        try:
+            print(text, file=stream, flush=True)
+        except (BrokenPipeError, ValueError, OSError) as exc:
+            if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError) and exc.errno != errno.EPIPE:
+                raise
+            _silence(stream)
+
+    def say(self, text=""):
+        if not self.quiet:
+            self._write(sys.stdout, text)
+
+    def err(self, text, lead=False):
+        if lead and sys.stderr.isatty():
+            text = "\n" + text
+        self._write(sys.stderr, text)
+
+
+def _silence(stream):
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _error(message):
+    print_error(PROG, message)
+
+
+# ------------------------------------------------------------------------------------------- run
 
 class _Run:
-    """One ``fastcnn-train`` invocation: the outputs it writes after every epoch and at the end."""
+    """One ``fastcnn-train`` invocation: what it writes after every epoch and at the end."""
 
-    def __init__(self, args, config, data, trainer):
-        self.args, self.config, self.data, self.trainer = args, config, data, trainer
-        self.checkpoint = args.checkpoint or args.resume
+    def __init__(self, args, outputs):
+        self.args, self.outputs = args, outputs
+        self.config = self.data = self.trainer = None
+        self.checkpoint = outputs.checkpoint
         self.saved_epoch = None            # the epoch in self.checkpoint, once this run wrote or read one
+        self.metrics_status = None         # the status last written to --metrics
 
-    def document(self, status, stop=None):
+    def document(self, status, stop=None, error=None):
         args, config, state = self.args, self.config, self.trainer.state
         doc = {"status": status,
                "config": {**asdict(config), "dataset": args.dataset, "data_dir": args.data_dir,
@@ -314,77 +553,149 @@ class _Run:
                **state.summary(timings=not args.no_timings), "versions": versions()}
         if stop is not None:
             doc["stopped"] = stop
+        if error is not None:
+            doc["error"] = error
         return doc
+
+    def _write(self, option, path, write):
+        try:
+            write()
+        except OSError as exc:
+            raise OutputFailed(self.failure(option, path, exc)) from None
+
+    def failure(self, option, path, exc) -> str:
+        """The one-line message of a failed write: the fix, the user's path, and what is safe."""
+        why = exc.strerror or str(exc)
+        fix = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the cause"
+        safe = self.resume_hint()
+        if option == "--save-model":
+            state = self.trainer.state
+            safe = (f"the trained weights are safe in {self.checkpoint} (epoch {state.epoch}; fastcnn-eval reads it)"
+                    if self.saved_epoch == state.epoch else "the trained model is not saved anywhere; train again")
+        return f"{fix}: writing {option} {path} failed ({why}); {safe}"
 
     def after_epoch(self, state, metrics):
         """Trainer callback: checkpoint, metrics so far, plots so far."""
         from fastcnn.plots import save_plots
+        args = self.args
         if self.checkpoint is not None:
-            self.trainer.save_checkpoint(self.checkpoint, extra={"dataset": self.args.dataset,
-                                                                 "source_dir": str(self.data.source_dir)})
+            self._write("--checkpoint", self.checkpoint, lambda: self.trainer.save_checkpoint(
+                self.checkpoint, extra={"dataset": args.dataset, "source_dir": str(self.data.source_dir)}))
             self.saved_epoch = state.epoch
-        if self.args.metrics is not None:
-            write_metrics(self.args.metrics, self.document("running"))
-        save_plots(state.history, self.args.plots_dir)
+        if args.metrics is not None:
+            self._write("--metrics", args.metrics, lambda: write_metrics(args.metrics, self.document("running")))
+            self.metrics_status = "running"
+        self._write("--plots-dir", args.plots_dir, lambda: save_plots(state.history, args.plots_dir))
 
-    def finish(self, status, stop=None):
-        """Final metrics; returns a sentence on what was kept."""
-        if self.args.metrics is not None:
-            write_metrics(self.args.metrics, self.document(status, stop))
-        n = len(self.trainer.state.history)
-        kept = [f"metrics in {self.args.metrics}"] if self.args.metrics else []
+    def save_model(self):
+        from fastcnn.checkpoint import save_checkpoint
+        args, state = self.args, self.trainer.state
+        self._write("--save-model", args.save_model, lambda: save_checkpoint(
+            args.save_model, state.model, None, epoch=state.epoch, history=state.history,
+            config=asdict(self.config), rngs=None, model_kwargs=self.trainer.model_kwargs,
+            extra={"dataset": args.dataset, "data": self.trainer.data_info,
+                   "source_dir": str(self.data.source_dir)}, threads=state.threads))
+
+    def finish(self, status, stop=None, error=None) -> str:
+        """Final metrics (best effort unless completed); returns a sentence on what was kept."""
+        args = self.args
+        if args.metrics is not None and self.trainer is not None:
+            try:
+                write_metrics(args.metrics, self.document(status, stop, error))
+                self.metrics_status = status
+            except OSError as exc:
+                if status == "completed":
+                    raise OutputFailed(self.failure("--metrics", args.metrics, exc)) from None
+        n = len(self.trainer.state.history) if self.trainer is not None else 0
+        kept = [f"metrics in {args.metrics}"] if args.metrics and self.metrics_status == status else []
         if n:
-            kept.append(f"plots of {n} epoch{'s' if n != 1 else ''} in {self.args.plots_dir}")
-        if status != "completed" and self.args.save_model is not None:
-            kept.append("no --save-model file (written only when training completes)")
+            kept.append(f"plots of {n} epoch{'s' if n != 1 else ''} in {args.plots_dir}")
+        if status != "completed" and args.save_model is not None:
+            kept.append("no --save-model file")
         return ", ".join(kept)
 
-    def resume_hint(self):
+    def resume_hint(self) -> str:
         if self.checkpoint is None:
             return "no --checkpoint was given, so the run cannot be resumed"
         if self.saved_epoch is None:
             return "no epoch completed, so there is nothing to resume"
-        return (f"epoch {self.saved_epoch} is saved in {self.checkpoint}; resume with: "
+        return (f"epoch {self.saved_epoch} is safe in {self.checkpoint}; resume with: "
                 f"{PROG} --resume {shlex.quote(str(self.checkpoint))}")
 
 
-def _run(argv, signals):
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _header(data, config, n_train, n_test) -> str:
+    """The run's first lines, wrapped at word boundaries to the terminal's width."""
+    sched = "cosine to 0" if config.lr_schedule == "cosine" else "constant"
+    epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
+    first = f"{PROG}: {data.name} from {data.source_dir} ({n_train} train / {n_test} test images)"
+    second = (f"backend {config.backend}, {config.dtype}, {config.optimizer} lr {config.lr:g} ({sched}), "
+              f"batch {config.batch_size}, {epochs}")
+    width = max(40, shutil.get_terminal_size((120, 24)).columns - 1)
+    lines = textwrap.wrap(first, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
+    lines += textwrap.wrap(second, width, initial_indent="  ", subsequent_indent="  ", break_long_words=False)
+    return "\n".join(lines)
+
+
+def _load_resume(args, argv, console):
+    from fastcnn.checkpoint import load_checkpoint
+    ckpt = load_checkpoint(args.resume)             # CheckpointError: exit 1, one line
+    config = _resume_config(args, _explicit_options(argv, args), ckpt)
+    extra = ckpt.header.get("extra")
+    extra = extra if isinstance(extra, dict) else {}
+    if isinstance(extra.get("dataset"), str):
+        args.dataset = extra["dataset"]
+    source = extra.get("source_dir")
+    if args.data_dir is None and isinstance(source, str) and Path(source).is_dir():
+        args.data_dir = source
+    return ckpt, config
+
+
+def _run(argv, signals, console):
+    args = build_parser().parse_args(argv)
+    console.quiet = args.quiet
+    say = console.say
     if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
         raise UsageError(f"--data-dir {args.data_dir!r}: no such directory")
-    say = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
 
     ckpt = None
     if args.resume is not None:
-        from fastcnn.checkpoint import load_checkpoint
-        from fastcnn.train import check_resumable
-        ckpt = load_checkpoint(args.resume)             # CheckpointError: exit 1, one line
-        check_resumable(ckpt)
-        config = _resume_config(args, _explicit_options(argv, args), ckpt)
-        extra = ckpt.header.get("extra", {})
-        args.dataset = extra.get("dataset", args.dataset)
-        if args.data_dir is None and extra.get("source_dir") and Path(extra["source_dir"]).is_dir():
-            args.data_dir = extra["source_dir"]
+        ckpt, config = _load_resume(args, argv, console)
     else:
         config = make_config(args)
-    _check_outputs(args)
+    outputs = _Outputs(args)
+    outputs.check()
+    run = _Run(args, outputs)
+    run.config = config
+    signals.run = run
+    try:
+        outputs.lock(say)
+        return _train(args, config, ckpt, run, signals, console)
+    finally:
+        outputs.release()
 
+
+def _train(args, config, ckpt, run, signals, console):
+    from fastcnn import train as train_module
     from fastcnn.data import load_dataset
-    from fastcnn.train import Trainer, TrainingDiverged, TrainingInterrupted, format_epoch
+    from fastcnn.train import Trainer, TrainingDiverged, TrainingInterrupted, format_epoch, step_memory_lower_bound
+    say = console.say
 
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download)
+    run.outputs.check_inputs(data.source_dir)
     n_train = min(len(data.x_train), config.limit_train or len(data.x_train))
     n_test = min(len(data.x_test), config.limit_test or len(data.x_test))
-    if config.batch_size > n_train:
-        raise UsageError(f"--batch-size {config.batch_size} is larger than the training set ({n_train} images)")
-    sched = "cosine to 0" if config.lr_schedule == "cosine" else "constant"
-    say(f"{PROG}: {data.name} from {data.source_dir} ({n_train} train / {n_test} test images), "
-        f"backend {config.backend}, {config.dtype}, {config.optimizer} lr {config.lr:g} ({sched}), "
-        f"batch {config.batch_size}, {config.epochs} epoch{'s' if config.epochs != 1 else ''}")
+    try:
+        config.check_data(n_train, n_test)
+    except ValueError as exc:
+        raise _usage_from(exc) from None
+    say(_header(data, config, n_train, n_test))
+    need, have = step_memory_lower_bound(config, data.x_train.shape[1:]), train_module.available_memory_bytes()
+    if have is not None and need > have / 2:
+        console.err(f"{PROG}: warning: --batch-size {config.batch_size} needs at least {need / 2**30:.1f} GiB per "
+                    f"training step, more than half the {have / 2**30:.1f} GiB available; a smaller batch needs less")
 
     trainer = Trainer(config, data, log=say)
-    run = _Run(args, config, data, trainer)
+    run.data, run.trainer = data, trainer
     if ckpt is not None:
         notes = trainer.restore(ckpt)                  # CheckpointError: exit 1, nothing changed
         run.saved_epoch = ckpt.epoch
@@ -394,44 +705,54 @@ def _run(argv, signals):
         for m in trainer.state.history:
             say(f"  {format_epoch(m, config.epochs)}")
     trainer.callbacks.append(run.after_epoch)
+    trainer.on_batch = _test_pause_hook(trainer)
+    # The one place for JIT compilation, before training starts (a signal here stops at once).
     if config.warmup:
-        trainer.warm_up()                              # JIT compilation: a signal here stops at once
-    signals.state = trainer.state                      # from here on a signal stops between batches
+        _compile_kernels(config, say)
+        trainer.warm_up()
+    signals.trainer = trainer                          # from here on a signal stops between batches
     if args.profile:
         trainer.state.model.start_profile()            # after the warm-up: JIT compilation is not timed
 
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     stop = None
     try:
         state = trainer.run()
     except TrainingDiverged as exc:
+        signals.finishing = True
         kept = run.finish("diverged", {"reason": "diverged", "epoch": exc.epoch, "batch": exc.batch,
                                        "what": exc.what})
         last = (f"the last good checkpoint (epoch {run.saved_epoch}) is {run.checkpoint}"
                 if run.checkpoint is not None and run.saved_epoch is not None else "no checkpoint was written")
-        _error(f"{exc}; {last}" + (f"; kept {kept}" if kept else ""))
+        _error(f"try a lower --lr: {exc}; {last}" + (f"; kept {kept}" if kept else ""))
         return EXIT_DIVERGED
     except TrainingInterrupted as exc:
         stop = {"reason": signals.reason, "epoch": exc.epoch, "batch": exc.batch}
-        where = f"in epoch {exc.epoch} before batch {exc.batch}/{exc.batches}"
+        where = (f"in epoch {exc.epoch} during its evaluation" if exc.batch > exc.batches
+                 else f"in epoch {exc.epoch} before batch {exc.batch}/{exc.batches}")
         state = trainer.state
     else:
         where = f"after epoch {state.epoch} of {config.epochs}"
         if state.epoch < config.epochs:
             stop = {"reason": signals.reason, "epoch": state.epoch + 1, "batch": 0}
+    signals.finishing = True
     if stop is not None:
         kept = run.finish("interrupted", stop)
-        name = stop["reason"]
-        print(f"{PROG}: stopped by {name} {where}; {run.resume_hint()}" + (f"; kept {kept}" if kept else ""),
-              file=sys.stderr, flush=True)
-        return _signal_exit(signals.received) if signals.received else EXIT_INTERRUPTED
+        console.err(f"{PROG}: stopped by {stop['reason']} {where}; {run.resume_hint()}"
+                    + (f"; kept {kept}" if kept else ""))
+        return _signal_exit(signals.received) if signals.received else _signal_exit(signal.SIGINT)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
 
-    summary = state.summary()
-    threads = summary["threads"]
-    threads = "" if threads is None else f", {threads} thread{'s' if threads != 1 else ''}"
-    if summary["time_to_first_batch_seconds"] is not None:
-        say(f"warm-up {summary['warmup_seconds']:.2f} s, first trained batch "
-            f"{summary['time_to_first_batch_seconds']:.2f} s after train() entry{threads}")
+    # The model first: metrics say "completed" only once every output is written.
+    if args.save_model is not None:
+        run.save_model()
     run.finish("completed")
+    summary = state.summary()
+    threads = state.threads
+    if summary["time_to_first_batch_seconds"] is not None:
+        say(f"start-up: warm-up (JIT compilation or cache load) {summary['warmup_seconds']:.2f} s; the first "
+            f"batch was trained {summary['time_to_first_batch_seconds']:.2f} s after the data was loaded"
+            + ("" if threads is None else f"; {threads} thread{'s' if threads != 1 else ''}"))
     from fastcnn.plots import PLOT_FILES
     say(f"plots: {', '.join(str(Path(args.plots_dir) / name) for name in PLOT_FILES)}")
     if args.metrics is not None:
@@ -439,46 +760,113 @@ def _run(argv, signals):
     if run.checkpoint is not None:
         say(f"checkpoint: {run.checkpoint} (epoch {state.epoch})")
     if args.save_model is not None:
-        from fastcnn.checkpoint import save_checkpoint
-        save_checkpoint(args.save_model, state.model, None, epoch=state.epoch, history=state.history,
-                        config=asdict(config), rngs=None, model_kwargs=trainer.model_kwargs,
-                        extra={"dataset": args.dataset, "data": trainer.data_info,
-                               "source_dir": str(data.source_dir)}, threads=state.threads)
         say(f"model: {args.save_model} (evaluate it with: fastcnn-eval {shlex.quote(str(args.save_model))})")
     if args.profile:
         print(state.model.stop_profile().table(), flush=True)
+    hint = contention_hint(cpu, wall, threads)
+    if hint:
+        say(hint)
     return EXIT_OK
 
 
-def train_main(argv=None):
+def _compile_kernels(config, say) -> None:
+    """Compile (or load from Numba's cache) the kernels this run uses, saying so when it is a real
+    compilation: a first run sits silent for a long time otherwise."""
+    from fastcnn.backend import resolve_backend_name
+    if resolve_backend_name(config.backend) != "numba":
+        return
+    from fastcnn.kernels import warm_up
+    compiling = []
+
+    def announce(estimate):
+        compiling.append(True)
+        say(f"compiling the Numba kernels, first run only, ~{estimate:.0f} s ...")
+
+    seconds = warm_up(config.dtype, on_compile=announce)
+    if compiling:
+        say(f"compiled in {seconds:.1f} s; later runs load them from Numba's cache")
+
+
+def _test_pause_hook(trainer):
+    """For tests that must signal the run at an exact batch: ``FASTCNN_TEST_PAUSE=PHASE:EPOCH:BATCH:FILE``
+    ("train" or "eval") makes the run create FILE when it reaches that batch and wait there until a
+    stop is requested; then it stops exactly before that batch. Unset: no hook."""
+    spec = os.environ.get("FASTCNN_TEST_PAUSE")
+    if not spec:
+        return None
+    phase, epoch, batch, marker = spec.split(":", 3)
+    at = (phase, int(epoch), int(batch))
+
+    def hook(phase, epoch, batch):
+        if (phase, epoch, batch) == at:
+            Path(marker).touch()
+            while not trainer.stopping():
+                time.sleep(0.005)
+    return hook
+
+
+def contention_hint(cpu_seconds: float, wall_seconds: float, threads: int | None) -> str | None:
+    """A note when the process got well under its threads' worth of CPU (CPU/wall below half the
+    thread count): other programs held the cores, so the epoch times overstate the run's cost."""
+    if not threads or wall_seconds <= 0 or not math.isfinite(cpu_seconds):
+        return None
+    used = cpu_seconds / wall_seconds
+    if used >= 0.5 * threads:
+        return None
+    return (f"note: other programs used the cores; epoch times are inflated (CPU/wall {used:.2f} with "
+            f"{threads} thread{'s' if threads != 1 else ''})")
+
+
+def train_main(argv=None) -> int:
     """Entry point of ``fastcnn-train``; returns the exit code."""
+    console = _Console()
+    signals = _StopSignals(console)
+    signals.run = None
+    with signals:
+        try:
+            return _main(argv, signals, console)
+        except _Stopped as exc:
+            signals.finishing = True
+            name = signal.Signals(exc.signum).name
+            run = signals.run if signals.trainer is not None else None      # None: training had not begun
+            kept = run.finish("interrupted", {"reason": name, "at_once": True}) if run is not None else ""
+            hint = f"; {run.resume_hint()}" if run is not None and run.trainer is not None else ""
+            console.err(f"{PROG}: stopped at once by {name}; files already written are complete{hint}"
+                        + (f"; kept {kept}" if kept else ""), lead=True)
+            return _signal_exit(exc.signum)
+
+
+def _main(argv, signals, console):
     from fastcnn.checkpoint import CheckpointError
     from fastcnn.data import DataError
-    signals = _StopSignals()
     try:
-        with signals:
-            return _run(argv, signals)
+        return _run(argv, signals, console)
     except SystemExit as exc:                  # --help
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     except UsageError as exc:
         _error(exc)
         return EXIT_USAGE
-    except (_Stopped, KeyboardInterrupt) as exc:
-        signum = exc.signum if isinstance(exc, _Stopped) else signal.SIGINT
-        lead = "\n" if sys.stderr.isatty() else ""
-        what = "terminated" if signum == signal.SIGTERM else "interrupted"
-        print(f"{lead}{PROG}: {what} ({signal.Signals(signum).name}); files already written are complete",
-              file=sys.stderr, flush=True)
-        return _signal_exit(signum)
-    except (CheckpointError, DataError, ValueError, OSError, MemoryError) as exc:
-        _error(str(exc) or type(exc).__name__)
+    except KeyboardInterrupt:
+        raise _Stopped(signal.SIGINT) from None
+    except (OutputBusy, OutputFailed, CheckpointError, DataError, ValueError, OSError, MemoryError) as exc:
+        message = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename is not None:
+            message = f"{exc.strerror or exc}: {exc.filename}"
+        _fail(signals, message)
+        _error(message)
         return EXIT_ERROR
     except Exception as exc:                   # a bug: still one line, the traceback on request
         if os.environ.get("FASTCNN_TRACEBACK"):
             raise
-        _error(f"unexpected {type(exc).__name__}: {exc} (set FASTCNN_TRACEBACK=1 to see the traceback)")
+        message = f"unexpected {type(exc).__name__}: {exc} (set FASTCNN_TRACEBACK=1 to see the traceback)"
+        _fail(signals, message)
+        _error(message)
         return EXIT_ERROR
 
 
-def _error(message):
-    print_error(PROG, message)
+def _fail(signals, message):
+    """Any error after training began: the metrics get their final status."""
+    signals.finishing = True
+    run = signals.run
+    if run is not None and signals.trainer is not None:           # training began
+        run.finish("failed", error=re.sub(r"\s+", " ", message))

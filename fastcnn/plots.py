@@ -1,9 +1,11 @@
 """Training curves as PNG files, drawn with Matplotlib's Agg canvas (no display, no pyplot state).
 
-``save_plots(history, plots_dir)`` writes, as the seed project did:
+``save_plots(history, plots_dir)`` writes:
 
-* ``train_loss.png``: training loss per epoch, with the test loss;
-* ``test_acc.png``: test accuracy (%) per epoch, with the training accuracy.
+* ``train_loss.png``: loss per epoch, training (mean over the epoch) and test (after it);
+* ``test_acc.png``: accuracy (%) per epoch, test and training.
+
+The titles name both curves (the file names are kept for compatibility).
 
 Each file is rendered to a temporary file in ``plots_dir`` and renamed over the final name, so a
 crash or interrupt never leaves a half-written PNG behind.
@@ -44,7 +46,7 @@ def _figure(title, ylabel, epochs, series):
     return fig
 
 
-def save_plots(history, plots_dir):
+def save_plots(history: list[dict], plots_dir: str | Path) -> list[Path]:
     """Write ``train_loss.png`` and ``test_acc.png`` for ``history`` (a list of per-epoch dicts with
     ``epoch``, ``train_loss``, ``test_loss``, ``train_acc``, ``test_acc``; accuracies as fractions)
     into ``plots_dir`` (created if missing). Returns the two paths."""
@@ -53,13 +55,13 @@ def save_plots(history, plots_dir):
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
     epochs = [int(m["epoch"]) for m in history]
-    loss = _figure("Training loss", "cross-entropy loss", epochs,
+    loss = _figure("Loss per epoch: training and test", "cross-entropy loss", epochs,
                    [("train (mean over the epoch)", [m["train_loss"] for m in history], "o-"),
                     ("test (after the epoch)", [m["test_loss"] for m in history], "s--")])
-    acc = _figure("Test accuracy", "accuracy (%)", epochs,
+    acc = _figure("Accuracy per epoch: test and training", "accuracy (%)", epochs,
                   [("test (after the epoch)", [100.0 * m["test_acc"] for m in history], "o-"),
                    ("train (during the epoch, dropout on)", [100.0 * m["train_acc"] for m in history], "s--")])
     paths = []
-    for name, fig in zip(PLOT_FILES, (loss, acc)):
+    for name, fig in zip(PLOT_FILES, (loss, acc), strict=True):
         paths.append(atomic_write(plots_dir / name, lambda fh, fig=fig: fig.savefig(fh, format="png")))
     return paths

@@ -25,11 +25,19 @@ resuming (restore the state, including ``shuffle_rng``'s bit-generator state, th
 :meth:`Trainer.run`, which starts at ``state.epoch + 1``), interrupt handling and divergence
 checks.
 
-Stopping: ``state.stop_requested`` is checked before every training batch. Set between epochs (by a
-callback) the run simply ends; set during an epoch (by a signal handler, see :mod:`fastcnn.cli`)
-:class:`TrainingInterrupted` is raised and the partial epoch is abandoned: the last complete epoch
-(its checkpoint, its metrics) is what survives. After every training step the loss and every
-parameter must be finite, else :class:`TrainingDiverged` names the epoch and batch.
+Stopping: before every training batch and every evaluation batch the trainer asks whether to stop:
+``state.stop_requested`` (set by a callback, a signal handler, :meth:`Trainer.request_stop` from
+another thread) or the ``should_stop()`` callable given to :class:`Trainer` (e.g. a
+``threading.Event``'s ``is_set``). Between epochs the run simply ends; during an epoch (training or
+its evaluation) :class:`TrainingInterrupted` is raised and the partial epoch is abandoned: the last
+complete epoch (its checkpoint, its metrics) is what survives.
+
+Divergence: after every training step the loss and every parameter must be finite, and the mean
+loss of the last ``divergence_window`` batches (default 10) must stay below ``divergence_factor``
+(default 10) times the run's starting loss (the loss of its first trained batch, kept in
+checkpoints; about ln(classes) for a fresh network); else :class:`TrainingDiverged` names the
+epoch and batch. A mean over a window forgives a brief spike but not a blow-up, finite or not;
+``divergence_factor=0`` checks finiteness only.
 
 Checkpoints and exact resume: :meth:`Trainer.save_checkpoint` writes the whole state (parameters,
 BatchNorm statistics, optimizer state, the shuffle and dropout generators, epoch, step, history,
@@ -40,6 +48,7 @@ uninterrupted run (tests/test_resilience.py).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import hashlib
@@ -52,25 +61,29 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from fastcnn.backend import resolve_backend_name
+from fastcnn.checkpoint import Checkpoint, CheckpointError, load_checkpoint, model_rngs, restore, save_checkpoint
+from fastcnn.data import to_float
+from fastcnn.losses import softmax_cross_entropy
+from fastcnn.model import mnist_cnn
+from fastcnn.optim import SGD, AdamW
 
 __all__ = ["TrainConfig", "RunState", "Trainer", "train", "learning_rate", "OPTIMIZERS", "SCHEDULES",
            "DEFAULT_LR", "DEFAULT_WEIGHT_DECAY", "process_age_seconds", "TrainingDiverged",
-           "TrainingInterrupted", "RESUME_KEYS", "TIMING_KEYS"]
+           "TrainingInterrupted", "RESUME_KEYS", "TIMING_KEYS", "ConfigError", "ResumeRefused", "check_resume"]
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 DTYPES = ("float32", "float64")
 #: Peak learning rate per optimizer when ``TrainConfig.lr`` is None. AdamW's 2e-3 with the default
-#: cosine schedule was chosen on full MNIST (float32, batch 128, dropout 0.5, numba backend, seed 0
-#: unless noted): 5 epochs reach 99.13 % (seed 1: see the report) against 99.01 % with lr 1e-3
-#: (which needs ~8 epochs for 99.1 %); 3e-3 gave 99.14 %. A 1-epoch run (cosine over that one epoch)
-#: reaches 98.18 % / 98.42 % (seeds 0 / 1) at 2e-3, 97.73 % at 1e-3. (Those runs predate the current
-#: kernels, which sum in another order: the default run now ends at 99.11 %, --epochs 1 at 98.24 %.)
+#: cosine schedule was chosen on full MNIST against 1e-3 and 3e-3: 1e-3 needs more epochs for the
+#: same accuracy, 3e-3 gains nothing (the figures: README, section fastcnn-train).
 DEFAULT_LR = {"adamw": 2e-3, "sgd": 0.01}
 #: Weight decay per optimizer when ``TrainConfig.weight_decay`` is None: AdamW's decoupled decay
-#: (PyTorch's default 0.01); none for SGD (the seed project's plain momentum SGD).
+#: (PyTorch's default 0.01); none for SGD (plain momentum SGD).
 DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "sgd": 0.0}
 DEFAULT_MOMENTUM = 0.9
+#: Dropout masks are 16-bit draws (see :class:`fastcnn.layers.Dropout`).
+DROPOUT_STEPS = 65536
 #: Settings a resumed run must share with its checkpoint: they change what is computed. The others
 #: (epochs, backend, threads, warmup, quiet) may differ; ``epochs`` may grow to train further.
 RESUME_KEYS = ("batch_size", "optimizer", "lr", "lr_schedule", "momentum", "weight_decay", "dropout",
@@ -84,14 +97,34 @@ METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "sec
                "eval_seconds", "lr")
 
 
+class ConfigError(ValueError):
+    """An invalid :class:`TrainConfig` setting; ``field`` names it (the message starts with it)."""
+
+    def __init__(self, field, message):
+        self.field = field
+        super().__init__(message)
+
+
+class ResumeRefused(CheckpointError):
+    """A checkpoint cannot continue this run (see :func:`check_resume`). ``diffs``: (setting, this
+    run's value, checkpoint's value) for settings that differ; ``epochs_done``: set when the
+    checkpoint has already completed the run's epochs. Both are the caller's to word (the command
+    line names options); the message is complete on its own."""
+
+    def __init__(self, message, diffs=(), epochs_done=None):
+        self.diffs, self.epochs_done = list(diffs), epochs_done
+        super().__init__(message)
+
+
 class TrainingDiverged(FloatingPointError):
-    """The loss or a parameter became NaN or infinite. ``epoch`` and ``batch`` are 1-based; the
-    run's state holds the corrupted parameters, its history only the epochs before."""
+    """The loss or a parameter became NaN or infinite, or the loss grew far above its start (see
+    the module docstring). ``epoch`` and ``batch`` are 1-based; the run's state holds the corrupted
+    parameters, its history only the epochs before."""
 
     def __init__(self, epoch, batch, batches, what, lr):
         self.epoch, self.batch, self.batches, self.what, self.lr = epoch, batch, batches, what, lr
         super().__init__(f"training diverged in epoch {epoch} at batch {batch}/{batches}: {what} "
-                         f"(learning rate {lr:.4g}; try a lower --lr)")
+                         f"(learning rate {lr:.4g}; try a lower one)")
 
 
 class TrainingInterrupted(Exception):
@@ -111,8 +144,9 @@ class TrainConfig:
     ``lr_schedule``: ``"cosine"`` anneals the learning rate per step from ``lr`` at the first step
     to 0 after the last step of the last epoch, ``lr * (1 + cos(pi * step / total_steps)) / 2``;
     ``"constant"`` keeps ``lr``. ``limit_train`` / ``limit_test`` use the first N images of each
-    split (all of them when N is larger). ``threads``: Numba worker threads for the numba backend,
-    BLAS threads for the numpy backend (None: leave as is)."""
+    split (all of them when N is larger). ``threads``: Numba worker threads for the numba backend
+    (at most NUMBA_NUM_THREADS), BLAS threads for the numpy backend (at most the CPU count); None:
+    leave as is. ``divergence_factor`` / ``divergence_window``: see the module docstring."""
     epochs: int = 5
     batch_size: int = 128
     optimizer: str = "adamw"
@@ -131,11 +165,15 @@ class TrainConfig:
     eval_batch_size: int = 1000
     warmup: bool = True
     quiet: bool = False
+    divergence_factor: float = 10.0
+    divergence_window: int = 10
 
-    def resolved(self):
-        """A validated copy with every ``None`` default filled in (raises ValueError)."""
+    def resolved(self) -> TrainConfig:
+        """A validated copy with every ``None`` default filled in (raises :class:`ConfigError`)."""
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+            raise ConfigError("optimizer", f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.momentum is not None and self.optimizer != "sgd":
+            raise ConfigError("momentum", "momentum applies only to the sgd optimizer")
         cfg = replace(
             self,
             backend=resolve_backend_name(self.backend),
@@ -147,12 +185,14 @@ class TrainConfig:
         cfg.validate()
         return cfg
 
-    def validate(self):
-        """Raise ValueError naming the first invalid option."""
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` (a ValueError) naming the first invalid setting: types and
+        ranges, momentum only with sgd, a dropout the layer can apply, threads within what the
+        backend allows. (The batch size against the data: :meth:`check_data`.)"""
         def integer(name, minimum):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+                raise ConfigError(name, f"{name} must be an integer >= {minimum}, got {v!r}")
 
         def number(name, lo, hi=math.inf, lo_open=False, hi_open=True):
             v = getattr(self, name)
@@ -161,34 +201,79 @@ class TrainConfig:
                     or (v >= hi if hi_open else v > hi)):
                 lo_txt = f"> {lo}" if lo_open else f">= {lo}"
                 hi_txt = "" if hi == math.inf else f" and {'<' if hi_open else '<='} {hi}"
-                raise ValueError(f"{name} must be a number {lo_txt}{hi_txt}, got {v!r}")
+                raise ConfigError(name, f"{name} must be a number {lo_txt}{hi_txt}, got {v!r}")
 
         integer("epochs", 1)
         integer("batch_size", 1)
         integer("eval_batch_size", 1)
         integer("seed", 0)
+        integer("divergence_window", 1)
         for name in ("limit_train", "limit_test", "threads"):
             if getattr(self, name) is not None:
                 integer(name, 1)
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+            raise ConfigError("optimizer", f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}: expected one of {', '.join(SCHEDULES)}")
+            raise ConfigError("lr_schedule",
+                              f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
         if str(self.dtype) not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        resolve_backend_name(self.backend)
+            raise ConfigError("dtype", f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        try:
+            backend = resolve_backend_name(self.backend)
+        except ValueError as exc:
+            raise ConfigError("backend", str(exc)) from None
         if self.lr is not None:
             number("lr", 0.0, lo_open=True)
         if self.weight_decay is not None:
             number("weight_decay", 0.0)
         if self.momentum is not None:
             if self.optimizer != "sgd":
-                raise ValueError("momentum applies only to the sgd optimizer")
+                raise ConfigError("momentum", "momentum applies only to the sgd optimizer")
             number("momentum", 0.0, 1.0)
         number("dropout", 0.0, 1.0)
+        if round(self.dropout * DROPOUT_STEPS) >= DROPOUT_STEPS:
+            # Dropout draws 16-bit masks: a p that rounds to 65536/65536 would drop everything.
+            raise ConfigError("dropout", f"dropout must be below {(DROPOUT_STEPS - 0.5) / DROPOUT_STEPS:.6f} "
+                              f"(it is applied in steps of 1/{DROPOUT_STEPS}), got {self.dropout!r}")
+        if self.divergence_factor != 0:
+            number("divergence_factor", 1.0, lo_open=True)
+        if self.threads is not None:
+            limit, what = thread_limit(backend)
+            if self.threads > limit:
+                raise ConfigError("threads", f"threads must be between 1 and {limit} ({what}), got {self.threads}")
+
+    def check_data(self, n_train: int, n_test: int) -> None:
+        """Raise :class:`ConfigError` unless the settings fit ``n_train`` / ``n_test`` images (after
+        ``limit_train`` / ``limit_test``)."""
+        if n_train < 1 or n_test < 1:
+            raise ConfigError("limit_train", f"need at least one training and one test image, got {n_train} "
+                              f"and {n_test}")
+        if self.batch_size > n_train:
+            raise ConfigError("batch_size", f"batch_size {self.batch_size} is larger than the training set "
+                              f"({n_train} images)")
 
     def to_dict(self):
         return asdict(self)
+
+
+def step_memory_lower_bound(config: TrainConfig, image_shape: tuple[int, int, int]) -> int:
+    """Bytes one training step needs at least: the first convolution's output (32 channels at the
+    input's resolution) and its gradient, for ``config.batch_size`` images of ``image_shape``
+    (C, H, W). The real peak is higher (the other layers, the batch itself)."""
+    _, height, width = image_shape
+    return 2 * config.batch_size * 32 * height * width * np.dtype(config.dtype).itemsize
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def learning_rate(base_lr, schedule, step, total_steps):
@@ -232,6 +317,7 @@ class RunState:
     process_time_to_first_batch_seconds: float | None = None
     threads: int | None = None
     stop_requested: bool = False
+    start_loss: float | None = None
 
     @property
     def total_steps(self):
@@ -248,7 +334,7 @@ class RunState:
         if timings:
             out.update({"warmup_seconds": self.warmup_seconds,
                         "time_to_first_batch_seconds": self.time_to_first_batch_seconds,
-                        "time_to_first_batch_from": "train() entry",
+                        "time_to_first_batch_from": "trainer created (data loaded)",
                         "process_time_to_first_batch_seconds": self.process_time_to_first_batch_seconds})
         return out
 
@@ -261,7 +347,6 @@ def _model_kwargs(config, in_channels, image_size, num_classes):
 
 
 def _build_model(config, model_kwargs):
-    from fastcnn.model import mnist_cnn
     return mnist_cnn(seed=config.seed, backend=config.backend,
                      **{**model_kwargs, "dtype": np.dtype(model_kwargs["dtype"])})
 
@@ -278,19 +363,50 @@ def data_fingerprint(*arrays):
 
 
 def _build_optimizer(config, model):
-    from fastcnn.optim import SGD, AdamW
     if config.optimizer == "sgd":
         return SGD(model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     return AdamW(model, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def check_resumable(ckpt):
-    """Raise CheckpointError unless the loaded checkpoint ``ckpt`` holds a training state (a
-    model-only file, as written by ``--save-model``, has no optimizer state to continue)."""
-    from fastcnn.checkpoint import CheckpointError
-    if ckpt.header.get("optimizer") is None or not isinstance(ckpt.header.get("extra", {}).get("step"), int):
-        raise CheckpointError(f"{ckpt.path}: holds a model only (e.g. from --save-model), not a training "
-                              "state that can be resumed; use a file written by --checkpoint")
+def check_resume(ckpt: Checkpoint, config: TrainConfig, *, dataset: str | None = None,
+                 data_info: dict | None = None, steps_per_epoch: int | None = None) -> None:
+    """The one decision whether checkpoint ``ckpt`` can continue a run of ``config`` (resolved):
+    it holds a training state (not a model-only file as written by ``--save-model``), was trained
+    with the same :data:`RESUME_KEYS` settings (and ``dataset``, when given), has fewer completed
+    epochs than ``config.epochs``, and, when ``data_info`` / ``steps_per_epoch`` are given (the
+    data is loaded), was trained on the same data and is internally consistent. Raises
+    :class:`ResumeRefused` (a CheckpointError); the array-level checks (architecture, optimizer,
+    generators) follow in :func:`fastcnn.checkpoint.restore`."""
+    def fail(why, **kw):
+        return ResumeRefused(f"{ckpt.path}: {why}", **kw)
+
+    extra = ckpt.header.get("extra")
+    extra = extra if isinstance(extra, dict) else {}
+    step = extra.get("step")
+    if ckpt.header.get("optimizer") is None or isinstance(step, bool) or not isinstance(step, int):
+        raise fail("holds a model only (e.g. from --save-model), not a training state that can be resumed; "
+                   "use a file written by --checkpoint")
+    saved, mine = ckpt.config, config.to_dict()
+    diffs = [(k, mine[k], saved.get(k)) for k in RESUME_KEYS if k in saved and saved.get(k) != mine[k]]
+    if dataset is not None and extra.get("dataset") not in (None, dataset):
+        diffs.append(("dataset", dataset, extra.get("dataset")))
+    if diffs:
+        raise fail("trained with other settings: " + "; ".join(f"{k} {theirs!r} (this run: {ours!r})"
+                                                              for k, ours, theirs in diffs), diffs=diffs)
+    if ckpt.epoch >= config.epochs:
+        raise fail(f"the checkpoint has completed {ckpt.epoch} of {config.epochs} epochs; train further with "
+                   f"more epochs (--epochs N, N > {ckpt.epoch})", epochs_done=ckpt.epoch)
+    if len(ckpt.history) != ckpt.epoch:
+        raise fail(f"inconsistent: {ckpt.epoch} epochs but {len(ckpt.history)} history entries")
+    if data_info is not None:
+        data = extra.get("data")
+        data = data if isinstance(data, dict) else {}
+        if data.get("sha256") not in (None, data_info["sha256"]):
+            raise fail(f"trained on other data ({data.get('name')}, {data.get('train_images')} train / "
+                       f"{data.get('test_images')} test images) than this run ({data_info['name']}, "
+                       f"{data_info['train_images']} / {data_info['test_images']})")
+    if steps_per_epoch is not None and step != ckpt.epoch * steps_per_epoch:
+        raise fail(f"inconsistent: {ckpt.epoch} epochs but {step} steps of {steps_per_epoch}")
 
 
 def _throwaway_copy(model, optimizer):
@@ -298,14 +414,12 @@ def _throwaway_copy(model, optimizer):
     return copy.deepcopy((model, optimizer))
 
 
-def _check_threads(config):
-    """Raise ValueError unless ``config.threads`` is None or within what the backend allows."""
-    if config.threads is None:
-        return
-    import numba
-    limit = numba.config.NUMBA_NUM_THREADS
-    if not 1 <= config.threads <= limit:
-        raise ValueError(f"threads must be between 1 and {limit} (NUMBA_NUM_THREADS), got {config.threads}")
+def thread_limit(backend: str) -> tuple[int, str]:
+    """The largest thread count ``backend`` accepts and where that limit comes from."""
+    if backend == "numba":
+        import numba  # lazy: importing numba costs start-up time
+        return numba.config.NUMBA_NUM_THREADS, "NUMBA_NUM_THREADS"
+    return os.cpu_count() or 1, "the CPU count; BLAS threads for the numpy backend"
 
 
 def _apply_threads(config, stack):
@@ -314,7 +428,6 @@ def _apply_threads(config, stack):
     if config.backend == "numba":
         import numba
         if config.threads is not None:
-            _check_threads(config)
             numba.set_num_threads(config.threads)
         return numba.get_num_threads()
     from threadpoolctl import threadpool_info, threadpool_limits
@@ -333,21 +446,20 @@ class Trainer:
     (and nothing when ``config.quiet``); ``callbacks`` are called as ``cb(state, metrics)`` after
     each epoch."""
 
-    def __init__(self, config, data, *, log=print, callbacks=()):
+    def __init__(self, config: TrainConfig, data, *, log=print, callbacks=(), should_stop=None):
         self._t_entry = time.perf_counter()
-        from fastcnn.data import to_float
         config = config.resolved()
         self.config = config
         self.log = (lambda *a, **k: None) if config.quiet else log
         self.callbacks = list(callbacks)
+        self.should_stop = should_stop
+        #: Called as ``on_batch(phase, epoch, batch)`` ("train" or "eval", 1-based) just before each
+        #: batch's stop check: a seam for progress reports and for tests that must act at an exact batch.
+        self.on_batch = None
 
         n_train = len(data.x_train) if config.limit_train is None else min(config.limit_train, len(data.x_train))
         n_test = len(data.x_test) if config.limit_test is None else min(config.limit_test, len(data.x_test))
-        if n_train < 1 or n_test < 1:
-            raise ValueError(f"need at least one training and one test image, got {n_train} and {n_test}")
-        if config.batch_size > n_train:
-            raise ValueError(f"batch size {config.batch_size} is larger than the training set "
-                             f"({n_train} images)")
+        config.check_data(n_train, n_test)
         x_train = np.asarray(data.x_train[:n_train])
         if x_train.ndim != 4 or x_train.shape[2] != x_train.shape[3]:
             raise ValueError(f"training images must have shape (N, C, H, H), got {x_train.shape}")
@@ -361,7 +473,6 @@ class Trainer:
         self.data_info = {"name": getattr(data, "name", None), "train_images": n_train, "test_images": n_test,
                           "sha256": data_fingerprint(x_train, self.y_train, data.x_test[:n_test], self.y_test)}
 
-        _check_threads(config)
         self.model_kwargs = _model_kwargs(config, x_train.shape[1], x_train.shape[2], num_classes)
         model = _build_model(config, self.model_kwargs)
         optimizer = _build_optimizer(config, model)
@@ -371,6 +482,18 @@ class Trainer:
         self.state = RunState(config=config, model=model, optimizer=optimizer,
                               shuffle_rng=np.random.default_rng(shuffle_seq),
                               steps_per_epoch=math.ceil(n_train / config.batch_size))
+        self._recent_losses = collections.deque(maxlen=config.divergence_window)
+
+    def request_stop(self) -> None:
+        """Ask the run to stop before its next training or evaluation batch (safe from any thread
+        or a signal handler); :meth:`run` then raises :class:`TrainingInterrupted` mid-epoch."""
+        self.state.stop_requested = True
+
+    def stopping(self) -> bool:
+        """Whether a stop was requested (``state.stop_requested`` or ``should_stop()``)."""
+        if not self.state.stop_requested and self.should_stop is not None and self.should_stop():
+            self.state.stop_requested = True
+        return self.state.stop_requested
 
     # ----------------------------------------------------------------------------------- pieces
 
@@ -406,13 +529,18 @@ class Trainer:
             try:
                 order = st.shuffle_rng.permutation(n)
                 for batch, i in enumerate(range(0, n, bs), start=1):
-                    if st.stop_requested:
+                    if self.on_batch is not None:
+                        self.on_batch("train", st.epoch + 1, batch)
+                    if self.stopping():
                         raise TrainingInterrupted(st.epoch + 1, batch, st.steps_per_epoch)
                     idx = order[i:i + bs]
                     st.optimizer.lr = learning_rate(cfg.lr, cfg.lr_schedule, st.step, st.total_steps)
                     loss, hits = st.model.train_step(self.x_train[idx], self.y_train[idx], st.optimizer)
                     st.step += 1
+                    if st.start_loss is None and math.isfinite(loss):
+                        st.start_loss = float(loss)
                     self._check_finite(loss, batch)
+                    self._check_growth(loss, batch)
                     if st.time_to_first_batch_seconds is None:
                         st.time_to_first_batch_seconds = time.perf_counter() - self._t_entry
                         st.process_time_to_first_batch_seconds = process_age_seconds()
@@ -428,8 +556,8 @@ class Trainer:
         return total_loss / n, correct / n, time.perf_counter() - t0
 
     def _check_finite(self, loss, batch):
-        """Raise :class:`TrainingDiverged` unless ``loss`` and every parameter are finite (about
-        30 us per step for the mission's network: a few hundred thousand floats)."""
+        """Raise :class:`TrainingDiverged` unless ``loss`` and every parameter are finite (cheap: the
+        network has a few hundred thousand parameters, checked once per step)."""
         st = self.state
         what = None
         if not math.isfinite(loss):
@@ -445,11 +573,39 @@ class Trainer:
         if what:
             raise TrainingDiverged(st.epoch + 1, batch, st.steps_per_epoch, what, st.optimizer.lr)
 
+    def _check_growth(self, loss, batch):
+        """Raise :class:`TrainingDiverged` when the mean loss of the last ``divergence_window``
+        batches exceeds ``divergence_factor`` times the starting loss (module docstring)."""
+        st, cfg = self.state, self.config
+        self._recent_losses.append(float(loss))
+        if not cfg.divergence_factor or st.start_loss is None:
+            return
+        mean = sum(self._recent_losses) / len(self._recent_losses)
+        if mean > cfg.divergence_factor * st.start_loss:
+            n = len(self._recent_losses)
+            raise TrainingDiverged(st.epoch + 1, batch, st.steps_per_epoch,
+                                   f"mean loss of the last {n} batch{'es' if n != 1 else ''} {mean:.4g} > "
+                                   f"{cfg.divergence_factor:g} x the starting {st.start_loss:.4g}",
+                                   st.optimizer.lr)
+
     def evaluate(self):
-        """(loss, accuracy, seconds) of the model on the test set."""
+        """(loss, accuracy, seconds) of the model on the test set; a requested stop is honoured
+        before each evaluation batch (:class:`TrainingInterrupted`, batch = the next training
+        batch, i.e. past the epoch's last)."""
+        st = self.state
         t0 = time.perf_counter()
-        loss, acc = self.state.model.evaluate(self.x_test, self.y_test, batch_size=self.config.eval_batch_size)
-        return loss, acc, time.perf_counter() - t0
+        x, y, bs = self.x_test, self.y_test, self.config.eval_batch_size
+        total_loss, correct = 0.0, 0
+        for batch, i in enumerate(range(0, len(x), bs), start=1):   # Sequential.evaluate's loop, stoppable
+            if self.on_batch is not None:
+                self.on_batch("eval", st.epoch + 1, batch)
+            if self.stopping():
+                raise TrainingInterrupted(st.epoch + 1, st.steps_per_epoch + 1, st.steps_per_epoch)
+            logits = st.model.forward(x[i:i + bs], training=False)
+            loss, _ = softmax_cross_entropy(logits, y[i:i + bs])
+            total_loss += loss * len(logits)
+            correct += int((logits.argmax(axis=1) == y[i:i + bs]).sum())
+        return total_loss / len(x), correct / len(x), time.perf_counter() - t0
 
     def run_epoch(self):
         """Train one epoch, evaluate, record and log its metrics, call the callbacks."""
@@ -470,58 +626,38 @@ class Trainer:
     # ------------------------------------------------------------------------ checkpoint, resume
 
     def _rngs(self):
-        from fastcnn.checkpoint import model_rngs
         return {"shuffle": self.state.shuffle_rng, **model_rngs(self.state.model)}
 
     def save_checkpoint(self, path, extra=None):
         """Write the run's whole state after its last complete epoch to ``path`` (atomically, see
         :mod:`fastcnn.checkpoint`); ``extra``: more JSON-ready facts for the header."""
-        from fastcnn.checkpoint import save_checkpoint
         st = self.state
         return save_checkpoint(path, st.model, st.optimizer, epoch=st.epoch, history=st.history,
                                config=self.config.to_dict(), rngs=self._rngs(), model_kwargs=self.model_kwargs,
                                extra={"step": st.step, "steps_per_epoch": st.steps_per_epoch,
-                                      "data": self.data_info, **(extra or {})},
+                                      "data": self.data_info, "start_loss": st.start_loss, **(extra or {})},
                                threads=st.threads)
 
     def restore(self, checkpoint):
         """Continue the run saved in ``checkpoint`` (a path or :class:`~fastcnn.checkpoint.Checkpoint`):
-        check that it was trained with this run's settings (:data:`RESUME_KEYS`) on the same data,
-        then restore parameters, optimizer, generators, epoch, step and history. Raises
+        :func:`check_resume` (settings, epochs, data, consistency), then restore parameters,
+        optimizer, generators, epoch, step, history and the starting loss. Raises
         :class:`~fastcnn.checkpoint.CheckpointError` (nothing changed) when anything differs.
         Returns notes on differences that break bit-identical resumption (see
         :func:`fastcnn.checkpoint.restore`) or change the learning-rate schedule."""
-        from fastcnn.checkpoint import Checkpoint, CheckpointError, load_checkpoint, restore
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         st = self.state
-
-        def fail(why):
-            return CheckpointError(f"{ckpt.path}: {why}")
-
         saved = ckpt.config
-        check_resumable(ckpt)
-        mine = self.config.to_dict()
-        diffs = [f"{k} {saved.get(k)!r} (this run: {mine[k]!r})" for k in RESUME_KEYS
-                 if k in saved and saved.get(k) != mine[k]]
-        if diffs:
-            raise fail(f"trained with other settings: {'; '.join(diffs)}")
-        data = ckpt.header.get("extra", {}).get("data", {})
-        if data.get("sha256") not in (None, self.data_info["sha256"]):
-            raise fail(f"trained on other data ({data.get('name')}, {data.get('train_images')} train / "
-                       f"{data.get('test_images')} test images) than this run ({self.data_info['name']}, "
-                       f"{self.data_info['train_images']} / {self.data_info['test_images']})")
-        steps = ckpt.header["extra"]["step"]                      # an int: check_resumable made sure
-        if ckpt.epoch < 0 or steps != ckpt.epoch * st.steps_per_epoch:
-            raise fail(f"inconsistent: {ckpt.epoch} epochs but {steps} steps of {st.steps_per_epoch}")
-        if ckpt.epoch > self.config.epochs:
-            raise fail(f"already has {ckpt.epoch} epochs, more than this run's {self.config.epochs}")
-        if len(ckpt.history) != ckpt.epoch:
-            raise fail(f"inconsistent: {ckpt.epoch} epochs but {len(ckpt.history)} history entries")
+        check_resume(ckpt, self.config, data_info=self.data_info, steps_per_epoch=st.steps_per_epoch)
         # The optimizer's saved lr is the schedule's value at its last step, not the run's peak lr
         # (compared above through RESUME_KEYS), so its hyper-parameters are not compared here.
         notes = restore(ckpt, st.model, st.optimizer, self._rngs(), check_hparams=False)
         st.epoch, st.step = ckpt.epoch, ckpt.epoch * st.steps_per_epoch
         st.history = [{**{k: m[k] for k in METRIC_KEYS if k in m}, **m} for m in ckpt.history]
+        start = ckpt.header["extra"].get("start_loss")
+        # Checkpoints without it: the loss of a network that guesses uniformly, where training starts.
+        st.start_loss = (float(start) if isinstance(start, (int, float)) and math.isfinite(start) and start > 0
+                         else math.log(self.model_kwargs["num_classes"]))
         if saved.get("epochs") != self.config.epochs and self.config.lr_schedule == "cosine":
             notes.append(f"the cosine learning-rate schedule is recomputed for {self.config.epochs} epochs "
                          f"(the checkpoint's run planned {saved.get('epochs')}), so the rate jumps to that "
@@ -534,7 +670,7 @@ class Trainer:
             self.state.threads = _apply_threads(self.config, stack)
             if self.config.warmup and self.state.epoch < self.config.epochs and not self.state.warmup_seconds:
                 self.warm_up()
-            while self.state.epoch < self.config.epochs and not self.state.stop_requested:
+            while self.state.epoch < self.config.epochs and not self.stopping():
                 self.run_epoch()
         return self.state
 

@@ -128,7 +128,26 @@ BAD_ARGS = [
     (["--no-such-option"], 2),
     (["--data-dir", "/nonexistent/fastcnn-mnist", "--no-download"], 2),
     (["--no-download"], 1),                                  # nothing in the (empty) search path
+    (["--dropout", "0.99999999"], 2),                        # below 1 but beyond the 16-bit mask
+    (["--threads", "100000", "--backend", "numpy"], 2),
+    (["--diverge-factor", "0.5"], 2),
+    (["--diverge-window", "0"], 2),
 ]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--dropout", "0.99999999"], "--dropout must be below 0.99999"),
+    (["--threads", "100000", "--backend", "numpy"], "the CPU count"),
+    (["--momentum", "0.5"], "--momentum applies only to the sgd optimizer"),
+])
+def test_config_errors_name_the_option_and_fail_before_loading(args, needle, tmp_path, capsys, monkeypatch):
+    """The TrainConfig validator decides; the CLI only words it as a usage error, before any data."""
+    import fastcnn.data
+    monkeypatch.setattr(fastcnn.data, "load_dataset", lambda *a, **k: pytest.fail("data loaded"))
+    rc = train_main([*args, "--plots-dir", str(tmp_path / "plots")])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and "NUMBA_NUM_THREADS" not in err, err
+    assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args,code", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
@@ -203,7 +222,7 @@ def test_keyboard_interrupt_exits_130_with_one_line(tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert rc == 130
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert err.startswith("fastcnn-train: interrupted (SIGINT)")
+    assert err.startswith("fastcnn-train: stopped at once by SIGINT")
 
 
 def test_library_errors_are_reported_as_one_line(tmp_path, capsys, monkeypatch):
@@ -225,3 +244,50 @@ def test_library_errors_are_reported_as_one_line(tmp_path, capsys, monkeypatch):
                      "--plots-dir", str(tmp_path / "plots")])
     lines = capsys.readouterr().err.splitlines()
     assert rc == 1 and lines == ["fastcnn-train: error: loss diverged", "  second line"]
+
+
+def test_a_batch_too_large_for_the_memory_is_warned_about(tmp_path, capsys, monkeypatch):
+    """A step's memory is estimated before the first batch (a lower bound: the first convolution's
+    output and gradient); more than half the available memory gets a warning, and the run goes on."""
+    import fastcnn.train
+    data = write_custom_dataset(tmp_path / "data")
+    args = ["--dataset", "custom", "--data-dir", str(data), "--batch-size", "32", "--backend", "numpy",
+            "--epochs", "1", "--plots-dir", str(tmp_path / "plots")]
+    need = 2 * 32 * 32 * 28 * 28 * 4
+    monkeypatch.setattr(fastcnn.train, "available_memory_bytes", lambda: 2 * need + 1)
+    assert train_main(args) == 0
+    assert "warning" not in capsys.readouterr().err
+    monkeypatch.setattr(fastcnn.train, "available_memory_bytes", lambda: 2 * need - 1)
+    assert train_main(args) == 0
+    err = capsys.readouterr().err
+    assert "warning: --batch-size 32 needs at least 0.0 GiB per training step" in err, err
+
+
+@pytest.mark.parametrize("cpu,wall,threads,noted", [
+    (1.9, 1.0, 2, False), (1.0, 1.0, 2, False), (0.9, 1.0, 2, True), (0.3, 1.0, 1, True),
+    (9.0, 1.0, 16, False), (7.0, 1.0, 16, True), (0.1, 1.0, None, False), (1.0, 0.0, 2, False),
+])
+def test_contention_hint_when_cpu_over_wall_is_well_below_the_threads(cpu, wall, threads, noted):
+    from fastcnn.cli import contention_hint
+    hint = contention_hint(cpu, wall, threads)
+    assert (hint is not None) == noted
+    if noted:
+        assert hint.startswith("note: other programs used the cores; epoch times are inflated")
+        assert f"CPU/wall {cpu / wall:.2f} with {threads} thread" in hint
+
+
+def test_header_wraps_between_words_in_a_120_column_terminal(monkeypatch):
+    import os
+    import shutil
+
+    from fastcnn.cli import _header
+    from fastcnn.data import Dataset
+    from fastcnn.train import TrainConfig
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=None: os.terminal_size((120, 40)))
+    data = Dataset(None, None, None, None, "fashion-mnist", "/home/someone/a-rather-long/path/to/the/datasets/folder")
+    text = _header(data, TrainConfig(optimizer="sgd").resolved(), 60000, 10000)
+    words = " ".join(text.split())
+    folder = "/home/someone/a-rather-long/path/to/the/datasets/folder"
+    assert words.startswith(f"fastcnn-train: fashion-mnist from {folder} ")
+    assert "batch 128, 5 epochs" in words
+    assert all(len(line) < 120 for line in text.splitlines())

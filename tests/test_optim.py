@@ -54,11 +54,14 @@ def _grad_sequence(seed, model, steps=STEPS, scale=1.0):
 # -------------------------------------------------------------------- the formulas, written out
 
 def sgd_reference(w0, grads, lr, momentum, wd):
-    """v <- mu v + (g + wd W);  W <- W - lr v   (weight decay added to the gradient)."""
+    """v <- mu v + (g + wd W);  W <- W - lr_t v   (weight decay added to the gradient; the velocity
+    holds gradients only, so a learning rate that changes between steps scales just the current
+    step). ``lr``: one number, or one per step."""
+    lrs = [lr] * len(grads) if np.isscalar(lr) else list(lr)
     w, v, out = w0.astype(np.float64), np.zeros(w0.shape), []
-    for g in grads:
+    for g, lr_t in zip(grads, lrs, strict=True):
         v = momentum * v + (g + wd * w)
-        w = w - lr * v
+        w = w - lr_t * v
         out.append(w)
     return out
 
@@ -92,6 +95,25 @@ def test_sgd_matches_formula(momentum, wd):
         assert opt.t == t + 1
         for k in w0:
             assert_formula_close(model.params[k], expected[k][t], f"SGD step {t + 1} {k}")
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_matches_formula_while_the_learning_rate_changes(momentum):
+    """fastcnn-train sets ``opt.lr`` before every step (cosine schedule): the documented update
+    W <- W - lr_t v must use the current step's rate on the whole velocity. The rates differ
+    tenfold so that e.g. v <- mu v + lr g (rate folded into the velocity) cannot pass."""
+    lrs = [0.5, 0.05, 0.3, 0.01, 0.2, 0.002]
+    model = FakeModel(np.random.default_rng(7))
+    w0 = model.snapshot()
+    opt = SGD(model, lr=lrs[0], momentum=momentum, weight_decay=0.05)
+    grads = _grad_sequence(8, FakeModel(np.random.default_rng(7)), steps=len(lrs))
+    expected = {k: sgd_reference(w0[k], [g[k] for g in grads], lrs, momentum, 0.05) for k in w0}
+    for t, (g, lr) in enumerate(zip(grads, lrs, strict=True)):
+        opt.lr = lr
+        model.grads = {k: v.copy() for k, v in g.items()}
+        opt.step()
+        for k in w0:
+            assert_formula_close(model.params[k], expected[k][t], f"SGD step {t + 1} lr {lr} {k}")
 
 
 def test_sgd_momentum_accumulates_and_decay_is_coupled():

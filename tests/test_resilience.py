@@ -1,5 +1,5 @@
 """Training that survives: exact resume, Ctrl-C and SIGTERM, divergence, damaged checkpoints, bad
-arguments, reproducible metrics (issue: checkpoints and exact resume).
+arguments, reproducible metrics, protected outputs, signals, closed pipes and full disks.
 
 The library tests train a few steps on synthetic data; the command-line tests run the real
 ``fastcnn-train`` in a subprocess on a few thousand real MNIST images, numba backend (its kernels
@@ -18,10 +18,17 @@ import pytest
 import fastcnn.model
 from fastcnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fastcnn.cli import train_main
-from fastcnn.train import TIMING_KEYS, TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted
+from fastcnn.train import TIMING_KEYS, ResumeRefused, TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted
 
-from helpers import (PNG_SIGNATURE, assert_one_error_line, cli_command, run_cli, subprocess_env, synthetic,
-                     write_custom_dataset)
+from helpers import (
+    PNG_SIGNATURE,
+    assert_one_error_line,
+    cli_command,
+    run_cli,
+    subprocess_env,
+    synthetic,
+    write_custom_dataset,
+)
 
 
 def config(**overrides):
@@ -124,13 +131,15 @@ def test_restore_refuses_other_data(tmp_path):
         Trainer(config(), synthetic(96, seed=1)).restore(path)
 
 
-def test_restore_refuses_a_checkpoint_past_the_runs_end(tmp_path):
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_restore_refuses_a_checkpoint_with_no_epoch_left(epochs, tmp_path):
     data = synthetic(96)
     t = Trainer(config(epochs=2), data)
     t.run()
     path = t.save_checkpoint(tmp_path / "c.npz")
-    with pytest.raises(CheckpointError, match="already has 2 epochs, more than this run's 1"):
-        Trainer(config(epochs=1), data).restore(path)
+    with pytest.raises(ResumeRefused, match=f"has completed 2 of {epochs} epochs") as info:
+        Trainer(config(epochs=epochs), data).restore(path)
+    assert info.value.epochs_done == 2 and isinstance(info.value, CheckpointError)
 
 
 def test_restore_refuses_a_model_only_checkpoint(tmp_path):
@@ -179,7 +188,7 @@ def test_huge_learning_rate_diverges_with_epoch_and_batch():
         t.run()
     exc = info.value
     assert 1 <= exc.batch <= 3 and len(t.state.history) == exc.epoch - 1
-    assert f"epoch {exc.epoch} at batch {exc.batch}/3" in str(exc) and "--lr" in str(exc)
+    assert f"epoch {exc.epoch} at batch {exc.batch}/3" in str(exc) and "learning rate" in str(exc)
 
 
 def test_a_non_finite_parameter_is_caught_even_when_the_loss_is_finite():
@@ -216,8 +225,15 @@ def wait_for(path, proc, timeout=240):
         time.sleep(0.01)
 
 
-def start(args, cwd):
-    return subprocess.Popen(cli_command(args), cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE,
+def start(args, cwd, pause=None):
+    """Start fastcnn-train; ``pause`` = (phase, epoch, batch, marker file): the run creates the
+    marker when it reaches that batch and waits there until a stop is requested (see
+    ``FASTCNN_TEST_PAUSE`` in fastcnn/cli.py), so a signal sent after the marker appears lands at
+    exactly that batch, however loaded the machine."""
+    env = subprocess_env()
+    if pause is not None:
+        env["FASTCNN_TEST_PAUSE"] = ":".join(map(str, pause))
+    return subprocess.Popen(cli_command(args), cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -230,24 +246,26 @@ def test_signal_mid_epoch_then_resume_equals_a_straight_run(sig, code, mnist_dir
     """Train 2 epochs straight; separately, stop a run with a real signal early in epoch 2 and
     resume it. Final parameters (the --save-model files) and metrics must be bit-identical."""
     straight = run_cli(train_args(mnist_dir, "--metrics", "straight.json", "--save-model", "straight.npz",
-                                  "--plots-dir", "straight"), cwd=tmp_path)
+                                  "--plots-dir", "straight", limit_train=2000), cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
 
     ckpt = tmp_path / "run.npz"
-    proc = start(train_args(mnist_dir, "--checkpoint", ckpt, "--metrics", "m.json", "--plots-dir", "plots"),
-                 tmp_path)
-    wait_for(tmp_path / "plots" / "test_acc.png", proc)     # written last after epoch 1: epoch 2 runs
+    marker = tmp_path / "at-epoch-2-batch-2"
+    proc = start(train_args(mnist_dir, "--checkpoint", ckpt, "--metrics", "m.json", "--plots-dir", "plots",
+                            limit_train=2000), tmp_path, pause=("train", 2, 2, marker))
+    wait_for(marker, proc)                                  # the run waits before epoch 2's batch 2
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"fastcnn-train: stopped by {sig.name} ") and "epoch 2" in last, err
+    assert last.startswith(f"fastcnn-train: stopped by {sig.name} in epoch 2 before batch 2/"), err
     assert f"resume with: fastcnn-train --resume {ckpt}" in last
     assert load_checkpoint(ckpt).epoch == 1                 # the last complete epoch
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["status"] == "interrupted" and metrics["stopped"]["reason"] == sig.name
-    assert metrics["stopped"]["epoch"] == 2 and [m["epoch"] for m in metrics["epochs"]] == [1]
+    assert metrics["stopped"]["epoch"] == 2 and metrics["stopped"]["batch"] == 2
+    assert [m["epoch"] for m in metrics["epochs"]] == [1]
     for name in ("train_loss.png", "test_acc.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == PNG_SIGNATURE
     assert not list(tmp_path.glob("**/.*.tmp")), "a temporary file was left behind"
@@ -255,7 +273,9 @@ def test_signal_mid_epoch_then_resume_equals_a_straight_run(sig, code, mnist_dir
     resumed = run_cli(["--resume", ckpt, "--metrics", "m.json", "--no-timings", "--save-model", "resumed.npz",
                        "--plots-dir", "plots"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout and "note:" not in resumed.stdout
+    assert "resuming" in resumed.stdout
+    notes = [line for line in resumed.stdout.splitlines() if line.startswith("note:")]
+    assert all("other programs used the cores" in line for line in notes), notes   # nothing breaks bit-identity
     a, b = params_of(tmp_path / "straight.npz"), params_of(tmp_path / "resumed.npz")
     assert a.keys() == b.keys()
     for name in a:
@@ -554,3 +574,346 @@ def test_non_contiguous_batches_train_exactly_like_contiguous_ones(backend, layo
     assert (a1, a2, ea) == (b1, b2, eb)
     for k in pa:
         np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+
+
+# --------------------------------------------- real processes: signals, pipes, locks, full disks
+
+def small_subprocess_args(tmp_path, *extra, epochs=2):
+    data = tmp_path / "data"
+    if not data.exists():
+        write_custom_dataset(data, n_train=256, n_test=64)
+    return ["--dataset", "custom", "--data-dir", data, "--batch-size", 32, "--backend", "numpy", "--epochs", epochs,
+            "--plots-dir", tmp_path / "plots", "--no-timings", *extra]
+
+
+SIGNAL_CASES = [
+    # (signal, where the run waits for it, exit code, how the last line says where it stopped, epochs kept)
+    (signal.SIGHUP, ("train", 2, 2), 129, "in epoch 2 before batch 2/8", 1),
+    (signal.SIGQUIT, ("train", 2, 2), 131, "in epoch 2 before batch 2/8", 1),
+    (signal.SIGTERM, ("train", 1, 1), 143, "in epoch 1 before batch 1/8", 0),
+    (signal.SIGINT, ("eval", 1, 1), 130, "in epoch 1 during its evaluation", 0),
+    (signal.SIGINT, ("eval", 2, 1), 130, "in epoch 2 during its evaluation", 1),
+]
+
+
+@pytest.mark.parametrize("sig,pause,code,where,kept", SIGNAL_CASES,
+                         ids=[f"{c[0].name}-{c[1][0]}-{c[1][1]}-{c[1][2]}" for c in SIGNAL_CASES])
+def test_every_stop_signal_stops_cleanly_with_a_final_status(sig, pause, code, where, kept, tmp_path):
+    """SIGHUP and SIGQUIT like SIGTERM and SIGINT (exit 128 + n); a signal during the evaluation
+    stops before its next batch. The run waits at the named batch (a test-only hook), so the
+    signal lands exactly there."""
+    ckpt, marker = tmp_path / "c.npz", tmp_path / "paused"
+    proc = start(small_subprocess_args(tmp_path, "--checkpoint", ckpt, "--metrics", "m.json"), tmp_path,
+                 pause=(*pause, marker))
+    wait_for(marker, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"fastcnn-train: stopped by {sig.name} {where}; "), err
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["status"] == "interrupted" and doc["stopped"]["reason"] == sig.name
+    assert len(doc["epochs"]) == kept
+    if kept:
+        assert load_checkpoint(ckpt).epoch == kept and f"resume with: fastcnn-train --resume {ckpt}" in last
+    else:
+        assert not ckpt.exists() and "nothing to resume" in last
+    assert not list(tmp_path.glob("**/.*.tmp")) and not list(tmp_path.glob("**/.*.lock"))
+
+
+def test_a_second_signal_stops_at_once_and_still_leaves_a_final_status(tmp_path, capsys, monkeypatch):
+    """Double Ctrl-C: the first asks for a stop, the second (here while the first epoch's files are
+    written) ends the process at once; the metrics still get their final status."""
+    import os
+
+    import fastcnn.cli
+    real = fastcnn.cli._Run.after_epoch
+
+    def twice(self, state, metrics):
+        real(self, state, metrics)
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)                  # raises out of this callback
+
+    monkeypatch.setattr(fastcnn.cli._Run, "after_epoch", twice)
+    ckpt = tmp_path / "c.npz"
+    rc = train_main(small_args(tmp_path, "--epochs", 3, "--checkpoint", ckpt, "--metrics", tmp_path / "m.json"))
+    err = capsys.readouterr().err
+    assert rc == 130
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("fastcnn-train: stopped at once by SIGINT"), err
+    assert f"epoch 1 is safe in {ckpt}" in err
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["status"] == "interrupted" and doc["stopped"] == {"reason": "SIGINT", "at_once": True}
+    assert load_checkpoint(ckpt).epoch == 1
+
+
+def test_a_closed_stdout_does_not_stop_the_run(tmp_path):
+    """``fastcnn-train ... | head -1``: a real pipe whose reader goes away after the first line."""
+    ckpt = tmp_path / "c.npz"
+    proc = subprocess.Popen(cli_command(small_subprocess_args(tmp_path, "--checkpoint", ckpt, "--metrics", "m.json",
+                                                              "--save-model", "model.npz")),
+                            cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()                                      # as head -1 exits
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=300)
+    assert first.startswith(b"fastcnn-train: custom from ")
+    assert proc.returncode == 0, err
+    assert err == "", err
+    assert load_checkpoint(ckpt).epoch == 2 and load_checkpoint(tmp_path / "model.npz").epoch == 2
+    assert json.loads((tmp_path / "m.json").read_text())["status"] == "completed"
+
+
+def test_two_runs_cannot_write_one_checkpoint(tmp_path):
+    """The first run holds an fcntl lock on c.npz while it runs (here: waiting at its first batch);
+    a second run with the same --checkpoint is refused; the lock file goes when the first ends."""
+    ckpt, marker = tmp_path / "c.npz", tmp_path / "paused"
+    first = start(small_subprocess_args(tmp_path, "--checkpoint", ckpt), tmp_path, pause=("train", 1, 1, marker))
+    try:
+        wait_for(marker, first)
+        assert (tmp_path / ".c.npz.lock").read_text().strip() == str(first.pid)
+        second = run_cli(small_subprocess_args(tmp_path, "--checkpoint", ckpt, "--plots-dir", "other"),
+                         cwd=tmp_path)
+        assert second.returncode == 1, second.stderr
+        assert_one_error_line(second.stderr)
+        assert f"another fastcnn-train (pid {first.pid}) is writing {ckpt}" in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == 143
+    assert not (tmp_path / ".c.npz.lock").exists()
+
+
+def test_stale_temporary_files_of_a_killed_run_are_removed(tmp_path, capsys):
+    ckpt = tmp_path / "c.npz"
+    stale = [tmp_path / ".c.npz.a1b2c3d4.tmp", tmp_path / "plots" / ".test_acc.png.zz_9y8x7.tmp"]
+    kept = [tmp_path / ".c.npz.mine.tmp", tmp_path / ".other.npz.a1b2c3d4.tmp"]      # not ours to remove
+    (tmp_path / "plots").mkdir()
+    for path in stale + kept:
+        path.write_bytes(b"partial")
+    assert train_main(small_args(tmp_path, "--epochs", 1, "--checkpoint", ckpt)) == 0
+    out = capsys.readouterr().out
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    assert f"removed 1 temporary file an interrupted run left beside {ckpt}" in out
+
+
+@pytest.fixture
+def small_disk(tmp_path, monkeypatch):
+    """A folder on a real 1 MiB tmpfs (room for one checkpoint, not two) when root may mount one;
+    else the same capacity enforced by an OSError(ENOSPC) injected at the atomic write's fsync."""
+    import errno
+    import os
+    import subprocess as sp
+
+    import fastcnn._atomic
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    try:
+        mounted = sp.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                         capture_output=True).returncode == 0
+    except OSError:                                          # no mount command
+        mounted = False
+    if not mounted:
+        real_fsync = os.fsync
+
+        def fsync(fd):
+            where = os.readlink(f"/proc/self/fd/{fd}")
+            if where.startswith(str(disk) + os.sep):
+                used = sum(p.stat().st_size for p in disk.iterdir() if p.is_file())
+                if used > 1 << 20:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_fsync(fd)
+        monkeypatch.setattr(fastcnn._atomic.os, "fsync", fsync)
+    yield disk
+    if mounted:
+        sp.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_names_the_file_and_what_is_safe(small_disk, tmp_path, capsys):
+    ckpt = small_disk / "c.npz"
+    rc = train_main(small_args(tmp_path, "--epochs", 3, "--checkpoint", ckpt, "--metrics", tmp_path / "m.json"))
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert_one_error_line(err)
+    assert err.startswith(f"fastcnn-train: error: free some space: writing --checkpoint {ckpt} failed "
+                          "(No space left on device); epoch 1 is safe in "), err
+    assert f"resume with: fastcnn-train --resume {ckpt}" in err and ".tmp" not in err
+    assert load_checkpoint(ckpt).epoch == 1 and not list(small_disk.glob(".*.tmp"))
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["status"] == "failed" and "No space left" in doc["error"] and len(doc["epochs"]) == 2
+
+
+def test_save_model_on_a_full_disk_is_not_reported_completed(small_disk, tmp_path, capsys):
+    (small_disk / "filler").write_bytes(b"\0" * (900 << 10))
+    ckpt, model = tmp_path / "c.npz", small_disk / "model.npz"
+    rc = train_main(small_args(tmp_path, "--epochs", 1, "--checkpoint", ckpt, "--save-model", model,
+                               "--metrics", tmp_path / "m.json"))
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert_one_error_line(err)
+    assert f"writing --save-model {model} failed (No space left on device)" in err
+    assert f"the trained weights are safe in {ckpt} (epoch 1" in err
+    assert json.loads((tmp_path / "m.json").read_text())["status"] == "failed"
+    assert not model.exists()
+
+
+def other_kinds(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine\n")
+    (tmp_path / "plots").mkdir(exist_ok=True)
+    (tmp_path / "plots" / "test_acc.png").write_text("not a png\n")
+
+
+OUTPUT_CASES = [
+    # (arguments given tmp_path and an existing 1-epoch checkpoint, exit code, words in the message)
+    (lambda t, c: ["--save-model", c], 2, "--save-model"),                    # a training checkpoint
+    (lambda t, c: ["--save-model", t / "notes.txt", "--overwrite"], 2, "is not a fastcnn checkpoint"),
+    (lambda t, c: ["--metrics", t / "notes.txt", "--overwrite"], 2, "is not a fastcnn metrics file"),
+    (lambda t, c: ["--checkpoint", t / "notes.txt", "--overwrite"], 2, "is not a fastcnn checkpoint"),
+    (lambda t, c: ["--metrics", t / "data" / "train-labels-idx1-ubyte", "--overwrite"], 2, "is a data file"),
+    (lambda t, c: ["--save-model", t / "data" / "t10k-images-idx3-ubyte"], 2, "is a data file"),
+    (lambda t, c: ["--resume", c, "--epochs", 2, "--checkpoint", t / "new.npz", "--metrics", c], 2,
+     "is the --resume file"),
+    (lambda t, c: ["--plots-dir", t / "plots", "--overwrite"], 2, "is not a PNG image"),
+]
+
+
+@pytest.mark.parametrize("make,code,needle", OUTPUT_CASES, ids=[str(i) for i in range(len(OUTPUT_CASES))])
+def test_outputs_never_replace_another_kind_or_an_input(make, code, needle, tmp_path, capsys):
+    ckpt = existing_checkpoint(tmp_path)
+    other_kinds(tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    args = small_args(tmp_path, *make(tmp_path, ckpt))
+    rc = train_main(args)
+    out, err = capsys.readouterr()
+    assert rc == code, err
+    assert_one_error_line(err)
+    assert needle in err and out == ""
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_overwrite_replaces_outputs_of_the_same_kind(tmp_path, capsys):
+    ckpt = existing_checkpoint(tmp_path)
+    metrics = tmp_path / "m.json"
+    assert train_main(small_args(tmp_path, "--epochs", 1, "--metrics", metrics, "--quiet")) == 0
+    assert train_main(small_args(tmp_path, "--epochs", 1, "--metrics", metrics)) == 2
+    assert "--metrics" in capsys.readouterr().err
+    assert train_main(small_args(tmp_path, "--epochs", 1, "--metrics", metrics, "--save-model", ckpt,
+                                 "--overwrite", "--quiet")) == 0
+    assert load_checkpoint(ckpt).header["optimizer"] is None                  # now a model file
+
+
+DIVERGING = [["--lr", "200", "--lr-schedule", "constant"], ["--optimizer", "sgd", "--lr", "5"]]
+
+
+@pytest.mark.parametrize("options", DIVERGING, ids=[" ".join(o) for o in DIVERGING])
+def test_a_finite_blow_up_is_divergence_and_good_files_survive(options, mnist_dir, tmp_path):
+    good = run_cli(train_args(mnist_dir, "--checkpoint", "c.npz", "--save-model", "m.npz", limit_train=1000,
+                              epochs=1), cwd=tmp_path)
+    assert good.returncode == 0, good.stderr
+    before = {name: (tmp_path / name).read_bytes() for name in ("c.npz", "m.npz")}
+    proc = run_cli(train_args(mnist_dir, *options, "--checkpoint", "c.npz", "--save-model", "m.npz", "--overwrite",
+                              "--metrics", "d.json", limit_train=2000), cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr
+    assert_one_error_line(proc.stderr)
+    assert "training diverged in epoch 1 at batch" in proc.stderr and "x the starting" in proc.stderr
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert json.loads((tmp_path / "d.json").read_text())["status"] == "diverged"
+
+
+def scripted_losses(monkeypatch, losses):
+    """Sequential.train_step trains for real but reports the given losses, one per call."""
+    real = fastcnn.model.Sequential.train_step
+    script = iter(losses)
+
+    def step(self, x, y, optimizer):
+        _, hits = real(self, x, y, optimizer)
+        return next(script), hits
+
+    monkeypatch.setattr(fastcnn.model.Sequential, "train_step", step)
+
+
+GROWTH = [
+    # (losses per batch, factor, window, diverged at (epoch, batch) or None)
+    # 3 batches per epoch; the window holds fewer batches until that many were trained
+    ([2.0, 2.0, 2.0, 50.0] + [2.0] * 5, 10, 3, None),       # one spike: means 18 < 20
+    ([2.0, 2.0, 2.0, 50.0, 50.0] + [2.0] * 4, 10, 3, (2, 2)),   # held: mean 34 > 20 at the 5th batch
+    ([2.0, 50.0] + [2.0] * 7, 10, 3, (1, 2)),               # early: the 2-batch mean 26 > 20
+    ([2.0] * 5 + [19.0] * 4, 10, 3, None),                  # high but under 10 x 2.0
+    ([2.0] * 5 + [21.0] * 4, 10, 3, (3, 2)),                # the 8th batch: mean 21 > 20
+    ([2.0, 1e9, 1e9] + [2.0] * 6, 0, 3, None),              # factor 0: finite losses never diverge
+]
+
+
+@pytest.mark.parametrize("losses,factor,window,where", GROWTH, ids=[str(i) for i in range(len(GROWTH))])
+def test_divergence_is_a_held_rise_above_the_starting_loss(losses, factor, window, where, monkeypatch):
+    scripted_losses(monkeypatch, losses)
+    t = Trainer(config(epochs=3, divergence_factor=factor, divergence_window=window), synthetic(96))
+    if where is None:
+        t.run()
+        assert t.state.epoch == 3 and t.state.start_loss == 2.0
+        return
+    with pytest.raises(TrainingDiverged, match=rf"epoch {where[0]} at batch {where[1]}/3: mean loss") as info:
+        t.run()
+    assert f"> {factor:g} x the starting 2" in str(info.value) and len(t.state.history) == where[0] - 1
+
+
+def test_a_resumed_run_keeps_its_starting_loss(tmp_path, monkeypatch):
+    scripted_losses(monkeypatch, [2.0, 3.0, 3.0] + [30.0] * 6)
+    data = synthetic(96)
+    t = Trainer(config(epochs=3, divergence_window=1), data, callbacks=[stop_after_epoch])
+    t.run()
+    path = t.save_checkpoint(tmp_path / "c.npz")
+    resumed = Trainer(config(epochs=3, divergence_window=1), data)
+    resumed.restore(path)
+    assert resumed.state.start_loss == 2.0
+    with pytest.raises(TrainingDiverged, match="epoch 2 at batch 1/3"):      # 30 > 10 x 2.0, not 10 x 30
+        resumed.run()
+
+
+def test_should_stop_and_request_stop_stop_between_batches():
+    """The Python way to stop a run (e.g. from a sweep's thread): should_stop() or request_stop()."""
+    import threading
+    event = threading.Event()
+    t = Trainer(config(), synthetic(96), should_stop=event.is_set)
+    seen = []
+
+    def on_batch(phase, epoch, batch):
+        seen.append((phase, epoch, batch))
+        if (phase, epoch, batch) == ("train", 1, 2):
+            event.set()
+
+    t.on_batch = on_batch
+    with pytest.raises(TrainingInterrupted) as info:
+        t.run()
+    assert (info.value.epoch, info.value.batch) == (1, 2) and seen[-1] == ("train", 1, 2)
+    t2 = Trainer(config(), synthetic(96))
+    t2.on_batch = lambda phase, epoch, batch: phase == "eval" and t2.request_stop()
+    with pytest.raises(TrainingInterrupted) as info:
+        t2.run()
+    assert (info.value.epoch, info.value.batch) == (1, 4) and t2.state.history == []     # during evaluation
+
+
+def handlers_installed(pid):
+    """Whether process ``pid`` catches SIGHUP (Python itself never does; fastcnn-train's handlers do)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        mask = next(int(line.split()[1], 16) for line in fh if line.startswith("SigCgt:"))
+    return bool(mask & (1 << (signal.SIGHUP - 1)))
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_a_signal_before_anything_slow_is_one_line(tmp_path):
+    """The handlers are installed before NumPy and the data are loaded: a Ctrl-C as soon as they
+    are (read from /proc, no sleep) ends with exit 130 and one line, never a traceback."""
+    proc = start(small_subprocess_args(tmp_path, "--checkpoint", "c.npz"), tmp_path)
+    deadline = time.monotonic() + 60
+    while not handlers_installed(proc.pid):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("fastcnn-train: stopped at once by SIGINT"), err
+    assert not (tmp_path / "c.npz").exists() and not list(tmp_path.glob(".*"))

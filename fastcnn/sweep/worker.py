@@ -118,7 +118,7 @@ def run_one(name: str, config: TrainConfig, out_dir: str, *, dataset: str = "mni
     from threadpoolctl import threadpool_limits
 
     from fastcnn.checkpoint import CheckpointError, load_checkpoint
-    from fastcnn.train import Trainer, TrainingDiverged, TrainingInterrupted, check_resumable
+    from fastcnn.train import Trainer, TrainingDiverged, TrainingInterrupted
 
     t0 = time.perf_counter()
     run_dir = Path(out_dir) / name
@@ -151,8 +151,7 @@ def run_one(name: str, config: TrainConfig, out_dir: str, *, dataset: str = "mni
             trainer = Trainer(config, data, log=lambda *a, **k: None, callbacks=[after_epoch])
             if ckpt_path.exists():
                 ckpt = load_checkpoint(ckpt_path)
-                check_resumable(ckpt)
-                trainer.restore(ckpt)
+                trainer.restore(ckpt)                  # refuses a checkpoint of other settings or data
                 result["resumed_from"] = ckpt.epoch
             watcher.watch(trainer.state)
             try:
