@@ -165,8 +165,8 @@ def run_benchmarks(settings: Settings, log=_log) -> dict:
     cases = network_cases(BATCH_SIZE) + (general_cases() if s.general else [])
     if "numba" in s.backends:
         log("compiling the Numba kernels (not timed)")
-        cases = network_cases(2) + (at_batch(general_cases(), 1) if s.general else [])
-        results["compile_seconds"] = warm_up_kernels(cases, ("numba",))
+        small = network_cases(2) + (at_batch(general_cases(), 1) if s.general else [])
+        results["compile_seconds"] = warm_up_kernels(small, ("numba",))
 
     runners = {name: FastcnnRunner(name) for name in s.backends}
     if torch_side:
