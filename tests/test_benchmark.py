@@ -269,8 +269,11 @@ def test_cli_quick_run_writes_table_json_and_charts(quick_run, capsys):
     assert lim["peak"]["vector_bits"] in (128, 256, 512) and lim["bandwidth"]["gbytes_per_s"] > 0
     assert lim["peak"]["per_cycle"]["two_pipe_flops_per_cycle"] == 2 * lim["peak"]["vector_bits"] // 32 * 2
     peak = lim["peak"]["gflops"]
+    assert peak == max(lim["peak"]["fma_gflops"], lim["matmul"]["gflops"])       # a rate reached bounds the peak
+    assert lim["peak"]["source"] == ("fma" if peak == lim["peak"]["fma_gflops"] else "numpy.matmul")
     assert res["network"]["ideal_epoch_seconds"] == pytest.approx(res["network"]["epoch_flops"] / peak / 1e9)
     ops = {r["name"]: r for r in res["ops"]}
+    assert ops["conv2 forward"]["work"] == conv_flops(128, 32, 14, 14, 64, 3, 3, 1, 1)     # timed at batch 128
     assert {"conv1 forward", "conv2 backward-weight", "conv2 backward-input+weight", "conv2 backward-input",
             "pool2 forward", "pool2 backward", "lenet5-5x5 forward", "pointwise-1x1 backward-input+weight"} <= set(ops)
     for row in res["ops"]:
