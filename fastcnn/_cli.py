@@ -12,7 +12,9 @@ import math
 import os
 import platform
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 FIRST_LINE_MAX = 200
@@ -79,6 +81,20 @@ def float_in(lo: float, hi: float = math.inf, lo_open: bool = False,
         return value
     parse.__name__ = "number"
     return parse
+
+
+def probe_writable(directory, what: str) -> None:
+    """Create ``directory`` if needed and check a file can really be created in it (os.access
+    says yes to root even on read-only mounts); a :class:`UsageError` naming ``what`` otherwise."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"{what} {str(directory)!r} is not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{what} {str(directory)!r} is not writable: {exc.strerror or exc}") from None
 
 
 # ------------------------------------------------------------------------------ errors

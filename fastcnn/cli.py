@@ -33,7 +33,6 @@ import shlex
 import shutil
 import signal
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -55,6 +54,7 @@ from fastcnn._cli import (
     float_in,
     int_at_least,
     print_error,
+    probe_writable,
     versions,
 )
 
@@ -260,20 +260,6 @@ class OutputFailed(Exception):
     """Writing an output failed (exit code 1); the message names the user's path and what is safe."""
 
 
-def _probe_writable(directory, what):
-    """Create ``directory`` if needed and check a file can really be created in it (os.access
-    says yes to root even on read-only mounts)."""
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise UsageError(f"{what} {str(directory)!r} is not a directory")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as exc:
-        raise UsageError(f"{what} {str(directory)!r} is not writable: {exc.strerror or exc}") from None
-
-
 _KIND_NAMES = {"checkpoint": "fastcnn checkpoint", "metrics": "fastcnn metrics file", "png": "PNG image"}
 
 
@@ -357,11 +343,11 @@ class _Outputs:
         """Before any data is loaded: folders writable, no two outputs on one file, existing files
         replaceable (UsageError otherwise)."""
         args = self.args
-        _probe_writable(args.plots_dir, "--plots-dir")
+        probe_writable(args.plots_dir, "--plots-dir")
         for option, (path, _) in self.targets.items():
             if path.is_dir() or str(path).endswith(os.sep):
                 raise UsageError(f"{option} {str(path)!r} is a directory; give a file path")
-            _probe_writable(path.parent if str(path.parent) else Path("."), f"{option} folder")
+            probe_writable(path.parent if str(path.parent) else Path("."), f"{option} folder")
         seen = {str(p.resolve()): "--plots-dir" for p in self.plots}
         for option, (path, _) in self.targets.items():
             key = str(path.resolve())

@@ -25,6 +25,7 @@ from fastcnn._cli import (
     UsageError,
     int_at_least,
     print_error,
+    probe_writable,
     versions,
 )
 from fastcnn.sweep.execute import Cluster, SweepStopped, run_all
@@ -102,18 +103,6 @@ def _specs(args):
     return build_runs(lists, entries)
 
 
-def _check_out(out: Path) -> None:
-    import tempfile
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} is a file; give a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as exc:
-        raise UsageError(f"--out {str(out)!r} is not writable: {exc.strerror or exc}") from None
-
-
 def _fetch_data(dataset: str, data_dir: str | None, download: bool) -> None:
     """Make sure the local workers find the data: download it once here (not in every worker at the
     same time) when no folder holds it; a DataError names what is missing before any cluster starts."""
@@ -175,7 +164,7 @@ def _run(argv, say) -> int:
         else args.data_dir
     if args.scheduler is None:
         _fetch_data(args.dataset, data_dir, not args.no_download)
-    _check_out(out)
+    probe_writable(out, "--out")
     task_kwargs = {"dataset": args.dataset, "data_dir": data_dir, "download": not args.no_download,
                    "timings": not args.no_timings}
 
