@@ -51,7 +51,9 @@ def _check_input(layer: Layer, x: object, ndim: int, what: str) -> None:
     if x.ndim != ndim:
         raise ValueError(f"{name} expects input of shape {what}, got shape {x.shape}")
     if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} expects float32 or float64 input, got {x.dtype}")
+        fix = ("convert images with fastcnn.to_float(x) (float32, MNIST-normalised): "
+               if np.issubdtype(x.dtype, np.integer) else "")
+        raise TypeError(f"{fix}{name} expects float32 or float64 input, got {x.dtype}")
 
 
 def _check_conv_input(layer: Layer, conv: Conv2D, x: np.ndarray) -> None:

@@ -110,8 +110,10 @@ def test_conv2d_dtype_mismatch_raises_type_error():
     conv = Conv2D(1, 2, 3, dtype=F32, backend="numpy")
     with pytest.raises(TypeError, match="float32.*float64|float64.*float32"):
         conv.forward(np.zeros((1, 1, 5, 5), F64))
-    with pytest.raises(TypeError):
-        conv.forward(np.zeros((1, 1, 5, 5), np.int32))
+    with pytest.raises(TypeError, match=r"^convert images with fastcnn\.to_float\(x\)"):     # raw images: the fix first
+        conv.forward(np.zeros((1, 1, 5, 5), np.uint8))
+    with pytest.raises(TypeError, match=r"^Conv2D expects float32"):                   # no int hint for floats
+        conv.forward(np.zeros((1, 1, 5, 5), np.float16))
     with pytest.raises(TypeError):
         conv.forward(np.zeros((1, 1, 5, 5), F32).tolist())
 
