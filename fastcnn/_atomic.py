@@ -9,6 +9,7 @@ caller knows no other writer of ``path`` is running (``fastcnn-train`` holds a l
 An OSError names the caller's ``path``, never the temporary file."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -82,3 +83,9 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
             except OSError:
                 pass
     return removed
+
+
+def write_json(path: str | os.PathLike, document, default: Callable | None = None) -> Path:
+    """``document`` as indented JSON (NaN allowed, as Python writes it), atomically."""
+    text = json.dumps(document, indent=2, allow_nan=True, default=default) + "\n"
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))

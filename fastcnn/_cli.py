@@ -1,9 +1,9 @@
-"""Plumbing shared by the command-line tools (``fastcnn-train``, ``fastcnn-eval``, ``fastcnn-bench``):
+"""Plumbing shared by the command-line tools (``fastcnn-train``, ``-eval``, ``-bench``, ``-sweep``):
 the parser, usage errors, argument types, the one-line error format and the exit codes.
 
 Every error a command prints is ``PROG: error: <first line>``: the fix first, at most about
 :data:`FIRST_LINE_MAX` characters; any detail (each mirror's error, a path list) goes on further
-lines, printed only with ``--verbose`` (or ``FASTCNN_VERBOSE=1``).
+lines, printed only with ``FASTCNN_VERBOSE=1``.
 """
 from __future__ import annotations
 

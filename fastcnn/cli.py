@@ -42,7 +42,7 @@ from pathlib import Path
 
 # Only light modules at the top: train_main installs the signal handlers before fastcnn.train,
 # .data, .checkpoint and .plots (NumPy, Numba, Matplotlib) are imported inside the functions.
-from fastcnn._atomic import atomic_write, remove_stale_temps
+from fastcnn._atomic import remove_stale_temps, write_json
 from fastcnn._cli import (
     EXIT_DIVERGED,
     EXIT_ERROR,
@@ -414,12 +414,6 @@ class _Outputs:
         self.locks = []
 
 
-def write_metrics(path, document) -> None:
-    """Write ``document`` as JSON to ``path`` atomically."""
-    text = json.dumps(document, indent=2, allow_nan=True) + "\n"
-    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
 # --------------------------------------------------------------------------------------- signals
 
 class _Stopped(BaseException):
@@ -499,6 +493,10 @@ class _Console:
         if not self.quiet:
             self._write(sys.stdout, text)
 
+    def out(self, text):
+        """What an option asked for (e.g. --profile's table): printed even with --quiet."""
+        self._write(sys.stdout, text)
+
     def err(self, text, lead=False):
         if lead and sys.stderr.isatty():
             text = "\n" + text
@@ -569,7 +567,7 @@ class _Run:
                 self.checkpoint, extra={"dataset": args.dataset, "source_dir": str(self.data.source_dir)}))
             self.saved_epoch = state.epoch
         if args.metrics is not None:
-            self._write("--metrics", args.metrics, lambda: write_metrics(args.metrics, self.document("running")))
+            self._write("--metrics", args.metrics, lambda: write_json(args.metrics, self.document("running")))
             self.metrics_status = "running"
         self._write("--plots-dir", args.plots_dir, lambda: save_plots(state.history, args.plots_dir))
 
@@ -587,7 +585,7 @@ class _Run:
         args = self.args
         if args.metrics is not None and self.trainer is not None:
             try:
-                write_metrics(args.metrics, self.document(status, stop, error))
+                write_json(args.metrics, self.document(status, stop, error))
                 self.metrics_status = status
             except OSError as exc:
                 if status == "completed":
@@ -748,7 +746,7 @@ def _train(args, config, ckpt, run, signals, console):
     if args.save_model is not None:
         say(f"model: {args.save_model} (evaluate it with: fastcnn-eval {shlex.quote(str(args.save_model))})")
     if args.profile:
-        print(state.model.stop_profile().table(), flush=True)
+        console.out(state.model.stop_profile().table())
     hint = contention_hint(cpu, wall, threads)
     if hint:
         say(hint)

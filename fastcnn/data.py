@@ -386,7 +386,7 @@ def _is_network_error(exc) -> bool:
     """True for "the network or the server cannot be reached", as opposed to an answer (HTTP 404)."""
     if isinstance(exc, urllib.error.HTTPError):
         return False
-    return isinstance(exc, (urllib.error.URLError, socket.timeout, ConnectionError, HTTPException, OSError))
+    return isinstance(exc, (urllib.error.URLError, socket.timeout, ConnectionError, HTTPException))
 
 
 def _download_missing(spec, files, directory, timeout) -> tuple[list[str], bool]:

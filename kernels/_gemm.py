@@ -4,8 +4,7 @@ that the parallel drivers call once per image or per chunk of images).
 gemm_nt(A, B, C, zero):  C[i, j] = sum_l A[i, l] * B[j, l]        A (M, L), B (N, L), C (M, N)
     Both operands are read along contiguous rows, so the reduction over l vectorises; a 4 x 4
     register block reuses every loaded vector 4 times (8 loads per 16 FMAs; 16 accumulators + 8
-    operands fit the 32 AVX-512 registers). Measured against 4 x 3 in one run on the conv2 shapes:
-    130 vs 107, 131 vs 126 and 155 vs 125 GFLOP/s.
+    operands fit the 32 AVX-512 registers; 4 x 3 measured slower on the conv2 shapes).
 gemm_nt_shifted(A3, flat, starts, rstride, C, zero):
     C[i, j] = sum_r sum_l A3[r, i, l] * flat[starts[j] + r*rstride + l]
     gemm_nt whose B rows are overlapping windows of one flat buffer (no im2col copy).

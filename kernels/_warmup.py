@@ -12,7 +12,7 @@ from fastcnn.kernels.conv import conv2d_backward, conv2d_forward
 from fastcnn.kernels.fused import conv2d_relu_maxpool_backward, conv2d_relu_maxpool_forward
 from fastcnn.kernels.pool import maxpool2d_backward, maxpool2d_forward
 
-# What a first run on this project's 2-core development machine took (README, performance section).
+# About what a first run takes on a 2-core machine (README, performance section).
 ESTIMATED_COMPILE_SECONDS = {np.dtype(np.float32): 40.0, np.dtype(np.float64): 40.0}
 
 

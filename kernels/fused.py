@@ -4,7 +4,7 @@ as :mod:`fastcnn.reference.fused` (the composition of the three reference ops).
 Dimension legend: N batch, C input channels, H, W input size, K output channels, R, S kernel size,
 P, Q convolution output size, P2, Q2 pooled size, kh, kw pool window, psh, psw pool stride.
 
-Why fuse: in the mission's first layer the convolution output (N, 32, 28, 28) is the largest
+Why fuse: in the MNIST network's first layer the convolution output (N, 32, 28, 28) is the largest
 activation of the network (12.8 MB at batch 128) and, unfused, it is written to memory by the
 convolution, read by the pool, and in backward written again as a dense gradient that is three
 quarters zeros and read once more by the weight gradient. Fused, each image's convolution planes
@@ -123,7 +123,7 @@ def _scatter_pooled(dyn, an, offsets, psh, psw, row, dyc, offset):
 def _window_offsets(pool_size, row):
     """Where element a = r*kw + s of a pool window lies in a dense block with rows ``row`` wide,
     from the window's corner: a table, since an integer division per scattered element cost more
-    than the rest of the scatter (measured 2.2 -> 0.8 ms per batch for the first layer)."""
+    than the rest of the scatter."""
     kh, kw = pool_size
     a = np.arange(kh * kw)
     return ((a // kw) * row + a % kw).astype(np.int64)
@@ -152,7 +152,7 @@ def conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride
         _forward_small(x, w.reshape(K, C * R * S), b, R, S, *stride, *padding, P, Q, *pool_size, *pool_stride,
                        x.dtype.type(0), y, argmax)
         return y, argmax
-    # A first layer with a long reduction (not the mission's): the convolution kernels as they
+    # A first layer with a long reduction (not the MNIST network's): the convolution kernels as they
     # are, then the pool; same results, without the cache benefit.
     return maxpool2d_forward(_conv_forward(x, w, b, stride, padding), pool_size, pool_stride, relu=True)
 

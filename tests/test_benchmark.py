@@ -221,7 +221,7 @@ def test_usage_and_setting_errors_are_one_line(capsys, tmp_path):
     assert cli.bench_main(["--backends", "cuda", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fastcnn-bench: error:") and err.count("\n") == 1 and "Traceback" not in err
-    assert cli.bench_main(["--threads", "100000", "--out", str(tmp_path)]) == 1
+    assert cli.bench_main(["--threads", "100000", "--out", str(tmp_path)]) == 2        # a usage error, as in train
     err = capsys.readouterr().err
     assert "NUMBA_NUM_THREADS" in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "results.json").exists()

@@ -79,8 +79,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     max_threads = numba.config.NUMBA_NUM_THREADS
     threads = args.threads if args.threads is not None else max_threads
     if threads > max_threads:
-        raise ValueError(f"--threads {threads} exceeds the {max_threads} threads Numba was started with "
-                         f"(set NUMBA_NUM_THREADS={threads} to allow more)")
+        raise UsageError(f"set NUMBA_NUM_THREADS={threads} to allow more: --threads {threads} exceeds the "
+                         f"{max_threads} threads Numba was started with")
     if args.compare == "torch" and "numba" not in args.backends:
         raise UsageError("--compare torch compares with the Numba kernels: keep numba in --backends")
     batches = args.batches or (15 if quick else 60)

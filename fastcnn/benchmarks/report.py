@@ -2,12 +2,11 @@
 atomically)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from fastcnn._atomic import atomic_write
+from fastcnn._atomic import write_json as atomic_json
 from fastcnn.benchmarks.workload import EVAL_BATCH_SIZE
 
 MARK = "!"               # after a figure measured while other programs took cores
@@ -235,5 +234,4 @@ def _json_default(obj):
 
 def write_json(results: dict, path: Path) -> Path:
     """results.json, written atomically (never half-written)."""
-    text = json.dumps(results, indent=2, default=_json_default) + "\n"
-    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+    return atomic_json(path, results, default=_json_default)

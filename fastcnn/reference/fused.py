@@ -1,4 +1,4 @@
-"""Convolution, ReLU and max pooling as one op (the first layer of the mission's network), NumPy
+"""Convolution, ReLU and max pooling as one op (the MNIST network's first layer), NumPy
 reference: literally the composition of the three reference ops, so it is right by construction.
 The Numba backend computes the same thing in one pass per image (:mod:`fastcnn.kernels.fused`).
 

@@ -44,7 +44,7 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-class SweepStopped(Exception):
+class SweepStopped(BaseException):     # never caught by a run's "except Exception"
     """A second signal: the sweep stops at once. ``signum``: the signal."""
 
     def __init__(self, signum: int):

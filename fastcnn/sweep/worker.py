@@ -21,7 +21,7 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from fastcnn._atomic import atomic_write
+from fastcnn._atomic import write_json
 from fastcnn._cli import one_line, versions
 from fastcnn.train import TrainConfig
 
@@ -29,9 +29,10 @@ __all__ = ["CHECKPOINT_FILE", "METRICS_FILE", "read_metrics", "run_one", "same_s
 
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.npz"
-#: Settings that must match for a finished run in OUT to count as this run.
+#: Settings that must match for a finished run in OUT to count as this run (not the thread count:
+#: results are bit-identical for any number of threads).
 _SAME_KEYS = ("epochs", "batch_size", "optimizer", "lr", "lr_schedule", "momentum", "weight_decay", "dropout",
-              "batchnorm", "seed", "dtype", "backend", "threads", "limit_train", "limit_test", "eval_batch_size")
+              "batchnorm", "seed", "dtype", "backend", "limit_train", "limit_test", "eval_batch_size")
 _POLL_SECONDS = 0.5
 _datasets: dict = {}
 _datasets_lock = threading.Lock()
@@ -62,12 +63,6 @@ def _dataset(name: str, data_dir: str | None, download: bool):
         if key not in _datasets:
             _datasets[key] = load_dataset(name, data_dir=data_dir, download=download)
         return _datasets[key]
-
-
-def _write_json(path: Path, document: dict) -> None:
-    import json
-    text = json.dumps(document, indent=2, allow_nan=True) + "\n"
-    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 class _StopWatcher:
@@ -138,7 +133,7 @@ def run_one(name: str, config: TrainConfig, out_dir: str, *, dataset: str = "mni
 
     def after_epoch(state, metrics):
         trainer.save_checkpoint(ckpt_path, extra={"dataset": dataset, "source_dir": str(data.source_dir)})
-        _write_json(metrics_path, document("running"))
+        write_json(metrics_path, document("running"))
 
     try:
         if watcher.is_set():
@@ -186,7 +181,7 @@ def run_one(name: str, config: TrainConfig, out_dir: str, *, dataset: str = "mni
         result["document"] = document(result["status"], {"error": result["reason"]})
     if result["document"] is not None:
         try:
-            _write_json(metrics_path, result["document"])
+            write_json(metrics_path, result["document"])
         except OSError as exc:
             result.update(status="failed", reason=f"cannot write {metrics_path}: {exc.strerror or exc}")
     result["seconds"] = time.perf_counter() - t0
