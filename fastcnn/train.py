@@ -33,11 +33,13 @@ its evaluation) :class:`TrainingInterrupted` is raised and the partial epoch is 
 complete epoch (its checkpoint, its metrics) is what survives.
 
 Divergence: after every training step the loss and every parameter must be finite, and the mean
-loss of the epoch's last ``divergence_window`` batches (default 10) must stay below ``divergence_factor``
+loss of the last ``divergence_window`` batches (default 10) must stay below ``divergence_factor``
 (default 10) times the run's starting loss (the loss of its first trained batch, kept in
 checkpoints; about ln(classes) for a fresh network); else :class:`TrainingDiverged` names the
 epoch and batch. A mean over a window forgives a brief spike but not a blow-up, finite or not;
-``divergence_factor=0`` checks finiteness only.
+``divergence_factor=0`` checks finiteness only. The window is not stored in checkpoints: a
+resumed run starts it afresh, so near the threshold it may stop a few batches later than a
+straight run would have.
 
 Checkpoints and exact resume: :meth:`Trainer.save_checkpoint` writes the whole state (parameters,
 BatchNorm statistics, optimizer state, the shuffle and dropout generators, epoch, step, history,
@@ -523,8 +525,6 @@ class Trainer:
         n, bs = len(self.x_train), cfg.batch_size
         bar = self._progress(f"epoch {st.epoch + 1}/{cfg.epochs}")
         total_loss, correct = 0.0, 0
-        # The divergence window spans one epoch: a resumed run (which starts at an epoch) decides alike.
-        self._recent_losses.clear()
         t0 = time.perf_counter()
         # No overflow/NaN warnings: _check_finite stops a diverging run with one clear error instead.
         with np.errstate(over="ignore", invalid="ignore"):
