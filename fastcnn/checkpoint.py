@@ -629,7 +629,8 @@ def restore(checkpoint, model, optimizer=None, rngs=None, *, check_hparams=True)
 def build_model(checkpoint, backend=None):
     """Rebuild the network of ``checkpoint`` (a :class:`Checkpoint` or a path) with
     :func:`~fastcnn.model.mnist_cnn` and its saved ``model_kwargs``, and restore its parameters and
-    buffers. ``backend`` overrides the saved one (None: ``$FASTCNN_BACKEND`` or the default)."""
+    buffers. ``backend`` is the one to run on (None: ``$FASTCNN_BACKEND`` or the default); the backend
+    the model was trained with is not reused, since both compute the same numbers."""
     from fastcnn.model import mnist_cnn
 
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)

@@ -433,6 +433,7 @@ class _StopSignals:
     def __init__(self, console):
         self.received = None
         self.trainer = None
+        self.run = None                 # the run's outputs, so a stop can write the final metrics
         self.finishing = False
         self.console = console
         self._old = {}
