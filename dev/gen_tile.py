@@ -9,15 +9,21 @@ MR, NR = 5, 16  # 10 accumulators + 2 B vectors + broadcasts fit AVX2's 16 regis
 
 def tile(mr: int, nr: int) -> str:
     acc = [[f"c{i}_{j}" for j in range(nr)] for i in range(mr)]
-    out = ["def tile(A, flat, bstarts, boff, C, i0, j0):",
-           f'    """C[i0:i0+{mr}, j0:j0+{nr}] += sum over l < len(A) of A[l, i] * flat[bstarts[l] + boff + j].',
+    out = ["def tile(A, flat, bstarts, boff, C, i0, j0, load):",
+           f'    """C[i0:i0+{mr}, j0:j0+{nr}] (+)= sum over l < len(A) of A[l, i] * flat[bstarts[l] + boff + j]:',
+           "    accumulates into C when ``load``, else overwrites it (C need not be initialised then).",
            "    Unsigned offsets into flat: Numba adds no negative-index wrap-around to those loads.\"\"\""]
     out.append("    " + ", ".join(f"u{j}" for j in range(1, nr)) + " = "
                + ", ".join(f"np.uint64({j})" for j in range(1, nr)))
     for i in range(mr):
         out.append(f"    r{i} = C[i0 + {i}, j0:j0 + {nr}]")
+    out.append("    zero = C.dtype.type(0)")
+    out.append("    if load:")
     for i in range(mr):
-        out.append("    " + ", ".join(acc[i]) + " = " + ", ".join(f"r{i}[{j}]" for j in range(nr)))
+        out.append("        " + ", ".join(acc[i]) + " = " + ", ".join(f"r{i}[{j}]" for j in range(nr)))
+    out.append("    else:")
+    for i in range(mr):
+        out.append("        " + ", ".join(acc[i]) + " = " + ", ".join("zero" for _ in range(nr)))
     out += ["    for l in range(A.shape[0]):",
             "        s = np.uint64(bstarts[l] + boff)"]
     out.append("        " + ", ".join(f"a{i}" for i in range(mr)) + " = " + ", ".join(f"A[l, {i}]" for i in range(mr)))

@@ -18,8 +18,9 @@ MR, NR = 5, 16
 
 
 @njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
-def tile(A, flat, bstarts, boff, C, i0, j0):
-    """C[i0:i0+5, j0:j0+16] += sum over l < len(A) of A[l, i] * flat[bstarts[l] + boff + j].
+def tile(A, flat, bstarts, boff, C, i0, j0, load):
+    """C[i0:i0+5, j0:j0+16] (+)= sum over l < len(A) of A[l, i] * flat[bstarts[l] + boff + j]:
+    accumulates into C when ``load``, else overwrites it (C need not be initialised then).
     Unsigned offsets into flat: Numba adds no negative-index wrap-around to those loads."""
     u1, u2, u3, u4, u5, u6, u7, u8, u9, u10, u11, u12, u13, u14, u15 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4), np.uint64(5), np.uint64(6), np.uint64(7), np.uint64(8), np.uint64(9), np.uint64(10), np.uint64(11), np.uint64(12), np.uint64(13), np.uint64(14), np.uint64(15)
     r0 = C[i0 + 0, j0:j0 + 16]
@@ -27,11 +28,19 @@ def tile(A, flat, bstarts, boff, C, i0, j0):
     r2 = C[i0 + 2, j0:j0 + 16]
     r3 = C[i0 + 3, j0:j0 + 16]
     r4 = C[i0 + 4, j0:j0 + 16]
-    c0_0, c0_1, c0_2, c0_3, c0_4, c0_5, c0_6, c0_7, c0_8, c0_9, c0_10, c0_11, c0_12, c0_13, c0_14, c0_15 = r0[0], r0[1], r0[2], r0[3], r0[4], r0[5], r0[6], r0[7], r0[8], r0[9], r0[10], r0[11], r0[12], r0[13], r0[14], r0[15]
-    c1_0, c1_1, c1_2, c1_3, c1_4, c1_5, c1_6, c1_7, c1_8, c1_9, c1_10, c1_11, c1_12, c1_13, c1_14, c1_15 = r1[0], r1[1], r1[2], r1[3], r1[4], r1[5], r1[6], r1[7], r1[8], r1[9], r1[10], r1[11], r1[12], r1[13], r1[14], r1[15]
-    c2_0, c2_1, c2_2, c2_3, c2_4, c2_5, c2_6, c2_7, c2_8, c2_9, c2_10, c2_11, c2_12, c2_13, c2_14, c2_15 = r2[0], r2[1], r2[2], r2[3], r2[4], r2[5], r2[6], r2[7], r2[8], r2[9], r2[10], r2[11], r2[12], r2[13], r2[14], r2[15]
-    c3_0, c3_1, c3_2, c3_3, c3_4, c3_5, c3_6, c3_7, c3_8, c3_9, c3_10, c3_11, c3_12, c3_13, c3_14, c3_15 = r3[0], r3[1], r3[2], r3[3], r3[4], r3[5], r3[6], r3[7], r3[8], r3[9], r3[10], r3[11], r3[12], r3[13], r3[14], r3[15]
-    c4_0, c4_1, c4_2, c4_3, c4_4, c4_5, c4_6, c4_7, c4_8, c4_9, c4_10, c4_11, c4_12, c4_13, c4_14, c4_15 = r4[0], r4[1], r4[2], r4[3], r4[4], r4[5], r4[6], r4[7], r4[8], r4[9], r4[10], r4[11], r4[12], r4[13], r4[14], r4[15]
+    zero = C.dtype.type(0)
+    if load:
+        c0_0, c0_1, c0_2, c0_3, c0_4, c0_5, c0_6, c0_7, c0_8, c0_9, c0_10, c0_11, c0_12, c0_13, c0_14, c0_15 = r0[0], r0[1], r0[2], r0[3], r0[4], r0[5], r0[6], r0[7], r0[8], r0[9], r0[10], r0[11], r0[12], r0[13], r0[14], r0[15]
+        c1_0, c1_1, c1_2, c1_3, c1_4, c1_5, c1_6, c1_7, c1_8, c1_9, c1_10, c1_11, c1_12, c1_13, c1_14, c1_15 = r1[0], r1[1], r1[2], r1[3], r1[4], r1[5], r1[6], r1[7], r1[8], r1[9], r1[10], r1[11], r1[12], r1[13], r1[14], r1[15]
+        c2_0, c2_1, c2_2, c2_3, c2_4, c2_5, c2_6, c2_7, c2_8, c2_9, c2_10, c2_11, c2_12, c2_13, c2_14, c2_15 = r2[0], r2[1], r2[2], r2[3], r2[4], r2[5], r2[6], r2[7], r2[8], r2[9], r2[10], r2[11], r2[12], r2[13], r2[14], r2[15]
+        c3_0, c3_1, c3_2, c3_3, c3_4, c3_5, c3_6, c3_7, c3_8, c3_9, c3_10, c3_11, c3_12, c3_13, c3_14, c3_15 = r3[0], r3[1], r3[2], r3[3], r3[4], r3[5], r3[6], r3[7], r3[8], r3[9], r3[10], r3[11], r3[12], r3[13], r3[14], r3[15]
+        c4_0, c4_1, c4_2, c4_3, c4_4, c4_5, c4_6, c4_7, c4_8, c4_9, c4_10, c4_11, c4_12, c4_13, c4_14, c4_15 = r4[0], r4[1], r4[2], r4[3], r4[4], r4[5], r4[6], r4[7], r4[8], r4[9], r4[10], r4[11], r4[12], r4[13], r4[14], r4[15]
+    else:
+        c0_0, c0_1, c0_2, c0_3, c0_4, c0_5, c0_6, c0_7, c0_8, c0_9, c0_10, c0_11, c0_12, c0_13, c0_14, c0_15 = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
+        c1_0, c1_1, c1_2, c1_3, c1_4, c1_5, c1_6, c1_7, c1_8, c1_9, c1_10, c1_11, c1_12, c1_13, c1_14, c1_15 = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
+        c2_0, c2_1, c2_2, c2_3, c2_4, c2_5, c2_6, c2_7, c2_8, c2_9, c2_10, c2_11, c2_12, c2_13, c2_14, c2_15 = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
+        c3_0, c3_1, c3_2, c3_3, c3_4, c3_5, c3_6, c3_7, c3_8, c3_9, c3_10, c3_11, c3_12, c3_13, c3_14, c3_15 = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
+        c4_0, c4_1, c4_2, c4_3, c4_4, c4_5, c4_6, c4_7, c4_8, c4_9, c4_10, c4_11, c4_12, c4_13, c4_14, c4_15 = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
     for l in range(A.shape[0]):
         s = np.uint64(bstarts[l] + boff)
         a0, a1, a2, a3, a4 = A[l, 0], A[l, 1], A[l, 2], A[l, 3], A[l, 4]

@@ -123,18 +123,26 @@ def _forward_gemm(x, w2, b, R, S, sh, sw, ph, pw, y, zero):
             yn[k] += b[k]
 
 
+@njit(cache=CACHE)
+def balanced_block(L):
+    """The tile kernels' reduction block: at most KC, and equal blocks (L = 288 runs as 2 x 144, not
+    256 + 32: a short last block pays the tile's load and store of C for few multiply-adds)."""
+    return -(-L // -(-L // KC))
+
+
 @njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
 def tiles_shifted(Ap, M, flat, starts, j0, j1, Ct):
-    """Ct[i, j - j0] += sum_l Ap[i // MR, l, i % MR] * flat[starts[l] + j] for i < M rounded up to MR,
+    """Ct[i, j - j0] = sum_l Ap[i // MR, l, i % MR] * flat[starts[l] + j] for i < M rounded up to MR,
     j0 <= j < j1 rounded up to NR: the tile kernel over B panels that are windows of ``flat`` (read
     in place, never packed). Loop order: NR-wide panel, KC block of the reduction (its B panel
     stays in L1), MR-row block of the packed A."""
     L = starts.shape[0]
+    kc = balanced_block(L)
     for jp in range(j0, j1, NR):
-        for k0 in range(0, L, KC):
-            k1 = min(L, k0 + KC)
+        for k0 in range(0, L, kc):
+            k1 = min(L, k0 + kc)
             for ib in range(Ap.shape[0]):
-                tile(Ap[ib, k0:k1], flat, starts[k0:k1], jp, Ct, ib * MR, jp - j0)
+                tile(Ap[ib, k0:k1], flat, starts[k0:k1], jp, Ct, ib * MR, jp - j0, k0 > 0)
 
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
@@ -165,7 +173,7 @@ def _forward_shifted(x, Ap, b, R, S, ph, pw, y, starts, ngroups):
                 base = c * plane + (h + ph) * Wp + pw
                 for w in range(W):
                     xf[base + w] = x[n, c, h, w]
-        Ct = np.zeros((Ap.shape[0] * MR, j1 - j0 + NR), x.dtype)
+        Ct = np.empty((Ap.shape[0] * MR, j1 - j0 + NR), x.dtype)
         tiles_shifted(Ap, K, xf, starts, j0, j1, Ct)
         for p in range(j0 // Wp, (j1 - 1) // Wp + 1):
             q0 = max(0, j0 - p * Wp)
@@ -244,15 +252,22 @@ def partials_from_packed(dyc, colT, dw_part, db_part, zero):
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _backward_weight_partials_s1(x, dy, ph, pw, S, nchunks, starts, dw_part, db_part, zero):
     """Stride 1: as _backward_weight_partials, but on the padded width Wp and without im2col.
-    With dy rows widened to Wp by zeros (dyw), dw[k, (c, r, s)] = sum_l dyw[k, l] *
-    xf[c, r*Wp + s + l] over l < P*Wp: each im2col row is a window of the flattened padded image,
-    read in place (partials_s1): no packing copies, at the price of multiply-adds on the zeros."""
-    N, W = x.shape[0], x.shape[3]
+    With dy rows widened to Wp by zeros, dw[k, (c, r, s)] = sum_l dyw[k, l] * xf[c, r*Wp + s + l]
+    over l < P*Wp: each im2col row is a window of the flattened padded image, read in place, at the
+    price of multiply-adds on the zeros. With C a multiple of NR, dy goes straight into the tile's
+    packed panels (_pack_dy); otherwise it is widened into dyw for partials_s1."""
+    N, C, W = x.shape[0], x.shape[1], x.shape[3]
     K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
     Wp = W + 2 * pw
     for ch in prange(nchunks):
         n0 = ch * N // nchunks
         nb = (ch + 1) * N // nchunks - n0
+        if C % NR == 0:
+            Ap = np.empty(((K + MR - 1) // MR, nb * P * Wp, MR), x.dtype)
+            _pack_dy(dy, n0, nb, Wp, Ap)
+            _partials_s1_tiles(x, n0, Ap, ph, pw, S, dw_part[ch])
+            _db_partial(dy.reshape(N, K, P * Q), n0, nb, db_part[ch], zero)
+            continue
         dyw = np.zeros((nb, K, P * Wp), x.dtype)
         for i in range(nb):
             for k in range(K):
@@ -269,18 +284,69 @@ def flat_plane(Hp, Wp, S):
     return Hp * Wp + S
 
 
+@njit(boundscheck=False, cache=CACHE)
+def _pack_dy(dy, n0, nb, Wp, Ap):
+    """Images n0 .. n0+nb of dy (N, K, P, Q) -> the tile's A panels Ap (ceil(K/MR), nb*P*Wp, MR):
+    Ap[k // MR, (i*P + p)*Wp + q, k % MR] = dy[n0 + i, k, p, q], zero on the Wp - Q padding
+    columns and on the rows k >= K of the last panel. Written in Ap's order (MR reads per step)."""
+    K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
+    for ib in range(Ap.shape[0]):
+        full = ib * MR + MR <= K
+        for i in range(nb):
+            for p in range(P):
+                row = (i * P + p) * Wp
+                if full:                                        # the branch-free common case
+                    for q in range(Q):
+                        for m in range(MR):
+                            Ap[ib, row + q, m] = dy[n0 + i, ib * MR + m, p, q]
+                else:
+                    for q in range(Q):
+                        for m in range(MR):
+                            k = ib * MR + m
+                            Ap[ib, row + q, m] = dy[n0 + i, k, p, q] if k < K else 0
+                for q in range(Q, Wp):
+                    for m in range(MR):
+                        Ap[ib, row + q, m] = 0
+
+
 @njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _partials_s1_tiles(x, n0, dyw, ph, pw, S, dw_part, zero):
-    """partials_s1's dw for C a multiple of NR, with the tile kernel: rows k (A = dyw packed,
-    pixel-major), columns (r, s, c), reduction over the chunk's pixels j. With the images padded
-    in HWC order, flattened and laid one after the other, B[j, (r, s, c)] = xh[img + (j + r*Wp +
-    s)*C + c]: NR consecutive channels of one (r, s) are contiguous, so each B panel is read in
-    place. dw_part (K, C*R*S) in (c, r, s) order."""
+def _db_partial(d3, i0, nb, db_part, zero):
+    """db_part[k] = sum of d3[i0:i0 + nb, k, :]; d3 (N, K, P*Q). The one db sum of the tile paths,
+    so that the fused and unfused kernels give the same bits."""
+    for k in range(d3.shape[1]):
+        t = zero
+        for i in range(nb):
+            for v in range(d3.shape[2]):
+                t += d3[i0 + i, k, v]
+        db_part[k] = t
+
+
+@njit(boundscheck=False, cache=CACHE)
+def _pack_dyw(dyw, Ap):
+    """dyw (nb, K, J) -> Ap (ceil(K/MR), nb*J, MR), as _pack_dy (dyw already holds the zero columns)."""
     nb, K, J = dyw.shape
+    for ib in range(Ap.shape[0]):
+        for m in range(MR):
+            k = ib * MR + m
+            for i in range(nb):
+                for j in range(J):
+                    Ap[ib, i * J + j, m] = dyw[i, k, j] if k < K else 0
+
+
+@njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
+def _partials_s1_tiles(x, n0, Ap, ph, pw, S, dw_part):
+    """partials_s1 for C a multiple of NR, with the tile kernel: rows k (A = dy packed pixel-major,
+    Ap from _pack_dy or _pack_dyw), columns (r, s, c), reduction over the chunk's pixels j. With the
+    images padded in HWC order, flattened and laid one after the other, B[j, (r, s, c)] = xh[img +
+    (j + r*Wp + s)*C + c]: NR consecutive channels of one (r, s) are contiguous, so each B panel is
+    read in place. dw_part (K, C*R*S) in (c, r, s) order."""
+    n = Ap.shape[1]
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     Hp, Wp = H + 2 * ph, W + 2 * pw
-    L = dw_part.shape[1]
+    K, L = dw_part.shape
     R = L // (C * S)
+    J = (Hp - R + 1) * Wp                                       # pixels per image: P * Wp
+    nb = n // J
     img = (Hp * Wp + S) * C                                     # S pixels of slack per image
     xh = np.zeros(nb * img, x.dtype)
     for i in range(nb):
@@ -289,24 +355,20 @@ def _partials_s1_tiles(x, n0, dyw, ph, pw, S, dw_part, zero):
                 base = i * img + ((h + ph) * Wp + pw) * C + c
                 for w in range(W):
                     xh[base + w * C] = x[n0 + i, c, h, w]
-    mb = (K + MR - 1) // MR
-    Ap = np.zeros((mb, nb * J, MR), x.dtype)
-    bstarts = np.empty(nb * J, np.int64)
+    mb = Ap.shape[0]
+    bstarts = np.empty(n, np.int64)
     for i in range(nb):
         for j in range(J):
             bstarts[i * J + j] = i * img + j * C
-        for k in range(K):
-            ib, m = k // MR, k % MR
-            for j in range(J):
-                Ap[ib, i * J + j, m] = dyw[i, k, j]
-    Ct = np.zeros((mb * MR, L), x.dtype)
-    for k0 in range(0, nb * J, KC):
-        k1 = min(nb * J, k0 + KC)
+    Ct = np.empty((mb * MR, L), x.dtype)
+    kc = balanced_block(n)
+    for k0 in range(0, n, kc):
+        k1 = min(n, k0 + kc)
         for col in range(0, L, NR):
             rs = col // C
             boff = ((rs // S) * Wp + rs % S) * C + col - rs * C
             for ib in range(mb):
-                tile(Ap[ib, k0:k1], xh, bstarts[k0:k1], boff, Ct, ib * MR, col)
+                tile(Ap[ib, k0:k1], xh, bstarts[k0:k1], boff, Ct, ib * MR, col, k0 > 0)
     for k in range(K):
         for c in range(C):
             for r in range(R):
@@ -323,13 +385,24 @@ def partials_s1(x, n0, dyw, ph, pw, S, starts, dw_part, db_part, zero):
     nb = dyw.shape[0]
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     if C % NR == 0:
-        _partials_s1_tiles(x, n0, dyw, ph, pw, S, dw_part, zero)
-    else:
-        plane = flat_plane(H + 2 * ph, W + 2 * pw, S)
-        xfs = np.empty((nb, C, plane), x.dtype)
+        Ap = np.empty(((dyw.shape[1] + MR - 1) // MR, nb * dyw.shape[2], MR), x.dtype)
+        _pack_dyw(dyw, Ap)
+        _partials_s1_tiles(x, n0, Ap, ph, pw, S, dw_part)
+        Wp = W + 2 * pw
+        P, Q = dyw.shape[2] // Wp, Wp - S + 1
+        dense = np.empty((nb, dyw.shape[1], P * Q), x.dtype)  # dy's own layout, for _db_partial
         for i in range(nb):
-            _pad_flat(x[n0 + i], ph, pw, xfs[i])
-        gemm_nt_shifted(dyw, xfs.reshape(nb * C * plane), starts, C * plane, dw_part, zero)
+            for k in range(dyw.shape[1]):
+                for p in range(P):
+                    for q in range(Q):
+                        dense[i, k, p * Q + q] = dyw[i, k, p * Wp + q]
+        _db_partial(dense, 0, nb, db_part, zero)
+        return
+    plane = flat_plane(H + 2 * ph, W + 2 * pw, S)
+    xfs = np.empty((nb, C, plane), x.dtype)
+    for i in range(nb):
+        _pad_flat(x[n0 + i], ph, pw, xfs[i])
+    gemm_nt_shifted(dyw, xfs.reshape(nb * C * plane), starts, C * plane, dw_part, zero)
     for k in range(dyw.shape[1]):
         t = zero
         for r in range(nb):
