@@ -335,6 +335,8 @@ class _Outputs:
         self.targets = {"--checkpoint": (self.checkpoint, "checkpoint"), "--save-model": (args.save_model,
                                                                                          "checkpoint"),
                         "--metrics": (args.metrics, "metrics")}
+        # Path() drops a trailing slash, so whether an option names a folder is read as typed
+        self.typed = {k: str(p) for k, (p, _) in self.targets.items() if p is not None}
         self.targets = {k: (Path(p), kind) for k, (p, kind) in self.targets.items() if p is not None}
         self.plots = [Path(args.plots_dir) / name for name in PLOT_FILES]
         self.locks = []
@@ -345,8 +347,8 @@ class _Outputs:
         args = self.args
         probe_writable(args.plots_dir, "--plots-dir")
         for option, (path, _) in self.targets.items():
-            if path.is_dir() or str(path).endswith(os.sep):
-                raise UsageError(f"{option} {str(path)!r} is a directory; give a file path")
+            if path.is_dir() or self.typed[option].endswith(("/", os.sep)):
+                raise UsageError(f"{option} {self.typed[option]!r} is a directory; give a file path")
             probe_writable(path.parent if str(path.parent) else Path("."), f"{option} folder")
         seen = {str(p.resolve()): "--plots-dir" for p in self.plots}
         for option, (path, _) in self.targets.items():

@@ -462,6 +462,7 @@ BAD = [
     # (arguments given a tmp_path and an existing 1-epoch checkpoint, exit code, words in the message)
     (lambda t, c: ["--checkpoint", c], 2, "already exists"),
     (lambda t, c: ["--checkpoint", t], 2, "is a directory"),
+    (lambda t, c: ["--metrics", f"{t / 'new'}/"], 2, "/new/' is a directory"),
     (lambda t, c: ["--checkpoint", t / "file.txt" / "c.npz"], 2, "--checkpoint folder"),
     (lambda t, c: ["--save-model", t / "x.npz", "--metrics", t / "x.npz"], 2, "same file"),
     (lambda t, c: ["--checkpoint", t / "plots" / "test_acc.png"], 2, "same file"),
