@@ -251,11 +251,12 @@ def partials_from_packed(dyc, colT, dw_part, db_part, zero):
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _backward_weight_partials_s1(x, dy, ph, pw, S, nchunks, starts, dw_part, db_part, zero):
-    """Stride 1: as _backward_weight_partials, but on the padded width Wp and without im2col.
-    With dy rows widened to Wp by zeros, dw[k, (c, r, s)] = sum_l dyw[k, l] * xf[c, r*Wp + s + l]
-    over l < P*Wp: each im2col row is a window of the flattened padded image, read in place, at the
-    price of multiply-adds on the zeros. With C a multiple of NR, dy goes straight into the tile's
-    packed panels (_pack_dy); otherwise it is widened into dyw for partials_s1."""
+    """Stride 1: as _backward_weight_partials, without im2col. With C a multiple of NR, dy goes
+    straight into the tile's packed panels (_pack_dy) and the tile reads x's windows in place
+    (_partials_s1_tiles). Otherwise dy's rows are widened to the padded width Wp by zeros (dyw),
+    dw[k, (c, r, s)] = sum_l dyw[k, l] * xf[c, r*Wp + s + l] over l < P*Wp: each im2col row is a
+    window of the flattened padded image, read in place (partials_s1), at the price of
+    multiply-adds on the zeros."""
     N, C, W = x.shape[0], x.shape[1], x.shape[3]
     K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
     Wp = W + 2 * pw
@@ -263,8 +264,8 @@ def _backward_weight_partials_s1(x, dy, ph, pw, S, nchunks, starts, dw_part, db_
         n0 = ch * N // nchunks
         nb = (ch + 1) * N // nchunks - n0
         if C % NR == 0:
-            Ap = np.empty(((K + MR - 1) // MR, nb * P * Wp, MR), x.dtype)
-            _pack_dy(dy, n0, nb, Wp, Ap)
+            Ap = np.empty(((K + MR - 1) // MR, nb * P * Q, MR), x.dtype)
+            _pack_dy(dy, n0, nb, Ap)
             _partials_s1_tiles(x, n0, Ap, ph, pw, S, dw_part[ch])
             _db_partial(dy.reshape(N, K, P * Q), n0, nb, db_part[ch], zero)
             continue
@@ -285,28 +286,25 @@ def flat_plane(Hp, Wp, S):
 
 
 @njit(boundscheck=False, cache=CACHE)
-def _pack_dy(dy, n0, nb, Wp, Ap):
-    """Images n0 .. n0+nb of dy (N, K, P, Q) -> the tile's A panels Ap (ceil(K/MR), nb*P*Wp, MR):
-    Ap[k // MR, (i*P + p)*Wp + q, k % MR] = dy[n0 + i, k, p, q], zero on the Wp - Q padding
-    columns and on the rows k >= K of the last panel. Written in Ap's order (MR reads per step)."""
-    K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
+def _pack_dy(dy, n0, nb, Ap):
+    """Images n0 .. n0+nb of dy (N, K, P, Q) -> the tile's A panels Ap (ceil(K/MR), nb*P*Q, MR):
+    Ap[k // MR, i*P*Q + v, k % MR] = dy[n0 + i, k, v], zero on the rows k >= K of the last panel.
+    Written in Ap's order (MR reads per step)."""
+    K, PQ = dy.shape[1], dy.shape[2] * dy.shape[3]
+    d3 = dy.reshape(dy.shape[0], K, PQ)
     for ib in range(Ap.shape[0]):
         full = ib * MR + MR <= K
         for i in range(nb):
-            for p in range(P):
-                row = (i * P + p) * Wp
-                if full:                                        # the branch-free common case
-                    for q in range(Q):
-                        for m in range(MR):
-                            Ap[ib, row + q, m] = dy[n0 + i, ib * MR + m, p, q]
-                else:
-                    for q in range(Q):
-                        for m in range(MR):
-                            k = ib * MR + m
-                            Ap[ib, row + q, m] = dy[n0 + i, k, p, q] if k < K else 0
-                for q in range(Q, Wp):
+            row = i * PQ
+            if full:                                            # the branch-free common case
+                for v in range(PQ):
                     for m in range(MR):
-                        Ap[ib, row + q, m] = 0
+                        Ap[ib, row + v, m] = d3[n0 + i, ib * MR + m, v]
+            else:
+                for v in range(PQ):
+                    for m in range(MR):
+                        k = ib * MR + m
+                        Ap[ib, row + v, m] = d3[n0 + i, k, v] if k < K else 0
 
 
 @njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
@@ -322,31 +320,34 @@ def _db_partial(d3, i0, nb, db_part, zero):
 
 
 @njit(boundscheck=False, cache=CACHE)
-def _pack_dyw(dyw, Ap):
-    """dyw (nb, K, J) -> Ap (ceil(K/MR), nb*J, MR), as _pack_dy (dyw already holds the zero columns)."""
+def _pack_dyw(dyw, Wp, Q, Ap):
+    """dyw (nb, K, P*Wp), rows widened to Wp -> Ap (ceil(K/MR), nb*P*Q, MR) as _pack_dy."""
     nb, K, J = dyw.shape
+    P = J // Wp
     for ib in range(Ap.shape[0]):
         for m in range(MR):
             k = ib * MR + m
             for i in range(nb):
-                for j in range(J):
-                    Ap[ib, i * J + j, m] = dyw[i, k, j] if k < K else 0
+                for p in range(P):
+                    for q in range(Q):
+                        Ap[ib, (i * P + p) * Q + q, m] = dyw[i, k, p * Wp + q] if k < K else 0
 
 
 @njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _partials_s1_tiles(x, n0, Ap, ph, pw, S, dw_part):
     """partials_s1 for C a multiple of NR, with the tile kernel: rows k (A = dy packed pixel-major,
-    Ap from _pack_dy or _pack_dyw), columns (r, s, c), reduction over the chunk's pixels j. With the
-    images padded in HWC order, flattened and laid one after the other, B[j, (r, s, c)] = xh[img +
-    (j + r*Wp + s)*C + c]: NR consecutive channels of one (r, s) are contiguous, so each B panel is
-    read in place. dw_part (K, C*R*S) in (c, r, s) order."""
+    Ap from _pack_dy or _pack_dyw), columns (r, s, c), reduction over the chunk's output pixels.
+    With the images padded in HWC order, flattened and laid one after the other, B[(i, p, q),
+    (r, s, c)] = xh[i*img + ((p + r)*Wp + q + s)*C + c]: NR consecutive channels of one (r, s) are
+    contiguous, so each B panel is read in place, and bstarts lists where each pixel's rows start
+    (only real output pixels: no multiply-adds on padding). dw_part (K, C*R*S) in (c, r, s) order."""
     n = Ap.shape[1]
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     Hp, Wp = H + 2 * ph, W + 2 * pw
     K, L = dw_part.shape
     R = L // (C * S)
-    J = (Hp - R + 1) * Wp                                       # pixels per image: P * Wp
-    nb = n // J
+    P, Q = Hp - R + 1, Wp - S + 1
+    nb = n // (P * Q)
     img = (Hp * Wp + S) * C                                     # S pixels of slack per image
     xh = np.zeros(nb * img, x.dtype)
     for i in range(nb):
@@ -358,8 +359,9 @@ def _partials_s1_tiles(x, n0, Ap, ph, pw, S, dw_part):
     mb = Ap.shape[0]
     bstarts = np.empty(n, np.int64)
     for i in range(nb):
-        for j in range(J):
-            bstarts[i * J + j] = i * img + j * C
+        for p in range(P):
+            for q in range(Q):
+                bstarts[(i * P + p) * Q + q] = i * img + (p * Wp + q) * C
     Ct = np.empty((mb * MR, L), x.dtype)
     kc = balanced_block(n)
     for k0 in range(0, n, kc):
@@ -385,11 +387,11 @@ def partials_s1(x, n0, dyw, ph, pw, S, starts, dw_part, db_part, zero):
     nb = dyw.shape[0]
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     if C % NR == 0:
-        Ap = np.empty(((dyw.shape[1] + MR - 1) // MR, nb * dyw.shape[2], MR), x.dtype)
-        _pack_dyw(dyw, Ap)
-        _partials_s1_tiles(x, n0, Ap, ph, pw, S, dw_part)
         Wp = W + 2 * pw
         P, Q = dyw.shape[2] // Wp, Wp - S + 1
+        Ap = np.empty(((dyw.shape[1] + MR - 1) // MR, nb * P * Q, MR), x.dtype)
+        _pack_dyw(dyw, Wp, Q, Ap)
+        _partials_s1_tiles(x, n0, Ap, ph, pw, S, dw_part)
         dense = np.empty((nb, dyw.shape[1], P * Q), x.dtype)  # dy's own layout, for _db_partial
         for i in range(nb):
             for k in range(dyw.shape[1]):

@@ -164,6 +164,7 @@ CONV_GRID = [
     _conv_case(1, 64, 3, 3, 4, 2, 3, 1, (1, 2), "shifted-batch1-2x3"),
     _conv_case(2, 5, 48, 6, 6, 3, 3, 1, 1, "dx-shifted-K48"),
     _conv_case(5, 16, 11, 9, 7, 3, 3, 1, 1, "dwtiles-K11-N5-odd-grid"),
+    _conv_case(3, 16, 7, 6, 5, 1, 1, 1, 0, "dwtiles-tiny-1x1-C16"),   # fused: tile dw from widened dy
     _conv_case(1, 48, 7, 5, 5, 3, 2, 1, (0, 1), "dwtiles-batch1-3x2"),
     _conv_case(6, 32, 9, 13, 11, 1, 1, 1, 0, "dwtiles-1x1"),
     # the general shapes a user builds (small batches: agreement, not speed):
