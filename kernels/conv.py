@@ -131,58 +131,61 @@ def balanced_block(L):
 
 
 @njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
-def tiles_shifted(Ap, M, flat, starts, j0, j1, Ct):
-    """Ct[i, j - j0] = sum_l Ap[i // MR, l, i % MR] * flat[starts[l] + j] for i < M rounded up to MR,
-    j0 <= j < j1 rounded up to NR: the tile kernel over B panels that are windows of ``flat`` (read
-    in place, never packed). Loop order: NR-wide panel, KC block of the reduction (its B panel
-    stays in L1), MR-row block of the packed A."""
-    L = starts.shape[0]
+def tiles_pixels(xf, starts, offs, Bf, L, Ct):
+    """Ct[i, k] = sum_l xf[starts[l] + offs[i]] * B[k // NR, l, k % NR] for the pixels i < len(offs)
+    (a multiple of MR) and every k of the packed weights Bf (ceil(K/NR) panels of L x NR, flattened):
+    the tile kernel with MR output pixels as its rows, read in place from the image buffer xf, and
+    NR output channels as its columns. Loop order: NR-channel panel, reduction block (that block of
+    the weight panel stays in L1), MR-pixel row block."""
+    nkb = Bf.shape[0] // (L * NR)
+    lstarts = np.arange(L) * NR
     kc = balanced_block(L)
-    for jp in range(j0, j1, NR):
+    for kb in range(nkb):
         for k0 in range(0, L, kc):
             k1 = min(L, k0 + kc)
-            for ib in range(Ap.shape[0]):
-                tile(Ap[ib, k0:k1], flat, starts[k0:k1], jp, Ct, ib * MR, jp - j0, k0 > 0)
+            for g in range(0, offs.shape[0], MR):
+                tile(xf, starts[k0:k1], offs[g:g + MR], Bf, lstarts[k0:k1], kb * L * NR, Ct, g, kb * NR, k0 > 0)
 
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _forward_shifted(x, Ap, b, R, S, ph, pw, y, starts, ngroups):
-    """Stride 1: x (N,C,H,W), Ap (ceil(K/MR), C*R*S, MR) the packed weights -> y (N,K,P,Q).
-    With the padded image flattened per channel (CHW), output pixel j = p*Wp + q of the
-    padded-width grid needs x_pad[c, p + r, q + s] = flat[c*Hp*Wp + r*Wp + s + j]: for a fixed
-    reduction index l = (c, r, s) consecutive pixels are consecutive in the buffer, so every B panel
-    of the tile kernel is a window of the image itself (no im2col, no packing). The Wp - Q junk
-    columns per row are computed and dropped when copying out. prange over (image, group of
-    panels); each task writes only its own pixels of its own image."""
+def _forward_shifted(x, Bp, b, R, S, ph, pw, y, starts, offs, ngroups):
+    """Stride 1: x (N,C,H,W), Bp (ceil(K/NR), C*R*S, NR) the packed weights -> y (N,K,P,Q).
+    With the padded image flattened per channel (CHW), output pixel (p, q) needs x_pad[c, p + r,
+    q + s] = xf[starts[(c, r, s)] + offs[(p, q)]] with starts[(c, r, s)] = c*Hp*Wp + r*Wp + s and
+    offs[(p, q)] = p*Wp + q: the tile reads its MR pixel rows straight from the image (no im2col),
+    and only real output pixels are computed (offs is padded to a multiple of MR by repeating the
+    last pixel, whose extra results are dropped). prange over (image, group of MR-pixel blocks);
+    each task writes only its own pixels of its own image."""
     N, C, H, W = x.shape
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     Hp, Wp = H + 2 * ph, W + 2 * pw
     plane = Hp * Wp
-    J = P * Wp
-    npan = (J + NR - 1) // NR
+    L = starts.shape[0]
+    nkb = Bp.shape[0]
+    Bf = Bp.reshape(nkb * L * NR)
+    PQ = P * Q
+    nblk = offs.shape[0] // MR
+    yv = y.reshape(N, K, PQ)
     for t in prange(N * ngroups):
         n = t // ngroups
         g = t - n * ngroups
-        j0 = (g * npan // ngroups) * NR
-        j1 = min(J, ((g + 1) * npan // ngroups) * NR)
-        if j1 <= j0:
+        g0 = g * nblk // ngroups
+        g1 = (g + 1) * nblk // ngroups
+        if g1 <= g0:
             continue
-        xf = np.zeros(C * plane + S + NR, x.dtype)                  # slack: the last panels overrun
+        xf = np.zeros(C * plane, x.dtype)
         for c in range(C):
             for h in range(H):
                 base = c * plane + (h + ph) * Wp + pw
                 for w in range(W):
                     xf[base + w] = x[n, c, h, w]
-        Ct = np.empty((Ap.shape[0] * MR, j1 - j0 + NR), x.dtype)
-        tiles_shifted(Ap, K, xf, starts, j0, j1, Ct)
-        for p in range(j0 // Wp, (j1 - 1) // Wp + 1):
-            q0 = max(0, j0 - p * Wp)
-            q1 = min(Q, j1 - p * Wp)
-            c0 = p * Wp - j0
-            for k in range(K):
-                bk = b[k]
-                for q in range(q0, q1):
-                    y[n, k, p, q] = Ct[k, c0 + q] + bk
+        Ct = np.empty(((g1 - g0) * MR, nkb * NR), x.dtype)
+        tiles_pixels(xf, starts, offs[g0 * MR:g1 * MR], Bf, L, Ct)
+        v0, v1 = g0 * MR, min(PQ, g1 * MR)
+        for k in range(K):
+            bk = b[k]
+            for v in range(v0, v1):
+                yv[n, k, v] = Ct[v - v0, k] + bk
 
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
@@ -264,10 +267,13 @@ def _backward_weight_partials_s1(x, dy, ph, pw, S, nchunks, starts, dw_part, db_
         n0 = ch * N // nchunks
         nb = (ch + 1) * N // nchunks - n0
         if C % NR == 0:
-            Ap = np.empty(((K + MR - 1) // MR, nb * P * Q, MR), x.dtype)
-            _pack_dy(dy, n0, nb, Ap)
-            _partials_s1_tiles(x, n0, Ap, ph, pw, S, dw_part[ch])
-            _db_partial(dy.reshape(N, K, P * Q), n0, nb, db_part[ch], zero)
+            PQ = P * Q
+            astarts = np.empty(nb * PQ, np.int64)              # pixel (i, v) of the chunk in dy
+            for i in range(nb):
+                for v in range(PQ):
+                    astarts[i * PQ + v] = (n0 + i) * K * PQ + v
+            _partials_s1_tiles(x, n0, dy.reshape(N * K * PQ), astarts, _row_offsets(K, PQ), ph, pw, S, dw_part[ch])
+            _db_partial(dy.reshape(N, K, PQ), n0, nb, db_part[ch], zero)
             continue
         dyw = np.zeros((nb, K, P * Wp), x.dtype)
         for i in range(nb):
@@ -286,25 +292,13 @@ def flat_plane(Hp, Wp, S):
 
 
 @njit(boundscheck=False, cache=CACHE)
-def _pack_dy(dy, n0, nb, Ap):
-    """Images n0 .. n0+nb of dy (N, K, P, Q) -> the tile's A panels Ap (ceil(K/MR), nb*P*Q, MR):
-    Ap[k // MR, i*P*Q + v, k % MR] = dy[n0 + i, k, v], zero on the rows k >= K of the last panel.
-    Written in Ap's order (MR reads per step)."""
-    K, PQ = dy.shape[1], dy.shape[2] * dy.shape[3]
-    d3 = dy.reshape(dy.shape[0], K, PQ)
-    for ib in range(Ap.shape[0]):
-        full = ib * MR + MR <= K
-        for i in range(nb):
-            row = i * PQ
-            if full:                                            # the branch-free common case
-                for v in range(PQ):
-                    for m in range(MR):
-                        Ap[ib, row + v, m] = d3[n0 + i, ib * MR + m, v]
-            else:
-                for v in range(PQ):
-                    for m in range(MR):
-                        k = ib * MR + m
-                        Ap[ib, row + v, m] = d3[n0 + i, k, v] if k < K else 0
+def _row_offsets(K, stride):
+    """aoffs[k] = k*stride for the tile's rows k < K, rounded up to MR rows; the padding rows read
+    row 0 and their results are dropped."""
+    aoffs = np.zeros((K + MR - 1) // MR * MR, np.int64)
+    for k in range(K):
+        aoffs[k] = k * stride
+    return aoffs
 
 
 @njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
@@ -319,29 +313,16 @@ def _db_partial(d3, i0, nb, db_part, zero):
         db_part[k] = t
 
 
-@njit(boundscheck=False, cache=CACHE)
-def _pack_dyw(dyw, Wp, Q, Ap):
-    """dyw (nb, K, P*Wp), rows widened to Wp -> Ap (ceil(K/MR), nb*P*Q, MR) as _pack_dy."""
-    nb, K, J = dyw.shape
-    P = J // Wp
-    for ib in range(Ap.shape[0]):
-        for m in range(MR):
-            k = ib * MR + m
-            for i in range(nb):
-                for p in range(P):
-                    for q in range(Q):
-                        Ap[ib, (i * P + p) * Q + q, m] = dyw[i, k, p * Wp + q] if k < K else 0
-
-
 @njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _partials_s1_tiles(x, n0, Ap, ph, pw, S, dw_part):
-    """partials_s1 for C a multiple of NR, with the tile kernel: rows k (A = dy packed pixel-major,
-    Ap from _pack_dy or _pack_dyw), columns (r, s, c), reduction over the chunk's output pixels.
-    With the images padded in HWC order, flattened and laid one after the other, B[(i, p, q),
-    (r, s, c)] = xh[i*img + ((p + r)*Wp + q + s)*C + c]: NR consecutive channels of one (r, s) are
-    contiguous, so each B panel is read in place, and bstarts lists where each pixel's rows start
-    (only real output pixels: no multiply-adds on padding). dw_part (K, C*R*S) in (c, r, s) order."""
-    n = Ap.shape[1]
+def _partials_s1_tiles(x, n0, fa, astarts, aoffs, ph, pw, S, dw_part):
+    """partials_s1 for C a multiple of NR, with the tile kernel: rows k, A[pixel l, k] =
+    fa[astarts[l] + aoffs[k]] (dy or its widened copy, read in place), columns (r, s, c), reduction
+    over the chunk's output pixels. With the images padded in HWC order, flattened and laid one
+    after the other, B[(i, p, q), (r, s, c)] = xh[i*img + ((p + r)*Wp + q + s)*C + c]: NR consecutive
+    channels of one (r, s) are contiguous, so each B panel is read in place, and bstarts lists
+    where each pixel's rows start. Only real output pixels are reduced over. dw_part (K, C*R*S) in
+    (c, r, s) order."""
+    n = astarts.shape[0]
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     Hp, Wp = H + 2 * ph, W + 2 * pw
     K, L = dw_part.shape
@@ -356,7 +337,7 @@ def _partials_s1_tiles(x, n0, Ap, ph, pw, S, dw_part):
                 base = i * img + ((h + ph) * Wp + pw) * C + c
                 for w in range(W):
                     xh[base + w * C] = x[n0 + i, c, h, w]
-    mb = Ap.shape[0]
+    mb = aoffs.shape[0] // MR
     bstarts = np.empty(n, np.int64)
     for i in range(nb):
         for p in range(P):
@@ -370,7 +351,8 @@ def _partials_s1_tiles(x, n0, Ap, ph, pw, S, dw_part):
             rs = col // C
             boff = ((rs // S) * Wp + rs % S) * C + col - rs * C
             for ib in range(mb):
-                tile(Ap[ib, k0:k1], xh, bstarts[k0:k1], boff, Ct, ib * MR, col, k0 > 0)
+                tile(fa, astarts[k0:k1], aoffs[ib * MR:ib * MR + MR], xh, bstarts[k0:k1], boff, Ct, ib * MR, col,
+                     k0 > 0)
     for k in range(K):
         for c in range(C):
             for r in range(R):
@@ -388,13 +370,18 @@ def partials_s1(x, n0, dyw, ph, pw, S, starts, dw_part, db_part, zero):
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     if C % NR == 0:
         Wp = W + 2 * pw
-        P, Q = dyw.shape[2] // Wp, Wp - S + 1
-        Ap = np.empty(((dyw.shape[1] + MR - 1) // MR, nb * P * Q, MR), x.dtype)
-        _pack_dyw(dyw, Wp, Q, Ap)
-        _partials_s1_tiles(x, n0, Ap, ph, pw, S, dw_part)
-        dense = np.empty((nb, dyw.shape[1], P * Q), x.dtype)  # dy's own layout, for _db_partial
+        J = dyw.shape[2]
+        P, Q = J // Wp, Wp - S + 1
+        K = dyw.shape[1]
+        astarts = np.empty(nb * P * Q, np.int64)               # real pixels (i, p, q) of dyw
         for i in range(nb):
-            for k in range(dyw.shape[1]):
+            for p in range(P):
+                for q in range(Q):
+                    astarts[(i * P + p) * Q + q] = i * K * J + p * Wp + q
+        _partials_s1_tiles(x, n0, dyw.reshape(nb * K * J), astarts, _row_offsets(K, J), ph, pw, S, dw_part)
+        dense = np.empty((nb, K, P * Q), x.dtype)              # dy's own layout, for _db_partial
+        for i in range(nb):
+            for k in range(K):
                 for p in range(P):
                     for q in range(Q):
                         dense[i, k, p * Q + q] = dyw[i, k, p * Wp + q]
@@ -461,13 +448,21 @@ def _sum_partials(dw_part, db_part, dw, db):
 
 # ---------------------------------------------------------------- wrappers (validate, allocate)
 
-def pack_rows(a):
-    """a (M, L) -> (ceil(M/MR), L, MR): the tile kernel's A panels, rows past M zero."""
-    M, L = a.shape
-    mb = -(-M // MR)
-    ap = np.zeros((mb * MR, L), a.dtype)
-    ap[:M] = a
-    return np.ascontiguousarray(ap.reshape(mb, MR, L).transpose(0, 2, 1))
+def pack_cols(a):
+    """a (K, L) -> (ceil(K/NR), L, NR): the tile kernel's B panels (NR output channels side by side
+    for each reduction index), columns past K zero."""
+    K, L = a.shape
+    kb = -(-K // NR)
+    bp = np.zeros((kb * NR, L), a.dtype)
+    bp[:K] = a
+    return np.ascontiguousarray(bp.reshape(kb, NR, L).transpose(0, 2, 1))
+
+
+def pixel_offsets(P, Q, Wp):
+    """offs[p*Q + q] = p*Wp + q, where output pixel (p, q)'s window starts in a padded plane Wp wide,
+    padded to a multiple of MR by repeating the last pixel."""
+    offs = (np.arange(P)[:, None] * Wp + np.arange(Q)).reshape(-1)
+    return np.concatenate([offs, np.repeat(offs[-1:], -len(offs) % MR)]).astype(np.int64)
 
 
 def chw_window_starts(C, R, S, plane, Wp):
@@ -496,11 +491,12 @@ def _forward(x, w, b, stride, padding):
         _forward_small(x, w.reshape(K, C * R * S), b, R, S, *stride, *padding, y)
     elif stride == (1, 1):
         Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
-        npan = -(-(P * Wp) // NR)
-        ngroups = 1 if N >= TASKS_PER_CALL else min(npan, -(-TASKS_PER_CALL // N))
+        offs = pixel_offsets(P, Q, Wp)
+        nblk = len(offs) // MR
+        ngroups = 1 if N >= TASKS_PER_CALL else min(nblk, -(-TASKS_PER_CALL // N))
         with slp_compilation():
-            _forward_shifted(x, pack_rows(w.reshape(K, C * R * S)), b, R, S, *padding, y,
-                             chw_window_starts(C, R, S, Hp * Wp, Wp), ngroups)
+            _forward_shifted(x, pack_cols(w.reshape(K, C * R * S)), b, R, S, *padding, y,
+                             chw_window_starts(C, R, S, Hp * Wp, Wp), offs, ngroups)
     else:
         w2 = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(K, R * S * C)  # (r, s, c) order
         _forward_gemm(x, w2, b, R, S, *stride, *padding, y, x.dtype.type(0))
