@@ -5,9 +5,6 @@ gemm_nt(A, B, C, zero):  C[i, j] = sum_l A[i, l] * B[j, l]        A (M, L), B (N
     Both operands are read along contiguous rows, so the reduction over l vectorises; a 4 x 4
     register block reuses every loaded vector 4 times (8 loads per 16 FMAs; 16 accumulators + 8
     operands fit the 32 AVX-512 registers; 4 x 3 measured slower on the conv2 shapes).
-gemm_nt_shifted(A3, flat, starts, rstride, C, zero):
-    C[i, j] = sum_r sum_l A3[r, i, l] * flat[starts[j] + r*rstride + l]
-    gemm_nt whose B rows are overlapping windows of one flat buffer (no im2col copy).
 rows_axpy(W, colT, bias, Y):  Y[k, :] = bias[k] + sum_l W[k, l] * colT[l, :]
     For tiny reductions (first convolution: C*R*S = 9) where a dot product would not vectorise:
     vectorises over the long pixel axis instead, four taps per pass.
@@ -86,46 +83,6 @@ def gemm_nt(A, B, C, zero):
     for ii in range(i, M):                           # leftover rows
         for jj in range(N):
             C[ii, jj] = _dot(A[ii], B[jj], L, zero)
-
-
-@njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _dot_shifted(A3, i, flat, start, rstride, L, zero):
-    s = zero
-    for r in range(A3.shape[0]):
-        o = start + r * rstride
-        s += _dot(A3[r, i], flat[o:o + L], L, zero)
-    return s
-
-
-@njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def gemm_nt_shifted(A3, flat, starts, rstride, C, zero):
-    """C[i, j] = sum_r sum_l A3[r, i, l] * flat[starts[j] + r*rstride + l]: A3 (R, M, L), flat
-    1-D, starts (N,) int64, C (M, N). gemm_nt with each B row a window of one flat buffer, so
-    overlapping rows need not be copied out (a stride-1 convolution's im2col rows, see
-    conv.partials_s1 when C is not a multiple of the register tile's width); the same 4 x 4 register block,
-    its accumulators carried across the R windows."""
-    R, M, L = A3.shape
-    N = C.shape[1]
-    i = 0
-    while i + 4 <= M:
-        j = 0
-        while j + 4 <= N:
-            acc = _zeros16(zero)
-            for r in range(R):                       # accumulators carried across the R windows
-                a0, a1, a2, a3 = A3[r, i], A3[r, i + 1], A3[r, i + 2], A3[r, i + 3]
-                o = r * rstride
-                o0, o1, o2, o3 = starts[j] + o, starts[j + 1] + o, starts[j + 2] + o, starts[j + 3] + o
-                b0, b1, b2, b3 = flat[o0:o0 + L], flat[o1:o1 + L], flat[o2:o2 + L], flat[o3:o3 + L]
-                acc = _block_4x4(a0, a1, a2, a3, b0, b1, b2, b3, L, acc)
-            _store_4x4(C, i, j, acc)
-            j += 4
-        for jj in range(j, N):                       # leftover columns of this row block
-            for ii in range(i, i + 4):
-                C[ii, jj] = _dot_shifted(A3, ii, flat, starts[jj], rstride, L, zero)
-        i += 4
-    for ii in range(i, M):                           # leftover rows
-        for jj in range(N):
-            C[ii, jj] = _dot_shifted(A3, ii, flat, starts[jj], rstride, L, zero)
 
 
 @njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)

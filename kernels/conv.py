@@ -6,10 +6,11 @@ P, Q output size, sh, sw stride, ph, pw padding, Hp = H + 2ph, Wp = W + 2pw, L r
 Layout of the work (each parallel driver loops with prange over independent pieces; no two
 iterations ever write the same element, so there are no races and no atomics):
 
-forward      stride 1 (C*R*S >= SMALL_L): no im2col. prange over (image, group of pixel panels);
-             the register tile of kernels/_tile.py (MR output channels x NR pixels, the weights
-             packed in MR-row panels) reads its B panels straight from the zero-padded image
-             flattened per channel, on the padded-width grid (_forward_shifted).
+forward      stride 1 (C*R*S >= SMALL_L): no im2col. prange over (image, group of MR-pixel
+             blocks); the register tile of kernels/_tile.py takes MR output pixels as its rows,
+             read in place from the zero-padded image flattened per channel (pixel (p, q) at
+             offset p*Wp + q, reduction index (c, r, s) at c*Hp*Wp + r*Wp + s), and NR output
+             channels of the packed weights as its columns (_forward_shifted, tiles_pixels).
              Other strides: prange over images n. The image is copied to a zero-padded HWC
              buffer, so each row of its pixel-major im2col matrix col (P*Q, R*S*C) is R
              contiguous copies of S*C values; then y[n] (K, P*Q) = W2 (K, R*S*C) . col^T with
@@ -24,11 +25,10 @@ backward dw  prange over fixed chunks of images (their bounds depend on N only):
              its images' channel-major im2col side by side (C*R*S, nb*P*Q) with the matching dy
              rows (K, nb*P*Q) and writes its own partial dw = dy_chunk . col_chunk^T and db. The
              partials are then summed in chunk order, so results are bit-identical for any thread
-             count. At stride 1 there is no im2col: on the padded width Wp (dy rows widened by
-             zeros) the reduction runs over the padded grid's pixels; with C a multiple of NR the
-             register tile reads NR-channel runs of the padded HWC images in place
-             (_partials_s1_tiles), otherwise gemm_nt_shifted reads each im2col row as a window
-             of the flattened padded image.
+             count. At stride 1 there is no im2col: the forward's tile transposed (partials_s1),
+             rows (c, r, s) read in place from the chunk's padded images, columns NR output
+             channels of dy packed pixel-major, the reduction over the chunk's output pixels; an
+             extra plane of ones per image gives db as one more row.
 SLP: the drivers that reach the register tile are called inside slp_compilation() (see
 kernels/_config.py).
 """
@@ -39,7 +39,7 @@ from numba import njit, prange
 
 from fastcnn.convmath import conv_output_size
 from fastcnn.kernels._config import CACHE, FASTMATH, TILE_FASTMATH, slp_compilation
-from fastcnn.kernels._gemm import gemm_nt, gemm_nt_shifted, rows_axpy
+from fastcnn.kernels._gemm import gemm_nt, rows_axpy
 from fastcnn.kernels._tile import MR, NR, tile
 
 SMALL_L = 32          # reductions shorter than this use rows_axpy instead of gemm_nt
@@ -227,20 +227,6 @@ def _backward_input_col2im(dy, w2t, R, S, sh, sw, ph, pw, dx, zero):
                     dx[n, c, h, w] = dxt[h + ph, w + pw, c]
 
 
-@njit(boundscheck=False, cache=CACHE)
-def _pad_flat(x, ph, pw, xf):
-    """x (C, H, W) -> xf (C, Hp*Wp + slack): each zero-padded plane flattened, zeros after it."""
-    C, H, W = x.shape
-    Wp = W + 2 * pw
-    for c in range(C):
-        for v in range(xf.shape[1]):
-            xf[c, v] = 0
-        for h in range(H):
-            base = (h + ph) * Wp + pw
-            for w in range(W):
-                xf[c, base + w] = x[c, h, w]
-
-
 @njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def partials_from_packed(dyc, colT, dw_part, db_part, zero):
     """dw_part (K, C*R*S) = dyc (K, V) . colT (C*R*S, V)^T and db_part (K,) = row sums of dyc."""
@@ -253,158 +239,82 @@ def partials_from_packed(dyc, colT, dw_part, db_part, zero):
 
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _backward_weight_partials_s1(x, dy, ph, pw, S, nchunks, starts, dw_part, db_part, zero):
-    """Stride 1: as _backward_weight_partials, without im2col. With C a multiple of NR, dy goes
-    straight into the tile's packed panels (_pack_dy) and the tile reads x's windows in place
-    (_partials_s1_tiles). Otherwise dy's rows are widened to the padded width Wp by zeros (dyw),
-    dw[k, (c, r, s)] = sum_l dyw[k, l] * xf[c, r*Wp + s + l] over l < P*Wp: each im2col row is a
-    window of the flattened padded image, read in place (partials_s1), at the price of
-    multiply-adds on the zeros."""
-    N, C, W = x.shape[0], x.shape[1], x.shape[3]
+def _backward_weight_partials_s1(x, dy, ph, pw, S, nchunks, starts, dw_part, db_part):
+    """Stride 1: as _backward_weight_partials, without im2col: per chunk of images, dy packed
+    pixel-major (_pack_dyt) and partials_s1, which reads x's windows in place."""
+    N = x.shape[0]
     K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
-    Wp = W + 2 * pw
+    PQ = P * Q
+    d3 = dy.reshape(N, K, PQ)
     for ch in prange(nchunks):
         n0 = ch * N // nchunks
         nb = (ch + 1) * N // nchunks - n0
-        if C % NR == 0:
-            PQ = P * Q
-            astarts = np.empty(nb * PQ, np.int64)              # pixel (i, v) of the chunk in dy
-            for i in range(nb):
-                for v in range(PQ):
-                    astarts[i * PQ + v] = (n0 + i) * K * PQ + v
-            _partials_s1_tiles(x, n0, dy.reshape(N * K * PQ), astarts, _row_offsets(K, PQ), ph, pw, S, dw_part[ch])
-            _db_partial(dy.reshape(N, K, PQ), n0, nb, db_part[ch], zero)
-            continue
-        dyw = np.zeros((nb, K, P * Wp), x.dtype)
-        for i in range(nb):
-            for k in range(K):
-                for p in range(P):
-                    for q in range(Q):
-                        dyw[i, k, p * Wp + q] = dy[n0 + i, k, p, q]
-        partials_s1(x, n0, dyw, ph, pw, S, starts, dw_part[ch], db_part[ch], zero)
-
-
-@njit(cache=CACHE)
-def flat_plane(Hp, Wp, S):
-    """Length of one flattened padded plane in the stride-1 weight gradient: Hp*Wp, plus the S
-    elements its last windows overrun."""
-    return Hp * Wp + S
+        dyt = np.empty(((K + NR - 1) // NR, nb * PQ, NR), x.dtype)
+        _pack_dyt(d3, n0, nb, dyt)
+        partials_s1(x, n0, nb, ph, pw, S, starts, dyt, dw_part[ch], db_part[ch])
 
 
 @njit(boundscheck=False, cache=CACHE)
-def _row_offsets(K, stride):
-    """aoffs[k] = k*stride for the tile's rows k < K, rounded up to MR rows; the padding rows read
-    row 0 and their results are dropped."""
-    aoffs = np.zeros((K + MR - 1) // MR * MR, np.int64)
-    for k in range(K):
-        aoffs[k] = k * stride
-    return aoffs
-
-
-@njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _db_partial(d3, i0, nb, db_part, zero):
-    """db_part[k] = sum of d3[i0:i0 + nb, k, :]; d3 (N, K, P*Q). The one db sum of the tile paths,
-    so that the fused and unfused kernels give the same bits."""
-    for k in range(d3.shape[1]):
-        t = zero
+def _pack_dyt(d3, i0, nb, dyt):
+    """Images i0 .. i0+nb of the gradient d3 (N, K, P*Q) -> dyt (ceil(K/NR), nb*P*Q, NR), the tile's
+    B panels: dyt[k // NR, i*P*Q + v, k % NR] = d3[i0 + i, k, v], zero for k >= K."""
+    K, PQ = d3.shape[1], d3.shape[2]
+    for kb in range(dyt.shape[0]):
         for i in range(nb):
-            for v in range(d3.shape[2]):
-                t += d3[i0 + i, k, v]
-        db_part[k] = t
+            for v in range(PQ):
+                for j in range(NR):
+                    k = kb * NR + j
+                    dyt[kb, i * PQ + v, j] = d3[i0 + i, k, v] if k < K else 0
 
 
-@njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _partials_s1_tiles(x, n0, fa, astarts, aoffs, ph, pw, S, dw_part):
-    """partials_s1 for C a multiple of NR, with the tile kernel: rows k, A[pixel l, k] =
-    fa[astarts[l] + aoffs[k]] (dy or its widened copy, read in place), columns (r, s, c), reduction
-    over the chunk's output pixels. With the images padded in HWC order, flattened and laid one
-    after the other, B[(i, p, q), (r, s, c)] = xh[i*img + ((p + r)*Wp + q + s)*C + c]: NR consecutive
-    channels of one (r, s) are contiguous, so each B panel is read in place, and bstarts lists
-    where each pixel's rows start. Only real output pixels are reduced over. dw_part (K, C*R*S) in
-    (c, r, s) order."""
-    n = astarts.shape[0]
+@njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
+def partials_s1(x, n0, nb, ph, pw, S, starts, dyt, dw_part, db_part):
+    """Stride-1 partial dw (K, C*R*S) and db (K,) of images n0 .. n0+nb of x (N, C, H, W) against
+    their gradient packed by _pack_dyt, with the tile kernel, as the forward's transpose: rows are
+    reduction indices (c, r, s), columns NR output channels, and the reduction runs over the
+    chunk's output pixels. The images are padded and flattened per channel one after the other,
+    each with one more plane holding 1 at every output pixel (xf), so A[pixel (i, p, q), (c, r, s)]
+    = xf[i*(C+1)*Hp*Wp + p*Wp + q + starts[(c, r, s)]] is read in place, and the row whose start is
+    that plane's (the last real entry of starts, see dw_starts) sums dy: db, in the same order as
+    dw. starts is padded to a multiple of MR (the padding rows are dropped)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     Hp, Wp = H + 2 * ph, W + 2 * pw
+    plane = Hp * Wp
     K, L = dw_part.shape
     R = L // (C * S)
     P, Q = Hp - R + 1, Wp - S + 1
-    nb = n // (P * Q)
-    img = (Hp * Wp + S) * C                                     # S pixels of slack per image
-    xh = np.zeros(nb * img, x.dtype)
+    npix = nb * P * Q
+    xf = np.zeros(nb * (C + 1) * plane, x.dtype)
     for i in range(nb):
         for c in range(C):
             for h in range(H):
-                base = i * img + ((h + ph) * Wp + pw) * C + c
+                base = (i * (C + 1) + c) * plane + (h + ph) * Wp + pw
                 for w in range(W):
-                    xh[base + w * C] = x[n0 + i, c, h, w]
-    mb = aoffs.shape[0] // MR
-    bstarts = np.empty(n, np.int64)
+                    xf[base + w] = x[n0 + i, c, h, w]
+        for p in range(P):
+            base = (i * (C + 1) + C) * plane + p * Wp
+            for q in range(Q):
+                xf[base + q] = 1
+    astarts = np.empty(npix, np.int64)
     for i in range(nb):
         for p in range(P):
             for q in range(Q):
-                bstarts[(i * P + p) * Q + q] = i * img + (p * Wp + q) * C
-    Ct = np.empty((mb * MR, L), x.dtype)
-    kc = balanced_block(n)
-    for k0 in range(0, n, kc):
-        k1 = min(n, k0 + kc)
-        for col in range(0, L, NR):
-            rs = col // C
-            boff = ((rs // S) * Wp + rs % S) * C + col - rs * C
-            for ib in range(mb):
-                tile(fa, astarts[k0:k1], aoffs[ib * MR:ib * MR + MR], xh, bstarts[k0:k1], boff, Ct, ib * MR, col,
+                astarts[(i * P + p) * Q + q] = i * (C + 1) * plane + p * Wp + q
+    lstarts = np.arange(npix) * NR
+    nkb = dyt.shape[0]
+    dytf = dyt.reshape(nkb * npix * NR)
+    Ct = np.empty((starts.shape[0], nkb * NR), x.dtype)
+    kc = balanced_block(npix)
+    for kb in range(nkb):
+        for k0 in range(0, npix, kc):
+            k1 = min(npix, k0 + kc)
+            for g in range(0, starts.shape[0], MR):
+                tile(xf, astarts[k0:k1], starts[g:g + MR], dytf, lstarts[k0:k1], kb * npix * NR, Ct, g, kb * NR,
                      k0 > 0)
     for k in range(K):
-        for c in range(C):
-            for r in range(R):
-                for s in range(S):
-                    dw_part[k, (c * R + r) * S + s] = Ct[k, (r * S + s) * C + c]
-
-
-@njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def partials_s1(x, n0, dyw, ph, pw, S, starts, dw_part, db_part, zero):
-    """Stride-1 partial dw (K, C*R*S) and db (K,) of images n0 .. n0+nb of x (N, C, H, W) against
-    their widened gradient dyw (nb, K, P*Wp): the images padded and flattened one after the other,
-    then gemm_nt_shifted with the images as its windows (starts[(c, r, s)] = c*plane + r*Wp + s,
-    see window_starts), so the accumulators run over all the chunk's images."""
-    nb = dyw.shape[0]
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    if C % NR == 0:
-        Wp = W + 2 * pw
-        J = dyw.shape[2]
-        P, Q = J // Wp, Wp - S + 1
-        K = dyw.shape[1]
-        astarts = np.empty(nb * P * Q, np.int64)               # real pixels (i, p, q) of dyw
-        for i in range(nb):
-            for p in range(P):
-                for q in range(Q):
-                    astarts[(i * P + p) * Q + q] = i * K * J + p * Wp + q
-        _partials_s1_tiles(x, n0, dyw.reshape(nb * K * J), astarts, _row_offsets(K, J), ph, pw, S, dw_part)
-        dense = np.empty((nb, K, P * Q), x.dtype)              # dy's own layout, for _db_partial
-        for i in range(nb):
-            for k in range(K):
-                for p in range(P):
-                    for q in range(Q):
-                        dense[i, k, p * Q + q] = dyw[i, k, p * Wp + q]
-        _db_partial(dense, 0, nb, db_part, zero)
-        return
-    plane = flat_plane(H + 2 * ph, W + 2 * pw, S)
-    xfs = np.empty((nb, C, plane), x.dtype)
-    for i in range(nb):
-        _pad_flat(x[n0 + i], ph, pw, xfs[i])
-    gemm_nt_shifted(dyw, xfs.reshape(nb * C * plane), starts, C * plane, dw_part, zero)
-    for k in range(dyw.shape[1]):
-        t = zero
-        for r in range(nb):
-            for v in range(dyw.shape[2]):
-                t += dyw[r, k, v]
-        db_part[k] = t
-
-
-def window_starts(C, R, S, Hp, Wp):
-    """starts[(c, r, s)] = c*plane + r*Wp + s for the stride-1 weight gradient (see flat_plane)."""
-    plane = flat_plane(Hp, Wp, S)
-    c, r, s = np.meshgrid(np.arange(C), np.arange(R), np.arange(S), indexing="ij")
-    return (c * plane + r * Wp + s).reshape(-1).astype(np.int64)
+        for l in range(L):
+            dw_part[k, l] = Ct[l, k]
+        db_part[k] = Ct[L, k]
 
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
@@ -458,11 +368,22 @@ def pack_cols(a):
     return np.ascontiguousarray(bp.reshape(kb, NR, L).transpose(0, 2, 1))
 
 
+def pad_rows(offsets):
+    """A table of the tile's row offsets padded to a multiple of MR by repeating its last entry (a
+    valid address; the results of those rows are dropped)."""
+    return np.concatenate([offsets, np.repeat(offsets[-1:], -len(offsets) % MR)]).astype(np.int64)
+
+
+def dw_starts(C, R, S, Hp, Wp):
+    """partials_s1's row starts: chw_window_starts, then the ones plane's (C*Hp*Wp, the db row),
+    padded to a multiple of MR."""
+    return pad_rows(np.append(chw_window_starts(C, R, S, Hp * Wp, Wp), C * Hp * Wp))
+
+
 def pixel_offsets(P, Q, Wp):
-    """offs[p*Q + q] = p*Wp + q, where output pixel (p, q)'s window starts in a padded plane Wp wide,
-    padded to a multiple of MR by repeating the last pixel."""
-    offs = (np.arange(P)[:, None] * Wp + np.arange(Q)).reshape(-1)
-    return np.concatenate([offs, np.repeat(offs[-1:], -len(offs) % MR)]).astype(np.int64)
+    """offs[p*Q + q] = p*Wp + q, where output pixel (p, q)'s window starts in a padded plane Wp
+    wide, padded to a multiple of MR."""
+    return pad_rows((np.arange(P)[:, None] * Wp + np.arange(Q)).reshape(-1))
 
 
 def chw_window_starts(C, R, S, plane, Wp):
@@ -527,9 +448,9 @@ def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx=True):
         db[:] = 0
     else:
         if stride == (1, 1):
-            starts = window_starts(C, R, S, H + 2 * padding[0], W + 2 * padding[1])
+            starts = dw_starts(C, R, S, H + 2 * padding[0], W + 2 * padding[1])
             with slp_compilation():
-                _backward_weight_partials_s1(x, dy, *padding, S, nchunks, starts, dw_part, db_part, zero)
+                _backward_weight_partials_s1(x, dy, *padding, S, nchunks, starts, dw_part, db_part)
         else:
             _backward_weight_partials(x, dy, R, S, *stride, *padding, nchunks, dw_part, db_part, zero)
         _sum_partials(dw_part, db_part, dw, db)

@@ -30,6 +30,7 @@ from numba import njit, prange
 from fastcnn.convmath import conv_output_size
 from fastcnn.kernels._config import CACHE, FASTMATH, slp_compilation
 from fastcnn.kernels._gemm import rows_axpy
+from fastcnn.kernels._tile import NR
 from fastcnn.kernels.conv import (
     IMAGES_PER_CHUNK,
     SMALL_L,
@@ -37,9 +38,9 @@ from fastcnn.kernels.conv import (
     _pad_chw,
     _prepare,
     _sum_partials,
+    dw_starts,
     partials_from_packed,
     partials_s1,
-    window_starts,
 )
 from fastcnn.kernels.conv import _forward as _conv_forward
 from fastcnn.kernels.pool import maxpool2d_forward, maxpool_plane
@@ -89,20 +90,34 @@ def _backward_partials(x, dy, argmax, R, S, sh, sw, ph, pw, P, Q, offsets, psh, 
 
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _backward_partials_s1(x, dy, argmax, ph, pw, S, P, offsets, psh, psw, nchunks, starts, dw_part, db_part,
-                          zero):
-    """Convolution stride 1: as conv._backward_weight_partials_s1 (padded width Wp, no im2col),
-    with the dense gradient scattered from the pooled one."""
-    N, W = x.shape[0], x.shape[3]
+def _backward_partials_s1(x, dy, argmax, ph, pw, S, P, Q, offsets, psh, psw, nchunks, starts, dw_part, db_part):
+    """Convolution stride 1: as conv._backward_weight_partials_s1 (no im2col), with each chunk's
+    dense gradient scattered from the pooled one into a cache-resident block first."""
+    N = x.shape[0]
     K = dy.shape[1]
-    Wp = W + 2 * pw
+    PQ = P * Q
     for ch in prange(nchunks):
         n0 = ch * N // nchunks
         nb = (ch + 1) * N // nchunks - n0
-        dyw = np.zeros((nb, K, P * Wp), x.dtype)
+        dyt = np.zeros(((K + NR - 1) // NR, nb * PQ, NR), x.dtype)   # the dense gradient, packed
         for i in range(nb):
-            _scatter_pooled(dy[n0 + i], argmax[n0 + i], offsets, psh, psw, Wp, dyw[i], 0)
-        partials_s1(x, n0, dyw, ph, pw, S, starts, dw_part[ch], db_part[ch], zero)
+            _scatter_pooled_t(dy[n0 + i], argmax[n0 + i], offsets, psh, psw, Q, dyt, i * PQ)
+        partials_s1(x, n0, nb, ph, pw, S, starts, dyt, dw_part[ch], db_part[ch])
+
+
+@njit(boundscheck=False, cache=CACHE)
+def _scatter_pooled_t(dyn, an, offsets, psh, psw, Q, dyt, pix0):
+    """As _scatter_pooled, into the packed layout of conv._pack_dyt: the dense gradient of pixel v
+    (rows Q wide) of channel k goes to dyt[k // NR, pix0 + v, k % NR]. Same elements, same order."""
+    K, P2, Q2 = dyn.shape
+    for k in range(K):
+        kb, j = k // NR, k % NR
+        for p in range(P2):
+            base = pix0 + p * psh * Q
+            for q in range(Q2):
+                a = an[k, p, q]
+                if a >= 0:
+                    dyt[kb, base + q * psw + offsets[a], j] += dyn[k, p, q]
 
 
 @njit(boundscheck=False, cache=CACHE)
@@ -173,9 +188,10 @@ def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, p
         db_part = np.empty((nchunks, K), x.dtype)
         if stride == (1, 1):
             Hp, Wp = x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1]
+            starts = dw_starts(C, R, S, Hp, Wp)
             with slp_compilation():                                 # reaches the register tile
-                _backward_partials_s1(x, dy, argmax, *padding, S, P, _window_offsets(pool_size, Wp), *pool_stride,
-                                      nchunks, window_starts(C, R, S, Hp, Wp), dw_part, db_part, x.dtype.type(0))
+                _backward_partials_s1(x, dy, argmax, *padding, S, P, Q, _window_offsets(pool_size, Q), *pool_stride,
+                                      nchunks, starts, dw_part, db_part)
         else:
             _backward_partials(x, dy, argmax, R, S, *stride, *padding, P, Q, _window_offsets(pool_size, Q),
                                *pool_stride, nchunks, dw_part, db_part, x.dtype.type(0))

@@ -156,15 +156,15 @@ CONV_GRID = [
     _conv_case(3, 9, 4, 5, 5, 2, 2, 1, 2, "pad2-beyond-2x2"),
     _conv_case(2, 3, 1, 6, 6, 3, 3, 1, 0, "K1"),
     _conv_case(5, 2, 5, 3, 3, 3, 3, 3, 2, "pad-exceeds-input"),
-    # stride 1 runs the register-tile kernel on windows of the padded image (forward and dx; dw
-    # too when C is a multiple of the tile's width 16, else gemm_nt_shifted):
+    # stride 1 runs the register-tile kernel on windows of the padded image (forward, dx and dw;
+    # K and C*R*S + 1 off multiples of the tile's 5 rows and 16 columns):
     _conv_case(3, 43, 7, 5, 6, 3, 3, 1, 1, "shifted-K7-odd-N-edges"),
     _conv_case(2, 130, 5, 4, 3, 1, 1, 1, 0, "shifted-1x1"),
     _conv_case(2, 30, 6, 7, 5, 5, 5, 1, 2, "shifted-5x5-pad2"),
     _conv_case(1, 64, 3, 3, 4, 2, 3, 1, (1, 2), "shifted-batch1-2x3"),
     _conv_case(2, 5, 48, 6, 6, 3, 3, 1, 1, "dx-shifted-K48"),
     _conv_case(5, 16, 11, 9, 7, 3, 3, 1, 1, "dwtiles-K11-N5-odd-grid"),
-    _conv_case(3, 16, 7, 6, 5, 1, 1, 1, 0, "dwtiles-tiny-1x1-C16"),   # fused: tile dw from widened dy
+    _conv_case(3, 16, 7, 6, 5, 1, 1, 1, 0, "dwtiles-tiny-1x1-C16"),   # fused first layer, C = 16
     _conv_case(1, 48, 7, 5, 5, 3, 2, 1, (0, 1), "dwtiles-batch1-3x2"),
     _conv_case(6, 32, 9, 13, 11, 1, 1, 1, 0, "dwtiles-1x1"),
     # the general shapes a user builds (small batches: agreement, not speed):
