@@ -6,27 +6,25 @@ P, Q output size, sh, sw stride, ph, pw padding, Hp = H + 2ph, Wp = W + 2pw, L r
 Layout of the work (each parallel driver loops with prange over independent pieces; no two
 iterations ever write the same element, so there are no races and no atomics):
 
-forward      stride 1 (C*R*S >= SMALL_L): no im2col. prange over (image, group of MR-pixel
-             blocks); the register tile of kernels/_tile.py takes MR output pixels as its rows,
-             read in place from the zero-padded image flattened per channel (pixel (p, q) at
-             offset p*Wp + q, reduction index (c, r, s) at c*Hp*Wp + r*Wp + s), and NR output
-             channels of the packed weights as its columns (_forward_shifted, tiles_pixels).
-             Other strides: prange over images n. The image is copied to a zero-padded HWC
-             buffer, so each row of its pixel-major im2col matrix col (P*Q, R*S*C) is R
-             contiguous copies of S*C values; then y[n] (K, P*Q) = W2 (K, R*S*C) . col^T with
-             the gemm_nt micro-kernel (+ bias).
+forward      C*R*S >= SMALL_L, any stride: no im2col. Each task splits its zero-padded image into
+             sh*sw phase planes (space-to-depth: phase (a, b) holds x_pad[c, i*sh + a, j*sw + b],
+             Hs x Ws each, _pack_phases), so x_pad[c, p*sh + r, q*sw + t] is phase (c, r % sh,
+             t % sw) at (p + r // sh, q + t // sw): a stride-1 window again (stride 1: one phase,
+             the padded image). prange over (image, group of MR-pixel blocks); the register tile
+             of kernels/_tile.py takes MR output pixels as its rows, read in place from the phase
+             planes (pixel (p, q) at p*Ws + q, reduction index (c, r, t) at phase_starts), and NR
+             output channels of the packed weights as its columns (_forward_shifted,
+             tiles_pixels). Only real output pixels are computed.
              For a tiny reduction (C*R*S < SMALL_L, the first layer) the im2col is kept
              channel-major (C*R*S, P*Q) and y[n] is built with rows_axpy, vectorised over pixels.
 backward dx  stride 1: dx is the forward convolution of dy with the flipped, transposed weights
              (C, K, R, S) and padding (R-1-ph, S-1-pw), the same fast kernel. Any other stride:
-             per image, dcol (P*Q, R*S*C) = dy[n]^T . W2 with gemm_nt, then col2im adds each row
+             per image, dcol (P*Q, R*S*C) = dy[n]^T . W2 with the tile, then col2im adds each row
              back into the padded HWC image; prange over images.
-backward dw  prange over fixed chunks of images (their bounds depend on N only): each chunk packs
-             its images' channel-major im2col side by side (C*R*S, nb*P*Q) with the matching dy
-             rows (K, nb*P*Q) and writes its own partial dw = dy_chunk . col_chunk^T and db. The
-             partials are then summed in chunk order, so results are bit-identical for any thread
-             count. At stride 1 there is no im2col: the forward's tile transposed (partials_s1),
-             rows (c, r, s) read in place from the chunk's padded images, columns NR output
+backward dw  prange over fixed chunks of images (their bounds depend on N only): each chunk writes
+             its own partial dw and db, summed afterwards in chunk order, so results are
+             bit-identical for any thread count. The forward's tile transposed (partials_shifted):
+             rows (c, r, t) read in place from the chunk's phase planes, columns NR output
              channels of dy packed pixel-major, the reduction over the chunk's output pixels; an
              extra plane of ones per image gives db as one more row.
 SLP: the drivers that reach the register tile are called inside slp_compilation() (see
@@ -39,27 +37,16 @@ from numba import njit, prange
 
 from fastcnn.convmath import conv_output_size
 from fastcnn.kernels._config import CACHE, FASTMATH, TILE_FASTMATH, slp_compilation
-from fastcnn.kernels._gemm import gemm_nt, rows_axpy
+from fastcnn.kernels._gemm import rows_axpy
 from fastcnn.kernels._tile import MR, NR, tile
 
-SMALL_L = 32          # reductions shorter than this use rows_axpy instead of gemm_nt
+SMALL_L = 32          # forward reductions shorter than this use rows_axpy instead of the tile
 IMAGES_PER_CHUNK = 4  # dw partials: images packed per chunk
 KC = 256              # reduction block of the tile kernels: a B panel of KC x NR stays in L1
 TASKS_PER_CALL = 8    # a forward call on fewer images than this also splits each image's pixels
 
 
 # ---------------------------------------------------------------- serial workers (one image)
-
-@njit(boundscheck=False, cache=CACHE)
-def _pad_hwc(x, ph, pw, xt):
-    """x (C, H, W) -> xt (Hp, Wp, C), zero border."""
-    C, H, W = x.shape
-    xt[:] = 0
-    for c in range(C):
-        for h in range(H):
-            for w in range(W):
-                xt[h + ph, w + pw, c] = x[c, h, w]
-
 
 @njit(boundscheck=False, cache=CACHE)
 def _pad_chw(x, ph, pw, xp):
@@ -73,20 +60,6 @@ def _pad_chw(x, ph, pw, xp):
         for h in range(H):
             for w in range(W):
                 xp[c, h + ph, pw + w] = x[c, h, w]
-
-
-@njit(boundscheck=False, cache=CACHE)
-def _im2col_hwc(xt, R, S, sh, sw, P, Q, col):
-    """xt (Hp, Wp, C) -> col (P*Q, R*S*C): row p*Q+q is the receptive field of output (p, q)."""
-    Hp, Wp, C = xt.shape
-    flat = xt.reshape(Hp * Wp * C)
-    run = S * C
-    for p in range(P):
-        for q in range(Q):
-            row = col[p * Q + q]
-            for r in range(R):
-                src = ((p * sh + r) * Wp + q * sw) * C
-                row[r * run:(r + 1) * run] = flat[src:src + run]
 
 
 @njit(boundscheck=False, cache=CACHE)
@@ -107,20 +80,35 @@ def _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT, offset):
 
 # ---------------------------------------------------------------- parallel drivers
 
-@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _forward_gemm(x, w2, b, R, S, sh, sw, ph, pw, y, zero):
-    """x (N,C,H,W), w2 (K, R*S*C) in (r, s, c) order, b (K,) -> y (N,K,P,Q)."""
-    N, C, H, W = x.shape
-    K, P, Q = y.shape[1], y.shape[2], y.shape[3]
-    for n in prange(N):
-        xt = np.empty((H + 2 * ph, W + 2 * pw, C), x.dtype)
-        _pad_hwc(x[n], ph, pw, xt)
-        col = np.empty((P * Q, R * S * C), x.dtype)
-        _im2col_hwc(xt, R, S, sh, sw, P, Q, col)
-        yn = y[n].reshape(K, P * Q)
-        gemm_nt(w2, col, yn, zero)
-        for k in range(K):
-            yn[k] += b[k]
+@njit(boundscheck=False, cache=CACHE)
+def _pack_phases(x, sh, sw, ph, pw, Hs, Ws, xf, base):
+    """x (C, H, W), zero-padded by (ph, pw), into its sh*sw phase planes (each Hs x Ws) in the zeroed
+    flat buffer xf: x_pad[c, i*sh + a, j*sw + b] goes to xf[base + ((c*sh + a)*sw + b)*Hs*Ws + i*Ws
+    + j]. Then x_pad[c, p*sh + r, q*sw + t] is phase (c, r % sh, t % sw) at (p + r // sh, q + t // sw):
+    a stride-1 window again. Stride 1 is plain zero padding."""
+    C, H, W = x.shape
+    plane = Hs * Ws
+    xr = x.reshape(C * H * W)
+    us = np.uint64(sw)
+    for b in range(sw):                                         # no division inside the loops
+        w0 = (b - pw % sw + sw) % sw                            # the first w with (w + pw) % sw == b
+        col = base + b * plane + (w0 + pw) // sw
+        n = (W - w0 + sw - 1) // sw if W > w0 else 0
+        for c in range(C):
+            a, i = ph % sh, ph // sh                            # the phase row of h = 0
+            for h in range(H):
+                dst = col + (c * sh + a) * sw * plane + i * Ws
+                if sw == 1:
+                    for w in range(W):
+                        xf[dst + w] = x[c, h, w]
+                else:                                           # unsigned offsets: no wrap-around checks
+                    d, src = np.uint64(dst), np.uint64((c * H + h) * W + w0)
+                    for k in range(n):
+                        uk = np.uint64(k)
+                        xf[d + uk] = xr[src + uk * us]
+                a += 1
+                if a == sh:
+                    a, i = 0, i + 1
 
 
 @njit(cache=CACHE)
@@ -148,18 +136,17 @@ def tiles_pixels(xf, starts, offs, Bf, L, Ct):
 
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _forward_shifted(x, Bp, b, R, S, ph, pw, y, starts, offs, ngroups):
-    """Stride 1: x (N,C,H,W), Bp (ceil(K/NR), C*R*S, NR) the packed weights -> y (N,K,P,Q).
-    With the padded image flattened per channel (CHW), output pixel (p, q) needs x_pad[c, p + r,
-    q + s] = xf[starts[(c, r, s)] + offs[(p, q)]] with starts[(c, r, s)] = c*Hp*Wp + r*Wp + s and
-    offs[(p, q)] = p*Wp + q: the tile reads its MR pixel rows straight from the image (no im2col),
-    and only real output pixels are computed (offs is padded to a multiple of MR by repeating the
-    last pixel, whose extra results are dropped). prange over (image, group of MR-pixel blocks);
-    each task writes only its own pixels of its own image."""
-    N, C, H, W = x.shape
+def _forward_shifted(x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups):
+    """Any stride: x (N,C,H,W), Bp (ceil(K/NR), C*R*S, NR) the packed weights -> y (N,K,P,Q).
+    With the padded image split into its phase planes (_pack_phases, flattened per channel and
+    phase), output pixel (p, q) needs x_pad[c, p*sh + r, q*sw + t] = xf[starts[(c, r, t)] +
+    offs[(p, q)]] with starts from phase_starts and offs[(p, q)] = p*Ws + q: the tile reads its MR
+    pixel rows straight from the image (no im2col), and only real output pixels are computed (offs
+    is padded to a multiple of MR by repeating the last pixel, whose extra results are dropped).
+    prange over (image, group of MR-pixel blocks); each task writes only its own pixels of its own
+    image."""
+    N, C = x.shape[0], x.shape[1]
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    plane = Hp * Wp
     L = starts.shape[0]
     nkb = Bp.shape[0]
     Bf = Bp.reshape(nkb * L * NR)
@@ -173,12 +160,8 @@ def _forward_shifted(x, Bp, b, R, S, ph, pw, y, starts, offs, ngroups):
         g1 = (g + 1) * nblk // ngroups
         if g1 <= g0:
             continue
-        xf = np.zeros(C * plane, x.dtype)
-        for c in range(C):
-            for h in range(H):
-                base = c * plane + (h + ph) * Wp + pw
-                for w in range(W):
-                    xf[base + w] = x[n, c, h, w]
+        xf = np.zeros(C * sh * sw * Hs * Ws, x.dtype)
+        _pack_phases(x[n], sh, sw, ph, pw, Hs, Ws, xf, np.int64(0))   # not a literal: one specialisation
         Ct = np.empty(((g1 - g0) * MR, nkb * NR), x.dtype)
         tiles_pixels(xf, starts, offs[g0 * MR:g1 * MR], Bf, L, Ct)
         v0, v1 = g0 * MR, min(PQ, g1 * MR)
@@ -188,9 +171,66 @@ def _forward_shifted(x, Bp, b, R, S, ph, pw, y, starts, offs, ngroups):
                 yv[n, k, v] = Ct[v - v0, k] + bk
 
 
+@njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
+def tiles_grid(Af, L, xf, starts, j0, j1, Ct):
+    """Ct[k, j - j0] = sum_l A[k // MR, l, k % MR] * xf[starts[l] + j] for every k of the packed
+    weights Af (ceil(K/MR) panels of L x MR, flattened) and j0 <= j < j1 rounded up to NR: the tile
+    kernel with MR output channels as its rows and NR consecutive pixels of the grid as its
+    columns, read in place from xf. Loop order: NR-pixel panel, reduction block, MR-row block."""
+    mb = Af.shape[0] // (L * MR)
+    lstarts = np.arange(L) * MR
+    aoffs = np.empty(mb * MR, np.int64)
+    for i in range(mb * MR):
+        aoffs[i] = (i // MR) * L * MR + i % MR
+    kc = balanced_block(L)
+    for jp in range(j0, j1, NR):
+        for k0 in range(0, L, kc):
+            k1 = min(L, k0 + kc)
+            for ib in range(mb):
+                tile(Af, lstarts[k0:k1], aoffs[ib * MR:ib * MR + MR], xf, starts[k0:k1], jp, Ct, ib * MR, jp - j0,
+                     k0 > 0)
+
+
+@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
+def _forward_grid(x, Ap, b, sh, sw, ph, pw, Hs, Ws, y, starts, slack, ngroups):
+    """As _forward_shifted with the tile turned around, for few output channels (K well below NR,
+    where most of an NR-channel column panel would be padding): rows are MR output channels of the
+    packed weights Ap (ceil(K/MR), C*R*S, MR), columns NR consecutive pixels of the phase-plane
+    grid (output pixel j = p*Ws + q; the Ws - Q extra columns per row are computed and dropped, and
+    the last panels read up to ``slack`` elements past the planes). prange over (image, group of
+    NR-pixel panels)."""
+    N, C = x.shape[0], x.shape[1]
+    K, P, Q = y.shape[1], y.shape[2], y.shape[3]
+    L = starts.shape[0]
+    mb = Ap.shape[0]
+    Af = Ap.reshape(mb * L * MR)
+    J = P * Ws
+    npan = (J + NR - 1) // NR
+    for t in prange(N * ngroups):
+        n = t // ngroups
+        g = t - n * ngroups
+        j0 = (g * npan // ngroups) * NR
+        j1 = min(J, ((g + 1) * npan // ngroups) * NR)
+        if j1 <= j0:
+            continue
+        xf = np.zeros(C * sh * sw * Hs * Ws + slack, x.dtype)
+        _pack_phases(x[n], sh, sw, ph, pw, Hs, Ws, xf, np.int64(0))
+        Ct = np.empty((mb * MR, j1 - j0 + NR), x.dtype)
+        tiles_grid(Af, L, xf, starts, j0, j1, Ct)
+        for p in range(j0 // Ws, (j1 - 1) // Ws + 1):
+            q0 = max(0, j0 - p * Ws)
+            q1 = min(Q, j1 - p * Ws)
+            c0 = p * Ws - j0
+            for k in range(K):
+                bk = b[k]
+                for q in range(q0, q1):
+                    y[n, k, p, q] = Ct[k, c0 + q] + bk
+
+
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _forward_small(x, w2, b, R, S, sh, sw, ph, pw, y):
-    """As _forward_gemm for tiny C*R*S; w2 (K, C*R*S) in (c, r, s) order."""
+    """Tiny C*R*S, any stride: per image a channel-major im2col and rows_axpy; w2 (K, C*R*S) in
+    (c, r, s) order."""
     N, C, H, W = x.shape
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     for n in prange(N):
@@ -202,16 +242,20 @@ def _forward_small(x, w2, b, R, S, sh, sw, ph, pw, y):
 
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _backward_input_col2im(dy, w2t, R, S, sh, sw, ph, pw, dx, zero):
-    """Any stride. dy (N,K,P,Q), w2t (R*S*C, K) -> dx (N,C,H,W)."""
+def _backward_input_col2im(dy, Bp, R, S, sh, sw, ph, pw, dx, starts, offs):
+    """Any stride. dy (N,K,P,Q), Bp (ceil(R*S*C/NR), K, NR) the weights packed as columns (r, s, c)
+    -> dx (N,C,H,W). Per image, dcol (P*Q, R*S*C) = dy[n]^T . W2 with the tile (tiles_pixels, dy
+    read in place: starts[k] = k*P*Q, offs the pixels), then col2im adds each row back into the
+    padded HWC image."""
     N, C, H, W = dx.shape
     K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
     Hp, Wp = H + 2 * ph, W + 2 * pw
     run = S * C
+    nkb = Bp.shape[0]
+    Bf = Bp.reshape(nkb * K * NR)
     for n in prange(N):
-        dyt = np.ascontiguousarray(dy[n].reshape(K, P * Q).T)       # (P*Q, K)
-        dcol = np.empty((P * Q, R * S * C), dx.dtype)
-        gemm_nt(dyt, w2t, dcol, zero)                               # (P*Q, R*S*C)
+        dcol = np.empty((offs.shape[0], nkb * NR), dx.dtype)
+        tiles_pixels(dy[n].reshape(K * P * Q), starts, offs, Bf, K, dcol)
         dxt = np.zeros((Hp, Wp, C), dx.dtype)
         flat = dxt.reshape(Hp * Wp * C)
         for p in range(P):
@@ -227,21 +271,10 @@ def _backward_input_col2im(dy, w2t, R, S, sh, sw, ph, pw, dx, zero):
                     dx[n, c, h, w] = dxt[h + ph, w + pw, c]
 
 
-@njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def partials_from_packed(dyc, colT, dw_part, db_part, zero):
-    """dw_part (K, C*R*S) = dyc (K, V) . colT (C*R*S, V)^T and db_part (K,) = row sums of dyc."""
-    gemm_nt(dyc, colT, dw_part, zero)
-    for k in range(dyc.shape[0]):
-        t = zero
-        for v in range(dyc.shape[1]):
-            t += dyc[k, v]
-        db_part[k] = t
-
-
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _backward_weight_partials_s1(x, dy, ph, pw, S, nchunks, starts, dw_part, db_part):
-    """Stride 1: as _backward_weight_partials, without im2col: per chunk of images, dy packed
-    pixel-major (_pack_dyt) and partials_s1, which reads x's windows in place."""
+def _backward_weight_partials(x, dy, sh, sw, ph, pw, Hs, Ws, nchunks, starts, dw_part, db_part):
+    """Per chunk of images (bounds depend on N only): dy packed pixel-major (_pack_dyt), then
+    partials_shifted writes the chunk's own partial dw_part[ch] (K, C*R*S) and db_part[ch] (K,)."""
     N = x.shape[0]
     K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
     PQ = P * Q
@@ -251,7 +284,7 @@ def _backward_weight_partials_s1(x, dy, ph, pw, S, nchunks, starts, dw_part, db_
         nb = (ch + 1) * N // nchunks - n0
         dyt = np.empty(((K + NR - 1) // NR, nb * PQ, NR), x.dtype)
         _pack_dyt(d3, n0, nb, dyt)
-        partials_s1(x, n0, nb, ph, pw, S, starts, dyt, dw_part[ch], db_part[ch])
+        partials_shifted(x, n0, nb, sh, sw, ph, pw, Hs, Ws, P, Q, starts, dyt, dw_part[ch], db_part[ch])
 
 
 @njit(boundscheck=False, cache=CACHE)
@@ -268,38 +301,32 @@ def _pack_dyt(d3, i0, nb, dyt):
 
 
 @njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
-def partials_s1(x, n0, nb, ph, pw, S, starts, dyt, dw_part, db_part):
-    """Stride-1 partial dw (K, C*R*S) and db (K,) of images n0 .. n0+nb of x (N, C, H, W) against
-    their gradient packed by _pack_dyt, with the tile kernel, as the forward's transpose: rows are
-    reduction indices (c, r, s), columns NR output channels, and the reduction runs over the
-    chunk's output pixels. The images are padded and flattened per channel one after the other,
-    each with one more plane holding 1 at every output pixel (xf), so A[pixel (i, p, q), (c, r, s)]
-    = xf[i*(C+1)*Hp*Wp + p*Wp + q + starts[(c, r, s)]] is read in place, and the row whose start is
-    that plane's (the last real entry of starts, see dw_starts) sums dy: db, in the same order as
-    dw. starts is padded to a multiple of MR (the padding rows are dropped)."""
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    plane = Hp * Wp
+def partials_shifted(x, n0, nb, sh, sw, ph, pw, Hs, Ws, P, Q, starts, dyt, dw_part, db_part):
+    """Partial dw (K, C*R*S) and db (K,) of images n0 .. n0+nb of x (N, C, H, W) against their
+    gradient packed by _pack_dyt, with the tile kernel, as the forward's transpose: rows are
+    reduction indices (c, r, t), columns NR output channels, and the reduction runs over the
+    chunk's output pixels. Each image goes into its phase planes (_pack_phases) followed by one
+    more plane holding 1 at every output pixel, the images one after the other (xf), so A[pixel
+    (i, p, q), (c, r, t)] = xf[i*img + p*Ws + q + starts[(c, r, t)]] is read in place, and the row
+    whose start is that plane's (the last real entry of starts, see dw_starts) sums dy: db, in the
+    same order as dw. starts is padded to a multiple of MR (the padding rows are dropped)."""
+    C = x.shape[1]
+    plane = Hs * Ws
+    img = (C * sh * sw + 1) * plane
     K, L = dw_part.shape
-    R = L // (C * S)
-    P, Q = Hp - R + 1, Wp - S + 1
     npix = nb * P * Q
-    xf = np.zeros(nb * (C + 1) * plane, x.dtype)
+    xf = np.zeros(nb * img, x.dtype)
     for i in range(nb):
-        for c in range(C):
-            for h in range(H):
-                base = (i * (C + 1) + c) * plane + (h + ph) * Wp + pw
-                for w in range(W):
-                    xf[base + w] = x[n0 + i, c, h, w]
+        _pack_phases(x[n0 + i], sh, sw, ph, pw, Hs, Ws, xf, i * img)
         for p in range(P):
-            base = (i * (C + 1) + C) * plane + p * Wp
+            base = i * img + C * sh * sw * plane + p * Ws
             for q in range(Q):
                 xf[base + q] = 1
     astarts = np.empty(npix, np.int64)
     for i in range(nb):
         for p in range(P):
             for q in range(Q):
-                astarts[(i * P + p) * Q + q] = i * (C + 1) * plane + p * Wp + q
+                astarts[(i * P + p) * Q + q] = i * img + p * Ws + q
     lstarts = np.arange(npix) * NR
     nkb = dyt.shape[0]
     dytf = dyt.reshape(nkb * npix * NR)
@@ -315,28 +342,6 @@ def partials_s1(x, n0, nb, ph, pw, S, starts, dyt, dw_part, db_part):
         for l in range(L):
             dw_part[k, l] = Ct[l, k]
         db_part[k] = Ct[L, k]
-
-
-@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _backward_weight_partials(x, dy, R, S, sh, sw, ph, pw, nchunks, dw_part, db_part, zero):
-    """Per chunk of images: dw_part[ch] (K, C*R*S) and db_part[ch] (K,)."""
-    N, C, H, W = x.shape
-    K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
-    PQ = P * Q
-    for ch in prange(nchunks):
-        n0 = ch * N // nchunks
-        nb = (ch + 1) * N // nchunks - n0
-        colT = np.empty((C * R * S, nb * PQ), x.dtype)
-        dyc = np.empty((K, nb * PQ), x.dtype)
-        xp = np.empty((C, H + 2 * ph, W + 2 * pw), x.dtype)
-        for i in range(nb):
-            _pad_chw(x[n0 + i], ph, pw, xp)
-            _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT, i * PQ)
-            for k in range(K):
-                for p in range(P):
-                    for q in range(Q):
-                        dyc[k, i * PQ + p * Q + q] = dy[n0 + i, k, p, q]
-        partials_from_packed(dyc, colT, dw_part[ch], db_part[ch], zero)
 
 
 @njit(parallel=True, boundscheck=False, cache=CACHE)
@@ -358,6 +363,22 @@ def _sum_partials(dw_part, db_part, dw, db):
 
 # ---------------------------------------------------------------- wrappers (validate, allocate)
 
+def pack_rows(a):
+    """a (K, L) -> (ceil(K/MR), L, MR): the tile kernel's A panels (MR output channels side by side
+    for each reduction index), rows past K zero."""
+    K, L = a.shape
+    mb = -(-K // MR)
+    ap = np.zeros((mb * MR, L), a.dtype)
+    ap[:K] = a
+    return np.ascontiguousarray(ap.reshape(mb, MR, L).transpose(0, 2, 1))
+
+
+def grid_wins(K, Q, Ws):
+    """Whether _forward_grid wastes fewer multiply-adds than _forward_shifted: MR-row panels of
+    output channels and Ws/Q of the grid's columns, against NR-wide channel panels."""
+    return -(-K // MR) * MR * Ws / Q < -(-K // NR) * NR
+
+
 def pack_cols(a):
     """a (K, L) -> (ceil(K/NR), L, NR): the tile kernel's B panels (NR output channels side by side
     for each reduction index), columns past K zero."""
@@ -374,23 +395,32 @@ def pad_rows(offsets):
     return np.concatenate([offsets, np.repeat(offsets[-1:], -len(offsets) % MR)]).astype(np.int64)
 
 
-def dw_starts(C, R, S, Hp, Wp):
-    """partials_s1's row starts: chw_window_starts, then the ones plane's (C*Hp*Wp, the db row),
+def phase_grid(H, W, stride, padding):
+    """Hs, Ws: the size of each phase plane of the zero-padded image (see _pack_phases)."""
+    (sh, sw), (ph, pw) = stride, padding
+    return -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)
+
+
+def phase_starts(C, R, S, stride, Hs, Ws):
+    """starts[(c, r, t)] = ((c*sh + r % sh)*sw + t % sw)*Hs*Ws + (r // sh)*Ws + t // sw: where the
+    window of reduction index (c, r, t) starts in an image's phase planes (at stride 1: c*Hp*Wp +
+    r*Wp + t, the padded image flattened per channel)."""
+    sh, sw = stride
+    c, r, t = np.meshgrid(np.arange(C), np.arange(R), np.arange(S), indexing="ij")
+    starts = ((c * sh + r % sh) * sw + t % sw) * (Hs * Ws) + (r // sh) * Ws + t // sw
+    return starts.reshape(-1).astype(np.int64)
+
+
+def dw_starts(C, R, S, stride, Hs, Ws):
+    """partials_shifted's row starts: phase_starts, then the ones plane's (the db row), padded to a
+    multiple of MR."""
+    return pad_rows(np.append(phase_starts(C, R, S, stride, Hs, Ws), C * stride[0] * stride[1] * Hs * Ws))
+
+
+def pixel_offsets(P, Q, Ws):
+    """offs[p*Q + q] = p*Ws + q, where output pixel (p, q)'s windows start in a phase plane Ws wide,
     padded to a multiple of MR."""
-    return pad_rows(np.append(chw_window_starts(C, R, S, Hp * Wp, Wp), C * Hp * Wp))
-
-
-def pixel_offsets(P, Q, Wp):
-    """offs[p*Q + q] = p*Wp + q, where output pixel (p, q)'s window starts in a padded plane Wp
-    wide, padded to a multiple of MR."""
-    return pad_rows((np.arange(P)[:, None] * Wp + np.arange(Q)).reshape(-1))
-
-
-def chw_window_starts(C, R, S, plane, Wp):
-    """starts[(c, r, s)] = c*plane + r*Wp + s: where reduction index (c, r, s) starts in a padded
-    image flattened per channel (planes ``plane`` long, rows Wp wide)."""
-    c, r, s = np.meshgrid(np.arange(C), np.arange(R), np.arange(S), indexing="ij")
-    return (c * plane + r * Wp + s).reshape(-1).astype(np.int64)
+    return pad_rows((np.arange(P)[:, None] * Ws + np.arange(Q)).reshape(-1))
 
 
 def _prepare(*arrays):
@@ -410,17 +440,22 @@ def _forward(x, w, b, stride, padding):
         return y
     if C * R * S < SMALL_L:
         _forward_small(x, w.reshape(K, C * R * S), b, R, S, *stride, *padding, y)
-    elif stride == (1, 1):
-        Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
-        offs = pixel_offsets(P, Q, Wp)
-        nblk = len(offs) // MR
-        ngroups = 1 if N >= TASKS_PER_CALL else min(nblk, -(-TASKS_PER_CALL // N))
-        with slp_compilation():
-            _forward_shifted(x, pack_cols(w.reshape(K, C * R * S)), b, R, S, *padding, y,
-                             chw_window_starts(C, R, S, Hp * Wp, Wp), offs, ngroups)
     else:
-        w2 = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(K, R * S * C)  # (r, s, c) order
-        _forward_gemm(x, w2, b, R, S, *stride, *padding, y, x.dtype.type(0))
+        Hs, Ws = phase_grid(H, W, stride, padding)
+        starts = phase_starts(C, R, S, stride, Hs, Ws)
+        w2 = w.reshape(K, C * R * S)
+        if grid_wins(K, Q, Ws):
+            npan = -(-(P * Ws) // NR)
+            ngroups = 1 if N >= TASKS_PER_CALL else min(npan, -(-TASKS_PER_CALL // N))
+            with slp_compilation():
+                _forward_grid(x, pack_rows(w2), b, *stride, *padding, Hs, Ws, y, starts, (S - 1) // stride[1] + NR,
+                              ngroups)
+        else:
+            offs = pixel_offsets(P, Q, Ws)
+            nblk = len(offs) // MR
+            ngroups = 1 if N >= TASKS_PER_CALL else min(nblk, -(-TASKS_PER_CALL // N))
+            with slp_compilation():
+                _forward_shifted(x, pack_cols(w2), b, *stride, *padding, Hs, Ws, y, starts, offs, ngroups)
     return y
 
 
@@ -436,7 +471,6 @@ def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx=True):
     stride, padding = tuple(stride), tuple(padding)
     N, C, H, W = x.shape
     K, _, R, S = w.shape
-    zero = x.dtype.type(0)
 
     nchunks = max(1, min(N, -(-N // IMAGES_PER_CHUNK)))
     dw_part = np.empty((nchunks, K, C * R * S), x.dtype)
@@ -447,12 +481,10 @@ def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx=True):
         dw[:] = 0
         db[:] = 0
     else:
-        if stride == (1, 1):
-            starts = dw_starts(C, R, S, H + 2 * padding[0], W + 2 * padding[1])
-            with slp_compilation():
-                _backward_weight_partials_s1(x, dy, *padding, S, nchunks, starts, dw_part, db_part)
-        else:
-            _backward_weight_partials(x, dy, R, S, *stride, *padding, nchunks, dw_part, db_part, zero)
+        Hs, Ws = phase_grid(H, W, stride, padding)
+        with slp_compilation():
+            _backward_weight_partials(x, dy, *stride, *padding, Hs, Ws, nchunks,
+                                      dw_starts(C, R, S, stride, Hs, Ws), dw_part, db_part)
         _sum_partials(dw_part, db_part, dw, db)
     dw = dw.reshape(K, C, R, S)
     if not need_dx:
@@ -466,5 +498,8 @@ def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx=True):
     else:
         dx = np.empty((N, C, H, W), x.dtype)
         w2t = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(R * S * C, K)  # (r, s, c) x K
-        _backward_input_col2im(dy, w2t, R, S, sh, sw, ph, pw, dx, zero)
+        P, Q = dy.shape[2], dy.shape[3]
+        with slp_compilation():
+            _backward_input_col2im(dy, pack_cols(w2t), R, S, sh, sw, ph, pw, dx,
+                                   np.arange(K, dtype=np.int64) * (P * Q), pixel_offsets(P, Q, Q))
     return dx, dw, db

@@ -15,10 +15,10 @@ forward   prange over images n: the convolution of image n into a (K, P*Q) buffe
           :func:`~fastcnn.kernels.pool.maxpool_plane` with the ReLU into y[n] and argmax[n]. (A
           first layer with C*R*S >= SMALL_L runs the convolution kernels, then the pool.)
 backward  prange over fixed chunks of images (bounds depend on N only), as conv2d_backward's dw
-          (at stride 1 its padded-width layout, the images' windows read in place): each chunk
-          scatters its pooled gradients through argmax into a zeroed, cache-resident dense block
-          and writes its own partial dw and db; the partials are summed in chunk order
-          (bit-identical for any thread count).
+          (the register tile on the images' phase planes, read in place): each chunk scatters its
+          pooled gradients through argmax into a zeroed, cache-resident block in the tile's
+          packed layout and writes its own partial dw and db; the partials are summed in chunk
+          order (bit-identical for any thread count).
 The buffers hold exactly what the unfused kernels would have stored, and are reduced in the same
 order, so the fused results equal the unfused Numba results bit for bit.
 """
@@ -39,8 +39,8 @@ from fastcnn.kernels.conv import (
     _prepare,
     _sum_partials,
     dw_starts,
-    partials_from_packed,
-    partials_s1,
+    partials_shifted,
+    phase_grid,
 )
 from fastcnn.kernels.conv import _forward as _conv_forward
 from fastcnn.kernels.pool import maxpool2d_forward, maxpool_plane
@@ -70,29 +70,10 @@ def _forward_small(x, w2, b, R, S, sh, sw, ph, pw, P, Q, kh, kw, psh, psw, zero,
 
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _backward_partials(x, dy, argmax, R, S, sh, sw, ph, pw, P, Q, offsets, psh, psw, nchunks,
-                       dw_part, db_part, zero):
-    """Per chunk of images: dw_part[ch] (K, C*R*S) and db_part[ch] (K,) from the pooled dy."""
-    N, C, H, W = x.shape
-    K = dy.shape[1]
-    PQ = P * Q
-    for ch in prange(nchunks):
-        n0 = ch * N // nchunks
-        nb = (ch + 1) * N // nchunks - n0
-        colT = np.empty((C * R * S, nb * PQ), x.dtype)
-        dyc = np.zeros((K, nb * PQ), x.dtype)                      # the dense conv gradient
-        xp = np.empty((C, H + 2 * ph, W + 2 * pw), x.dtype)
-        for i in range(nb):
-            _pad_chw(x[n0 + i], ph, pw, xp)
-            _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT, i * PQ)
-            _scatter_pooled(dy[n0 + i], argmax[n0 + i], offsets, psh, psw, Q, dyc, i * PQ)
-        partials_from_packed(dyc, colT, dw_part[ch], db_part[ch], zero)
-
-
-@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _backward_partials_s1(x, dy, argmax, ph, pw, S, P, Q, offsets, psh, psw, nchunks, starts, dw_part, db_part):
-    """Convolution stride 1: as conv._backward_weight_partials_s1 (no im2col), with each chunk's
-    dense gradient scattered from the pooled one into a cache-resident block first."""
+def _backward_partials(x, dy, argmax, sh, sw, ph, pw, Hs, Ws, P, Q, offsets, psh, psw, nchunks, starts, dw_part,
+                       db_part):
+    """As conv._backward_weight_partials (phase planes, no im2col), with each chunk's dense
+    convolution gradient scattered from the pooled one straight into the packed layout."""
     N = x.shape[0]
     K = dy.shape[1]
     PQ = P * Q
@@ -101,14 +82,16 @@ def _backward_partials_s1(x, dy, argmax, ph, pw, S, P, Q, offsets, psh, psw, nch
         nb = (ch + 1) * N // nchunks - n0
         dyt = np.zeros(((K + NR - 1) // NR, nb * PQ, NR), x.dtype)   # the dense gradient, packed
         for i in range(nb):
-            _scatter_pooled_t(dy[n0 + i], argmax[n0 + i], offsets, psh, psw, Q, dyt, i * PQ)
-        partials_s1(x, n0, nb, ph, pw, S, starts, dyt, dw_part[ch], db_part[ch])
+            _scatter_pooled(dy[n0 + i], argmax[n0 + i], offsets, psh, psw, Q, dyt, i * PQ)
+        partials_shifted(x, n0, nb, sh, sw, ph, pw, Hs, Ws, P, Q, starts, dyt, dw_part[ch], db_part[ch])
 
 
 @njit(boundscheck=False, cache=CACHE)
-def _scatter_pooled_t(dyn, an, offsets, psh, psw, Q, dyt, pix0):
-    """As _scatter_pooled, into the packed layout of conv._pack_dyt: the dense gradient of pixel v
-    (rows Q wide) of channel k goes to dyt[k // NR, pix0 + v, k % NR]. Same elements, same order."""
+def _scatter_pooled(dyn, an, offsets, psh, psw, Q, dyt, pix0):
+    """Route one image's pooled gradient dyn (K, P2, Q2) through its argmax into the zeroed packed
+    gradient dyt (conv._pack_dyt's layout): the dense gradient of pixel v (rows Q wide) of channel k
+    is dyt[k // NR, pix0 + v, k % NR]; offsets[a] is window element a's place in a block with rows
+    Q wide (_window_offsets). Same elements, same order as maxpool2d_backward."""
     K, P2, Q2 = dyn.shape
     for k in range(K):
         kb, j = k // NR, k % NR
@@ -118,21 +101,6 @@ def _scatter_pooled_t(dyn, an, offsets, psh, psw, Q, dyt, pix0):
                 a = an[k, p, q]
                 if a >= 0:
                     dyt[kb, base + q * psw + offsets[a], j] += dyn[k, p, q]
-
-
-@njit(boundscheck=False, cache=CACHE)
-def _scatter_pooled(dyn, an, offsets, psh, psw, row, dyc, offset):
-    """Route one image's pooled gradient dyn (K, P2, Q2) through its argmax into the zeroed dense
-    block dyc[:, offset:], whose rows are ``row`` wide (Q, or Wp on the padded layout); offsets[a]
-    is window element a's place in that block (_window_offsets)."""
-    K, P2, Q2 = dyn.shape
-    for k in range(K):
-        for p in range(P2):
-            base = offset + p * psh * row
-            for q in range(Q2):
-                a = an[k, p, q]
-                if a >= 0:
-                    dyc[k, base + q * psw + offsets[a]] += dyn[k, p, q]
 
 
 def _window_offsets(pool_size, row):
@@ -186,14 +154,9 @@ def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, p
         nchunks = max(1, min(N, -(-N // IMAGES_PER_CHUNK)))
         dw_part = np.empty((nchunks, K, C * R * S), x.dtype)
         db_part = np.empty((nchunks, K), x.dtype)
-        if stride == (1, 1):
-            Hp, Wp = x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1]
-            starts = dw_starts(C, R, S, Hp, Wp)
-            with slp_compilation():                                 # reaches the register tile
-                _backward_partials_s1(x, dy, argmax, *padding, S, P, Q, _window_offsets(pool_size, Q), *pool_stride,
-                                      nchunks, starts, dw_part, db_part)
-        else:
-            _backward_partials(x, dy, argmax, R, S, *stride, *padding, P, Q, _window_offsets(pool_size, Q),
-                               *pool_stride, nchunks, dw_part, db_part, x.dtype.type(0))
+        Hs, Ws = phase_grid(*x.shape[2:], stride, padding)
+        with slp_compilation():                                     # reaches the register tile
+            _backward_partials(x, dy, argmax, *stride, *padding, Hs, Ws, P, Q, _window_offsets(pool_size, Q),
+                               *pool_stride, nchunks, dw_starts(C, R, S, stride, Hs, Ws), dw_part, db_part)
         _sum_partials(dw_part, db_part, dw, db)
     return dw.reshape(K, C, R, S), db

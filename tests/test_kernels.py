@@ -2,11 +2,11 @@
 (:mod:`fastcnn.reference`), plus determinism and argument validation of the kernels.
 
 * a fixed grid of edge cases per op (batch 1 and batches that do not split into chunks of 4, the
-  small (C*R*S < 32), gemm and register-tile (stride 1) paths, the general shapes of other
-  networks (LeNet 5x5, 3-channel input, 64->128, stride 2, 1x1, a 7x7 stride-2 stem),
-  1x1 / 3x3 / 5x5 / non-square kernels, strides 1, 2, 3 and
-  mixed, padding 0-2 and padding beyond kernel-1, tiny and odd spatial sizes, K, P*Q and C*R*S
-  off the micro-kernel's 4-wide register block, for its edge loops), in float32 and float64;
+  small (C*R*S < 32) and register-tile paths (stride 1, and other strides on phase planes), the
+  general shapes of other networks (LeNet 5x5, 3-channel input, 64->128, stride 2, 1x1, a 7x7
+  stride-2 stem), 1x1 / 3x3 / 5x5 / non-square kernels, strides 1, 2, 3 and mixed, padding 0-3
+  and padding beyond kernel-1, tiny and odd spatial sizes, K, P*Q and C*R*S off the tile's
+  5 x 16 block, for its edge loops), in float32 and float64;
 * max-pool inputs full of exact ties (small integers, all-zero windows as after a ReLU, signed
   zeros): the argmax arrays must be identical, not merely close;
 * non-contiguous inputs (strided, Fortran-ordered, transposed, offset and reversed views);
@@ -124,8 +124,7 @@ def _conv_case(N, C, K, H, W, R, S, stride, padding, label):
     padding = padding if isinstance(padding, tuple) else (padding, padding)
     P, Q = _conv_out(H, W, R, S, stride, padding)
     assert P >= 1 and Q >= 1, label
-    path = ("small" if C * R * S < 32 else "gemm" if stride != (1, 1)
-            else "tiles-dwtiles" if C % 16 == 0 else "tiles")
+    path = ("small" if C * R * S < 32 else "tiles") + ("" if stride == (1, 1) else "-phases")
     cid = (f"{label}-n{N}c{C}k{K}-{H}x{W}-k{R}x{S}-s{stride[0]}{stride[1]}-p{padding[0]}{padding[1]}"
            f"-{path}")
     return pytest.param(N, C, K, H, W, R, S, stride, padding, id=cid)
@@ -174,6 +173,17 @@ CONV_GRID = [
     _conv_case(3, 64, 32, 15, 15, 3, 3, 2, 1, "stride2-3x3-odd"),
     _conv_case(2, 64, 48, 16, 16, 1, 1, 1, 0, "1x1-64to48"),
     _conv_case(1, 3, 64, 224, 224, 7, 7, 2, 3, "stem-7x7-s2-224"),
+    # other strides run the same kernels on the image's sh*sw phase planes:
+    _conv_case(1, 5, 7, 13, 11, 3, 3, 2, 1, "phases-batch1-odd"),
+    _conv_case(3, 16, 9, 15, 12, 3, 3, 2, 0, "phases-pad0"),
+    _conv_case(2, 7, 11, 17, 14, 7, 7, 3, 3, "phases-7x7-s3-pad3"),
+    _conv_case(3, 32, 6, 11, 13, 3, 3, (2, 3), (2, 1), "phases-s2x3"),
+    _conv_case(2, 40, 13, 9, 10, 1, 1, 3, 0, "phases-1x1-s3"),
+    _conv_case(5, 9, 4, 10, 9, 2, 4, (3, 2), (0, 3), "phases-2x4-s3x2-pad03"),
+    _conv_case(1, 48, 5, 6, 7, 5, 5, (2, 1), (2, 2), "phases-batch1-s2x1"),
+    _conv_case(2, 6, 3, 5, 5, 5, 5, 3, 0, "phases-one-output"),
+    _conv_case(3, 12, 5, 10, 11, 2, 2, 3, 1, "phases-stride-beyond-kernel"),
+    _conv_case(9, 3, 17, 21, 19, 7, 7, 2, 3, "phases-stem-7x7-odd"),
 ]
 
 
@@ -608,15 +618,18 @@ def _ran_in_a_two_thread_process(request) -> bool:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("N, C, K, H, R, padding", [
-    pytest.param(16, 32, 64, 14, 3, 1, id="conv2-shape-n16"),
-    pytest.param(9, 1, 32, 28, 3, 1, id="conv1-shape-n9"),
-    pytest.param(7, 8, 6, 9, 3, 0, id="n7-chunks-uneven"),
+@pytest.mark.parametrize("N, C, K, H, R, stride, padding", [
+    pytest.param(16, 32, 64, 14, 3, 1, 1, id="conv2-shape-n16"),
+    pytest.param(9, 1, 32, 28, 3, 1, 1, id="conv1-shape-n9"),
+    pytest.param(7, 8, 6, 9, 3, 1, 0, id="n7-chunks-uneven"),
+    pytest.param(7, 16, 9, 15, 3, 2, 1, id="stride2-phases-n7"),
+    pytest.param(5, 5, 11, 16, 7, 2, 3, id="stride2-phases-7x7-n5"),
 ])
-def test_kernels_bit_identical_across_thread_counts(N, C, K, H, R, padding, dtype, restore_threads, request):
+def test_kernels_bit_identical_across_thread_counts(N, C, K, H, R, stride, padding, dtype, restore_threads,
+                                                    request):
     if _ran_in_a_two_thread_process(request):
         return
-    stride, padding = (1, 1), (padding, padding)
+    stride, padding = (stride, stride), (padding, padding)
     x, w, b, dy = _conv_data(N, C, K, H, H, R, R, stride, padding, dtype, _seed("threads", N, C))
     dy_pool = _normal(np.random.default_rng(1), (N, C, H // 2, H // 2), dtype)
     many = THREADS
