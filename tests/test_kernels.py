@@ -407,9 +407,9 @@ VIEW_KINDS = ["strided", "fortran", "transposed", "offset", "reversed"]
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", VIEW_KINDS)
 @pytest.mark.parametrize("stride, padding", [((1, 1), (1, 1)), ((2, 1), (0, 1)), ((1, 1), (0, 0))],
-                         ids=["s1p1", "s21p01", "s1p0-gemm"])
+                         ids=["s1p1", "s21p01", "s1p0-tile"])
 def test_conv2d_noncontiguous(stride, padding, kind, dtype):
-    C = 4 if padding == (0, 0) else 1                # C*R*S = 36 (gemm path) or 9 (small path)
+    C = 4 if padding == (0, 0) else 1                # C*R*S = 36 (tile path) or 9 (small path)
     x, w, b, dy = _conv_data(3, C, 5, 7, 6, 3, 3, stride, padding, dtype, _seed(kind, stride, padding))
     xv, wv, bv, dyv = (_view(a, kind) for a in (x, w, b, dy))
     assert not xv.flags.c_contiguous and not wv.flags.c_contiguous and not dyv.flags.c_contiguous
