@@ -160,8 +160,11 @@ def _forward_shifted(x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups)
         g1 = (g + 1) * nblk // ngroups
         if g1 <= g0:
             continue
-        xf = np.zeros(C * sh * sw * Hs * Ws, x.dtype)
-        _pack_phases(x[n], sh, sw, ph, pw, Hs, Ws, xf, np.int64(0))   # not a literal: one specialisation
+        if sh == 1 and sw == 1 and ph == 0 and pw == 0:
+            xf = x[n].reshape(C * Hs * Ws)                          # the image is its only phase plane
+        else:
+            xf = np.zeros(C * sh * sw * Hs * Ws, x.dtype)
+            _pack_phases(x[n], sh, sw, ph, pw, Hs, Ws, xf, np.int64(0))   # not a literal: one specialisation
         Ct = np.empty(((g1 - g0) * MR, nkb * NR), x.dtype)
         tiles_pixels(xf, starts, offs[g0 * MR:g1 * MR], Bf, L, Ct)
         v0, v1 = g0 * MR, min(PQ, g1 * MR)
