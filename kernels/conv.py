@@ -46,7 +46,7 @@ KC = 256              # reduction block of the tile kernels: a B panel of KC x N
 TASKS_PER_CALL = 8    # a forward call on fewer images than this also splits each image's pixels
 
 
-# ---------------------------------------------------------------- serial workers (one image)
+# ---------------------------------------------------------------- serial workers (one image or one chunk of images)
 
 @njit(boundscheck=False, cache=CACHE)
 def _pad_chw(x, ph, pw, xp):
@@ -77,8 +77,6 @@ def _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT, offset):
                     for q in range(Q):
                         colT[row, base + q] = xp[c, h, q * sw + s]
 
-
-# ---------------------------------------------------------------- parallel drivers
 
 @njit(boundscheck=False, cache=CACHE)
 def _pack_phases(x, sh, sw, ph, pw, Hs, Ws, xf, base):
@@ -135,6 +133,85 @@ def tiles_pixels(xf, starts, offs, Bf, L, Ct):
                 tile(xf, starts[k0:k1], offs[g:g + MR], Bf, lstarts[k0:k1], kb * L * NR, Ct, g, kb * NR, k0 > 0)
 
 
+@njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
+def tiles_grid(Af, L, xf, starts, j0, j1, Ct):
+    """Ct[k, j - j0] = sum_l A[k // MR, l, k % MR] * xf[starts[l] + j] for every k of the packed
+    weights Af (ceil(K/MR) panels of L x MR, flattened) and j0 <= j < j1 rounded up to NR: the tile
+    kernel with MR output channels as its rows and NR consecutive pixels of the grid as its
+    columns, read in place from xf. Loop order: NR-pixel panel, reduction block, MR-row block."""
+    mb = Af.shape[0] // (L * MR)
+    lstarts = np.arange(L) * MR
+    aoffs = np.empty(mb * MR, np.int64)
+    for i in range(mb * MR):
+        aoffs[i] = (i // MR) * L * MR + i % MR
+    kc = balanced_block(L)
+    for jp in range(j0, j1, NR):
+        for k0 in range(0, L, kc):
+            k1 = min(L, k0 + kc)
+            for ib in range(mb):
+                tile(Af, lstarts[k0:k1], aoffs[ib * MR:ib * MR + MR], xf, starts[k0:k1], jp, Ct, ib * MR, jp - j0,
+                     k0 > 0)
+
+
+@njit(boundscheck=False, cache=CACHE)
+def _pack_dyt(d3, i0, nb, dyt):
+    """Images i0 .. i0+nb of the gradient d3 (N, K, P*Q) -> dyt (ceil(K/NR), nb*P*Q, NR), the tile's
+    B panels: dyt[k // NR, i*P*Q + v, k % NR] = d3[i0 + i, k, v], zero for k >= K."""
+    K, PQ = d3.shape[1], d3.shape[2]
+    for kb in range(dyt.shape[0]):
+        for i in range(nb):
+            for v in range(PQ):
+                for j in range(NR):
+                    k = kb * NR + j
+                    dyt[kb, i * PQ + v, j] = d3[i0 + i, k, v] if k < K else 0
+
+
+@njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
+def partials_shifted(x, n0, nb, sh, sw, ph, pw, Hs, Ws, P, Q, starts, dyt, dw_part, db_part):
+    """Partial dw (K, C*R*S) and db (K,) of images n0 .. n0+nb of x (N, C, H, W) against their
+    gradient packed by _pack_dyt, with the tile kernel, as the forward's transpose: rows are
+    reduction indices (c, r, t), columns NR output channels, and the reduction runs over the
+    chunk's output pixels. Each image goes into its phase planes (_pack_phases) followed by one
+    more plane holding 1 at every output pixel, the images one after the other (xf), so A[pixel
+    (i, p, q), (c, r, t)] = xf[i*img + p*Ws + q + starts[(c, r, t)]] is read in place, and the row
+    whose start is that plane's (the last real entry of starts, see dw_starts) sums dy: db, in the
+    same order as dw. starts is padded to a multiple of MR (the padding rows are dropped)."""
+    C = x.shape[1]
+    plane = Hs * Ws
+    img = (C * sh * sw + 1) * plane
+    K, L = dw_part.shape
+    npix = nb * P * Q
+    xf = np.zeros(nb * img, x.dtype)
+    for i in range(nb):
+        _pack_phases(x[n0 + i], sh, sw, ph, pw, Hs, Ws, xf, i * img)
+        for p in range(P):
+            base = i * img + C * sh * sw * plane + p * Ws
+            for q in range(Q):
+                xf[base + q] = 1
+    astarts = np.empty(npix, np.int64)
+    for i in range(nb):
+        for p in range(P):
+            for q in range(Q):
+                astarts[(i * P + p) * Q + q] = i * img + p * Ws + q
+    lstarts = np.arange(npix) * NR
+    nkb = dyt.shape[0]
+    dytf = dyt.reshape(nkb * npix * NR)
+    Ct = np.empty((starts.shape[0], nkb * NR), x.dtype)
+    kc = balanced_block(npix)
+    for kb in range(nkb):
+        for k0 in range(0, npix, kc):
+            k1 = min(npix, k0 + kc)
+            for g in range(0, starts.shape[0], MR):
+                tile(xf, astarts[k0:k1], starts[g:g + MR], dytf, lstarts[k0:k1], kb * npix * NR, Ct, g, kb * NR,
+                     k0 > 0)
+    for k in range(K):
+        for l in range(L):
+            dw_part[k, l] = Ct[l, k]
+        db_part[k] = Ct[L, k]
+
+
+# ---------------------------------------------------------------- parallel drivers
+
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _forward_shifted(x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups):
     """Any stride: x (N,C,H,W), Bp (ceil(K/NR), C*R*S, NR) the packed weights -> y (N,K,P,Q).
@@ -172,26 +249,6 @@ def _forward_shifted(x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups)
             bk = b[k]
             for v in range(v0, v1):
                 yv[n, k, v] = Ct[v - v0, k] + bk
-
-
-@njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
-def tiles_grid(Af, L, xf, starts, j0, j1, Ct):
-    """Ct[k, j - j0] = sum_l A[k // MR, l, k % MR] * xf[starts[l] + j] for every k of the packed
-    weights Af (ceil(K/MR) panels of L x MR, flattened) and j0 <= j < j1 rounded up to NR: the tile
-    kernel with MR output channels as its rows and NR consecutive pixels of the grid as its
-    columns, read in place from xf. Loop order: NR-pixel panel, reduction block, MR-row block."""
-    mb = Af.shape[0] // (L * MR)
-    lstarts = np.arange(L) * MR
-    aoffs = np.empty(mb * MR, np.int64)
-    for i in range(mb * MR):
-        aoffs[i] = (i // MR) * L * MR + i % MR
-    kc = balanced_block(L)
-    for jp in range(j0, j1, NR):
-        for k0 in range(0, L, kc):
-            k1 = min(L, k0 + kc)
-            for ib in range(mb):
-                tile(Af, lstarts[k0:k1], aoffs[ib * MR:ib * MR + MR], xf, starts[k0:k1], jp, Ct, ib * MR, jp - j0,
-                     k0 > 0)
 
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
@@ -288,63 +345,6 @@ def _backward_weight_partials(x, dy, sh, sw, ph, pw, Hs, Ws, nchunks, starts, dw
         dyt = np.empty(((K + NR - 1) // NR, nb * PQ, NR), x.dtype)
         _pack_dyt(d3, n0, nb, dyt)
         partials_shifted(x, n0, nb, sh, sw, ph, pw, Hs, Ws, P, Q, starts, dyt, dw_part[ch], db_part[ch])
-
-
-@njit(boundscheck=False, cache=CACHE)
-def _pack_dyt(d3, i0, nb, dyt):
-    """Images i0 .. i0+nb of the gradient d3 (N, K, P*Q) -> dyt (ceil(K/NR), nb*P*Q, NR), the tile's
-    B panels: dyt[k // NR, i*P*Q + v, k % NR] = d3[i0 + i, k, v], zero for k >= K."""
-    K, PQ = d3.shape[1], d3.shape[2]
-    for kb in range(dyt.shape[0]):
-        for i in range(nb):
-            for v in range(PQ):
-                for j in range(NR):
-                    k = kb * NR + j
-                    dyt[kb, i * PQ + v, j] = d3[i0 + i, k, v] if k < K else 0
-
-
-@njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
-def partials_shifted(x, n0, nb, sh, sw, ph, pw, Hs, Ws, P, Q, starts, dyt, dw_part, db_part):
-    """Partial dw (K, C*R*S) and db (K,) of images n0 .. n0+nb of x (N, C, H, W) against their
-    gradient packed by _pack_dyt, with the tile kernel, as the forward's transpose: rows are
-    reduction indices (c, r, t), columns NR output channels, and the reduction runs over the
-    chunk's output pixels. Each image goes into its phase planes (_pack_phases) followed by one
-    more plane holding 1 at every output pixel, the images one after the other (xf), so A[pixel
-    (i, p, q), (c, r, t)] = xf[i*img + p*Ws + q + starts[(c, r, t)]] is read in place, and the row
-    whose start is that plane's (the last real entry of starts, see dw_starts) sums dy: db, in the
-    same order as dw. starts is padded to a multiple of MR (the padding rows are dropped)."""
-    C = x.shape[1]
-    plane = Hs * Ws
-    img = (C * sh * sw + 1) * plane
-    K, L = dw_part.shape
-    npix = nb * P * Q
-    xf = np.zeros(nb * img, x.dtype)
-    for i in range(nb):
-        _pack_phases(x[n0 + i], sh, sw, ph, pw, Hs, Ws, xf, i * img)
-        for p in range(P):
-            base = i * img + C * sh * sw * plane + p * Ws
-            for q in range(Q):
-                xf[base + q] = 1
-    astarts = np.empty(npix, np.int64)
-    for i in range(nb):
-        for p in range(P):
-            for q in range(Q):
-                astarts[(i * P + p) * Q + q] = i * img + p * Ws + q
-    lstarts = np.arange(npix) * NR
-    nkb = dyt.shape[0]
-    dytf = dyt.reshape(nkb * npix * NR)
-    Ct = np.empty((starts.shape[0], nkb * NR), x.dtype)
-    kc = balanced_block(npix)
-    for kb in range(nkb):
-        for k0 in range(0, npix, kc):
-            k1 = min(npix, k0 + kc)
-            for g in range(0, starts.shape[0], MR):
-                tile(xf, astarts[k0:k1], starts[g:g + MR], dytf, lstarts[k0:k1], kb * npix * NR, Ct, g, kb * NR,
-                     k0 > 0)
-    for k in range(K):
-        for l in range(L):
-            dw_part[k, l] = Ct[l, k]
-        db_part[k] = Ct[L, k]
 
 
 @njit(parallel=True, boundscheck=False, cache=CACHE)
