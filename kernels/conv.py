@@ -14,11 +14,13 @@ forward      C*R*S >= SMALL_L, any stride: no im2col. Each task splits its zero-
              of kernels/_tile.py takes MR output pixels as its rows, read in place from the phase
              planes (pixel (p, q) at p*Ws + q, reduction index (c, r, t) at phase_starts), and NR
              output channels of the packed weights as its columns (_forward_shifted,
-             tiles_pixels). Only real output pixels are computed.
+             tiles_pixels). Only real output pixels are computed. With few output channels
+             (grid_wins) the tile is turned around: MR output channels as rows, NR consecutive
+             pixels of the phase grid as columns, Ws - Q junk columns per row (_forward_grid).
              For a tiny reduction (C*R*S < SMALL_L, the first layer) the im2col is kept
              channel-major (C*R*S, P*Q) and y[n] is built with rows_axpy, vectorised over pixels.
-backward dx  stride 1: dx is the forward convolution of dy with the flipped, transposed weights
-             (C, K, R, S) and padding (R-1-ph, S-1-pw), the same fast kernel. Any other stride:
+backward dx  stride 1 and padding <= kernel - 1: dx is the forward convolution of dy with the
+             flipped, transposed weights (C, K, R, S) and padding (R-1-ph, S-1-pw). Otherwise:
              per image, dcol (P*Q, R*S*C) = dy[n]^T . W2 with the tile, then col2im adds each row
              back into the padded HWC image; prange over images.
 backward dw  prange over fixed chunks of images (their bounds depend on N only): each chunk writes
@@ -63,8 +65,8 @@ def _pad_chw(x, ph, pw, xp):
 
 
 @njit(boundscheck=False, cache=CACHE)
-def _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT, offset):
-    """xp (C, Hp, Wp) -> colT[(c, r, s), offset + p*Q + q] = xp[c, p*sh + r, q*sw + s].
+def _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT):
+    """xp (C, Hp, Wp) -> colT[(c, r, s), p*Q + q] = xp[c, p*sh + r, q*sw + s].
     (Plain multi-dimensional indexing: measured faster in Numba than per-row views.)"""
     C = xp.shape[0]
     for c in range(C):
@@ -72,7 +74,7 @@ def _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT, offset):
             for s in range(S):
                 row = (c * R + r) * S + s
                 for p in range(P):
-                    base = offset + p * Q
+                    base = p * Q
                     h = p * sh + r
                     for q in range(Q):
                         colT[row, base + q] = xp[c, h, q * sw + s]
@@ -297,7 +299,7 @@ def _forward_small(x, w2, b, R, S, sh, sw, ph, pw, y):
         xp = np.empty((C, H + 2 * ph, W + 2 * pw), x.dtype)
         _pad_chw(x[n], ph, pw, xp)
         colT = np.empty((C * R * S, P * Q), x.dtype)
-        _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT, 0)
+        _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT)
         rows_axpy(w2, colT, b, y[n].reshape(K, P * Q))
 
 
@@ -480,15 +482,15 @@ def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx=True):
     db_part = np.empty((nchunks, K), x.dtype)
     dw = np.empty((K, C * R * S), x.dtype)
     db = np.empty(K, x.dtype)
-    if N == 0:
+    if dy.size == 0:                       # no images, no output channels or no output pixels
         dw[:] = 0
         db[:] = 0
-    else:
-        Hs, Ws = phase_grid(H, W, stride, padding)
-        with slp_compilation():
-            _backward_weight_partials(x, dy, *stride, *padding, Hs, Ws, nchunks,
-                                      dw_starts(C, R, S, stride, Hs, Ws), dw_part, db_part)
-        _sum_partials(dw_part, db_part, dw, db)
+        return (np.zeros((N, C, H, W), x.dtype) if need_dx else None), dw.reshape(K, C, R, S), db
+    Hs, Ws = phase_grid(H, W, stride, padding)
+    with slp_compilation():
+        _backward_weight_partials(x, dy, *stride, *padding, Hs, Ws, nchunks,
+                                  dw_starts(C, R, S, stride, Hs, Ws), dw_part, db_part)
+    _sum_partials(dw_part, db_part, dw, db)
     dw = dw.reshape(K, C, R, S)
     if not need_dx:
         return None, dw, db

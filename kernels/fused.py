@@ -63,7 +63,7 @@ def _forward_small(x, w2, b, R, S, sh, sw, ph, pw, P, Q, kh, kw, psh, psw, zero,
         xp = np.empty((C, H + 2 * ph, W + 2 * pw), x.dtype)
         _pad_chw(x[n], ph, pw, xp)
         colT = np.empty((C * R * S, P * Q), x.dtype)
-        _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT, 0)
+        _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT)
         conv = np.empty((K, P * Q), x.dtype)                       # this image's conv planes
         rows_axpy(w2, colT, b, conv)
         _pool_planes(conv, P, Q, kh, kw, psh, psw, zero, y[n], argmax[n])

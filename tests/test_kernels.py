@@ -34,6 +34,7 @@ from fastcnn import kernels as nb
 from fastcnn import reference as ref
 from fastcnn.backend import blas_guard
 from fastcnn.data import load_dataset, to_float
+from fastcnn.kernels.conv import SMALL_L, grid_wins, phase_grid
 from fastcnn.testing import assert_agree, training_tolerance
 
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
@@ -124,7 +125,9 @@ def _conv_case(N, C, K, H, W, R, S, stride, padding, label):
     padding = padding if isinstance(padding, tuple) else (padding, padding)
     P, Q = _conv_out(H, W, R, S, stride, padding)
     assert P >= 1 and Q >= 1, label
-    path = ("small" if C * R * S < 32 else "tiles") + ("" if stride == (1, 1) else "-phases")
+    _, Ws = phase_grid(H, W, stride, padding)        # which forward kernel runs: in the test id
+    path = ("small" if C * R * S < SMALL_L else "tile-grid" if grid_wins(K, Q, Ws) else "tile-pixels")
+    path += "" if stride == (1, 1) else "-phases"
     cid = (f"{label}-n{N}c{C}k{K}-{H}x{W}-k{R}x{S}-s{stride[0]}{stride[1]}-p{padding[0]}{padding[1]}"
            f"-{path}")
     return pytest.param(N, C, K, H, W, R, S, stride, padding, id=cid)
@@ -136,15 +139,15 @@ CONV_GRID = [
     _conv_case(1, 3, 8, 9, 11, 3, 3, 3, 0, "batch1-stride3"),
     _conv_case(3, 1, 5, 9, 11, 3, 3, 1, 0, "small-Kodd"),
     _conv_case(5, 1, 3, 8, 8, 3, 3, 1, 1, "small-dx-small"),          # dx conv: K*R*S = 27 < 32
-    _conv_case(5, 4, 7, 7, 10, 3, 3, 1, 1, "gemm-K7-PQ70"),
+    _conv_case(5, 4, 7, 7, 10, 3, 3, 1, 1, "K7-PQ70"),
     _conv_case(9, 32, 64, 14, 14, 3, 3, 1, 1, "mnist-conv2"),
     _conv_case(3, 1, 32, 28, 28, 3, 3, 1, 1, "mnist-conv1"),
-    _conv_case(3, 40, 6, 5, 5, 1, 1, 1, 0, "1x1-gemm"),
+    _conv_case(3, 40, 6, 5, 5, 1, 1, 1, 0, "1x1-40to6"),
     _conv_case(2, 3, 5, 5, 5, 1, 1, 1, 1, "1x1-pad1-col2im"),
     _conv_case(5, 33, 10, 7, 9, 1, 1, 2, 0, "1x1-stride2"),
     _conv_case(9, 2, 6, 9, 9, 5, 5, 1, 2, "5x5-pad2"),
     _conv_case(3, 1, 5, 11, 13, 5, 5, 3, 2, "5x5-stride3-small"),
-    _conv_case(5, 3, 9, 13, 11, 5, 5, 2, 1, "5x5-stride2-gemm"),
+    _conv_case(5, 3, 9, 13, 11, 5, 5, 2, 1, "5x5-stride2"),
     _conv_case(5, 6, 5, 6, 11, 2, 3, (1, 2), (1, 0), "2x3-mixed-stride"),
     _conv_case(3, 2, 5, 8, 7, 2, 3, (2, 1), (0, 2), "2x3-pad-beyond-kernel"),
     _conv_case(9, 7, 12, 9, 11, 3, 3, 2, 1, "stride2-col2im"),
@@ -155,15 +158,15 @@ CONV_GRID = [
     _conv_case(3, 9, 4, 5, 5, 2, 2, 1, 2, "pad2-beyond-2x2"),
     _conv_case(2, 3, 1, 6, 6, 3, 3, 1, 0, "K1"),
     _conv_case(5, 2, 5, 3, 3, 3, 3, 3, 2, "pad-exceeds-input"),
-    # stride 1 runs the register-tile kernel on windows of the padded image (forward, dx and dw;
-    # K and C*R*S + 1 off multiples of the tile's 5 rows and 16 columns):
-    _conv_case(3, 43, 7, 5, 6, 3, 3, 1, 1, "shifted-K7-odd-N-edges"),
-    _conv_case(2, 130, 5, 4, 3, 1, 1, 1, 0, "shifted-1x1"),
-    _conv_case(2, 30, 6, 7, 5, 5, 5, 1, 2, "shifted-5x5-pad2"),
-    _conv_case(1, 64, 3, 3, 4, 2, 3, 1, (1, 2), "shifted-batch1-2x3"),
-    _conv_case(2, 5, 48, 6, 6, 3, 3, 1, 1, "dx-shifted-K48"),
+    # the register tile reads windows of the padded image in place (forward, dx and dw; K and
+    # C*R*S + 1 off multiples of the tile's 5 rows and 16 columns; few K turn the forward around):
+    _conv_case(3, 43, 7, 5, 6, 3, 3, 1, 1, "tile-K7-odd-N-edges"),
+    _conv_case(2, 130, 5, 4, 3, 1, 1, 1, 0, "tile-1x1"),
+    _conv_case(2, 30, 6, 7, 5, 5, 5, 1, 2, "tile-5x5-pad2"),
+    _conv_case(1, 64, 3, 3, 4, 2, 3, 1, (1, 2), "tile-batch1-2x3"),
+    _conv_case(2, 5, 48, 6, 6, 3, 3, 1, 1, "dx-tile-K48"),
     _conv_case(5, 16, 11, 9, 7, 3, 3, 1, 1, "dwtiles-K11-N5-odd-grid"),
-    _conv_case(3, 16, 7, 6, 5, 1, 1, 1, 0, "dwtiles-tiny-1x1-C16"),   # fused first layer, C = 16
+    _conv_case(3, 16, 7, 6, 5, 1, 1, 1, 0, "dwtiles-tiny-1x1-C16"),   # in the fused grid too: a tiny first layer
     _conv_case(1, 48, 7, 5, 5, 3, 2, 1, (0, 1), "dwtiles-batch1-3x2"),
     _conv_case(6, 32, 9, 13, 11, 1, 1, 1, 0, "dwtiles-1x1"),
     # the general shapes a user builds (small batches: agreement, not speed):
@@ -526,6 +529,16 @@ def test_pool_random_shapes(problem):
 
 
 # ----------------------------------------------------------------------------------- validation
+
+def test_conv2d_backward_without_output_pixels_is_zero():
+    # A 2x2 input under a 3x3 kernel at stride 2 has no output pixel: nothing flows back.
+    x, w = np.ones((2, 3, 2, 2), np.float32), np.ones((4, 3, 3, 3), np.float32)
+    y = nb.conv2d_forward(x, w, np.zeros(4, np.float32), (2, 2), (0, 0))
+    assert y.shape == (2, 4, 0, 0)
+    dx, dw, db = nb.conv2d_backward(y, x, w, (2, 2), (0, 0))
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == (4,)
+    assert not dx.any() and not dw.any() and not db.any()
+
 
 def test_conv_rejects_mixed_dtypes():
     x = np.zeros((1, 2, 5, 5), np.float32)
