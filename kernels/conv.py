@@ -368,30 +368,21 @@ def _sum_partials(dw_part, db_part, dw, db):
 
 # ---------------------------------------------------------------- wrappers (validate, allocate)
 
-def pack_rows(a):
-    """a (K, L) -> (ceil(K/MR), L, MR): the tile kernel's A panels (MR output channels side by side
-    for each reduction index), rows past K zero."""
+def pack_panels(a, width):
+    """a (K, L) -> (ceil(K/width), L, width): the tile kernel's packed panels, ``width`` output
+    channels side by side for each reduction index (MR for its rows, NR for its columns); channels
+    past K zero."""
     K, L = a.shape
-    mb = -(-K // MR)
-    ap = np.zeros((mb * MR, L), a.dtype)
+    nb = -(-K // width)
+    ap = np.zeros((nb * width, L), a.dtype)
     ap[:K] = a
-    return np.ascontiguousarray(ap.reshape(mb, MR, L).transpose(0, 2, 1))
+    return np.ascontiguousarray(ap.reshape(nb, width, L).transpose(0, 2, 1))
 
 
 def grid_wins(K, Q, Ws):
     """Whether _forward_grid wastes fewer multiply-adds than _forward_shifted: MR-row panels of
     output channels and Ws/Q of the grid's columns, against NR-wide channel panels."""
     return -(-K // MR) * MR * Ws / Q < -(-K // NR) * NR
-
-
-def pack_cols(a):
-    """a (K, L) -> (ceil(K/NR), L, NR): the tile kernel's B panels (NR output channels side by side
-    for each reduction index), columns past K zero."""
-    K, L = a.shape
-    kb = -(-K // NR)
-    bp = np.zeros((kb * NR, L), a.dtype)
-    bp[:K] = a
-    return np.ascontiguousarray(bp.reshape(kb, NR, L).transpose(0, 2, 1))
 
 
 def pad_rows(offsets):
@@ -453,14 +444,14 @@ def _forward(x, w, b, stride, padding):
             npan = -(-(P * Ws) // NR)
             ngroups = 1 if N >= TASKS_PER_CALL else min(npan, -(-TASKS_PER_CALL // N))
             with slp_compilation():
-                _forward_grid(x, pack_rows(w2), b, *stride, *padding, Hs, Ws, y, starts, (S - 1) // stride[1] + NR,
-                              ngroups)
+                _forward_grid(x, pack_panels(w2, MR), b, *stride, *padding, Hs, Ws, y, starts,
+                              (S - 1) // stride[1] + NR, ngroups)
         else:
             offs = pixel_offsets(P, Q, Ws)
             nblk = len(offs) // MR
             ngroups = 1 if N >= TASKS_PER_CALL else min(nblk, -(-TASKS_PER_CALL // N))
             with slp_compilation():
-                _forward_shifted(x, pack_cols(w2), b, *stride, *padding, Hs, Ws, y, starts, offs, ngroups)
+                _forward_shifted(x, pack_panels(w2, NR), b, *stride, *padding, Hs, Ws, y, starts, offs, ngroups)
     return y
 
 
@@ -505,6 +496,6 @@ def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx=True):
         w2t = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(R * S * C, K)  # (r, s, c) x K
         P, Q = dy.shape[2], dy.shape[3]
         with slp_compilation():
-            _backward_input_col2im(dy, pack_cols(w2t), R, S, sh, sw, ph, pw, dx,
+            _backward_input_col2im(dy, pack_panels(w2t, NR), R, S, sh, sw, ph, pw, dx,
                                    np.arange(K, dtype=np.int64) * (P * Q), pixel_offsets(P, Q, Q))
     return dx, dw, db
