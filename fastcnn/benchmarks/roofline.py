@@ -18,8 +18,7 @@ from fastcnn.benchmarks.measurement import CpuMeter
 
 CHAINS = 12          # independent accumulators: more than FMA latency x FMA ports on current x86 cores
 DEPTH = 8            # multiply-adds per chain and per loaded value in the loop formulation
-SLP_CHAINS = 10      # the SLP formulation's vector accumulators (fewer: its source is LANES times longer)
-LANES = 16           # float32 lanes of a 512-bit register: the SLP formulation's scalars per accumulator
+SLP_CHAINS = 10      # the SLP formulation's vector accumulators: with a and b, 12 of AVX2's 16 registers
 LOOP_LENGTH = 512    # elements per chain and thread in the loop formulation (24 KiB: stays in L1)
 
 # Vector width in bits of the kernels OpenBLAS picks per core type (threadpoolctl's "architecture").
@@ -117,35 +116,47 @@ def _loop_source() -> str:
     return "\n".join(lines)
 
 
-def _slp_source() -> str:
-    """CHAINS x LANES named scalars loaded from and stored to consecutive elements: LLVM's SLP
-    vectoriser packs each run of LANES into one register (the route of the notes on Numba GEMMs)."""
-    n = SLP_CHAINS * LANES
+def _slp_source(n: int) -> str:
+    """n named scalars loaded from and stored to consecutive elements: LLVM's SLP vectoriser packs
+    each run of one register's lanes into that register, so n = SLP_CHAINS x lanes keeps SLP_CHAINS
+    independent chains in registers. More than the register file holds (16 lanes per chain on an
+    AVX2 CPU: 20 ymm accumulators) spills every pass to the stack and measures the spills, not the
+    FMA units."""
     lines = ["def chains(s, a, b, reps):"] + [f"    v{j} = s[{j}]" for j in range(n)]
     lines += ["    for _ in range(reps):"] + [f"        v{j} = v{j} * a + b" for j in range(n)]
     lines += [f"    s[{j}] = v{j}" for j in range(n)]
     return "\n".join(lines)
 
 
-FORMULATIONS = {
-    # name: (source, FMAs per pass and per state array, state shape per thread, SLP needed)
-    "loop": (_loop_source, CHAINS * DEPTH * LOOP_LENGTH, (CHAINS, LOOP_LENGTH), False),
-    "slp": (_slp_source, SLP_CHAINS * LANES, (SLP_CHAINS * LANES,), True),
-}
+FORMULATIONS = ("loop", "slp")
+
+
+def formulation(name: str, lanes: int) -> tuple[str, int, tuple[int, ...], bool]:
+    """(source, FMAs per pass and per state array, state shape per thread, SLP needed) of one
+    formulation for a CPU whose widest float32 vector has ``lanes`` lanes."""
+    if name == "loop":
+        return _loop_source(), CHAINS * DEPTH * LOOP_LENGTH, (CHAINS, LOOP_LENGTH), False
+    n = SLP_CHAINS * lanes
+    return _slp_source(n), n, (n,), True
+
+
+def cpu_lanes() -> int:
+    """float32 lanes of this CPU's widest FMA vector (16 where /proc/cpuinfo says nothing)."""
+    return (cpu_vector_bits(cpu_flags()) or 512) // 32
 
 
 class PeakKernel:
     """One formulation of the FMA micro-benchmark, compiled (never cached: the on-disk cache key
     ignores the SLP setting) into a one-thread and an all-thread (prange over threads) function."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, lanes: int | None = None):
         import numba  # lazy: importing fastcnn.benchmarks must not start Numba
         from numba import njit, prange
 
-        make_source, self.fmas_per_pass, self.state_shape, slp = FORMULATIONS[name]
+        source, self.fmas_per_pass, self.state_shape, slp = formulation(name, lanes or cpu_lanes())
         self.name = name
         namespace: dict = {}
-        exec(make_source(), namespace)      # noqa: S102 - source generated above, no outside input
+        exec(source, namespace)      # noqa: S102 - source generated above, no outside input
         old = numba.core.config.SLP_VECTORIZE
         numba.core.config.SLP_VECTORIZE = slp            # read at compile time only; restored below
         try:
@@ -162,7 +173,8 @@ class PeakKernel:
             self.many(probe, np.float32(1), np.float32(0), 1)
         finally:
             numba.core.config.SLP_VECTORIZE = old
-        self.fma_counts = fma_counts(next(iter(self.one.inspect_asm().values())))
+        asm = next(iter(self.one.inspect_asm().values()))
+        self.fma_counts, self.spills = fma_counts(asm), fma_loop_spills(asm)
 
     @property
     def vector_bits(self) -> int | None:
@@ -200,6 +212,17 @@ def fma_counts(asm: str) -> dict:
             for reg in ("zmm", "ymm", "xmm")}
 
 
+def fma_loop_spills(asm: str) -> int:
+    """Vector register moves to or from the stack in the basic blocks of ``asm`` (AT&T syntax) that
+    hold packed FMAs: 0 when the chains stay in registers, as a peak kernel must."""
+    spills = 0
+    for block in re.split(r"\n\.?L\w+:", asm):
+        if re.search(r"vfn?m(?:add|sub)\d{3}ps", block):
+            spills += len(re.findall(r"^\s*vmov\w*\s[^\n]*(?:%[xyz]mm[^\n]*\(%rsp\)|\(%rsp\)[^\n]*%[xyz]mm)",
+                                     block, re.M))
+    return spills
+
+
 def _best_rate(kernel: PeakKernel, threads: int, min_time: float, repeats: int) -> dict:
     reps = 4                                             # n = 4..64 multiply-adds: the check is sharp here
     while True:                                          # calibrate: one call of about min_time / repeats
@@ -230,6 +253,7 @@ def measure_fma_peak(threads: int, *, min_time: float = 0.5, repeats: int = 5) -
             one = _best_rate(kernel, 1, min_time, repeats)
             many = _best_rate(kernel, threads, min_time, repeats) if threads > 1 else one
             out["formulations"][name] = {"vector_bits": kernel.vector_bits, "fma_instructions": kernel.fma_counts,
+                                         "stack_spills": kernel.spills,
                                          "one_thread": one, "all_threads": many}
     finally:
         numba.set_num_threads(before)
