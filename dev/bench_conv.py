@@ -19,9 +19,8 @@ from numba import njit, prange
 from fastcnn import kernels as nb
 from fastcnn.convmath import conv_output_size
 from fastcnn.kernels._config import slp_compilation
-from fastcnn.kernels._tile import NR, fma_chains
+from fastcnn.kernels._tile import NR, PEAK_CHAINS, fma_chains
 
-CHAINS = 5
 SHAPES = {  # name: N, C, K, H, W, R, S, stride, pad
     "conv2": (128, 32, 64, 14, 14, 3, 3, 1, 1),
     "lenet5x5": (128, 6, 16, 14, 14, 5, 5, 1, 0),
@@ -51,12 +50,12 @@ def _best(fn, repeat, threads):
 
 def peak(threads: int, repeat: int) -> tuple[float, float]:
     n = 2_000_000
-    xs = np.full((threads, CHAINS * NR), 0.5, np.float32)
+    xs = np.full((threads, PEAK_CHAINS * NR), 0.5, np.float32)
     y = np.full(NR, 0.999, np.float32)
     with slp_compilation():
         _chains_parallel(10, xs, y)
     wall, cpu = _best(lambda: _chains_parallel(n, xs, y), repeat, threads)
-    flops = 2.0 * CHAINS * NR * n * threads
+    flops = 2.0 * PEAK_CHAINS * NR * n * threads
     return flops / wall / 1e9, flops / cpu / 1e9
 
 

@@ -44,7 +44,7 @@ from fastcnn.kernels._tile import MR, NR, tile
 
 SMALL_L = 32          # forward reductions shorter than this use rows_axpy instead of the tile
 IMAGES_PER_CHUNK = 4  # dw partials: images packed per chunk
-KC = 256              # reduction block of the tile kernels: a B panel of KC x NR stays in L1
+KC = 128              # reduction block of the tile kernels: a B panel of KC x NR (16 KiB) stays in L1
 TASKS_PER_CALL = 8    # a forward call on fewer images than this also splits each image's pixels
 
 
@@ -89,6 +89,13 @@ def _pack_phases(x, sh, sw, ph, pw, Hs, Ws, xf, base):
     C, H, W = x.shape
     plane = Hs * Ws
     xr = x.reshape(C * H * W)
+    if sh == 1 and sw == 1:                                     # one plane: rows copied into the padding
+        for c in range(C):
+            for h in range(H):
+                d, src = np.uint64(base + c * plane + (h + ph) * Ws + pw), np.uint64((c * H + h) * W)
+                for w in range(np.uint64(W)):
+                    xf[d + w] = xr[src + w]
+        return
     us = np.uint64(sw)
     for b in range(sw):                                         # no division inside the loops
         w0 = (b - pw % sw + sw) % sw                            # the first w with (w + pw) % sw == b
@@ -98,11 +105,11 @@ def _pack_phases(x, sh, sw, ph, pw, Hs, Ws, xf, base):
             a, i = ph % sh, ph // sh                            # the phase row of h = 0
             for h in range(H):
                 dst = col + (c * sh + a) * sw * plane + i * Ws
+                d, src = np.uint64(dst), np.uint64((c * H + h) * W + w0)   # unsigned: no wrap-around checks
                 if sw == 1:
-                    for w in range(W):
-                        xf[dst + w] = x[c, h, w]
-                else:                                           # unsigned offsets: no wrap-around checks
-                    d, src = np.uint64(dst), np.uint64((c * H + h) * W + w0)
+                    for w in range(np.uint64(W)):
+                        xf[d + w] = xr[src + w]
+                else:
                     for k in range(n):
                         uk = np.uint64(k)
                         xf[d + uk] = xr[src + uk * us]
@@ -162,10 +169,11 @@ def _pack_dyt(d3, i0, nb, dyt):
     K, PQ = d3.shape[1], d3.shape[2]
     for kb in range(dyt.shape[0]):
         for i in range(nb):
-            for v in range(PQ):
-                for j in range(NR):
-                    k = kb * NR + j
-                    dyt[kb, i * PQ + v, j] = d3[i0 + i, k, v] if k < K else 0
+            for j0 in range(0, NR, 8):   # 8 source rows at a time: 8 ways of L1 even when P*Q*4 is 4 KiB
+                for v in range(PQ):
+                    for j in range(j0, j0 + 8):
+                        k = kb * NR + j
+                        dyt[kb, i * PQ + v, j] = d3[i0 + i, k, v] if k < K else 0
 
 
 @njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
