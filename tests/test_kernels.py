@@ -2,11 +2,11 @@
 (:mod:`fastcnn.reference`), plus determinism and argument validation of the kernels.
 
 * a fixed grid of edge cases per op (batch 1 and batches that do not split into chunks of 4, the
-  small (C*R*S < 32) and register-tile paths (stride 1, and other strides on phase planes), the
+  small (C*R*S < 16) and register-tile paths (stride 1, and other strides on phase planes), the
   general shapes of other networks (LeNet 5x5, 3-channel input, 64->128, stride 2, 1x1, a 7x7
   stride-2 stem), 1x1 / 3x3 / 5x5 / non-square kernels, strides 1, 2, 3 and mixed, padding 0-3
   and padding beyond kernel-1, tiny and odd spatial sizes, K, P*Q and C*R*S off the tile's
-  5 x 16 block, for its edge loops), in float32 and float64;
+  3 x 32 block, for its edge loops), in float32 and float64;
 * max-pool inputs full of exact ties (small integers, all-zero windows as after a ReLU, signed
   zeros): the argmax arrays must be identical, not merely close;
 * non-contiguous inputs (strided, Fortran-ordered, transposed, offset and reversed views);
@@ -138,7 +138,7 @@ CONV_GRID = [
     _conv_case(1, 1, 4, 7, 7, 3, 3, 1, 1, "batch1"),
     _conv_case(1, 3, 8, 9, 11, 3, 3, 3, 0, "batch1-stride3"),
     _conv_case(3, 1, 5, 9, 11, 3, 3, 1, 0, "small-Kodd"),
-    _conv_case(5, 1, 3, 8, 8, 3, 3, 1, 1, "small-dx-small"),          # dx conv: K*R*S = 27 < 32
+    _conv_case(5, 1, 3, 8, 8, 3, 3, 1, 1, "small-dx-tile"),            # dx conv: K*R*S = 27, the tile
     _conv_case(5, 4, 7, 7, 10, 3, 3, 1, 1, "K7-PQ70"),
     _conv_case(9, 32, 64, 14, 14, 3, 3, 1, 1, "mnist-conv2"),
     _conv_case(3, 1, 32, 28, 28, 3, 3, 1, 1, "mnist-conv1"),
@@ -146,7 +146,7 @@ CONV_GRID = [
     _conv_case(2, 3, 5, 5, 5, 1, 1, 1, 1, "1x1-pad1-col2im"),
     _conv_case(5, 33, 10, 7, 9, 1, 1, 2, 0, "1x1-stride2"),
     _conv_case(9, 2, 6, 9, 9, 5, 5, 1, 2, "5x5-pad2"),
-    _conv_case(3, 1, 5, 11, 13, 5, 5, 3, 2, "5x5-stride3-small"),
+    _conv_case(3, 1, 5, 11, 13, 5, 5, 3, 2, "5x5-stride3-C1"),
     _conv_case(5, 3, 9, 13, 11, 5, 5, 2, 1, "5x5-stride2"),
     _conv_case(5, 6, 5, 6, 11, 2, 3, (1, 2), (1, 0), "2x3-mixed-stride"),
     _conv_case(3, 2, 5, 8, 7, 2, 3, (2, 1), (0, 2), "2x3-pad-beyond-kernel"),
@@ -159,7 +159,7 @@ CONV_GRID = [
     _conv_case(2, 3, 1, 6, 6, 3, 3, 1, 0, "K1"),
     _conv_case(5, 2, 5, 3, 3, 3, 3, 3, 2, "pad-exceeds-input"),
     # the register tile reads windows of the padded image in place (forward, dx and dw; K and
-    # C*R*S + 1 off multiples of the tile's 5 rows and 16 columns; few K turn the forward around):
+    # C*R*S + 1 off multiples of the tile's 3 rows and 32 columns; few K turn the forward around):
     _conv_case(3, 43, 7, 5, 6, 3, 3, 1, 1, "tile-K7-odd-N-edges"),
     _conv_case(2, 130, 5, 4, 3, 1, 1, 1, 0, "tile-1x1"),
     _conv_case(2, 30, 6, 7, 5, 5, 5, 1, 2, "tile-5x5-pad2"),
