@@ -46,6 +46,8 @@ SMALL_L = 16          # forward reductions shorter than this use rows_axpy (meas
 IMAGES_PER_CHUNK = 4  # dw partials: images packed per chunk
 KC = 128              # reduction block of the tile kernels: a B panel of KC x NR (16 KiB) stays in L1
 TASKS_PER_CALL = 8    # a forward call on fewer images than this also splits each image's pixels
+NO_ARGMAX = np.empty((0, 0, 0, 0), np.int32)   # _backward_weight_partials: dy is not pooled
+NO_OFFSETS = np.empty(0, np.int64)
 
 
 # ---------------------------------------------------------------- serial workers (one image or one chunk of images)
@@ -120,8 +122,8 @@ def _pack_phases(x, sh, sw, ph, pw, Hs, Ws, xf, base):
 
 @njit(cache=CACHE)
 def balanced_block(L):
-    """The tile kernels' reduction block: at most KC, and equal blocks (L = 288 runs as 2 x 144, not
-    256 + 32: a short last block pays the tile's load and store of C for few multiply-adds)."""
+    """The tile kernels' reduction block: at most KC, and equal blocks (L = 288 runs as 3 x 96, not
+    128 + 128 + 32: a short last block pays the tile's load and store of C for few multiply-adds)."""
     return -(-L // -(-L // KC))
 
 
@@ -174,6 +176,23 @@ def _pack_dyt(d3, i0, nb, dyt):
                     for j in range(j0, j0 + 8):
                         k = kb * NR + j
                         dyt[kb, i * PQ + v, j] = d3[i0 + i, k, v] if k < K else 0
+
+
+@njit(boundscheck=False, cache=CACHE)
+def _scatter_pooled(dyn, an, offsets, psh, psw, Q, dyt, pix0):
+    """Route one image's pooled gradient dyn (K, P2, Q2) through its argmax into the zeroed packed
+    gradient dyt (_pack_dyt's layout): the dense gradient of pixel v (rows Q wide) of channel k
+    is dyt[k // NR, pix0 + v, k % NR]; offsets[a] is window element a's place in a block with rows
+    Q wide (fused.window_offsets). Same elements, same order as maxpool2d_backward."""
+    K, P2, Q2 = dyn.shape
+    for k in range(K):
+        kb, j = k // NR, k % NR
+        for p in range(P2):
+            base = pix0 + p * psh * Q
+            for q in range(Q2):
+                a = an[k, p, q]
+                if a >= 0:
+                    dyt[kb, base + q * psw + offsets[a], j] += dyn[k, p, q]
 
 
 @njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
@@ -342,18 +361,26 @@ def _backward_input_col2im(dy, Bp, R, S, sh, sw, ph, pw, dx, starts, offs):
 
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _backward_weight_partials(x, dy, sh, sw, ph, pw, Hs, Ws, nchunks, starts, dw_part, db_part):
-    """Per chunk of images (bounds depend on N only): dy packed pixel-major (_pack_dyt), then
-    partials_shifted writes the chunk's own partial dw_part[ch] (K, C*R*S) and db_part[ch] (K,)."""
-    N = x.shape[0]
-    K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
+def _backward_weight_partials(x, dy, argmax, offsets, psh, psw, sh, sw, ph, pw, Hs, Ws, P, Q, nchunks, starts,
+                              dw_part, db_part):
+    """Per chunk of images (bounds depend on N only): the chunk's convolution gradient in the tile's
+    packed layout, then partials_shifted writes the chunk's own partial dw_part[ch] (K, C*R*S) and
+    db_part[ch] (K,). With an empty argmax, dy is the convolution's gradient (N, K, P, Q), packed by
+    _pack_dyt; otherwise dy is the pooled gradient of a fused convolution + ReLU + max pool, routed
+    through argmax straight into the packed layout (_scatter_pooled). One driver for both: a
+    training run compiles it once."""
+    N, K = x.shape[0], dy.shape[1]
     PQ = P * Q
-    d3 = dy.reshape(N, K, PQ)
     for ch in prange(nchunks):
         n0 = ch * N // nchunks
         nb = (ch + 1) * N // nchunks - n0
-        dyt = np.empty(((K + NR - 1) // NR, nb * PQ, NR), x.dtype)
-        _pack_dyt(d3, n0, nb, dyt)
+        if argmax.shape[0] > 0:
+            dyt = np.zeros(((K + NR - 1) // NR, nb * PQ, NR), x.dtype)
+            for i in range(nb):
+                _scatter_pooled(dy[n0 + i], argmax[n0 + i], offsets, psh, psw, Q, dyt, i * PQ)
+        else:
+            dyt = np.empty(((K + NR - 1) // NR, nb * PQ, NR), x.dtype)
+            _pack_dyt(dy.reshape(N, K, PQ), n0, nb, dyt)
         partials_shifted(x, n0, nb, sh, sw, ph, pw, Hs, Ws, P, Q, starts, dyt, dw_part[ch], db_part[ch])
 
 
@@ -487,8 +514,8 @@ def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx=True):
         return (np.zeros((N, C, H, W), x.dtype) if need_dx else None), dw.reshape(K, C, R, S), db
     Hs, Ws = phase_grid(H, W, stride, padding)
     with slp_compilation():
-        _backward_weight_partials(x, dy, *stride, *padding, Hs, Ws, nchunks,
-                                  dw_starts(C, R, S, stride, Hs, Ws), dw_part, db_part)
+        _backward_weight_partials(x, dy, NO_ARGMAX, NO_OFFSETS, 1, 1, *stride, *padding, Hs, Ws, *dy.shape[2:],
+                                  nchunks, dw_starts(C, R, S, stride, Hs, Ws), dw_part, db_part)
     _sum_partials(dw_part, db_part, dw, db)
     dw = dw.reshape(K, C, R, S)
     if not need_dx:

@@ -14,11 +14,12 @@ forward   prange over images n: the convolution of image n into a (K, P*Q) buffe
           workers as :mod:`fastcnn.kernels.conv` for a tiny reduction: im2col + rows_axpy), then
           :func:`~fastcnn.kernels.pool.maxpool_plane` with the ReLU into y[n] and argmax[n]. (A
           first layer with C*R*S >= SMALL_L runs the convolution kernels, then the pool.)
-backward  prange over fixed chunks of images (bounds depend on N only), as conv2d_backward's dw
-          (the register tile on the images' phase planes, read in place): each chunk scatters its
-          pooled gradients through argmax into a zeroed, cache-resident block in the tile's
-          packed layout and writes its own partial dw and db; the partials are summed in chunk
-          order (bit-identical for any thread count).
+backward  conv2d_backward's weight-gradient driver (conv._backward_weight_partials: prange over
+          fixed chunks of images, the register tile on the images' phase planes, read in place),
+          given the pooled gradient and argmax: each chunk scatters its pooled gradients through
+          argmax into a zeroed, cache-resident block in the tile's packed layout and writes its
+          own partial dw and db; the partials are summed in chunk order (bit-identical for any
+          thread count).
 The buffers hold exactly what the unfused kernels would have stored, and are reduced in the same
 order, so the fused results equal the unfused Numba results bit for bit.
 """
@@ -30,16 +31,15 @@ from numba import njit, prange
 from fastcnn.convmath import conv_output_size
 from fastcnn.kernels._config import CACHE, FASTMATH, slp_compilation
 from fastcnn.kernels._gemm import rows_axpy
-from fastcnn.kernels._tile import NR
 from fastcnn.kernels.conv import (
     IMAGES_PER_CHUNK,
     SMALL_L,
+    _backward_weight_partials,
     _im2col_chw_t,
     _pad_chw,
     _prepare,
     _sum_partials,
     dw_starts,
-    partials_shifted,
     phase_grid,
 )
 from fastcnn.kernels.conv import _forward as _conv_forward
@@ -69,41 +69,7 @@ def _forward_small(x, w2, b, R, S, sh, sw, ph, pw, P, Q, kh, kw, psh, psw, zero,
         _pool_planes(conv, P, Q, kh, kw, psh, psw, zero, y[n], argmax[n])
 
 
-@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _backward_partials(x, dy, argmax, sh, sw, ph, pw, Hs, Ws, P, Q, offsets, psh, psw, nchunks, starts, dw_part,
-                       db_part):
-    """As conv._backward_weight_partials (phase planes, no im2col), with each chunk's dense
-    convolution gradient scattered from the pooled one straight into the packed layout."""
-    N = x.shape[0]
-    K = dy.shape[1]
-    PQ = P * Q
-    for ch in prange(nchunks):
-        n0 = ch * N // nchunks
-        nb = (ch + 1) * N // nchunks - n0
-        dyt = np.zeros(((K + NR - 1) // NR, nb * PQ, NR), x.dtype)   # the dense gradient, packed
-        for i in range(nb):
-            _scatter_pooled(dy[n0 + i], argmax[n0 + i], offsets, psh, psw, Q, dyt, i * PQ)
-        partials_shifted(x, n0, nb, sh, sw, ph, pw, Hs, Ws, P, Q, starts, dyt, dw_part[ch], db_part[ch])
-
-
-@njit(boundscheck=False, cache=CACHE)
-def _scatter_pooled(dyn, an, offsets, psh, psw, Q, dyt, pix0):
-    """Route one image's pooled gradient dyn (K, P2, Q2) through its argmax into the zeroed packed
-    gradient dyt (conv._pack_dyt's layout): the dense gradient of pixel v (rows Q wide) of channel k
-    is dyt[k // NR, pix0 + v, k % NR]; offsets[a] is window element a's place in a block with rows
-    Q wide (_window_offsets). Same elements, same order as maxpool2d_backward."""
-    K, P2, Q2 = dyn.shape
-    for k in range(K):
-        kb, j = k // NR, k % NR
-        for p in range(P2):
-            base = pix0 + p * psh * Q
-            for q in range(Q2):
-                a = an[k, p, q]
-                if a >= 0:
-                    dyt[kb, base + q * psw + offsets[a], j] += dyn[k, p, q]
-
-
-def _window_offsets(pool_size, row):
+def window_offsets(pool_size, row):
     """Where element a = r*kw + s of a pool window lies in a dense block with rows ``row`` wide,
     from the window's corner: a table, since an integer division per scattered element cost more
     than the rest of the scatter."""
@@ -156,7 +122,7 @@ def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, p
         db_part = np.empty((nchunks, K), x.dtype)
         Hs, Ws = phase_grid(*x.shape[2:], stride, padding)
         with slp_compilation():                                     # reaches the register tile
-            _backward_partials(x, dy, argmax, *stride, *padding, Hs, Ws, P, Q, _window_offsets(pool_size, Q),
-                               *pool_stride, nchunks, dw_starts(C, R, S, stride, Hs, Ws), dw_part, db_part)
+            _backward_weight_partials(x, dy, argmax, window_offsets(pool_size, Q), *pool_stride, *stride, *padding,
+                                      Hs, Ws, P, Q, nchunks, dw_starts(C, R, S, stride, Hs, Ws), dw_part, db_part)
         _sum_partials(dw_part, db_part, dw, db)
     return dw.reshape(K, C, R, S), db
