@@ -46,6 +46,8 @@ SMALL_L = 16          # forward reductions shorter than this use rows_axpy (meas
 IMAGES_PER_CHUNK = 4  # dw partials: images packed per chunk
 KC = 128              # reduction block of the tile kernels: a B panel of KC x NR (16 KiB) stays in L1
 TASKS_PER_CALL = 8    # a forward call on fewer images than this also splits each image's pixels
+BLOCK_PIXELS = (256 // MR) * MR   # forward: output pixels per result block (Ct), copied out at once
+CT_PAD = 16           # Ct row padding: a stride of a multiple of 256 bytes maps a column to 1/4 of L1's sets
 NO_ARGMAX = np.empty((0, 0, 0, 0), np.int32)   # _backward_weight_partials: dy is not pooled
 NO_OFFSETS = np.empty(0, np.int64)
 
@@ -271,13 +273,14 @@ def _forward_shifted(x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups)
         else:
             xf = np.zeros(C * sh * sw * Hs * Ws, x.dtype)
             _pack_phases(x[n], sh, sw, ph, pw, Hs, Ws, xf, np.int64(0))   # not a literal: one specialisation
-        Ct = np.empty(((g1 - g0) * MR, nkb * NR), x.dtype)
-        tiles_pixels(xf, starts, offs[g0 * MR:g1 * MR], Bf, L, Ct)
-        v0, v1 = g0 * MR, min(PQ, g1 * MR)
-        for k in range(K):
-            bk = b[k]
-            for v in range(v0, v1):
-                yv[n, k, v] = Ct[v - v0, k] + bk
+        Ct = np.empty((min((g1 - g0) * MR, BLOCK_PIXELS), nkb * NR + CT_PAD), x.dtype)
+        for v0 in range(g0 * MR, g1 * MR, BLOCK_PIXELS):
+            v1 = min(g1 * MR, v0 + BLOCK_PIXELS)
+            tiles_pixels(xf, starts, offs[v0:v1], Bf, L, Ct)
+            for k in range(K):                  # transposed copy-out: a column of Ct stays in L1
+                bk = b[k]
+                for v in range(v0, min(PQ, v1)):
+                    yv[n, k, v] = Ct[v - v0, k] + bk
 
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
