@@ -13,7 +13,7 @@ from fastcnn.kernels.fused import conv2d_relu_maxpool_backward, conv2d_relu_maxp
 from fastcnn.kernels.pool import maxpool2d_backward, maxpool2d_forward
 
 # About what a first run takes on a 2-core machine (README, performance section).
-ESTIMATED_COMPILE_SECONDS = {np.dtype(np.float32): 40.0, np.dtype(np.float64): 40.0}
+ESTIMATED_COMPILE_SECONDS = {np.dtype(np.float32): 30.0, np.dtype(np.float64): 30.0}
 
 
 class _FirstCompile(event.Listener):
