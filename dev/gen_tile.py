@@ -4,7 +4,7 @@
 array would leave them in memory."""
 from pathlib import Path
 
-# 3 x 32: 12 accumulators + B vectors + 3 broadcasts fit AVX2's 16 registers, and each step does 12
+# 3 x 32: 12 accumulators + 3 broadcasts + one B vector at a time fit AVX2's 16 registers; each step does 12
 # vector FMAs for 3 broadcasts and 4 loads of B. Measured in the forward's driver with the data in L1
 # (one core, same process, interleaved): 3 x 32 at 94 % of the FMA peak, 5 x 16 at 83 %, 2 x 32 84 %,
 # 4 x 16 73 %; 6 x 16 and 4 x 24 spill (65 %, 45 %).

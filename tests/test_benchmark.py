@@ -186,6 +186,12 @@ def test_peak_kernels_keep_their_chains_in_registers():
     assert roofline.fma_loop_spills(next(iter(spilling.one.inspect_asm().values()))) > 0
 
 
+def test_cpu_lanes_without_proc_cpuinfo_asks_llvm(monkeypatch):
+    from_cpuinfo = roofline.cpu_lanes()
+    monkeypatch.setattr(roofline, "cpu_flags", lambda: set())
+    assert roofline.cpu_lanes() == from_cpuinfo
+
+
 def test_allowed_fraction_is_the_roofline():
     assert roofline.allowed_fraction(10.0, 100.0, 5.0) == pytest.approx(0.5)
     assert roofline.allowed_fraction(100.0, 100.0, 5.0) == 1.0

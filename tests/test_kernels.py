@@ -147,6 +147,7 @@ CONV_GRID = [
     _conv_case(5, 33, 10, 7, 9, 1, 1, 2, 0, "1x1-stride2"),
     _conv_case(9, 2, 6, 9, 9, 5, 5, 1, 2, "5x5-pad2"),
     _conv_case(3, 1, 5, 11, 13, 5, 5, 3, 2, "5x5-stride3-C1"),
+    _conv_case(3, 1, 5, 11, 13, 3, 3, 3, 2, "small-stride3"),
     _conv_case(5, 3, 9, 13, 11, 5, 5, 2, 1, "5x5-stride2"),
     _conv_case(5, 6, 5, 6, 11, 2, 3, (1, 2), (1, 0), "2x3-mixed-stride"),
     _conv_case(3, 2, 5, 8, 7, 2, 3, (2, 1), (0, 2), "2x3-pad-beyond-kernel"),
@@ -166,7 +167,7 @@ CONV_GRID = [
     _conv_case(1, 64, 3, 3, 4, 2, 3, 1, (1, 2), "tile-batch1-2x3"),
     _conv_case(2, 5, 48, 6, 6, 3, 3, 1, 1, "dx-tile-K48"),
     _conv_case(5, 16, 11, 9, 7, 3, 3, 1, 1, "dwtiles-K11-N5-odd-grid"),
-    _conv_case(3, 16, 7, 6, 5, 1, 1, 1, 0, "dwtiles-tiny-1x1-C16"),   # in the fused grid too: a tiny first layer
+    _conv_case(3, 16, 7, 6, 5, 1, 1, 1, 0, "dwtiles-tiny-1x1-C16"),   # C*R*S = SMALL_L: the smallest tile forward
     _conv_case(1, 48, 7, 5, 5, 3, 2, 1, (0, 1), "dwtiles-batch1-3x2"),
     _conv_case(6, 32, 9, 13, 11, 1, 1, 1, 0, "dwtiles-1x1"),
     # the general shapes a user builds (small batches: agreement, not speed):

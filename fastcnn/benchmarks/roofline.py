@@ -141,8 +141,13 @@ def formulation(name: str, lanes: int) -> tuple[str, int, tuple[int, ...], bool]
 
 
 def cpu_lanes() -> int:
-    """float32 lanes of this CPU's widest FMA vector (16 where /proc/cpuinfo says nothing)."""
-    return (cpu_vector_bits(cpu_flags()) or 512) // 32
+    """float32 lanes of this CPU's widest FMA vector, from /proc/cpuinfo or, where there is none,
+    LLVM's view of the host CPU."""
+    flags = cpu_flags()
+    if not flags:
+        import llvmlite.binding as llvm  # lazy: only where /proc/cpuinfo is missing
+        flags = {name for name, on in llvm.get_host_cpu_features().items() if on}
+    return (cpu_vector_bits(flags) or 512) // 32
 
 
 class PeakKernel:
