@@ -198,6 +198,16 @@ def test_dropout_drops_about_p_and_scales_the_rest(p, dtype):
         assert p_q == 0.5                                              # exact at p = 0.5
 
 
+@pytest.mark.parametrize("bit_generator", [np.random.PCG64, np.random.MT19937, np.random.Philox, np.random.SFC64])
+def test_dropout_rate_holds_for_every_bit_generator(bit_generator):
+    """The mask's 16-bit draws must be uniform whatever generator the user passes (MT19937's raw
+    outputs fill only 32 of 64 bits: drawing from those dropped 75 % at p = 0.5)."""
+    n, p = 100_000, 0.5
+    y = Dropout(p, rng=np.random.Generator(bit_generator(7))).forward(np.ones((100, 1000), F32), training=True)
+    dropped = float(np.mean(y == 0))
+    assert abs(dropped - p) <= STAT_SIGMAS * math.sqrt(p * (1 - p) / n), dropped
+
+
 # ---------------------------------------------------------------------------------- BatchNorm2D
 
 def _bn_with_state(C=3, dtype=F64):
