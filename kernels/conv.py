@@ -387,12 +387,14 @@ def _backward_weight_partials(x, dy, argmax, offsets, psh, psw, sh, sw, ph, pw, 
         partials_shifted(x, n0, nb, sh, sw, ph, pw, Hs, Ws, P, Q, starts, dyt, dw_part[ch], db_part[ch])
 
 
-@njit(parallel=True, boundscheck=False, cache=CACHE)
+@njit(boundscheck=False, cache=CACHE)
 def _sum_partials(dw_part, db_part, dw, db):
-    """dw (K, L) = sum over chunks in chunk order; prange over rows k. Each element is summed in
-    the same order (chunk 0, 1, ...) whatever the thread count; rows are read contiguously."""
+    """dw (K, L) = sum over chunks in chunk order, so each element is summed in the same order
+    (chunk 0, 1, ...) whatever the thread count; rows are read contiguously. Serial: a fraction of
+    a millisecond even for the largest layer, and a prange driver would add about a second to the
+    first run's compilation."""
     nchunks, K, L = dw_part.shape
-    for k in prange(K):
+    for k in range(K):
         for l in range(L):
             dw[k, l] = dw_part[0, k, l]
         for ch in range(1, nchunks):
