@@ -788,6 +788,70 @@ def test_warm_up_announces_compilation_only_on_an_empty_cache(tmp_path):
     assert warm == "on_compile []", warm
 
 
+def test_warm_up_halves_write_disjoint_cache_entries(tmp_path):
+    """warm_up compiles its two halves in two processes into one cache: each half, run alone on an
+    empty cache, must write the entries of functions the other half never writes (two writers of
+    one function's entries can corrupt them, numba issue #4807)."""
+    code = "import numpy as np, fastcnn.kernels._warmup as w; w.{}(np.dtype('float32'))"
+    procs = {}
+    for half in ("convolution_ops", "pooling_ops"):
+        env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / half), "FASTCNN_NUMBA_CACHE": "1"}
+        procs[half] = subprocess.Popen([sys.executable, "-c", code.format(half)], env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cached = {}
+    for half, proc in procs.items():
+        _, err = proc.communicate()
+        assert proc.returncode == 0, err[-3000:]
+        cached[half] = {f.name for f in (tmp_path / half).rglob("*.nbi")}
+    assert any(name.startswith("conv._forward_shifted") for name in cached["convolution_ops"])
+    assert any(name.startswith("fused._forward_small") for name in cached["pooling_ops"])
+    assert not cached["convolution_ops"] & cached["pooling_ops"]
+
+
+def _compile_fresh_function():
+    """A real Numba compilation (a new, uncached function each call)."""
+    numba.njit(lambda v: v + 1)(1)
+
+
+def _helper(seconds):
+    return subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+
+
+def test_compile_split_starts_the_helper_at_the_first_compilation_and_waits_for_it():
+    from fastcnn.kernels._warmup import compile_split
+    events, helpers = [], []
+
+    def helper():
+        events.append("helper")
+        helpers.append(_helper(0.2))
+        return helpers[-1]
+
+    compile_split(lambda: (_compile_fresh_function(), events.append("first")),
+                  lambda: events.append(("second", helpers[0].poll())), helper, lambda: events.append("announce"))
+    assert events == ["announce", "helper", "first", ("second", 0)]
+
+
+def test_compile_split_without_compilation_in_the_first_half_starts_no_helper():
+    from fastcnn.kernels._warmup import compile_split
+    events = []
+    compile_split(lambda: events.append("first"), lambda: (_compile_fresh_function(), events.append("second")),
+                  lambda: events.append("helper"), lambda: events.append("announce"))
+    assert events == ["first", "announce", "second"]
+
+
+def test_compile_split_kills_the_helper_when_the_first_half_fails():
+    from fastcnn.kernels._warmup import compile_split
+    helpers = []
+
+    def first():
+        _compile_fresh_function()
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        compile_split(first, lambda: None, lambda: helpers.append(_helper(60)) or helpers[-1], None)
+    assert helpers and helpers[0].returncode not in (None, 0)      # killed, not finished
+
+
 def test_warm_up_rejects_other_dtypes():
     with pytest.raises(TypeError, match="float32 or float64"):
         nb.warm_up(np.int32)
