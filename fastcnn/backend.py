@@ -81,6 +81,14 @@ class Ops(Protocol):
 OP_NAMES = tuple(name for name in vars(Ops) if not name.startswith("_"))
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):                     # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 def resolve_backend_name(name: str | None = None) -> str:
     """The backend name to use: ``name``, else ``$FASTCNN_BACKEND``, else the default (numba)."""
     if name is None:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 from numba.core import event
 
+from fastcnn.backend import usable_cpus
 from fastcnn.kernels._config import CACHE
 from fastcnn.kernels.conv import conv2d_backward, conv2d_forward
 from fastcnn.kernels.fused import conv2d_relu_maxpool_backward, conv2d_relu_maxpool_forward
@@ -80,10 +81,6 @@ def pooling_ops(dtype: np.dtype) -> None:
     maxpool2d_backward(np.ones_like(p), am, a["g"].shape, (2, 2), (2, 2))
 
 
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def start_helper(dtype: np.dtype) -> subprocess.Popen:
     """A process that compiles pooling_ops(dtype) into the shared cache: the same interpreter,
     environment and import path, so the same fastcnn, cache directory and Numba settings."""
@@ -131,7 +128,7 @@ def warm_up(dtype: np.dtype | type, *, on_compile: Callable[[float], None] | Non
     dt = np.dtype(dtype)
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"warm_up needs float32 or float64, got {dt}")
-    split = CACHE and _cpus() >= 2
+    split = CACHE and usable_cpus() >= 2
     estimate = ESTIMATED_COMPILE_SECONDS["split" if split else "alone"]
     t0 = time.perf_counter()
     compile_split(lambda: convolution_ops(dt), lambda: pooling_ops(dt),

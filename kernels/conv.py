@@ -241,6 +241,25 @@ def partials_shifted(x, n0, nb, sh, sw, ph, pw, Hs, Ws, P, Q, starts, dyt, dw_pa
         db_part[k] = Ct[L, k]
 
 
+@njit(boundscheck=False, cache=CACHE)
+def _sum_partials(dw_part, db_part, dw, db):
+    """dw (K, L) = sum over chunks in chunk order, so each element is summed in the same order
+    (chunk 0, 1, ...) whatever the thread count; rows are read contiguously. Serial: a fraction of
+    a millisecond even for the largest layer, and a prange driver would add about a second to the
+    first run's compilation."""
+    nchunks, K, L = dw_part.shape
+    for k in range(K):
+        for l in range(L):
+            dw[k, l] = dw_part[0, k, l]
+        for ch in range(1, nchunks):
+            for l in range(L):
+                dw[k, l] += dw_part[ch, k, l]
+        s = db_part[0, k]
+        for ch in range(1, nchunks):
+            s += db_part[ch, k]
+        db[k] = s
+
+
 # ---------------------------------------------------------------- parallel drivers
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
@@ -387,25 +406,6 @@ def _backward_weight_partials(x, dy, argmax, offsets, psh, psw, sh, sw, ph, pw, 
         partials_shifted(x, n0, nb, sh, sw, ph, pw, Hs, Ws, P, Q, starts, dyt, dw_part[ch], db_part[ch])
 
 
-@njit(boundscheck=False, cache=CACHE)
-def _sum_partials(dw_part, db_part, dw, db):
-    """dw (K, L) = sum over chunks in chunk order, so each element is summed in the same order
-    (chunk 0, 1, ...) whatever the thread count; rows are read contiguously. Serial: a fraction of
-    a millisecond even for the largest layer, and a prange driver would add about a second to the
-    first run's compilation."""
-    nchunks, K, L = dw_part.shape
-    for k in range(K):
-        for l in range(L):
-            dw[k, l] = dw_part[0, k, l]
-        for ch in range(1, nchunks):
-            for l in range(L):
-                dw[k, l] += dw_part[ch, k, l]
-        s = db_part[0, k]
-        for ch in range(1, nchunks):
-            s += db_part[ch, k]
-        db[k] = s
-
-
 # ---------------------------------------------------------------- wrappers (validate, allocate)
 
 def pack_panels(a, width):
@@ -501,28 +501,37 @@ def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):
     return _forward(x, w, b, tuple(stride), tuple(padding))
 
 
+def weight_gradient(x, dy, w, stride, padding, argmax=NO_ARGMAX, offsets=NO_OFFSETS, pool_stride=(1, 1)):
+    """dw (K,C,R,S), db (K,) of a convolution of x (N,C,H,W) with w (K,C,R,S), prepared arrays:
+    the chunks' partials (_backward_weight_partials) summed in chunk order. dy is the convolution's
+    gradient (N,K,P,Q), or, given argmax and the pool's window offsets (fused.window_offsets) and
+    stride, the pooled gradient of a fused convolution + ReLU + max pool."""
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    dw = np.zeros((K, C * R * S), x.dtype)
+    db = np.zeros(K, x.dtype)
+    if dy.size > 0:                        # else no images, no output channels or no output pixels
+        P, Q = conv_output_size(H, W, R, S, stride, padding)
+        nchunks = max(1, min(N, -(-N // IMAGES_PER_CHUNK)))
+        dw_part = np.empty((nchunks, K, C * R * S), x.dtype)
+        db_part = np.empty((nchunks, K), x.dtype)
+        Hs, Ws = phase_grid(H, W, stride, padding)
+        with slp_compilation():
+            _backward_weight_partials(x, dy, argmax, offsets, *pool_stride, *stride, *padding, Hs, Ws, P, Q,
+                                      nchunks, dw_starts(C, R, S, stride, Hs, Ws), dw_part, db_part)
+        _sum_partials(dw_part, db_part, dw, db)
+    return dw.reshape(K, C, R, S), db
+
+
 def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx=True):
     """dy (N,K,P,Q), x (N,C,H,W), w (K,C,R,S) -> (dx (N,C,H,W) or None, dw (K,C,R,S), db (K,))."""
     dy, x, w = _prepare(dy, x, w)
     stride, padding = tuple(stride), tuple(padding)
     N, C, H, W = x.shape
     K, _, R, S = w.shape
-
-    nchunks = max(1, min(N, -(-N // IMAGES_PER_CHUNK)))
-    dw_part = np.empty((nchunks, K, C * R * S), x.dtype)
-    db_part = np.empty((nchunks, K), x.dtype)
-    dw = np.empty((K, C * R * S), x.dtype)
-    db = np.empty(K, x.dtype)
+    dw, db = weight_gradient(x, dy, w, stride, padding)
     if dy.size == 0:                       # no images, no output channels or no output pixels
-        dw[:] = 0
-        db[:] = 0
-        return (np.zeros((N, C, H, W), x.dtype) if need_dx else None), dw.reshape(K, C, R, S), db
-    Hs, Ws = phase_grid(H, W, stride, padding)
-    with slp_compilation():
-        _backward_weight_partials(x, dy, NO_ARGMAX, NO_OFFSETS, 1, 1, *stride, *padding, Hs, Ws, *dy.shape[2:],
-                                  nchunks, dw_starts(C, R, S, stride, Hs, Ws), dw_part, db_part)
-    _sum_partials(dw_part, db_part, dw, db)
-    dw = dw.reshape(K, C, R, S)
+        return (np.zeros((N, C, H, W), x.dtype) if need_dx else None), dw, db
     if not need_dx:
         return None, dw, db
 

@@ -14,7 +14,7 @@ forward   prange over images n: the convolution of image n into a (K, P*Q) buffe
           workers as :mod:`fastcnn.kernels.conv` for a tiny reduction: im2col + rows_axpy), then
           :func:`~fastcnn.kernels.pool.maxpool_plane` with the ReLU into y[n] and argmax[n]. (A
           first layer with C*R*S >= SMALL_L runs the convolution kernels, then the pool.)
-backward  conv2d_backward's weight-gradient driver (conv._backward_weight_partials: prange over
+backward  conv.weight_gradient, as for every convolution (conv._backward_weight_partials: prange over
           fixed chunks of images, the register tile on the images' phase planes, read in place),
           given the pooled gradient and argmax: each chunk scatters its pooled gradients through
           argmax into a zeroed, cache-resident block in the tile's packed layout and writes its
@@ -29,19 +29,9 @@ import numpy as np
 from numba import njit, prange
 
 from fastcnn.convmath import conv_output_size
-from fastcnn.kernels._config import CACHE, FASTMATH, slp_compilation
+from fastcnn.kernels._config import CACHE, FASTMATH
 from fastcnn.kernels._gemm import rows_axpy
-from fastcnn.kernels.conv import (
-    IMAGES_PER_CHUNK,
-    SMALL_L,
-    _backward_weight_partials,
-    _im2col_chw_t,
-    _pad_chw,
-    _prepare,
-    _sum_partials,
-    dw_starts,
-    phase_grid,
-)
+from fastcnn.kernels.conv import SMALL_L, _im2col_chw_t, _pad_chw, _prepare, weight_gradient
 from fastcnn.kernels.conv import _forward as _conv_forward
 from fastcnn.kernels.pool import maxpool2d_forward, maxpool_plane
 
@@ -111,18 +101,5 @@ def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, p
     dy, x, w = _prepare(dy, x, w)
     argmax = np.ascontiguousarray(argmax, dtype=np.int32)
     stride, padding, pool_size, pool_stride = map(tuple, (stride, padding, pool_size, pool_stride))
-    N, C = x.shape[:2]
-    K, _, R, S = w.shape
-    P, Q, _, _ = _sizes(x, w, stride, padding, pool_size, pool_stride)
-    dw = np.zeros((K, C * R * S), x.dtype)
-    db = np.zeros(K, x.dtype)
-    if N > 0 and dy.size > 0:
-        nchunks = max(1, min(N, -(-N // IMAGES_PER_CHUNK)))
-        dw_part = np.empty((nchunks, K, C * R * S), x.dtype)
-        db_part = np.empty((nchunks, K), x.dtype)
-        Hs, Ws = phase_grid(*x.shape[2:], stride, padding)
-        with slp_compilation():                                     # reaches the register tile
-            _backward_weight_partials(x, dy, argmax, window_offsets(pool_size, Q), *pool_stride, *stride, *padding,
-                                      Hs, Ws, P, Q, nchunks, dw_starts(C, R, S, stride, Hs, Ws), dw_part, db_part)
-        _sum_partials(dw_part, db_part, dw, db)
-    return dw.reshape(K, C, R, S), db
+    _, Q, _, _ = _sizes(x, w, stride, padding, pool_size, pool_stride)
+    return weight_gradient(x, dy, w, stride, padding, argmax, window_offsets(pool_size, Q), pool_stride)

@@ -14,7 +14,7 @@ import numpy as np
 
 import fastcnn
 from fastcnn import reference
-from fastcnn.backend import blas_guard, get_backend
+from fastcnn.backend import blas_guard, get_backend, usable_cpus
 from fastcnn.benchmarks.workload import BATCH_SIZE, EVAL_BATCH_SIZE, TEST_IMAGES, TRAIN_IMAGES, OpCase
 from fastcnn.data import to_float
 from fastcnn.model import mnist_cnn
@@ -38,13 +38,6 @@ def _machine_busy_seconds() -> float | None:
         return (sum(ticks[:3]) + sum(ticks[5:8])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, AttributeError):
         return None
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:                                 # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 class CpuMeter:

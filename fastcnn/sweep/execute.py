@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import sys
 import threading
@@ -31,17 +30,10 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fastcnn.backend import usable_cpus as available_cores
 from fastcnn.sweep.worker import run_one
 
 __all__ = ["Cluster", "SweepStopped", "available_cores", "run_all"]
-
-
-def available_cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 class SweepStopped(BaseException):     # never caught by a run's "except Exception"
