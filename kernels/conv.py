@@ -25,10 +25,10 @@ backward dx  stride 1 and padding <= kernel - 1: dx is the forward convolution o
              back into the padded HWC image; prange over images.
 backward dw  prange over fixed chunks of images (their bounds depend on N only): each chunk writes
              its own partial dw and db (in the tile's layout, dw transposed), summed afterwards in
-             chunk order, so results are bit-identical for any thread count. The forward's tile transposed (partials_shifted):
-             rows (c, r, t) read in place from the chunk's phase planes, columns NR output
-             channels of dy packed pixel-major, the reduction over the chunk's output pixels; an
-             extra plane of ones per image gives db as one more row.
+             chunk order, so results are bit-identical for any thread count. The forward's tile
+             transposed (partials_shifted): rows (c, r, t) read in place from the chunk's phase
+             planes, columns NR output channels of dy packed pixel-major, the reduction over the
+             chunk's output pixels; an extra plane of ones per image gives db as one more row.
 SLP: the drivers that reach the register tile are called inside slp_compilation() (see
 kernels/_config.py).
 """
@@ -207,13 +207,13 @@ def partials_shifted(x, n0, nb, sh, sw, ph, pw, Hs, Ws, P, Q, starts, dyt, part)
     """part (len(starts), ceil(K/NR)*NR) = the partial dw^T (C*R*S rows) and db (row C*R*S) of
     images n0 .. n0+nb of x (N, C, H, W) against their gradient packed by _pack_dyt, written by the
     tile kernel in its own layout (transposed once, after the sum, by _sum_partials). As the
-    forward's transpose: rows are
-    reduction indices (c, r, t), columns NR output channels, and the reduction runs over the
-    chunk's output pixels. Each image goes into its phase planes (_pack_phases) followed by one
-    more plane holding 1 at every output pixel, the images one after the other (xf), so A[pixel
-    (i, p, q), (c, r, t)] = xf[i*img + p*Ws + q + starts[(c, r, t)]] is read in place, and the row
-    whose start is that plane's (the last real entry of starts, see dw_starts) sums dy: db, in the
-    same order as dw. starts is padded to a multiple of MR (the padding rows are dropped later)."""
+    forward's transpose: rows are reduction indices (c, r, t), columns NR output channels, and the
+    reduction runs over the chunk's output pixels. Each image goes into its phase planes
+    (_pack_phases) followed by one more plane holding 1 at every output pixel, the images one after
+    the other (xf), so A[pixel (i, p, q), (c, r, t)] = xf[i*img + p*Ws + q + starts[(c, r, t)]] is
+    read in place, and the row whose start is that plane's (the last real entry of starts, see
+    dw_starts) sums dy: db, in the same order as dw. starts is padded to a multiple of MR (the
+    padding rows are dropped later)."""
     C = x.shape[1]
     plane = Hs * Ws
     img = (C * sh * sw + 1) * plane
@@ -386,10 +386,11 @@ def _backward_input_col2im(dy, Bp, R, S, sh, sw, ph, pw, dx, starts, offs):
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _backward_weight_partials(x, dy, argmax, offsets, psh, psw, sh, sw, ph, pw, Hs, Ws, P, Q, starts, parts):
     """Per chunk of images (bounds depend on N only): the chunk's convolution gradient in the tile's
-    packed layout, then partials_shifted writes the chunk's own partial dw^T and db, parts[ch]. With an empty argmax, dy is the convolution's gradient (N, K, P, Q), packed by
-    _pack_dyt; otherwise dy is the pooled gradient of a fused convolution + ReLU + max pool, routed
-    through argmax straight into the packed layout (_scatter_pooled). One driver for both: a
-    training run compiles it once."""
+    packed layout, then partials_shifted writes the chunk's own partial dw^T and db, parts[ch].
+    With an empty argmax, dy is the convolution's gradient (N, K, P, Q), packed by _pack_dyt;
+    otherwise dy is the pooled gradient of a fused convolution + ReLU + max pool, routed through
+    argmax straight into the packed layout (_scatter_pooled). One driver for both: a training run
+    compiles it once."""
     N, K = x.shape[0], dy.shape[1]
     PQ = P * Q
     nchunks = parts.shape[0]
