@@ -3,8 +3,9 @@ independent multiply-add chains), the memory bandwidth, the CPU's vector instruc
 whether BLAS runs kernels below that instruction set.
 
 Every "fraction of peak" fastcnn-bench reports is against :func:`measure_fma_peak`'s all-thread
-figure; the ``numpy.matmul`` rate (:func:`fastcnn.benchmarks.measurement.measure_matmul`) is only
-a second yardstick, since BLAS may be set up below the machine (``OPENBLAS_CORETYPE``).
+figure, for an op at the machine's speed while it ran (:class:`PeakProbe`); the ``numpy.matmul``
+rate (:func:`fastcnn.benchmarks.measurement.measure_matmul`) is only a second yardstick, since BLAS
+may be set up below the machine (``OPENBLAS_CORETYPE``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ CHAINS = 12          # independent accumulators: more than FMA latency x FMA por
 DEPTH = 8            # multiply-adds per chain and per loaded value in the loop formulation
 SLP_CHAINS = 10      # the SLP formulation's vector accumulators: with a and b, 12 of AVX2's 16 registers
 LOOP_LENGTH = 512    # elements per chain and thread in the loop formulation (24 KiB: stays in L1)
+PROBE_SECONDS = 0.002  # one PeakProbe burst: short next to an op's rounds, long next to a thread launch
 
 # Vector width in bits of the kernels OpenBLAS picks per core type (threadpoolctl's "architecture").
 BLAS_CORE_BITS = {"skylakex": 512, "cooperlake": 512, "sapphirerapids": 512, "zen5": 512, "neoversev1": 256,
@@ -209,6 +211,34 @@ class PeakKernel:
             raise AssertionError(f"the FMA peak kernel ({self.name}) computed {state.min():.6g}..{state.max():.6g} "
                                  f"after {n} multiply-adds, expected {want:.6g}: it skipped or altered work")
         return seconds, 2.0 * self.fmas_per_pass * threads * reps, meter.summary(threads)
+
+
+class PeakProbe:
+    """The FMA micro-benchmark in bursts of about ``seconds`` on ``threads`` threads, called between
+    an op's timed calls (measurement.measure_ops), so the op's fraction of peak is taken against the
+    speed the machine had while the op ran: on a shared host that speed changes within seconds, by
+    more than the differences being measured. ``reference_gflops`` is its best rate when built (next
+    to the peak measurement); ``take_speed()`` is the best rate since the last take, as a fraction
+    of that."""
+
+    def __init__(self, kernel: PeakKernel, threads: int, seconds: float = PROBE_SECONDS, calls: int = 20):
+        self.kernel, self.threads, self.reps = kernel, threads, 1
+        while self.reps < 1 << 26 and kernel.run(threads, self.reps)[0] < seconds:
+            self.reps *= 2
+        self.flops, self._best = 0.0, None
+        for _ in range(calls):
+            self()
+        self.reference_gflops = self.flops / self._best / 1e9
+        self._best = None
+
+    def __call__(self) -> None:
+        seconds, self.flops, _ = self.kernel.run(self.threads, self.reps)
+        self._best = seconds if self._best is None else min(self._best, seconds)
+
+    def take_speed(self) -> float | None:
+        """Best rate since the last take (None if not called since), as a fraction of the reference."""
+        best, self._best = self._best, None
+        return None if best is None else self.flops / best / 1e9 / self.reference_gflops
 
 
 def fma_counts(asm: str) -> dict:

@@ -107,8 +107,9 @@ def _add_fractions(rows: list[dict], limits: dict) -> None:
         row["allowed_fraction"] = roofline.allowed_fraction(row["intensity"], peak, bw) if flops else None
         for entry in row["backends"].values():
             r = entry.get("rate")
-            entry["fraction_of_peak"] = r / peak if flops and r else None
-            entry["fraction_of_matmul"] = r / matmul if flops and r else None
+            speed = entry.get("machine_speed") or 1.0      # the machine's speed while this op was timed
+            entry["fraction_of_peak"] = r / (peak * speed) if flops and r else None
+            entry["fraction_of_matmul"] = r / (matmul * speed) if flops and r else None
         torch = row["backends"].get("torch", {}).get("seconds")
         numba = row["backends"].get("numba", {}).get("seconds")
         row["fastcnn_over_torch"] = numba / torch if torch and numba else None
@@ -183,11 +184,14 @@ def run_benchmarks(settings: Settings, log=_log) -> dict:
         "float32, each checked against the NumPy reference first")
     net = [c for c in cases if c.group == "network"]
     gen = [c for c in cases if c.group == "general"]
-    rows = measure_ops(net, runners, threads=threads, min_rounds=s.op_min_rounds, min_time=s.op_min_time, seed=s.seed)
+    probe = roofline.PeakProbe(roofline.PeakKernel(limits["peak"]["formulation"]), threads)
+    limits["peak"]["probe_gflops"] = probe.reference_gflops
+    rows = measure_ops(net, runners, threads=threads, min_rounds=s.op_min_rounds, min_time=s.op_min_time,
+                       seed=s.seed, probe=probe)
     if gen:
         general_runners = {k: v for k, v in runners.items() if k != "numpy"} or runners
         rows += measure_ops(gen, general_runners, threads=threads, min_rounds=s.op_min_rounds,
-                            min_time=s.op_min_time, seed=s.seed)
+                            min_time=s.op_min_time, seed=s.seed, probe=probe)
     _add_fractions(rows, limits)
     results["ops"] = rows
     results["slowest_op"] = slowest_op(rows)
