@@ -204,9 +204,10 @@ def measure_ops(cases: list[OpCase], runners: dict, *, threads: int, min_rounds:
     returning a function or None, and ``guard()``). ``seconds`` is the best time per call, the usual
     estimate on a shared machine; the median is kept too.
 
-    ``probe`` (roofline.PeakProbe), when given, is called between the timed calls, and each entry
-    gets ``machine_speed``: the FMA rate seen alongside as a fraction of its rate at the start (the
-    fractions of peak are divided by it); an op timed below SLOWED_SPEED is marked contended.
+    ``probe`` (roofline.PeakProbe), when given, is called between the timed calls, in bursts as long
+    as their first (checked) calls, and each entry gets ``machine_speed``: the FMA rate seen
+    alongside as a fraction of its rate next to the peak measurement; an op timed below
+    SLOWED_SPEED is marked contended (its time is pessimistic).
 
     Runners named in ``interleave`` are timed alternately (same load for both). A convolution's
     backward-weight and backward-input+weight calls are timed together, and a derived
@@ -241,12 +242,16 @@ def measure_ops(cases: list[OpCase], runners: dict, *, threads: int, min_rounds:
                         if fn is None:
                             continue
                         with runner.guard():
-                            case.check(fn(), expected)    # a wrong kernel fails here, before any timing
-                        calls.append((name, case, fn, runner))
+                            t = time.perf_counter()
+                            out = fn()
+                            took = time.perf_counter() - t
+                            case.check(out, expected)     # a wrong kernel fails here, before any timing
+                        calls.append((name, case, fn, runner, took))
                 if not calls:
                     continue
-                fns = [fn for _, _, fn, _ in calls]
+                fns = [fn for _, _, fn, _, _ in calls]
                 if probe is not None:
+                    probe.burst(float(np.mean([took for *_, took in calls])))
                     probe.take_speed()                          # forget bursts from before this unit
                 with contextlib.ExitStack() as guards, CpuMeter() as meter:
                     for name in group:
@@ -258,7 +263,7 @@ def measure_ops(cases: list[OpCase], runners: dict, *, threads: int, min_rounds:
                     speed = probe.take_speed()
                     summary["machine_speed"] = speed
                     summary["contended"] = summary["contended"] or speed < SLOWED_SPEED
-                for (name, case, _, _), t in zip(calls, times):
+                for (name, case, *_), t in zip(calls, times):
                     row_of[case.name]["backends"][name] = _entry(case, t, summary)
         rows += list(row_of.values())
         if pair:

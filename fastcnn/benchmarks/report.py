@@ -104,8 +104,7 @@ def _header(results: dict) -> list[str]:
                 [f"memory bandwidth (triad, {bw['bytes'] / 2**20:.0f} MiB)",
                  f"{bw['gbytes_per_s']:.1f} GB/s{_mark(bw['contended'])}",
                  _fmt(bw["cpu_seconds_per_second"], ".2f"), _fmt(bw["other_load"], ".2f")]]),
-            (f"(every 'of peak' and 'ideal' below is against {peak['gflops']:.1f} GFLOP/s (an op's at the "
-             "machine's speed while it ran, see the ops), "
+            (f"(every 'of peak' and 'ideal' below is against {peak['gflops']:.1f} GFLOP/s, "
              + (f"the {peak['threads']}-thread FMA peak" if peak.get("source", "fma") == "fma"
                 else "the numpy.matmul rate, which outran the FMA micro-benchmark")
              + f"; formulations measured: {forms}; 'of matmul' is the second yardstick)")]
@@ -153,9 +152,9 @@ def _op_table(results: dict, group: str, backends: list[str]) -> list[str]:
     speeds = [e["machine_speed"] for r in rows_in if not r["derived"] for e in r["backends"].values()
               if e.get("machine_speed")]
     if speeds:
-        out.append(f"machine speed while these ops ran: {min(speeds):.2f}-{max(speeds):.2f} (an FMA burst timed "
-                   "between their calls, against its rate next to the peak measurement); every 'of peak' and "
-                   f"'of matmul' is divided by it, and rows timed below {SLOWED_SPEED:.2f} are marked {MARK}")
+        out.append(f"speed of the cores while these ops ran: {min(speeds):.2f}-{max(speeds):.2f} (an FMA burst "
+                   "timed between their calls, against its rate next to the peak measurement); rows timed below "
+                   f"{SLOWED_SPEED:.2f} are marked {MARK}")
     slow = results.get("slowest_op")
     if slow and slow["group"] == group:
         out.append(f"slowest against its roofline: {slow['name']} at {slow['fraction_of_peak']:.0%} of peak "

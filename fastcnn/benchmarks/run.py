@@ -110,9 +110,8 @@ def _add_fractions(rows: list[dict], limits: dict) -> None:
         row["allowed_fraction"] = roofline.allowed_fraction(row["intensity"], peak, bw) if flops else None
         for entry in row["backends"].values():
             r = entry.get("rate")
-            speed = entry.get("machine_speed") or 1.0      # the machine's speed while this op was timed
-            entry["fraction_of_peak"] = r / (peak * speed) if flops and r else None
-            entry["fraction_of_matmul"] = r / (matmul * speed) if flops and r else None
+            entry["fraction_of_peak"] = r / peak if flops and r else None
+            entry["fraction_of_matmul"] = r / matmul if flops and r else None
         torch = row["backends"].get("torch", {}).get("seconds")
         numba = row["backends"].get("numba", {}).get("seconds")
         row["fastcnn_over_torch"] = numba / torch if torch and numba else None
