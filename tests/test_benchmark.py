@@ -233,69 +233,6 @@ def test_cpu_meter_calls_contention_when_others_take_the_needed_cores(monkeypatc
     assert real.wall > 0 and real.cpu >= 0
 
 
-class _Stopwatch:
-    """A PeakKernel stand-in whose calls take the seconds listed in ``durations``, in turn."""
-
-    def __init__(self, durations):
-        self.durations = list(durations)
-
-    def run(self, threads, reps):
-        return self.durations.pop(0), 1e9 * reps, {}
-
-
-def test_peak_probe_reports_the_speed_seen_since_the_last_take():
-    # calibration: 1 rep takes 1 ms, short of 2 ms, 2 reps 2 ms; then 3 reference calls of 2 reps, the best 1 ms
-    probe = roofline.PeakProbe(_Stopwatch([1e-3, 2e-3, 1.5e-3, 1e-3, 1.2e-3]), threads=1, seconds=2e-3, calls=3)
-    assert probe.reps == 2 and probe.reference_gflops == pytest.approx(2e9 / 1e-3 / 1e9)
-    assert probe.seconds_per_rep == pytest.approx(0.5e-3)
-    assert probe.take_speed() is None                                 # nothing since it was built
-    probe.kernel.durations = [4e-3, 2e-3, 3e-3]
-    for _ in range(3):
-        probe()
-    assert probe.take_speed() == pytest.approx(0.5)                   # best 2 ms against 1 ms: half speed
-    assert probe.take_speed() is None
-    probe.burst(10e-3)                                                # as long as a 10 ms op
-    assert probe.reps == 20
-    probe.burst(1e-5)                                                 # never shorter than the calibration burst
-    assert probe.reps == round(roofline.PROBE_SECONDS / 0.5e-3)
-
-
-class _HalfSpeed:
-    """A probe that always reports the machine at half its start speed."""
-
-    def __init__(self):
-        self.calls, self.bursts = 0, []
-
-    def burst(self, seconds):
-        self.bursts.append(seconds)
-
-    def __call__(self):
-        self.calls += 1
-
-    def take_speed(self):
-        calls, self.calls = self.calls, 0
-        return 0.5 if calls else None
-
-
-def test_ops_timed_on_a_slowed_machine_are_marked():
-    from fastcnn.benchmarks.run import _add_fractions
-    cases = [c for c in fw.network_cases(2) if c.layer == "conv2"]
-    probe = _HalfSpeed()
-    rows = measurement.measure_ops(cases, {"numpy": measurement.FastcnnRunner("numpy")}, threads=1, min_rounds=2,
-                                   min_time=0.0, probe=probe)
-    limits = {"peak": {"gflops": 100.0}, "matmul": {"gflops": 80.0}, "bandwidth": {"gbytes_per_s": 10.0}}
-    _add_fractions(rows, limits)
-    assert {r["kind"] for r in rows} == {"forward", "backward-weight", "backward-input+weight", "backward-input"}
-    for row in rows:
-        entry = row["backends"]["numpy"]
-        assert entry["machine_speed"] == 0.5 and row["contended"] is True
-        if entry["rate"]:
-            assert entry["fraction_of_peak"] == pytest.approx(entry["rate"] / 100.0)
-    assert len(probe.bursts) == 2 and min(probe.bursts) > 0            # forward, then the backward pair
-    text = report._op_table({"ops": rows}, "network", ["numpy"])
-    assert any("speed of the cores while these ops ran: 0.50-0.50" in line for line in text)
-
-
 # ------------------------------------------------------------------------------ the command
 
 def test_usage_and_setting_errors_are_one_line(capsys, tmp_path):
@@ -365,7 +302,6 @@ def test_cli_quick_run_writes_table_json_and_charts(quick_run, capsys):
             assert entry["checked"] is True
             if not row["derived"]:
                 assert entry["seconds"] > 0 and entry["rate"] > 0 and "other_load" in entry
-            assert entry["machine_speed"] > 0                             # the FMA probe ran alongside
             if row["unit"] == "GFLOP/s" and entry["rate"]:
                 assert entry["fraction_of_peak"] == pytest.approx(entry["rate"] / peak)
         if row["unit"] == "GFLOP/s":

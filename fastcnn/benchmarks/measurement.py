@@ -24,7 +24,6 @@ from fastcnn.testing import assert_agree
 MATMUL_N = 2048
 CONTENDED_OTHER_LOAD = 0.3      # cores used by other programs beyond the spare ones: contention
 CONTENDED_CPU_RATIO = 0.8       # without /proc/stat: CPU/wall below this x the threads
-SLOWED_SPEED = 0.85             # an op timed while the FMA probe ran below this x its start rate: contended
 
 
 # ------------------------------------------------------------------------------------ the CPU meter
@@ -198,16 +197,10 @@ def _entry(case: OpCase, times: list[float], meter: dict) -> dict:
 
 
 def measure_ops(cases: list[OpCase], runners: dict, *, threads: int, min_rounds: int = 5,
-                min_time: float = 0.25, seed: int = 0, interleave: tuple = ("numba", "torch"),
-                probe=None) -> list[dict]:
+                min_time: float = 0.25, seed: int = 0, interleave: tuple = ("numba", "torch")) -> list[dict]:
     """Check, then time, every op case with every runner (name -> object with ``call(case, inputs)``
     returning a function or None, and ``guard()``). ``seconds`` is the best time per call, the usual
     estimate on a shared machine; the median is kept too.
-
-    ``probe`` (roofline.PeakProbe), when given, is called between the timed calls, in bursts as long
-    as their first (checked) calls, and each entry gets ``machine_speed``: the FMA rate seen
-    alongside as a fraction of its rate next to the peak measurement; an op timed below
-    SLOWED_SPEED is marked contended (its time is pessimistic).
 
     Runners named in ``interleave`` are timed alternately (same load for both). A convolution's
     backward-weight and backward-input+weight calls are timed together, and a derived
@@ -242,28 +235,17 @@ def measure_ops(cases: list[OpCase], runners: dict, *, threads: int, min_rounds:
                         if fn is None:
                             continue
                         with runner.guard():
-                            t = time.perf_counter()
-                            out = fn()
-                            took = time.perf_counter() - t
-                            case.check(out, expected)     # a wrong kernel fails here, before any timing
-                        calls.append((name, case, fn, runner, took))
+                            case.check(fn(), expected)    # a wrong kernel fails here, before any timing
+                        calls.append((name, case, fn, runner))
                 if not calls:
                     continue
-                fns = [fn for _, _, fn, _, _ in calls]
-                if probe is not None:
-                    probe.burst(float(np.mean([took for *_, took in calls])))
-                    probe.take_speed()                          # forget bursts from before this unit
                 with contextlib.ExitStack() as guards, CpuMeter() as meter:
                     for name in group:
                         guards.enter_context(runners[name].guard())
-                    times = time_interleaved(fns + ([probe] if probe is not None else []), min_rounds=min_rounds,
+                    times = time_interleaved([fn for _, _, fn, _ in calls], min_rounds=min_rounds,
                                              min_time=min_time * len(unit))
                 summary = meter.summary(threads)
-                if probe is not None:
-                    speed = probe.take_speed()
-                    summary["machine_speed"] = speed
-                    summary["contended"] = summary["contended"] or speed < SLOWED_SPEED
-                for (name, case, *_), t in zip(calls, times):
+                for (name, case, _, _), t in zip(calls, times):
                     row_of[case.name]["backends"][name] = _entry(case, t, summary)
         rows += list(row_of.values())
         if pair:
@@ -294,7 +276,7 @@ def _derived_row(layer: str, pair: list[OpCase], row_of: dict) -> dict:
         row["backends"][name] = {"seconds": sec, "rounds": entry["rounds"], "checked": True,
                                  "rate": work / sec / 1e9 if sec else None,
                                  **{k: entry[k] for k in ("cpu_seconds_per_second", "other_load", "threads",
-                                                          "contended", "machine_speed") if k in entry}}
+                                                          "contended")}}
     return row
 
 

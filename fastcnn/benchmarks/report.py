@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from fastcnn._atomic import write_json as atomic_json
-from fastcnn.benchmarks.measurement import SLOWED_SPEED
 from fastcnn.benchmarks.workload import EVAL_BATCH_SIZE
 
-MARK = "!"               # after a figure measured while other programs took cores or the machine slowed
+MARK = "!"               # after a figure measured while other programs took cores
 
 
 def _fmt_time(sec: float | None) -> str:
@@ -58,8 +57,8 @@ def _mark(flag: bool) -> str:
 
 
 def _heading(title: str, contended: bool) -> str:
-    return title + (f"  [{MARK} contended: other programs took cores or the machine ran slower; figures marked "
-                    f"{MARK} are pessimistic]" if contended else "")
+    return title + (f"  [{MARK} contended: other programs took cores; figures marked {MARK} are pessimistic]"
+                    if contended else "")
 
 
 def _per_cycle(peak: dict) -> str:
@@ -149,12 +148,6 @@ def _op_table(results: dict, group: str, backends: list[str]) -> list[str]:
     else:
         notes = {r["layer"]: r["note"].split("; ")[-1] for r in rows_in if not r["derived"]}
         out.append("shapes: " + "; ".join(f"{k}: {v}" for k, v in notes.items()))
-    speeds = [e["machine_speed"] for r in rows_in if not r["derived"] for e in r["backends"].values()
-              if e.get("machine_speed")]
-    if speeds:
-        out.append(f"speed of the cores while these ops ran: {min(speeds):.2f}-{max(speeds):.2f} (an FMA burst "
-                   "timed between their calls, against its rate next to the peak measurement); rows timed below "
-                   f"{SLOWED_SPEED:.2f} are marked {MARK}")
     slow = results.get("slowest_op")
     if slow and slow["group"] == group:
         out.append(f"slowest against its roofline: {slow['name']} at {slow['fraction_of_peak']:.0%} of peak "

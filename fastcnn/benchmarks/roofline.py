@@ -3,9 +3,8 @@ independent multiply-add chains), the memory bandwidth, the CPU's vector instruc
 whether BLAS runs kernels below that instruction set.
 
 Every "fraction of peak" fastcnn-bench reports is against :func:`measure_fma_peak`'s all-thread
-figure (:class:`PeakProbe` marks ops timed while the cores ran slower than then); the
-``numpy.matmul`` rate (:func:`fastcnn.benchmarks.measurement.measure_matmul`) is only a second
-yardstick, since BLAS may be set up below the machine (``OPENBLAS_CORETYPE``).
+figure; the ``numpy.matmul`` rate (:func:`fastcnn.benchmarks.measurement.measure_matmul`) is only
+a second yardstick, since BLAS may be set up below the machine (``OPENBLAS_CORETYPE``).
 """
 from __future__ import annotations
 
@@ -21,7 +20,6 @@ CHAINS = 12          # independent accumulators: more than FMA latency x FMA por
 DEPTH = 8            # multiply-adds per chain and per loaded value in the loop formulation
 SLP_CHAINS = 10      # the SLP formulation's vector accumulators: with a and b, 12 of AVX2's 16 registers
 LOOP_LENGTH = 512    # elements per chain and thread in the loop formulation (24 KiB: stays in L1)
-PROBE_SECONDS = 0.002  # PeakProbe's calibration burst, and its shortest: long next to a thread launch
 
 # Vector width in bits of the kernels OpenBLAS picks per core type (threadpoolctl's "architecture").
 BLAS_CORE_BITS = {"skylakex": 512, "cooperlake": 512, "sapphirerapids": 512, "zen5": 512, "neoversev1": 256,
@@ -211,42 +209,6 @@ class PeakKernel:
             raise AssertionError(f"the FMA peak kernel ({self.name}) computed {state.min():.6g}..{state.max():.6g} "
                                  f"after {n} multiply-adds, expected {want:.6g}: it skipped or altered work")
         return seconds, 2.0 * self.fmas_per_pass * threads * reps, meter.summary(threads)
-
-
-class PeakProbe:
-    """The FMA micro-benchmark in bursts on ``threads`` threads, called between an op's timed calls
-    (measurement.measure_ops), to tell whether the cores ran slower while the op was timed than
-    when the peak was measured: on a shared host their speed changes within seconds. Short
-    interruptions hit a long call more often than a short one, so each burst lasts as long as the
-    op's calls (``burst``). ``reference_gflops`` is its best rate in bursts of ``seconds`` when
-    built (next to the peak measurement); ``take_speed()`` is the best rate since the last take, as
-    a fraction of that. It sees only the cores' speed: contention in shared caches and memory slows
-    the ops, not its register-only chains."""
-
-    def __init__(self, kernel: PeakKernel, threads: int, seconds: float = PROBE_SECONDS, calls: int = 50):
-        self.kernel, self.threads, self.reps = kernel, threads, 1
-        while self.reps < 1 << 26 and kernel.run(threads, self.reps)[0] < seconds:
-            self.reps *= 2
-        self._best_rate = None
-        for _ in range(calls):
-            self()
-        self.reference_gflops = self._best_rate / 1e9
-        self.seconds_per_rep = self.flops / self.reps / self._best_rate
-        self._best_rate = None
-
-    def burst(self, seconds: float) -> None:
-        """Make each call last about ``seconds`` (at least the calibration burst) at full speed."""
-        self.reps = max(1, round(max(seconds, PROBE_SECONDS) / self.seconds_per_rep))
-
-    def __call__(self) -> None:
-        seconds, self.flops, _ = self.kernel.run(self.threads, self.reps)
-        rate = self.flops / seconds
-        self._best_rate = rate if self._best_rate is None else max(self._best_rate, rate)
-
-    def take_speed(self) -> float | None:
-        """Best rate since the last take (None if not called since), as a fraction of the reference."""
-        best, self._best_rate = self._best_rate, None
-        return None if best is None else best / 1e9 / self.reference_gflops
 
 
 def fma_counts(asm: str) -> dict:

@@ -74,17 +74,14 @@ def _log(msg: str) -> None:
     print(f"[fastcnn-bench] {msg}", file=sys.stderr, flush=True)
 
 
-def measure_limits(s: Settings, threads: int, log=_log) -> tuple[dict, roofline.PeakProbe]:
+def measure_limits(s: Settings, threads: int, log=_log) -> dict:
     """The reference rates: numpy.matmul (first, before Numba starts its threads), the FMA peak
-    and the memory bandwidth, and what BLAS runs compared with the CPU; and the probe of the
-    machine's speed, calibrated right after the peak."""
+    and the memory bandwidth, and what BLAS runs compared with the CPU."""
     from fastcnn.benchmarks.measurement import blas_info
     log(f"matmul: float32 {s.matmul_n}x{s.matmul_n}, best of >= {s.matmul_repeats} calls and {s.matmul_min_time} s")
     matmul = measure_matmul(s.matmul_n, s.matmul_repeats, min_time=s.matmul_min_time)
     log(f"FMA peak: Numba multiply-add chains on 1 and {threads} threads (compiles two small kernels)")
     peak = roofline.measure_fma_peak(threads, min_time=s.peak_min_time, repeats=3 if s.quick else 5)
-    probe = roofline.PeakProbe(roofline.PeakKernel(peak["formulation"]), threads)
-    peak["probe_gflops"] = probe.reference_gflops
     peak["per_cycle"] = roofline.plausibility(peak["one_thread_gflops"], peak["vector_bits"], roofline.cpu_mhz())
     bandwidth = roofline.measure_bandwidth(threads, megabytes=96 if s.quick else 192)
     cpu_bits = roofline.cpu_vector_bits(roofline.cpu_flags())
@@ -99,7 +96,7 @@ def measure_limits(s: Settings, threads: int, log=_log) -> tuple[dict, roofline.
                      f"({peak['fma_gflops']:.0f} GFLOP/s): every fraction of peak is against the matmul rate")
     return {"matmul": matmul, "peak": peak, "bandwidth": bandwidth,
             "cpu": {"vector_bits": cpu_bits, "isa": roofline.isa_name(cpu_bits)}, "blas": blas,
-            "notes": notes}, probe
+            "notes": notes}
 
 
 def _add_fractions(rows: list[dict], limits: dict) -> None:
@@ -165,7 +162,7 @@ def run_benchmarks(settings: Settings, log=_log) -> dict:
     results: dict = {"schema": SCHEMA,
                      "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                      "ops": [], "training": {}, "evaluation": {}, "thread_scaling": []}
-    limits, probe = measure_limits(s, threads, log)
+    limits = measure_limits(s, threads, log)
     results["limits"] = limits
     peak_rate = limits["peak"]["gflops"] * 1e9
     results["network"] = {**budget, "batches_per_epoch": BATCHES_PER_EPOCH,
@@ -186,12 +183,11 @@ def run_benchmarks(settings: Settings, log=_log) -> dict:
         "float32, each checked against the NumPy reference first")
     net = [c for c in cases if c.group == "network"]
     gen = [c for c in cases if c.group == "general"]
-    rows = measure_ops(net, runners, threads=threads, min_rounds=s.op_min_rounds, min_time=s.op_min_time,
-                       seed=s.seed, probe=probe)
+    rows = measure_ops(net, runners, threads=threads, min_rounds=s.op_min_rounds, min_time=s.op_min_time, seed=s.seed)
     if gen:
         general_runners = {k: v for k, v in runners.items() if k != "numpy"} or runners
         rows += measure_ops(gen, general_runners, threads=threads, min_rounds=s.op_min_rounds,
-                            min_time=s.op_min_time, seed=s.seed, probe=probe)
+                            min_time=s.op_min_time, seed=s.seed)
     _add_fractions(rows, limits)
     results["ops"] = rows
     results["slowest_op"] = slowest_op(rows)
