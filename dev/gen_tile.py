@@ -10,11 +10,14 @@ from pathlib import Path
 # 4 x 16 73 %; 6 x 16 and 4 x 24 spill (65 %, 45 %).
 MR, NR = 3, 32
 PEAK_CHAINS = 3  # fma_chains: 3 x NR lanes = 12 ymm accumulators, as many as the tile keeps
+# For layers with few output channels (16 or fewer), where half of a 32-wide panel would be padding:
+# 5 x 16 is the fastest 16-wide shape measured above.
+MR_NARROW, NR_NARROW = 5, 16
 
 
-def tile(mr: int, nr: int) -> str:
+def tile(mr: int, nr: int, name: str = "tile") -> str:
     acc = [[f"c{i}_{j}" for j in range(nr)] for i in range(mr)]
-    out = ["def tile(fa, astarts, aoffs, fb, bstarts, boff, C, i0, j0, load):",
+    out = [f"def {name}(fa, astarts, aoffs, fb, bstarts, boff, C, i0, j0, load):",
            '    """C[i0 + i, j0 + j] (+)= sum over l < len(astarts) of',
            f"    fa[astarts[l] + aoffs[i]] * fb[bstarts[l] + boff + j] for i < {mr}, j < {nr}: accumulates into",
            "    C when ``load``, else overwrites it (C need not be initialised then). Both operands are",
@@ -76,6 +79,9 @@ kernels/_config.py for why SLP is enabled for these kernels only). Both operands
 through start tables (fa[astarts[l] + aoffs[i]], fb[bstarts[l] + boff + j]), so either can be a
 packed panel or pixels and windows of an image buffer read in place.
 
+tile_narrow ({MR_NARROW} x {NR_NARROW}): the same for layers with few output channels, where most of an
+{NR}-wide column panel would be padding.
+
 fma_chains: independent multiply-add chains at the same vector width, the peak the kernels are
 measured against (dev/bench_conv.py).
 """
@@ -85,12 +91,13 @@ from numba import njit
 from fastcnn.kernels._config import CACHE, TILE_FASTMATH
 
 MR, NR = {MR}, {NR}
+MR_NARROW, NR_NARROW = {MR_NARROW}, {NR_NARROW}
 PEAK_CHAINS = {PEAK_CHAINS}
 
 '''
 
 if __name__ == "__main__":
-    src = (HEADER + "\n@njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)\n" + tile(MR, NR)
-
-           + "\n\n@njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)\n" + peak(PEAK_CHAINS, NR))
+    jit = "@njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)\n"
+    src = (HEADER + "\n" + jit + tile(MR, NR) + "\n\n" + jit + tile(MR_NARROW, NR_NARROW, "tile_narrow")
+           + "\n\n" + jit + peak(PEAK_CHAINS, NR))
     Path(__file__).resolve().parents[1].joinpath("kernels", "_tile.py").write_text(src)

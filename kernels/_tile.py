@@ -7,6 +7,9 @@ kernels/_config.py for why SLP is enabled for these kernels only). Both operands
 through start tables (fa[astarts[l] + aoffs[i]], fb[bstarts[l] + boff + j]), so either can be a
 packed panel or pixels and windows of an image buffer read in place.
 
+tile_narrow (5 x 16): the same for layers with few output channels, where most of an
+32-wide column panel would be padding.
+
 fma_chains: independent multiply-add chains at the same vector width, the peak the kernels are
 measured against (dev/bench_conv.py).
 """
@@ -16,6 +19,7 @@ from numba import njit
 from fastcnn.kernels._config import CACHE, TILE_FASTMATH
 
 MR, NR = 3, 32
+MR_NARROW, NR_NARROW = 5, 16
 PEAK_CHAINS = 3
 
 
@@ -269,6 +273,216 @@ def tile(fa, astarts, aoffs, fb, bstarts, boff, C, i0, j0, load):
     r2[29] = c2_29
     r2[30] = c2_30
     r2[31] = c2_31
+
+
+@njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
+def tile_narrow(fa, astarts, aoffs, fb, bstarts, boff, C, i0, j0, load):
+    """C[i0 + i, j0 + j] (+)= sum over l < len(astarts) of
+    fa[astarts[l] + aoffs[i]] * fb[bstarts[l] + boff + j] for i < 5, j < 16: accumulates into
+    C when ``load``, else overwrites it (C need not be initialised then). Both operands are
+    addressed through start tables, so A can be packed (astarts[l] = l*MR, aoffs = 0..MR-1) or
+    MR pixels of an image (aoffs their offsets), and B a packed panel or a window of an image.
+    Unsigned offsets and step: Numba adds no negative-index wrap-around to those loads."""
+    u1, u2, u3, u4, u5, u6, u7, u8, u9, u10, u11, u12, u13, u14, u15 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4), np.uint64(5), np.uint64(6), np.uint64(7), np.uint64(8), np.uint64(9), np.uint64(10), np.uint64(11), np.uint64(12), np.uint64(13), np.uint64(14), np.uint64(15)
+    o0, o1, o2, o3, o4 = np.uint64(aoffs[0]), np.uint64(aoffs[1]), np.uint64(aoffs[2]), np.uint64(aoffs[3]), np.uint64(aoffs[4])
+    r0 = C[i0 + 0, j0:j0 + 16]
+    r1 = C[i0 + 1, j0:j0 + 16]
+    r2 = C[i0 + 2, j0:j0 + 16]
+    r3 = C[i0 + 3, j0:j0 + 16]
+    r4 = C[i0 + 4, j0:j0 + 16]
+    zero = C.dtype.type(0)
+    if load:
+        c0_0, c0_1, c0_2, c0_3, c0_4, c0_5, c0_6, c0_7, c0_8, c0_9, c0_10, c0_11, c0_12, c0_13, c0_14, c0_15 = r0[0], r0[1], r0[2], r0[3], r0[4], r0[5], r0[6], r0[7], r0[8], r0[9], r0[10], r0[11], r0[12], r0[13], r0[14], r0[15]
+        c1_0, c1_1, c1_2, c1_3, c1_4, c1_5, c1_6, c1_7, c1_8, c1_9, c1_10, c1_11, c1_12, c1_13, c1_14, c1_15 = r1[0], r1[1], r1[2], r1[3], r1[4], r1[5], r1[6], r1[7], r1[8], r1[9], r1[10], r1[11], r1[12], r1[13], r1[14], r1[15]
+        c2_0, c2_1, c2_2, c2_3, c2_4, c2_5, c2_6, c2_7, c2_8, c2_9, c2_10, c2_11, c2_12, c2_13, c2_14, c2_15 = r2[0], r2[1], r2[2], r2[3], r2[4], r2[5], r2[6], r2[7], r2[8], r2[9], r2[10], r2[11], r2[12], r2[13], r2[14], r2[15]
+        c3_0, c3_1, c3_2, c3_3, c3_4, c3_5, c3_6, c3_7, c3_8, c3_9, c3_10, c3_11, c3_12, c3_13, c3_14, c3_15 = r3[0], r3[1], r3[2], r3[3], r3[4], r3[5], r3[6], r3[7], r3[8], r3[9], r3[10], r3[11], r3[12], r3[13], r3[14], r3[15]
+        c4_0, c4_1, c4_2, c4_3, c4_4, c4_5, c4_6, c4_7, c4_8, c4_9, c4_10, c4_11, c4_12, c4_13, c4_14, c4_15 = r4[0], r4[1], r4[2], r4[3], r4[4], r4[5], r4[6], r4[7], r4[8], r4[9], r4[10], r4[11], r4[12], r4[13], r4[14], r4[15]
+    else:
+        c0_0, c0_1, c0_2, c0_3, c0_4, c0_5, c0_6, c0_7, c0_8, c0_9, c0_10, c0_11, c0_12, c0_13, c0_14, c0_15 = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
+        c1_0, c1_1, c1_2, c1_3, c1_4, c1_5, c1_6, c1_7, c1_8, c1_9, c1_10, c1_11, c1_12, c1_13, c1_14, c1_15 = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
+        c2_0, c2_1, c2_2, c2_3, c2_4, c2_5, c2_6, c2_7, c2_8, c2_9, c2_10, c2_11, c2_12, c2_13, c2_14, c2_15 = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
+        c3_0, c3_1, c3_2, c3_3, c3_4, c3_5, c3_6, c3_7, c3_8, c3_9, c3_10, c3_11, c3_12, c3_13, c3_14, c3_15 = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
+        c4_0, c4_1, c4_2, c4_3, c4_4, c4_5, c4_6, c4_7, c4_8, c4_9, c4_10, c4_11, c4_12, c4_13, c4_14, c4_15 = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
+    for l in range(np.uint64(astarts.shape[0])):
+        sa = np.uint64(astarts[l])
+        s = np.uint64(bstarts[l] + boff)
+        a0, a1, a2, a3, a4 = fa[sa + o0], fa[sa + o1], fa[sa + o2], fa[sa + o3], fa[sa + o4]
+        b0 = fb[s]
+        b1 = fb[s + u1]
+        b2 = fb[s + u2]
+        b3 = fb[s + u3]
+        b4 = fb[s + u4]
+        b5 = fb[s + u5]
+        b6 = fb[s + u6]
+        b7 = fb[s + u7]
+        b8 = fb[s + u8]
+        b9 = fb[s + u9]
+        b10 = fb[s + u10]
+        b11 = fb[s + u11]
+        b12 = fb[s + u12]
+        b13 = fb[s + u13]
+        b14 = fb[s + u14]
+        b15 = fb[s + u15]
+        c0_0 += a0 * b0
+        c0_1 += a0 * b1
+        c0_2 += a0 * b2
+        c0_3 += a0 * b3
+        c0_4 += a0 * b4
+        c0_5 += a0 * b5
+        c0_6 += a0 * b6
+        c0_7 += a0 * b7
+        c0_8 += a0 * b8
+        c0_9 += a0 * b9
+        c0_10 += a0 * b10
+        c0_11 += a0 * b11
+        c0_12 += a0 * b12
+        c0_13 += a0 * b13
+        c0_14 += a0 * b14
+        c0_15 += a0 * b15
+        c1_0 += a1 * b0
+        c1_1 += a1 * b1
+        c1_2 += a1 * b2
+        c1_3 += a1 * b3
+        c1_4 += a1 * b4
+        c1_5 += a1 * b5
+        c1_6 += a1 * b6
+        c1_7 += a1 * b7
+        c1_8 += a1 * b8
+        c1_9 += a1 * b9
+        c1_10 += a1 * b10
+        c1_11 += a1 * b11
+        c1_12 += a1 * b12
+        c1_13 += a1 * b13
+        c1_14 += a1 * b14
+        c1_15 += a1 * b15
+        c2_0 += a2 * b0
+        c2_1 += a2 * b1
+        c2_2 += a2 * b2
+        c2_3 += a2 * b3
+        c2_4 += a2 * b4
+        c2_5 += a2 * b5
+        c2_6 += a2 * b6
+        c2_7 += a2 * b7
+        c2_8 += a2 * b8
+        c2_9 += a2 * b9
+        c2_10 += a2 * b10
+        c2_11 += a2 * b11
+        c2_12 += a2 * b12
+        c2_13 += a2 * b13
+        c2_14 += a2 * b14
+        c2_15 += a2 * b15
+        c3_0 += a3 * b0
+        c3_1 += a3 * b1
+        c3_2 += a3 * b2
+        c3_3 += a3 * b3
+        c3_4 += a3 * b4
+        c3_5 += a3 * b5
+        c3_6 += a3 * b6
+        c3_7 += a3 * b7
+        c3_8 += a3 * b8
+        c3_9 += a3 * b9
+        c3_10 += a3 * b10
+        c3_11 += a3 * b11
+        c3_12 += a3 * b12
+        c3_13 += a3 * b13
+        c3_14 += a3 * b14
+        c3_15 += a3 * b15
+        c4_0 += a4 * b0
+        c4_1 += a4 * b1
+        c4_2 += a4 * b2
+        c4_3 += a4 * b3
+        c4_4 += a4 * b4
+        c4_5 += a4 * b5
+        c4_6 += a4 * b6
+        c4_7 += a4 * b7
+        c4_8 += a4 * b8
+        c4_9 += a4 * b9
+        c4_10 += a4 * b10
+        c4_11 += a4 * b11
+        c4_12 += a4 * b12
+        c4_13 += a4 * b13
+        c4_14 += a4 * b14
+        c4_15 += a4 * b15
+    r0[0] = c0_0
+    r0[1] = c0_1
+    r0[2] = c0_2
+    r0[3] = c0_3
+    r0[4] = c0_4
+    r0[5] = c0_5
+    r0[6] = c0_6
+    r0[7] = c0_7
+    r0[8] = c0_8
+    r0[9] = c0_9
+    r0[10] = c0_10
+    r0[11] = c0_11
+    r0[12] = c0_12
+    r0[13] = c0_13
+    r0[14] = c0_14
+    r0[15] = c0_15
+    r1[0] = c1_0
+    r1[1] = c1_1
+    r1[2] = c1_2
+    r1[3] = c1_3
+    r1[4] = c1_4
+    r1[5] = c1_5
+    r1[6] = c1_6
+    r1[7] = c1_7
+    r1[8] = c1_8
+    r1[9] = c1_9
+    r1[10] = c1_10
+    r1[11] = c1_11
+    r1[12] = c1_12
+    r1[13] = c1_13
+    r1[14] = c1_14
+    r1[15] = c1_15
+    r2[0] = c2_0
+    r2[1] = c2_1
+    r2[2] = c2_2
+    r2[3] = c2_3
+    r2[4] = c2_4
+    r2[5] = c2_5
+    r2[6] = c2_6
+    r2[7] = c2_7
+    r2[8] = c2_8
+    r2[9] = c2_9
+    r2[10] = c2_10
+    r2[11] = c2_11
+    r2[12] = c2_12
+    r2[13] = c2_13
+    r2[14] = c2_14
+    r2[15] = c2_15
+    r3[0] = c3_0
+    r3[1] = c3_1
+    r3[2] = c3_2
+    r3[3] = c3_3
+    r3[4] = c3_4
+    r3[5] = c3_5
+    r3[6] = c3_6
+    r3[7] = c3_7
+    r3[8] = c3_8
+    r3[9] = c3_9
+    r3[10] = c3_10
+    r3[11] = c3_11
+    r3[12] = c3_12
+    r3[13] = c3_13
+    r3[14] = c3_14
+    r3[15] = c3_15
+    r4[0] = c4_0
+    r4[1] = c4_1
+    r4[2] = c4_2
+    r4[3] = c4_3
+    r4[4] = c4_4
+    r4[5] = c4_5
+    r4[6] = c4_6
+    r4[7] = c4_7
+    r4[8] = c4_8
+    r4[9] = c4_9
+    r4[10] = c4_10
+    r4[11] = c4_11
+    r4[12] = c4_12
+    r4[13] = c4_13
+    r4[14] = c4_14
+    r4[15] = c4_15
 
 
 @njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)

@@ -15,8 +15,10 @@ forward      C*R*S >= SMALL_L, any stride: no im2col. Each task splits its zero-
              planes (pixel (p, q) at p*Ws + q, reduction index (c, r, t) at phase_starts), and NR
              output channels of the packed weights as its columns (_forward_shifted,
              tiles_pixels). Only real output pixels are computed. With few output channels
-             (grid_wins) the tile is turned around: MR output channels as rows, NR consecutive
-             pixels of the phase grid as columns, Ws - Q junk columns per row (_forward_grid).
+             (forward_route) the narrow tile takes MR_NARROW pixels x NR_NARROW channels
+             (_forward_narrow), or the tile is turned around: MR output channels as rows, NR
+             consecutive pixels of the phase grid as columns, Ws - Q junk columns per row
+             (_forward_grid).
              For a tiny reduction (C*R*S < SMALL_L, the first layer) the im2col is kept
              channel-major (C*R*S, P*Q) and y[n] is built with rows_axpy, vectorised over pixels.
 backward dx  stride 1 and padding <= kernel - 1: dx is the forward convolution of dy with the
@@ -40,13 +42,15 @@ from numba import njit, prange
 from fastcnn.convmath import conv_output_size
 from fastcnn.kernels._config import CACHE, FASTMATH, TILE_FASTMATH, slp_compilation
 from fastcnn.kernels._gemm import rows_axpy
-from fastcnn.kernels._tile import MR, NR, tile
+from fastcnn.kernels._tile import MR, MR_NARROW, NR, NR_NARROW, tile, tile_narrow
 
 SMALL_L = 16          # forward reductions shorter than this use rows_axpy (measured faster for 9, slower for 27)
 IMAGES_PER_CHUNK = 4  # dw partials: images packed per chunk
 KC = 128              # reduction block of the tile kernels: a B panel of KC x NR (16 KiB) stays in L1
 TASKS_PER_CALL = 8    # a forward call on fewer images than this also splits each image's pixels
 BLOCK_PIXELS = (256 // MR) * MR   # forward: output pixels per result block (Ct), copied out at once
+BLOCK_PIXELS_NARROW = (256 // MR_NARROW) * MR_NARROW
+TILE_SPEED = {"tile": 0.94, "tile_narrow": 0.83}   # of the FMA peak in the forward, data in L1 (dev/gen_tile.py)
 CT_PAD = 16           # Ct row padding: a stride of a multiple of 256 bytes maps a column to 1/4 of L1's sets
 NO_ARGMAX = np.empty((0, 0, 0, 0), np.int32)   # _backward_weight_partials: dy is not pooled
 NO_OFFSETS = np.empty(0, np.int64)
@@ -144,6 +148,43 @@ def tiles_pixels(xf, starts, offs, Bf, L, Ct):
             k1 = min(L, k0 + kc)
             for g in range(0, offs.shape[0], MR):
                 tile(xf, starts[k0:k1], offs[g:g + MR], Bf, lstarts[k0:k1], kb * L * NR, Ct, g, kb * NR, k0 > 0)
+
+
+@njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
+def tiles_pixels_narrow(xf, starts, offs, Bf, L, Ct):
+    """tiles_pixels with the narrow tile: MR_NARROW pixels x NR_NARROW output channels per call,
+    Bf ceil(K/NR_NARROW) panels of L x NR_NARROW, len(offs) a multiple of MR_NARROW."""
+    nkb = Bf.shape[0] // (L * NR_NARROW)
+    lstarts = np.arange(L) * NR_NARROW
+    kc = balanced_block(L)
+    for kb in range(nkb):
+        for k0 in range(0, L, kc):
+            k1 = min(L, k0 + kc)
+            for g in range(0, offs.shape[0], MR_NARROW):
+                tile_narrow(xf, starts[k0:k1], offs[g:g + MR_NARROW], Bf, lstarts[k0:k1], kb * L * NR_NARROW, Ct, g,
+                            kb * NR_NARROW, k0 > 0)
+
+
+@njit(boundscheck=False, cache=CACHE)
+def _image_planes(x, n, sh, sw, ph, pw, Hs, Ws):
+    """Image n of x (N, C, H, W) as the flat phase planes the forward's tiles read (_pack_phases);
+    at stride 1 without padding the image itself is its only plane (a view)."""
+    C = x.shape[1]
+    if sh == 1 and sw == 1 and ph == 0 and pw == 0:
+        return x[n].reshape(C * Hs * Ws)
+    xf = np.zeros(C * sh * sw * Hs * Ws, x.dtype)
+    _pack_phases(x[n], sh, sw, ph, pw, Hs, Ws, xf, np.int64(0))   # not a literal: one specialisation
+    return xf
+
+
+@njit(boundscheck=False, cache=CACHE)
+def _copy_out(Ct, b, yv, n, v0, v1):
+    """yv[n, k, v] = Ct[v - v0, k] + b[k] for the real pixels v0 <= v < v1 of a result block:
+    transposed, one channel at a time, so a column of Ct stays in L1."""
+    for k in range(b.shape[0]):
+        bk = b[k]
+        for v in range(v0, min(yv.shape[2], v1)):
+            yv[n, k, v] = Ct[v - v0, k] + bk
 
 
 @njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
@@ -273,12 +314,10 @@ def _forward_shifted(x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups)
     is padded to a multiple of MR by repeating the last pixel, whose extra results are dropped).
     prange over (image, group of MR-pixel blocks); each task writes only its own pixels of its own
     image."""
-    N, C = x.shape[0], x.shape[1]
-    K, P, Q = y.shape[1], y.shape[2], y.shape[3]
+    N, K, PQ = x.shape[0], y.shape[1], y.shape[2] * y.shape[3]
     L = starts.shape[0]
     nkb = Bp.shape[0]
     Bf = Bp.reshape(nkb * L * NR)
-    PQ = P * Q
     nblk = offs.shape[0] // MR
     yv = y.reshape(N, K, PQ)
     for t in prange(N * ngroups):
@@ -288,19 +327,40 @@ def _forward_shifted(x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups)
         g1 = (g + 1) * nblk // ngroups
         if g1 <= g0:
             continue
-        if sh == 1 and sw == 1 and ph == 0 and pw == 0:
-            xf = x[n].reshape(C * Hs * Ws)                          # the image is its only phase plane
-        else:
-            xf = np.zeros(C * sh * sw * Hs * Ws, x.dtype)
-            _pack_phases(x[n], sh, sw, ph, pw, Hs, Ws, xf, np.int64(0))   # not a literal: one specialisation
+        xf = _image_planes(x, n, sh, sw, ph, pw, Hs, Ws)
         Ct = np.empty((min((g1 - g0) * MR, BLOCK_PIXELS), nkb * NR + CT_PAD), x.dtype)
         for v0 in range(g0 * MR, g1 * MR, BLOCK_PIXELS):
             v1 = min(g1 * MR, v0 + BLOCK_PIXELS)
             tiles_pixels(xf, starts, offs[v0:v1], Bf, L, Ct)
-            for k in range(K):                  # transposed copy-out: a column of Ct stays in L1
-                bk = b[k]
-                for v in range(v0, min(PQ, v1)):
-                    yv[n, k, v] = Ct[v - v0, k] + bk
+            _copy_out(Ct, b, yv, n, v0, v1)
+
+
+@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
+def _forward_narrow(x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups):
+    """_forward_shifted with the narrow tile, for few output channels: MR_NARROW output pixels x
+    NR_NARROW output channels per tile, Bp (ceil(K/NR_NARROW), C*R*S, NR_NARROW), offs padded to a
+    multiple of MR_NARROW. A separate driver, so that networks without such layers never compile
+    the narrow tile. forward_route picks it only for K <= 16 or 33..48 (1 or 3 panels), so a Ct
+    row is never a multiple of 256 bytes and needs no CT_PAD."""
+    N, K, PQ = x.shape[0], y.shape[1], y.shape[2] * y.shape[3]
+    L = starts.shape[0]
+    nkb = Bp.shape[0]
+    Bf = Bp.reshape(nkb * L * NR_NARROW)
+    nblk = offs.shape[0] // MR_NARROW
+    yv = y.reshape(N, K, PQ)
+    for t in prange(N * ngroups):
+        n = t // ngroups
+        g = t - n * ngroups
+        g0 = g * nblk // ngroups
+        g1 = (g + 1) * nblk // ngroups
+        if g1 <= g0:
+            continue
+        xf = _image_planes(x, n, sh, sw, ph, pw, Hs, Ws)
+        Ct = np.empty((min((g1 - g0) * MR_NARROW, BLOCK_PIXELS_NARROW), nkb * NR_NARROW), x.dtype)
+        for v0 in range(g0 * MR_NARROW, g1 * MR_NARROW, BLOCK_PIXELS_NARROW):
+            v1 = min(g1 * MR_NARROW, v0 + BLOCK_PIXELS_NARROW)
+            tiles_pixels_narrow(xf, starts, offs[v0:v1], Bf, L, Ct)
+            _copy_out(Ct, b, yv, n, v0, v1)
 
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
@@ -420,16 +480,21 @@ def pack_panels(a, width):
     return np.ascontiguousarray(ap.reshape(nb, width, L).transpose(0, 2, 1))
 
 
-def grid_wins(K, Q, Ws):
-    """Whether _forward_grid wastes fewer multiply-adds than _forward_shifted: MR-row panels of
-    output channels and Ws/Q of the grid's columns, against NR-wide channel panels."""
-    return -(-K // MR) * MR * Ws / Q < -(-K // NR) * NR
+def forward_route(K, Q, Ws):
+    """Which tile forward runs a layer with K output channels, Q output columns and phase planes Ws
+    wide: the one with the least time per useful multiply-add, its multiply-adds (padding included)
+    over its tile's speed. "shifted": NR-wide channel panels; "narrow": NR_NARROW-wide panels of the
+    slower narrow tile; "grid": MR-row channel panels over Ws/Q of the grid's columns."""
+    cost = {"shifted": -(-K // NR) * NR / TILE_SPEED["tile"],
+            "narrow": -(-K // NR_NARROW) * NR_NARROW / TILE_SPEED["tile_narrow"],
+            "grid": -(-K // MR) * MR * Ws / Q / TILE_SPEED["tile"]}
+    return min(cost, key=cost.get)
 
 
-def pad_rows(offsets):
-    """A table of the tile's row offsets padded to a multiple of MR by repeating its last entry (a
-    valid address; the results of those rows are dropped)."""
-    return np.concatenate([offsets, np.repeat(offsets[-1:], -len(offsets) % MR)]).astype(np.int64)
+def pad_rows(offsets, rows=MR):
+    """A table of the tile's row offsets padded to a multiple of ``rows`` (the tile's MR) by
+    repeating its last entry (a valid address; the results of those rows are dropped)."""
+    return np.concatenate([offsets, np.repeat(offsets[-1:], -len(offsets) % rows)]).astype(np.int64)
 
 
 def phase_grid(H, W, stride, padding):
@@ -454,10 +519,10 @@ def dw_starts(C, R, S, stride, Hs, Ws):
     return pad_rows(np.append(phase_starts(C, R, S, stride, Hs, Ws), C * stride[0] * stride[1] * Hs * Ws))
 
 
-def pixel_offsets(P, Q, Ws):
+def pixel_offsets(P, Q, Ws, rows=MR):
     """offs[p*Q + q] = p*Ws + q, where output pixel (p, q)'s windows start in a phase plane Ws wide,
-    padded to a multiple of MR."""
-    return pad_rows((np.arange(P)[:, None] * Ws + np.arange(Q)).reshape(-1))
+    padded to a multiple of ``rows``."""
+    return pad_rows((np.arange(P)[:, None] * Ws + np.arange(Q)).reshape(-1), rows)
 
 
 def _prepare(*arrays):
@@ -481,18 +546,21 @@ def _forward(x, w, b, stride, padding):
         Hs, Ws = phase_grid(H, W, stride, padding)
         starts = phase_starts(C, R, S, stride, Hs, Ws)
         w2 = w.reshape(K, C * R * S)
-        if grid_wins(K, Q, Ws):
+        route = forward_route(K, Q, Ws)
+        if route == "grid":
             npan = -(-(P * Ws) // NR)
             ngroups = 1 if N >= TASKS_PER_CALL else min(npan, -(-TASKS_PER_CALL // N))
             with slp_compilation():
                 _forward_grid(x, pack_panels(w2, MR), b, *stride, *padding, Hs, Ws, y, starts,
                               (S - 1) // stride[1] + NR, ngroups)
         else:
-            offs = pixel_offsets(P, Q, Ws)
-            nblk = len(offs) // MR
+            rows, cols = (MR, NR) if route == "shifted" else (MR_NARROW, NR_NARROW)
+            offs = pixel_offsets(P, Q, Ws, rows)
+            nblk = len(offs) // rows
             ngroups = 1 if N >= TASKS_PER_CALL else min(nblk, -(-TASKS_PER_CALL // N))
+            driver = _forward_shifted if route == "shifted" else _forward_narrow
             with slp_compilation():
-                _forward_shifted(x, pack_panels(w2, NR), b, *stride, *padding, Hs, Ws, y, starts, offs, ngroups)
+                driver(x, pack_panels(w2, cols), b, *stride, *padding, Hs, Ws, y, starts, offs, ngroups)
     return y
 
 

@@ -34,7 +34,7 @@ from fastcnn import kernels as nb
 from fastcnn import reference as ref
 from fastcnn.backend import blas_guard
 from fastcnn.data import load_dataset, to_float
-from fastcnn.kernels.conv import SMALL_L, grid_wins, phase_grid
+from fastcnn.kernels.conv import SMALL_L, forward_route, phase_grid
 from fastcnn.testing import assert_agree, training_tolerance
 
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
@@ -120,14 +120,20 @@ def _check_conv(N, C, K, H, W, R, S, stride, padding, dtype, seed):
 
 # ------------------------------------------------------------------------- convolution: fixed grid
 
+def _forward_path(N, C, K, H, W, R, S, stride, padding):
+    """Which forward kernel runs a convolution, and whether on phase planes (stride > 1)."""
+    _, Q = _conv_out(H, W, R, S, stride, padding)
+    _, Ws = phase_grid(H, W, stride, padding)
+    path = "small" if C * R * S < SMALL_L else f"tile-{forward_route(K, Q, Ws)}"
+    return path + ("" if stride == (1, 1) else "-phases")
+
+
 def _conv_case(N, C, K, H, W, R, S, stride, padding, label):
     stride = stride if isinstance(stride, tuple) else (stride, stride)
     padding = padding if isinstance(padding, tuple) else (padding, padding)
     P, Q = _conv_out(H, W, R, S, stride, padding)
     assert P >= 1 and Q >= 1, label
-    _, Ws = phase_grid(H, W, stride, padding)        # which forward kernel runs: in the test id
-    path = ("small" if C * R * S < SMALL_L else "tile-grid" if grid_wins(K, Q, Ws) else "tile-pixels")
-    path += "" if stride == (1, 1) else "-phases"
+    path = _forward_path(N, C, K, H, W, R, S, stride, padding)     # in the test id
     cid = (f"{label}-n{N}c{C}k{K}-{H}x{W}-k{R}x{S}-s{stride[0]}{stride[1]}-p{padding[0]}{padding[1]}"
            f"-{path}")
     return pytest.param(N, C, K, H, W, R, S, stride, padding, id=cid)
@@ -185,10 +191,20 @@ CONV_GRID = [
     _conv_case(2, 40, 13, 9, 10, 1, 1, 3, 0, "phases-1x1-s3"),
     _conv_case(5, 9, 4, 10, 9, 2, 4, (3, 2), (0, 3), "phases-2x4-s3x2-pad03"),
     _conv_case(1, 48, 5, 6, 7, 5, 5, (2, 1), (2, 2), "phases-batch1-s2x1"),
+    # the narrow tile (5 pixels x 16 output channels) for few output channels:
+    _conv_case(1, 5, 13, 12, 12, 5, 5, 1, 0, "narrow-batch1-K13"),
+    _conv_case(3, 6, 16, 15, 15, 5, 5, 2, 2, "narrow-phases-s2"),
+    _conv_case(2, 3, 33, 10, 10, 5, 5, 1, 0, "narrow-K33-3panels"),
     _conv_case(2, 6, 3, 5, 5, 5, 5, 3, 0, "phases-one-output"),
     _conv_case(3, 12, 5, 10, 11, 2, 2, 3, 1, "phases-stride-beyond-kernel"),
     _conv_case(9, 3, 17, 21, 19, 7, 7, 2, 3, "phases-stem-7x7-odd"),
 ]
+
+
+def test_conv_grid_runs_every_forward_kernel():
+    paths = {_forward_path(*case.values) for case in CONV_GRID}
+    assert paths >= {"small", "small-phases", "tile-shifted", "tile-narrow", "tile-grid", "tile-shifted-phases",
+                     "tile-narrow-phases", "tile-grid-phases"}, paths
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -638,6 +654,7 @@ def _ran_in_a_two_thread_process(request) -> bool:
     pytest.param(7, 8, 6, 9, 3, 1, 0, id="n7-chunks-uneven"),
     pytest.param(7, 16, 9, 15, 3, 2, 1, id="stride2-phases-n7"),
     pytest.param(5, 5, 11, 16, 7, 2, 3, id="stride2-phases-7x7-n5"),
+    pytest.param(5, 6, 16, 14, 5, 1, 0, id="narrow-tile-n5"),
 ])
 def test_kernels_bit_identical_across_thread_counts(N, C, K, H, R, stride, padding, dtype, restore_threads,
                                                     request):
