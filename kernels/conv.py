@@ -340,8 +340,9 @@ def _forward_narrow(x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups):
     """_forward_shifted with the narrow tile, for few output channels: MR_NARROW output pixels x
     NR_NARROW output channels per tile, Bp (ceil(K/NR_NARROW), C*R*S, NR_NARROW), offs padded to a
     multiple of MR_NARROW. A separate driver, so that networks without such layers never compile
-    the narrow tile. forward_route picks it only for K <= 16 or 33..48 (1 or 3 panels), so a Ct
-    row is never a multiple of 256 bytes and needs no CT_PAD."""
+    the narrow tile. forward_route picks it only for an odd number of NR_NARROW-wide panels (an
+    even number fills NR-wide panels exactly, where the faster tile wins), so a Ct row is never a
+    multiple of 256 bytes and needs no CT_PAD."""
     N, K, PQ = x.shape[0], y.shape[1], y.shape[2] * y.shape[3]
     L = starts.shape[0]
     nkb = Bp.shape[0]

@@ -34,6 +34,7 @@ from fastcnn import kernels as nb
 from fastcnn import reference as ref
 from fastcnn.backend import blas_guard
 from fastcnn.data import load_dataset, to_float
+from fastcnn.kernels._tile import NR_NARROW
 from fastcnn.kernels.conv import SMALL_L, forward_route, phase_grid
 from fastcnn.testing import assert_agree, training_tolerance
 
@@ -199,6 +200,14 @@ CONV_GRID = [
     _conv_case(3, 12, 5, 10, 11, 2, 2, 3, 1, "phases-stride-beyond-kernel"),
     _conv_case(9, 3, 17, 21, 19, 7, 7, 2, 3, "phases-stem-7x7-odd"),
 ]
+
+
+def test_narrow_tile_only_for_an_odd_number_of_its_panels():
+    """An even number of 16-wide panels fills 32-wide ones exactly, where the faster 3x32 tile must
+    win; _forward_narrow relies on it (its result rows then never need CT_PAD)."""
+    picked = {(K, Q, Ws) for K in range(1, 300) for Q, Ws in ((10, 14), (14, 16), (100, 102), (1, 3))
+              if forward_route(K, Q, Ws) == "narrow"}
+    assert picked and all(-(-K // NR_NARROW) % 2 == 1 for K, _, _ in picked)
 
 
 def test_conv_grid_runs_every_forward_kernel():
