@@ -10,8 +10,8 @@ from pathlib import Path
 # 4 x 16 73 %; 6 x 16 and 4 x 24 spill (65 %, 45 %).
 MR, NR = 3, 32
 PEAK_CHAINS = 3  # fma_chains: 3 x NR lanes = 12 ymm accumulators, as many as the tile keeps
-# For layers with few output channels (16 or fewer), where half of a 32-wide panel would be padding:
-# 5 x 16 is the fastest 16-wide shape measured above.
+# For layers whose last 32-wide panel of output channels would be half or more padding (K <= 16,
+# 33..48, ...): 5 x 16 is the fastest 16-wide shape measured above.
 MR_NARROW, NR_NARROW = 5, 16
 
 
@@ -79,8 +79,8 @@ kernels/_config.py for why SLP is enabled for these kernels only). Both operands
 through start tables (fa[astarts[l] + aoffs[i]], fb[bstarts[l] + boff + j]), so either can be a
 packed panel or pixels and windows of an image buffer read in place.
 
-tile_narrow ({MR_NARROW} x {NR_NARROW}): the same for layers with few output channels, where most of an
-{NR}-wide column panel would be padding.
+tile_narrow ({MR_NARROW} x {NR_NARROW}): the same for layers whose last {NR}-wide column panel of output
+channels would be half or more padding.
 
 fma_chains: independent multiply-add chains at the same vector width, the peak the kernels are
 measured against (dev/bench_conv.py).

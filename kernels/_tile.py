@@ -7,8 +7,8 @@ kernels/_config.py for why SLP is enabled for these kernels only). Both operands
 through start tables (fa[astarts[l] + aoffs[i]], fb[bstarts[l] + boff + j]), so either can be a
 packed panel or pixels and windows of an image buffer read in place.
 
-tile_narrow (5 x 16): the same for layers with few output channels, where most of an
-32-wide column panel would be padding.
+tile_narrow (5 x 16): the same for layers whose last 32-wide column panel of output
+channels would be half or more padding.
 
 fma_chains: independent multiply-add chains at the same vector width, the peak the kernels are
 measured against (dev/bench_conv.py).

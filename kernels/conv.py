@@ -14,11 +14,11 @@ forward      C*R*S >= SMALL_L, any stride: no im2col. Each task splits its zero-
              of kernels/_tile.py takes MR output pixels as its rows, read in place from the phase
              planes (pixel (p, q) at p*Ws + q, reduction index (c, r, t) at phase_starts), and NR
              output channels of the packed weights as its columns (_forward_shifted,
-             tiles_pixels). Only real output pixels are computed. With few output channels
-             (forward_route) the narrow tile takes MR_NARROW pixels x NR_NARROW channels
-             (_forward_narrow), or the tile is turned around: MR output channels as rows, NR
-             consecutive pixels of the phase grid as columns, Ws - Q junk columns per row
-             (_forward_grid).
+             tiles_pixels). Only real output pixels are computed. When K is not a multiple of NR,
+             forward_route may pick the narrow tile, MR_NARROW pixels x NR_NARROW channels
+             (_forward_narrow; only where the last NR-wide panel would be half or more padding), or
+             the tile turned around: MR output channels as rows, NR consecutive pixels of the phase
+             grid as columns, Ws - Q junk columns per row (_forward_grid).
              For a tiny reduction (C*R*S < SMALL_L, the first layer) the im2col is kept
              channel-major (C*R*S, P*Q) and y[n] is built with rows_axpy, vectorised over pixels.
 backward dx  stride 1 and padding <= kernel - 1: dx is the forward convolution of dy with the
@@ -337,7 +337,8 @@ def _forward_shifted(x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups)
 
 @njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _forward_narrow(x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups):
-    """_forward_shifted with the narrow tile, for few output channels: MR_NARROW output pixels x
+    """_forward_shifted with the narrow tile, where the last NR-wide panel would be half or more
+    padding (K <= 16, 33..48, 65..80, ...; forward_route decides): MR_NARROW output pixels x
     NR_NARROW output channels per tile, Bp (ceil(K/NR_NARROW), C*R*S, NR_NARROW), offs padded to a
     multiple of MR_NARROW. A separate driver, so that networks without such layers never compile
     the narrow tile. forward_route picks it only for an odd number of NR_NARROW-wide panels (an
