@@ -222,15 +222,18 @@ def _sweep_process(argv, cwd):
 
 def test_interrupted_sweep_resumes(mnist_dir, tmp_path):
     out = tmp_path / "out"
-    # 12 epochs of one batch: the signal comes right after epoch 1's checkpoint, long before epoch 12.
-    argv = ["--optimizer", "sgd,adamw", "--epochs", "12", "--limit-train", "64", "--limit-test", "50",
-            "--batch-size", "64", *LOCAL, "--data-dir", mnist_dir, "--out", out]
+    # One worker runs the two runs one after the other, so the signal finds exactly one of them
+    # started: it comes right after that run's first checkpoint, 29 one-batch epochs before its end
+    # (two runs side by side would race: one may finish before the other writes its first checkpoint).
+    argv = ["--optimizer", "sgd,adamw", "--epochs", "30", "--limit-train", "64", "--limit-test", "50",
+            "--batch-size", "64", "--workers", "1", "--threads-per-run", "1", "--dashboard", "127.0.0.1:0", "-q",
+            "--data-dir", mnist_dir, "--out", out]
     proc = _sweep_process(argv, tmp_path)
     try:
         ckpts = [out / run / "checkpoint.npz" for run in ("sgd", "adamw")]
         deadline = time.monotonic() + 240
-        while not all(p.exists() for p in ckpts) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while not any(p.exists() for p in ckpts) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=120)
@@ -241,22 +244,26 @@ def test_interrupted_sweep_resumes(mnist_dir, tmp_path):
     assert proc.returncode == EXIT_INTERRUPTED, stderr
     assert "stopped by SIGINT" in stderr and "rerun the same command to resume" in stderr, stderr
     first = {r["run"]: r for r in json.loads((out / "summary.json").read_text())["runs"]}
-    assert all(r["status"] == "interrupted" and 1 <= r["epochs_done"] < 12 for r in first.values()), first
-    for run, r in first.items():
-        assert _metrics(out, run)["status"] == "interrupted"
-        assert load_checkpoint(out / run / "checkpoint.npz").epoch == r["epochs_done"]
+    assert sorted(r["status"] for r in first.values()) == ["interrupted", "not-started"], first
+    (started,) = [run for run, r in first.items() if r["status"] == "interrupted"]
+    (waiting,) = [run for run, r in first.items() if r["status"] == "not-started"]
+    assert 1 <= first[started]["epochs_done"] < 30, first
+    assert _metrics(out, started)["status"] == "interrupted"
+    assert load_checkpoint(out / started / "checkpoint.npz").epoch == first[started]["epochs_done"]
+    assert first[waiting]["epochs_done"] == 0 and not (out / waiting / "checkpoint.npz").exists(), first
 
     proc = _sweep_process([a for a in argv if a != "-q"], tmp_path)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_OK, stderr
     second = {r["run"]: r for r in json.loads((out / "summary.json").read_text())["runs"]}
-    for run, r in second.items():
-        assert r["status"] == "completed" and r["resumed_from"] == first[run]["epochs_done"]
-        assert f"{run}: completed (resumed after epoch {first[run]['epochs_done']})" in stdout, stdout
-        doc = _metrics(out, run)
-        assert [m["epoch"] for m in doc["epochs"]] == list(range(1, 13))
-        kept = first[run]["history"]                 # the epochs before the interrupt are kept as they were
-        assert [{k: m[k] for k in h} for m, h in zip(doc["epochs"], kept)] == kept
+    assert all(r["status"] == "completed" for r in second.values()), second
+    assert second[started]["resumed_from"] == first[started]["epochs_done"] and second[waiting]["resumed_from"] is None
+    assert f"{started}: completed (resumed after epoch {first[started]['epochs_done']})" in stdout, stdout
+    assert f"{waiting}: completed  test" in stdout, stdout
+    for run in (started, waiting):
+        assert [m["epoch"] for m in _metrics(out, run)["epochs"]] == list(range(1, 31))
+    kept = first[started]["history"]                 # the epochs before the interrupt are kept as they were
+    assert [{k: m[k] for k in h} for m, h in zip(_metrics(out, started)["epochs"], kept)] == kept
 
 
 @pytest.mark.parametrize("argv, expected", [
