@@ -57,6 +57,7 @@ from fastcnn._cli import (
     probe_writable,
     versions,
 )
+from fastcnn._pause import batch_hook, wait_at_start
 
 PROG = "fastcnn-train"
 #: Signals that stop a run; the exit code is 128 + the signal's number.
@@ -692,7 +693,7 @@ def _train(args, config, ckpt, run, signals, console):
         for m in trainer.state.history:
             say(f"  {format_epoch(m, config.epochs)}")
     trainer.callbacks.append(run.after_epoch)
-    trainer.on_batch = _test_pause_hook(trainer)
+    trainer.on_batch = batch_hook(trainer.stopping)
     # The one place for JIT compilation, before training starts (a signal here stops at once).
     if config.warmup:
         _compile_kernels(config, say)
@@ -774,24 +775,6 @@ def _compile_kernels(config, say) -> None:
         say(f"compiled in {seconds:.1f} s; later runs load them from Numba's cache")
 
 
-def _test_pause_hook(trainer):
-    """For tests that must signal the run at an exact batch: ``FASTCNN_TEST_PAUSE=PHASE:EPOCH:BATCH:FILE``
-    ("train" or "eval") makes the run create FILE when it reaches that batch and wait there until a
-    stop is requested; then it stops exactly before that batch. Unset: no hook."""
-    spec = os.environ.get("FASTCNN_TEST_PAUSE")
-    if not spec:
-        return None
-    phase, epoch, batch, marker = spec.split(":", 3)
-    at = (phase, int(epoch), int(batch))
-
-    def hook(phase, epoch, batch):
-        if (phase, epoch, batch) == at:
-            Path(marker).touch()
-            while not trainer.stopping():
-                time.sleep(0.005)
-    return hook
-
-
 def contention_hint(cpu_seconds: float, wall_seconds: float, threads: int | None) -> str | None:
     """A note when the process got well under its threads' worth of CPU (CPU/wall below half the
     thread count): other programs held the cores, so the epoch times overstate the run's cost."""
@@ -824,6 +807,7 @@ def train_main(argv=None) -> int:
 
 
 def _main(argv, signals, console):
+    wait_at_start()
     from fastcnn.checkpoint import CheckpointError
     from fastcnn.data import DataError
     try:

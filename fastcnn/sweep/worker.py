@@ -23,6 +23,7 @@ from pathlib import Path
 
 from fastcnn._atomic import write_json
 from fastcnn._cli import one_line, versions
+from fastcnn._pause import batch_hook
 from fastcnn.train import TrainConfig
 
 __all__ = ["CHECKPOINT_FILE", "METRICS_FILE", "read_metrics", "run_one", "same_settings"]
@@ -148,6 +149,7 @@ def run_one(name: str, config: TrainConfig, out_dir: str, *, dataset: str = "mni
                 ckpt = load_checkpoint(ckpt_path)
                 trainer.restore(ckpt)                  # refuses a checkpoint of other settings or data
                 result["resumed_from"] = ckpt.epoch
+            trainer.on_batch = batch_hook(trainer.stopping)
             watcher.watch(trainer.state)
             try:
                 state = trainer.run()
