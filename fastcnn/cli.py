@@ -23,6 +23,7 @@ runs never write one file, and temporary files that a killed run left beside it 
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -696,8 +697,7 @@ def _train(args, config, ckpt, run, signals, console):
     trainer.on_batch = batch_hook(trainer.stopping)
     # The one place for JIT compilation, before training starts (a signal here stops at once).
     if config.warmup:
-        _compile_kernels(config, say)
-        trainer.warm_up()
+        _warm_up(trainer, config, say)
     signals.trainer = trainer                          # from here on a signal stops between batches
     if args.profile:
         trainer.state.model.start_profile()            # after the warm-up: JIT compilation is not timed
@@ -757,20 +757,27 @@ def _train(args, config, ckpt, run, signals, console):
     return EXIT_OK
 
 
-def _compile_kernels(config, say) -> None:
-    """Compile (or load from Numba's cache) the kernels this run uses, saying so when it is a real
-    compilation: a first run sits silent for a long time otherwise."""
+def _warm_up(trainer, config, say) -> None:
+    """Compile (or load from Numba's cache) every kernel the run uses before epoch 1, saying so when
+    it is a real compilation: a first run sits silent for a long time otherwise. The run's
+    ``warmup_seconds`` include the compilation."""
     from fastcnn.backend import resolve_backend_name
     if resolve_backend_name(config.backend) != "numba":
+        trainer.warm_up()
         return
-    from fastcnn.kernels import warm_up
+    from fastcnn.kernels import first_compile, warm_up
     compiling = []
 
-    def announce(estimate):
-        compiling.append(True)
-        say(f"compiling the Numba kernels, first run only, ~{estimate:.0f} s ...")
+    def announce(estimate=None):
+        if not compiling:
+            compiling.append(True)
+            say(f"compiling the Numba kernels, first run only{'' if estimate is None else f', ~{estimate:.0f} s'} ...")
 
-    seconds = warm_up(config.dtype, on_compile=announce)
+    with contextlib.ExitStack() as rest:
+        def prepare():
+            warm_up(config.dtype, on_compile=announce)       # the MNIST network's convolutions, two processes
+            rest.enter_context(first_compile(announce))      # what else the step compiles (e.g. BatchNorm's)
+        seconds = trainer.warm_up(prepare=prepare)
     if compiling:
         say(f"compiled in {seconds:.1f} s; later runs load them from Numba's cache")
 

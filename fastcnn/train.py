@@ -499,10 +499,14 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- pieces
 
-    def warm_up(self):
+    def warm_up(self, prepare=None):
         """One training step on one batch and one evaluation, on a throwaway deep copy of the model
-        and optimizer: compiles (or loads) every JIT kernel before epoch 1 is timed."""
+        and optimizer: compiles (or loads) every JIT kernel before epoch 1 is timed. ``prepare()``,
+        if given, runs first (fastcnn-train compiles the kernels there, with its messages); its time
+        counts in ``state.warmup_seconds``, which is returned."""
         t0 = time.perf_counter()
+        if prepare is not None:
+            prepare()
         model, optimizer = _throwaway_copy(self.state.model, self.state.optimizer)
         n = min(self.config.batch_size, len(self.x_train))
         m = min(self.config.eval_batch_size, len(self.x_test), 2 * n)

@@ -13,11 +13,12 @@ fails, this process compiles both halves itself: the same code, only slower.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from numba.core import event
@@ -47,6 +48,13 @@ class _FirstCompile(event.Listener):
 
     def on_end(self, ev: event.Event) -> None:
         pass
+
+
+@contextlib.contextmanager
+def first_compile(callback: Callable[[], None]) -> Iterator[None]:
+    """Within the block, call ``callback()`` once, when the first real Numba compilation starts."""
+    with event.install_listener("numba:compile", _FirstCompile(callback)):
+        yield
 
 
 # The MNIST network's convolution stack, one tiny step (any shape compiles the same specialisations
@@ -101,14 +109,14 @@ def compile_split(first: Callable[[], None], second: Callable[[], None],
     started: list[subprocess.Popen] = []
     in_first = True
 
-    def first_compile() -> None:
+    def on_first() -> None:
         if on_compile is not None:
             on_compile()
         if helper is not None and in_first:
             started.append(helper())
 
     try:
-        with event.install_listener("numba:compile", _FirstCompile(first_compile)):
+        with first_compile(on_first):
             first()
             in_first = False
             for proc in started:

@@ -291,3 +291,25 @@ def test_header_wraps_between_words_in_a_120_column_terminal(monkeypatch):
     assert words.startswith(f"fastcnn-train: fashion-mnist from {folder} ")
     assert "batch 128, 5 epochs" in words
     assert all(len(line) < 120 for line in text.splitlines())
+
+
+def test_the_compile_message_covers_kernels_outside_the_mnist_set(monkeypatch):
+    """A compilation the kernels' own warm-up does not cover (here a fresh function the throwaway
+    step compiles, as BatchNorm's kernels are) is announced once, and its time counts as warm-up."""
+    import numba
+
+    import fastcnn.kernels
+    from fastcnn.cli import _warm_up
+    monkeypatch.setattr(fastcnn.kernels, "warm_up", lambda dtype, on_compile=None: 0.0)
+    said = []
+
+    class Step:
+        def warm_up(self, prepare=None):
+            prepare()
+            numba.njit(lambda x: x + 1)(1)
+            numba.njit(lambda x: x + 2)(1)
+            return 1.5
+
+    _warm_up(Step(), fastcnn.train.TrainConfig(backend="numba"), said.append)
+    assert said == ["compiling the Numba kernels, first run only ...",
+                    "compiled in 1.5 s; later runs load them from Numba's cache"], said

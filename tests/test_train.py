@@ -6,6 +6,7 @@ fixture skips it when the files are absent); the others use a small synthetic da
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -91,6 +92,13 @@ def test_warm_up_leaves_the_real_model_untouched():
     assert warm.warmup_seconds > 0 and cold.warmup_seconds == 0
     assert losses(warm) == losses(cold)
     assert warm.optimizer.t == cold.optimizer.t == warm.step
+
+
+def test_warm_up_seconds_include_what_runs_before_the_step():
+    """fastcnn-train compiles the kernels in ``prepare``: that time is the run's warm-up too."""
+    trainer, calls = Trainer(tiny(), synthetic()), []
+    seconds = trainer.warm_up(prepare=lambda: calls.append(time.sleep(0.05)))
+    assert calls == [None] and seconds == trainer.state.warmup_seconds >= 0.05
 
 
 def test_last_partial_batch_is_trained():
