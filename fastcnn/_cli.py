@@ -83,6 +83,16 @@ def float_in(lo: float, hi: float = math.inf, lo_open: bool = False,
     return parse
 
 
+def check_data_dir(value) -> None:
+    """``--data-dir`` must name a folder: otherwise a :class:`UsageError` (exit 2 in every command)."""
+    if value is None:
+        return
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "no such directory"
+        raise UsageError(f"--data-dir {str(value)!r}: {what}; pass the folder that holds the IDX files")
+
+
 def probe_writable(directory, what: str) -> None:
     """Create ``directory`` if needed and check a file can really be created in it (os.access
     says yes to root even on read-only mounts); a :class:`UsageError` naming ``what`` otherwise."""

@@ -52,6 +52,7 @@ from fastcnn._cli import (
     HelpFormatter,
     Parser,
     UsageError,
+    check_data_dir,
     float_in,
     int_at_least,
     print_error,
@@ -643,8 +644,7 @@ def _run(argv, signals, console):
     args = build_parser().parse_args(argv)
     console.quiet = args.quiet
     say = console.say
-    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
-        raise UsageError(f"--data-dir {args.data_dir!r}: no such directory")
+    check_data_dir(args.data_dir)
 
     ckpt = None
     if args.resume is not None:

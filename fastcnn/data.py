@@ -426,10 +426,35 @@ def _download_each(spec, files, directory, timeout):
     return [], False
 
 
+def _count(missing, files) -> str:
+    """The missing files, shortly: their names when one or two, else how many."""
+    if len(missing) <= 2:
+        return ", ".join(missing)
+    count = f"all {len(files)}" if len(missing) == len(files) else f"{len(missing)} of {len(files)}"
+    return f"{count} IDX files ({missing[0]}, ...)"
+
+
+def _subfolder_with(directory, files) -> Path | None:
+    """A folder right inside ``directory`` that holds every one of ``files``, or None."""
+    try:
+        subfolders = sorted(d for d in directory.iterdir() if d.is_dir())
+    except OSError:
+        return None
+    return next((d for d in subfolders if not _missing(d, files)), None)
+
+
 def _not_found(spec, files, dirs, problem, details=()):
-    """The error for data found nowhere: the fix on the first line, the folders and reasons below."""
+    """The error for data found nowhere: the fix on the first line, the folders and reasons below.
+    A ``$FASTCNN_DATA_DIR`` that is set is the first place to mend, so the fix names it."""
     short = ", ".join(str(d) for d, _ in dirs) or "nowhere"
     fix = f"pass --data-dir DIR or set {ENV_VAR}"
+    env = next((d for d, where in dirs if where == ENV_VAR), None)
+    if env is not None:
+        inside = _subfolder_with(env, files) if env.is_dir() else None
+        now = ("no such directory" if not env.exists() else "not a folder" if not env.is_dir() else
+               f"a folder missing {len(_missing(env, files))} of {len(files)}")
+        fix = (f"set {ENV_VAR}={inside}, the subfolder that holds the files" if inside is not None else
+               f"set {ENV_VAR} to the folder that holds the IDX files (now: {now}) or pass --data-dir DIR")
     first = f"{spec.title} {problem}: {fix} (looked in: {short})"
     if len(first) > 200:
         first = f"{spec.title} {problem}: {fix} (looked in {len(dirs)} folders; FASTCNN_VERBOSE=1 lists them)"
@@ -476,17 +501,15 @@ def load_dataset(name="mnist", data_dir=None, download=True, verify=True, timeou
         # $FASTCNN_DATA_DIR, the cache or a download.
         source = Path(data_dir).expanduser()
         if not source.is_dir():
-            raise DataError(f"--data-dir {data_dir}: no such directory: pass the folder that holds the "
-                            f"{spec.title} IDX files")
+            what = "is a file, not a folder" if source.exists() else "no such directory"
+            raise DataError(f"--data-dir {data_dir}: {what}: pass the folder that holds the {spec.title} IDX files")
         missing = _missing(source, files)
         if missing:
-            if len(missing) <= 2:
-                what = ", ".join(missing)
-            else:
-                count = f"all {len(files)}" if len(missing) == len(files) else f"{len(missing)} of {len(files)}"
-                what = f"{count} IDX files ({missing[0]}, ...)"
-            raise DataError(f"--data-dir {data_dir} lacks {what}: put the {spec.title} files there (gzipped "
-                            f"or not) or pass another folder\nmissing: {', '.join(missing)}")
+            inside = _subfolder_with(source, files)
+            fix = (f"pass --data-dir {inside}, the subfolder that holds them" if inside is not None else
+                   f"put the {spec.title} files there (gzipped or not) or pass another folder")
+            raise DataError(f"--data-dir {data_dir} lacks {_count(missing, files)}: {fix}\n"
+                            f"missing: {', '.join(missing)}")
     else:
         dirs = candidate_dirs(spec, None, cache_dir)
         if not dirs:

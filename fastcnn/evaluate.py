@@ -42,7 +42,16 @@ from pathlib import Path
 import numpy as np
 
 from fastcnn._atomic import atomic_write
-from fastcnn._cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Parser, UsageError, positive_int, print_error
+from fastcnn._cli import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    check_data_dir,
+    positive_int,
+    print_error,
+)
 from fastcnn.checkpoint import CheckpointError, build_model, load_checkpoint
 from fastcnn.data import DATASETS, DataError, DataWarning, dataset_spec, find_data_dir, load_dataset, to_float
 from fastcnn.images import IMAGE_SUFFIXES, InputError, border_level, prepare_digit, read_image
@@ -215,6 +224,7 @@ def parse_args(parser: Parser, argv=None) -> argparse.Namespace:
     checkpoint. :class:`UsageError` when there is no checkpoint, no image, or a --predict option
     without --predict."""
     args = parser.parse_args(argv)
+    check_data_dir(args.data_dir)
     if args.checkpoint is None:
         if args.predict and args.predict[-1].suffix.lower() not in IMAGE_SUFFIXES:
             args.checkpoint = args.predict.pop()

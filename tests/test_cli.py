@@ -313,3 +313,11 @@ def test_the_compile_message_covers_kernels_outside_the_mnist_set(monkeypatch):
     _warm_up(Step(), fastcnn.train.TrainConfig(backend="numba"), said.append)
     assert said == ["compiling the Numba kernels, first run only ...",
                     "compiled in 1.5 s; later runs load them from Numba's cache"], said
+
+
+def test_a_file_as_data_dir_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not data")
+    assert train_main(["--data-dir", str(tmp_path / "notes.txt"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err)
+    assert "notes.txt': is a file, not a folder; pass the folder that holds the IDX files" in err, err

@@ -354,8 +354,8 @@ def test_missing_everywhere_without_download(tmp_path, monkeypatch):
     with pytest.raises(DataError) as info:
         load_dataset("mnist", download=False, cache_dir="cache")
     first, *details = str(info.value).splitlines()
-    assert first == ("MNIST not found (download disabled): pass --data-dir DIR or set FASTCNN_DATA_DIR "
-                     "(looked in: env, cache)")
+    assert first == ("MNIST not found (download disabled): set FASTCNN_DATA_DIR to the folder that holds the "
+                     "IDX files (now: a folder missing 4 of 4) or pass --data-dir DIR (looked in: env, cache)")
     assert f"  env (FASTCNN_DATA_DIR): missing {NAMES[0]}, {NAMES[1]}, {NAMES[2]}, {NAMES[3]}" in details
     assert "  cache (cache): no such directory" in details
     assert not (tmp_path / "cache").exists()
@@ -478,12 +478,35 @@ def test_server_down(tmp_path, monkeypatch, dead_url):
     with pytest.raises(DataError) as info:
         load_dataset("mnist", cache_dir=cache, mirrors=[dead_url], timeout=5)
     first, *details = str(info.value).splitlines()
-    assert first == (f"MNIST not found and no network: pass --data-dir DIR or set FASTCNN_DATA_DIR "
-                     f"(looked in: {env}, {cache})")
+    assert first == (f"MNIST not found and no network: set FASTCNN_DATA_DIR to the folder that holds the IDX "
+                     f"files (now: a folder missing 1 of 4) or pass --data-dir DIR (looked in: {env}, {cache})")
     assert f"  {env} (FASTCNN_DATA_DIR): missing {NAMES[1]}" in details
     assert f"  {cache} (cache): no such directory" in details      # the folder it created is gone again
     assert any(dead_url + NAMES[0] in line and "refused" in line.lower() for line in details)
     assert not cache.exists()
+
+
+@pytest.mark.parametrize("via", ["--data-dir", "FASTCNN_DATA_DIR"])
+def test_a_folder_one_level_above_the_data_is_pointed_down(tmp_path, monkeypatch, via):
+    make_dataset(tmp_path / "data" / "mnist")
+    (tmp_path / "data" / "other").mkdir()
+    monkeypatch.setenv("FASTCNN_DATA_DIR", str(tmp_path / "data"))
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", data_dir=tmp_path / "data" if via == "--data-dir" else None, download=False,
+                     cache_dir=tmp_path / "cache")
+    first = str(info.value).splitlines()[0]
+    if via == "--data-dir":
+        assert first == (f"--data-dir {tmp_path / 'data'} lacks all 4 IDX files ({NAMES[0]}, ...): pass --data-dir "
+                         f"{tmp_path / 'data' / 'mnist'}, the subfolder that holds them")
+    else:
+        assert first.startswith("MNIST not found (download disabled): set "
+                                f"FASTCNN_DATA_DIR={tmp_path / 'data' / 'mnist'}, the subfolder that holds the files")
+
+
+def test_a_file_given_as_the_data_folder_is_named_as_such(tmp_path):
+    (tmp_path / "README.md").write_text("not data")
+    with pytest.raises(DataError, match=r"README.md: is a file, not a folder: pass the folder that holds"):
+        load_dataset("mnist", data_dir=tmp_path / "README.md", download=False)
 
 
 def test_no_data_error_first_line_stays_short(tmp_path, monkeypatch, dead_url):
@@ -493,7 +516,8 @@ def test_no_data_error_first_line_stays_short(tmp_path, monkeypatch, dead_url):
         load_dataset("mnist", cache_dir=deep / "cache", mirrors=[dead_url], timeout=5)
     first, *details = str(info.value).splitlines()
     assert len(first) <= 200
-    assert first.startswith("MNIST not found and no network: pass --data-dir DIR or set FASTCNN_DATA_DIR")
+    assert first.startswith("MNIST not found and no network: set FASTCNN_DATA_DIR to the folder that holds the "
+                            "IDX files (now: a folder missing 4 of 4) or pass --data-dir DIR")
     assert any(str(deep) in line for line in details)
 
 

@@ -61,14 +61,17 @@ def test_test_set_evaluation_writes_both_pngs(ckpt, mnist_dir, tmp_path, capsys)
     assert sorted(p.name for p in out_dir.iterdir()) == ["confusion_matrix.png", "most_confident_errors.png"]
 
 
-@pytest.mark.parametrize("folder,needle", [("none", "no such directory"),
-                                           ("empty", "lacks t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz")])
-def test_missing_data_is_one_line_error(ckpt, tmp_path, capsys, monkeypatch, folder, needle):
+@pytest.mark.parametrize("folder,needle,status", [
+    ("none", "--data-dir", 2),                               # not a folder: a usage error, as in fastcnn-train
+    ("empty", "lacks t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz", 1)])
+def test_missing_data_is_one_line_error(ckpt, tmp_path, capsys, monkeypatch, folder, needle, status):
     monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)     # nothing to fall back on
     (tmp_path / "empty").mkdir()
     code, _out, err = run(capsys, ckpt, "--dataset", "custom", "--data-dir", tmp_path / folder,
                          "--backend", "numpy", "--out", tmp_path / "o")
-    assert_one_error(code, err, needle)
+    assert_one_error(code, err, needle, status=status)
+    if folder == "none":
+        assert err[0].endswith(f"{tmp_path / 'none'}': no such directory; pass the folder that holds the IDX files")
     assert not (tmp_path / "o").exists()
 
 

@@ -23,6 +23,7 @@ from fastcnn._cli import (
     HelpFormatter,
     Parser,
     UsageError,
+    check_data_dir,
     int_at_least,
     print_error,
     probe_writable,
@@ -158,8 +159,8 @@ def _run(argv, say) -> int:
         say = _silent
     specs = _specs(args)
     out = Path(args.out).expanduser().resolve()
-    if args.data_dir is not None and args.scheduler is None and not Path(args.data_dir).expanduser().is_dir():
-        raise UsageError(f"--data-dir {args.data_dir!r}: no such directory")
+    if args.scheduler is None:                 # on a given cluster the folder is the workers' to find
+        check_data_dir(args.data_dir)
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir and args.scheduler is None \
         else args.data_dir
     if args.scheduler is None:
