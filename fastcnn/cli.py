@@ -174,8 +174,9 @@ def build_parser() -> Parser:
                    help="continue the run saved in checkpoint PATH with its settings (give --epochs to train "
                         "longer); later epochs are saved to PATH too unless --checkpoint names another file")
     g.add_argument("--overwrite", action="store_true",
-                   help="let --checkpoint, --save-model and --metrics replace an existing file of their kind "
-                        "(refused otherwise, to protect earlier runs)")
+                   help="let --checkpoint and --save-model replace an existing fastcnn checkpoint or model "
+                        "file (either), and --metrics a metrics file (refused otherwise, to protect earlier "
+                        "runs; other files are never replaced)")
     g.add_argument("--save-model", metavar="PATH", default=None,
                    help="when training completes, save the model alone (for fastcnn-eval) to PATH")
     return p
