@@ -27,7 +27,6 @@ import contextlib
 import errno
 import fcntl
 import json
-import math
 import os
 import re
 import shlex
@@ -36,7 +35,6 @@ import signal
 import sys
 import textwrap
 import threading
-import time
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -666,6 +664,7 @@ def _run(argv, signals, console):
 
 def _train(args, config, ckpt, run, signals, console):
     from fastcnn import train as train_module
+    from fastcnn.cpumeter import CpuMeter
     from fastcnn.data import load_dataset
     from fastcnn.train import Trainer, TrainingDiverged, TrainingInterrupted, format_epoch, step_memory_lower_bound
     say = console.say
@@ -703,7 +702,7 @@ def _train(args, config, ckpt, run, signals, console):
     if args.profile:
         trainer.state.model.start_profile()            # after the warm-up: JIT compilation is not timed
 
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    meter = CpuMeter().start()                         # did other programs take the cores meanwhile?
     stop = None
     try:
         state = trainer.run()
@@ -730,7 +729,7 @@ def _train(args, config, ckpt, run, signals, console):
         console.err(f"{PROG}: stopped by {stop['reason']} {where}; {run.resume_hint()}"
                     + (f"; kept {kept}" if kept else ""))
         return _signal_exit(signals.received) if signals.received else _signal_exit(signal.SIGINT)
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    meter.stop()
 
     # The model first: metrics say "completed" only once every output is written.
     if args.save_model is not None:
@@ -752,7 +751,7 @@ def _train(args, config, ckpt, run, signals, console):
         say(f"model: {args.save_model} (evaluate it with: fastcnn-eval {shlex.quote(str(args.save_model))})")
     if args.profile:
         console.out(state.model.stop_profile().table())
-    hint = contention_hint(cpu, wall, threads)
+    hint = None if threads is None else contention_hint(meter.summary(threads))
     if hint:
         say(hint)
     return EXIT_OK
@@ -783,16 +782,16 @@ def _warm_up(trainer, config, say) -> None:
         say(f"compiled in {seconds:.1f} s; later runs load them from Numba's cache")
 
 
-def contention_hint(cpu_seconds: float, wall_seconds: float, threads: int | None) -> str | None:
-    """A note when the process got well under its threads' worth of CPU (CPU/wall below half the
-    thread count): other programs held the cores, so the epoch times overstate the run's cost."""
-    if not threads or wall_seconds <= 0 or not math.isfinite(cpu_seconds):
+def contention_hint(load: dict) -> str | None:
+    """A note when other programs held the cores the run needed (``load``: a
+    :meth:`CpuMeter.summary <fastcnn.cpumeter.CpuMeter.summary>` of the training), so the epoch
+    times overstate the run's cost; None otherwise."""
+    if not load["contended"]:
         return None
-    used = cpu_seconds / wall_seconds
-    if used >= 0.5 * threads:
-        return None
-    return (f"note: other programs used the cores; epoch times are inflated (CPU/wall {used:.2f} with "
-            f"{threads} thread{'s' if threads != 1 else ''})")
+    threads = load["threads"]
+    seen = (f"they used {load['other_load']:.1f} cores on average" if load["other_load"] is not None else
+            f"CPU/wall {load['cpu_seconds_per_second']:.2f} with {threads} thread{'s' if threads != 1 else ''}")
+    return f"note: other programs used the cores; epoch times are inflated ({seen})"
 
 
 def train_main(argv=None) -> int:

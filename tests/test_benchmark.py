@@ -11,7 +11,7 @@ import numba
 import numpy as np
 import pytest
 
-from fastcnn import kernels, reference
+from fastcnn import cpumeter, kernels, reference
 from fastcnn.benchmarks import cli, measurement, report, roofline
 from fastcnn.benchmarks import workload as fw
 from fastcnn.benchmarks.charts import CHARTS
@@ -216,19 +216,19 @@ def test_peak_check_warns_on_poor_scaling_and_narrow_vectors():
 # ------------------------------------------------------------------------------ contention
 
 def _meter(wall, cpu, others):
-    m = measurement.CpuMeter()
+    m = cpumeter.CpuMeter()
     m.wall, m.cpu, m.others = wall, cpu, others
     return m
 
 
 def test_cpu_meter_calls_contention_when_others_take_the_needed_cores(monkeypatch):
-    monkeypatch.setattr(measurement, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(cpumeter, "usable_cpus", lambda: 2)
     assert _meter(1.0, 2.0, 0.1).summary(2)["contended"] is False
     assert _meter(1.0, 1.2, 0.8).summary(2)["contended"] is True
     assert _meter(1.0, 1.0, 0.9).summary(1)["contended"] is False      # the spare core was free to use
     assert _meter(1.0, 0.5, 1.5).summary(1)["contended"] is True
     assert _meter(1.0, 1.0, None).summary(2)["contended"] is True      # no /proc/stat: CPU/wall rule
-    with measurement.CpuMeter() as real:
+    with cpumeter.CpuMeter() as real:
         sum(range(10000))
     assert real.wall > 0 and real.cpu >= 0
 

@@ -1,4 +1,4 @@
-"""How fastcnn-bench and bench/ measure: timers, a CPU meter that sees other programs, the
+"""How fastcnn-bench and bench/ measure: timers (their contention marks: :mod:`fastcnn.cpumeter`), the
 ``numpy.matmul`` rate, machine information, and the op, training, evaluation and thread-scaling
 measurements, each checked against the NumPy reference before it is timed."""
 from __future__ import annotations
@@ -16,56 +16,13 @@ import fastcnn
 from fastcnn import reference
 from fastcnn.backend import blas_guard, get_backend, usable_cpus
 from fastcnn.benchmarks.workload import BATCH_SIZE, EVAL_BATCH_SIZE, TEST_IMAGES, TRAIN_IMAGES, OpCase
+from fastcnn.cpumeter import CpuMeter
 from fastcnn.data import to_float
 from fastcnn.model import mnist_cnn
 from fastcnn.optim import AdamW
 from fastcnn.testing import assert_agree
 
 MATMUL_N = 2048
-CONTENDED_OTHER_LOAD = 0.3      # cores used by other programs beyond the spare ones: contention
-CONTENDED_CPU_RATIO = 0.8       # without /proc/stat: CPU/wall below this x the threads
-
-
-# ------------------------------------------------------------------------------------ the CPU meter
-
-def _machine_busy_seconds() -> float | None:
-    """CPU seconds all programs have used since boot (/proc/stat: user, nice, system, irq, softirq
-    and steal, the last being time the hypervisor gave to other machines); None off Linux."""
-    try:
-        with open("/proc/stat", encoding="ascii") as fh:
-            fields = fh.readline().split()
-        ticks = [int(v) for v in fields[1:9]]
-        return (sum(ticks[:3]) + sum(ticks[5:8])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-
-
-class CpuMeter:
-    """Context manager: wall seconds, this process's CPU seconds, and the CPU seconds every other
-    program used meanwhile. ``summary(threads)`` says whether the measurement was contended: other
-    programs used more cores than the ``threads`` this measurement left spare (or, without
-    /proc/stat, this process got well below ``threads`` CPU seconds per second)."""
-
-    def __enter__(self):                                   # returns self
-        self.busy0, self.cpu0, self.wall0 = _machine_busy_seconds(), time.process_time(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.wall = time.perf_counter() - self.wall0
-        self.cpu = time.process_time() - self.cpu0
-        busy1 = _machine_busy_seconds()
-        self.others = None if busy1 is None or self.busy0 is None else max(0.0, busy1 - self.busy0 - self.cpu)
-
-    def summary(self, threads: int) -> dict:
-        wall = max(self.wall, 1e-9)
-        cpu_ratio = self.cpu / wall
-        other = None if self.others is None else self.others / wall
-        if other is not None:
-            contended = other > max(0, usable_cpus() - threads) + CONTENDED_OTHER_LOAD
-        else:
-            contended = cpu_ratio < CONTENDED_CPU_RATIO * threads
-        return {"cpu_seconds_per_second": cpu_ratio, "other_load": other, "threads": threads,
-                "contended": bool(contended)}
 
 
 # ------------------------------------------------------------------------------------------ timers

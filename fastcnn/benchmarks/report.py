@@ -34,7 +34,7 @@ def _table(headers: list, rows: list) -> str:
 
 def contended_sections(results: dict) -> list[str]:
     """Names of the sections with at least one measurement taken while other programs used the
-    cores it needed (see :class:`fastcnn.benchmarks.measurement.CpuMeter`)."""
+    cores it needed (see :class:`fastcnn.cpumeter.CpuMeter`)."""
     limits = results.get("limits", {})
     out = []
     if (any(limits.get(k, {}).get("contended") for k in ("matmul", "peak", "bandwidth"))

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from fastcnn.benchmarks.measurement import CpuMeter
+from fastcnn.cpumeter import CpuMeter
 
 CHAINS = 12          # independent accumulators: more than FMA latency x FMA ports on current x86 cores
 DEPTH = 8            # multiply-adds per chain and per loaded value in the loop formulation
