@@ -252,7 +252,7 @@ class TrainConfig:
                               f"and {n_test}")
         if self.batch_size > n_train:
             raise ConfigError("batch_size", f"batch_size {self.batch_size} is larger than the training set "
-                              f"({n_train} images)")
+                              f"({n_train} images): use a batch of at most {n_train}")
 
     def to_dict(self):
         return asdict(self)

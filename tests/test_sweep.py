@@ -180,7 +180,8 @@ def test_failing_runs_do_not_stop_the_others_on_a_given_scheduler(mnist_dir, tmp
     assert _metrics(tmp_path, "lr1e+30_batch-size64")["status"] == "diverged"
     for name in ("lr0.01_batch-size1000", "lr1e+30_batch-size1000"):
         assert runs[name]["status"] == "failed"
-        assert "batch_size 1000 is larger than the training set (256 images)" in runs[name]["reason"]
+        assert "batch_size 1000 is larger than the training set (256 images): use a batch of at most 256" \
+            in runs[name]["reason"]
     csv_status = [line.split(",")[2] for line in (tmp_path / "summary.csv").read_text().splitlines()[1:]]
     assert sorted(csv_status) == ["completed", "diverged", "failed", "failed"]
 
