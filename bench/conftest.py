@@ -31,11 +31,13 @@ def smoke(request):
 
 @pytest.fixture(scope="session")
 def matmul_gflops(smoke):
-    """This machine's numpy.matmul rate (float32, BLAS at its normal thread count), measured once
-    per session, before any Numba kernel runs (see ``numba_ready``): the second yardstick."""
+    """This machine's numpy.matmul rate (float32, BLAS on as many threads as Numba starts with),
+    measured once per session, before any Numba kernel runs (see ``numba_ready``): the second
+    yardstick."""
+    threads = numba.config.NUMBA_NUM_THREADS       # not get_num_threads(): that would start Numba's pool
     if smoke:
-        return fm.measure_matmul(fm.MATMUL_N, repeats=1)["gflops"]
-    return fm.measure_matmul(fm.MATMUL_N, repeats=5, min_time=1.5)["gflops"]
+        return fm.measure_matmul(fm.MATMUL_N, repeats=1, threads=threads)["gflops"]
+    return fm.measure_matmul(fm.MATMUL_N, repeats=5, min_time=1.5, threads=threads)["gflops"]
 
 
 @pytest.fixture(scope="session")

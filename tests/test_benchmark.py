@@ -213,6 +213,11 @@ def test_peak_check_warns_on_poor_scaling_and_narrow_vectors():
     assert roofline.peak_check({"threads": 2, "scaling": 0.95, "vector_bits": 512}, 512) == []
 
 
+def test_matmul_runs_on_the_threads_it_is_given():
+    one = measurement.measure_matmul(64, repeats=1, threads=1)
+    assert one["threads"] == 1 and one["gflops"] > 0
+
+
 # ------------------------------------------------------------------------------ contention
 
 def _meter(wall, cpu, others):

@@ -96,7 +96,8 @@ def _header(results: dict) -> list[str]:
                  f"{peak['one_thread_gflops']:.1f} GFLOP/s{_mark(peak['one_thread']['contended'])}{_per_cycle(peak)}",
                  _fmt(peak["one_thread"]["cpu_seconds_per_second"], ".2f"),
                  _fmt(peak["one_thread"]["other_load"], ".2f")],
-                [f"numpy.matmul {mm['n']}x{mm['n']} (best of {mm['repeats']})",
+                [f"numpy.matmul {mm['n']}x{mm['n']}"
+                 + (f", {mm['threads']} threads" if mm.get("threads") else "") + f" (best of {mm['repeats']})",
                  f"{mm['gflops']:.1f} GFLOP/s{_mark(mm['contended'])} = "
                  f"{mm['gflops'] / peak.get('fma_gflops', peak['gflops']):.0%} of the FMA peak",
                  _fmt(mm["cpu_seconds_per_second"], ".2f"), _fmt(mm["other_load"], ".2f")],

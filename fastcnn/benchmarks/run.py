@@ -78,8 +78,9 @@ def measure_limits(s: Settings, threads: int, log=_log) -> dict:
     """The reference rates: numpy.matmul (first, before Numba starts its threads), the FMA peak
     and the memory bandwidth, and what BLAS runs compared with the CPU."""
     from fastcnn.benchmarks.measurement import blas_info
-    log(f"matmul: float32 {s.matmul_n}x{s.matmul_n}, best of >= {s.matmul_repeats} calls and {s.matmul_min_time} s")
-    matmul = measure_matmul(s.matmul_n, s.matmul_repeats, min_time=s.matmul_min_time)
+    log(f"matmul: float32 {s.matmul_n}x{s.matmul_n} on {threads} threads, best of >= {s.matmul_repeats} calls "
+        f"and {s.matmul_min_time} s")
+    matmul = measure_matmul(s.matmul_n, s.matmul_repeats, min_time=s.matmul_min_time, threads=threads)
     log(f"FMA peak: Numba multiply-add chains on 1 and {threads} threads (compiles two small kernels)")
     peak = roofline.measure_fma_peak(threads, min_time=s.peak_min_time, repeats=3 if s.quick else 5)
     peak["per_cycle"] = roofline.plausibility(peak["one_thread_gflops"], peak["vector_bits"], roofline.cpu_mhz())
