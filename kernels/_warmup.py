@@ -24,7 +24,7 @@ import numpy as np
 from numba.core import event
 
 from fastcnn.backend import usable_cpus
-from fastcnn.kernels._config import CACHE
+from fastcnn.kernels._config import CACHE, compiled_features
 from fastcnn.kernels.conv import conv2d_backward, conv2d_forward
 from fastcnn.kernels.fused import conv2d_relu_maxpool_backward, conv2d_relu_maxpool_forward
 from fastcnn.kernels.pool import maxpool2d_backward, maxpool2d_forward
@@ -91,9 +91,11 @@ def pooling_ops(dtype: np.dtype) -> None:
 
 def start_helper(dtype: np.dtype) -> subprocess.Popen:
     """A process that compiles pooling_ops(dtype) into the shared cache: the same interpreter,
-    environment and import path, so the same fastcnn, cache directory and Numba settings."""
+    environment and import path, so the same fastcnn, cache directory and Numba settings, and this
+    process's CPU features (the cache key's), whatever decided them here."""
     code = f"import fastcnn.kernels._warmup as w, numpy as np; w.pooling_ops(np.dtype({dtype.name!r}))"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+           "NUMBA_CPU_FEATURES": compiled_features()}
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

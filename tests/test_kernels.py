@@ -34,6 +34,7 @@ from fastcnn import kernels as nb
 from fastcnn import reference as ref
 from fastcnn.backend import blas_guard
 from fastcnn.data import load_dataset, to_float
+from fastcnn.kernels import _config
 from fastcnn.kernels._tile import NR_NARROW
 from fastcnn.kernels.conv import SMALL_L, forward_route, phase_grid
 from fastcnn.testing import assert_agree, training_tolerance
@@ -799,10 +800,17 @@ _WARM_UP = ("import numpy as np, fastcnn.kernels as k; calls = []; "
             "k.warm_up(np.float32, on_compile=calls.append); print('on_compile', calls)")
 
 
+def _cached_env(cache_dir) -> dict:
+    """The environment of a process that uses the on-disk cache in ``cache_dir`` (FASTCNN_TILE, which
+    turns the cache off, removed)."""
+    env = {k: v for k, v in os.environ.items() if k != "FASTCNN_TILE"}
+    return {**env, "NUMBA_CACHE_DIR": str(cache_dir), "FASTCNN_NUMBA_CACHE": "1"}
+
+
 def test_warm_up_announces_compilation_only_on_an_empty_cache(tmp_path):
     """First process on an empty Numba cache: on_compile is called once, with a positive
     estimate, before compiling; a second process loads everything from the cache: not called."""
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "FASTCNN_NUMBA_CACHE": "1"}
+    env = _cached_env(tmp_path)
     runs = [subprocess.run([sys.executable, "-c", _WARM_UP], env=env, capture_output=True, text=True, check=False)
             for _ in range(2)]
     for proc in runs:
@@ -821,7 +829,7 @@ def test_warm_up_halves_write_disjoint_cache_entries(tmp_path):
     code = "import numpy as np, fastcnn.kernels._warmup as w; w.{}(np.dtype('float32'))"
     procs = {}
     for half in ("convolution_ops", "pooling_ops"):
-        env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / half), "FASTCNN_NUMBA_CACHE": "1"}
+        env = _cached_env(tmp_path / half)
         procs[half] = subprocess.Popen([sys.executable, "-c", code.format(half)], env=env,
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cached = {}
@@ -881,6 +889,59 @@ def test_compile_split_kills_the_helper_when_the_first_half_fails():
 def test_warm_up_rejects_other_dtypes():
     with pytest.raises(TypeError, match="float32 or float64"):
         nb.warm_up(np.int32)
+
+
+AVX512_HOST = "+64bit,+avx,+avx2,+fma,+avx512f,+avx512vl,+avx512bw,+avx512dq"
+
+
+def test_tile_rows_follow_the_register_file():
+    assert _config.tile_rows("+avx,+avx2,+fma,-avx512f,-avx512vl") == 3
+    assert _config.tile_rows(AVX512_HOST) == 6
+    assert _config.tile_rows(AVX512_HOST, "3x32") == 3
+    assert _config.tile_rows("+avx2", "6x32") == 6
+    with pytest.raises(ValueError, match="set FASTCNN_TILE to one of 3x32, 6x32"):
+        _config.tile_rows("+avx2", "4x4")
+
+
+def test_wide_features_only_on_avx512():
+    assert _config.wide_features(AVX512_HOST) == AVX512_HOST + ",-prefer-256-bit"
+    assert _config.wide_features(AVX512_HOST + ",-prefer-256-bit") is None
+    assert _config.wide_features("+avx,+avx2,+fma,-avx512f") is None
+
+
+def test_the_tile_in_use_is_the_one_chosen_for_the_compiled_features():
+    from fastcnn.kernels import _tile
+    assert _tile.MR == _config.TILE_ROWS == _config.tile_rows(_config.compiled_features(), _config.TILE_OVERRIDE)
+    assert _tile.tile is (_tile.tile_6x32 if _tile.MR == 6 else _tile.tile_3x32)
+
+
+# A process that believes its CPU has AVX-512 (nothing is compiled, so nothing runs that this CPU lacks).
+_FAKE_AVX512 = f"""
+import numba.core.codegen as cg
+cg.get_host_cpu_features = lambda: {AVX512_HOST!r}
+{{before}}
+from fastcnn.kernels import _config as c
+print(c.WIDE_VECTORS, c.TILE_ROWS, c.compiled_features().endswith(",-prefer-256-bit"))
+"""
+
+
+@pytest.mark.parametrize("before, env, expected", [
+    ("", {}, "True 6 True"),
+    ("", {"FASTCNN_WIDE_VECTORS": "0"}, "False 6 False"),
+    ("", {"NUMBA_CPU_FEATURES": AVX512_HOST}, "False 6 False"),
+    ("from numba.core.registry import cpu_target; cpu_target.target_context", {}, "False 6 False"),
+    ("", {"FASTCNN_TILE": "3x32"}, "True 3 True"),
+])
+def test_512_bit_vectors_on_avx512_unless_told_or_too_late(before, env, expected):
+    """On an AVX-512 CPU fastcnn builds Numba's target with 512-bit vectors preferred, except when
+    turned off, when NUMBA_CPU_FEATURES is the user's, or when Numba's target already exists; the
+    tile follows the features the target was built with."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("FASTCNN_WIDE_VECTORS", "NUMBA_CPU_FEATURES", "FASTCNN_TILE")}
+    proc = subprocess.run([sys.executable, "-c", _FAKE_AVX512.format(before=before)], env={**base, **env},
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == expected
 
 
 def test_slp_setting_is_restored_after_the_tile_kernels():

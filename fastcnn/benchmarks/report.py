@@ -80,7 +80,8 @@ def _header(results: dict) -> list[str]:
         out.append("WARNING: other programs took cores while the reference rates were measured: the peak may be "
                    "low and every fraction of it too high; run again on a quiet machine")
     out += [(f"fastcnn-bench on {m['cpu_model']} ({m['cpu_count']} cores, {lim['cpu']['isa']}), Python {m['python']}, "
-             f"NumPy {m['numpy']}, Numba {m['numba']} ({m['numba_threading_layer']}, {m['numba_threads']} threads)"),
+             f"NumPy {m['numpy']}, Numba {m['numba']} ({m['numba_threading_layer']}, {m['numba_threads']} threads)"
+             + (f", register tile {m['register_tile']}" if m.get("register_tile") else "")),
             f"BLAS: {blas_libs}" + (f"; PyTorch {torch['version']} ({torch['threads']} threads)" if torch else "")]
     if blas.get("message"):
         out.append(f"note: {blas['message']}")

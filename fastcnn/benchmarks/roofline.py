@@ -158,6 +158,8 @@ class PeakKernel:
         import numba  # lazy: importing fastcnn.benchmarks must not start Numba
         from numba import njit, prange
 
+        import fastcnn.kernels._config  # noqa: F401 - Numba's CPU target built as the kernels compile (vector width)
+
         source, self.fmas_per_pass, self.state_shape, slp = formulation(name, lanes or cpu_lanes())
         self.name = name
         namespace: dict = {}
@@ -285,8 +287,9 @@ def peak_check(peak: dict, cpu_bits: int | None) -> list[str]:
                      "below is too high; run again on a quiet machine")
     if cpu_bits and peak["vector_bits"] and peak["vector_bits"] < cpu_bits:
         notes.append(f"LLVM emitted {peak['vector_bits']}-bit FMAs on this {isa_name(cpu_bits)} CPU (its tuning "
-                     "for this CPU prefers narrower vectors): the measured peak is the "
-                     f"{peak['vector_bits']}-bit one, and the hardware's may be higher")
+                     "for this CPU prefers narrower vectors, and fastcnn did not widen them: FASTCNN_WIDE_VECTORS=0, "
+                     "NUMBA_CPU_FEATURES set, or Numba compiled before fastcnn.kernels was imported): the measured "
+                     f"peak is the {peak['vector_bits']}-bit one, and the hardware's may be about twice that")
     return notes
 
 
