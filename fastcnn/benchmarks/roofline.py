@@ -281,10 +281,15 @@ def peak_check(peak: dict, cpu_bits: int | None) -> list[str]:
     """Plain statements about the peak figure a reader must know before trusting any fraction."""
     notes = []
     threads = peak["threads"]
-    if threads > 1 and peak["scaling"] < 0.7:
+    if threads > 1 and peak["scaling"] < 0.7 and peak.get("contended", True):
         notes.append(f"the {threads}-thread FMA peak is only {peak['scaling']:.0%} of {threads} x the one-thread "
                      "peak: other programs took cores while it was measured, so every fraction of peak "
                      "below is too high; run again on a quiet machine")
+    elif threads > 1 and peak["scaling"] < 0.7:
+        notes.append(f"the {threads}-thread FMA peak is {peak['scaling']:.0%} of {threads} x the one-thread peak "
+                     "with no other program on the cores: these threads share FMA units (virtual CPUs that are "
+                     "SMT siblings) or the clock drops with every core busy; the fractions below are against "
+                     f"the {threads}-thread figure, what these threads can reach")
     if cpu_bits and peak["vector_bits"] and peak["vector_bits"] < cpu_bits:
         notes.append(f"LLVM emitted {peak['vector_bits']}-bit FMAs on this {isa_name(cpu_bits)} CPU (its tuning "
                      "for this CPU prefers narrower vectors, and fastcnn did not widen them: FASTCNN_WIDE_VECTORS=0, "
