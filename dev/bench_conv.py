@@ -2,10 +2,12 @@
 
     python dev/bench_conv.py [--threads 2] [--repeat 5] [--shapes conv2|all]
 
-The peak is kernels._tile.fma_chains (independent multiply-add chains at the tile's vector width)
-on 1 thread and on every thread at once. Each op is timed as the best of --repeat calls, by wall
-clock and by process CPU time divided by the threads (the machine may be shared: CPU time is what
-the op itself got). Prints GFLOP/s and the fraction of the peak of the same clock.
+The peak is fastcnn-bench's FMA micro-benchmark (fastcnn.benchmarks.roofline.measure_fma_peak) on
+--threads threads, at the vector width the kernels compile for. Each op is timed as the best of
+--repeat calls, by wall clock and by process CPU time divided by the threads (the machine may be
+shared: CPU time is what the op itself got). Prints GFLOP/s and both as a fraction of the peak.
+To compare tiles or vector widths, run it once per setting in separate processes (FASTCNN_TILE,
+FASTCNN_WIDE_VECTORS; kernels/_config.py).
 """
 from __future__ import annotations
 
@@ -14,12 +16,11 @@ import time
 
 import numba
 import numpy as np
-from numba import njit, prange
 
 from fastcnn import kernels as nb
+from fastcnn.benchmarks.roofline import measure_fma_peak
 from fastcnn.convmath import conv_output_size
-from fastcnn.kernels._config import slp_compilation
-from fastcnn.kernels._tile import NR, PEAK_CHAINS, fma_chains
+from fastcnn.kernels._tile import MR, NR
 
 SHAPES = {  # name: N, C, K, H, W, R, S, stride, pad
     "conv2": (128, 32, 64, 14, 14, 3, 3, 1, 1),
@@ -32,12 +33,6 @@ SHAPES = {  # name: N, C, K, H, W, R, S, stride, pad
 }
 
 
-@njit(parallel=True)
-def _chains_parallel(n, xs, y):
-    for t in prange(xs.shape[0]):
-        fma_chains(n, xs[t], y)
-
-
 def _best(fn, repeat, threads):
     wall, cpu = [], []
     for _ in range(repeat):
@@ -48,17 +43,6 @@ def _best(fn, repeat, threads):
     return min(wall), min(cpu)
 
 
-def peak(threads: int, repeat: int) -> tuple[float, float]:
-    n = 2_000_000
-    xs = np.full((threads, PEAK_CHAINS * NR), 0.5, np.float32)
-    y = np.full(NR, 0.999, np.float32)
-    with slp_compilation():
-        _chains_parallel(10, xs, y)
-    wall, cpu = _best(lambda: _chains_parallel(n, xs, y), repeat, threads)
-    flops = 2.0 * PEAK_CHAINS * NR * n * threads
-    return flops / wall / 1e9, flops / cpu / 1e9
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -67,10 +51,10 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     a = ap.parse_args()
     numba.set_num_threads(a.threads)
-    p1w, p1c = peak(1, a.repeat)
-    pw, pc = peak(a.threads, a.repeat)
-    print(f"peak 1 thread {p1w:.0f} (wall) {p1c:.0f} (cpu) GFLOP/s; {a.threads} threads {pw:.0f} (wall) "
-          f"{pc:.0f} (cpu) GFLOP/s")
+    pk = measure_fma_peak(a.threads, repeats=a.repeat)
+    pw = pc = pk["gflops"]
+    print(f"register tile {MR}x{NR}; FMA peak ({pk['vector_bits']}-bit) 1 thread {pk['one_thread_gflops']:.0f}, "
+          f"{a.threads} threads {pw:.0f} GFLOP/s")
     names = list(SHAPES) if a.shapes == "all" else a.shapes.split(",")
     rng = np.random.default_rng(0)
     dt = np.dtype(a.dtype)
