@@ -96,8 +96,8 @@ def _widen_vectors() -> bool:
     if features is None:
         return False
     _numba_config.CPU_FEATURES = features
-    compiled_features()        # builds the target now, with these features, before a config reload could reset them
-    return True
+    # Built now, with these features, before a config reload could reset them; True only if they took.
+    return compiled_features() == features
 
 
 WIDE_VECTORS = _widen_vectors()
