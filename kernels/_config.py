@@ -76,7 +76,7 @@ def tile_rows(features: str, override: str | None = None) -> int:
             raise ValueError(f"set FASTCNN_TILE to one of {', '.join(TILE_CHOICES)} or unset it to let fastcnn "
                              f"choose for this CPU (now: {override!r})")
         return TILE_CHOICES[override]
-    return 6 if has_avx512(features) else 3
+    return TILE_CHOICES["6x32" if has_avx512(features) else "3x32"]
 
 
 def wide_features(features: str) -> str | None:

@@ -285,7 +285,7 @@ def peak_check(peak: dict, cpu_bits: int | None) -> list[str]:
         notes.append(f"the {threads}-thread FMA peak is only {peak['scaling']:.0%} of {threads} x the one-thread "
                      "peak: other programs took cores while it was measured, so every fraction of peak "
                      "below is too high; run again on a quiet machine")
-    elif threads > 1 and peak["scaling"] < 0.7:
+    elif threads > 1 and peak["scaling"] < 0.7:    # quiet cores: the hardware, not contention
         notes.append(f"the {threads}-thread FMA peak is {peak['scaling']:.0%} of {threads} x the one-thread peak "
                      "with no other program on the cores: these threads share FMA units (virtual CPUs that are "
                      "SMT siblings) or the clock drops with every core busy; the fractions below are against "
