@@ -43,12 +43,20 @@ def _float_dtype(dtype: npt.DTypeLike) -> np.dtype:
     return dtype
 
 
-def _check_input(layer: Layer, x: object, ndim: int, what: str) -> None:
-    """Raise a ValueError/TypeError that says what the layer expected and what it got."""
+def _name(layer: Layer) -> str:
+    """The layer's class name; a fused layer's also names the layers it replaced (the user built those)."""
     name = type(layer).__name__
+    if isinstance(layer, FusedLayer):
+        name += f" (fused {' + '.join(type(p).__name__ for p in layer.parts)})"
+    return name
+
+
+def _check_input(layer: Layer, x: object, ndim: int | None, what: str) -> None:
+    """Raise a ValueError/TypeError that says what the layer expected and what it got (ndim None: any)."""
+    name = _name(layer)
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} expects a numpy array, got {type(x).__name__}")
-    if x.ndim != ndim:
+    if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} expects input of shape {what}, got shape {x.shape}")
     if x.dtype not in FLOAT_DTYPES:
         fix = ("convert images with fastcnn.to_float(x) (float32, MNIST-normalised): "
@@ -56,23 +64,30 @@ def _check_input(layer: Layer, x: object, ndim: int, what: str) -> None:
         raise TypeError(f"{fix}{name} expects float32 or float64 input, got {x.dtype}")
 
 
+def _check_dtype(layer: Layer, x: np.ndarray, weight: np.ndarray) -> None:
+    """Input and parameters must share one dtype (the kernels compute in one precision; NumPy would
+    silently promote to float64)."""
+    if x.dtype != weight.dtype:
+        raise TypeError(f"convert the input with x.astype(np.{weight.dtype}) or build the layer with "
+                        f"dtype=np.{x.dtype}: {_name(layer)} has {weight.dtype} parameters but got {x.dtype} input")
+
+
 def _check_conv_input(layer: Layer, conv: Conv2D, x: np.ndarray) -> None:
     """The checks of a convolution's input, named after ``layer`` (the conv or a fused layer)."""
     _check_input(layer, x, 4, f"(N, {conv.in_channels}, H, W)")
     (R, S), (ph, pw) = conv.kernel_size, conv.padding
     if x.shape[1] != conv.in_channels or x.shape[2] + 2 * ph < R or x.shape[3] + 2 * pw < S:
-        raise ValueError(f"{type(layer).__name__} expects input of shape (N, {conv.in_channels}, H >= {R - 2 * ph}, "
+        raise ValueError(f"{_name(layer)} expects input of shape (N, {conv.in_channels}, H >= {R - 2 * ph}, "
                          f"W >= {S - 2 * pw}), got shape {x.shape}")
-    w = conv.params["weight"]
-    if x.dtype != w.dtype:
-        raise TypeError(f"{type(layer).__name__} has {w.dtype} weights but got {x.dtype} input")
+    _check_dtype(layer, x, conv.params["weight"])
 
 
-def _check_pool_size(name: str, kernel_size: IntPair, shape: tuple[int, ...]) -> None:
+def _check_pool_size(layer: Layer, kernel_size: IntPair, shape: tuple[int, ...]) -> None:
     """A pool window must fit in the (N, C, H, W) ``shape`` it slides over."""
     kh, kw = kernel_size
     if shape[2] < kh or shape[3] < kw:
-        raise ValueError(f"{name} expects input of shape (N, C, H >= {kh}, W >= {kw}), got shape {tuple(shape)}")
+        raise ValueError(f"{_name(layer)} expects input of shape (N, C, H >= {kh}, W >= {kw}), "
+                         f"got shape {tuple(shape)}")
 
 
 class Layer:
@@ -91,6 +106,25 @@ class Layer:
 
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         return self.forward(x, training)
+
+    def _output(self, y: np.ndarray) -> np.ndarray:
+        """Remember the shape and dtype of the output ``y`` forward returns, which backward's dy must have."""
+        self._dy_spec = (y.shape, y.dtype)
+        return y
+
+    def _check_grad(self, dy: object) -> None:
+        """dy must be the gradient of the last forward's output: same shape, same dtype. The Numba kernels
+        index dy by the shapes forward saw, without bounds checks, so a mismatch must stop here."""
+        spec = getattr(self, "_dy_spec", None)
+        if spec is None:
+            raise RuntimeError(f"call forward before backward: {_name(self)}.backward differentiates the last "
+                               f"forward")
+        shape, dtype = spec
+        if isinstance(dy, np.ndarray) and (dy.shape, dy.dtype) == (shape, dtype):
+            return
+        got = f"shape {dy.shape} and dtype {dy.dtype}" if isinstance(dy, np.ndarray) else type(dy).__name__
+        raise ValueError(f"pass the gradient of the last forward's output: {_name(self)}.backward expects dy of "
+                         f"shape {shape} and dtype {dtype}, got {got}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -165,9 +199,11 @@ class Conv2D(_BackendLayer):
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         _check_conv_input(self, self, x)
         self._x = x
-        return self.ops.conv2d_forward(x, self.params["weight"], self.params["bias"], self.stride, self.padding)
+        return self._output(self.ops.conv2d_forward(x, self.params["weight"], self.params["bias"], self.stride,
+                                                    self.padding))
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        self._check_grad(dy)
         dx, dw, db = self.ops.conv2d_backward(dy, self._x, self.params["weight"], self.stride,
                                               self.padding, need_dx=self.need_input_grad)
         self.grads["weight"] = dw
@@ -190,7 +226,7 @@ class _Pool2D(_BackendLayer):
 
     def _check(self, x: np.ndarray) -> None:
         _check_input(self, x, 4, "(N, C, H, W)")
-        _check_pool_size(type(self).__name__, self.kernel_size, x.shape)
+        _check_pool_size(self, self.kernel_size, x.shape)
         self._x_shape = x.shape
 
     def __repr__(self) -> str:
@@ -203,9 +239,10 @@ class MaxPool2D(_Pool2D):
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._check(x)
         y, self._argmax = self.ops.maxpool2d_forward(x, self.kernel_size, self.stride)
-        return y
+        return self._output(y)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._check_grad(dy)
         return self.ops.maxpool2d_backward(dy, self._argmax, self._x_shape, self.kernel_size, self.stride)
 
 
@@ -214,9 +251,10 @@ class AvgPool2D(_Pool2D):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._check(x)
-        return self.ops.avgpool2d_forward(x, self.kernel_size, self.stride)
+        return self._output(self.ops.avgpool2d_forward(x, self.kernel_size, self.stride))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._check_grad(dy)
         return self.ops.avgpool2d_backward(dy, self._x_shape, self.kernel_size, self.stride)
 
 
@@ -227,10 +265,12 @@ class ReLU(_BackendLayer):
         super().__init__(backend)
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        _check_input(self, x, None, "of any shape")
         self._y = self.ops.relu_forward(x)
-        return self._y
+        return self._output(self._y)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._check_grad(dy)
         return self.ops.relu_backward(dy, self._y)
 
 
@@ -268,12 +308,13 @@ class ReLUMaxPool2D(FusedLayer):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         _check_input(self, x, 4, "(N, C, H, W)")
-        _check_pool_size(type(self).__name__, self.kernel_size, x.shape)
+        _check_pool_size(self, self.kernel_size, x.shape)
         self._x_shape = x.shape
         y, self._argmax = self.ops.maxpool2d_forward(x, self.kernel_size, self.stride, relu=True)
-        return y
+        return self._output(y)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._check_grad(dy)
         return self.ops.maxpool2d_backward(dy, self._argmax, self._x_shape, self.kernel_size, self.stride)
 
 
@@ -303,14 +344,15 @@ class ConvReLUMaxPool2D(FusedLayer):
         conv, pool = self.conv, self.pool
         _check_conv_input(self, conv, x)
         P, Q = conv.output_shape(x.shape[2], x.shape[3])
-        _check_pool_size(type(self).__name__, pool.kernel_size, (x.shape[0], conv.out_channels, P, Q))
+        _check_pool_size(self, pool.kernel_size, (x.shape[0], conv.out_channels, P, Q))
         self._x = x
         y, self._argmax = self.ops.conv2d_relu_maxpool_forward(x, self.params["weight"], self.params["bias"],
                                                                conv.stride, conv.padding, pool.kernel_size,
                                                                pool.stride)
-        return y
+        return self._output(y)
 
     def backward(self, dy: np.ndarray) -> None:
+        self._check_grad(dy)
         conv, pool = self.conv, self.pool
         dw, db = self.ops.conv2d_relu_maxpool_backward(dy, self._argmax, self._x, self.params["weight"],
                                                        conv.stride, conv.padding, pool.kernel_size, pool.stride)
@@ -327,9 +369,10 @@ class Flatten(Layer):
             raise ValueError(f"Flatten expects input of shape (N, ...), got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
         self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return self._output(x.reshape(x.shape[0], -1))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._check_grad(dy)
         return dy.reshape(self._shape)
 
 
@@ -358,13 +401,14 @@ class Dropout(Layer):
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if not training or self._threshold == 0:
             self._mask = None
-            return x
+            return self._output(x)
         draws = self.rng.integers(0, 2**64, size=-(-x.size // 4), dtype=np.uint64)   # any bit generator
         keep = draws.view(np.uint16)[:x.size].reshape(x.shape) >= self._threshold
         self._mask = keep * x.dtype.type(65536.0 / (65536 - self._threshold))
-        return x * self._mask
+        return self._output(x * self._mask)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._check_grad(dy)
         return dy if self._mask is None else dy * self._mask
 
     def __repr__(self) -> str:
@@ -389,10 +433,12 @@ class Linear(Layer):
         _check_input(self, x, 2, f"(N, {self.in_features})")
         if x.shape[1] != self.in_features:
             raise ValueError(f"Linear expects input of shape (N, {self.in_features}), got shape {x.shape}")
+        _check_dtype(self, x, self.params["weight"])
         self._x = x
-        return x @ self.params["weight"].T + self.params["bias"]        # (N, F_out)
+        return self._output(x @ self.params["weight"].T + self.params["bias"])        # (N, F_out)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._check_grad(dy)
         self.grads["weight"] = dy.T @ self._x                            # (F_out, F_in)
         self.grads["bias"] = dy.sum(axis=0)
         return dy @ self.params["weight"]                                # (N, F_in)
@@ -430,26 +476,32 @@ class BatchNorm2D(Layer):
         if x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm2D expects input of shape (N, {self.num_features}, H, W), "
                              f"got shape {x.shape}")
+        _check_dtype(self, x, self.params["weight"])
         g, b = self.params["weight"][:, None, None], self.params["bias"][:, None, None]
         if not training:
             self._cache = None          # backward differentiates training-mode forwards only
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
-            return (x - mean[:, None, None]) / np.sqrt(var[:, None, None] + self.eps) * g + b
+            return self._output((x - mean[:, None, None]) / np.sqrt(var[:, None, None] + self.eps) * g + b)
+        m = x.shape[0] * x.shape[2] * x.shape[3]
+        if m < 2:
+            raise ValueError(f"use a batch of 2 or more images in training: BatchNorm2D needs more than one value per "
+                             f"channel (N*H*W = {m}) to estimate a variance (evaluation, training=False, takes any)")
         mean = x.mean(axis=(0, 2, 3))
         var = x.var(axis=(0, 2, 3))
-        m = x.shape[0] * x.shape[2] * x.shape[3]
         inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
         x_hat = (x - mean[:, None, None]) * inv_std[:, None, None]
         self._cache = (x_hat, inv_std)
         mom = self.momentum
-        unbiased = var * (m / max(m - 1, 1))
+        unbiased = var * (m / (m - 1))
         self.buffers["running_mean"] = ((1 - mom) * self.buffers["running_mean"] + mom * mean).astype(x.dtype)
         self.buffers["running_var"] = ((1 - mom) * self.buffers["running_var"] + mom * unbiased).astype(x.dtype)
-        return x_hat * g + b
+        return self._output(x_hat * g + b)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._cache is None:
-            raise RuntimeError("BatchNorm2D.backward needs a preceding forward(x, training=True)")
+            raise RuntimeError("call forward(x, training=True) before backward: BatchNorm2D.backward differentiates "
+                               "a training-mode forward")
+        self._check_grad(dy)
         x_hat, inv_std = self._cache
         self.grads["bias"] = dy.sum(axis=(0, 2, 3))
         self.grads["weight"] = (dy * x_hat).sum(axis=(0, 2, 3))

@@ -110,15 +110,18 @@ def test_conv_relu_maxpool_needs_a_conv_without_input_gradient():
 def test_fused_layers_name_themselves_in_input_errors():
     model = mnist_cnn(backend="numpy")
     first, pool = model.layers[0], model.layers[4]
-    with pytest.raises(ValueError, match=r"ConvReLUMaxPool2D expects input of shape \(N, 1, H >= 1, W >= 1\), "
-                                         r"got shape \(2, 3, 8, 8\)"):
+    fused = r"ConvReLUMaxPool2D \(fused Conv2D \+ ReLU \+ MaxPool2D\)"     # names the layers the user built
+    with pytest.raises(ValueError, match=fused + r" expects input of shape \(N, 1, H >= 1, W >= 1\), "
+                                             r"got shape \(2, 3, 8, 8\)"):
         first.forward(np.zeros((2, 3, 8, 8), F32))
-    with pytest.raises(ValueError, match=r"ConvReLUMaxPool2D expects input of shape \(N, C, H >= 2, W >= 2\), "
-                                         r"got shape \(2, 32, 1, 8\)"):
+    with pytest.raises(ValueError, match=fused + r" expects input of shape \(N, C, H >= 2, W >= 2\), "
+                                             r"got shape \(2, 32, 1, 8\)"):
         first.forward(np.zeros((2, 1, 1, 8), F32))            # the conv output is too small to pool
-    with pytest.raises(TypeError, match="ConvReLUMaxPool2D has float32 weights but got float64 input"):
+    with pytest.raises(TypeError, match=r"convert the input with x.astype\(np.float32\) .*: " + fused
+                       + " has float32 parameters but got float64 input"):
         first.forward(np.zeros((2, 1, 8, 8), F64))
-    with pytest.raises(ValueError, match=r"ReLUMaxPool2D expects input of shape \(N, C, H >= 2, W >= 2\)"):
+    with pytest.raises(ValueError, match=r"ReLUMaxPool2D \(fused ReLU \+ MaxPool2D\) expects input of shape "
+                                         r"\(N, C, H >= 2, W >= 2\)"):
         pool.forward(np.zeros((2, 64, 1, 1), F32))
 
 

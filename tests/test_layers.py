@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 
 import numpy as np
 import pytest
@@ -116,6 +117,64 @@ def test_conv2d_dtype_mismatch_raises_type_error():
         conv.forward(np.zeros((1, 1, 5, 5), np.float16))
     with pytest.raises(TypeError):
         conv.forward(np.zeros((1, 1, 5, 5), F32).tolist())
+
+
+def test_every_float_layer_rejects_input_of_another_dtype():
+    x = np.zeros((2, 3, 4, 4), F64)
+    for layer in (Conv2D(3, 2, 3, backend="numpy"), BatchNorm2D(3)):
+        with pytest.raises(TypeError, match=r"^convert the input with x\.astype\(np\.float32\) or build the layer with "
+                                            r"dtype=np\.float64: \w+ has float32 parameters but got float64 input"):
+            layer.forward(x, training=True)
+    with pytest.raises(TypeError, match="Linear has float32 parameters but got float64 input"):
+        Linear(3, 2).forward(np.zeros((2, 3)))              # NumPy alone would promote the output to float64
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_relu_checks_its_input_like_every_layer(backend):
+    with pytest.raises(TypeError, match=r"^convert images with fastcnn\.to_float\(x\)"):
+        ReLU(backend=backend).forward(np.array([[-1, 2]]))
+    with pytest.raises(TypeError, match="ReLU expects float32 or float64 input, got float16"):
+        ReLU(backend=backend).forward(np.zeros(3, np.float16))
+
+
+def _layers_and_inputs(backend):
+    x4 = np.random.default_rng(0).standard_normal((2, 3, 6, 8)).astype(F32)
+    return [(Conv2D(3, 4, 3, padding=1, backend=backend), x4), (MaxPool2D(2, backend=backend), x4),
+            (AvgPool2D(2, backend=backend), x4), (ReLU(backend=backend), x4), (BatchNorm2D(3), x4),
+            (Flatten(), x4), (Dropout(0.5), x4), (Linear(144, 5), x4.reshape(2, 144))]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_backward_refuses_a_gradient_of_another_shape_or_dtype(backend):
+    # The Numba kernels index dy by the shapes forward saw, without bounds checks: a dy of the same
+    # size but transposed spatial axes used to return a wrongly shaped dx, a larger one read past
+    # argmax. Every layer now checks dy against its last forward's output.
+    for layer, x in _layers_and_inputs(backend):
+        y = layer.forward(x, training=True)
+        name = type(layer).__name__
+        swapped = np.ones(y.shape[:-2] + y.shape[:-3:-1], F32) if y.ndim == 4 else np.ones(y.shape[::-1], F32)
+        for dy in (np.ones(y.shape, F64), np.ones((y.shape[0] + 1, *y.shape[1:]), F32), y.sum()):
+            with pytest.raises(ValueError, match=f"^pass the gradient of the last forward's output: {name}.backward "
+                                                 f"expects dy of shape {re.escape(str(y.shape))} and dtype float32"):
+                layer.backward(dy)
+        if swapped.shape != y.shape:
+            with pytest.raises(ValueError, match=f"{name}.backward expects dy"):
+                layer.backward(swapped)
+        assert layer.backward(np.ones_like(y)) is not None or isinstance(layer, Conv2D)
+
+
+def test_backward_before_forward_says_what_to_do():
+    for layer, _ in _layers_and_inputs("numpy"):
+        with pytest.raises(RuntimeError, match=r"^call forward"):
+            layer.backward(np.ones((2, 3, 6, 6), F32))
+
+
+def test_batchnorm2d_refuses_one_value_per_channel_in_training():
+    bn = BatchNorm2D(3)
+    with pytest.raises(ValueError, match=r"^use a batch of 2 or more images in training: .*N\*H\*W = 1"):
+        bn.forward(np.ones((1, 3, 1, 1), F32), training=True)
+    np.testing.assert_array_equal(bn.buffers["running_var"], np.ones(3, F32))     # nothing updated
+    assert bn.forward(np.ones((1, 3, 1, 1), F32)).shape == (1, 3, 1, 1)          # evaluation takes it
 
 
 def test_loss_rejects_bad_shapes_and_labels():

@@ -516,7 +516,7 @@ def batch():
 LIBRARY_BAD = [
     (lambda x, y: (x[:, :, :, :27], y), ValueError, r"expects input of shape \(N, 1, 28, 28\), got \(6, 1, 28, 27\)"),
     (lambda x, y: (x[0], y[:1]), ValueError, "expects input of shape"),
-    (lambda x, y: (x.astype(np.float64), y), TypeError, "float32 weights but got float64"),
+    (lambda x, y: (x.astype(np.float64), y), TypeError, "float32 parameters but got float64"),
     (lambda x, y: (x.astype(np.int32), y), TypeError, "float32 or float64"),
     (lambda x, y: (x.tolist(), y), TypeError, "numpy array"),
     (lambda x, y: (np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x).astype(np.float32), y),
