@@ -425,11 +425,12 @@ def thread_limit(backend: str) -> tuple[int, str]:
 
 
 def _apply_threads(config, stack):
-    """Apply ``config.threads`` (Numba threads, or BLAS threads for the numpy backend, the latter
-    undone when ``stack`` closes); return the thread count in effect."""
+    """Apply ``config.threads`` (Numba threads, or BLAS threads for the numpy backend), undone when
+    ``stack`` closes; return the thread count in effect."""
     if config.backend == "numba":
         import numba
         if config.threads is not None:
+            stack.callback(numba.set_num_threads, numba.get_num_threads())
             numba.set_num_threads(config.threads)
         return numba.get_num_threads()
     from threadpoolctl import threadpool_info, threadpool_limits

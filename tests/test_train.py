@@ -142,6 +142,23 @@ def test_threads_option_limits_blas_on_the_numpy_backend():
     assert run.threads == 1
 
 
+def test_threads_option_is_undone_after_the_run_on_the_numba_backend():
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs NUMBA_NUM_THREADS >= 2 to tell 1 thread from the default")
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    run = train(tiny(epochs=1, backend="numba", threads=1), synthetic())
+    assert run.threads == 1
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+
+    def fail(state, metrics):
+        raise RuntimeError("a callback failed")
+
+    with pytest.raises(RuntimeError, match="a callback failed"):
+        Trainer(tiny(epochs=1, backend="numba", threads=1), synthetic(), callbacks=[fail]).run()
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+
+
 def test_sgd_runs_and_defaults_are_filled_in():
     cfg = tiny(optimizer="sgd").resolved()
     assert (cfg.lr, cfg.momentum, cfg.weight_decay) == (0.01, 0.9, 0.0)
