@@ -93,18 +93,22 @@ def check_data_dir(value) -> None:
         raise UsageError(f"--data-dir {str(value)!r}: {what}; pass the folder that holds the IDX files")
 
 
-def probe_writable(directory, what: str) -> None:
-    """Create ``directory`` if needed and check a file can really be created in it (os.access
-    says yes to root even on read-only mounts); a :class:`UsageError` naming ``what`` otherwise."""
+def probe_writable(directory, what: str, *, create: bool = True) -> None:
+    """Check a file can really be created in ``directory`` (os.access says yes to root even on
+    read-only mounts); a :class:`UsageError` naming ``what`` otherwise. With ``create`` the folder
+    is made now; without, nothing is written and its nearest existing parent is probed instead."""
     directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise UsageError(f"{what} {str(directory)!r} is not a directory")
+    probed = directory if create else next(p for p in (directory, *directory.parents, Path(".")) if p.exists())
+    if probed.exists() and not probed.is_dir():
+        raise UsageError(f"choose another {what}: {str(probed)!r} is a file, not a folder")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
+        if create:
+            directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=probed):
             pass
     except OSError as exc:
-        raise UsageError(f"{what} {str(directory)!r} is not writable: {exc.strerror or exc}") from None
+        raise UsageError(f"choose a writable {what}: {str(directory)!r} is not writable: "
+                         f"{exc.strerror or exc}") from None
 
 
 # ------------------------------------------------------------------------------ errors

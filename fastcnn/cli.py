@@ -350,7 +350,7 @@ class _Outputs:
         probe_writable(args.plots_dir, "--plots-dir")
         for option, (path, _) in self.targets.items():
             if path.is_dir() or self.typed[option].endswith(("/", os.sep)):
-                raise UsageError(f"{option} {self.typed[option]!r} is a directory; give a file path")
+                raise UsageError(f"give {option} a file path: {self.typed[option]!r} is a directory")
             probe_writable(path.parent if str(path.parent) else Path("."), f"{option} folder")
         seen = {str(p.resolve()): "--plots-dir" for p in self.plots}
         for option, (path, _) in self.targets.items():

@@ -51,6 +51,7 @@ from fastcnn._cli import (
     check_data_dir,
     positive_int,
     print_error,
+    probe_writable,
 )
 from fastcnn.checkpoint import CheckpointError, build_model, load_checkpoint
 from fastcnn.data import DATASETS, DataError, DataWarning, dataset_spec, find_data_dir, load_dataset, to_float
@@ -240,7 +241,16 @@ def parse_args(parser: Parser, argv=None) -> argparse.Namespace:
                                          ("--predict-grid", args.predict_grid)) if value]
         if used:
             raise UsageError(f"{used[0]} needs --predict FILE ...")
+    if wants_test(args):
+        probe_writable(args.out, "--out", create=False)
+    if args.predict_grid is not None:
+        probe_writable(args.predict_grid.parent, "--predict-grid folder", create=False)
     return args
+
+
+def wants_test(args: argparse.Namespace) -> bool:
+    """Whether to evaluate on the test set: --test/--no-test, else only when nothing is predicted."""
+    return args.test if args.test is not None else not args.predict
 
 
 def _err(message):
@@ -349,8 +359,7 @@ def _run(args):
     if args.predict:
         status = _predict(args, model, dtype, side, names)
 
-    run_test = args.test if args.test is not None else not args.predict
-    if not run_test:
+    if not wants_test(args):
         return status
 
     with warnings.catch_warnings(record=True) as caught:

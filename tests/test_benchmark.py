@@ -257,6 +257,16 @@ def test_usage_and_setting_errors_are_one_line(capsys, tmp_path):
     assert not (tmp_path / "results.json").exists()
 
 
+def test_an_out_folder_that_cannot_be_made_is_refused_before_any_timing(capsys, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert cli.bench_main(["--quick", "--out", str(taken)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (f"fastcnn-bench: error: choose another --out: '{taken}' is a file, not a folder "
+                            f"(see fastcnn-bench --help)\n")
+    assert captured.out == ""                                      # nothing was timed
+
+
 def test_compare_torch_without_torch_is_a_one_line_error(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)               # import torch raises ImportError
     assert cli.bench_main(["--compare", "torch", "--quick", "--out", str(tmp_path)]) == 2

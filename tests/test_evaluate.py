@@ -286,6 +286,17 @@ def test_usage_errors_exit_2_with_one_line(capsys, argv):
     assert_one_error(code, err, status=2)
 
 
+def test_an_output_path_that_cannot_be_a_folder_is_refused_first(ckpt, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    code, out, err = run(capsys, ckpt, "--backend", "numpy", "--out", taken / "sub")
+    assert_one_error(code, err, f"choose another --out: '{taken}' is a file, not a folder", status=2)
+    code, out, err = run(capsys, ckpt, "--backend", "numpy", "--predict", tmp_path / "x.npy",
+                         "--predict-grid", taken / "grid.png")
+    assert_one_error(code, err, f"choose another --predict-grid folder: '{taken}' is a file", status=2)
+    assert out == [] and taken.read_text() == ""
+
+
 def test_help_exits_0(capsys):
     code, out, err = run(capsys, "--help")
     assert code == 0 and any("--predict" in line for line in out)

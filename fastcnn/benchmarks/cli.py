@@ -15,6 +15,7 @@ from fastcnn._cli import (
     UsageError,
     positive_int,
     print_error,
+    probe_writable,
 )
 from fastcnn.benchmarks.charts import plot_charts
 from fastcnn.benchmarks.measurement import MATMUL_N
@@ -100,6 +101,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         settings = settings_from_args(args)
+        probe_writable(settings.out, "--out", create=False)         # before minutes of timing, not after
     except UsageError as exc:
         print_error(PROG, f"{exc} (see {PROG} --help)")
         return EXIT_USAGE
