@@ -19,6 +19,7 @@ from fastcnn.backend import blas_guard, get_backend
 from fastcnn.benchmarks import measurement as fm
 from fastcnn.benchmarks import workload as fw
 from fastcnn.benchmarks.run import BACKEND_ORDER
+from fastcnn.testing import LONG_FLOAT32
 
 CASES = fw.network_cases(fw.BATCH_SIZE) + fw.general_cases()
 
@@ -48,7 +49,8 @@ def test_matmul_reference(benchmark, matmul_gflops, peak_gflops):
     np.matmul(a, b, out=c)
     rows = slice(0, 16)
     exact = a[rows].astype(np.float64) @ b.astype(np.float64)
-    np.testing.assert_allclose(c[rows], exact, rtol=1e-4, atol=1e-3 * np.abs(exact).max())
+    np.testing.assert_allclose(c[rows], exact, rtol=LONG_FLOAT32["rtol"],
+                               atol=10 * LONG_FLOAT32["rtol"] * np.abs(exact).max())
     benchmark.group = f"matmul reference (float32 {n}x{n})"
     benchmark(np.matmul, a, b, out=c)
     fm.record_rate(benchmark, 2 * n ** 3, "GFLOP/s", peak_gflops, matmul_gflops,

@@ -21,6 +21,7 @@ from fastcnn.data import to_float
 from fastcnn.model import mnist_cnn
 from fastcnn.optim import AdamW
 from fastcnn.testing import assert_agree
+from fastcnn.train import DEFAULT_LR, DEFAULT_WEIGHT_DECAY
 
 MATMUL_N = 2048
 
@@ -266,9 +267,10 @@ def eval_data(dataset, images: int, dtype=np.float32) -> tuple:
 
 
 def make_trainer(backend: str, seed: int = 0, dropout: float = 0.5) -> tuple:
-    """The MNIST network on ``backend`` with AdamW(lr=1e-3), as fastcnn-train builds it."""
+    """The MNIST network on ``backend`` with AdamW at fastcnn-train's default learning rate and
+    weight decay (the rate of its first step: the cosine schedule starts there)."""
     model = mnist_cnn(seed=seed, backend=backend, dropout=dropout)
-    return model, AdamW(model, lr=1e-3)
+    return model, AdamW(model, lr=DEFAULT_LR["adamw"], weight_decay=DEFAULT_WEIGHT_DECAY["adamw"])
 
 
 def train_step_result(backend: str, batch: tuple, seed: int = 0) -> tuple:

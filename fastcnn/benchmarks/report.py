@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from fastcnn._atomic import write_json as atomic_json
-from fastcnn.benchmarks.workload import EVAL_BATCH_SIZE
+from fastcnn.benchmarks.workload import BATCH_SIZE, EVAL_BATCH_SIZE, TRAIN_IMAGES
 
 MARK = "!"               # after a figure measured while other programs took cores
 
@@ -139,7 +139,7 @@ def _op_table(results: dict, group: str, backends: list[str]) -> list[str]:
         if torch:
             cells += [_fmt(r.get("fastcnn_over_torch"), ".2f"), _fmt(b.get("torch", {}).get("fraction_of_peak"), ".0%")]
         rows.append(cells)
-    title = ("Ops of the network (batch 128)" if group == "network"
+    title = (f"Ops of the network (batch {BATCH_SIZE})" if group == "network"
              else "General shapes (forward and backward of convolutions users build; no NumPy timing)")
     out = [_heading(title, any(r.get("contended") for r in rows_in)), _table(headers, rows)]
     if group == "network":
@@ -169,8 +169,8 @@ def format_report(results: dict) -> str:
     out += _op_table(results, "network", backends) + _op_table(results, "general", backends)
 
     tr = results["training"]
-    out.append(_heading(f"Training epoch (60,000 images, batch 128, forward+backward+AdamW, real MNIST; "
-                        f"{net['epoch_flops'] / 1e12:.3f} TFLOP per epoch)",
+    out.append(_heading(f"Training epoch ({TRAIN_IMAGES:,} images, batch {BATCH_SIZE}, forward+backward+AdamW, "
+                        f"real MNIST; {net['epoch_flops'] / 1e12:.3f} TFLOP per epoch)",
                         any(r.get("contended") for r in tr.values())))
     rows = []
     for b in backends:

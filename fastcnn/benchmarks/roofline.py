@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from fastcnn.cpumeter import CpuMeter
+from fastcnn.testing import LONG_FLOAT32
 
 CHAINS = 12          # independent accumulators: more than FMA latency x FMA ports on current x86 cores
 DEPTH = 8            # multiply-adds per chain and per loaded value in the loop formulation
@@ -207,7 +208,7 @@ class PeakKernel:
             seconds = time.perf_counter() - t0
         fixed = float(b) / (1.0 - float(a))
         want = fixed + (2.0 - fixed) * float(a) ** n
-        if not np.allclose(state, want, rtol=1e-4, atol=0.0):
+        if not np.allclose(state, want, rtol=LONG_FLOAT32["rtol"], atol=0.0):
             raise AssertionError(f"the FMA peak kernel ({self.name}) computed {state.min():.6g}..{state.max():.6g} "
                                  f"after {n} multiply-adds, expected {want:.6g}: it skipped or altered work")
         return seconds, 2.0 * self.fmas_per_pass * threads * reps, meter.summary(threads)

@@ -94,10 +94,12 @@ class TorchSide:
                 m.bias.copy_(self.torch.from_numpy(np.asarray(layer.params["bias"])))
         return net, weighted
 
-    def _step_function(self, net):
+    def _step_function(self, net, ours):
+        """PyTorch's training step of ``net``, its AdamW set like fastcnn's optimizer ``ours``."""
         torch = self.torch
         F = torch.nn.functional
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
+        opt = torch.optim.AdamW(net.parameters(), lr=ours.lr, betas=ours.betas, eps=ours.eps,
+                                weight_decay=ours.weight_decay)
 
         def step(x, y):
             opt.zero_grad(set_to_none=True)
@@ -111,10 +113,10 @@ class TorchSide:
     def train_step(self, seed: int = 0) -> Callable:
         """A training-step function ``(x, y)`` of the MNIST network, from fastcnn's initial weights,
         with PyTorch's AdamW at fastcnn's settings."""
-        model, _ = make_trainer("numpy", seed)
+        model, opt = make_trainer("numpy", seed)
         net, _ = self.mirror(model)
         net.train()
-        return self._step_function(net)
+        return self._step_function(net, opt)
 
     def check_train_step(self, batch: tuple, seed: int = 0) -> None:
         """Raise AssertionError unless one PyTorch step (dropout off in both: the masks cannot be the

@@ -16,12 +16,13 @@ from fastcnn.convmath import conv_flops, conv_output_size, pool_output_size
 from fastcnn.layers import AvgPool2D, Conv2D, Linear, MaxPool2D
 from fastcnn.model import Sequential, mnist_cnn
 from fastcnn.testing import assert_agree
+from fastcnn.train import TrainConfig
 
-BATCH_SIZE = 128
+BATCH_SIZE = TrainConfig.batch_size               # the workload is fastcnn-train's default run
 TRAIN_IMAGES = 60_000
 TEST_IMAGES = 10_000
 BATCHES_PER_EPOCH = math.ceil(TRAIN_IMAGES / BATCH_SIZE)      # the last batch holds 96 images
-EVAL_BATCH_SIZE = 1000
+EVAL_BATCH_SIZE = TrainConfig.eval_batch_size
 IMAGE_SHAPE = (1, 28, 28)
 
 
