@@ -85,7 +85,7 @@ MR_NARROW, NR_NARROW = {MR_NARROW}, {NR_NARROW}
 FOOTER = f'''
 
 MR, NR = TILE_ROWS, {NR}
-tile = tile_{MR_WIDE}x{NR} if TILE_ROWS == {MR_WIDE} else tile_{MR}x{NR}
+tile = {{{MR}: tile_{MR}x{NR}, {MR_WIDE}: tile_{MR_WIDE}x{NR}}}[TILE_ROWS]   # KeyError: a TILE_CHOICES row with no tile
 '''
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ exit codes: 0 ok, 1 runtime error (data, checkpoint, files), 2 bad arguments, 3 
 
 def build_parser() -> Parser:
     from fastcnn.backend import BACKENDS, ENV_VAR
+    from fastcnn.data import DATASETS
     from fastcnn.train import (
         DEFAULT_LR,
         DEFAULT_MOMENTUM,
@@ -107,7 +108,7 @@ def build_parser() -> Parser:
                     "on the CPU: one line per epoch, loss and accuracy plots, optional JSON metrics.",
         epilog=_EPILOG, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=["mnist", "fashion-mnist", "custom"], default="mnist",
+    g.add_argument("--dataset", choices=[*DATASETS, "custom"], default="mnist",
                    help="which dataset ('custom': any folder with MNIST's four IDX file names, needs --data-dir)")
     g.add_argument("--data-dir", metavar="DIR", default=None,
                    help="folder with the four IDX files (gzipped or not); must exist when given")

@@ -53,6 +53,7 @@ from fastcnn._cli import (
     print_error,
     probe_writable,
 )
+from fastcnn.backend import BACKENDS
 from fastcnn.checkpoint import CheckpointError, build_model, load_checkpoint
 from fastcnn.data import DATASETS, DataError, DataWarning, dataset_spec, find_data_dir, load_dataset, to_float
 from fastcnn.images import IMAGE_SUFFIXES, InputError, border_level, prepare_digit, read_image
@@ -193,11 +194,11 @@ def build_parser() -> Parser:
                    help="folder with the test set's t10k-images/t10k-labels IDX files, gzipped or not; used "
                         "as given (default: the folder the model's training read, else $FASTCNN_DATA_DIR, "
                         "then the cache)")
-    p.add_argument("--dataset", choices=sorted(DATASETS) + ["custom"], default=None,
+    p.add_argument("--dataset", choices=[*DATASETS, "custom"], default=None,
                    help="test set to use (default: the dataset the model was trained on, else mnist)")
     p.add_argument("--out", type=Path, default=Path("eval"),
                    help=f"folder for {CONFUSION_PNG} and {ERRORS_PNG} (default: eval/)")
-    p.add_argument("--backend", choices=("numba", "numpy"), default=None,
+    p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="implementation of the convolutions (default: $FASTCNN_BACKEND, else numba)")
     p.add_argument("--limit-test", type=positive_int, default=None, metavar="N",
                    help="evaluate only the first N test images")

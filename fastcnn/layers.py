@@ -27,6 +27,9 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 IntPair = tuple[int, int]
 
+#: Dropout draws its mask as 16-bit integers, so p is applied in steps of 1/DROPOUT_STEPS.
+DROPOUT_STEPS = 1 << 16
+
 
 def _positive_int(value: object, name: str) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
@@ -383,7 +386,7 @@ class Dropout(Layer):
 
     The mask is drawn as 16-bit integers, four from each uniform 64-bit integer (2.6x faster than
     drawing 16-bit integers one by one, itself twice as fast as floats): an element
-    is dropped when its draw is below round(p * 65536), so p is applied at 1/65536 resolution
+    is dropped when its draw is below round(p * DROPOUT_STEPS), so p is applied at 1/65536 resolution
     (exactly for p = 0.5) and the scale uses that same quantised p, which keeps the layer unbiased.
     """
 
@@ -392,9 +395,9 @@ class Dropout(Layer):
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
         self.p = float(p)
-        self._threshold = int(round(self.p * 65536))
-        if self._threshold >= 65536:
-            raise ValueError(f"dropout probability p must be below 65535/65536, got {p!r}")
+        self._threshold = int(round(self.p * DROPOUT_STEPS))
+        if self._threshold >= DROPOUT_STEPS:
+            raise ValueError(f"dropout probability p must be below {DROPOUT_STEPS - 1}/{DROPOUT_STEPS}, got {p!r}")
         self.rng = np.random.default_rng(0) if rng is None else rng
         self._mask = None
 
@@ -404,7 +407,7 @@ class Dropout(Layer):
             return self._output(x)
         draws = self.rng.integers(0, 2**64, size=-(-x.size // 4), dtype=np.uint64)   # any bit generator
         keep = draws.view(np.uint16)[:x.size].reshape(x.shape) >= self._threshold
-        self._mask = keep * x.dtype.type(65536.0 / (65536 - self._threshold))
+        self._mask = keep * x.dtype.type(DROPOUT_STEPS / (DROPOUT_STEPS - self._threshold))
         return self._output(x * self._mask)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:

@@ -65,6 +65,7 @@ import numpy as np
 from fastcnn.backend import resolve_backend_name
 from fastcnn.checkpoint import Checkpoint, CheckpointError, load_checkpoint, model_rngs, restore, save_checkpoint
 from fastcnn.data import to_float
+from fastcnn.layers import DROPOUT_STEPS
 from fastcnn.losses import softmax_cross_entropy
 from fastcnn.model import mnist_cnn
 from fastcnn.optim import SGD, AdamW
@@ -84,8 +85,6 @@ DEFAULT_LR = {"adamw": 2e-3, "sgd": 0.01}
 #: (PyTorch's default 0.01); none for SGD (plain momentum SGD).
 DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "sgd": 0.0}
 DEFAULT_MOMENTUM = 0.9
-#: Dropout masks are 16-bit draws (see :class:`fastcnn.layers.Dropout`).
-DROPOUT_STEPS = 65536
 #: Settings a resumed run must share with its checkpoint: they change what is computed. The others
 #: (epochs, backend, threads, warmup, quiet) may differ; ``epochs`` may grow to train further.
 RESUME_KEYS = ("batch_size", "optimizer", "lr", "lr_schedule", "momentum", "weight_decay", "dropout",

@@ -936,4 +936,4 @@ def tile_narrow(fa, astarts, aoffs, fb, bstarts, boff, C, i0, j0, load):
 
 
 MR, NR = TILE_ROWS, 32
-tile = tile_6x32 if TILE_ROWS == 6 else tile_3x32
+tile = {3: tile_3x32, 6: tile_6x32}[TILE_ROWS]   # KeyError: a TILE_CHOICES row with no tile

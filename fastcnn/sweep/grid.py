@@ -20,7 +20,8 @@ from pathlib import Path
 
 from fastcnn._cli import UsageError, float_in, int_at_least
 from fastcnn.backend import BACKENDS
-from fastcnn.train import DTYPES, OPTIMIZERS, SCHEDULES, TrainConfig
+from fastcnn.data import DATASETS as KNOWN_DATASETS
+from fastcnn.train import DEFAULT_MOMENTUM, DTYPES, OPTIMIZERS, SCHEDULES, TrainConfig
 
 __all__ = [
     "DATASETS",
@@ -38,7 +39,7 @@ __all__ = [
 #: A sweep with no options compares the two optimizers over a few epochs.
 DEFAULT_EPOCHS = 3
 DEFAULT_OPTIMIZERS = ("sgd", "adamw")
-DATASETS = ("mnist", "fashion-mnist", "custom")
+DATASETS = (*KNOWN_DATASETS, "custom")
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
@@ -71,27 +72,30 @@ class Option:
         return "--" + self.field.replace("_", "-")
 
 
+_D = TrainConfig                    # its class attributes are fastcnn-train's defaults
+
 #: The training options a sweep can vary, in the order run names list them.
 OPTIONS = (
-    Option("optimizer", _choice(OPTIMIZERS), f"optimizers ({', '.join(OPTIMIZERS)}; default: sgd,adamw)",
-           "sgd,adamw"),
+    Option("optimizer", _choice(OPTIMIZERS),
+           f"optimizers ({', '.join(OPTIMIZERS)}; default: {','.join(DEFAULT_OPTIMIZERS)})", "sgd,adamw"),
     Option("lr", float_in(0.0, lo_open=True), "peak learning rates (default: per optimizer, as fastcnn-train)",
            "0.01,0.002"),
-    Option("lr_schedule", _choice(SCHEDULES), f"learning-rate schedules ({', '.join(SCHEDULES)}; default: cosine)",
-           "cosine,constant"),
-    Option("momentum", float_in(0.0, 1.0), "SGD momentum values, used by the sgd runs only (default: 0.9)",
-           "0.9,0.99"),
+    Option("lr_schedule", _choice(SCHEDULES),
+           f"learning-rate schedules ({', '.join(SCHEDULES)}; default: {_D.lr_schedule})", "cosine,constant"),
+    Option("momentum", float_in(0.0, 1.0),
+           f"SGD momentum values, used by the sgd runs only (default: {DEFAULT_MOMENTUM})", "0.9,0.99"),
     Option("weight_decay", float_in(0.0), "weight decays (default: per optimizer, as fastcnn-train)", "0,0.01"),
-    Option("dropout", float_in(0.0, 1.0), "dropout probabilities, 0 <= P < 1 (default: 0.5)", "0,0.5"),
-    Option("batchnorm", _on_off, "batch normalisation after each convolution: off, on (default: off)", "off,on"),
-    Option("batch_size", int_at_least(1), "training batch sizes (default: 128)", "64,128"),
+    Option("dropout", float_in(0.0, 1.0), f"dropout probabilities, 0 <= P < 1 (default: {_D.dropout})", "0,0.5"),
+    Option("batchnorm", _on_off, f"batch normalisation after each convolution: off, on "
+           f"(default: {'on' if _D.batchnorm else 'off'})", "off,on"),
+    Option("batch_size", int_at_least(1), f"training batch sizes (default: {_D.batch_size})", "64,128"),
     Option("epochs", int_at_least(1), f"epochs per run (default: {DEFAULT_EPOCHS})", "3,5"),
-    Option("dtype", _choice(DTYPES), f"floating-point types ({', '.join(DTYPES)}; default: float32)",
+    Option("dtype", _choice(DTYPES), f"floating-point types ({', '.join(DTYPES)}; default: {_D.dtype})",
            "float32,float64"),
     Option("backend", _choice(BACKENDS), f"conv/pool implementations ({', '.join(BACKENDS)}; default: "
            "$FASTCNN_BACKEND, else numba)", "numba,numpy"),
-    Option("seed", int_at_least(0), "seeds of the weights, dropout and shuffling (default: 0); runs that differ "
-           "only in the seed are drawn as one mean line with a band", "0,1,2"),
+    Option("seed", int_at_least(0), f"seeds of the weights, dropout and shuffling (default: {_D.seed}); runs that "
+           "differ only in the seed are drawn as one mean line with a band", "0,1,2"),
     Option("limit_train", int_at_least(1), "use only the first N training images (default: all)", "1000"),
     Option("limit_test", int_at_least(1), "use only the first N test images (default: all)", "1000"),
 )

@@ -24,16 +24,16 @@ from pathlib import Path
 from fastcnn._atomic import write_json
 from fastcnn._cli import one_line, versions
 from fastcnn._pause import batch_hook
-from fastcnn.train import TrainConfig
+from fastcnn.train import RESUME_KEYS, TrainConfig
 
 __all__ = ["CHECKPOINT_FILE", "METRICS_FILE", "read_metrics", "run_one", "same_settings"]
 
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.npz"
-#: Settings that must match for a finished run in OUT to count as this run (not the thread count:
-#: results are bit-identical for any number of threads).
-_SAME_KEYS = ("epochs", "batch_size", "optimizer", "lr", "lr_schedule", "momentum", "weight_decay", "dropout",
-              "batchnorm", "seed", "dtype", "backend", "limit_train", "limit_test", "eval_batch_size")
+#: Settings that must match for a finished run in OUT to count as this run: those that change what
+#: is computed (a resumed run shares them too), the number of epochs, and the backend (its results
+#: differ within float tolerance). Not the thread count: results are bit-identical for any.
+_SAME_KEYS = (*RESUME_KEYS, "epochs", "backend")
 _POLL_SECONDS = 0.5
 _datasets: dict = {}
 _datasets_lock = threading.Lock()
