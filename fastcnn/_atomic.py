@@ -9,9 +9,11 @@ caller knows no other writer of ``path`` is running (``fastcnn-train`` holds a l
 An OSError names the caller's ``path``, never the temporary file."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -26,14 +28,37 @@ def _umask():
     return mask
 
 
+_SPECIAL_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                  (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_file(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it exists and is not a regular file ("a symbolic link", "a character
+    device", ...), else None. A rename over it would replace the link or device itself (as root,
+    /dev/null), so :func:`atomic_write` refuses such paths."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _SPECIAL_KINDS if test(mode)), "not a regular file")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable, mode: str = "wb") -> Path:
     """Call ``write(fileobj)`` on a temporary file beside ``path``, flush and fsync it, give it the
     permissions of a normally created file, and rename it over ``path``; then fsync the folder so
     the rename itself is durable (best effort). On any error, KeyboardInterrupt included, the
     temporary file is removed and the error re-raised (an OSError with ``filename`` = ``path``).
-    Returns ``path`` as a Path."""
+    Returns ``path`` as a Path. A ``path`` that exists and is not a regular file (a link, a device,
+    a pipe) is never replaced: OSError (EEXIST) before anything is written."""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
+    kind = special_file(path)
+    if kind is not None:
+        raise OSError(errno.EEXIST, f"is {kind}, not a regular file, and is never replaced: give the path of a "
+                                    "new or regular file", str(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:

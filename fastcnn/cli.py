@@ -41,7 +41,7 @@ from pathlib import Path
 
 # Only light modules at the top: train_main installs the signal handlers before fastcnn.train,
 # .data, .checkpoint and .plots (NumPy, Numba, Matplotlib) are imported inside the functions.
-from fastcnn._atomic import remove_stale_temps, write_json
+from fastcnn._atomic import remove_stale_temps, special_file, write_json
 from fastcnn._cli import (
     EXIT_DIVERGED,
     EXIT_ERROR,
@@ -371,6 +371,10 @@ class _Outputs:
             self._check_existing("--plots-dir", path, "png")
 
     def _check_existing(self, option, path, kind):
+        special = special_file(path)
+        if special is not None:
+            raise UsageError(f"choose another path: {option} {str(path)!r} is {special}, not a regular file "
+                             "(never replaced, even with --overwrite)")
         if not path.is_file():
             return
         found = _kind_of(path)

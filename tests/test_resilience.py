@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import stat
 import subprocess
 import time
 
@@ -791,6 +792,38 @@ def test_outputs_never_replace_another_kind_or_an_input(make, code, needle, tmp_
     assert_one_error_line(err)
     assert needle in err and out == ""
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("option", ["--save-model", "--metrics", "--checkpoint"])
+def test_outputs_never_replace_a_link_or_a_pipe(option, tmp_path, capsys):
+    # A rename over a path replaces whatever the path is: as root, --save-model /dev/null replaced
+    # the device with a regular file. Links and pipes stand in for devices here (no root needed).
+    import os
+    (tmp_path / "notes.txt").write_text("mine\n")
+    os.symlink(tmp_path / "notes.txt", tmp_path / "link")
+    os.mkfifo(tmp_path / "pipe")
+    for name, kind in (("link", "a symbolic link"), ("pipe", "a named pipe")):
+        rc = train_main(small_args(tmp_path, option, tmp_path / name, "--overwrite"))
+        out, err = capsys.readouterr()
+        assert rc == 2 and out == ""
+        assert_one_error_line(err)
+        assert f"choose another path: {option} '{tmp_path / name}' is {kind}, not a regular file" in err
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "notes.txt").read_text() == "mine\n"
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "pipe").st_mode)
+
+
+def test_atomic_write_refuses_to_replace_a_special_file(tmp_path):
+    import os
+
+    from fastcnn._atomic import atomic_write
+    os.mkfifo(tmp_path / "pipe")
+    os.symlink(tmp_path / "pipe", tmp_path / "link")
+    for name in ("pipe", "link"):
+        with pytest.raises(OSError, match="not a regular file, and is never replaced") as info:
+            atomic_write(tmp_path / name, lambda fh: fh.write(b"x"))
+        assert info.value.filename == str(tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "pipe"]      # no temporary file left
+    assert atomic_write(tmp_path / "new", lambda fh: fh.write(b"x")).read_bytes() == b"x"
 
 
 def test_overwrite_replaces_outputs_of_the_same_kind(tmp_path, capsys):
