@@ -132,6 +132,17 @@ def test_rerun_skips_completed_runs(grid, capsys):
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/*")} == before     # no run was trained again
 
 
+def test_rerun_with_other_settings_is_refused_and_writes_nothing(grid, capsys):
+    out = grid["out"]
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    argv = [*grid["argv"], "--lr", "0.001"]
+    assert sweep_main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"fastcnn-sweep: error: choose another --out, or delete {out / 'sgd_seed0'}: it holds a "
+                          "run sgd_seed0 of other settings (lr 0.01 there, 0.001 now)"), err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before     # metrics, summary, plots kept
+
+
 def test_run_equals_fastcnn_train_alone(grid, mnist_dir, tmp_path):
     """adamw seed 1 from the sweep against the same settings trained alone, one thread each."""
     cmd = ["--optimizer", "adamw", "--seed", "1", "--epochs", "2", *SMALL, "--threads", "1", "--no-timings",

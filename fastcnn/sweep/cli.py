@@ -28,11 +28,13 @@ from fastcnn._cli import (
     print_error,
     probe_writable,
     versions,
+    write_line,
 )
 from fastcnn.sweep.execute import Cluster, SweepStopped, run_all
 from fastcnn.sweep.grid import DATASETS, DEFAULT_EPOCHS, OPTIONS, build_runs, load_runs_file, parse_list
 from fastcnn.sweep.report import PLOT_FILES, record, save_comparison_plots, write_summary
-from fastcnn.sweep.worker import METRICS_FILE, read_metrics, same_settings
+from fastcnn.sweep.worker import METRICS_FILE, read_metrics, same_settings, settings_diff
+from fastcnn.train import RESUME_KEYS
 
 PROG = "fastcnn-sweep"
 
@@ -159,6 +161,13 @@ def _run(argv, say) -> int:
         say = _silent
     specs = _specs(args)
     out = Path(args.out).expanduser().resolve()
+    for spec in specs:                          # a rerun may resume or skip its own runs, never replace others
+        doc = read_metrics(out / spec.name / METRICS_FILE)
+        diff = settings_diff(doc, spec.config, args.dataset, RESUME_KEYS) if doc is not None else []
+        if diff:
+            key, mine, theirs = diff[0]
+            raise UsageError(f"choose another --out, or delete {out / spec.name}: it holds a run {spec.name} of "
+                             f"other settings ({key} {theirs!r} there, {mine!r} now)")
     if args.scheduler is None:                 # on a given cluster the folder is the workers' to find
         check_data_dir(args.data_dir)
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir and args.scheduler is None \
@@ -191,9 +200,10 @@ def _run(argv, say) -> int:
         done = [len(specs) - len(todo)]
 
         def emit(text):
-            if bar is not None:
-                bar.write(text, file=sys.stdout)
-            else:
+            if bar is None:
+                say(text)
+                return
+            with bar.external_write_mode(file=sys.stdout):
                 say(text)
 
         for spec in specs:
@@ -214,7 +224,7 @@ def _run(argv, say) -> int:
         def on_stop(signum):
             msg = (f"{PROG}: {signal.Signals(signum).name} received: stopping every run before its next batch "
                    "(send it again to stop at once)")
-            emit(msg) if bar is not None else print(msg, file=sys.stderr, flush=True)
+            emit(msg) if bar is not None else write_line(msg, sys.stderr)
 
         stopped, hard = None, None
         try:
@@ -238,8 +248,8 @@ def _run(argv, say) -> int:
     say(f"plots: {', '.join(str(p) for p in plot_paths)}")
     if stopped:
         how = "at once" if hard else "before the next batch"
-        print(f"{PROG}: stopped by {signal.Signals(stopped).name} {how}; finished runs and each run's last complete "
-              f"epoch are kept; rerun the same command to resume", file=sys.stderr, flush=True)
+        write_line(f"{PROG}: stopped by {signal.Signals(stopped).name} {how}; finished runs and each run's last "
+                   "complete epoch are kept; rerun the same command to resume", sys.stderr)
         return EXIT_TERMINATED if stopped == signal.SIGTERM else EXIT_INTERRUPTED
     bad = [r for r in ordered if r["status"] != "completed"]
     if bad:
@@ -263,17 +273,15 @@ def _progress(total: int, initial: int, quiet: bool):
 
 def sweep_main(argv: list[str] | None = None) -> int:
     """Entry point of ``fastcnn-sweep``; returns the exit code."""
-    def say(*a, **k):
-        print(*a, **k, flush=True)
     try:
-        return _run(argv, say)
+        return _run(argv, write_line)
     except SystemExit as exc:                  # --help
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     except UsageError as exc:
         print_error(PROG, exc)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted before any run started", file=sys.stderr, flush=True)
+        write_line(f"{PROG}: interrupted before any run started", sys.stderr)
         return EXIT_INTERRUPTED
     except (ValueError, OSError, MemoryError, TimeoutError) as exc:
         print_error(PROG, str(exc) or type(exc).__name__)

@@ -49,11 +49,20 @@ def read_metrics(path: str | Path) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
+def settings_diff(doc: dict, config: TrainConfig, dataset: str,
+                  keys: tuple[str, ...] = _SAME_KEYS) -> list[tuple[str, object, object]]:
+    """The ``keys`` settings (and the dataset) in which metrics document ``doc`` differs from a run
+    of ``config`` on ``dataset``, as (name, this run's value, the document's value). Empty for the
+    default keys: ``doc`` was written by such a run; empty for RESUME_KEYS: this run may continue it."""
+    saved = doc.get("config")
+    saved = saved if isinstance(saved, dict) else {}
+    mine = {**asdict(config), "dataset": dataset}
+    return [(k, mine[k], saved.get(k)) for k in ("dataset", *keys) if saved.get(k) != mine[k]]
+
+
 def same_settings(doc: dict, config: TrainConfig, dataset: str) -> bool:
     """Whether metrics document ``doc`` was written by a run of ``config`` on ``dataset``."""
-    saved = doc.get("config") or {}
-    mine = asdict(config)
-    return saved.get("dataset") == dataset and all(saved.get(k) == mine[k] for k in _SAME_KEYS)
+    return not settings_diff(doc, config, dataset)
 
 
 def _dataset(name: str, data_dir: str | None, download: bool):
@@ -122,6 +131,7 @@ def run_one(name: str, config: TrainConfig, out_dir: str, *, dataset: str = "mni
     result = {"name": name, "status": "failed", "reason": None, "document": None, "resumed_from": None}
     watcher = _StopWatcher(stop_event)
     trainer = None
+    foreign = False               # the folder holds a checkpoint this run may not continue: never write there
 
     def document(status, extra=None):
         doc = {"status": status, "run": name,
@@ -146,8 +156,10 @@ def run_one(name: str, config: TrainConfig, out_dir: str, *, dataset: str = "mni
             data = _dataset(dataset, data_dir, download)
             trainer = Trainer(config, data, log=lambda *a, **k: None, callbacks=[after_epoch])
             if ckpt_path.exists():
+                foreign = True
                 ckpt = load_checkpoint(ckpt_path)
                 trainer.restore(ckpt)                  # refuses a checkpoint of other settings or data
+                foreign = False
                 result["resumed_from"] = ckpt.epoch
             trainer.on_batch = batch_hook(trainer.stopping)
             watcher.watch(trainer.state)
@@ -179,7 +191,7 @@ def run_one(name: str, config: TrainConfig, out_dir: str, *, dataset: str = "mni
                                               f"({Path(last.filename).name}:{last.lineno})")
     finally:
         watcher.close()
-    if result["document"] is None and trainer is not None:
+    if result["document"] is None and trainer is not None and not foreign:
         result["document"] = document(result["status"], {"error": result["reason"]})
     if result["document"] is not None:
         try:
