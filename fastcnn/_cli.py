@@ -8,6 +8,7 @@ lines, printed only with ``FASTCNN_VERBOSE=1``.
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import platform
@@ -121,6 +122,24 @@ def one_line(message) -> str:
             continue
         out = part if not out else out + (" " if out.endswith(":") else "; ") + part
     return out or "unknown error"
+
+
+def write_line(text: object = "", stream=None) -> None:
+    """Print ``text`` on ``stream`` (stdout by default) and flush. A closed pipe (``fastcnn-x | head
+    -1``) silences that stream for the rest of the process instead of failing the command: its file
+    descriptor then points at /dev/null, so no later write or the exit flush fails either."""
+    stream = sys.stdout if stream is None else stream
+    try:
+        print(text, file=stream, flush=True)
+    except (BrokenPipeError, ValueError, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError) and exc.errno != errno.EPIPE:
+            raise
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
 
 
 def verbose_requested() -> bool:

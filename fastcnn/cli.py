@@ -56,6 +56,7 @@ from fastcnn._cli import (
     print_error,
     probe_writable,
     versions,
+    write_line,
 )
 from fastcnn._pause import batch_hook, wait_at_start
 
@@ -483,43 +484,23 @@ def _signal_exit(signum) -> int:
 # --------------------------------------------------------------------------------------- console
 
 class _Console:
-    """stdout and stderr that survive a closed pipe: the first EPIPE silences that stream (its file
-    descriptor then points at /dev/null, so no later write or the exit flush fails) and the run
-    goes on."""
+    """stdout and stderr that survive a closed pipe (:func:`fastcnn._cli.write_line`): the run goes on."""
 
     def __init__(self, quiet=False):
         self.quiet = quiet
 
-    @staticmethod
-    def _write(stream, text):
-        try:
-            print(text, file=stream, flush=True)
-        except (BrokenPipeError, ValueError, OSError) as exc:
-            if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError) and exc.errno != errno.EPIPE:
-                raise
-            _silence(stream)
-
     def say(self, text=""):
         if not self.quiet:
-            self._write(sys.stdout, text)
+            write_line(text)
 
     def out(self, text):
         """What an option asked for (e.g. --profile's table): printed even with --quiet."""
-        self._write(sys.stdout, text)
+        write_line(text)
 
     def err(self, text, lead=False):
         if lead and sys.stderr.isatty():
             text = "\n" + text
-        self._write(sys.stderr, text)
-
-
-def _silence(stream):
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stream.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
+        write_line(text, sys.stderr)
 
 
 def _error(message):

@@ -52,6 +52,7 @@ from fastcnn._cli import (
     positive_int,
     print_error,
     probe_writable,
+    write_line,
 )
 from fastcnn.backend import BACKENDS
 from fastcnn.checkpoint import CheckpointError, build_model, load_checkpoint
@@ -338,12 +339,12 @@ def _predict(args, model, dtype, side, names) -> int:
     probs = predict_proba(model, normalise(np.stack(images), dtype))
     for path, p, note in zip(good, probs, notes):
         k = int(p.argmax())
-        print(f"{path}: {_class_label(k, names)} (p={p[k]:.2f}; {note})")
+        write_line(f"{path}: {_class_label(k, names)} (p={p[k]:.2f}; {note})")
     if args.predict_grid:
         grid = args.predict_grid
         grid.parent.mkdir(parents=True, exist_ok=True)
         labels = [f"{_class_label(int(p.argmax()), names)} (p={p.max():.2f})" for p in probs]
-        print(f"wrote {plot_predictions(np.stack(images), [path.name for path in good], labels, grid)}")
+        write_line(f"wrote {plot_predictions(np.stack(images), [path.name for path in good], labels, grid)}")
     return status
 
 
@@ -367,7 +368,7 @@ def _run(args):
         warnings.simplefilter("always", DataWarning)
         data = load_dataset(dataset, data_dir=_test_data_dir(args, ckpt, dataset), splits=("test",))
     for warning in caught:
-        print(f"{PROG}: warning: {warning.message}", file=sys.stderr, flush=True)
+        write_line(f"{PROG}: warning: {warning.message}", sys.stderr)
     _check_fits(data, ckpt)
     x_raw, y = data.x_test, data.y_test
     if args.limit_test:
@@ -375,8 +376,8 @@ def _run(args):
     probs = predict_proba(model, to_float(x_raw, dtype))
     loss, acc, pred, cm = evaluate_probs(probs, y)
     correct = int((pred == y).sum())
-    print(f"test loss {loss:.4f}, accuracy {acc:.2%} ({correct}/{len(y)} correct) on {dataset} from "
-          f"{data.source_dir}{f' (first {len(y)} images)' if args.limit_test else ''}")
+    write_line(f"test loss {loss:.4f}, accuracy {acc:.2%} ({correct}/{len(y)} correct) on {dataset} from "
+               f"{data.source_dir}{f' (first {len(y)} images)' if args.limit_test else ''}")
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -385,8 +386,8 @@ def _run(args):
     cm_path = plot_confusion_matrix(cm, args.out / CONFUSION_PNG, names, title=title)
     err_path, shown = plot_confident_errors(x_raw[:, 0], y, pred, probs, args.out / ERRORS_PNG, args.top,
                                             names)
-    print(f"wrote {cm_path}")
-    print(f"wrote {err_path} ({shown} of {len(y) - correct} errors)")
+    write_line(f"wrote {cm_path}")
+    write_line(f"wrote {err_path} ({shown} of {len(y) - correct} errors)")
     return status
 
 

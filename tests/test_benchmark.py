@@ -265,6 +265,8 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_any_timing(capsys, 
     assert captured.err == (f"fastcnn-bench: error: choose another --out: '{taken}' is a file, not a folder "
                             f"(see fastcnn-bench --help)\n")
     assert captured.out == ""                                      # nothing was timed
+    assert cli.bench_main(["--quick", "--data-dir", str(taken), "--out", str(tmp_path)]) == 2    # as in every command
+    assert capsys.readouterr().err.startswith(f"fastcnn-bench: error: --data-dir '{taken}': is a file, not a folder")
 
 
 def test_compare_torch_without_torch_is_a_one_line_error(capsys, tmp_path, monkeypatch):

@@ -6,10 +6,12 @@ one line on stderr, ``fastcnn-train: error: <message>``, never a traceback.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 import fastcnn.train
+from fastcnn._cli import write_line
 from fastcnn.cli import build_parser, train_main
 
 from helpers import PNG_SIGNATURE, assert_one_error_line, run_cli, write_custom_dataset
@@ -54,6 +56,20 @@ def test_end_to_end_on_real_mnist(mnist_dir, tmp_path):
     for name in ("train_loss.png", "test_acc.png"):
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
     assert sorted(p.name for p in out.iterdir()) == ["m.json", "test_acc.png", "train_loss.png"]
+
+
+def test_write_line_survives_a_closed_pipe():
+    """What every command prints goes through write_line: ``fastcnn-eval ... | head -1`` and
+    ``fastcnn-sweep ... | head -1`` used to end in 'error: Broken pipe' (exit 1, no summary)."""
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "w")
+    os.close(read_end)                                       # as head -1 exits
+    try:
+        write_line("first", stream)                          # EPIPE: that stream is silenced
+        write_line("second", stream)
+        assert os.readlink(f"/proc/self/fd/{stream.fileno()}") == os.devnull
+    finally:
+        stream.close()
 
 
 def test_usage_error_in_a_subprocess_is_one_line(tmp_path):

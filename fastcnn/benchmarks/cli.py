@@ -13,9 +13,11 @@ from fastcnn._cli import (
     HelpFormatter,
     Parser,
     UsageError,
+    check_data_dir,
     positive_int,
     print_error,
     probe_writable,
+    write_line,
 )
 from fastcnn.benchmarks.charts import plot_charts
 from fastcnn.benchmarks.measurement import MATMUL_N
@@ -101,6 +103,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         settings = settings_from_args(args)
+        check_data_dir(args.data_dir)
         probe_writable(settings.out, "--out", create=False)         # before minutes of timing, not after
     except UsageError as exc:
         print_error(PROG, f"{exc} (see {PROG} --help)")
@@ -113,11 +116,11 @@ def bench_main(argv: list[str] | None = None) -> int:
     try:
         settings.out.mkdir(parents=True, exist_ok=True)
         results = run_benchmarks(settings)
-        print(format_report(results), flush=True)
+        write_line(format_report(results))
         written = [write_json(results, settings.out / "results.json")]
         if settings.charts:
             written += plot_charts(results, settings.out)
-        print("wrote " + ", ".join(str(p) for p in written), flush=True)
+        write_line("wrote " + ", ".join(str(p) for p in written))
         return EXIT_OK
     except TorchUnavailable as exc:
         print_error(PROG, str(exc))
