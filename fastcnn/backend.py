@@ -91,10 +91,12 @@ def usable_cpus() -> int:
 
 def resolve_backend_name(name: str | None = None) -> str:
     """The backend name to use: ``name``, else ``$FASTCNN_BACKEND``, else the default (numba)."""
+    source = ""
     if name is None:
         name = os.environ.get(ENV_VAR) or DEFAULT_BACKEND
+        source = f" in ${ENV_VAR}" if os.environ.get(ENV_VAR) else ""
     if not isinstance(name, str) or name.lower() not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
+        raise ValueError(f"unknown backend {name!r}{source}: expected one of {', '.join(BACKENDS)}")
     return name.lower()
 
 

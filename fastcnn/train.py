@@ -173,8 +173,6 @@ class TrainConfig:
         """A validated copy with every ``None`` default filled in (raises :class:`ConfigError`)."""
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError("optimizer", f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.momentum is not None and self.optimizer != "sgd":
-            raise ConfigError("momentum", "momentum applies only to the sgd optimizer")
         cfg = replace(
             self,
             backend=resolve_backend_name(self.backend),
@@ -229,7 +227,8 @@ class TrainConfig:
             number("weight_decay", 0.0)
         if self.momentum is not None:
             if self.optimizer != "sgd":
-                raise ConfigError("momentum", "momentum applies only to the sgd optimizer")
+                raise ConfigError("momentum", f"momentum applies only to the sgd optimizer, not {self.optimizer}: "
+                                              "choose sgd or leave momentum out")
             number("momentum", 0.0, 1.0)
         number("dropout", 0.0, 1.0)
         if round(self.dropout * DROPOUT_STEPS) >= DROPOUT_STEPS:

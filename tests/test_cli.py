@@ -58,6 +58,13 @@ def test_end_to_end_on_real_mnist(mnist_dir, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["m.json", "test_acc.png", "train_loss.png"]
 
 
+def test_a_bad_backend_from_the_environment_names_the_variable(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FASTCNN_BACKEND", "cuda")
+    assert train_main(["--data-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == ("fastcnn-train: error: unknown backend 'cuda' in $FASTCNN_BACKEND: expected "
+                                       "one of numba, numpy\n")
+
+
 def test_write_line_survives_a_closed_pipe():
     """What every command prints goes through write_line: ``fastcnn-eval ... | head -1`` and
     ``fastcnn-sweep ... | head -1`` used to end in 'error: Broken pipe' (exit 1, no summary)."""
@@ -154,7 +161,7 @@ BAD_ARGS = [
 @pytest.mark.parametrize("args,needle", [
     (["--dropout", "0.99999999"], "--dropout must be below 0.99999"),
     (["--threads", "100000", "--backend", "numpy"], "the CPU count"),
-    (["--momentum", "0.5"], "--momentum applies only to the sgd optimizer"),
+    (["--momentum", "0.5"], "--momentum applies only to the sgd optimizer, not adamw: choose sgd or leave "),
 ])
 def test_config_errors_name_the_option_and_fail_before_loading(args, needle, tmp_path, capsys, monkeypatch):
     """The TrainConfig validator decides; the CLI only words it as a usage error, before any data."""
