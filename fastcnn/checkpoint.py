@@ -465,7 +465,8 @@ def load_checkpoint(path) -> Checkpoint:
     if not magic:
         raise fail("empty file, not a checkpoint")
     if magic not in (_ZIP_MAGIC, _EMPTY_ZIP_MAGIC):
-        raise fail("not a checkpoint: not an .npz (zip) archive")
+        raise fail("not a checkpoint: not an .npz (zip) archive; give the file fastcnn-train wrote with --checkpoint "
+                   "or --save-model")
     arrays = _read_archive(path, fail)
 
     raw = arrays.pop(HEADER_KEY, None)

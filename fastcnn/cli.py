@@ -157,7 +157,8 @@ def build_parser() -> Parser:
     g.add_argument("--plots-dir", metavar="DIR", default="plots",
                    help="where train_loss.png and test_acc.png are written (created if missing)")
     g.add_argument("--metrics", metavar="PATH", default=None,
-                   help="also write the configuration, per-epoch metrics, timings and final status as JSON here")
+                   help="also write the configuration, per-epoch metrics, timings and final status as JSON here "
+                        "(its folder is created if missing)")
     g.add_argument("--no-timings", action="store_true",
                    help="leave wall-clock times out of --metrics, so that runs with the same seed, backend "
                         "and thread count write byte-identical files")
@@ -169,16 +170,17 @@ def build_parser() -> Parser:
     g = p.add_argument_group("checkpoints")
     g.add_argument("--checkpoint", metavar="PATH", default=None,
                    help="after every epoch, save everything needed to resume (weights, optimizer, random "
-                        "generators, metrics, settings) to PATH, atomically")
+                        "generators, metrics, settings) to PATH, atomically (its folder is created if missing)")
     g.add_argument("--resume", metavar="PATH", default=None,
                    help="continue the run saved in checkpoint PATH with its settings (give --epochs to train "
                         "longer); later epochs are saved to PATH too unless --checkpoint names another file")
     g.add_argument("--overwrite", action="store_true",
                    help="let --checkpoint and --save-model replace an existing fastcnn checkpoint or model "
                         "file (either), and --metrics a metrics file (refused otherwise, to protect earlier "
-                        "runs; other files are never replaced)")
+                        "runs; other files, links and devices are never replaced)")
     g.add_argument("--save-model", metavar="PATH", default=None,
-                   help="when training completes, save the model alone (for fastcnn-eval) to PATH")
+                   help="when training completes, save the model alone (for fastcnn-eval) to PATH (its folder is "
+                        "created if missing)")
     return p
 
 
