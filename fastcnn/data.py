@@ -12,7 +12,10 @@ A file counts whether it is gzipped (``train-images-idx3-ubyte.gz``) or not (``t
 gzip is recognised by its magic bytes, not by the name. If no folder holds the files, MNIST and
 Fashion-MNIST are downloaded into the cache from their mirrors, one file at a time, each to a temporary
 file that is verified and only then renamed into place, so an interrupted or corrupt download leaves
-nothing behind. Offline, point ``FASTCNN_DATA_DIR`` (or ``--data-dir``) at a folder with the files.
+nothing in use (a killed download's temporary file is removed by the next download into that folder
+once it is an hour old). A download stops as soon as its first bytes are neither gzip nor IDX (an
+HTML page, say) or it grows past what an IDX file may hold. Offline, point ``FASTCNN_DATA_DIR`` (or
+``--data-dir``) at a folder with the files.
 
 Checksums are SHA-256 digests of the *decompressed* IDX bytes, for MNIST and Fashion-MNIST alike, so
 the original downloads, copies re-gzipped by a distribution and raw (decompressed) copies are all
@@ -68,6 +71,8 @@ _DEFLATE_MAX_RATIO = 1032        # deflate expands at most ~1032:1, so a .gz of 
 _GZIP_MAGIC = b"\x1f\x8b"
 _IDX_UBYTE = 0x08
 _CHUNK = 1 << 20                 # read unit: small enough that Ctrl-C is honoured between chunks
+_MAX_DIMS = 32                   # IDX files hold 1-3; NumPy refuses more than 64
+_STALE_PART_SECONDS = 3600       # a download's temporary file not written for this long was left by a killed one
 
 
 class DataError(ValueError):
@@ -104,8 +109,8 @@ def _read_idx_stream(stream, path, stored_size: int, gz: bool, hasher=None) -> n
         raise DataError(f"{path}: unsupported IDX data type 0x{head[2]:02x} "
                         f"(only 0x{_IDX_UBYTE:02x} = unsigned byte is accepted)")
     ndim = head[3]
-    if ndim == 0:
-        raise DataError(f"{path}: bad magic number 0x{head.hex()}: zero dimensions")
+    if ndim == 0 or ndim > _MAX_DIMS:
+        raise DataError(f"{path}: bad magic number 0x{head.hex()}: {ndim} dimensions (not an IDX file?)")
     header_len = 4 + 4 * ndim
     raw_dims = _read_upto(stream, 4 * ndim)
     if len(raw_dims) < 4 * ndim:
@@ -361,8 +366,13 @@ def _download(url, dest, fspec, timeout):
     show = sys.stderr.isatty()
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            total, done = int(resp.headers.get("Content-Length") or 0), 0
+            length = resp.headers.get("Content-Length") or ""
+            total, done = int(length) if length.isdigit() else 0, 0
             while chunk := resp.read(_CHUNK):
+                if done == 0 and not chunk.startswith((_GZIP_MAGIC, b"\x00\x00")):
+                    raise DataError(f"{url}: not an IDX file, gzipped or raw (it starts with {chunk[:16]!r})")
+                if done + len(chunk) > MAX_IDX_BYTES + _CHUNK:
+                    raise DataError(f"{url}: refused: more than {MAX_IDX_BYTES} bytes, larger than an IDX file may be")
                 out.write(chunk)
                 done += len(chunk)
                 if show:
@@ -404,8 +414,24 @@ def _download_missing(spec, files, directory, timeout) -> tuple[list[str], bool]
     return failures, network
 
 
+def _remove_stale_parts(directory, name):
+    """Remove the temporary files of downloads of ``name`` into ``directory`` that were killed: those
+    not written for :data:`_STALE_PART_SECONDS` (a running download writes every chunk)."""
+    import time
+    for part in directory.glob(f".{name}.*.part"):
+        with contextlib.suppress(OSError):
+            if time.time() - part.stat().st_mtime > _STALE_PART_SECONDS:
+                part.unlink()
+
+
 def _download_each(spec, files, directory, timeout):
+    try:                                               # a local problem, not every mirror's
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        return [f"cannot write to {directory}: {exc.strerror or exc}"], False
     for fspec in files:
+        _remove_stale_parts(directory, fspec.name)
         if _locate(directory, fspec.name) is not None:
             continue
         reasons, network = [], True
@@ -533,7 +559,13 @@ def load_dataset(name="mnist", data_dir=None, download=True, verify=True, timeou
     loaded = {}
     for fspec in files:
         path = _locate(source, fspec.name)
-        arr, digest = _load_idx(path, fspec.algorithm if verify and fspec.digest else None)
+        try:
+            arr, digest = _load_idx(path, fspec.algorithm if verify and fspec.digest else None)
+        except DataError as exc:
+            if not in_cache:
+                raise
+            first, _, rest = str(exc).partition("\n")       # a damaged download: fetching it again fixes it
+            raise DataError(f"{first} ({fix})" + (f"\n{rest}" if rest else "")) from None
         if digest is not None:
             _check_digest(fspec, path, digest, fix)
         loaded[fspec.name] = (path, arr)

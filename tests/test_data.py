@@ -152,7 +152,8 @@ def corrupt(kind):
     good = idx_bytes(np.zeros((3, 4, 5), np.uint8))
     return {"truncated": good[:-7], "trailing": good + b"xyz", "type": good[:2] + b"\x0b" + good[3:],
             "first_bytes": b"\x01" + good[1:], "zero_ndim": b"\x00\x00\x08\x00",
-            "short_header": good[:9], "tiny": b"\x00\x00"}[kind]
+            "many_ndim": b"\x00\x00\x08\xff" + b"\x00\x00\x00\x01" * 255 + b"x", "short_header": good[:9],
+            "tiny": b"\x00\x00"}[kind]
 
 
 @pytest.mark.parametrize("kind, message", [
@@ -160,7 +161,8 @@ def corrupt(kind):
     ("trailing", r"trailing bytes: header says 3x4x5 = 60 bytes of data, found 63 \(3 extra\)"),
     ("type", r"unsupported IDX data type 0x0b \(only 0x08 = unsigned byte"),
     ("first_bytes", r"bad magic number 0x01000803: the first two bytes must be zero"),
-    ("zero_ndim", r"bad magic number 0x00000800: zero dimensions"),
+    ("zero_ndim", r"bad magic number 0x00000800: 0 dimensions \(not an IDX file\?\)"),
+    ("many_ndim", r"bad magic number 0x000008ff: 255 dimensions"),          # NumPy's ValueError escaped
     ("short_header", r"truncated header: 3 dimensions need 16 bytes, found 9"),
     ("tiny", r"too short for an IDX header \(2 bytes\)"),
 ])
@@ -533,6 +535,73 @@ def test_mirror_fallback(server, tmp_path):
     arrays = make_dataset(root / "good")
     ds = load_dataset(tiny_spec(arrays, [url + "missing/", url + "good/"]), cache_dir=tmp_path / "c", timeout=5)
     assert_loaded(ds, arrays)
+
+
+def test_a_mirror_serving_a_web_page_is_left_at_its_first_bytes(server, tmp_path):
+    root, url = server
+    arrays = make_dataset(root / "good")
+    (root / "portal").mkdir()
+    for name in NAMES:                     # a captive portal: the same page for every file, of any size
+        (root / "portal" / name).write_bytes(b"<html>" + b" " * (4 << 20))
+    ds = load_dataset(tiny_spec(arrays, [url + "portal/", url + "good/"]), cache_dir=tmp_path / "c", timeout=5)
+    assert_loaded(ds, arrays)
+    with pytest.raises(DataError, match=re.escape(f"{url}portal/{NAMES[0]}: not an IDX file, gzipped or raw "
+                                                  "(it starts with b'<html>")):
+        load_dataset(tiny_spec(arrays, [url + "portal/"]), cache_dir=tmp_path / "d", timeout=5)
+
+
+def test_a_bad_content_length_does_not_stop_the_download(tmp_path):
+    arrays = make_arrays()
+    blobs = {f"/{n}": gzip.compress(idx_bytes(a)) for n, a in zip(NAMES, arrays)}
+
+    class BadLength(SimpleHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "abc")
+            self.end_headers()
+            self.wfile.write(blobs[self.path])
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), BadLength)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+        assert_loaded(load_dataset(tiny_spec(arrays, [url]), cache_dir=tmp_path / "c", timeout=5), arrays)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def test_a_killed_downloads_temporary_file_is_removed_once_stale(server, tmp_path):
+    import os
+    import time
+    root, url = server
+    arrays = make_dataset(root)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale, fresh = cache / f".{NAMES[0]}.abcd1234.part", cache / f".{NAMES[1]}.abcd1234.part"
+    stale.write_bytes(b"x" * 1000)
+    fresh.write_bytes(b"x" * 1000)                  # perhaps another process's download in progress
+    old = time.time() - 2 * data._STALE_PART_SECONDS
+    os.utime(stale, (old, old))
+    assert_loaded(load_dataset(tiny_spec(arrays, [url]), cache_dir=cache, timeout=5), arrays)
+    assert not stale.exists() and fresh.exists()
+
+
+def test_a_damaged_file_in_the_cache_says_to_delete_it(server, tmp_path):
+    root, url = server
+    arrays = make_dataset(root)
+    cache = tmp_path / "cache"
+    load_dataset(tiny_spec(arrays, [url]), cache_dir=cache, timeout=5)
+    damaged = cache / NAMES[2]
+    damaged.write_bytes(damaged.read_bytes()[:-10])                 # a cut-off gzip stream
+    with pytest.raises(DataError, match=re.escape(str(damaged)) + r": .*\(delete it to download it again\)"):
+        load_dataset(tiny_spec(arrays, [url]), cache_dir=cache, timeout=5)
 
 
 def test_all_mirrors_404(server, tmp_path):
