@@ -223,6 +223,26 @@ def optimizer_info(optimizer):
     return {"name": type(optimizer).__name__.lower(), "hparams": hparams}
 
 
+def _check_rebuilds(model, model_kwargs):
+    """Raise ValueError unless ``mnist_cnn(**model_kwargs)`` builds ``model``'s architecture, as
+    :func:`build_model` will when the file is loaded: else a file is written that can never be read."""
+    from fastcnn.model import mnist_cnn
+
+    kwargs = {k: v for k, v in model_kwargs.items() if k != "backend"}
+    kwargs.setdefault("dtype", _model_dtype(model))
+    try:
+        rebuilt = architecture_of(mnist_cnn(**kwargs, backend="numpy"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"pass the keyword arguments the model was built with as model_kwargs: "
+                         f"mnist_cnn(**{kwargs}) fails: {exc}") from None
+    mine = architecture_of(model)
+    for what in ("layers", "params"):
+        if rebuilt[what] != mine[what]:
+            raise ValueError(f"pass the keyword arguments the model was built with as model_kwargs: "
+                             f"mnist_cnn(**{kwargs}) builds other {what} than the model, so the checkpoint could "
+                             "not be loaded")
+
+
 def _numba_threads():
     numba = sys.modules.get("numba")
     try:
@@ -241,7 +261,8 @@ def save_checkpoint(path, model, optimizer, *, epoch, history, config, rngs, mod
 
     ``epoch`` (completed epochs), ``history`` (list of per-epoch metric dicts), ``config`` (the run's
     settings) and ``extra`` must be JSON-serialisable (paths and numpy scalars are converted).
-    ``model_kwargs``: the :func:`~fastcnn.model.mnist_cnn` keyword arguments that rebuild the model.
+    ``model_kwargs``: the :func:`~fastcnn.model.mnist_cnn` keyword arguments that rebuild the model
+    (ValueError, before anything is written, when they build another architecture).
     ``threads``: recorded as-is; None records Numba's thread count if Numba is loaded.
     Returns the path written (a :class:`~pathlib.Path`)."""
     path = Path(path)
@@ -262,6 +283,7 @@ def save_checkpoint(path, model, optimizer, *, epoch, history, config, rngs, mod
             raise TypeError(f"rngs[{name!r}] must be a numpy Generator, got {type(gen).__name__}")
         rng_states[str(name)] = gen.bit_generator.state
     model_kwargs = {k: (np.dtype(v).name if k == "dtype" else v) for k, v in dict(model_kwargs or {}).items()}
+    _check_rebuilds(model, model_kwargs)
     header = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION,
         "architecture": architecture_of(model, model_kwargs),
@@ -484,7 +506,7 @@ def load_checkpoint(path) -> Checkpoint:
                        "the one stored in it")
     try:
         header = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:   # ValueError: JSON, or a 5000-digit number
         raise fail(f"malformed header: not valid UTF-8 JSON ({type(exc).__name__})") from None
     if not isinstance(header, dict):
         raise fail("malformed header: not a JSON object")

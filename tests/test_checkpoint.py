@@ -412,6 +412,24 @@ def test_any_header_edit_is_refused(trained, tmp_path, name, edit):
                                "does not match the one stored in it")
 
 
+def test_a_forged_header_with_a_huge_number_is_refused(trained, tmp_path):
+    # A rehashed header (as a forger would) whose number has more digits than Python converts.
+    dst = tmp_path / "forged.npz"
+    rewrite(trained[0], dst, raw_header=lambda b: b.replace(b'"epoch": ', b'"epoch": 1' + b"0" * 5000, 1),
+            rehash=True)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(dst)
+    assert str(info.value) == f"{dst}: malformed header: not valid UTF-8 JSON (ValueError)"
+
+
+def test_model_kwargs_that_cannot_rebuild_the_model_are_refused_before_writing(tmp_path):
+    model, _ = make(0)                                    # BatchNorm after each convolution
+    with pytest.raises(ValueError, match=r"^pass the keyword arguments the model was built with as model_kwargs: "
+                                         r"mnist_cnn\(\*\*\{'dtype': 'float32'\}\) builds other layers"):
+        save(tmp_path / "c.npz", model, None, {}, model_kwargs={})
+    assert not any(tmp_path.iterdir())
+
+
 def test_every_header_byte_is_covered(trained, tmp_path):
     """Flip one bit at 64 positions spread over the header (first and last byte included)."""
     with np.load(trained[0], allow_pickle=False) as z:
