@@ -108,8 +108,11 @@ def _decode(path: Path, ext: str) -> np.ndarray:
     # of the training command.
     from PIL import Image, ImageOps
 
-    with open(path, "rb") as f:
-        head = f.read(8)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:                             # unreadable, a socket, ...: one line like the rest
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if not head.startswith(_SIGNATURES[ext]):
         kind = "PNG" if ext == ".png" else "JPEG"
         raise InputError(f"{path}: not a {kind} image (bad signature)")
@@ -117,8 +120,12 @@ def _decode(path: Path, ext: str) -> np.ndarray:
         with Image.open(path) as opened:
             im = ImageOps.exif_transpose(opened)       # photos: turn them the way the camera was held
             if im.mode.startswith("I;16") or im.mode == "I":           # 16-bit grayscale
-                arr = np.asarray(im, dtype=np.float64) / 65535.0
-                return np.clip(arr, 0.0, 1.0)
+                raw = np.asarray(im, dtype=np.float64)
+                arr = np.clip(raw / 65535.0, 0.0, 1.0)
+                key = im.info.get("transparency")                   # one gray level marks transparent pixels
+                if isinstance(key, int):
+                    arr[raw == key] = 1.0
+                return arr
             if im.mode == "F":
                 return to_unit_float(np.asarray(im, dtype=np.float64), str(path))
             transparent = "A" in im.mode or "transparency" in im.info
@@ -158,6 +165,9 @@ def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> 
             arr = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise InputError(f"{path}: cannot read as a .npy array: {' '.join(str(exc).split())}") from None
+        except MemoryError:                            # a header declaring terabytes
+            raise InputError(f"{path}: cannot read as a .npy array: its header declares more data than fits in "
+                             "memory (damaged file?)") from None
         if not isinstance(arr, np.ndarray):
             raise InputError(f"{path}: not a .npy array")
         if arr.ndim == 3 and arr.shape[0] == 1:

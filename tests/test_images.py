@@ -107,6 +107,31 @@ def test_transparent_pixels_are_laid_over_white(tmp_path):
     assert img[0, 0] == 1.0 and img[15, 14] == 0.0
 
 
+def test_transparency_of_a_16_bit_grayscale_png_is_laid_over_white(tmp_path):
+    g16 = np.zeros((6, 6), np.uint16)
+    g16[2:4, 2:4] = 1000                                     # a dark mark; the rest is the transparent key 0
+    Image.fromarray(g16).save(tmp_path / "t16.png", transparency=0)
+    img = read_image(tmp_path / "t16.png")
+    assert img[0, 0] == 1.0 and img[2, 2] == pytest.approx(1000 / 65535)
+
+
+def test_a_file_that_cannot_be_opened_or_declares_terabytes_is_an_input_error(tmp_path):
+    import socket
+    sock = socket.socket(socket.AF_UNIX)                     # opening a socket fails (ENXIO), as no permission would
+    try:
+        sock.bind(str(tmp_path / "sock.png"))
+        with pytest.raises(InputError, match=r"sock\.png: cannot read: "):
+            read_image(tmp_path / "sock.png")
+    finally:
+        sock.close()
+    header = "{'descr': '|u1', 'fortran_order': False, 'shape': (10000000, 10000000), }"
+    header = header.ljust(117) + "\n"
+    (tmp_path / "huge.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode()
+                                        + b"x" * 16)
+    with pytest.raises(InputError, match=r"huge\.npy: cannot read as a \.npy array"):
+        read_image(tmp_path / "huge.npy")
+
+
 @pytest.mark.parametrize("name, content, why", [
     ("a.jpg", b"\x89PNG\r\n\x1a\n....", "not a JPEG image (bad signature)"),
     ("b.jpeg", b"\xff\xd8\xff\xe0 truncated", "cannot read JPEG"),
