@@ -35,6 +35,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -417,7 +418,6 @@ def _download_missing(spec, files, directory, timeout) -> tuple[list[str], bool]
 def _remove_stale_parts(directory, name):
     """Remove the temporary files of downloads of ``name`` into ``directory`` that were killed: those
     not written for :data:`_STALE_PART_SECONDS` (a running download writes every chunk)."""
-    import time
     for part in directory.glob(f".{name}.*.part"):
         with contextlib.suppress(OSError):
             if time.time() - part.stat().st_mtime > _STALE_PART_SECONDS:
