@@ -223,13 +223,20 @@ def optimizer_info(optimizer):
     return {"name": type(optimizer).__name__.lower(), "hparams": hparams}
 
 
+def _rebuild_kwargs(model_kwargs, dtype) -> dict:
+    """The :func:`~fastcnn.model.mnist_cnn` arguments that rebuild a saved model: its ``model_kwargs``
+    without a backend (the loader picks its own), the saved dtype unless they name one."""
+    kwargs = {k: v for k, v in model_kwargs.items() if k != "backend"}
+    kwargs.setdefault("dtype", dtype)
+    return kwargs
+
+
 def _check_rebuilds(model, model_kwargs):
     """Raise ValueError unless ``mnist_cnn(**model_kwargs)`` builds ``model``'s architecture, as
     :func:`build_model` will when the file is loaded: else a file is written that can never be read."""
     from fastcnn.model import mnist_cnn
 
-    kwargs = {k: v for k, v in model_kwargs.items() if k != "backend"}
-    kwargs.setdefault("dtype", _model_dtype(model))
+    kwargs = _rebuild_kwargs(model_kwargs, _model_dtype(model))
     try:
         rebuilt = architecture_of(mnist_cnn(**kwargs, backend="numpy"))
     except (TypeError, ValueError) as exc:
@@ -657,9 +664,7 @@ def build_model(checkpoint, backend=None):
     from fastcnn.model import mnist_cnn
 
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    kwargs = dict(ckpt.model_kwargs)
-    kwargs.pop("backend", None)
-    kwargs.setdefault("dtype", ckpt.header["dtype"])
+    kwargs = _rebuild_kwargs(ckpt.model_kwargs, ckpt.header["dtype"])
     _check_network_size(kwargs, ckpt.arrays,                       # as mnist_cnn's defaults would build it
                         lambda why: CheckpointError(_one_line(f"{ckpt.path}: malformed header: {why}")))
     try:
