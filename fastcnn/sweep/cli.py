@@ -161,8 +161,9 @@ def _run(argv, say) -> int:
         say = _silent
     specs = _specs(args)
     out = Path(args.out).expanduser().resolve()
+    earlier = {spec.name: read_metrics(out / spec.name / METRICS_FILE) for spec in specs}
     for spec in specs:                          # a rerun may resume or skip its own runs, never replace others
-        doc = read_metrics(out / spec.name / METRICS_FILE)
+        doc = earlier[spec.name]
         diff = settings_diff(doc, spec.config, args.dataset, RESUME_KEYS) if doc is not None else []
         if diff:
             key, mine, theirs = diff[0]
@@ -185,7 +186,7 @@ def _run(argv, say) -> int:
         specs = [replace(s, config=replace(s.config, threads=cluster.threads)) for s in specs]
         todo = []
         for spec in specs:
-            doc = read_metrics(out / spec.name / METRICS_FILE)
+            doc = earlier[spec.name]
             if doc is not None and doc.get("status") == "completed" and same_settings(doc, spec.config, args.dataset):
                 records[spec.name] = {**record(spec, {"status": "completed", "document": doc}, out, args.dataset),
                                       "skipped": True}
