@@ -110,6 +110,11 @@ class Layer:
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         return self.forward(x, training)
 
+    def config(self) -> dict:
+        """The layer as plain JSON types: ``{"type": class name, **constructor arguments}``, which
+        :func:`fastcnn.architecture.layer_from_config` turns back into an equal layer (new weights)."""
+        return {"type": type(self).__name__}
+
     def _output(self, y: np.ndarray) -> np.ndarray:
         """Remember the shape and dtype of the output ``y`` forward returns, which backward's dy must have."""
         self._dy_spec = (y.shape, y.dtype)
@@ -195,6 +200,10 @@ class Conv2D(_BackendLayer):
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.need_input_grad = True
 
+    def config(self) -> dict:
+        return {**super().config(), "in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding)}
+
     def output_shape(self, H: int, W: int) -> IntPair:
         """(P, Q) of the output for an H x W input."""
         return conv_output_size(H, W, *self.kernel_size, self.stride, self.padding)
@@ -226,6 +235,9 @@ class _Pool2D(_BackendLayer):
         self.kernel_size = pair(kernel_size, "kernel_size", 1)
         self.stride = self.kernel_size if stride is None else pair(stride, "stride", 1)
         super().__init__(backend)
+
+    def config(self) -> dict:
+        return {**super().config(), "kernel_size": list(self.kernel_size), "stride": list(self.stride)}
 
     def _check(self, x: np.ndarray) -> None:
         _check_input(self, x, 4, "(N, C, H, W)")
@@ -290,6 +302,10 @@ class FusedLayer(_BackendLayer):
         super().set_backend(backend)
         for part in self.parts:
             part.set_backend(self.backend_name)
+
+    def config(self) -> dict:
+        raise TypeError(f"{type(self).__name__} has no config of its own: Sequential.config() lists the layers "
+                        f"it fuses")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(map(repr, self.parts))})"
@@ -401,6 +417,9 @@ class Dropout(Layer):
         self.rng = np.random.default_rng(0) if rng is None else rng
         self._mask = None
 
+    def config(self) -> dict:
+        return {**super().config(), "p": self.p}
+
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if not training or self._threshold == 0:
             self._mask = None
@@ -431,6 +450,9 @@ class Linear(Layer):
         w = rng.standard_normal((self.out_features, self.in_features)) * math.sqrt(1.0 / self.in_features)
         self.params = {"weight": w.astype(dtype), "bias": np.zeros(self.out_features, dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    def config(self) -> dict:
+        return {**super().config(), "in_features": self.in_features, "out_features": self.out_features}
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         _check_input(self, x, 2, f"(N, {self.in_features})")
@@ -473,6 +495,9 @@ class BatchNorm2D(Layer):
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.buffers = {"running_mean": np.zeros(C, dtype), "running_var": np.ones(C, dtype)}
         self._cache: tuple[np.ndarray, np.ndarray] | None = None
+
+    def config(self) -> dict:
+        return {**super().config(), "num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         _check_input(self, x, 4, f"(N, {self.num_features}, H, W)")

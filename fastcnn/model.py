@@ -8,17 +8,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fastcnn.architecture import layers_from_config
 from fastcnn.backend import blas_guard, resolve_backend_name
 from fastcnn.layers import (
-    BatchNorm2D,
     Conv2D,
     ConvReLUMaxPool2D,
-    Dropout,
-    Flatten,
     FusedLayer,
     Identity,
     Layer,
-    Linear,
     MaxPool2D,
     ReLU,
     ReLUMaxPool2D,
@@ -159,6 +156,21 @@ class Sequential:
             for key, w in layer.params.items():
                 yield f"{i}.{key}", w, layer.grads[key]
 
+    def config(self) -> list[dict]:
+        """The architecture as plain JSON types: one dict per layer as built (see
+        :mod:`fastcnn.architecture`). ``Sequential.from_config(model.config())`` builds the same network."""
+        return [layer.config() for layer in self.unfused_layers()]
+
+    @classmethod
+    def from_config(cls, config: object, *, seed: int = 0, dtype: npt.DTypeLike = np.float32,
+                    backend: str | None = None, fuse: bool = True,
+                    input_shape: Sequence[int] | None = None) -> Sequential:
+        """Build the network that ``config`` (a :meth:`config` list) describes, its weights drawn from
+        ``seed``; raises :class:`~fastcnn.architecture.ConfigError` naming the first bad layer."""
+        backend = resolve_backend_name(backend)
+        layers = layers_from_config(config, seed=seed, dtype=_float_dtype(dtype), backend=backend)
+        return cls(layers, backend=backend, fuse=fuse, input_shape=input_shape)
+
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Parameters and buffers by name (views of the live arrays)."""
         out = {}
@@ -230,17 +242,15 @@ def mnist_cnn(*, seed: int = 0, dropout: float = 0.5, batchnorm: bool = False, d
     if not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool) or image_size < 4:
         raise ValueError(f"images of {image_size}x{image_size} pixels are too small for this network: its two "
                          "2x2 max-poolings need at least 4x4 pixels (MNIST's are 28x28)")
-    dtype = _float_dtype(dtype)
-    init_seq, dropout_seq = np.random.SeedSequence(seed).spawn(2)
-    init_rng = np.random.default_rng(init_seq)
     side = image_size // 4
-    backend = resolve_backend_name(backend)
-    layers: list[Layer] = [Conv2D(in_channels, 32, 3, padding=1, rng=init_rng, dtype=dtype, backend=backend)]
-    layers += [BatchNorm2D(32, dtype=dtype)] if batchnorm else []
-    layers += [ReLU(backend=backend), MaxPool2D(2, backend=backend),
-               Conv2D(32, 64, 3, padding=1, rng=init_rng, dtype=dtype, backend=backend)]
-    layers += [BatchNorm2D(64, dtype=dtype)] if batchnorm else []
-    layers += [ReLU(backend=backend), MaxPool2D(2, backend=backend), Flatten(),
-               Dropout(dropout, rng=np.random.default_rng(dropout_seq)),
-               Linear(64 * side * side, num_classes, rng=init_rng, dtype=dtype)]
-    return Sequential(layers, backend=backend, fuse=fuse, input_shape=(in_channels, image_size, image_size))
+    config: list[dict] = [{"type": "Conv2D", "in_channels": in_channels, "out_channels": 32, "kernel_size": 3,
+                           "padding": 1}]
+    config += [{"type": "BatchNorm2D", "num_features": 32}] if batchnorm else []
+    config += [{"type": "ReLU"}, {"type": "MaxPool2D", "kernel_size": 2},
+               {"type": "Conv2D", "in_channels": 32, "out_channels": 64, "kernel_size": 3, "padding": 1}]
+    config += [{"type": "BatchNorm2D", "num_features": 64}] if batchnorm else []
+    config += [{"type": "ReLU"}, {"type": "MaxPool2D", "kernel_size": 2}, {"type": "Flatten"},
+               {"type": "Dropout", "p": dropout},
+               {"type": "Linear", "in_features": 64 * side * side, "out_features": num_classes}]
+    return Sequential.from_config(config, seed=seed, dtype=dtype, backend=backend, fuse=fuse,
+                                  input_shape=(in_channels, image_size, image_size))
