@@ -20,6 +20,8 @@ _EXPORTS = {
     "softmax_cross_entropy": "fastcnn.losses",
     **dict.fromkeys(("Sequential", "fuse", "mnist_cnn"), "fastcnn.model"),
     **dict.fromkeys(("DataError", "load_dataset", "load_mnist", "to_float"), "fastcnn.data"),
+    **dict.fromkeys(("save", "load"), "fastcnn.modelio"),
+    **dict.fromkeys(("lenet5", "cifar_cnn"), "fastcnn.zoo"),
     "SGD": "fastcnn.optim",
     "AdamW": "fastcnn.optim",
 }

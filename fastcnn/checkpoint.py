@@ -1,19 +1,20 @@
 """Checkpoints: one file with everything needed to resume a training run bit-identically, or to
 evaluate the trained model.
 
-File format (version 2)
+File format (version 3)
 -----------------------
 A plain, uncompressed ``.npz`` archive (a zip of ``.npy`` files, see :func:`numpy.savez`) holding:
 
 ``__header__``
     a 1-D ``uint8`` array: UTF-8 JSON text (an object) with the keys
 
-    ``format`` ``"fastcnn-checkpoint"`` and ``version`` ``2``;
-    ``architecture`` ``{"layers": [repr of each layer], "params": {name: {"shape": [...],
-        "dtype": "float32"}}, "model_kwargs": {...}}``: ``model_kwargs`` are the keyword arguments of
-        :func:`fastcnn.model.mnist_cnn` that rebuild the network (e.g. ``{"dropout": 0.5,
-        "batchnorm": false, "dtype": "float32"}``);
+    ``format`` ``"fastcnn-checkpoint"`` and ``version`` ``3``;
+    ``architecture`` ``{"config": [...], "input_shape": [C, H, W] or null, "params": {name:
+        {"shape": [...], "dtype": "float32"}}}``: ``config`` is :meth:`fastcnn.model.Sequential.config`
+        (one ``{"type": ..., **arguments}`` object per layer), which rebuilds the network;
     ``dtype`` the model's floating-point type (``"float32"`` or ``"float64"``);
+    ``data`` facts about the data the model takes (an object, e.g. normalisation and class names:
+        :attr:`fastcnn.model.Sequential.data`);
     ``optimizer`` ``null`` (model only) or ``{"name": "sgd" | "adamw", "hparams": {...}, "t": steps}``;
     ``epoch`` the number of completed epochs; ``history`` a list of per-epoch metric dicts
         (non-finite floats are written as NaN/Infinity, which Python's ``json`` reads back);
@@ -43,7 +44,10 @@ Loading never unpickles anything (an archive holding an object array is refused)
 allocates more than the file holds: every member must be stored uncompressed and its ``.npy`` header
 must declare exactly the bytes the member holds, checked before an array is read. Then the content
 hash is checked, then every header field by type and range (sizes bounded before a model is built
-from them). Version 1 files (whose header the hash did not cover) are refused. Any other reader of
+from them; the parameter shapes the config implies must be the stored ones). Version 2 files
+(written before models described themselves: ``architecture`` held each layer's ``repr`` and the
+:func:`~fastcnn.model.mnist_cnn` arguments ``model_kwargs``) are read as the config those arguments
+build. Version 1 files (whose header the hash did not cover) are refused. Any other reader of
 ``.npz`` files (and any JSON parser) can read a checkpoint.
 
 Writes are atomic: the file is written to a temporary file in the same folder, flushed, fsynced and
@@ -68,6 +72,8 @@ import numpy as np
 
 from fastcnn._atomic import atomic_write
 from fastcnn._cli import versions
+from fastcnn.architecture import ConfigError, layers_from_config
+from fastcnn.summary import param_shapes
 
 __all__ = [
     "FORMAT_NAME",
@@ -86,7 +92,10 @@ __all__ = [
 ]
 
 FORMAT_NAME = "fastcnn-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: The oldest version still read (its architecture is converted, see the module docstring).
+_OLDEST_VERSION = 2
+_MAX_LAYERS = 10_000
 HEADER_KEY = "__header__"
 DIGEST_KEY = "__sha256__"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -96,7 +105,7 @@ _REQUIRED = {"format": str, "version": int, "architecture": dict, "dtype": str, 
 _FLOAT_DTYPES = ("float32", "float64")
 _MAX_ARRAYS = 10_000
 _MAX_EPOCHS = 10_000_000
-# Bounds of mnist_cnn's settings, checked before a model is built from a header.
+# Bounds of mnist_cnn's settings in version 2 headers, checked before their config is computed.
 _KWARG_RANGES = {"in_channels": (1, 4096), "image_size": (4, 1 << 16), "num_classes": (1, 1 << 20)}
 _METRIC_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_second",
                 "eval_seconds")
@@ -128,8 +137,20 @@ class Checkpoint:
         return self.header["config"]
 
     @property
-    def model_kwargs(self):
-        return self.header["architecture"].get("model_kwargs", {})
+    def model_config(self):
+        """The saved :meth:`~fastcnn.model.Sequential.config` (a list of layer dicts)."""
+        return self.header["architecture"]["config"]
+
+    @property
+    def input_shape(self):
+        """(C, H, W) of the images the model takes, or None when it was saved without one."""
+        shape = self.header["architecture"].get("input_shape")
+        return None if shape is None else tuple(shape)
+
+    @property
+    def data(self):
+        """The saved ``data`` object (facts about the model's input data; {} when none)."""
+        return self.header.get("data") or {}
 
     @property
     def params(self):
@@ -205,12 +226,13 @@ def _model_dtype(model):
     return dtypes.pop() if len(dtypes) == 1 else ",".join(sorted(dtypes))
 
 
-def architecture_of(model, model_kwargs=None):
-    """The architecture description stored in (and compared against) a checkpoint."""
-    return {"layers": [repr(layer) for layer in model.unfused_layers()],
+def architecture_of(model):
+    """The architecture stored in (and compared against) a checkpoint: the model's config, input
+    shape and parameter shapes."""
+    return {"config": model.config(),
+            "input_shape": None if model.input_shape is None else list(model.input_shape),
             "params": {name: {"shape": list(a.shape), "dtype": a.dtype.name}
-                       for name, a in model.state_arrays().items()},
-            "model_kwargs": dict(model_kwargs or {})}
+                       for name, a in model.state_arrays().items()}}
 
 
 def optimizer_info(optimizer):
@@ -223,33 +245,6 @@ def optimizer_info(optimizer):
     return {"name": type(optimizer).__name__.lower(), "hparams": hparams}
 
 
-def _rebuild_kwargs(model_kwargs, dtype) -> dict:
-    """The :func:`~fastcnn.model.mnist_cnn` arguments that rebuild a saved model: its ``model_kwargs``
-    without a backend (the loader picks its own), the saved dtype unless they name one."""
-    kwargs = {k: v for k, v in model_kwargs.items() if k != "backend"}
-    kwargs.setdefault("dtype", dtype)
-    return kwargs
-
-
-def _check_rebuilds(model, model_kwargs):
-    """Raise ValueError unless ``mnist_cnn(**model_kwargs)`` builds ``model``'s architecture, as
-    :func:`build_model` will when the file is loaded: else a file is written that can never be read."""
-    from fastcnn.model import mnist_cnn
-
-    kwargs = _rebuild_kwargs(model_kwargs, _model_dtype(model))
-    try:
-        rebuilt = architecture_of(mnist_cnn(**kwargs, backend="numpy"))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"pass the keyword arguments the model was built with as model_kwargs: "
-                         f"mnist_cnn(**{kwargs}) fails: {exc}") from None
-    mine = architecture_of(model)
-    for what in ("layers", "params"):
-        if rebuilt[what] != mine[what]:
-            raise ValueError(f"pass the keyword arguments the model was built with as model_kwargs: "
-                             f"mnist_cnn(**{kwargs}) builds other {what} than the model, so the checkpoint could "
-                             "not be loaded")
-
-
 def _numba_threads():
     numba = sys.modules.get("numba")
     try:
@@ -260,16 +255,16 @@ def _numba_threads():
 
 # ------------------------------------------------------------------------------------------ saving
 
-def save_checkpoint(path, model, optimizer, *, epoch, history, config, rngs, model_kwargs,
-                    extra=None, threads=None):
+def save_checkpoint(path, model, optimizer, *, epoch, history, config, rngs, extra=None, threads=None,
+                    data=None):
     """Write a checkpoint of ``model`` (params and buffers), ``optimizer`` (its state and
     hyper-parameters; None saves the model alone) and the generators ``rngs`` (name ->
     ``np.random.Generator``, e.g. ``{"shuffle": g, **model_rngs(model)}``) to ``path``, atomically.
 
     ``epoch`` (completed epochs), ``history`` (list of per-epoch metric dicts), ``config`` (the run's
     settings) and ``extra`` must be JSON-serialisable (paths and numpy scalars are converted).
-    ``model_kwargs``: the :func:`~fastcnn.model.mnist_cnn` keyword arguments that rebuild the model
-    (ValueError, before anything is written, when they build another architecture).
+    ``data``: facts about the model's input data (JSON object; default: ``model.data``).
+    Any :class:`~fastcnn.model.Sequential` of fastcnn's layers can be saved: its config rebuilds it.
     ``threads``: recorded as-is; None records Numba's thread count if Numba is loaded.
     Returns the path written (a :class:`~pathlib.Path`)."""
     path = Path(path)
@@ -289,12 +284,11 @@ def save_checkpoint(path, model, optimizer, *, epoch, history, config, rngs, mod
         if not isinstance(gen, np.random.Generator):
             raise TypeError(f"rngs[{name!r}] must be a numpy Generator, got {type(gen).__name__}")
         rng_states[str(name)] = gen.bit_generator.state
-    model_kwargs = {k: (np.dtype(v).name if k == "dtype" else v) for k, v in dict(model_kwargs or {}).items()}
-    _check_rebuilds(model, model_kwargs)
     header = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION,
-        "architecture": architecture_of(model, model_kwargs),
+        "architecture": architecture_of(model),
         "dtype": _model_dtype(model),
+        "data": dict(getattr(model, "data", {}) if data is None else data),
         "optimizer": opt_header,
         "epoch": int(epoch), "history": list(history or []), "config": dict(config or {}),
         "extra": dict(extra or {}), "rngs": rng_states,
@@ -407,26 +401,34 @@ def _validate_header(header, arrays, fail) -> None:
         if not isinstance(state, dict):
             raise bad(f"the state of random generator {name!r} is not an object")
 
+    if header.get("data") is not None and not isinstance(header["data"], dict):
+        raise bad("'data' is not an object")
     arch = header["architecture"]
-    if not (isinstance(arch.get("layers"), list) and all(isinstance(x, str) for x in arch["layers"])
-            and isinstance(arch.get("params"), dict) and isinstance(arch.get("model_kwargs", {}), dict)):
-        raise bad("architecture needs a 'layers' list of strings, a 'params' object and 'model_kwargs'")
+    if header["version"] == 2:
+        arch = header["architecture"] = _upgrade_architecture(arch, header["dtype"], bad)
+    config, shape = arch.get("config"), arch.get("input_shape")
+    if not (isinstance(config, list) and 0 < len(config) <= _MAX_LAYERS and isinstance(arch.get("params"), dict)):
+        raise bad(f"architecture needs a 'config' list of 1..{_MAX_LAYERS} layers and a 'params' object")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(d, 1, 1 << 16)
+                                                                                    for d in shape)):
+        raise bad(f"architecture 'input_shape' must be null or [C, H, W], got {shape!r:.40}")
     for name, info in arch["params"].items():
         shape = info.get("shape") if isinstance(info, dict) else None
         if not (isinstance(shape, list) and len(shape) <= 8 and all(_is_int(d, 0) for d in shape)
                 and info.get("dtype") in _FLOAT_DTYPES):
             raise bad(f"parameter {name!r} needs a 'shape' list and a float 'dtype'")
-    kwargs = arch.get("model_kwargs", {})
-    for key, (lo, hi) in _KWARG_RANGES.items():
-        if key in kwargs and not _is_int(kwargs[key], lo, hi):
-            raise bad(f"model setting {key}={kwargs[key]!r:.40} is not an integer in {lo}..{hi}")
-    if "dropout" in kwargs and not (_is_number(kwargs["dropout"]) and 0 <= kwargs["dropout"] < 1):
-        raise bad(f"model setting dropout={kwargs['dropout']!r:.40} is not a number in [0, 1)")
-    if "batchnorm" in kwargs and not isinstance(kwargs["batchnorm"], bool):
-        raise bad(f"model setting batchnorm={kwargs['batchnorm']!r:.40} is not true or false")
-    if "dtype" in kwargs and kwargs["dtype"] not in _FLOAT_DTYPES:
-        raise bad(f"model setting dtype={kwargs['dtype']!r:.40} is not one of {', '.join(_FLOAT_DTYPES)}")
-    _check_network_size(kwargs, arrays, bad, image_size=4)       # 4: the smallest, if unrecorded
+    try:
+        implied = param_shapes(config)
+    except ConfigError as exc:
+        raise bad(f"architecture: {exc}") from None
+    saved = {name: tuple(info["shape"]) for name, info in arch["params"].items()}
+    if implied != saved:
+        name = next(n for n in [*implied, *saved] if implied.get(n) != saved.get(n))
+        raise bad(f"architecture: its config implies parameter {name} of shape {implied.get(name)}, its params "
+                  f"say {saved.get(name)}")
+    if header["version"] == 2:        # as Sequential.config() writes it (pairs as lists, defaults filled in)
+        arch["config"] = [layer.config() for layer in layers_from_config(config, dtype=header["dtype"],
+                                                                         backend="numpy")]
     opt = header.get("optimizer")
     if opt is not None and not (isinstance(opt, dict) and isinstance(opt.get("name"), str)
                                 and isinstance(opt.get("hparams"), dict) and _is_int(opt.get("t"), 0)):
@@ -455,17 +457,29 @@ def _validate_header(header, arrays, fail) -> None:
                        f"{info['dtype']}{info['shape']}")
 
 
-def _check_network_size(kwargs, arrays, bad, image_size=28):
-    """Bound the network before anything builds it: mnist_cnn's classifier alone holds
-    64 * (image_size // 4)^2 * num_classes weights and its first convolution 32 * in_channels * 9, and a
-    genuine file stores them all. ``image_size``: the value assumed when ``kwargs`` has none."""
-    stored = sum(a.size for name, a in arrays.items() if name.startswith("param/"))
-    side = kwargs.get("image_size", image_size) // 4
-    needed = 64 * side * side * kwargs.get("num_classes", 10) + 32 * kwargs.get("in_channels", 1) * 9
-    if needed > stored:
-        settings = ", ".join(f"{k}={kwargs[k]}" for k in ("in_channels", "image_size", "num_classes") if k in kwargs)
-        raise bad(f"its model settings ({settings}) describe a network of at least {needed} weights, the file "
-                  f"stores {stored}")
+def _upgrade_architecture(arch, dtype, bad):
+    """A version 2 ``architecture`` (layer reprs and :func:`~fastcnn.model.mnist_cnn` arguments) as
+    version 3 has it: the config those arguments build, the input shape, the same params."""
+    from fastcnn.model import mnist_cnn_config
+
+    kwargs = arch.get("model_kwargs", {})
+    if not isinstance(arch.get("params"), dict) or not isinstance(kwargs, dict):
+        raise bad("architecture needs a 'params' object and 'model_kwargs'")
+    for key, (lo, hi) in _KWARG_RANGES.items():
+        if key in kwargs and not _is_int(kwargs[key], lo, hi):
+            raise bad(f"model setting {key}={kwargs[key]!r:.40} is not an integer in {lo}..{hi}")
+    if "dropout" in kwargs and not (_is_number(kwargs["dropout"]) and 0 <= kwargs["dropout"] < 1):
+        raise bad(f"model setting dropout={kwargs['dropout']!r:.40} is not a number in [0, 1)")
+    if "batchnorm" in kwargs and not isinstance(kwargs["batchnorm"], bool):
+        raise bad(f"model setting batchnorm={kwargs['batchnorm']!r:.40} is not true or false")
+    if kwargs.get("dtype", dtype) != dtype:
+        raise bad(f"model setting dtype={kwargs['dtype']!r:.40} is not the file's dtype {dtype}")
+    settings = {k: kwargs[k] for k in ("dropout", "batchnorm", "in_channels", "image_size", "num_classes")
+                if k in kwargs}
+    config = mnist_cnn_config(**settings)
+    side = settings.get("image_size", 28)
+    return {"config": config, "input_shape": [settings.get("in_channels", 1), side, side],
+            "params": arch["params"]}
 
 
 def load_checkpoint(path) -> Checkpoint:
@@ -525,7 +539,7 @@ def load_checkpoint(path) -> Checkpoint:
     if version > FORMAT_VERSION:
         raise fail(f"format version {version} is newer than this fastcnn supports ({FORMAT_VERSION}); "
                    "upgrade fastcnn")
-    if version < FORMAT_VERSION:
+    if version < _OLDEST_VERSION:
         raise fail(f"format version {version} is no longer read: its header is not covered by a checksum, "
                    "so it cannot be verified; train the model again")
     if digest is None:
@@ -541,18 +555,15 @@ def _check_model(ckpt, model, fail):
     model_dtype = _model_dtype(model)
     if ckpt.header["dtype"] != model_dtype:
         raise fail(f"dtype differs: checkpoint {ckpt.header['dtype']}, model {model_dtype}")
-    # Files written while fusion was a flag on the pool recorded it as "MaxPool2D(..., relu=True)".
-    saved_layers = [str(s).replace(", relu=True)", ")") for s in arch["layers"]]
-    layers = [repr(layer) for layer in model.unfused_layers()]
-    if saved_layers != layers:
-        for i, (a, b) in enumerate(zip(saved_layers, layers)):
+    saved_config, config = arch["config"], json.loads(json.dumps(model.config()))
+    if saved_config != config:
+        for i, (a, b) in enumerate(zip(saved_config, config)):
             if a != b:
-                where = f"at layer {i}: checkpoint has {a}, model has {b}"
+                where = f"at layer {i}: checkpoint has {_layer_text(a)}, model has {_layer_text(b)}"
                 break
         else:
-            where = f"in length: checkpoint has {len(saved_layers)} layers, model has {len(layers)}"
-        built = ", ".join(f"{k}={v}" for k, v in sorted(arch.get("model_kwargs", {}).items()))
-        raise fail(f"architecture differs {where}" + (f" (checkpoint built with {built})" if built else ""))
+            where = f"in length: checkpoint has {len(saved_config)} layers, model has {len(config)}"
+        raise fail(f"architecture differs {where}")
     live = model.state_arrays()
     saved = arch["params"]
     if set(saved) != set(live):
@@ -563,6 +574,14 @@ def _check_model(ckpt, model, fail):
             raise fail(f"architecture differs: parameter {name} is {s.dtype}{list(s.shape)} in the "
                        f"checkpoint, {a.dtype}{list(a.shape)} in the model")
     return live
+
+
+def _layer_text(entry):
+    """``Conv2D(in_channels=1, ...)`` for a config entry, for messages."""
+    if not isinstance(entry, dict):
+        return repr(entry)[:60]
+    args = ", ".join(f"{k}={v}" for k, v in entry.items() if k != "type")
+    return f"{entry.get('type')}({args})"
 
 
 def _check_optimizer(ckpt, optimizer, fail, check_hparams):
@@ -657,20 +676,18 @@ def restore(checkpoint, model, optimizer=None, rngs=None, *, check_hparams=True)
 
 
 def build_model(checkpoint, backend=None):
-    """Rebuild the network of ``checkpoint`` (a :class:`Checkpoint` or a path) with
-    :func:`~fastcnn.model.mnist_cnn` and its saved ``model_kwargs``, and restore its parameters and
-    buffers. ``backend`` is the one to run on (None: ``$FASTCNN_BACKEND`` or the default); the backend
-    the model was trained with is not reused, since both compute the same numbers."""
-    from fastcnn.model import mnist_cnn
+    """Rebuild the network of ``checkpoint`` (a :class:`Checkpoint` or a path) from its saved config
+    and restore its parameters, buffers and ``data``. ``backend`` is the one to run on (None:
+    ``$FASTCNN_BACKEND`` or the default); the backend the model was trained with is not reused,
+    since both compute the same numbers."""
+    from fastcnn.model import Sequential
 
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    kwargs = _rebuild_kwargs(ckpt.model_kwargs, ckpt.header["dtype"])
-    _check_network_size(kwargs, ckpt.arrays,                       # as mnist_cnn's defaults would build it
-                        lambda why: CheckpointError(_one_line(f"{ckpt.path}: malformed header: {why}")))
-    try:
-        model = mnist_cnn(**kwargs, backend=backend)
+    try:      # parameter shapes were checked against the stored arrays: the build is bounded by the file
+        model = Sequential.from_config(ckpt.model_config, dtype=ckpt.header["dtype"], backend=backend,
+                                       input_shape=ckpt.input_shape)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(_one_line(f"{ckpt.path}: cannot rebuild the model from {kwargs}: {exc}")) \
-            from None
+        raise CheckpointError(_one_line(f"{ckpt.path}: cannot rebuild the model from its config: {exc}")) from None
     restore(ckpt, model)
+    model.data = json.loads(json.dumps(ckpt.data))
     return model

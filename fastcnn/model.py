@@ -22,9 +22,10 @@ from fastcnn.layers import (
     _BackendLayer,
     _float_dtype,
 )
-from fastcnn.losses import softmax_cross_entropy
+from fastcnn.losses import log_softmax, softmax_cross_entropy
 from fastcnn.optim import Optimizer
 from fastcnn.profiling import Profile
+from fastcnn.summary import Summary, format_shape, walk
 
 
 def fuse_layers(layers: Sequence[Layer]) -> list[Layer]:
@@ -75,6 +76,9 @@ class Sequential:
         self.layers: list[Layer] = fuse_layers(layers) if fuse else layers
         #: (C, H, W) of one input image when known: checked by forward, named in its error.
         self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
+        #: What the model knows about its input data (e.g. normalisation, class names), plain JSON
+        #: types: saved in and loaded from a checkpoint's ``"data"`` object, otherwise not used here.
+        self.data: dict = {}
         #: The attached :class:`~fastcnn.profiling.Profile`, or None (see :meth:`start_profile`).
         self.profile: Profile | None = None
         self.set_backend(backend)
@@ -169,7 +173,10 @@ class Sequential:
         ``seed``; raises :class:`~fastcnn.architecture.ConfigError` naming the first bad layer."""
         backend = resolve_backend_name(backend)
         layers = layers_from_config(config, seed=seed, dtype=_float_dtype(dtype), backend=backend)
-        return cls(layers, backend=backend, fuse=fuse, input_shape=input_shape)
+        model = cls(layers, backend=backend, fuse=fuse, input_shape=input_shape)
+        if input_shape is not None:
+            walk(model.config(), model.input_shape, source=f"the input ({format_shape(model.input_shape)})")
+        return model
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Parameters and buffers by name (views of the live arrays)."""
@@ -178,6 +185,65 @@ class Sequential:
             out.update({f"{i}.{k}": v for k, v in layer.params.items()})
             out.update({f"{i}.{k}": v for k, v in layer.buffers.items()})
         return out
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter and buffer by name ('0.weight', '1.running_mean', ...)."""
+        return {name: a.copy() for name, a in self.state_arrays().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy ``state`` (name -> array, as :meth:`state_dict` gives) into the model. Names, shapes
+        and dtypes must match exactly and every value be finite; else ValueError naming the first
+        mismatch, and nothing is changed."""
+        if not isinstance(state, dict):
+            raise TypeError(f"load_state_dict needs a dict of arrays by name, got {type(state).__name__}")
+        live = self.state_arrays()
+        missing, unexpected = [k for k in live if k not in state], sorted(k for k in state if k not in live)
+        if missing or unexpected:
+            what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+            raise ValueError(f"state dict does not fit the model: {what} (the model has {', '.join(live)})")
+        for name, a in live.items():
+            value = state[name]
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"state dict entry {name!r} must be a numpy array, got {type(value).__name__}")
+            if value.shape != a.shape or value.dtype != a.dtype:
+                raise ValueError(f"state dict entry {name!r} is {value.dtype}{list(value.shape)}, the model's is "
+                                 f"{a.dtype}{list(a.shape)}")
+            if not np.isfinite(value).all():
+                raise ValueError(f"state dict entry {name!r} has NaN or infinite values")
+        for name, a in live.items():
+            a[...] = state[name]
+
+    def _outputs(self) -> int | None:
+        """Number of outputs (classes): the last Linear's ``out_features``, None without one."""
+        for layer in reversed(self.unfused_layers()):
+            if hasattr(layer, "out_features"):
+                return int(layer.out_features)
+        return None
+
+    def predict_proba(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        """Softmax probabilities (N, classes), float64, in evaluation mode, ``batch_size`` images at
+        a time (``x``: float images (N, C, H, W) as the model was trained on)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        out = [np.exp(log_softmax(np.asarray(self.forward(x[i:i + batch_size], training=False), np.float64)))
+               for i in range(0, len(x), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self._outputs() or 0))
+
+    def predict(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        """Predicted class (int64, (N,)) of each image of ``x``, in evaluation mode."""
+        return self.predict_proba(x, batch_size).argmax(axis=1).astype(np.int64)
+
+    def summary(self, input_shape: Sequence[int] | None = None, batch_size: int = 1) -> Summary:
+        """Per layer (as built): output shape, parameters, forward FLOPs per image, output bytes for
+        ``batch_size`` images; totals (see :mod:`fastcnn.summary`; ``str()`` of it is a table).
+        ``input_shape`` (C, H, W) defaults to the model's; ShapeError when it does not fit."""
+        shape = input_shape if input_shape is not None else self.input_shape
+        if shape is None:
+            raise ValueError("give summary an input_shape (C, H, W): the model was built without one")
+        dtype = next(iter(self.state_arrays().values()), np.zeros(0, np.float32)).dtype
+        rows = walk(self.config(), shape, batch_size=batch_size, itemsize=dtype.itemsize,
+                    source=f"the input ({format_shape(shape)})")
+        return Summary(tuple(int(d) for d in shape), batch_size, dtype.name, tuple(rows))
 
     @staticmethod
     def _check_batch(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -230,15 +296,9 @@ class Sequential:
         return f"Sequential(backend={self.backend_name!r}\n{inner}\n)"
 
 
-def mnist_cnn(*, seed: int = 0, dropout: float = 0.5, batchnorm: bool = False, dtype: npt.DTypeLike = np.float32,
-              backend: str | None = None, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
-              fuse: bool = True) -> Sequential:
-    """The MNIST network: Conv 1->32 3x3 pad 1, ReLU, MaxPool 2, Conv 32->64 3x3 pad 1, ReLU,
-    MaxPool 2, Flatten, Dropout(p), Linear 3136->10 (``batchnorm`` adds BatchNorm after each conv).
-    ``fuse``: as in :class:`Sequential`.
-
-    All randomness comes from ``seed``: one stream initialises the weights, another drives dropout.
-    """
+def mnist_cnn_config(*, dropout: float = 0.5, batchnorm: bool = False, in_channels: int = 1, image_size: int = 28,
+                     num_classes: int = 10) -> list[dict]:
+    """The config (:meth:`Sequential.config`) of :func:`mnist_cnn` with these settings."""
     if not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool) or image_size < 4:
         raise ValueError(f"images of {image_size}x{image_size} pixels are too small for this network: its two "
                          "2x2 max-poolings need at least 4x4 pixels (MNIST's are 28x28)")
@@ -252,5 +312,19 @@ def mnist_cnn(*, seed: int = 0, dropout: float = 0.5, batchnorm: bool = False, d
     config += [{"type": "ReLU"}, {"type": "MaxPool2D", "kernel_size": 2}, {"type": "Flatten"},
                {"type": "Dropout", "p": dropout},
                {"type": "Linear", "in_features": 64 * side * side, "out_features": num_classes}]
+    return config
+
+
+def mnist_cnn(*, seed: int = 0, dropout: float = 0.5, batchnorm: bool = False, dtype: npt.DTypeLike = np.float32,
+              backend: str | None = None, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
+              fuse: bool = True) -> Sequential:
+    """The MNIST network: Conv 1->32 3x3 pad 1, ReLU, MaxPool 2, Conv 32->64 3x3 pad 1, ReLU,
+    MaxPool 2, Flatten, Dropout(p), Linear 3136->10 (``batchnorm`` adds BatchNorm after each conv).
+    ``fuse``: as in :class:`Sequential`.
+
+    All randomness comes from ``seed``: one stream initialises the weights, another drives dropout.
+    """
+    config = mnist_cnn_config(dropout=dropout, batchnorm=batchnorm, in_channels=in_channels, image_size=image_size,
+                              num_classes=num_classes)
     return Sequential.from_config(config, seed=seed, dtype=dtype, backend=backend, fuse=fuse,
                                   input_shape=(in_channels, image_size, image_size))
