@@ -256,7 +256,7 @@ def _numba_threads():
 # ------------------------------------------------------------------------------------------ saving
 
 def save_checkpoint(path, model, optimizer, *, epoch, history, config, rngs, extra=None, threads=None,
-                    data=None):
+                    data=None, model_kwargs=None):
     """Write a checkpoint of ``model`` (params and buffers), ``optimizer`` (its state and
     hyper-parameters; None saves the model alone) and the generators ``rngs`` (name ->
     ``np.random.Generator``, e.g. ``{"shuffle": g, **model_rngs(model)}``) to ``path``, atomically.
@@ -264,7 +264,8 @@ def save_checkpoint(path, model, optimizer, *, epoch, history, config, rngs, ext
     ``epoch`` (completed epochs), ``history`` (list of per-epoch metric dicts), ``config`` (the run's
     settings) and ``extra`` must be JSON-serialisable (paths and numpy scalars are converted).
     ``data``: facts about the model's input data (JSON object; default: ``model.data``).
-    Any :class:`~fastcnn.model.Sequential` of fastcnn's layers can be saved: its config rebuilds it.
+    Any :class:`~fastcnn.model.Sequential` of fastcnn's layers can be saved: its config rebuilds it
+    (``model_kwargs``, which described mnist_cnn models before, is accepted for older callers and unused).
     ``threads``: recorded as-is; None records Numba's thread count if Numba is loaded.
     Returns the path written (a :class:`~pathlib.Path`)."""
     path = Path(path)

@@ -1,4 +1,5 @@
-"""``fastcnn-train`` (also ``python -m fastcnn``): train the MNIST CNN from the command line.
+"""``fastcnn-train`` (also ``python -m fastcnn``): train a CNN (``--model``, default the MNIST CNN)
+from the command line.
 
 Exit codes: 0 success, 1 runtime error (data, checkpoint, library or output-file problems), 2
 invalid arguments, 3 training diverged, 128 + the signal's number when stopped by a signal: 130
@@ -36,7 +37,7 @@ import sys
 import textwrap
 import threading
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 # Only light modules at the top: train_main installs the signal handlers before fastcnn.train,
@@ -69,6 +70,8 @@ _EPILOG = """\
 examples:
   fastcnn-train                                   # 5 epochs of AdamW on MNIST, plots in plots/
   fastcnn-train --epochs 1 --backend numpy --metrics out/metrics.json
+  fastcnn-train --model lenet5 --summary          # layer table: shapes, parameters, FLOPs, memory
+  fastcnn-train --model my_net.json --epochs 2    # any network of fastcnn's layers (docs/models.md)
   fastcnn-train --optimizer sgd --lr 0.05 --threads 2 --data-dir ~/data/mnist --no-download
   fastcnn-train --checkpoint run.npz --save-model model.npz   # Ctrl-C, then:
   fastcnn-train --resume run.npz                  # continues bit-identically
@@ -105,8 +108,8 @@ def build_parser() -> Parser:
     d = TrainConfig()
     p = Parser(
         prog=PROG,
-        description="Train the fastcnn MNIST CNN (conv 32 - pool - conv 64 - pool - dropout - linear)\n"
-                    "on the CPU: one line per epoch, loss and accuracy plots, optional JSON metrics.",
+        description="Train a fastcnn network (default: the MNIST CNN, conv 32 - pool - conv 64 - pool - dropout -\n"
+                    "linear) on the CPU: one line per epoch, loss and accuracy plots, optional JSON metrics.",
         epilog=_EPILOG, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=[*DATASETS, "custom"], default="mnist",
@@ -128,6 +131,10 @@ def build_parser() -> Parser:
     g.add_argument("--dtype", choices=DTYPES, default=d.dtype, help="floating-point type of weights and data")
 
     g = p.add_argument_group("training")
+    from fastcnn.zoo import MODELS
+    g.add_argument("--model", metavar="NAME|FILE", default=d.model,
+                   help=f"the network: {', '.join(MODELS)}, or a model file (JSON layer list, see docs/models.md, "
+                        f"or a checkpoint's architecture) (default: {d.model})")
     g.add_argument("--epochs", metavar="N", type=int_at_least(1), default=d.epochs, help="number of epochs")
     g.add_argument("--batch-size", metavar="N", type=int_at_least(1), default=d.batch_size,
                    help="training batch size (at most the number of training images)")
@@ -143,8 +150,9 @@ def build_parser() -> Parser:
     g.add_argument("--weight-decay", metavar="WD", type=float_in(0.0), default=None,
                    help=f"weight decay: decoupled for adamw, L2 for sgd (default: {wds})")
     g.add_argument("--dropout", metavar="P", type=float_in(0.0, 1.0), default=d.dropout,
-                   help="dropout probability before the final linear layer, 0 <= P < 1")
-    g.add_argument("--batchnorm", action="store_true", help="add batch normalisation after each convolution")
+                   help="mnist-cnn: dropout probability before the final linear layer, 0 <= P < 1")
+    g.add_argument("--batchnorm", action="store_true",
+                   help="mnist-cnn: add batch normalisation after each convolution")
     g.add_argument("--seed", metavar="N", type=int_at_least(0), default=d.seed,
                    help="seed of the weights, dropout and shuffling")
     g.add_argument("--diverge-factor", metavar="F", type=float_in(0.0), default=d.divergence_factor,
@@ -163,6 +171,9 @@ def build_parser() -> Parser:
                    help="leave wall-clock times out of --metrics, so that runs with the same seed, backend "
                         "and thread count write byte-identical files")
     g.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (no progress bar)")
+    g.add_argument("--summary", action="store_true",
+                   help="print the model's layers for the data (output shape, parameters, forward FLOPs per image, "
+                        "activation memory of a batch) and exit without training")
     g.add_argument("--profile", action="store_true",
                    help="after training, print the time of each layer's forward and backward and of the optimizer "
                         "step, in ms per batch and %% of the step (timing does not change results)")
@@ -201,8 +212,8 @@ _CONFIG_OPTIONS = {"divergence_factor": "diverge_factor", "divergence_window": "
 def make_config(args):
     """The resolved :class:`~fastcnn.train.TrainConfig` of parsed ``args`` (its ValueError: UsageError)."""
     from fastcnn.train import TrainConfig
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                      lr_schedule=args.lr_schedule, momentum=args.momentum, weight_decay=args.weight_decay,
+    cfg = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+                      lr=args.lr, lr_schedule=args.lr_schedule, momentum=args.momentum, weight_decay=args.weight_decay,
                       dropout=args.dropout, batchnorm=args.batchnorm, seed=args.seed, dtype=args.dtype,
                       backend=args.backend, threads=args.threads, limit_train=args.limit_train,
                       limit_test=args.limit_test, quiet=args.quiet, divergence_factor=args.diverge_factor,
@@ -569,7 +580,7 @@ class _Run:
         args, state = self.args, self.trainer.state
         self._write("--save-model", args.save_model, lambda: save_checkpoint(
             args.save_model, state.model, None, epoch=state.epoch, history=state.history,
-            config=asdict(self.config), rngs=None, model_kwargs=self.trainer.model_kwargs,
+            config=asdict(self.config), rngs=None,
             extra={"dataset": args.dataset, "data": self.trainer.data_info,
                    "source_dir": str(self.data.source_dir)}, threads=state.threads))
 
@@ -605,8 +616,8 @@ def _header(data, config, n_train, n_test) -> str:
     sched = "cosine to 0" if config.lr_schedule == "cosine" else "constant"
     epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
     first = f"{PROG}: {data.name} from {data.source_dir} ({n_train} train / {n_test} test images)"
-    second = (f"backend {config.backend}, {config.dtype}, {config.optimizer} lr {config.lr:g} ({sched}), "
-              f"batch {config.batch_size}, {epochs}")
+    second = (f"model {config.model}, backend {config.backend}, {config.dtype}, {config.optimizer} lr "
+              f"{config.lr:g} ({sched}), batch {config.batch_size}, {epochs}")
     width = max(40, shutil.get_terminal_size((120, 24)).columns - 1)
     lines = textwrap.wrap(first, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
     lines += textwrap.wrap(second, width, initial_indent="  ", subsequent_indent="  ", break_long_words=False)
@@ -637,7 +648,12 @@ def _run(argv, signals, console):
     if args.resume is not None:
         ckpt, config = _load_resume(args, argv, console)
     else:
+        if args.model != "mnist-cnn" and "dropout" in _explicit_options(argv, args):
+            raise UsageError(f"leave --dropout out: it sets the mnist-cnn model's dropout, not {args.model}'s "
+                             "(a model file sets each Dropout layer's p)")
         config = make_config(args)
+    if args.summary:
+        return _summary(args, config, ckpt, console)
     outputs = _Outputs(args)
     outputs.check()
     run = _Run(args, outputs)
@@ -650,11 +666,56 @@ def _run(argv, signals, console):
         outputs.release()
 
 
+def _model_of(config, ckpt):
+    """What Trainer builds the run's network from: None (``config.model``), or on resuming a model
+    that is not a built-in one, the checkpoint's own architecture (the model file may be gone)."""
+    from fastcnn.model import Sequential
+    from fastcnn.zoo import MODELS
+    if ckpt is None or config.model in MODELS:
+        return None
+    return Sequential.from_config(ckpt.model_config, seed=config.seed, dtype=config.dtype, backend=config.backend,
+                                  input_shape=ckpt.input_shape)
+
+
+def _trainer(config, data, ckpt, **kwargs):
+    """The run's Trainer; a network that does not fit the data (or a bad model file) is a UsageError."""
+    from fastcnn.architecture import ConfigError as ModelError
+    from fastcnn.train import ConfigError, Trainer
+    try:
+        return Trainer(config, data, model=_model_of(config, ckpt), **kwargs)
+    except ModelError as exc:
+        raise UsageError(str(exc)) from None
+    except ConfigError as exc:
+        raise _usage_from(exc) from None
+
+
+def _summary(args, config, ckpt, console):
+    """--summary: the model built for the data, as a table; nothing is trained or written."""
+    from fastcnn.data import load_dataset
+    data = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download, splits=("test",))
+    trainer = _trainer(replace(config, limit_train=1, limit_test=1, batch_size=1, warmup=False),
+                       _Split(data), ckpt)
+    model = trainer.state.model
+    console.out(f"{config.model} on {data.name} ({'x'.join(map(str, data.x_test.shape[1:]))} images, "
+                f"{trainer.num_classes} classes)")
+    console.out(str(model.summary(data.x_test.shape[1:], batch_size=config.batch_size)))
+    return EXIT_OK
+
+
+class _Split:
+    """A dataset whose training split is its test split: enough to build a model for --summary."""
+
+    def __init__(self, data):
+        self.name, self.x_train, self.y_train = data.name, data.x_test, data.y_test
+        self.x_test, self.y_test = data.x_test, data.y_test
+        self.num_classes = getattr(data, "num_classes", None)
+
+
 def _train(args, config, ckpt, run, signals, console):
     from fastcnn import train as train_module
     from fastcnn.cpumeter import CpuMeter
     from fastcnn.data import load_dataset
-    from fastcnn.train import Trainer, TrainingDiverged, TrainingInterrupted, format_epoch, step_memory_lower_bound
+    from fastcnn.train import TrainingDiverged, TrainingInterrupted, format_epoch, step_memory_lower_bound
     say = console.say
 
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download)
@@ -671,7 +732,7 @@ def _train(args, config, ckpt, run, signals, console):
         console.err(f"{PROG}: warning: --batch-size {config.batch_size} needs at least {need / 2**30:.1f} GiB per "
                     f"training step, more than half the {have / 2**30:.1f} GiB available; a smaller batch needs less")
 
-    trainer = Trainer(config, data, log=say)
+    trainer = _trainer(config, data, ckpt, log=say)
     run.data, run.trainer = data, trainer
     if ckpt is not None:
         notes = trainer.restore(ckpt)                  # CheckpointError: exit 1, nothing changed

@@ -24,7 +24,9 @@ digits were (:func:`fastcnn.images.prepare_digit`): grayscale, inverted when its
 (dark ink on paper; ``--invert`` / ``--no-invert`` force it), cropped to the digit, its strokes
 brought to MNIST's width, scaled to fit 20 x 20 keeping the aspect ratio, and centred in 28 x 28 by
 its centre of mass. ``--raw`` skips all that: the image must then be 28 x 28 already, a light digit
-on black (or use ``--invert``). ``--predict-grid PNG`` draws every prepared image, as the network
+on black (or use ``--invert``). Those sizes are MNIST's; a model of another input shape (C, H, W)
+gets H x H (the digit box scaled alike; non-square inputs need ``--raw`` and H x W images), the gray
+image repeated in each of its C channels. ``--predict-grid PNG`` draws every prepared image, as the network
 sees it, with its prediction. CHECKPOINT may come first or after the files.
 
 Errors (a missing, damaged or mismatched checkpoint, missing data, an unreadable image or one of the
@@ -58,7 +60,6 @@ from fastcnn.backend import BACKENDS
 from fastcnn.checkpoint import CheckpointError, build_model, load_checkpoint
 from fastcnn.data import DATASETS, DataError, DataWarning, dataset_spec, find_data_dir, load_dataset, to_float
 from fastcnn.images import IMAGE_SUFFIXES, InputError, border_level, prepare_digit, read_image
-from fastcnn.losses import log_softmax
 
 PROG = "fastcnn-eval"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -82,12 +83,8 @@ def normalise(images01, dtype):
 # --------------------------------------------------------------------------------------- evaluation
 
 def predict_proba(model, x, batch_size=1000):
-    """Softmax probabilities (N, classes), float64, of ``model`` in evaluation mode."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        logits = model.forward(x[i:i + batch_size], training=False)
-        out.append(np.exp(log_softmax(np.asarray(logits, np.float64))))
-    return np.concatenate(out) if out else np.zeros((0, 10))
+    """Softmax probabilities (N, classes), float64: :meth:`fastcnn.model.Sequential.predict_proba`."""
+    return model.predict_proba(x, batch_size)
 
 
 def evaluate_probs(probs, labels):
@@ -286,16 +283,14 @@ def _test_data_dir(args, ckpt, dataset):
     return None
 
 
-def _check_fits(data, ckpt):
+def _check_fits(data, model):
     """DataError (fix first) unless the test images and labels fit the model."""
-    kwargs = ckpt.model_kwargs
-    shape = (int(kwargs.get("in_channels", 1)), int(kwargs.get("image_size", 28)))
-    classes = int(kwargs.get("num_classes", 10))
+    from fastcnn.summary import ShapeError, check_input
     fix = f"pass --data-dir with the {data.name} test files the model was trained on"
-    _, c, h, w = data.x_test.shape
-    if (c, h, w) != (shape[0], shape[1], shape[1]):
-        raise DataError(f"{fix}: {data.source_dir} holds {h}x{w} test images, the model takes "
-                        f"{shape[1]}x{shape[1]}")
+    try:
+        classes = check_input(model, data.x_test.shape[1:], f"{data.source_dir}").output_shape[0]
+    except ShapeError as exc:
+        raise DataError(f"{fix}: {exc}") from None
     top = int(data.y_test.max())
     if top >= classes:
         raise DataError(f"{fix}: {data.source_dir} has test labels up to {top}, the model has {classes} "
@@ -313,13 +308,18 @@ def _note(args, background: float, inverted: bool) -> str:
     return "light background: inverted" if inverted else "dark background"
 
 
-def _predict(args, model, dtype, side, names) -> int:
+def _predict(args, model, dtype, shape, names) -> int:
     """Classify the ``--predict`` files, print one line per image, draw ``--predict-grid``; every
     unusable file is a one-line error, the others are still classified. Returns the exit status."""
     status, good, images, notes = 0, [], [], []
+    channels, height, width = shape
+    if height != width and not args.raw:
+        raise UsageError(f"add --raw and give {height}x{width} images: the model takes non-square images, which "
+                         "are not prepared as digits")
+    side = height
     for path in args.predict:
         try:
-            img = read_image(path, (side, side) if args.raw else None)
+            img = read_image(path, (height, width) if args.raw else None)
             if args.raw:
                 background, inverted = border_level(img), bool(args.invert)
                 img = 1.0 - img if inverted else img
@@ -336,7 +336,8 @@ def _predict(args, model, dtype, side, names) -> int:
         notes.append(_note(args, background, inverted))
     if not good:
         return status
-    probs = predict_proba(model, normalise(np.stack(images), dtype))
+    x = normalise(np.stack(images), dtype)
+    probs = model.predict_proba(np.repeat(x, channels, axis=1) if channels > 1 else x)
     for path, p, note in zip(good, probs, notes):
         k = int(p.argmax())
         write_line(f"{path}: {_class_label(k, names)} (p={p[k]:.2f}; {note})")
@@ -353,13 +354,13 @@ def _run(args):
     ckpt = load_checkpoint(args.checkpoint)
     model = build_model(ckpt, backend=args.backend)
     dtype = np.dtype(ckpt.header["dtype"])
-    side = int(ckpt.model_kwargs.get("image_size", 28))
+    shape = model.input_shape or (1, 28, 28)
     dataset = args.dataset or _trained_on(ckpt) or "mnist"
     names = dataset_spec(dataset).classes
     status = 0
 
     if args.predict:
-        status = _predict(args, model, dtype, side, names)
+        status = _predict(args, model, dtype, shape, names)
 
     if not wants_test(args):
         return status
@@ -369,11 +370,11 @@ def _run(args):
         data = load_dataset(dataset, data_dir=_test_data_dir(args, ckpt, dataset), splits=("test",))
     for warning in caught:
         write_line(f"{PROG}: warning: {warning.message}", sys.stderr)
-    _check_fits(data, ckpt)
+    _check_fits(data, model)
     x_raw, y = data.x_test, data.y_test
     if args.limit_test:
         x_raw, y = x_raw[:args.limit_test], y[:args.limit_test]
-    probs = predict_proba(model, to_float(x_raw, dtype))
+    probs = model.predict_proba(to_float(x_raw, dtype))
     loss, acc, pred, cm = evaluate_probs(probs, y)
     correct = int((pred == y).sum())
     write_line(f"test loss {loss:.4f}, accuracy {acc:.2%} ({correct}/{len(y)} correct) on {dataset} from "
@@ -403,6 +404,9 @@ def eval_main(argv=None):
         return exc.code if isinstance(exc.code, int) else 0
     try:
         return _run(args)
+    except UsageError as exc:
+        _err(exc)
+        return EXIT_USAGE
     except (CheckpointError, DataError, InputError) as exc:
         _err(exc)
     except OSError as exc:

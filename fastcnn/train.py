@@ -7,9 +7,15 @@ evaluation after each epoch, per-epoch metrics, and an optional learning-rate sc
     run = train(TrainConfig(epochs=3), load_dataset("mnist"))
     run.history[-1]["test_acc"]          # e.g. 0.99
 
+The model: ``config.model`` names it (``"mnist-cnn"``, the default, built for the data's channels,
+image size and classes; ``"lenet5"``, ``"cifar-cnn"``; or a model file, see :mod:`fastcnn.modelio`),
+or ``Trainer(config, data, model=...)`` takes a :class:`~fastcnn.model.Sequential` (or a config).
+The data's image shape is checked against the model before anything is compiled or trained
+(:class:`~fastcnn.summary.ShapeError`).
+
 Randomness: everything comes from ``config.seed``. ``np.random.SeedSequence(seed)`` is spawned
 into independent streams: the model's own (weight initialisation and dropout, see
-:func:`fastcnn.model.mnist_cnn`) and the epoch shuffle (:attr:`RunState.shuffle_rng`), so changing
+:func:`fastcnn.architecture.layers_from_config`) and the epoch shuffle (:attr:`RunState.shuffle_rng`), so changing
 e.g. the batch size never changes the initial weights, and the shuffle never touches dropout.
 
 Timing: ``seconds`` of an epoch is the training loop only (shuffle, batch gathering, train steps);
@@ -67,8 +73,9 @@ from fastcnn.checkpoint import Checkpoint, CheckpointError, load_checkpoint, mod
 from fastcnn.data import to_float
 from fastcnn.layers import DROPOUT_STEPS
 from fastcnn.losses import softmax_cross_entropy
-from fastcnn.model import mnist_cnn
+from fastcnn.model import Sequential, mnist_cnn
 from fastcnn.optim import SGD, AdamW
+from fastcnn.summary import ShapeError, check_input, format_shape
 
 __all__ = ["TrainConfig", "RunState", "Trainer", "train", "learning_rate", "OPTIMIZERS", "SCHEDULES",
            "DEFAULT_LR", "DEFAULT_WEIGHT_DECAY", "process_age_seconds", "TrainingDiverged",
@@ -87,7 +94,7 @@ DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "sgd": 0.0}
 DEFAULT_MOMENTUM = 0.9
 #: Settings a resumed run must share with its checkpoint: they change what is computed. The others
 #: (epochs, backend, threads, warmup, quiet) may differ; ``epochs`` may grow to train further.
-RESUME_KEYS = ("batch_size", "optimizer", "lr", "lr_schedule", "momentum", "weight_decay", "dropout",
+RESUME_KEYS = ("model", "batch_size", "optimizer", "lr", "lr_schedule", "momentum", "weight_decay", "dropout",
                "batchnorm", "seed", "dtype", "limit_train", "limit_test", "eval_batch_size")
 #: Per-epoch metrics that are wall-clock measurements (everything else in an epoch's metrics is a
 #: deterministic function of the seed, backend and thread count).
@@ -147,7 +154,10 @@ class TrainConfig:
     ``"constant"`` keeps ``lr``. ``limit_train`` / ``limit_test`` use the first N images of each
     split (all of them when N is larger). ``threads``: Numba worker threads for the numba backend
     (at most NUMBA_NUM_THREADS), BLAS threads for the numpy backend (at most the CPU count); None:
-    leave as is. ``divergence_factor`` / ``divergence_window``: see the module docstring."""
+    leave as is. ``divergence_factor`` / ``divergence_window``: see the module docstring.
+    ``model``: a built-in name or a model file (module docstring); ``dropout`` and ``batchnorm``
+    shape the mnist-cnn model only."""
+    model: str = "mnist-cnn"
     epochs: int = 5
     batch_size: int = 128
     optimizer: str = "adamw"
@@ -202,6 +212,11 @@ class TrainConfig:
                 hi_txt = "" if hi == math.inf else f" and {'<' if hi_open else '<='} {hi}"
                 raise ConfigError(name, f"{name} must be a number {lo_txt}{hi_txt}, got {v!r}")
 
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError("model", f"model must be a built-in name or a model file, got {self.model!r}")
+        if self.batchnorm and self.model != "mnist-cnn":
+            raise ConfigError("batchnorm", f"batchnorm adds BatchNorm to the mnist-cnn model only, not to "
+                                           f"{self.model}: leave it out (write BatchNorm2D layers into a model file)")
         integer("epochs", 1)
         integer("batch_size", 1)
         integer("eval_batch_size", 1)
@@ -339,16 +354,25 @@ class RunState:
         return out
 
 
-def _model_kwargs(config, in_channels, image_size, num_classes):
-    """The :func:`fastcnn.model.mnist_cnn` arguments (other than seed and backend) of the run's model,
-    as stored in its checkpoints."""
-    return {"dropout": config.dropout, "batchnorm": config.batchnorm, "dtype": str(config.dtype),
-            "in_channels": int(in_channels), "image_size": int(image_size), "num_classes": int(num_classes)}
-
-
-def _build_model(config, model_kwargs):
-    return mnist_cnn(seed=config.seed, backend=config.backend,
-                     **{**model_kwargs, "dtype": np.dtype(model_kwargs["dtype"])})
+def _build_model(config, model, image_shape, num_classes):
+    """The run's network: ``model`` (a Sequential, or a name/file/config for
+    :func:`fastcnn.modelio.build`), else ``config.model``; mnist-cnn is built for the data's
+    channels, image size and classes, with ``config.dropout`` and ``config.batchnorm``."""
+    if isinstance(model, Sequential):
+        model.set_backend(config.backend)
+        return model
+    spec = config.model if model is None else model
+    if spec == "mnist-cnn":
+        c, h, w = image_shape
+        if h != w:
+            raise ShapeError(f"the mnist-cnn model takes square images, the data has {h}x{w}: give --model a model "
+                             "file for them")
+        return mnist_cnn(seed=config.seed, backend=config.backend, dtype=np.dtype(config.dtype),
+                         dropout=config.dropout, batchnorm=config.batchnorm, in_channels=c, image_size=h,
+                         num_classes=num_classes)
+    from fastcnn.modelio import build
+    return build(spec, seed=config.seed, dtype=np.dtype(config.dtype), backend=config.backend,
+                 num_classes=num_classes)
 
 
 def data_fingerprint(*arrays):
@@ -445,10 +469,16 @@ class Trainer:
     ``data`` is a :class:`fastcnn.data.Dataset` (uint8 images (N, C, H, W), int labels); it is
     converted to floats of ``config.dtype`` once, here. ``log(str)`` receives the per-epoch lines
     (and nothing when ``config.quiet``); ``callbacks`` are called as ``cb(state, metrics)`` after
-    each epoch."""
+    each epoch. ``model``: the network to train (a :class:`~fastcnn.model.Sequential`, trained in
+    place, or a name, file or config; default: ``config.model``); :class:`~fastcnn.summary.ShapeError`
+    (a ValueError) when the data's images or classes do not fit it."""
 
-    def __init__(self, config: TrainConfig, data, *, log=print, callbacks=(), should_stop=None):
+    def __init__(self, config: TrainConfig, data, *, model=None, log=print, callbacks=(), should_stop=None):
         self._t_entry = time.perf_counter()
+        if isinstance(model, str):
+            config = replace(config, model=model)
+        elif model is not None and config.model == TrainConfig.model:
+            config = replace(config, model="custom")       # a network given as an object or a config
         config = config.resolved()
         self.config = config
         self.log = (lambda *a, **k: None) if config.quiet else log
@@ -462,8 +492,8 @@ class Trainer:
         n_test = len(data.x_test) if config.limit_test is None else min(config.limit_test, len(data.x_test))
         config.check_data(n_train, n_test)
         x_train = np.asarray(data.x_train[:n_train])
-        if x_train.ndim != 4 or x_train.shape[2] != x_train.shape[3]:
-            raise ValueError(f"training images must have shape (N, C, H, H), got {x_train.shape}")
+        if x_train.ndim != 4:
+            raise ValueError(f"training images must have shape (N, C, H, W), got {x_train.shape}")
         dtype = np.dtype(config.dtype)
         self.x_train, self.y_train = to_float(x_train, dtype), np.asarray(data.y_train[:n_train], np.int64)
         self.x_test = to_float(np.asarray(data.x_test[:n_test]), dtype)
@@ -474,8 +504,16 @@ class Trainer:
         self.data_info = {"name": getattr(data, "name", None), "train_images": n_train, "test_images": n_test,
                           "sha256": data_fingerprint(x_train, self.y_train, data.x_test[:n_test], self.y_test)}
 
-        self.model_kwargs = _model_kwargs(config, x_train.shape[1], x_train.shape[2], num_classes)
-        model = _build_model(config, self.model_kwargs)
+        model = _build_model(config, model, x_train.shape[1:], num_classes)
+        source = getattr(data, "name", None) or "the data"
+        last = check_input(model, x_train.shape[1:], source)
+        if last.output_shape != (last.output_shape[0],) or last.output_shape[0] < num_classes:
+            raise ShapeError(f"the model's last layer gives {format_shape(last.output_shape)} outputs, {source} has "
+                             f"{num_classes} classes: end the model with a Linear of {num_classes} out_features")
+        if any(a.dtype != np.dtype(config.dtype) for a in model.state_arrays().values()):
+            raise ConfigError("dtype", f"dtype is {config.dtype} but the model's weights are not: build it with "
+                                       f"dtype={config.dtype}")
+        self.num_classes = int(last.output_shape[0])
         optimizer = _build_optimizer(config, model)
         # mnist_cnn uses children 0 (init) and 1 (dropout) of SeedSequence(seed); the shuffle
         # takes child 2, an independent stream.
@@ -638,7 +676,7 @@ class Trainer:
         :mod:`fastcnn.checkpoint`); ``extra``: more JSON-ready facts for the header."""
         st = self.state
         return save_checkpoint(path, st.model, st.optimizer, epoch=st.epoch, history=st.history,
-                               config=self.config.to_dict(), rngs=self._rngs(), model_kwargs=self.model_kwargs,
+                               config=self.config.to_dict(), rngs=self._rngs(),
                                extra={"step": st.step, "steps_per_epoch": st.steps_per_epoch,
                                       "data": self.data_info, "start_loss": st.start_loss, **(extra or {})},
                                threads=st.threads)
@@ -662,7 +700,7 @@ class Trainer:
         start = ckpt.header["extra"].get("start_loss")
         # Checkpoints without it: the loss of a network that guesses uniformly, where training starts.
         st.start_loss = (float(start) if isinstance(start, (int, float)) and math.isfinite(start) and start > 0
-                         else math.log(self.model_kwargs["num_classes"]))
+                         else math.log(self.num_classes))
         if saved.get("epochs") != self.config.epochs and self.config.lr_schedule == "cosine":
             notes.append(f"the cosine learning-rate schedule is recomputed for {self.config.epochs} epochs "
                          f"(the checkpoint's run planned {saved.get('epochs')}), so the rate jumps to that "
@@ -689,7 +727,7 @@ def format_epoch(m, epochs):
 
 
 def train(config, data, *, log=print, callbacks=()):
-    """Train the MNIST CNN per ``config`` (a :class:`TrainConfig`) on ``data`` (a
+    """Train ``config.model`` per ``config`` (a :class:`TrainConfig`) on ``data`` (a
     :class:`fastcnn.data.Dataset`); returns the finished :class:`RunState` (``.model``,
     ``.history``, ``.summary()``). Raises ValueError for an invalid configuration."""
     return Trainer(config, data, log=log, callbacks=callbacks).run()
