@@ -74,3 +74,29 @@ def assert_one_error_line(stderr):
     lines = stderr.splitlines()
     assert len(lines) == 1, stderr
     assert lines[0].startswith("fastcnn-train: error: ") and len(lines[0]) > len("fastcnn-train: error: "), stderr
+
+
+def as_version_2(src, dst, model_kwargs, layer_reprs=None):
+    """Rewrite the checkpoint ``src`` into ``dst`` exactly as the previous format (version 2) stored
+    it: ``architecture`` holds each layer's ``repr`` (``layer_reprs``, default: the layers of the
+    saved config) and the :func:`~fastcnn.model.mnist_cnn` arguments ``model_kwargs``, no ``data``;
+    hashed as that version was."""
+    import json
+
+    from fastcnn.architecture import layers_from_config
+    from fastcnn.checkpoint import content_hash
+
+    with np.load(src, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(arrays.pop("__header__").tobytes())
+    arrays.pop("__sha256__")
+    arch = header["architecture"]
+    reprs = layer_reprs or [repr(layer) for layer in layers_from_config(arch["config"])]
+    header["architecture"] = {"layers": reprs, "params": arch["params"], "model_kwargs": dict(model_kwargs)}
+    header["version"] = 2
+    header.pop("data", None)
+    text = json.dumps(header, sort_keys=True).encode()
+    arrays["__sha256__"] = np.frombuffer(content_hash(text, arrays).encode(), np.uint8)
+    arrays["__header__"] = np.frombuffer(text, np.uint8)
+    np.savez(dst, **arrays)
+    return dst

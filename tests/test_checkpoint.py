@@ -22,6 +22,8 @@ from fastcnn.checkpoint import (
 from fastcnn.model import mnist_cnn
 from fastcnn.optim import SGD, AdamW
 
+from helpers import as_version_2
+
 KW = {"dropout": 0.5, "batchnorm": True, "dtype": "float32"}
 
 
@@ -61,7 +63,7 @@ def one_step(model, optimizer, seed=0, n=8):
 
 def save(path, model, optimizer, rngs, *, epoch=1, history=(), **kw):
     kwargs = {"epoch": epoch, "history": list(history), "config": {"lr": 1e-3, "batch_size": 16},
-              "rngs": rngs, "model_kwargs": kw.pop("model_kwargs", KW)}
+              "rngs": rngs}
     kwargs.update(kw)
     return save_checkpoint(path, model, optimizer, **kwargs)
 
@@ -118,10 +120,10 @@ def test_round_trip_restores_params_optimizer_and_rngs_exactly(saved):
     path, model, opt, rngs = saved
     ckpt = load_checkpoint(path)
     h = ckpt.header
-    assert (h["format"], h["version"], h["epoch"]) == ("fastcnn-checkpoint", 2, 1)
+    assert (h["format"], h["version"], h["epoch"]) == ("fastcnn-checkpoint", 3, 1)
     assert h["dtype"] == "float32" and h["backend"] == "numpy"
     assert h["optimizer"]["name"] == "adamw" and h["optimizer"]["t"] == 1
-    assert h["architecture"]["model_kwargs"] == KW
+    assert h["architecture"]["config"] == model.config() and h["architecture"]["input_shape"] == [1, 28, 28]
     assert h["history"] == [{"epoch": 1, "loss": 2.3}] and h["config"]["batch_size"] == 16
     assert set(h["versions"]) == {"python", "numpy", "numba", "fastcnn"}
     assert "param/1.running_mean" in ckpt.arrays and "optim/m/0.weight" in ckpt.arrays
@@ -197,7 +199,7 @@ def test_resume_is_bit_identical(tmp_path, opt_cls, batchnorm):
 
     model, opt, rngs = fresh(0)                              # 1 epoch, save, stop
     history = [_epoch(model, opt, rngs["shuffle"], x, y)]
-    path = save(tmp_path / "ck.npz", model, opt, rngs, history=history, model_kwargs=kw)
+    path = save(tmp_path / "ck.npz", model, opt, rngs, history=history)
     del model, opt, rngs
 
     model, opt, rngs = fresh(5)                              # new process: other seeds, then resume
@@ -252,7 +254,7 @@ def _damage_flip(src, dst):
     (lambda s, d: np.savez(d, a=np.zeros(3)), r"no __header__ array"),
     (lambda s, d: np.savez(d, __header__=np.frombuffer(b"{not json", np.uint8)), r"not valid UTF-8 JSON"),
     (lambda s, d: np.savez(d, __header__=np.zeros(3, np.float64)), r"malformed header: expected 1-D uint8"),
-    (lambda s, d: rewrite(s, d, header=lambda h: h.update(version=3), rehash=True), r"format version 3 is newer"),
+    (lambda s, d: rewrite(s, d, header=lambda h: h.update(version=4), rehash=True), r"format version 4 is newer"),
     (lambda s, d: rewrite(s, d, header=lambda h: h.update(version="1"), rehash=True), r"bad format version"),
     (lambda s, d: rewrite(s, d, header=lambda h: h.update(format="other"), rehash=True), r"not a fastcnn checkpoint"),
     (lambda s, d: rewrite(s, d, header=lambda h: h.pop("epoch"), rehash=True), r"'epoch' missing"),
@@ -301,7 +303,8 @@ def _with(make_optimizer, rngs=None):
 
 @pytest.mark.parametrize("build, message", [
     (lambda: (make(1, batchnorm=False)[0], None, {}),
-     r"architecture differs at layer 1: checkpoint has BatchNorm2D\(32\), model has ReLU\(\)"),
+     r"architecture differs at layer 1: checkpoint has BatchNorm2D\(eps=1e-05, momentum=0\.1, num_features=32\), "
+     r"model has ReLU\(\)"),
     (lambda: (make(1, dtype="float64")[0], None, {}), r"dtype differs: checkpoint float32, model float64"),
     (lambda: (make(1, dropout=0.25)[0], None, {}), r"Dropout\(p=0\.5\), model has Dropout\(p=0\.25\)"),
     (lambda: _with(lambda m: SGD(m)), r"optimizer differs: checkpoint adamw, run sgd"),
@@ -422,12 +425,18 @@ def test_a_forged_header_with_a_huge_number_is_refused(trained, tmp_path):
     assert str(info.value) == f"{dst}: malformed header: not valid UTF-8 JSON (ValueError)"
 
 
-def test_model_kwargs_that_cannot_rebuild_the_model_are_refused_before_writing(tmp_path):
-    model, _ = make(0)                                    # BatchNorm after each convolution
-    with pytest.raises(ValueError, match=r"^pass the keyword arguments the model was built with as model_kwargs: "
-                                         r"mnist_cnn\(\*\*\{'dtype': 'float32'\}\) builds other layers"):
-        save(tmp_path / "c.npz", model, None, {}, model_kwargs={})
-    assert not any(tmp_path.iterdir())
+def test_a_file_of_the_previous_format_loads_and_restores(trained, tmp_path):
+    path, model, opt, rngs = trained
+    old = load_checkpoint(as_version_2(path, tmp_path / "v2.npz", KW))
+    assert old.header["version"] == 2
+    assert old.model_config == model.config() and old.input_shape == (1, 28, 28)
+    rebuilt = build_model(old, backend="numpy")
+    x = np.random.default_rng(1).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_array_equal(rebuilt(x), model(x))
+    fresh, _ = make(seed=7)
+    fopt = AdamW(fresh, lr=1e-3)
+    restore(old, fresh, fopt, {"shuffle": np.random.default_rng(0), **model_rngs(fresh)})
+    assert_same(snapshot(fresh, fopt), snapshot(model, opt))
 
 
 def test_every_header_byte_is_covered(trained, tmp_path):
@@ -475,22 +484,21 @@ FORGED = [
     ("epoch-text", _set(("epoch",), "3"), r"'epoch' missing or not a int"),
     ("epoch-bool", _set(("epoch",), True), r"'epoch' missing or not a int"),
     ("dtype", _set(("dtype",), "float16"), r"'dtype' must be one of float32, float64, got 'float16'"),
-    ("num-classes-text", _set(("architecture", "model_kwargs", "num_classes"), "10"),
-     r"model setting num_classes='10' is not an integer in 1\.\.1048576"),
-    ("image-size-huge", _set(("architecture", "model_kwargs", "image_size"), 10**9),
-     r"model setting image_size=1000000000 is not an integer in 4\.\.65536"),
-    ("dropout", _set(("architecture", "model_kwargs", "dropout"), 1.5), r"dropout=1\.5 is not a number in \[0, 1\)"),
-    ("batchnorm", _set(("architecture", "model_kwargs", "batchnorm"), "yes"), r"batchnorm='yes' is not true or false"),
     ("lr-text", _set(("optimizer", "hparams", "lr"), "fast"), r"optimizer setting lr='fast' is not a finite number"),
     ("lr-nan", _set(("optimizer", "hparams", "lr"), float("nan")), r"optimizer setting lr=nan is not a finite"),
     ("optimizer-t", _set(("optimizer", "t"), -5), r"'optimizer' must be null or an object"),
     ("threads", _set(("threads",), 0), r"'threads' must be null or a thread count, got 0"),
     ("rng-state", _set(("rngs", "shuffle"), [1, 2]), r"the state of random generator 'shuffle' is not an object"),
     ("param-shape", _set(("architecture", "params", "0.weight", "shape"), [32, 1, 3, 4]),
-     r"damaged: parameter 0\.weight is float32\[32, 1, 3, 3\], the header says float32\[32, 1, 3, 4\]"),
+     r"its config implies parameter 0\.weight of shape \(32, 1, 3, 3\), its params say \(32, 1, 3, 4\)"),
     ("param-shape-text", _set(("architecture", "params", "0.weight", "shape"), "big"),
      r"parameter '0\.weight' needs a 'shape' list and a float 'dtype'"),
-    ("layers", _set(("architecture", "layers"), [1, 2]), r"architecture needs a 'layers' list of strings"),
+    ("config-junk", _set(("architecture", "config"), [1, 2]), r"architecture: write layer 0 as an object"),
+    ("config-empty", _set(("architecture", "config"), []), r"architecture needs a 'config' list of 1\.\.10000"),
+    ("config-bigger", _set(("architecture", "config", 10, "out_features"), 200_000),
+     r"its config implies parameter 10\.weight of shape \(200000, 3136\), its params say \(10, 3136\)"),
+    ("input-shape", _set(("architecture", "input_shape"), [1, 28]), r"'input_shape' must be null or \[C, H, W\]"),
+    ("data", _set(("data",), [1]), r"'data' is not an object"),
     ("deep-json", None, r"malformed header: not valid UTF-8 JSON \(RecursionError\)"),
 ]
 
@@ -508,16 +516,32 @@ def test_forged_header_fields_are_refused(trained, tmp_path, name, edit, message
     assert len(str(info.value)) < 200 + len(str(dst))
 
 
+FORGED_V2 = [
+    ("num-classes-text", {"num_classes": "10"}, r"model setting num_classes='10' is not an integer in 1\.\.1048576"),
+    ("image-size-huge", {"image_size": 10**9}, r"model setting image_size=1000000000 is not an integer in 4\.\.65536"),
+    ("dropout", {"dropout": 1.5}, r"dropout=1\.5 is not a number in \[0, 1\)"),
+    ("batchnorm", {"batchnorm": "yes"}, r"batchnorm='yes' is not true or false"),
+]
+
+
+@pytest.mark.parametrize("name, kwargs, message", FORGED_V2, ids=[f[0] for f in FORGED_V2])
+def test_forged_settings_of_previous_format_files_are_refused(trained, tmp_path, name, kwargs, message):
+    dst = as_version_2(trained[0], tmp_path / "forged.npz", {**KW, **kwargs})
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(dst)
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"{dst}: malformed header: ")
+
+
 def test_huge_num_classes_is_refused_before_anything_is_allocated(trained, tmp_path, monkeypatch):
-    dst = rewrite(trained[0], tmp_path / "forged.npz", rehash=True,
-                  header=_set(("architecture", "model_kwargs", "num_classes"), 200_000))
-    import fastcnn.model
+    dst = as_version_2(trained[0], tmp_path / "forged.npz", {**KW, "num_classes": 200_000})
+    import fastcnn.architecture
 
     def never(*a, **k):
         raise AssertionError("a model was built from the forged settings")
-    monkeypatch.setattr(fastcnn.model, "mnist_cnn", never)
-    message = (r"malformed header: its model settings \(num_classes=200000\) describe a network of at least "
-               r"12800288 weights, the file stores \d+")
+    monkeypatch.setattr(fastcnn.checkpoint, "layers_from_config", never)
+    monkeypatch.setattr(fastcnn.architecture, "layers_from_config", never)
+    message = (r"malformed header: architecture: its config implies parameter 10\.weight of shape \(200000, 3136\), "
+               r"its params say \(10, 3136\)")
     with pytest.raises(CheckpointError, match=message):     # in range for its type, bounded by the file
         load_checkpoint(dst)
     with pytest.raises(CheckpointError, match=message):

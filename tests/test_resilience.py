@@ -145,8 +145,7 @@ def test_restore_refuses_a_checkpoint_with_no_epoch_left(epochs, tmp_path):
 
 def test_restore_refuses_a_model_only_checkpoint(tmp_path):
     t = Trainer(config(), synthetic(96))
-    save_checkpoint(tmp_path / "m.npz", t.state.model, None, epoch=0, history=[], config={}, rngs=None,
-                    model_kwargs=t.model_kwargs)
+    save_checkpoint(tmp_path / "m.npz", t.state.model, None, epoch=0, history=[], config={}, rngs=None)
     with pytest.raises(CheckpointError, match="model only"):
         t.restore(tmp_path / "m.npz")
 
@@ -400,7 +399,7 @@ def damage_edit_the_architecture(path):
     with np.load(path) as npz:
         arrays = {k: npz[k] for k in npz.files}
     header = json.loads(arrays["__header__"].tobytes())
-    header["architecture"]["layers"][0] = header["architecture"]["layers"][0].replace("32", "16")
+    header["architecture"]["config"][0]["out_channels"] = 16
     arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     with open(path, "wb") as fh:
         np.savez(fh, **arrays)
