@@ -43,6 +43,7 @@ examples:
   fastcnn-sweep                                   # SGD with momentum vs AdamW, {DEFAULT_EPOCHS} epochs, into sweep/
   fastcnn-sweep --optimizer sgd,adamw --lr 0.01,0.002 --seed 0,1,2 --out lr-grid
   fastcnn-sweep --batchnorm off,on --dropout 0,0.5 --epochs 2 --limit-train 10000
+  fastcnn-sweep --model mnist-cnn,lenet5 --epochs 1 # compare networks (built-in names or model files)
   fastcnn-sweep --runs runs.toml                  # runs listed in a file (TOML or JSON)
   fastcnn-sweep --scheduler tcp://10.0.0.5:8786   # on an existing Dask cluster
 
@@ -63,8 +64,8 @@ exit codes: 0 all runs completed, 1 a run failed or diverged or the sweep could 
 
 def build_parser() -> Parser:
     p = Parser(prog=PROG, formatter_class=HelpFormatter, epilog=_EPILOG,
-               description="Train several fastcnn MNIST CNN configurations side by side on a Dask cluster (a\n"
-                           "local one by default) and compare them: summary table and plots.")
+               description="Train several fastcnn configurations (networks, optimizers, ...) side by side on a Dask\n"
+                           "cluster (a local one by default) and compare them: summary table and plots.")
     g = p.add_argument_group("runs (every option: one value or a comma-separated list)")
     for o in OPTIONS:
         g.add_argument(o.flag, metavar="LIST", default=None, help=o.help)

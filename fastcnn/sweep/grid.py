@@ -74,8 +74,23 @@ class Option:
 
 _D = TrainConfig                    # its class attributes are fastcnn-train's defaults
 
+
+def _model(text: str) -> str:
+    """A built-in model name, or a model file (as an absolute path, which every worker reads)."""
+    from fastcnn.modelio import ModelFileError, read_model_file
+    from fastcnn.zoo import MODELS
+    if text in MODELS:
+        return text
+    try:
+        read_model_file(text)
+    except (ModelFileError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return str(Path(text).resolve())
+
+
 #: The training options a sweep can vary, in the order run names list them.
 OPTIONS = (
+    Option("model", _model, f"networks: built-in names or model files (default: {_D.model})", "mnist-cnn,lenet5"),
     Option("optimizer", _choice(OPTIMIZERS),
            f"optimizers ({', '.join(OPTIMIZERS)}; default: {','.join(DEFAULT_OPTIMIZERS)})", "sgd,adamw"),
     Option("lr", float_in(0.0, lo_open=True), "peak learning rates (default: per optimizer, as fastcnn-train)",
@@ -230,6 +245,8 @@ def _part(field: str, value) -> str:
         return "bn" if value else "nobn"
     if field in ("optimizer", "lr_schedule", "dtype", "backend"):
         return str(value)
+    if field == "model":
+        return Path(value).stem if value.endswith((".json", ".npz")) else value
     if value is None:
         return f"{field.replace('_', '-')}-default"
     return f"{field.replace('_', '-')}{_fmt(value)}"
