@@ -4,6 +4,7 @@ one-line errors; Trainer and the commands on LeNet-5 and a model file."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -270,3 +271,42 @@ def test_lenet5_built_in_python_is_saved_evaluated_and_resumed(tmp_path, mnist_d
     resumed = load_checkpoint(ckpt)
     assert resumed.epoch == 2 and resumed.config["model"] == "custom"
     assert resumed.model_config == net.config()
+
+
+def test_the_documented_workflow_runs_as_written(tmp_path, mnist_dir):
+    import subprocess
+    import sys
+
+    from helpers import REPO, subprocess_env
+    text = (REPO / "docs" / "models.md").read_text(encoding="utf-8")
+    block = re.findall(r"^```python\n(.*?)^```$", text, re.DOTALL | re.MULTILINE)[0]
+    (tmp_path / "example.py").write_text(block, encoding="utf-8")
+    env = {**subprocess_env(), "FASTCNN_DATA_DIR": str(mnist_dir), "FASTCNN_BACKEND": "numpy"}
+    proc = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "61,706" in proc.stdout                                 # the summary's total parameters
+    m = re.search(r"^test accuracy (\d+\.\d\d)%$", proc.stdout, re.MULTILINE)
+    assert m and float(m.group(1)) >= 80.0, proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["example.py", "lenet.npz"]
+
+
+def test_predict_uses_the_models_input_shape_and_channels(tmp_path, capsys):
+    from fastcnn.evaluate import eval_main
+    model = fastcnn.cifar_cnn(seed=0, backend="numpy")              # 3x32x32 input
+    path = fastcnn.save(model, tmp_path / "cifar.npz")
+    image = np.zeros((45, 40))
+    image[8:38, 18:23] = 1.0                                       # a light stroke on black, any size
+    np.save(tmp_path / "one.npy", image)
+    assert eval_main([str(path), "--predict", str(tmp_path / "one.npy"), "--backend", "numpy"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert re.fullmatch(r".*one\.npy: digit \d \(p=[01]\.\d\d; dark background\)", line), line
+
+
+def test_sweep_runs_are_named_and_identified_by_their_model(tmp_path):
+    from fastcnn.sweep.grid import build_runs
+    (tmp_path / "net.json").write_text(json.dumps(lenet5().config()))
+    models = ["mnist-cnn", "lenet5", str((tmp_path / "net.json").resolve())]
+    runs = build_runs({"model": models, "optimizer": ["adamw"]})
+    assert [r.name for r in runs] == ["mnist-cnn", "lenet5", "net"]
+    assert [r.config.model for r in runs][:2] == ["mnist-cnn", "lenet5"]
