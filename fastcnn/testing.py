@@ -8,6 +8,7 @@ STAT_SIGMAS: how many standard deviations a seeded statistical check (dropout ra
 TRAINING: how closely the per-step losses of the same model, trained from the same seed on the same
 batches, must agree between the two backends (relative).
 LONG_FLOAT32: how closely a float32 result of a long chain of operations must match its exact value.
+EXPORT: how closely an exported model's outputs in another runtime (ONNX Runtime) must match fastcnn's.
 """
 from __future__ import annotations
 
@@ -50,6 +51,28 @@ TRAINING = {
 # in float64: rounding accumulates far beyond one op's, yet a skipped or altered step is off by
 # orders of magnitude more. The benchmarks check their own kernels with it before timing them.
 LONG_FLOAT32 = dict(rtol=1e-4)
+
+
+# EXPORT: an exported network run by ONNX Runtime against fastcnn's evaluation forward, both in float32.
+# Two independent implementations (their own convolution algorithms and summation orders) through a
+# chain of up to a dozen layers: the differences observed are ~1e-6 of the largest logit, and the
+# bound, relative to that largest logit, sits 100x above them. A wrong layout, padding, stride or
+# BatchNorm statistic moves logits by a sizeable fraction of their scale.
+EXPORT = dict(rtol=1e-4)
+
+
+def assert_export_agree(actual: np.ndarray, expected: np.ndarray, what: str = "exported output") -> None:
+    """Assert an exported model's output matches fastcnn's: same shape, and |actual - expected| <=
+    EXPORT rtol * max|expected| everywhere."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{what}: shape {actual.shape} != fastcnn's {expected.shape}")
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    worst = float(np.max(np.abs(actual.astype(np.float64) - expected))) if expected.size else 0.0
+    bound = EXPORT["rtol"] * scale
+    if not worst <= bound:
+        raise AssertionError(f"{what}: max abs error {worst:.3e} exceeds {bound:.3e} (rtol={EXPORT['rtol']}, "
+                             f"scale={scale:.3e})")
 
 
 def agreement_tolerance(dtype: npt.DTypeLike) -> tuple[float, float]:

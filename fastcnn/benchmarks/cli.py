@@ -73,6 +73,11 @@ def build_parser() -> Parser:
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="folder with the MNIST IDX files (default: $FASTCNN_DATA_DIR, then the cache, then a download)")
     p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
+    p.add_argument("--model", default=None, metavar="NAME|FILE",
+                   help="time this model instead: a built-in name (mnist-cnn, lenet5, cifar-cnn), a JSON model "
+                        "file or a checkpoint; its training step per backend (and PyTorch's with --compare torch) "
+                        "and per layer, on real MNIST for 1x28x28 input, random data of its input shape otherwise "
+                        "(no op tables, evaluation, thread scaling or charts)")
     return p
 
 
@@ -113,6 +118,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print_error(PROG, str(exc))
         return EXIT_ERROR
+    if args.model is not None:
+        return _model_main(args.model, settings)
     try:
         settings.out.mkdir(parents=True, exist_ok=True)
         results = run_benchmarks(settings)
@@ -132,6 +139,40 @@ def bench_main(argv: list[str] | None = None) -> int:
         msg = str(exc).splitlines()[0] if str(exc) else "a result disagrees with the reference"
         print_error(PROG, f"check against the NumPy reference failed: {msg}")
         return EXIT_ERROR
+    except Exception as exc:                                # noqa: BLE001 - one line, no traceback
+        print_error(PROG, str(exc) or type(exc).__name__)
+        return EXIT_ERROR
+
+
+def _model_main(model_arg: str, settings: Settings) -> int:
+    """``fastcnn-bench --model``: one model's training step and per-layer profile."""
+    from fastcnn._modelfile import resolve_model
+    from fastcnn.benchmarks.model_bench import format_model_report, run_model_benchmark
+    from fastcnn.benchmarks.run import _log
+    try:
+        name, model = resolve_model(model_arg)
+    except (OSError, ValueError) as exc:
+        print_error(PROG, f"--model {model_arg}: {exc}")
+        return EXIT_USAGE
+    try:
+        settings.out.mkdir(parents=True, exist_ok=True)
+        results = run_model_benchmark(settings, name, model, _log)
+        write_line(format_model_report(results))
+        write_line(f"wrote {write_json(results, settings.out / 'results.json')}")
+        return EXIT_OK
+    except TorchUnavailable as exc:
+        print_error(PROG, str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print_error(PROG, "interrupted")
+        return EXIT_INTERRUPTED
+    except AssertionError as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else "a result disagrees with the reference"
+        print_error(PROG, f"check against the NumPy reference failed: {msg}")
+        return EXIT_ERROR
+    except ValueError as exc:                               # a model that cannot be timed (no classes, no shape)
+        print_error(PROG, f"--model {model_arg}: {exc}")
+        return EXIT_USAGE
     except Exception as exc:                                # noqa: BLE001 - one line, no traceback
         print_error(PROG, str(exc) or type(exc).__name__)
         return EXIT_ERROR

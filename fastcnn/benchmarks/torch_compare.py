@@ -13,7 +13,6 @@ import numpy as np
 
 from fastcnn.benchmarks.measurement import make_trainer
 from fastcnn.benchmarks.workload import OpCase
-from fastcnn.layers import Conv2D, Dropout, Flatten, Linear, MaxPool2D, ReLU
 from fastcnn.testing import assert_agree, training_tolerance
 
 
@@ -63,35 +62,9 @@ class TorchSide:
 
     def mirror(self, model):
         """A torch ``nn.Sequential`` computing what ``model`` computes, with copies of its weights;
-        returns (module, [(fastcnn layer index, torch module with parameters)])."""
-        nn = self.torch.nn
-        modules, weighted = [], []
-        layers = model.unfused_layers()        # indices match model.layers: fused slots hold Identity
-        for index, part in enumerate(layers):
-            if isinstance(part, Conv2D):
-                m = nn.Conv2d(part.in_channels, part.out_channels, part.kernel_size, part.stride, part.padding)
-                modules.append(m)
-                weighted.append((index, m))
-            elif isinstance(part, Linear):
-                m = nn.Linear(part.in_features, part.out_features)
-                modules.append(m)
-                weighted.append((index, m))
-            elif isinstance(part, MaxPool2D):
-                modules.append(nn.MaxPool2d(part.kernel_size, part.stride))
-            elif isinstance(part, ReLU):
-                modules.append(nn.ReLU())
-            elif isinstance(part, Flatten):
-                modules.append(nn.Flatten())
-            elif isinstance(part, Dropout):
-                modules.append(nn.Dropout(part.p))
-            else:
-                raise ValueError(f"--compare torch cannot mirror layer {part!r} in PyTorch")
-        net = nn.Sequential(*modules)
-        with self.torch.no_grad():
-            for index, m in weighted:
-                layer = layers[index]
-                m.weight.copy_(self.torch.from_numpy(np.asarray(layer.params["weight"])))
-                m.bias.copy_(self.torch.from_numpy(np.asarray(layer.params["bias"])))
+        returns (module, [(layer index, torch module with parameters)])."""
+        net = torch_sequential(self.torch, model.config(), model)
+        weighted = [(index, m) for index, m in enumerate(net) if any(True for _ in m.parameters())]
         return net, weighted
 
     def _step_function(self, net, ours):
@@ -121,19 +94,65 @@ class TorchSide:
     def check_train_step(self, batch: tuple, seed: int = 0) -> None:
         """Raise AssertionError unless one PyTorch step (dropout off in both: the masks cannot be the
         same) gives the NumPy reference's loss and gradients, from the same weights and batch."""
+        self.check_step(*make_trainer("numpy", seed, dropout=0.0), batch)
+
+    def model_train_step(self, model, optimizer) -> Callable:
+        """A training-step function ``(x, y)`` of the torch twin of ``model`` (any fastcnn
+        Sequential), from its current weights, with PyTorch's AdamW set like ``optimizer``."""
+        net, _ = self.mirror(model)
+        net.train()
+        return self._step_function(net, optimizer)
+
+    def check_step(self, model, optimizer, batch: tuple) -> None:
+        """Raise AssertionError unless one step of ``model`` (dropout off: the masks cannot be the
+        same) and one of its torch twin from the same weights give the same loss and gradients
+        (``model`` takes the step: pass a copy)."""
         torch = self.torch
-        model, opt = make_trainer("numpy", seed, dropout=0.0)
         net, weighted = self.mirror(model)
+        net.train()
         x, y = batch
         logits = net(torch.from_numpy(x))
         loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(np.asarray(y, np.int64)))
         loss.backward()
-        ref_loss, _ = model.train_step(x, y, opt)
+        ref_loss, _ = model.train_step(x, y, optimizer)
         grads = {name: g for name, _, g in model.named_parameters()}
         rtol = training_tolerance(np.float32)
         got = loss.item()
         if not abs(got - ref_loss) <= rtol * abs(ref_loss):
             raise AssertionError(f"torch training step: loss {got:.7g} != reference {ref_loss:.7g}")
         for index, m in weighted:
-            for key, p in (("weight", m.weight), ("bias", m.bias)):
+            for key, p in m.named_parameters():
                 assert_agree(p.grad.numpy(), grads[f"{index}.{key}"], f"torch training step: gradient of {index}.{key}")
+
+
+def torch_sequential(torch, config: list[dict], model=None):
+    """The torch ``nn.Sequential`` that ``config`` (a :meth:`Sequential.config` list) describes, its
+    parameters and buffers loaded from ``model`` (a fastcnn Sequential) when given: the names and
+    layouts are those :func:`fastcnn.export.state_dict` writes, loaded with ``load_state_dict``."""
+    from fastcnn.export import state_dict
+    nn = torch.nn
+    modules = []
+    for index, e in enumerate(config):
+        kind = e["type"]
+        if kind == "Conv2D":
+            m = nn.Conv2d(e["in_channels"], e["out_channels"], tuple(e["kernel_size"]), tuple(e["stride"]),
+                          tuple(e["padding"]))
+        elif kind == "Linear":
+            m = nn.Linear(e["in_features"], e["out_features"])
+        elif kind == "BatchNorm2D":
+            m = nn.BatchNorm2d(e["num_features"], eps=e["eps"], momentum=e["momentum"])
+        elif kind in ("MaxPool2D", "AvgPool2D"):
+            m = (nn.MaxPool2d if kind == "MaxPool2D" else nn.AvgPool2d)(tuple(e["kernel_size"]), tuple(e["stride"]))
+        elif kind == "ReLU":
+            m = nn.ReLU()
+        elif kind == "Flatten":
+            m = nn.Flatten()
+        elif kind == "Dropout":
+            m = nn.Dropout(e["p"])
+        else:
+            raise ValueError(f"--compare torch cannot mirror layer {index} ({kind}) in PyTorch")
+        modules.append(m)
+    net = nn.Sequential(*modules)
+    if model is not None:
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict(model).items()})
+    return net
