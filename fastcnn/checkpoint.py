@@ -61,13 +61,19 @@ import math
 import os
 import sys
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fastcnn._atomic import atomic_write
 from fastcnn._cli import versions
+
+if TYPE_CHECKING:
+    from fastcnn.model import Sequential
+    from fastcnn.optim import Optimizer
 
 __all__ = [
     "FORMAT_NAME",
@@ -116,28 +122,28 @@ class Checkpoint:
     arrays: dict = field(repr=False)
 
     @property
-    def epoch(self):
+    def epoch(self) -> int:
         return self.header["epoch"]
 
     @property
-    def history(self):
+    def history(self) -> list[dict]:
         return self.header["history"]
 
     @property
-    def config(self):
+    def config(self) -> dict:
         return self.header["config"]
 
     @property
-    def model_kwargs(self):
+    def model_kwargs(self) -> dict:
         return self.header["architecture"].get("model_kwargs", {})
 
     @property
-    def params(self):
+    def params(self) -> dict[str, np.ndarray]:
         """``{name: array}`` of the model's parameters and buffers."""
         return {k[len("param/"):]: v for k, v in self.arrays.items() if k.startswith("param/")}
 
     @property
-    def optimizer_state(self):
+    def optimizer_state(self) -> dict | None:
         """The optimizer's ``state_dict()`` as saved (``t`` plus its arrays), or None."""
         if self.header.get("optimizer") is None:
             return None
@@ -178,14 +184,14 @@ def _hash_arrays(h, arrays):
     return h
 
 
-def payload_hash(arrays) -> str:
+def payload_hash(arrays: Mapping[str, np.ndarray]) -> str:
     """SHA-256 (hex) over ``arrays`` (name -> array), in sorted name order: for each array
     ``name NUL dtype.str NUL shape NUL`` (UTF-8, shape as a comma-separated list) then its C-order
     bytes."""
     return _hash_arrays(hashlib.sha256(), arrays).hexdigest()
 
 
-def content_hash(header_bytes: bytes, arrays) -> str:
+def content_hash(header_bytes: bytes, arrays: Mapping[str, np.ndarray]) -> str:
     """SHA-256 (hex) of a checkpoint's whole content: ``fastcnn-checkpoint NUL``, the header's length
     (8 bytes, big-endian) and bytes, then ``arrays`` as in :func:`payload_hash`."""
     h = hashlib.sha256(FORMAT_NAME.encode() + b"\0" + len(header_bytes).to_bytes(8, "big"))
@@ -193,7 +199,7 @@ def content_hash(header_bytes: bytes, arrays) -> str:
     return _hash_arrays(h, arrays).hexdigest()
 
 
-def model_rngs(model):
+def model_rngs(model: Sequential) -> dict[str, np.random.Generator]:
     """``{"dropout/<i>": layer.rng}`` for every layer of ``model`` that owns a random generator."""
     return {f"{type(layer).__name__.lower()}/{i}": layer.rng
             for i, layer in enumerate(model.layers) if isinstance(getattr(layer, "rng", None),
@@ -205,7 +211,7 @@ def _model_dtype(model):
     return dtypes.pop() if len(dtypes) == 1 else ",".join(sorted(dtypes))
 
 
-def architecture_of(model, model_kwargs=None):
+def architecture_of(model: Sequential, model_kwargs: Mapping[str, Any] | None = None) -> dict:
     """The architecture description stored in (and compared against) a checkpoint."""
     return {"layers": [repr(layer) for layer in model.unfused_layers()],
             "params": {name: {"shape": list(a.shape), "dtype": a.dtype.name}
@@ -213,7 +219,7 @@ def architecture_of(model, model_kwargs=None):
             "model_kwargs": dict(model_kwargs or {})}
 
 
-def optimizer_info(optimizer):
+def optimizer_info(optimizer: Optimizer) -> dict:
     """``{"name", "hparams"}`` of an optimizer (name: class name, lower case)."""
     hparams = {"lr": optimizer.lr}
     for key in ("momentum", "betas", "eps", "weight_decay"):
@@ -260,8 +266,10 @@ def _numba_threads():
 
 # ------------------------------------------------------------------------------------------ saving
 
-def save_checkpoint(path, model, optimizer, *, epoch, history, config, rngs, model_kwargs,
-                    extra=None, threads=None):
+def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optimizer | None, *, epoch: int,
+                    history: list[dict] | None, config: Mapping[str, Any] | None,
+                    rngs: Mapping[str, np.random.Generator] | None, model_kwargs: Mapping[str, Any] | None,
+                    extra: Mapping[str, Any] | None = None, threads: int | None = None) -> Path:
     """Write a checkpoint of ``model`` (params and buffers), ``optimizer`` (its state and
     hyper-parameters; None saves the model alone) and the generators ``rngs`` (name ->
     ``np.random.Generator``, e.g. ``{"shuffle": g, **model_rngs(model)}``) to ``path``, atomically.
@@ -468,7 +476,7 @@ def _check_network_size(kwargs, arrays, bad, image_size=28):
                   f"stores {stored}")
 
 
-def load_checkpoint(path) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read and verify a checkpoint file -> :class:`Checkpoint`.
 
     Raises :class:`CheckpointError` (one line, naming the file) for a missing or unreadable file,
@@ -608,7 +616,8 @@ def _check_rngs(ckpt, rngs, fail):
             raise fail(f"random generator {name!r} differs: checkpoint {got}, run {kind}")
 
 
-def restore(checkpoint, model, optimizer=None, rngs=None, *, check_hparams=True):
+def restore(checkpoint: Checkpoint | str | os.PathLike, model: Sequential, optimizer: Optimizer | None = None,
+            rngs: Mapping[str, np.random.Generator] | None = None, *, check_hparams: bool = True) -> list[str]:
     """Put the state of ``checkpoint`` (a :class:`Checkpoint` or a path) into ``model`` (params
     and BatchNorm buffers, copied in place), ``optimizer`` (its ``load_state_dict``) and ``rngs``
     (name -> Generator; each gets its saved ``bit_generator.state``).
@@ -656,7 +665,7 @@ def restore(checkpoint, model, optimizer=None, rngs=None, *, check_hparams=True)
     return notes
 
 
-def build_model(checkpoint, backend=None):
+def build_model(checkpoint: Checkpoint | str | os.PathLike, backend: str | None = None) -> Sequential:
     """Rebuild the network of ``checkpoint`` (a :class:`Checkpoint` or a path) with
     :func:`~fastcnn.model.mnist_cnn` and its saved ``model_kwargs``, and restore its parameters and
     buffers. ``backend`` is the one to run on (None: ``$FASTCNN_BACKEND`` or the default); the backend
