@@ -4,6 +4,8 @@ but not run (it needs a machine, a file or minutes the test does not have); a pa
 ``<!-- slow -->`` line trains, and its test is marked slow."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import re
 
 import pytest
@@ -38,3 +40,26 @@ def test_docs_python_blocks_run(name, tmp_path, monkeypatch):
     namespace = {"__name__": f"docs.{name}"}
     for i, code in enumerate(python_blocks((DOCS / name).read_text(encoding="utf-8")), 1):
         exec(compile(code, f"docs/{name} (python block {i})", "exec"), namespace)  # noqa: S102
+
+
+def _help_blocks() -> dict[str, str]:
+    text = (DOCS / "commands.md").read_text(encoding="utf-8")
+    return dict(re.findall(r"<!-- help: ([\w-]+) -->\n```text\n(.*?)^```$", text, re.DOTALL | re.MULTILINE))
+
+
+@pytest.mark.parametrize("command", ["fastcnn-train", "fastcnn-eval", "fastcnn-bench", "fastcnn-sweep"])
+def test_command_reference_shows_each_commands_current_options(command):
+    """The --help block of docs/commands.md names every option the parser has, and its usage line
+    none it lacks (python dev/gen_command_help.py rewrites the blocks)."""
+    spec = importlib.util.spec_from_file_location("gen_command_help", REPO / "dev" / "gen_command_help.py")
+    gen_command_help = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen_command_help)
+    block = _help_blocks().get(command)
+    assert block, f"docs/commands.md has no --help block for {command}"
+    parser = importlib.import_module(gen_command_help.PARSERS[command]).build_parser()
+    options = {s for action in parser._actions for s in action.option_strings if s.startswith("--")}
+    shown = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", block))
+    usage = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", block.split("\n\n", 1)[0]))
+    fix = "; run: python dev/gen_command_help.py"
+    assert options <= shown, f"{command} options missing from docs/commands.md: {sorted(options - shown)}{fix}"
+    assert usage <= options, f"docs/commands.md shows {command} options it lacks: {sorted(usage - options)}{fix}"
