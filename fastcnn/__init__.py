@@ -4,19 +4,17 @@ as a clear NumPy reference (:mod:`fastcnn.reference`) and as Numba-JIT parallel 
 
 The public names below are imported on first use (PEP 562), so ``import fastcnn.cli`` stays
 light: ``fastcnn-train`` installs its signal handlers before NumPy is imported, and a Ctrl-C in
-its first moments ends with one line, not a traceback."""
+its first moments ends with one line, not a traceback. Importing fastcnn changes nothing outside
+it: the commands tune glibc's malloc in their own processes (:func:`tune_malloc`, which a script
+may call too). The fusion internals (``FusedLayer``, ``Identity``) live in :mod:`fastcnn.layers`."""
 from importlib import import_module
-
-from fastcnn._memory import tune_malloc
 
 __version__ = "0.1.0"
 
-tune_malloc()
-
 _EXPORTS = {
     "get_backend": "fastcnn.backend",
-    **dict.fromkeys(("AvgPool2D", "BatchNorm2D", "Conv2D", "ConvReLUMaxPool2D", "Dropout", "Flatten", "FusedLayer",
-                     "Identity", "Layer", "Linear", "MaxPool2D", "ReLU", "ReLUMaxPool2D"), "fastcnn.layers"),
+    **dict.fromkeys(("AvgPool2D", "BatchNorm2D", "Conv2D", "ConvReLUMaxPool2D", "Dropout", "Flatten", "Layer",
+                     "Linear", "MaxPool2D", "ReLU", "ReLUMaxPool2D"), "fastcnn.layers"),
     "softmax_cross_entropy": "fastcnn.losses",
     **dict.fromkeys(("Sequential", "fuse", "mnist_cnn"), "fastcnn.model"),
     **dict.fromkeys(("DataError", "load_dataset", "load_mnist", "to_float"), "fastcnn.data"),
@@ -24,6 +22,11 @@ _EXPORTS = {
     **dict.fromkeys(("lenet5", "cifar_cnn"), "fastcnn.zoo"),
     "SGD": "fastcnn.optim",
     "AdamW": "fastcnn.optim",
+    **dict.fromkeys(("Trainer", "TrainConfig", "ConfigError", "TrainingDiverged", "TrainingInterrupted"),
+                    "fastcnn.train"),
+    **dict.fromkeys(("CheckpointError", "save_checkpoint", "load_checkpoint", "build_model"), "fastcnn.checkpoint"),
+    "InputError": "fastcnn.images",
+    "tune_malloc": "fastcnn._memory",
 }
 
 __all__ = list(_EXPORTS)

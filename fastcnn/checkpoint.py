@@ -65,8 +65,10 @@ import math
 import os
 import sys
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -74,6 +76,10 @@ from fastcnn._atomic import atomic_write
 from fastcnn._cli import versions
 from fastcnn.architecture import ConfigError, layers_from_config
 from fastcnn.summary import param_shapes
+
+if TYPE_CHECKING:
+    from fastcnn.model import Sequential
+    from fastcnn.optim import Optimizer
 
 __all__ = [
     "FORMAT_NAME",
@@ -125,40 +131,40 @@ class Checkpoint:
     arrays: dict = field(repr=False)
 
     @property
-    def epoch(self):
+    def epoch(self) -> int:
         return self.header["epoch"]
 
     @property
-    def history(self):
+    def history(self) -> list[dict]:
         return self.header["history"]
 
     @property
-    def config(self):
+    def config(self) -> dict:
         return self.header["config"]
 
     @property
-    def model_config(self):
+    def model_config(self) -> list[dict]:
         """The saved :meth:`~fastcnn.model.Sequential.config` (a list of layer dicts)."""
         return self.header["architecture"]["config"]
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> tuple[int, ...] | None:
         """(C, H, W) of the images the model takes, or None when it was saved without one."""
         shape = self.header["architecture"].get("input_shape")
         return None if shape is None else tuple(shape)
 
     @property
-    def data(self):
+    def data(self) -> dict:
         """The saved ``data`` object (facts about the model's input data; {} when none)."""
         return self.header.get("data") or {}
 
     @property
-    def params(self):
+    def params(self) -> dict[str, np.ndarray]:
         """``{name: array}`` of the model's parameters and buffers."""
         return {k[len("param/"):]: v for k, v in self.arrays.items() if k.startswith("param/")}
 
     @property
-    def optimizer_state(self):
+    def optimizer_state(self) -> dict | None:
         """The optimizer's ``state_dict()`` as saved (``t`` plus its arrays), or None."""
         if self.header.get("optimizer") is None:
             return None
@@ -199,14 +205,14 @@ def _hash_arrays(h, arrays):
     return h
 
 
-def payload_hash(arrays) -> str:
+def payload_hash(arrays: Mapping[str, np.ndarray]) -> str:
     """SHA-256 (hex) over ``arrays`` (name -> array), in sorted name order: for each array
     ``name NUL dtype.str NUL shape NUL`` (UTF-8, shape as a comma-separated list) then its C-order
     bytes."""
     return _hash_arrays(hashlib.sha256(), arrays).hexdigest()
 
 
-def content_hash(header_bytes: bytes, arrays) -> str:
+def content_hash(header_bytes: bytes, arrays: Mapping[str, np.ndarray]) -> str:
     """SHA-256 (hex) of a checkpoint's whole content: ``fastcnn-checkpoint NUL``, the header's length
     (8 bytes, big-endian) and bytes, then ``arrays`` as in :func:`payload_hash`."""
     h = hashlib.sha256(FORMAT_NAME.encode() + b"\0" + len(header_bytes).to_bytes(8, "big"))
@@ -214,7 +220,7 @@ def content_hash(header_bytes: bytes, arrays) -> str:
     return _hash_arrays(h, arrays).hexdigest()
 
 
-def model_rngs(model):
+def model_rngs(model: Sequential) -> dict[str, np.random.Generator]:
     """``{"dropout/<i>": layer.rng}`` for every layer of ``model`` that owns a random generator."""
     return {f"{type(layer).__name__.lower()}/{i}": layer.rng
             for i, layer in enumerate(model.layers) if isinstance(getattr(layer, "rng", None),
@@ -226,7 +232,7 @@ def _model_dtype(model):
     return dtypes.pop() if len(dtypes) == 1 else ",".join(sorted(dtypes))
 
 
-def architecture_of(model):
+def architecture_of(model: Sequential) -> dict:
     """The architecture stored in (and compared against) a checkpoint: the model's config, input
     shape and parameter shapes."""
     return {"config": model.config(),
@@ -235,7 +241,7 @@ def architecture_of(model):
                        for name, a in model.state_arrays().items()}}
 
 
-def optimizer_info(optimizer):
+def optimizer_info(optimizer: Optimizer) -> dict:
     """``{"name", "hparams"}`` of an optimizer (name: class name, lower case)."""
     hparams = {"lr": optimizer.lr}
     for key in ("momentum", "betas", "eps", "weight_decay"):
@@ -255,8 +261,11 @@ def _numba_threads():
 
 # ------------------------------------------------------------------------------------------ saving
 
-def save_checkpoint(path, model, optimizer, *, epoch, history, config, rngs, extra=None, threads=None,
-                    data=None, model_kwargs=None):
+def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optimizer | None, *, epoch: int,
+                    history: list[dict] | None, config: Mapping[str, Any] | None,
+                    rngs: Mapping[str, np.random.Generator] | None, extra: Mapping[str, Any] | None = None,
+                    threads: int | None = None, data: Mapping[str, Any] | None = None,
+                    model_kwargs: Mapping[str, Any] | None = None) -> Path:
     """Write a checkpoint of ``model`` (params and buffers), ``optimizer`` (its state and
     hyper-parameters; None saves the model alone) and the generators ``rngs`` (name ->
     ``np.random.Generator``, e.g. ``{"shuffle": g, **model_rngs(model)}``) to ``path``, atomically.
@@ -483,7 +492,7 @@ def _upgrade_architecture(arch, dtype, bad):
             "params": arch["params"]}
 
 
-def load_checkpoint(path) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read and verify a checkpoint file -> :class:`Checkpoint`.
 
     Raises :class:`CheckpointError` (one line, naming the file) for a missing or unreadable file,
@@ -628,7 +637,8 @@ def _check_rngs(ckpt, rngs, fail):
             raise fail(f"random generator {name!r} differs: checkpoint {got}, run {kind}")
 
 
-def restore(checkpoint, model, optimizer=None, rngs=None, *, check_hparams=True):
+def restore(checkpoint: Checkpoint | str | os.PathLike, model: Sequential, optimizer: Optimizer | None = None,
+            rngs: Mapping[str, np.random.Generator] | None = None, *, check_hparams: bool = True) -> list[str]:
     """Put the state of ``checkpoint`` (a :class:`Checkpoint` or a path) into ``model`` (params
     and BatchNorm buffers, copied in place), ``optimizer`` (its ``load_state_dict``) and ``rngs``
     (name -> Generator; each gets its saved ``bit_generator.state``).
@@ -676,7 +686,7 @@ def restore(checkpoint, model, optimizer=None, rngs=None, *, check_hparams=True)
     return notes
 
 
-def build_model(checkpoint, backend=None):
+def build_model(checkpoint: Checkpoint | str | os.PathLike, backend: str | None = None) -> Sequential:
     """Rebuild the network of ``checkpoint`` (a :class:`Checkpoint` or a path) from its saved config
     and restore its parameters, buffers and ``data``. ``backend`` is the one to run on (None:
     ``$FASTCNN_BACKEND`` or the default); the backend the model was trained with is not reused,

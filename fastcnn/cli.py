@@ -20,13 +20,13 @@ file or PNG) or an input of the run (the data files, the ``--resume`` file) is n
 an existing output of the same kind only with ``--overwrite`` (or, for ``--metrics`` and
 ``--save-model``, when ``--resume`` continues a run; plots are redrawn freely). Each output is
 locked (an advisory ``fcntl`` lock on a ``.<name>.lock`` file beside it, removed on exit) so two
-runs never write one file, and temporary files that a killed run left beside it are removed.
+runs never write one file, and temporary files that a killed run left beside it are removed. Where
+``fcntl`` is absent (Windows) the run goes on unlocked, after a one-line warning.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import re
@@ -310,7 +310,7 @@ class _Lock:
         self.path = target.parent / f".{target.name}.lock"
         self.fd = None
 
-    def acquire(self) -> None:
+    def acquire(self, fcntl) -> None:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -420,11 +420,20 @@ class _Outputs:
                 raise UsageError(f"choose another path: {option} {str(path)!r} is a data file this run reads "
                                  f"(in {source})")
 
-    def lock(self, say) -> None:
-        """Lock every output, then remove what killed runs left beside them."""
+    def lock(self, say, warn) -> None:
+        """Lock every output, then remove what killed runs left beside them.
+
+        Without ``fcntl`` (not POSIX) nothing is locked and nothing removed: a stale temporary file
+        cannot be told from one another run is writing."""
+        try:
+            import fcntl
+        except ImportError:
+            warn(f"{PROG}: warning: this platform has no fcntl, so outputs are not locked: run one {PROG} per "
+                 f"output file at a time")
+            return
         for path in [p for p, _ in self.targets.values()] + self.plots:
             lock = _Lock(path)
-            lock.acquire()
+            lock.acquire(fcntl)
             self.locks.append(lock)
             removed = remove_stale_temps(path)
             if removed:
@@ -660,7 +669,7 @@ def _run(argv, signals, console):
     run.config = config
     signals.run = run
     try:
-        outputs.lock(say)
+        outputs.lock(say, console.err)
         return _train(args, config, ckpt, run, signals, console)
     finally:
         outputs.release()
@@ -713,10 +722,12 @@ class _Split:
 
 def _train(args, config, ckpt, run, signals, console):
     from fastcnn import train as train_module
+    from fastcnn._memory import tune_malloc
     from fastcnn.cpumeter import CpuMeter
     from fastcnn.data import load_dataset
     from fastcnn.train import TrainingDiverged, TrainingInterrupted, format_epoch, step_memory_lower_bound
     say = console.say
+    tune_malloc()                              # the command's process only: importing fastcnn changes nothing
 
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download)
     run.outputs.check_inputs(data.source_dir)

@@ -56,6 +56,7 @@ from fastcnn._cli import (
     probe_writable,
     write_line,
 )
+from fastcnn._memory import tune_malloc
 from fastcnn.backend import BACKENDS
 from fastcnn.checkpoint import CheckpointError, build_model, load_checkpoint
 from fastcnn.data import DATASETS, DataError, DataWarning, dataset_spec, find_data_dir, load_dataset, to_float
@@ -351,6 +352,7 @@ def _predict(args, model, dtype, shape, names) -> int:
 
 def _run(args):
     """The command, given parsed arguments; returns the exit status."""
+    tune_malloc()
     ckpt = load_checkpoint(args.checkpoint)
     model = build_model(ckpt, backend=args.backend)
     dtype = np.dtype(ckpt.header["dtype"])

@@ -365,6 +365,7 @@ def test_runs_file_errors_name_the_entry(tmp_path, capsys):
     assert err.startswith(f"fastcnn-sweep: error: --runs '{path}': runs[1]: unknown option 'learning_rate'"), err
 
 
-def test_readme_documents_the_sweep():
-    text = (REPO / "README.md").read_text()
+def test_readme_and_docs_document_the_sweep():
+    assert "pip install 'fastcnn[sweep]'" in (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "sweep.md").read_text()
     assert "fastcnn-sweep" in text and "dask scheduler" in text and "dask worker" in text

@@ -19,6 +19,7 @@ from fastcnn._cli import (
     probe_writable,
     write_line,
 )
+from fastcnn._memory import tune_malloc
 from fastcnn.benchmarks.charts import plot_charts
 from fastcnn.benchmarks.measurement import MATMUL_N
 from fastcnn.benchmarks.report import format_report, write_json
@@ -122,6 +123,7 @@ def bench_main(argv: list[str] | None = None) -> int:
         return _model_main(args.model, settings)
     try:
         settings.out.mkdir(parents=True, exist_ok=True)
+        tune_malloc()                                       # as fastcnn-train does: the figures are its speed
         results = run_benchmarks(settings)
         write_line(format_report(results))
         written = [write_json(results, settings.out / "results.json")]

@@ -156,8 +156,23 @@ def _table(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def _require_dask() -> None:
+    """Dask distributed is the ``sweep`` extra, not a dependency of fastcnn: without it, one line that
+    names the install command (before any data is loaded or file touched)."""
+    import importlib.util
+    for module in ("dask", "distributed"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise UsageError(f"install the sweep extra: pip install 'fastcnn[sweep]' ({PROG} runs its runs on "
+                             f"Dask distributed, and {module!r} cannot be imported)")
+
+
 def _run(argv, say) -> int:
     args = build_parser().parse_args(argv)
+    _require_dask()
     if args.quiet:
         say = _silent
     specs = _specs(args)

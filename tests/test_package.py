@@ -1,0 +1,122 @@
+"""The package as a dependency: what ``import fastcnn`` exports and what it leaves alone, the
+commands on a platform without ``fcntl``, and ``fastcnn-sweep`` without its Dask extra."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import fastcnn
+import fastcnn._memory
+import fastcnn.checkpoint
+import fastcnn.cli
+import fastcnn.evaluate
+import fastcnn.layers
+import fastcnn.train
+
+from helpers import REPO, subprocess_env, write_custom_dataset
+
+
+def _python(code: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+# ------------------------------------------------------------------------------------- public API
+
+def test_the_package_exports_what_a_user_needs():
+    assert fastcnn.Trainer is fastcnn.train.Trainer and fastcnn.TrainConfig is fastcnn.train.TrainConfig
+    assert fastcnn.save_checkpoint is fastcnn.checkpoint.save_checkpoint
+    assert fastcnn.load_checkpoint is fastcnn.checkpoint.load_checkpoint
+    assert fastcnn.CheckpointError is fastcnn.checkpoint.CheckpointError
+    for name in ("DataError", "CheckpointError", "InputError", "ConfigError"):
+        assert issubclass(getattr(fastcnn, name), ValueError), name
+    needed = {"Trainer", "TrainConfig", "save_checkpoint", "load_checkpoint", "mnist_cnn", "AdamW"}
+    assert needed <= set(fastcnn.__all__)
+
+
+@pytest.mark.parametrize("name", ["FusedLayer", "Identity"])
+def test_fusion_internals_stay_in_the_layers_module(name):
+    assert name not in fastcnn.__all__
+    with pytest.raises(AttributeError):
+        getattr(fastcnn, name)
+    assert getattr(fastcnn.layers, name).__module__ == "fastcnn.layers"
+
+
+# ------------------------------------------------------------------------------- no side effects
+
+def test_import_fastcnn_leaves_malloc_alone(tmp_path):
+    """Importing the package, and every public name of it, calls no mallopt: only the commands do."""
+    code = ("import fastcnn, fastcnn._memory as m\n"
+            "assert not m._done, 'tuned on import'\n"
+            "for name in fastcnn.__all__:\n"
+            "    if name != 'tune_malloc':\n"
+            "        getattr(fastcnn, name)\n"
+            "assert not m._done, 'tuned by importing the public names'\n"
+            "print('untouched')\n")
+    proc = _python(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "untouched"
+
+
+def test_the_commands_tune_malloc_in_their_own_process(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(fastcnn._memory, "tune_malloc", lambda: calls.append("train"))
+    monkeypatch.setattr(fastcnn.evaluate, "tune_malloc", lambda: calls.append("eval"))
+    monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)
+    (tmp_path / "empty").mkdir()
+    assert fastcnn.cli.train_main(["--data-dir", str(tmp_path / "empty"), "--no-download"]) == 1
+    assert fastcnn.evaluate.eval_main([str(tmp_path / "missing.npz")]) == 1
+    assert calls == ["train", "eval"]
+    capsys.readouterr()
+
+
+# ------------------------------------------------------------------------------- without fcntl
+
+def test_fastcnn_train_imports_and_helps_without_fcntl(tmp_path):
+    code = ("import sys\n"
+            "sys.modules['fcntl'] = None          # as on Windows: import fcntl raises ImportError\n"
+            "from fastcnn.cli import train_main\n"
+            "sys.exit(train_main(['--help']))\n")
+    proc = _python(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "--checkpoint" in proc.stdout
+
+
+def test_without_fcntl_a_run_warns_once_and_writes_unlocked(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "fcntl", None)
+    data = write_custom_dataset(tmp_path / "data")
+    ckpt = tmp_path / "c.npz"
+    code = fastcnn.cli.train_main(["--dataset", "custom", "--data-dir", str(data), "--epochs", "1",
+                                   "--batch-size", "32", "--backend", "numpy", "--plots-dir", str(tmp_path / "p"),
+                                   "--checkpoint", str(ckpt)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert err.count("warning:") == 1 and "no fcntl" in err and "not locked" in err, err
+    assert fastcnn.checkpoint.load_checkpoint(ckpt).epoch == 1
+    assert not list(tmp_path.glob(".*.lock"))
+
+
+# ------------------------------------------------------------------------------- the sweep extra
+
+def test_dask_is_an_extra_not_a_dependency():
+    tomllib = pytest.importorskip("tomllib")                # Python 3.11+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert not [d for d in project["dependencies"] if d.startswith(("dask", "distributed"))]
+    assert any(d.startswith("dask[distributed]") for d in project["optional-dependencies"]["sweep"])
+    assert any(d.startswith("dask[distributed]") for d in project["optional-dependencies"]["test"])
+
+
+@pytest.mark.parametrize("hidden", ["distributed", "dask"])
+def test_fastcnn_sweep_without_dask_names_the_extra(hidden, tmp_path, monkeypatch, capsys):
+    from fastcnn.sweep.cli import sweep_main
+
+    monkeypatch.setitem(sys.modules, hidden, None)
+    assert sweep_main(["--help"]) == 0                     # the help needs no Dask
+    capsys.readouterr()
+    assert sweep_main(["--out", str(tmp_path / "sweep"), "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("fastcnn-sweep: error: install the sweep extra: pip install 'fastcnn[sweep]'"), err
+    assert not (tmp_path / "sweep").exists()
