@@ -48,15 +48,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 # ------------------------------------------------------------------------------ argument types
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer ``>= minimum``."""
+def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer ``>= minimum`` (and ``<= maximum`` when given)."""
     def parse(text):
         try:
             value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        except ValueError:                      # also a 5000-digit number (Python refuses to convert it)
+            raise argparse.ArgumentTypeError(f"expected an integer, got {str(text)[:40]!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
         return value
     parse.__name__ = "integer"
     return parse
