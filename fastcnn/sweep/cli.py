@@ -276,6 +276,8 @@ def _run(argv, say) -> int:
         check_data_dir(args.data_dir)
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir and args.scheduler is None \
         else args.data_dir
+    if args.scheduler is None:
+        _fetch_data(args.dataset, data_dir, not args.no_download)
     probe_writable(out, "--out")
     try:
         lock = FolderLock(out, LOCK_FILE, PROG).acquire()
@@ -309,8 +311,6 @@ def _sweep(args, argv, specs, out: Path, data_dir, signals, say) -> int:
         emit(msg) if bar is not None else write_line(msg, sys.stderr)
 
     signals.on_stop = on_stop
-    if args.scheduler is None:
-        _fetch_data(args.dataset, data_dir, not args.no_download)
     cluster = Cluster(scheduler=args.scheduler, workers=args.workers, threads_per_run=args.threads_per_run,
                       runs=len(specs), dashboard=args.dashboard)
     ended = "signal" if signals.received is not None else None

@@ -142,7 +142,7 @@ class Cluster:
                 warnings.filterwarnings("ignore", message=".*already in use.*")
                 cluster = LocalCluster(n_workers=self.slots, threads_per_worker=1, processes=True,
                                        host="127.0.0.1", dashboard_address=self.dashboard,
-                                       worker_dashboard_address=None, silence_logs=logging.ERROR)
+                                       worker_dashboard_address=None, silence_logs=logging.CRITICAL)
             self._stack.callback(cluster.close)
             self.address = cluster.scheduler_address
             self.client = Client(cluster)
