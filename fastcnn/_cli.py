@@ -133,6 +133,12 @@ def write_line(text: object = "", stream=None) -> None:
     stream = sys.stdout if stream is None else stream
     try:
         print(text, file=stream, flush=True)
+    except UnicodeEncodeError:
+        # A file name the terminal's encoding cannot show (PYTHONIOENCODING=ascii) is shown escaped,
+        # never dropped: only a closed pipe silences a stream.
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        safe = str(text).encode(encoding, "backslashreplace").decode(encoding, "replace")
+        write_line(safe, stream)
     except (BrokenPipeError, ValueError, OSError) as exc:
         if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError) and exc.errno != errno.EPIPE:
             raise
@@ -156,10 +162,7 @@ def print_error(prog: str, message, *, verbose: bool | None = None) -> None:
     text = f"{prog}: error: {' '.join(lines[0].split())}"
     if verbose and len(lines) > 1:
         text += "\n" + "\n".join("  " + line.strip() for line in lines[1:])
-    try:
-        print(text, file=sys.stderr, flush=True)
-    except (BrokenPipeError, ValueError):       # stderr closed: nothing left to tell
-        pass
+    write_line(text, sys.stderr)
 
 
 def versions() -> dict:

@@ -7,6 +7,8 @@
   and nothing can be swapped in between the check and the read.
 * :class:`FolderLock` is an advisory ``fcntl`` lock that one process at a time holds on an output
   folder (``fastcnn-sweep --out``): a second process is refused at once, naming the holder's pid.
+* :func:`check_output_file` refuses an output path that names one of the command's inputs, a link,
+  a device, or an existing file of another kind than the output (``fastcnn-eval``'s PNGs).
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["FolderBusy", "FolderLock", "InputFileError", "describe_mode", "open_input", "read_input"]
+__all__ = ["PNG_SIGNATURE", "FolderBusy", "FolderLock", "InputFileError", "OutputRefused", "check_output_file",
+           "describe_mode", "open_input", "read_input"]
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -124,3 +127,55 @@ class FolderLock:
             os.close(self.fd)
             self.fd = None
         return False
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class OutputRefused(ValueError):
+    """An output path names a file that must not be replaced; the message leads with the fix."""
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def check_output_file(path: str | os.PathLike, option: str, *, inputs=(), signature: bytes = PNG_SIGNATURE,
+                      kind: str = "PNG image") -> None:
+    """Refuse (:class:`OutputRefused`) an output ``path`` that would replace one of the command's
+    ``inputs`` (the same file, by any name or link), something other than a regular file (a link,
+    a device, a pipe), or an existing non-empty file that is not a ``kind`` (its first bytes are not
+    ``signature``): a command replaces only its own kind of output."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is not None:
+        for other in inputs:
+            try:
+                if _same_file(st, os.stat(other)):
+                    raise OutputRefused(f"choose another path: {option} {str(path)!r} is {str(other)!r}, an input of "
+                                        "this command")
+            except FileNotFoundError:
+                continue
+            except OSError:
+                continue
+    try:
+        lst = os.lstat(path)
+    except OSError:
+        return
+    if not stat.S_ISREG(lst.st_mode):
+        what = "a symbolic link" if stat.S_ISLNK(lst.st_mode) else describe_mode(lst.st_mode)
+        raise OutputRefused(f"choose another path: {option} {str(path)!r} is {what}, not a regular file, and is "
+                            "never replaced")
+    if lst.st_size == 0:
+        return
+    try:
+        with open_input(path) as fh:
+            head = fh.read(len(signature))
+    except InputFileError:
+        head = b""
+    if head != signature:
+        raise OutputRefused(f"choose another path: {option} {str(path)!r} exists and is not a {kind}; only a "
+                            f"{kind} written before is replaced")
