@@ -100,11 +100,30 @@ def resolve_backend_name(name: str | None = None) -> str:
     return name.lower()
 
 
+def check_numba_threads() -> None:
+    """``$NUMBA_NUM_THREADS``, when set, must be a thread count from 1 to the CPU count: Numba itself
+    fails later without naming the variable (0) or starts thousands of threads and runs many
+    times slower (9999). ValueError naming the variable otherwise."""
+    text = os.environ.get("NUMBA_NUM_THREADS")
+    if text is None or not text.strip():
+        return
+    cpus = os.cpu_count() or 1
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= cpus:
+        raise ValueError(f"set NUMBA_NUM_THREADS to a thread count from 1 to {cpus} (this machine's CPUs) or unset "
+                         f"it: it is {text[:20]!r}")
+
+
 def get_backend(name: str | None = None) -> Ops:
-    """The module implementing the op contract for ``name`` ('numpy' or 'numba')."""
+    """The module implementing the op contract for ``name`` ('numpy' or 'numba'); for numba,
+    ``$NUMBA_NUM_THREADS`` is checked first (:func:`check_numba_threads`)."""
     name = resolve_backend_name(name)
     if name == "numpy":
         return reference
+    check_numba_threads()
     # Lazy: importing the kernels imports numba, which a numpy-backend run never needs.
     from fastcnn import kernels
     return kernels
