@@ -100,21 +100,27 @@ def resolve_backend_name(name: str | None = None) -> str:
     return name.lower()
 
 
+def numba_threads_limit() -> int:
+    """The most Numba threads :func:`check_numba_threads` accepts: four per CPU, at least 8 (a few
+    more threads than cores is how tests compare thread counts on a small machine; thousands make
+    every parallel loop many times slower)."""
+    return max(8, 4 * (os.cpu_count() or 1))
+
+
 def check_numba_threads() -> None:
-    """``$NUMBA_NUM_THREADS``, when set, must be a thread count from 1 to the CPU count: Numba itself
-    fails later without naming the variable (0) or starts thousands of threads and runs many
-    times slower (9999). ValueError naming the variable otherwise."""
+    """``$NUMBA_NUM_THREADS``, when set, must be a thread count from 1 to :func:`numba_threads_limit`:
+    Numba itself fails later without naming the variable (0, "abc") or starts thousands of threads
+    and runs many times slower (9999). ValueError naming the variable otherwise."""
     text = os.environ.get("NUMBA_NUM_THREADS")
     if text is None or not text.strip():
         return
-    cpus = os.cpu_count() or 1
     try:
         value = int(text)
     except ValueError:
         value = None
-    if value is None or not 1 <= value <= cpus:
-        raise ValueError(f"set NUMBA_NUM_THREADS to a thread count from 1 to {cpus} (this machine's CPUs) or unset "
-                         f"it: it is {text[:20]!r}")
+    if value is None or not 1 <= value <= numba_threads_limit():
+        raise ValueError(f"set NUMBA_NUM_THREADS to a thread count from 1 to {numba_threads_limit()} (this machine "
+                         f"has {os.cpu_count() or 1} CPUs) or unset it: it is {text[:20]!r}")
 
 
 def get_backend(name: str | None = None) -> Ops:
