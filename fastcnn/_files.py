@@ -19,7 +19,7 @@ import stat
 from pathlib import Path
 
 __all__ = ["PNG_SIGNATURE", "FolderBusy", "FolderLock", "InputFileError", "OutputRefused", "check_output_file",
-           "describe_mode", "open_input", "read_input"]
+           "describe_mode", "open_input", "read_input", "shown"]
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -179,3 +179,12 @@ def check_output_file(path: str | os.PathLike, option: str, *, inputs=(), signat
     if head != signature:
         raise OutputRefused(f"choose another path: {option} {str(path)!r} exists and is not a {kind}; only a "
                             f"{kind} written before is replaced")
+
+
+def shown(text) -> str:
+    """``text`` (a path) for a one-line message: control characters (a newline in a file name) are
+    escaped as Python writes them, so the name can neither split a message nor fake a line."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)

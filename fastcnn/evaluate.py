@@ -55,7 +55,7 @@ from fastcnn._cli import (
     probe_writable,
     write_line,
 )
-from fastcnn._files import OutputRefused, check_output_file
+from fastcnn._files import OutputRefused, check_output_file, shown
 from fastcnn.backend import BACKENDS
 from fastcnn.checkpoint import CheckpointError, build_model, load_checkpoint
 from fastcnn.data import DATASETS, DataError, DataWarning, dataset_spec, find_data_dir, load_dataset, to_float
@@ -360,7 +360,7 @@ def _predict(args, model, dtype, side, names) -> int:
     probs = predict_proba(model, normalise(np.stack(images), dtype))
     for path, p, note in zip(good, probs, notes):
         k = int(p.argmax())
-        write_line(f"{path}: {_class_label(k, names)} (p={p[k]:.2f}; {note})")
+        write_line(f"{shown(path)}: {_class_label(k, names)} (p={p[k]:.2f}; {note})")
     if args.predict_grid:
         grid = args.predict_grid
         grid.parent.mkdir(parents=True, exist_ok=True)

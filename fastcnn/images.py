@@ -26,12 +26,13 @@ names the file.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fastcnn._files import InputFileError, open_input
+from fastcnn._files import InputFileError, open_input, shown
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -48,9 +49,10 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy")
-#: The most pixels read from one image (checked from the file's header, before decoding): a 25
-#: megapixel photo, decoded and prepared in well under 1 GB. And the largest image file read.
-MAX_IMAGE_PIXELS = 25_000_000
+#: The most pixels read from one image (checked from the file's header, before decoding): 4096 x 4096,
+#: more than a 12-megapixel phone photo, decoded and prepared in well under 1 GB. And the largest
+#: image file read.
+MAX_IMAGE_PIXELS = 1 << 24
 MAX_IMAGE_FILE_BYTES = 256 << 20
 # A pixel counts as ink for the crop when it is this bright after step 3 (0 background, 1 ink):
 # well above JPEG and scanner noise, well below the core of any stroke.
@@ -68,7 +70,11 @@ _SIGNATURES = {".png": (b"\x89PNG\r\n\x1a\n",), ".jpg": (b"\xff\xd8\xff",), ".jp
 
 
 class InputError(ValueError):
-    """An image file cannot be used; the message (one line) names the file and says why."""
+    """An image file cannot be used; the message (one line) names the file and says why. Control
+    characters in it (a newline in a file name) are escaped, so it stays one line."""
+
+    def __init__(self, message: str):
+        super().__init__(shown(message))
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,8 @@ def to_unit_float(arr: np.ndarray, what: str = "image", kind: str = "") -> np.nd
 def _luminance(im, transparent: bool) -> np.ndarray:
     """An RGB(A) Pillow image -> float64 (H, W) luminance in [0, 1], transparency over white; one
     float64 plane and one temporary at a time (not a float copy of every channel)."""
-    arr = np.asarray(im.convert("RGBA" if transparent else "RGB"))
+    mode = "RGBA" if transparent else "RGB"
+    arr = np.asarray(im if im.mode == mode else im.convert(mode))
     gray = np.zeros(arr.shape[:2])
     tmp = np.empty_like(gray)
     for channel, weight in enumerate(_LUMA):
@@ -145,7 +152,17 @@ def _decode(fh, path: Path, ext: str) -> np.ndarray:
         raise InputError(f"{path}: not a {kind} image (bad signature)")
     fh.seek(0)
     try:
-        with Image.open(fh) as opened:
+        with warnings.catch_warnings():          # Pillow's own, larger bound: ours below speaks first
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(fh)
+    except Image.DecompressionBombError:
+        raise InputError(f"{path}: more than the {MAX_IMAGE_PIXELS:,} pixels read from one image: scale it down "
+                         "(a digit needs far fewer)") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for damaged files
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"{path}: cannot read {'PNG' if ext == '.png' else 'JPEG'}: {why}") from None
+    try:
+        with opened:
             w, h = opened.size
             if w * h > MAX_IMAGE_PIXELS:
                 raise _too_large(path, h, w)

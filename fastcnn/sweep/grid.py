@@ -162,7 +162,10 @@ def _file_value(option: Option, value, where: str) -> list:
 def _why(exc: Exception) -> str:
     if isinstance(exc, RecursionError):
         return "it is nested too deeply (a runs file needs two levels)"
-    return " ".join(str(exc).split())[:200]
+    text = " ".join(str(exc).split())
+    if "integer string conversion" in text:
+        return "a number has thousands of digits; give a usable value"
+    return text[:200]
 
 
 def _read_document(path: Path) -> object:
