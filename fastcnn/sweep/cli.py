@@ -32,7 +32,7 @@ from fastcnn._cli import (
     write_line,
 )
 from fastcnn._files import FolderBusy, FolderLock
-from fastcnn.sweep.execute import Cluster, Signals, available_cores, run_all
+from fastcnn.sweep.execute import Cluster, Signals, available_cores, run_all, scheduler_endpoint
 from fastcnn.sweep.grid import DATASETS, DEFAULT_EPOCHS, OPTIONS, build_runs, load_runs_file, parse_list
 from fastcnn.sweep.report import PLOT_FILES, record, save_comparison_plots, write_summary
 from fastcnn.sweep.worker import (
@@ -174,6 +174,7 @@ def _check_execution(args, runs: int) -> None:
     """--workers, --threads-per-run and --dashboard against what this machine can run, before any
     cluster starts (UsageError, the bound in the message)."""
     if args.scheduler is not None:
+        scheduler_endpoint(args.scheduler)
         return
     cores = available_cores()
     if args.workers is not None and args.workers > cores:
@@ -270,8 +271,6 @@ def _run(argv, say) -> int:
             raise UsageError(f"rename run {spec.name!r}: {spec.name} is a file the sweep writes into --out")
     _check_execution(args, len(specs))
     out = Path(args.out).expanduser().resolve()
-    earlier = {spec.name: read_metrics(out / spec.name / METRICS_FILE) for spec in specs}
-    _check_earlier(specs, earlier, out, args.dataset)
     if args.scheduler is None:                 # on a given cluster the folder is the workers' to find
         check_data_dir(args.data_dir)
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir and args.scheduler is None \
@@ -279,16 +278,17 @@ def _run(argv, say) -> int:
     if args.scheduler is None:
         _fetch_data(args.dataset, data_dir, not args.no_download)
     probe_writable(out, "--out")
-    try:
-        lock = FolderLock(out, LOCK_FILE, PROG).acquire()
-    except FolderBusy as exc:
-        raise UsageError(f"wait for it or choose another --out: {exc}") from None
-    with lock, Signals() as signals:
-        return _sweep(args, argv, specs, out, data_dir, signals, say)
+    with Signals() as signals:                 # from here on every stop signal ends in a summary
+        try:
+            lock = FolderLock(out, LOCK_FILE, PROG).acquire()
+        except FolderBusy as exc:
+            raise UsageError(f"wait for it or choose another --out: {exc}") from None
+        with lock:
+            return _sweep(args, argv, specs, out, data_dir, signals, say)
 
 
 def _sweep(args, argv, specs, out: Path, data_dir, signals, say) -> int:
-    # The earlier runs are read again under the lock: another sweep may have finished meanwhile.
+    # What OUT holds is read under the lock: no other sweep writes it meanwhile.
     earlier = {spec.name: read_metrics(out / spec.name / METRICS_FILE) for spec in specs}
     _check_earlier(specs, earlier, out, args.dataset)
     task_kwargs = {"dataset": args.dataset, "data_dir": data_dir, "download": not args.no_download,

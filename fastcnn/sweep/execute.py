@@ -38,23 +38,23 @@ from fastcnn._cli import UsageError, one_line
 from fastcnn.backend import usable_cpus as available_cores
 from fastcnn.sweep.worker import run_one
 
-__all__ = ["STOP_SIGNALS", "Cluster", "Signals", "available_cores", "run_all"]
+__all__ = ["STOP_SIGNALS", "Cluster", "Signals", "available_cores", "probe_scheduler", "run_all",
+           "scheduler_endpoint"]
 
 _POLL_SECONDS = 0.5
 # How long a client may try to reconnect to a given scheduler before its runs count as lost.
 _RECONNECT_SECONDS = 10.0
+# How long runs may take to stop before their next batch once a signal asked them to.
+_STOP_GRACE_SECONDS = 60.0
 
 
 _HANDSHAKE_SECONDS = 10.0
 _HANDSHAKE_MAX_BYTES = 1 << 16
 
 
-def probe_scheduler(address: str, timeout: float = _HANDSHAKE_SECONDS) -> None:
-    """Check, within ``timeout`` seconds in all, that a Dask scheduler answers at ``address``
-    (``tcp://HOST:PORT`` or ``HOST:PORT``): a Dask server sends its handshake (a length-prefixed
-    message naming its pickle protocol) as soon as a connection opens. Anything else (nothing
-    listening, a web server that waits for a request, a server that sends other bytes) raises a
-    one-line OSError; an address of another transport (``ws://``, ``tls://``) a UsageError."""
+def scheduler_endpoint(address: str) -> tuple[str, int]:
+    """(host, port) of a scheduler address ``tcp://HOST:PORT`` or ``HOST:PORT``; a UsageError for
+    another transport (``ws://``, ``tls://``) or a malformed address."""
     scheme, sep, rest = address.partition("://")
     if not sep:
         scheme, rest = "tcp", address
@@ -66,10 +66,21 @@ def probe_scheduler(address: str, timeout: float = _HANDSHAKE_SECONDS) -> None:
     if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"--scheduler {address}: give the scheduler's address as tcp://HOST:PORT "
                          "(e.g. tcp://10.0.0.5:8786)")
+    return host, int(port)
+
+
+def probe_scheduler(address: str, timeout: float | None = None) -> None:
+    """Check, within ``timeout`` seconds in all (default :data:`_HANDSHAKE_SECONDS`), that a Dask
+    scheduler answers at ``address``: a Dask server sends its handshake (a length-prefixed message
+    naming its pickle protocol) as soon as a connection opens. Anything else (nothing listening, a
+    web server that waits for a request, a server that sends other bytes) raises a one-line OSError;
+    an address of another transport (``ws://``, ``tls://``) a UsageError."""
+    host, port = scheduler_endpoint(address)
+    timeout = _HANDSHAKE_SECONDS if timeout is None else timeout
     hint = "start one with 'dask scheduler', or give the address it prints (tcp://HOST:PORT)"
     deadline = time.monotonic() + timeout
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
             data = b""
             need = 8
             while len(data) < need:
@@ -215,6 +226,7 @@ class Signals:
 
     def __init__(self):
         self.received: int | None = None
+        self.received_at: float | None = None
         self.hard = False
         self.on_first: Callable[[int], None] | None = None
         self.on_stop: Callable[[int, bool], None] = lambda signum, hard: None
@@ -239,6 +251,7 @@ class Signals:
                 self.on_stop(signum, True)
             return
         self.received = signum
+        self.received_at = time.monotonic()
         self.on_stop(signum, False)
         if self.on_first is not None:
             threading.Thread(target=self.on_first, args=(signum,), daemon=True).start()
@@ -264,6 +277,17 @@ def _stopped_result(spec, out_dir: str, reason: str, started_reason: str) -> dic
     started = (Path(out_dir) / spec.name).exists()
     return {"name": spec.name, "status": "interrupted" if started else "not-started", "document": None,
             "resumed_from": None, "reason": started_reason if started else reason}
+
+
+def _gone(client, since: float) -> bool:
+    """After a stop signal: whether waiting longer is pointless, as no worker is left (the signal
+    reached the whole process group) or the runs did not stop within :data:`_STOP_GRACE_SECONDS`."""
+    if time.monotonic() - since > _STOP_GRACE_SECONDS:
+        return True
+    try:
+        return not client.scheduler_info().get("workers")
+    except Exception:  # noqa: BLE001 -- no scheduler to ask: nothing left to wait for
+        return True
 
 
 def _scheduler_lost(client) -> bool:
@@ -303,7 +327,7 @@ def run_all(cluster: Cluster, specs: list, out_dir: str, *, on_result: Callable[
     ended = None
     lost_since = None
     while pending:
-        if signals.hard:
+        if signals.hard or (signals.received is not None and _gone(client, signals.received_at)):
             ended = "signal"
             break
         if _scheduler_lost(client) or client.status == "connecting":
@@ -359,6 +383,8 @@ def run_all(cluster: Cluster, specs: list, out_dir: str, *, on_result: Callable[
                                 "may still finish this run: rerun the same command to collect or resume it"}
         else:
             result = _stopped_result(spec, out_dir, "the sweep stopped before this run started",
-                                     "stopped at once by a second signal; its last complete epoch is kept")
+                                     "stopped at once by a second signal; its last complete epoch is kept"
+                                     if signals.hard else "its worker stopped with the sweep's signal; its last "
+                                     "complete epoch is kept")
         on_result(spec, result)
     return ended or ("signal" if signals.received is not None else None)
