@@ -191,15 +191,17 @@ def test_every_signal_that_ends_a_sweep_leaves_its_summary(how, mnist_dir, tmp_p
         assert started["epochs_done"] == 1 and load_checkpoint(out / started["run"] / "checkpoint.npz").epoch == 1
 
 
-def test_a_lost_scheduler_ends_the_sweep_in_one_line(mnist_dir, tmp_path):
+def test_a_lost_scheduler_ends_the_sweep_in_one_line(mnist_dir, tmp_path, monkeypatch):
     from distributed import LocalCluster
     out, marker = tmp_path / "out", tmp_path / "paused"
+    # The workers, this process's children, inherit the pause: the run waits before epoch 2.
+    monkeypatch.setenv("FASTCNN_TEST_PAUSE", f"train:2:1:{marker}")
     cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
                            dashboard_address="127.0.0.1:0", worker_dashboard_address=None,
                            silence_logs=logging.CRITICAL)
     try:
         proc = _sweep(["--scheduler", cluster.scheduler_address, "--optimizer", "sgd", *TINY, "--threads-per-run",
-                       "1", "-q", "--data-dir", mnist_dir, "--out", out], tmp_path, pause=("train", 2, 1, marker))
+                       "1", "-q", "--data-dir", mnist_dir, "--out", out], tmp_path)
         _wait_for(marker.exists, proc)
     finally:
         cluster.close()

@@ -64,9 +64,10 @@ keys as the options (lr, batch_size or batch-size, ...) plus an optional name; a
 as a grid inside that entry; options on the command line fill in what an entry leaves out.
 output: OUT/<run>/metrics.json and checkpoint.npz for each run; OUT/summary.csv, OUT/summary.json
 and the plots {', '.join(PLOT_FILES.values())}.
-rerun: the same command in the same --out skips completed runs and resumes the others from their
-checkpoints. stopping: Ctrl-C stops every run before its next batch and writes the summary; a
-second Ctrl-C stops at once.
+rerun: the same command in the same --out skips completed runs (same settings, intact checkpoint,
+same data) and resumes the others from their checkpoints; one sweep at a time writes an --out.
+stopping: Ctrl-C (or SIGTERM, SIGHUP, SIGQUIT) stops every run before its next batch and writes the
+summary; a second signal stops at once.
 exit codes: 0 all runs completed, 1 a run failed or diverged or the sweep could not run,
 2 bad arguments (or another sweep is writing --out), 128 + the signal when one stopped it: 130 SIGINT,
 143 SIGTERM, 129 SIGHUP, 131 SIGQUIT.

@@ -12,11 +12,18 @@ so a run whose worker dies fails at once with :class:`distributed.KilledWorker`;
 submits it once more (it resumes from its last checkpoint). On a given scheduler that scheduler's
 own ``allowed-failures`` retries come first.
 
-Stopping: the first SIGINT (Ctrl-C) or SIGTERM sets a :class:`distributed.Event` that every run
+Stopping: :class:`Signals` handles SIGINT, SIGTERM, SIGHUP and SIGQUIT for the whole sweep, from
+before the cluster starts to the summary. The first sets a :class:`distributed.Event` that every run
 polls (it stops before its next batch and keeps its last checkpoint); runs not yet started return at
-once. A second signal stops at once: the cluster is closed and each unfinished run keeps its last
-complete epoch's checkpoint. Worker processes of the local cluster ignore SIGINT, so a Ctrl-C in the
-terminal (sent to the whole process group) reaches the sweep only.
+once, and a signal during the cluster's start means no run is submitted. A second signal stops at
+once: the unfinished runs keep their last complete epoch's checkpoint. The handler never raises, so
+a signal at any moment still leaves the summary. Worker processes of the local cluster are spawned
+with SIGINT and SIGQUIT blocked, so a Ctrl-C or Ctrl-\\ in the terminal (sent to the whole process
+group) reaches the sweep only; a SIGTERM or SIGHUP to the group also ends the workers, and their
+runs are reported as interrupted (or not started), never as failed.
+
+Given scheduler: its address is checked with a bounded handshake (:func:`probe_scheduler`) before
+Dask connects; a scheduler lost mid-run ends the sweep with its unfinished runs interrupted.
 """
 from __future__ import annotations
 
@@ -197,13 +204,14 @@ class Cluster:
 
 def _ignore_sigint_plugin():
     """A worker plugin for the local cluster: a worker process the nanny restarts (after a crash)
-    ignores SIGINT too, like the first ones, which inherit that from the sweep at spawn time."""
+    ignores SIGINT and SIGQUIT, as the first ones hold them blocked from the sweep's spawn."""
     from distributed import WorkerPlugin
 
     class IgnoreSigint(WorkerPlugin):
         def setup(self, worker) -> None:
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGQUIT, signal.SIG_IGN)
 
     return IgnoreSigint()
 
