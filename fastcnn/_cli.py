@@ -48,15 +48,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 # ------------------------------------------------------------------------------ argument types
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer ``>= minimum``."""
+def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer ``>= minimum`` (and ``<= maximum`` when given)."""
     def parse(text):
         try:
             value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        except ValueError:                      # also a 5000-digit number (Python refuses to convert it)
+            raise argparse.ArgumentTypeError(f"expected an integer, got {str(text)[:40]!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
         return value
     parse.__name__ = "integer"
     return parse
@@ -131,6 +133,12 @@ def write_line(text: object = "", stream=None) -> None:
     stream = sys.stdout if stream is None else stream
     try:
         print(text, file=stream, flush=True)
+    except UnicodeEncodeError:
+        # A file name the terminal's encoding cannot show (PYTHONIOENCODING=ascii) is shown escaped,
+        # never dropped: only a closed pipe silences a stream.
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        safe = str(text).encode(encoding, "backslashreplace").decode(encoding, "replace")
+        write_line(safe, stream)
     except (BrokenPipeError, ValueError, OSError) as exc:
         if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError) and exc.errno != errno.EPIPE:
             raise
@@ -154,10 +162,7 @@ def print_error(prog: str, message, *, verbose: bool | None = None) -> None:
     text = f"{prog}: error: {' '.join(lines[0].split())}"
     if verbose and len(lines) > 1:
         text += "\n" + "\n".join("  " + line.strip() for line in lines[1:])
-    try:
-        print(text, file=sys.stderr, flush=True)
-    except (BrokenPipeError, ValueError):       # stderr closed: nothing left to tell
-        pass
+    write_line(text, sys.stderr)
 
 
 def versions() -> dict:

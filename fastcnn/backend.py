@@ -100,11 +100,36 @@ def resolve_backend_name(name: str | None = None) -> str:
     return name.lower()
 
 
+def numba_threads_limit() -> int:
+    """The most Numba threads :func:`check_numba_threads` accepts: four per CPU, at least 8 (a few
+    more threads than cores is how tests compare thread counts on a small machine; thousands make
+    every parallel loop many times slower)."""
+    return max(8, 4 * (os.cpu_count() or 1))
+
+
+def check_numba_threads() -> None:
+    """``$NUMBA_NUM_THREADS``, when set, must be a thread count from 1 to :func:`numba_threads_limit`:
+    Numba itself fails later without naming the variable (0, "abc") or starts thousands of threads
+    and runs many times slower (9999). ValueError naming the variable otherwise."""
+    text = os.environ.get("NUMBA_NUM_THREADS")
+    if text is None or not text.strip():
+        return
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= numba_threads_limit():
+        raise ValueError(f"set NUMBA_NUM_THREADS to a thread count from 1 to {numba_threads_limit()} (this machine "
+                         f"has {os.cpu_count() or 1} CPUs) or unset it: it is {text[:20]!r}")
+
+
 def get_backend(name: str | None = None) -> Ops:
-    """The module implementing the op contract for ``name`` ('numpy' or 'numba')."""
+    """The module implementing the op contract for ``name`` ('numpy' or 'numba'); for numba,
+    ``$NUMBA_NUM_THREADS`` is checked first (:func:`check_numba_threads`)."""
     name = resolve_backend_name(name)
     if name == "numpy":
         return reference
+    check_numba_threads()
     # Lazy: importing the kernels imports numba, which a numpy-backend run never needs.
     from fastcnn import kernels
     return kernels

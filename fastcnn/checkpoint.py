@@ -80,6 +80,7 @@ from fastcnn.summary import param_shapes
 if TYPE_CHECKING:
     from fastcnn.model import Sequential
     from fastcnn.optim import Optimizer
+from fastcnn._files import InputFileError, open_input
 
 __all__ = [
     "FORMAT_NAME",
@@ -507,12 +508,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         return CheckpointError(_one_line(f"{path}: {why}"))
 
     try:
-        with open(path, "rb") as f:
+        with open_input(path) as f:              # a regular file: a FIFO or a device would block or never end
             magic = f.read(4)
-    except FileNotFoundError:
-        raise fail("no such file") from None
-    except IsADirectoryError:
-        raise fail("is a directory, not a checkpoint file") from None
+    except InputFileError as exc:
+        raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(f"cannot read: {exc.strerror or exc}") from None
     if not magic:
@@ -555,6 +554,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if digest is None:
         raise fail(f"damaged: no {DIGEST_KEY} array (the content checksum)")
     _validate_header(header, arrays, fail)
+    for name, arr in arrays.items():             # the digest has no key: it proves no one edited the values
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            raise fail(f"use a checkpoint of a run that trained normally: array {name!r} holds NaN or infinite "
+                       "values (a diverged or tampered model)")
     return Checkpoint(path, header, arrays)
 
 

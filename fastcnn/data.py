@@ -23,7 +23,8 @@ verified, and all pass when their content is right.
 
 Reading is streamed: the IDX header is read and checked first, and the data buffer is never larger
 than the header declares, than the file can hold (its size when raw; 1032 times its size when
-gzipped, deflate's largest expansion) and than :data:`MAX_IDX_BYTES`. The data is then read in chunks,
+gzipped, deflate's largest expansion) and than :data:`MAX_IDX_BYTES`, with no image larger than
+:data:`MAX_IDX_ITEM_BYTES`; only regular files are opened. The data is then read in chunks,
 so a forged header or a gzip bomb is refused at once and Ctrl-C is honoured while a file is read.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import math
 import os
 import socket
 import sys
@@ -47,10 +49,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fastcnn._files import InputFileError, open_input
+
 __all__ = [
     "DATASETS",
     "FASHION_MNIST",
     "MAX_IDX_BYTES",
+    "MAX_IDX_ITEM_BYTES",
     "MNIST",
     "DataError",
     "DataWarning",
@@ -68,6 +73,7 @@ __all__ = [
 
 ENV_VAR = "FASTCNN_DATA_DIR"
 MAX_IDX_BYTES = 1 << 30          # the largest IDX data one file may declare (MNIST's largest: 47 MB)
+MAX_IDX_ITEM_BYTES = 1 << 20     # the largest image (one item of a file) of them: 1024 x 1024 pixels (MNIST's: 784)
 _DEFLATE_MAX_RATIO = 1032        # deflate expands at most ~1032:1, so a .gz of n bytes holds < 1032 n
 _GZIP_MAGIC = b"\x1f\x8b"
 _IDX_UBYTE = 0x08
@@ -132,6 +138,10 @@ def _read_idx_stream(stream, path, stored_size: int, gz: bool, hasher=None) -> n
     if expected > MAX_IDX_BYTES:
         raise DataError(f"{path}: refused: {what}, more than the {MAX_IDX_BYTES} bytes fastcnn reads "
                         "from one file")
+    item = expected // dims[0] if dims[0] else math.prod(dims[1:])
+    if ndim > 1 and item > MAX_IDX_ITEM_BYTES:
+        raise DataError(f"{path}: refused: {what}: one image of {'x'.join(map(str, dims[1:]))} = {item} pixels is "
+                        f"more than the {MAX_IDX_ITEM_BYTES} fastcnn trains on (scale the images down)")
     if hasher is not None:
         hasher.update(head + raw_dims)
     data = np.empty(expected, dtype=np.uint8)
@@ -164,7 +174,11 @@ def _load_idx(path, algorithm: str | None = None) -> tuple[np.ndarray, str | Non
     path = Path(path)
     hasher = hashlib.new(algorithm) if algorithm else None
     try:
-        with open(path, "rb") as f:
+        fh = open_input(path)                    # a regular file: a FIFO or a device would block or never end
+    except InputFileError as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from None
+    try:
+        with fh as f:
             size = os.fstat(f.fileno()).st_size
             gz = f.read(2) == _GZIP_MAGIC
             f.seek(0)

@@ -13,7 +13,8 @@ or a custom folder), read from the folder its training found it in, or from ``--
 is then binding); only the two ``t10k-*`` files are needed. A folder whose images or labels do not fit
 the model is refused. It prints the test loss and accuracy and writes two PNGs into ``--out`` (default
 ``eval/``), each
-atomically: ``confusion_matrix.png`` (true class by predicted class, every cell's count written in it)
+atomically: ``confusion_matrix.png`` (true class by predicted class, every cell's count written in it
+up to :data:`MAX_LABELLED_CLASSES` classes)
 and ``most_confident_errors.png`` (the ``--top`` test images the model got wrong with the highest
 probability, titled ``true 4 / pred 9 (p=0.99)``).
 
@@ -56,6 +57,7 @@ from fastcnn._cli import (
     probe_writable,
     write_line,
 )
+from fastcnn._files import OutputRefused, check_output_file, shown
 from fastcnn._memory import tune_malloc
 from fastcnn.backend import BACKENDS
 from fastcnn.checkpoint import CheckpointError, build_model, load_checkpoint
@@ -65,6 +67,9 @@ from fastcnn.images import IMAGE_SUFFIXES, InputError, border_level, prepare_dig
 PROG = "fastcnn-eval"
 CONFUSION_PNG = "confusion_matrix.png"
 ERRORS_PNG = "most_confident_errors.png"
+#: Up to this many classes the confusion matrix writes each cell's count and names every class;
+#: beyond, it is a colour map with the axes' default ticks (text in 65,536 cells takes minutes).
+MAX_LABELLED_CLASSES = 30
 _MEAN, _STD = to_float.__kwdefaults__["mean"], to_float.__kwdefaults__["std"]   # training's constants
 
 
@@ -118,12 +123,13 @@ def plot_confusion_matrix(cm, path, class_names=None, title=None):
     im = ax.imshow(cm, cmap="Blues")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="images")
     threshold = cm.max() / 2 if cm.size else 0
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
-                    color="white" if cm[i, j] > threshold else "black")
-    ax.set_xticks(range(n), names, rotation=45 if class_names else 0, ha="right" if class_names else "center")
-    ax.set_yticks(range(n), names)
+    if n <= MAX_LABELLED_CLASSES:                 # a text per cell: readable, and drawn in time, for few classes
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
+                        color="white" if cm[i, j] > threshold else "black")
+        ax.set_xticks(range(n), names, rotation=45 if class_names else 0, ha="right" if class_names else "center")
+        ax.set_yticks(range(n), names)
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class")
     ax.set_title(title or "Confusion matrix")
@@ -245,7 +251,22 @@ def parse_args(parser: Parser, argv=None) -> argparse.Namespace:
         probe_writable(args.out, "--out", create=False)
     if args.predict_grid is not None:
         probe_writable(args.predict_grid.parent, "--predict-grid folder", create=False)
+    _check_outputs(args)
     return args
+
+
+def _check_outputs(args) -> None:
+    """No output replaces an input of this command (an image, the checkpoint) or a file that is not
+    one of its PNGs (UsageError)."""
+    inputs = [args.checkpoint, *(args.predict or ())]
+    outputs = [("--predict-grid", args.predict_grid)] if args.predict_grid is not None else []
+    if wants_test(args):
+        outputs += [("--out", args.out / CONFUSION_PNG), ("--out", args.out / ERRORS_PNG)]
+    try:
+        for option, path in outputs:
+            check_output_file(path, option, inputs=inputs)
+    except OutputRefused as exc:
+        raise UsageError(str(exc)) from None
 
 
 def wants_test(args: argparse.Namespace) -> bool:
@@ -341,7 +362,7 @@ def _predict(args, model, dtype, shape, names) -> int:
     probs = model.predict_proba(np.repeat(x, channels, axis=1) if channels > 1 else x)
     for path, p, note in zip(good, probs, notes):
         k = int(p.argmax())
-        write_line(f"{path}: {_class_label(k, names)} (p={p[k]:.2f}; {note})")
+        write_line(f"{shown(path)}: {_class_label(k, names)} (p={p[k]:.2f}; {note})")
     if args.predict_grid:
         grid = args.predict_grid
         grid.parent.mkdir(parents=True, exist_ok=True)

@@ -19,21 +19,26 @@ differences, in order:
 6. **centre** it in the ``size`` x ``size`` field by its centre of mass (shifted by whole pixels, as
    in MNIST, and never so far that ink falls off the edge).
 
-Everything here is NumPy; Pillow (a dependency of matplotlib, so present wherever fastcnn is
-installed) only decodes PNG and JPEG files. Errors raise :class:`InputError` with one line that
+Everything here is NumPy but decoding PNG and JPEG files and resizing, which Pillow (a dependency
+of matplotlib, so present wherever fastcnn is installed) does. Errors raise :class:`InputError` with one line that
 names the file.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fastcnn._files import InputFileError, open_input, shown
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "INK_THRESHOLD",
+    "MAX_IMAGE_FILE_BYTES",
+    "MAX_IMAGE_PIXELS",
     "InputError",
     "Prepared",
     "border_level",
@@ -44,6 +49,11 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy")
+#: The most pixels read from one image (checked from the file's header, before decoding): 4096 x 4096,
+#: more than a 12-megapixel phone photo, decoded and prepared in well under 1 GB. And the largest
+#: image file read.
+MAX_IMAGE_PIXELS = 1 << 24
+MAX_IMAGE_FILE_BYTES = 256 << 20
 # A pixel counts as ink for the crop when it is this bright after step 3 (0 background, 1 ink):
 # well above JPEG and scanner noise, well below the core of any stroke.
 INK_THRESHOLD = 0.25
@@ -60,7 +70,11 @@ _SIGNATURES = {".png": (b"\x89PNG\r\n\x1a\n",), ".jpg": (b"\xff\xd8\xff",), ".jp
 
 
 class InputError(ValueError):
-    """An image file cannot be used; the message (one line) names the file and says why."""
+    """An image file cannot be used; the message (one line) names the file and says why. Control
+    characters in it (a newline in a file name) are escaped, so it stays one line."""
+
+    def __init__(self, message: str):
+        super().__init__(shown(message))
 
 
 @dataclass(frozen=True)
@@ -102,22 +116,56 @@ def to_unit_float(arr: np.ndarray, what: str = "image", kind: str = "") -> np.nd
     return arr.astype(np.float64) / 255.0
 
 
-def _decode(path: Path, ext: str) -> np.ndarray:
-    """A PNG or JPEG file -> float64 (H, W) luminance in [0, 1] (transparency laid over white)."""
+def _luminance(im, transparent: bool) -> np.ndarray:
+    """An RGB(A) Pillow image -> float64 (H, W) luminance in [0, 1], transparency over white; one
+    float64 plane and one temporary at a time (not a float copy of every channel)."""
+    mode = "RGBA" if transparent else "RGB"
+    arr = np.asarray(im if im.mode == mode else im.convert(mode))
+    gray = np.zeros(arr.shape[:2])
+    tmp = np.empty_like(gray)
+    for channel, weight in enumerate(_LUMA):
+        np.multiply(arr[..., channel], weight / 255.0, out=tmp)
+        gray += tmp
+    if transparent:
+        np.multiply(arr[..., 3], 1.0 / 255.0, out=tmp)          # alpha
+        gray *= tmp
+        gray += 1.0
+        gray -= tmp
+    return np.clip(gray, 0.0, 1.0, out=gray)
+
+
+def _too_large(path: Path, h: int, w: int) -> InputError:
+    return InputError(f"{path}: {w}x{h} pixels is more than the {MAX_IMAGE_PIXELS:,} pixels read from one image: "
+                      "scale it down (a digit needs far fewer)")
+
+
+def _decode(fh, path: Path, ext: str) -> np.ndarray:
+    """A PNG or JPEG file (open in ``fh``) -> float64 (H, W) luminance in [0, 1] (transparency laid
+    over white). Its pixel count, from the header, is checked before anything is decoded."""
     # Pillow decodes PNG and JPEG; it is imported here, on first use, to keep it off the import path
     # of the training command.
     from PIL import Image, ImageOps
 
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as exc:                             # unreadable, a socket, ...: one line like the rest
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    head = fh.read(8)
     if not head.startswith(_SIGNATURES[ext]):
         kind = "PNG" if ext == ".png" else "JPEG"
         raise InputError(f"{path}: not a {kind} image (bad signature)")
+    fh.seek(0)
     try:
-        with Image.open(path) as opened:
+        with warnings.catch_warnings():          # Pillow's own, larger bound: ours below speaks first
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(fh)
+    except Image.DecompressionBombError:
+        raise InputError(f"{path}: more than the {MAX_IMAGE_PIXELS:,} pixels read from one image: scale it down "
+                         "(a digit needs far fewer)") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for damaged files
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"{path}: cannot read {'PNG' if ext == '.png' else 'JPEG'}: {why}") from None
+    try:
+        with opened:
+            w, h = opened.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise _too_large(path, h, w)
             im = ImageOps.exif_transpose(opened)       # photos: turn them the way the camera was held
             if im.mode.startswith("I;16") or im.mode == "I":           # 16-bit grayscale
                 raw = np.asarray(im, dtype=np.float64)
@@ -131,17 +179,41 @@ def _decode(path: Path, ext: str) -> np.ndarray:
             transparent = "A" in im.mode or "transparency" in im.info
             if im.mode in ("1", "L") and not transparent:
                 return np.asarray(im.convert("L"), dtype=np.float64) / 255.0
-            rgba = np.asarray(im.convert("RGBA" if transparent else "RGB"), dtype=np.float64) / 255.0
+            return _luminance(im, transparent)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for damaged files
         why = " ".join(str(exc).split()) or type(exc).__name__
         raise InputError(f"{path}: cannot read {'PNG' if ext == '.png' else 'JPEG'}: {why}") from None
-    gray = rgba[..., :3] @ _LUMA
-    if transparent:
-        alpha = rgba[..., 3]
-        gray = gray * alpha + (1.0 - alpha)
-    return np.clip(gray, 0.0, 1.0)
+
+
+def _read_npy(fh, path: Path) -> np.ndarray:
+    """A .npy array from ``fh``, its header checked (shape, size against the file) before any data
+    is allocated; never unpickles."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f"unsupported .npy format version {version}")
+        shape, _, dtype = read_header(fh)
+        if dtype.hasobject:
+            raise ValueError("it holds Python objects (pickled data), not pixels")
+        count = 1
+        for n in shape:
+            count *= n
+        if count > MAX_IMAGE_PIXELS:
+            raise InputError(f"{path}: its header declares {count:,} values, more than the {MAX_IMAGE_PIXELS:,} "
+                             "pixels read from one image")
+        left = os.fstat(fh.fileno()).st_size - fh.tell()
+        if count * dtype.itemsize > left:
+            raise ValueError(f"its header declares {count * dtype.itemsize} bytes of data, the file holds {left}")
+        fh.seek(0)
+        return np.load(fh, allow_pickle=False)
+    except InputError:
+        raise
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read as a .npy array: {' '.join(str(exc).split())}") from None
 
 
 def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -149,37 +221,32 @@ def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> 
 
     PNG and JPEG: grayscale, RGB or palette images are reduced to luminance; transparent pixels are
     laid over white. ``.npy``: an (H, W) or (1, H, W) array of integers in 0..255 or floats in [0, 1].
-    ``size`` = (H, W) requires that size. Anything unusable raises :class:`InputError`, one line
-    naming the file."""
+    ``size`` = (H, W) requires that size. Only a regular file of at most :data:`MAX_IMAGE_FILE_BYTES`
+    holding at most :data:`MAX_IMAGE_PIXELS` pixels is read (a pipe, a device or a link loop is
+    refused before a byte is read, a too large image before it is decoded). Anything unusable
+    raises :class:`InputError`, one line naming the file."""
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in IMAGE_SUFFIXES:
         raise InputError(f"{path}: unsupported file type {ext or '(no extension)'!r} "
                          "(expected .png, .jpg, .jpeg or .npy)")
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory")
-    if ext == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise InputError(f"{path}: cannot read as a .npy array: {' '.join(str(exc).split())}") from None
-        except MemoryError:                            # a header declaring terabytes
-            raise InputError(f"{path}: cannot read as a .npy array: its header declares more data than fits in "
-                             "memory (damaged file?)") from None
-        if not isinstance(arr, np.ndarray):
-            raise InputError(f"{path}: not a .npy array")
-        if arr.ndim == 3 and arr.shape[0] == 1:
-            arr = arr[0]
-        if arr.ndim != 2:
-            raise InputError(f"{path}: expected an HxW image (or 1xHxW), got shape "
-                             f"{'x'.join(map(str, arr.shape)) or 'scalar'}")
-        _check_size(arr, path, size)
-        return to_unit_float(arr, str(path), ".npy")
-    img = _decode(path, ext)
-    _check_size(img, path, size)
-    return img
+    try:
+        fh = open_input(path, MAX_IMAGE_FILE_BYTES)
+    except InputFileError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    with fh:
+        if ext != ".npy":
+            img = _decode(fh, path, ext)
+            _check_size(img, path, size)
+            return img
+        arr = _read_npy(fh, path)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise InputError(f"{path}: expected an HxW image (or 1xHxW), got shape "
+                         f"{'x'.join(map(str, arr.shape)) or 'scalar'}")
+    _check_size(arr, path, size)
+    return to_unit_float(arr, str(path), ".npy")
 
 
 def _check_size(arr: np.ndarray, path: Path, size: tuple[int, int] | None) -> None:
@@ -201,25 +268,23 @@ def border_level(image: np.ndarray) -> float:
     return float(np.median(ring))
 
 
-def _resample_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights of a linear (triangle) filter that maps n_in pixels onto n_out; when
-    shrinking, the filter widens with the scale, so every input pixel contributes (anti-aliasing),
-    as Pillow's bilinear resampling does. Rows sum to 1."""
-    scale = n_in / n_out
-    support = max(scale, 1.0)
-    centres = (np.arange(n_out) + 0.5) * scale
-    weights = np.maximum(0.0, 1.0 - np.abs((np.arange(n_in) + 0.5)[None, :] - centres[:, None]) / support)
-    return weights / weights.sum(axis=1, keepdims=True)
-
-
 def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize an (H, W) image to ``shape`` with an anti-aliased linear filter (separable; float64).
-    The result stays within the input's range."""
+    """Resize an (H, W) image to ``shape`` with an anti-aliased linear filter: Pillow's bilinear
+    resampling of a 32-bit float image, whose triangle filter widens with the scale when shrinking so
+    that every input pixel contributes. Cost and memory grow with the pixel count only (a separable
+    matrix would grow with the product of the input and output widths). Float64 out, within the
+    input's range; the same shape returns a copy."""
+    from PIL import Image
+
     image = np.asarray(image, dtype=np.float64)
     h, w = shape
     if h < 1 or w < 1:
         raise ValueError(f"resize: target shape must be positive, got {shape}")
-    return _resample_matrix(image.shape[0], h) @ image @ _resample_matrix(image.shape[1], w).T
+    if image.shape == (h, w):
+        return image.copy()
+    src = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32))
+    out = np.asarray(src.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float64)
+    return np.clip(out, image.min(), image.max(), out=out)
 
 
 def _fit(image: np.ndarray, box: int) -> np.ndarray:
@@ -269,15 +334,18 @@ def prepare_digit(image: np.ndarray, *, size: int = 28, box: int = 20, invert: b
         raise ValueError(f"box must lie in 1..size ({size}), got {box}")
     background = border_level(img)
     inverted = background > 0.5 if invert is None else bool(invert)
+    img = np.array(img)                      # one working copy, changed in place (a page can be 25 megapixels)
     if inverted:
-        img = 1.0 - img
+        np.subtract(1.0, img, out=img)
     lo, hi = (1.0 - background if inverted else background), float(img.max())
     if hi - lo < MIN_CONTRAST:
         forced = "" if invert is None else f", with inversion forced {'on' if inverted else 'off'}"
         raise InputError(f"{what}: no digit found: the image is blank or has almost no contrast "
                          f"(background {background:.2f}, {'darkest' if inverted else 'brightest'} pixel "
                          f"{1 - hi if inverted else hi:.2f}{forced})")
-    img = np.clip((img - lo) / (hi - lo), 0.0, 1.0)
+    img -= lo
+    img /= hi - lo
+    np.clip(img, 0.0, 1.0, out=img)
     top, left, h, w = _bounding_box(img > INK_THRESHOLD)
     digit = _fit(img[top:top + h, left:left + w], _WORK * box)
     width = stroke_width(digit > 0.5)

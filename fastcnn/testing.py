@@ -9,6 +9,8 @@ TRAINING: how closely the per-step losses of the same model, trained from the sa
 batches, must agree between the two backends (relative).
 LONG_FLOAT32: how closely a float32 result of a long chain of operations must match its exact value.
 EXPORT: how closely an exported model's outputs in another runtime (ONNX Runtime) must match fastcnn's.
+RESIZE: how closely fastcnn.images.resize (Pillow's bilinear filter on float32 pixels) must match the
+separable triangle filter written out in float64.
 """
 from __future__ import annotations
 
@@ -51,6 +53,12 @@ TRAINING = {
 # in float64: rounding accumulates far beyond one op's, yet a skipped or altered step is off by
 # orders of magnitude more. The benchmarks check their own kernels with it before timing them.
 LONG_FLOAT32 = dict(rtol=1e-4)
+
+# RESIZE: Pillow resamples 32-bit float images: pixels in [0, 1] carry float32's rounding (6e-8
+# relative) through a weighted sum of a few to a few hundred terms, with weights computed in double.
+# Measured: within 1e-7 of the float64 triangle filter; a wrong filter width or centre is off by
+# more than 1e-2.
+RESIZE = dict(rtol=0, atol=1e-6)
 
 
 # EXPORT: an exported network run by ONNX Runtime against fastcnn's evaluation forward, both in float32.

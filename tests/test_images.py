@@ -128,7 +128,7 @@ def test_a_file_that_cannot_be_opened_or_declares_terabytes_is_an_input_error(tm
     header = header.ljust(117) + "\n"
     (tmp_path / "huge.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode()
                                         + b"x" * 16)
-    with pytest.raises(InputError, match=r"huge\.npy: cannot read as a \.npy array"):
+    with pytest.raises(InputError, match=r"huge\.npy: its header declares 100,000,000,000,000 values, more than "):
         read_image(tmp_path / "huge.npy")
 
 

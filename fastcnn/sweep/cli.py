@@ -1,8 +1,9 @@
 """``fastcnn-sweep``: run a grid of ``fastcnn-train`` configurations on Dask and compare them.
 
 Exit codes: 0 every run completed, 1 a run failed or diverged (the others went on; the summary
-says why) or the sweep could not run (data, cluster, files), 2 invalid arguments, 130 interrupted
-(SIGINT), 143 terminated (SIGTERM). Every error is one line on stderr, never a traceback.
+says why) or the sweep could not run (data, cluster, files), 2 invalid arguments, 128 + the signal's
+number when a signal stopped it (130 SIGINT, 143 SIGTERM, 129 SIGHUP, 131 SIGQUIT), after writing the
+summary. Every error is one line on stderr, never a traceback.
 """
 from __future__ import annotations
 
@@ -18,25 +19,35 @@ from fastcnn._cli import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_TERMINATED,
     EXIT_USAGE,
     HelpFormatter,
     Parser,
     UsageError,
     check_data_dir,
     int_at_least,
+    one_line,
     print_error,
     probe_writable,
     versions,
     write_line,
 )
-from fastcnn.sweep.execute import Cluster, SweepStopped, run_all
+from fastcnn._files import FolderBusy, FolderLock
+from fastcnn.sweep.execute import Cluster, Signals, available_cores, run_all, scheduler_endpoint
 from fastcnn.sweep.grid import DATASETS, DEFAULT_EPOCHS, OPTIONS, build_runs, load_runs_file, parse_list
 from fastcnn.sweep.report import PLOT_FILES, record, save_comparison_plots, write_summary
-from fastcnn.sweep.worker import METRICS_FILE, read_metrics, same_settings, settings_diff
+from fastcnn.sweep.worker import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    data_fingerprints,
+    read_metrics,
+    same_settings,
+    settings_diff,
+)
 from fastcnn.train import RESUME_KEYS
 
 PROG = "fastcnn-sweep"
+#: Names a run may not have: the files the sweep itself writes into --out.
+_RESERVED = frozenset({"summary.csv", "summary.json", *PLOT_FILES.values()})
 
 _EPILOG = f"""\
 examples:
@@ -54,11 +65,13 @@ keys as the options (lr, batch_size or batch-size, ...) plus an optional name; a
 as a grid inside that entry; options on the command line fill in what an entry leaves out.
 output: OUT/<run>/metrics.json and checkpoint.npz for each run; OUT/summary.csv, OUT/summary.json
 and the plots {', '.join(PLOT_FILES.values())}.
-rerun: the same command in the same --out skips completed runs and resumes the others from their
-checkpoints. stopping: Ctrl-C stops every run before its next batch and writes the summary; a
-second Ctrl-C stops at once.
+rerun: the same command in the same --out skips completed runs (same settings, intact checkpoint,
+same data) and resumes the others from their checkpoints; one sweep at a time writes an --out.
+stopping: Ctrl-C (or SIGTERM, SIGHUP, SIGQUIT) stops every run before its next batch and writes the
+summary; a second signal stops at once.
 exit codes: 0 all runs completed, 1 a run failed or diverged or the sweep could not run,
-2 bad arguments, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
+2 bad arguments (or another sweep is writing --out), 128 + the signal when one stopped it: 130 SIGINT,
+143 SIGTERM, 129 SIGHUP, 131 SIGQUIT.
 """
 
 
@@ -170,21 +183,111 @@ def _require_dask() -> None:
                              f"Dask distributed, and {module!r} cannot be imported)")
 
 
+LOCK_FILE = ".fastcnn-sweep.lock"
+
+
+def _check_execution(args, runs: int) -> None:
+    """--workers, --threads-per-run and --dashboard against what this machine can run, before any
+    cluster starts (UsageError, the bound in the message)."""
+    if args.scheduler is not None:
+        scheduler_endpoint(args.scheduler)
+        return
+    cores = available_cores()
+    if args.workers is not None and args.workers > cores:
+        raise UsageError(f"--workers {args.workers}: this machine runs at most {cores} runs at a time (one worker "
+                         f"process per core); give --workers {cores} or fewer")
+    if args.workers is not None and args.workers > runs:
+        args.workers = runs                     # a worker without a run would only cost a process
+    workers = args.workers or max(1, min(runs, cores))
+    if args.threads_per_run is not None and args.threads_per_run * workers > cores:
+        raise UsageError(f"--threads-per-run {args.threads_per_run}: {workers} worker{'s' if workers != 1 else ''} x "
+                         f"{args.threads_per_run} threads is more than the {cores} cores of this machine; give at "
+                         f"most {max(1, cores // workers)}")
+    host, colon, port = args.dashboard.rpartition(":")
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--dashboard {args.dashboard!r}: give HOST:PORT, e.g. 127.0.0.1:8787 (port 0: any free port)")
+
+
+def _check_earlier(specs, earlier: dict, out: Path, dataset: str) -> None:
+    """A rerun may resume or skip its own runs, never replace others (UsageError)."""
+    for spec in specs:
+        doc = earlier[spec.name]
+        if doc is None:
+            continue
+        diff = settings_diff(doc, spec.config, dataset, RESUME_KEYS)
+        if diff:
+            key, mine, theirs = diff[0]
+            raise UsageError(f"choose another --out, or delete {out / spec.name}: it holds a run {spec.name} of "
+                             f"other settings ({key} {theirs!r} there, {mine!r} now)")
+        planned = (doc.get("config") or {}).get("epochs")
+        if planned != spec.config.epochs and spec.config.lr_schedule != "constant":
+            raise UsageError(f"choose another --out, delete {out / spec.name}, or keep --epochs {planned}: its run "
+                             f"{spec.name} followed a {spec.config.lr_schedule} learning-rate schedule planned for "
+                             f"{planned} epochs, so continuing it to {spec.config.epochs} would not give what a "
+                             f"fresh {spec.config.epochs}-epoch run gives (with --lr-schedule constant it would)")
+
+
+def _verified_skips(cluster, specs, earlier: dict, out: Path, args, task_kwargs, signals) -> set[str]:
+    """The runs completed earlier in OUT that need no training: same settings, an intact checkpoint
+    of all their epochs, trained on the very data this sweep reads (its fingerprint computed on a
+    worker, where the data is). A completed run of other data: UsageError."""
+    from fastcnn.checkpoint import CheckpointError, load_checkpoint
+    candidates = {}
+    for spec in specs:
+        doc = earlier[spec.name]
+        if doc is None or doc.get("status") != "completed" or not same_settings(doc, spec.config, args.dataset):
+            continue
+        try:
+            ckpt = load_checkpoint(out / spec.name / CHECKPOINT_FILE)
+        except CheckpointError:                # deleted or damaged: the run trains (or fails) again, honestly
+            continue
+        if ckpt.epoch == spec.config.epochs:
+            data = (ckpt.header.get("extra") or {}).get("data")
+            candidates[spec.name] = (spec, data if isinstance(data, dict) else {})
+    if not candidates:
+        return set()
+    limits = sorted({(s.config.limit_train, s.config.limit_test) for s, _ in candidates.values()},
+                    key=lambda t: tuple(-1 if v is None else v for v in t))
+    fut = cluster.client.submit(data_fingerprints, args.dataset, task_kwargs["data_dir"], task_kwargs["download"],
+                                limits, pure=False)
+    from distributed import wait
+    while not fut.done():
+        if signals.received is not None:
+            fut.cancel()
+            return set()
+        try:
+            wait(fut, timeout=0.5)
+        except TimeoutError:
+            pass
+    try:
+        prints = fut.result()
+    except Exception as exc:  # noqa: BLE001 -- the data cannot be read there: every run will say so
+        write_line(f"{PROG}: note: cannot check the data of the runs completed earlier ({one_line(exc)}); they "
+                   "train again", sys.stderr)
+        return set()
+    skips = set()
+    for name, (spec, data) in candidates.items():
+        now = prints[(spec.config.limit_train, spec.config.limit_test)]
+        if data.get("sha256") != now:
+            raise UsageError(f"choose another --out, or delete {out / name}: its completed run {name} was trained on "
+                             f"other data ({data.get('name')}, {data.get('train_images')} train / "
+                             f"{data.get('test_images')} test images, SHA-256 {str(data.get('sha256'))[:12]}) than "
+                             f"this sweep reads (SHA-256 {now[:12]})")
+        skips.add(name)
+    return skips
+
+
 def _run(argv, say) -> int:
     args = build_parser().parse_args(argv)
     _require_dask()
     if args.quiet:
         say = _silent
     specs = _specs(args)
+    for spec in specs:
+        if spec.name in _RESERVED:
+            raise UsageError(f"rename run {spec.name!r}: {spec.name} is a file the sweep writes into --out")
+    _check_execution(args, len(specs))
     out = Path(args.out).expanduser().resolve()
-    earlier = {spec.name: read_metrics(out / spec.name / METRICS_FILE) for spec in specs}
-    for spec in specs:                          # a rerun may resume or skip its own runs, never replace others
-        doc = earlier[spec.name]
-        diff = settings_diff(doc, spec.config, args.dataset, RESUME_KEYS) if doc is not None else []
-        if diff:
-            key, mine, theirs = diff[0]
-            raise UsageError(f"choose another --out, or delete {out / spec.name}: it holds a run {spec.name} of "
-                             f"other settings ({key} {theirs!r} there, {mine!r} now)")
     if args.scheduler is None:                 # on a given cluster the folder is the workers' to find
         check_data_dir(args.data_dir)
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir and args.scheduler is None \
@@ -192,70 +295,85 @@ def _run(argv, say) -> int:
     if args.scheduler is None:
         _fetch_data(args.dataset, data_dir, not args.no_download)
     probe_writable(out, "--out")
+    with Signals() as signals:                 # from here on every stop signal ends in a summary
+        try:
+            lock = FolderLock(out, LOCK_FILE, PROG).acquire()
+        except FolderBusy as exc:
+            raise UsageError(f"wait for it or choose another --out: {exc}") from None
+        with lock:
+            return _sweep(args, argv, specs, out, data_dir, signals, say)
+
+
+def _sweep(args, argv, specs, out: Path, data_dir, signals, say) -> int:
+    # What OUT holds is read under the lock: no other sweep writes it meanwhile.
+    earlier = {spec.name: read_metrics(out / spec.name / METRICS_FILE) for spec in specs}
+    _check_earlier(specs, earlier, out, args.dataset)
     task_kwargs = {"dataset": args.dataset, "data_dir": data_dir, "download": not args.no_download,
                    "timings": not args.no_timings}
-
     records: dict[str, dict] = {}
     t0 = time.perf_counter()
-    with Cluster(scheduler=args.scheduler, workers=args.workers, threads_per_run=args.threads_per_run,
-                 runs=len(specs), dashboard=args.dashboard) as cluster:
-        specs = [replace(s, config=replace(s.config, threads=cluster.threads)) for s in specs]
-        todo = []
-        for spec in specs:
-            doc = earlier[spec.name]
-            if doc is not None and doc.get("status") == "completed" and same_settings(doc, spec.config, args.dataset):
-                records[spec.name] = {**record(spec, {"status": "completed", "document": doc}, out, args.dataset),
-                                      "skipped": True}
-            else:
-                todo.append(spec)
-        say(f"{PROG}: {len(specs)} run{'s' if len(specs) != 1 else ''} ({len(todo)} to train"
-            f"{f', {len(specs) - len(todo)} completed earlier' if len(specs) > len(todo) else ''}) of {args.dataset}"
-            f" on {cluster.description}; output in {out}")
-        if cluster.dashboard_link:
-            say(f"{PROG}: Dask dashboard: {cluster.dashboard_link}")
-        bar = _progress(len(specs), len(specs) - len(todo), args.quiet)
-        done = [len(specs) - len(todo)]
+    bar = None
 
-        def emit(text):
-            if bar is None:
-                say(text)
-                return
-            with bar.external_write_mode(file=sys.stdout):
-                say(text)
+    def emit(text):
+        if bar is None:
+            say(text)
+            return
+        with bar.external_write_mode(file=sys.stdout):
+            say(text)
 
-        for spec in specs:
-            if spec.name in records:
-                emit(_line(records[spec.name], specs.index(spec) + 1, len(specs)))
+    def on_stop(signum, hard):
+        name = signal.Signals(signum).name
+        msg = (f"{PROG}: {name} received again: stopping every run at once" if hard else
+               f"{PROG}: {name} received: stopping every run before its next batch (send it again to stop at once)")
+        emit(msg) if bar is not None else write_line(msg, sys.stderr)
 
-        def on_result(spec, result):
-            if result.get("document") is None:
-                doc = read_metrics(out / spec.name / METRICS_FILE)
-                if doc is not None and same_settings(doc, spec.config, args.dataset):
-                    result = {**result, "document": doc}
-            records[spec.name] = record(spec, result, out, args.dataset)
-            done[0] += 1
-            emit(_line(records[spec.name], done[0], len(specs)))
-            if bar is not None:
-                bar.update(1)
+    signals.on_stop = on_stop
+    cluster = Cluster(scheduler=args.scheduler, workers=args.workers, threads_per_run=args.threads_per_run,
+                      runs=len(specs), dashboard=args.dashboard)
+    ended = "signal" if signals.received is not None else None
+    if ended is None:
+        with cluster:
+            specs = [replace(s, config=replace(s.config, threads=cluster.threads)) for s in specs]
+            skips = _verified_skips(cluster, specs, earlier, out, args, task_kwargs, signals)
+            for spec in specs:
+                if spec.name in skips:
+                    records[spec.name] = {**record(spec, {"status": "completed", "document": earlier[spec.name]},
+                                                   out, args.dataset), "skipped": True}
+            todo = [spec for spec in specs if spec.name not in records]
+            say(f"{PROG}: {len(specs)} run{'s' if len(specs) != 1 else ''} ({len(todo)} to train"
+                f"{f', {len(specs) - len(todo)} completed earlier' if len(specs) > len(todo) else ''}) of "
+                f"{args.dataset} on {cluster.description}; output in {out}")
+            if cluster.dashboard_link:
+                say(f"{PROG}: Dask dashboard: {cluster.dashboard_link}")
+            bar = _progress(len(specs), len(specs) - len(todo), args.quiet)
+            done = [len(specs) - len(todo)]
+            for spec in specs:
+                if spec.name in records:
+                    emit(_line(records[spec.name], specs.index(spec) + 1, len(specs)))
 
-        def on_stop(signum):
-            msg = (f"{PROG}: {signal.Signals(signum).name} received: stopping every run before its next batch "
-                   "(send it again to stop at once)")
-            emit(msg) if bar is not None else write_line(msg, sys.stderr)
+            def on_result(spec, result):
+                if result.get("document") is None:
+                    doc = read_metrics(out / spec.name / METRICS_FILE)
+                    if doc is not None and same_settings(doc, spec.config, args.dataset):
+                        result = {**result, "document": doc}
+                records[spec.name] = record(spec, result, out, args.dataset)
+                done[0] += 1
+                emit(_line(records[spec.name], done[0], len(specs)))
+                if bar is not None:
+                    bar.update(1)
 
-        stopped, hard = None, None
-        try:
-            stopped = run_all(cluster, todo, str(out), on_result=on_result, on_stop=on_stop, task_kwargs=task_kwargs)
-        except SweepStopped as exc:
-            stopped = hard = exc.signum
-        finally:
-            if bar is not None:
-                bar.close()
+            try:
+                ended = run_all(cluster, todo, str(out), on_result=on_result, signals=signals,
+                                task_kwargs=task_kwargs)
+            finally:
+                if bar is not None:
+                    bar.close()
     ordered = [records[s.name] for s in specs if s.name in records]
     ordered += [record(s, {"status": "not-started", "reason": "the sweep stopped before this run started"},
                        out, args.dataset) for s in specs if s.name not in records]
+    stopped = signals.received
     sweep_info = {"command": " ".join(shlex.quote(a) for a in [PROG, *(argv if argv is not None else sys.argv[1:])]),
-                  "out": str(out), "cluster": cluster.description, "scheduler": args.scheduler,
+                  "out": str(out), "cluster": cluster.description or None, "scheduler": args.scheduler,
                   "threads_per_run": cluster.threads, "seconds": time.perf_counter() - t0,
                   "stopped_by": signal.Signals(stopped).name if stopped else None, "versions": versions()}
     csv_path, json_path = write_summary(out, ordered, sweep_info)
@@ -264,10 +382,14 @@ def _run(argv, say) -> int:
     say(f"summary: {csv_path}, {json_path}")
     say(f"plots: {', '.join(str(p) for p in plot_paths)}")
     if stopped:
-        how = "at once" if hard else "before the next batch"
+        how = "at once" if signals.hard else "before the next batch"
         write_line(f"{PROG}: stopped by {signal.Signals(stopped).name} {how}; finished runs and each run's last "
                    "complete epoch are kept; rerun the same command to resume", sys.stderr)
-        return EXIT_TERMINATED if stopped == signal.SIGTERM else EXIT_INTERRUPTED
+        return 128 + int(stopped)
+    if ended == "scheduler":
+        print_error(PROG, f"rerun the same command once the scheduler at {args.scheduler} is back: the connection to "
+                          f"it was lost; runs it was running may still finish there (see {csv_path})")
+        return EXIT_ERROR
     bad = [r for r in ordered if r["status"] != "completed"]
     if bad:
         first = bad[0]
@@ -300,6 +422,9 @@ def sweep_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         write_line(f"{PROG}: interrupted before any run started", sys.stderr)
         return EXIT_INTERRUPTED
+    except RecursionError as exc:             # a RuntimeError, but not a bug of ours: input nested too deeply
+        print_error(PROG, f"input nested too deeply: {exc}")
+        return EXIT_USAGE
     except (ValueError, OSError, MemoryError, TimeoutError) as exc:
         print_error(PROG, str(exc) or type(exc).__name__)
         return EXIT_ERROR

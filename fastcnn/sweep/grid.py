@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastcnn._cli import UsageError, float_in, int_at_least
+from fastcnn._files import InputFileError, read_input
 from fastcnn.backend import BACKENDS
 from fastcnn.data import DATASETS as KNOWN_DATASETS
 from fastcnn.train import DEFAULT_MOMENTUM, DTYPES, OPTIMIZERS, SCHEDULES, TrainConfig
@@ -27,6 +29,8 @@ __all__ = [
     "DATASETS",
     "DEFAULT_EPOCHS",
     "DEFAULT_OPTIMIZERS",
+    "MAX_EPOCHS",
+    "MAX_RUNS",
     "OPTIONS",
     "Option",
     "RunSpec",
@@ -39,6 +43,11 @@ __all__ = [
 #: A sweep with no options compares the two optimizers over a few epochs.
 DEFAULT_EPOCHS = 3
 DEFAULT_OPTIMIZERS = ("sgd", "adamw")
+#: The most runs one sweep holds (its grid is refused before it is built), the most epochs per run,
+#: and the largest runs file read.
+MAX_RUNS = 10_000
+MAX_EPOCHS = 100_000
+MAX_RUNS_FILE_BYTES = 1 << 20
 DATASETS = (*KNOWN_DATASETS, "custom")
 
 
@@ -104,7 +113,7 @@ OPTIONS = (
     Option("batchnorm", _on_off, f"batch normalisation after each convolution: off, on "
            f"(default: {'on' if _D.batchnorm else 'off'})", "off,on"),
     Option("batch_size", int_at_least(1), f"training batch sizes (default: {_D.batch_size})", "64,128"),
-    Option("epochs", int_at_least(1), f"epochs per run (default: {DEFAULT_EPOCHS})", "3,5"),
+    Option("epochs", int_at_least(1, MAX_EPOCHS), f"epochs per run (default: {DEFAULT_EPOCHS})", "3,5"),
     Option("dtype", _choice(DTYPES), f"floating-point types ({', '.join(DTYPES)}; default: {_D.dtype})",
            "float32,float64"),
     Option("backend", _choice(BACKENDS), f"conv/pool implementations ({', '.join(BACKENDS)}; default: "
@@ -165,12 +174,21 @@ def _file_value(option: Option, value, where: str) -> list:
         raise UsageError(f"{where}: {exc}") from None
 
 
+def _why(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply (a runs file needs two levels)"
+    text = " ".join(str(exc).split())
+    if "integer string conversion" in text:
+        return "a number has thousands of digits; give a usable value"
+    return text[:200]
+
+
 def _read_document(path: Path) -> object:
     suffix = path.suffix.lower()
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"--runs {str(path)!r}: cannot read it: {exc.strerror or exc}") from None
+        raw = read_input(path, MAX_RUNS_FILE_BYTES)
+    except InputFileError as exc:
+        raise UsageError(f"--runs {str(path)!r}: {exc}") from None
     if suffix == ".toml":
         try:
             import tomllib
@@ -179,13 +197,13 @@ def _read_document(path: Path) -> object:
                              "write the runs as a .json file") from None
         try:
             return tomllib.loads(raw.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise UsageError(f"--runs {str(path)!r}: fix the TOML: {exc}") from None
+        except (ValueError, RecursionError) as exc:      # ValueError: TOML, UTF-8, a 5000-digit integer
+            raise UsageError(f"--runs {str(path)!r}: fix the TOML: {_why(exc)}") from None
     if suffix == ".json":
         try:
             return json.loads(raw.decode("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UsageError(f"--runs {str(path)!r}: fix the JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:      # ValueError: JSON, UTF-8, a 5000-digit integer
+            raise UsageError(f"--runs {str(path)!r}: fix the JSON: {_why(exc)}") from None
     raise UsageError(f"--runs {str(path)!r}: name a .toml or .json file")
 
 
@@ -228,9 +246,18 @@ def load_runs_file(path: str | Path) -> list[dict]:
     return [{**defaults, **_entry(t, f"{where}: runs[{i}]")} for i, t in enumerate(runs)]
 
 
+def _too_many(count: int) -> UsageError:
+    return UsageError(f"the sweep would have {count:,} runs, more than the {MAX_RUNS:,} one sweep runs: "
+                      "split it into several sweeps or list fewer values")
+
+
 def expand(lists: dict) -> list[dict]:
-    """The product of ``{field: [values]}`` in :data:`OPTIONS` order, as one dict per run."""
+    """The product of ``{field: [values]}`` in :data:`OPTIONS` order, as one dict per run; a
+    :class:`UsageError` before anything is built when that is more than :data:`MAX_RUNS`."""
     fields = [o.field for o in OPTIONS if o.field in lists]
+    count = math.prod(len(lists[f]) for f in fields)
+    if count > MAX_RUNS:
+        raise _too_many(count)
     return [dict(zip(fields, combo)) for combo in itertools.product(*(lists[f] for f in fields))]
 
 
@@ -276,6 +303,8 @@ def build_runs(cli_lists: dict, entries: list[dict] | None = None) -> list[RunSp
             entry = dict(entry)
             name = entry.pop("name", None)
             combos = expand({**lists, **entry})
+            if len(named) + len(combos) > MAX_RUNS:
+                raise _too_many(len(named) + len(combos))
             if name is None or len(combos) == 1:
                 named.extend((name, name, g) for g in combos)
                 continue

@@ -26,7 +26,7 @@ from fastcnn._cli import one_line, versions
 from fastcnn._pause import batch_hook
 from fastcnn.train import RESUME_KEYS, TrainConfig
 
-__all__ = ["CHECKPOINT_FILE", "METRICS_FILE", "read_metrics", "run_one", "same_settings"]
+__all__ = ["CHECKPOINT_FILE", "METRICS_FILE", "data_fingerprints", "read_metrics", "run_one", "same_settings"]
 
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -73,6 +73,24 @@ def _dataset(name: str, data_dir: str | None, download: bool):
         if key not in _datasets:
             _datasets[key] = load_dataset(name, data_dir=data_dir, download=download)
         return _datasets[key]
+
+
+def data_fingerprints(dataset: str, data_dir: str | None, download: bool, limits: list) -> dict:
+    """``{(limit_train, limit_test): SHA-256}`` of the data a run with those limits trains on, as
+    :class:`~fastcnn.train.Trainer` computes it and stores it in every checkpoint: what a run found
+    in OUT must have been trained on for the sweep to count it as completed."""
+    import numpy as np
+
+    from fastcnn.train import data_fingerprint
+    data = _dataset(dataset, data_dir, download)
+    out = {}
+    for limit_train, limit_test in limits:
+        n_train = len(data.x_train) if limit_train is None else min(limit_train, len(data.x_train))
+        n_test = len(data.x_test) if limit_test is None else min(limit_test, len(data.x_test))
+        out[(limit_train, limit_test)] = data_fingerprint(
+            np.asarray(data.x_train[:n_train]), np.asarray(data.y_train[:n_train], np.int64),
+            data.x_test[:n_test], np.asarray(data.y_test[:n_test], np.int64))
+    return out
 
 
 class _StopWatcher:
