@@ -239,8 +239,6 @@ function drawMaps(id, m) {
   const c = document.getElementById(id);
   c.width = cols * (w + gap) - gap;
   c.height = rows * (h + gap) - gap;
-  const scale = Math.max(1, Math.floor(Math.min(640, c.parentElement.clientWidth || 640) / c.width));
-  c.style.width = `${c.width * scale}px`;
   const g = c.getContext("2d");
   g.fillStyle = "#777";
   g.fillRect(0, 0, c.width, c.height);
