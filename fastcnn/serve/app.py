@@ -56,9 +56,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(model, info: ModelInfo, *, max_body: int = MAX_BODY) -> Starlette:
-    """The application serving ``model`` (described by ``info``); bodies above ``max_body`` bytes: 413."""
+def create_app(model, info: ModelInfo, *, max_body: int = MAX_BODY, threads: int | None = None) -> Starlette:
+    """The application serving ``model`` (described by ``info``); bodies above ``max_body`` bytes: 413.
+    ``threads``: Numba threads per request (None: Numba's own setting, every core)."""
     assets = {name: _asset(name) for name in _ASSETS}          # read once: a broken install fails at start
+
+    def answer(data: bytes, detail: bool) -> dict:
+        if threads is not None and getattr(model, "backend_name", None) == "numba":
+            import numba
+            numba.set_num_threads(threads)                  # per calling thread: the worker's own setting
+        return predict_bytes(model, info, data, detail=detail)
 
     async def page(request: Request) -> Response:
         return Response(assets["index.html"], media_type=_ASSETS["index.html"])
@@ -82,10 +89,10 @@ def create_app(model, info: ModelInfo, *, max_body: int = MAX_BODY) -> Starlette
             return _error(400, str(exc))
         detail = request.query_params.get("detail", "0") not in ("", "0", "false", "no")
         try:
-            answer = await run_in_threadpool(predict_bytes, model, info, data, detail=detail)
+            result = await run_in_threadpool(answer, data, detail)
         except InputError as exc:
             return _error(400, str(exc))
-        return JSONResponse(answer)
+        return JSONResponse(result)
 
     async def method_not_allowed(request: Request) -> Response:
         return _error(405, "send the image with POST /api/predict")

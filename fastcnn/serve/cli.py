@@ -1,4 +1,4 @@
-"""``fastcnn-serve MODEL [--host H] [--port P] [--max-body BYTES] [--backend numba|numpy]``
+"""``fastcnn-serve MODEL [--host H] [--port P] [--max-body BYTES] [--threads N] [--backend numba|numpy]``
 
 Loads MODEL (a file of ``fastcnn-train --save-model`` or ``--checkpoint``), compiles the kernels by
 answering one request internally, then listens on http://127.0.0.1:8000 (printed; ``--port 0`` picks
@@ -43,6 +43,9 @@ def build_parser() -> Parser:
     p.add_argument("--port", type=int_at_least(0), default=8000, help="port (default: 8000; 0 picks a free one)")
     p.add_argument("--max-body", type=positive_int, default=None, metavar="BYTES",
                    help="largest request body accepted; larger ones get 413 (default: 8 MiB)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="Numba threads per request (default: Numba's, every core: measured faster than 1 on a "
+                        "busy 2-core machine, see docs/inspect.md)")
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="implementation of the convolutions (default: $FASTCNN_BACKEND, else numba)")
     return p
@@ -83,6 +86,10 @@ def _serve(args) -> int:
     write_line(f"{PROG}: {args.model} loaded ({model.backend_name} backend); compiling the kernels "
                "(first run only, up to a minute) ...")
     start = time.perf_counter()
+    if model.backend_name == "numba":
+        import numba
+        if args.threads is not None and args.threads > numba.config.NUMBA_NUM_THREADS:
+            raise UsageError(f"--threads must be at most {numba.config.NUMBA_NUM_THREADS} (Numba's thread count)")
     try:
         predict_bytes(model, info, sample_digit(), detail=True)
     except InputError as exc:
@@ -91,7 +98,7 @@ def _serve(args) -> int:
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    app = create_app(model, info, max_body=args.max_body or MAX_BODY)
+    app = create_app(model, info, max_body=args.max_body or MAX_BODY, threads=args.threads)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     write_line(f"{PROG}: ready in {time.perf_counter() - start:.1f} s; serving http://{shown}:{port} "
@@ -120,6 +127,9 @@ def serve_main(argv=None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     try:
         return _serve(args)
+    except UsageError as exc:
+        print_error(PROG, exc)
+        return EXIT_USAGE
     except OSError as exc:
         print_error(PROG, exc.strerror or exc)
     except KeyboardInterrupt:           # Ctrl-C while loading or compiling
