@@ -9,6 +9,7 @@ usage errors exit 2.
 """
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import time
@@ -83,15 +84,20 @@ def _serve(args) -> int:
     except CheckpointError as exc:
         print_error(PROG, exc)
         return EXIT_ERROR
-    write_line(f"{PROG}: {args.model} loaded ({model.backend_name} backend); compiling the kernels "
-               "(first run only, up to a minute) ...")
+    write_line(f"{PROG}: {args.model} loaded ({model.backend_name} backend)")
     start = time.perf_counter()
+    compiling = contextlib.nullcontext()
     if model.backend_name == "numba":
         import numba
+
+        from fastcnn.kernels import first_compile
         if args.threads is not None and args.threads > numba.config.NUMBA_NUM_THREADS:
             raise UsageError(f"--threads must be at most {numba.config.NUMBA_NUM_THREADS} (Numba's thread count)")
+        compiling = first_compile(lambda: write_line(f"{PROG}: compiling the Numba kernels, first run only "
+                                                     "(a minute or two on a busy machine) ..."))
     try:
-        predict_bytes(model, info, sample_digit(), detail=True)
+        with compiling:             # the first answer compiles (or loads) every kernel a request uses
+            predict_bytes(model, info, sample_digit(), detail=True)
     except InputError as exc:
         print_error(PROG, f"the model cannot answer a sample request: {exc}")
         return EXIT_ERROR
