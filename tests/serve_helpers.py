@@ -1,13 +1,11 @@
 """Start and stop ``fastcnn-serve`` in a subprocess for the API and browser tests."""
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 import sys
 import threading
-import time
 
 from helpers import subprocess_env
 
@@ -54,14 +52,3 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
 
-
-def wait_for(predicate, timeout=30.0, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
-
-
-__all__ = ["Server", "os", "wait_for"]

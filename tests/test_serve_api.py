@@ -182,11 +182,13 @@ def test_page_and_assets_are_served_from_the_package(server):
     assert exc.value.code == 404
 
 
-def test_port_in_use_is_a_one_line_error(server, model_path):
+def test_port_in_use_is_a_one_line_error(server, model_path, capsys):
     from fastcnn.serve.cli import serve_main
     port = urlsplit(server.url).port
     code = serve_main([str(model_path), "--port", str(port), "--backend", "numpy"])
-    assert code == 1
+    err = capsys.readouterr().err.splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("fastcnn-serve: error: choose another with --port") and f":{port}" in err[0]
 
 
 def test_usage_errors_exit_2(capsys):
