@@ -79,7 +79,7 @@ def _filter_tiles(f: Filters, first: bool, deep: str) -> tuple[np.ndarray, str, 
     if deep == "mean":
         return w.mean(axis=1), f"mean over {c} input channels", _columns(k)
     strongest = np.sqrt((w ** 2).sum(axis=(2, 3))).argmax(axis=1)
-    return w[np.arange(k), strongest], f"each filter's strongest of {c} input channels", min(k, 16)
+    return w[np.arange(k), strongest], f"each filter's strongest of {c} input channels", _columns(k)
 
 
 def plot_filters(filters: list[Filters], path, *, title: str | None = None, deep: str = "strongest") -> Path:
