@@ -44,7 +44,7 @@ def build_parser() -> Parser:
     p.add_argument("--port", type=int_at_least(0), default=8000, help="port (default: 8000; 0 picks a free one)")
     p.add_argument("--max-body", type=positive_int, default=None, metavar="BYTES",
                    help="largest request body accepted; larger ones get 413 (default: 8 MiB)")
-    p.add_argument("--threads", type=positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="Numba threads per request (default: Numba's, every core: measured faster than 1 on a "
                         "busy 2-core machine, see docs/inspect.md)")
     p.add_argument("--backend", choices=BACKENDS, default=None,
