@@ -3,6 +3,10 @@
     fastcnn-eval CHECKPOINT [--data-dir DIR] [--out DIR] [--backend numba|numpy] [--limit-test N]
                  [--top N] [--test | --no-test]
                  [--predict FILE ... [--raw] [--invert | --no-invert] [--predict-grid PNG]]
+                 [--filters PNG] [--inspect IMAGE|test:N ...]
+
+``--filters`` and ``--inspect`` draw the network's filters and, per image, every layer's maps and the
+saliency (:mod:`fastcnn.eval_pictures`; see docs/inspect.md).
 
 CHECKPOINT is a file written by ``fastcnn-train --save-model`` or ``--checkpoint`` (or by
 :func:`fastcnn.checkpoint.save_checkpoint`).
@@ -44,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastcnn import eval_pictures
 from fastcnn._atomic import atomic_write
 from fastcnn._cli import (
     EXIT_ERROR,
@@ -221,7 +226,8 @@ def build_parser() -> Parser:
     p.add_argument("--predict-grid", type=Path, default=None, metavar="PNG",
                    help="with --predict: write a PNG of each image as the network sees it, with its prediction")
     p.add_argument("--test", action=argparse.BooleanOptionalAction, default=None,
-                   help="evaluate on the test set (default: yes, unless --predict is given)")
+                   help="evaluate on the test set (default: yes, unless --predict, --filters or --inspect is given)")
+    eval_pictures.add_arguments(p)
     return p
 
 
@@ -247,6 +253,7 @@ def parse_args(parser: Parser, argv=None) -> argparse.Namespace:
                                          ("--predict-grid", args.predict_grid)) if value]
         if used:
             raise UsageError(f"{used[0]} needs --predict FILE ...")
+    eval_pictures.check_arguments(args)
     if wants_test(args):
         probe_writable(args.out, "--out", create=False)
     if args.predict_grid is not None:
@@ -271,7 +278,7 @@ def _check_outputs(args) -> None:
 
 def wants_test(args: argparse.Namespace) -> bool:
     """Whether to evaluate on the test set: --test/--no-test, else only when nothing is predicted."""
-    return args.test if args.test is not None else not args.predict
+    return args.test if args.test is not None else not (args.predict or eval_pictures.wanted(args))
 
 
 def _err(message):
@@ -384,6 +391,8 @@ def _run(args):
 
     if args.predict:
         status = _predict(args, model, dtype, shape, names)
+    if eval_pictures.wanted(args):
+        status = max(status, _pictures(args, ckpt, model, dtype, shape[1], dataset, names))
 
     if not wants_test(args):
         return status
@@ -413,6 +422,17 @@ def _run(args):
     write_line(f"wrote {cm_path}")
     write_line(f"wrote {err_path} ({shown} of {len(y) - correct} errors)")
     return status
+
+
+def _pictures(args, ckpt, model, dtype, side, dataset, names) -> int:
+    """``--filters`` and ``--inspect`` (:mod:`fastcnn.eval_pictures`); test:N reads the test set as
+    the evaluation does."""
+    def test_images():
+        data = load_dataset(dataset, data_dir=_test_data_dir(args, ckpt, dataset), splits=("test",))
+        _check_fits(data, ckpt)
+        return data.x_test
+
+    return eval_pictures.run(args, model, dtype, side, names, test_images, _err)
 
 
 def eval_main(argv=None):
