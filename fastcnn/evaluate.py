@@ -59,6 +59,7 @@ from fastcnn.checkpoint import CheckpointError, build_model, load_checkpoint
 from fastcnn.data import DATASETS, DataError, DataWarning, dataset_spec, find_data_dir, load_dataset, to_float
 from fastcnn.images import IMAGE_SUFFIXES, InputError, border_level, prepare_digit, read_image
 from fastcnn.losses import log_softmax
+from fastcnn.normalization import saved_normalization
 
 PROG = "fastcnn-eval"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -373,7 +374,8 @@ def _run(args):
     x_raw, y = data.x_test, data.y_test
     if args.limit_test:
         x_raw, y = x_raw[:args.limit_test], y[:args.limit_test]
-    probs = predict_proba(model, to_float(x_raw, dtype))
+    norm = saved_normalization(ckpt.header.get("extra")).kwargs()      # the training run's scaling
+    probs = predict_proba(model, to_float(x_raw, dtype, **norm))
     loss, acc, pred, cm = evaluate_probs(probs, y)
     correct = int((pred == y).sum())
     write_line(f"test loss {loss:.4f}, accuracy {acc:.2%} ({correct}/{len(y)} correct) on {dataset} from "

@@ -68,6 +68,7 @@ from fastcnn.data import to_float
 from fastcnn.layers import DROPOUT_STEPS
 from fastcnn.losses import softmax_cross_entropy
 from fastcnn.model import mnist_cnn
+from fastcnn.normalization import MNIST_NORMALIZATION
 from fastcnn.optim import SGD, AdamW
 
 __all__ = ["TrainConfig", "RunState", "Trainer", "train", "learning_rate", "OPTIMIZERS", "SCHEDULES",
@@ -465,8 +466,11 @@ class Trainer:
         if x_train.ndim != 4 or x_train.shape[2] != x_train.shape[3]:
             raise ValueError(f"training images must have shape (N, C, H, H), got {x_train.shape}")
         dtype = np.dtype(config.dtype)
-        self.x_train, self.y_train = to_float(x_train, dtype), np.asarray(data.y_train[:n_train], np.int64)
-        self.x_test = to_float(np.asarray(data.x_test[:n_test]), dtype)
+        #: The pixel statistics the images are scaled by (saved with the model; MNIST's constants by default).
+        self.normalization = getattr(data, "normalization", None) or MNIST_NORMALIZATION
+        norm = self.normalization.kwargs()
+        self.x_train, self.y_train = to_float(x_train, dtype, **norm), np.asarray(data.y_train[:n_train], np.int64)
+        self.x_test = to_float(np.asarray(data.x_test[:n_test]), dtype, **norm)
         self.y_test = np.asarray(data.y_test[:n_test], np.int64)
         num_classes = int(max(self.y_train.max(initial=-1), self.y_test.max(initial=-1))) + 1
         num_classes = max(num_classes, int(getattr(data, "num_classes", 0) or 0), 2)
@@ -640,7 +644,8 @@ class Trainer:
         return save_checkpoint(path, st.model, st.optimizer, epoch=st.epoch, history=st.history,
                                config=self.config.to_dict(), rngs=self._rngs(), model_kwargs=self.model_kwargs,
                                extra={"step": st.step, "steps_per_epoch": st.steps_per_epoch,
-                                      "data": self.data_info, "start_loss": st.start_loss, **(extra or {})},
+                                      "data": self.data_info, "start_loss": st.start_loss,
+                                      "normalization": self.normalization.to_dict(), **(extra or {})},
                                threads=st.threads)
 
     def restore(self, checkpoint):
