@@ -35,6 +35,7 @@ import signal
 import sys
 import textwrap
 import threading
+import warnings
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -91,7 +92,7 @@ exit codes: 0 ok, 1 runtime error (data, checkpoint, files), 2 bad arguments, 3 
 
 def build_parser() -> Parser:
     from fastcnn.backend import BACKENDS, ENV_VAR
-    from fastcnn.data import DATASETS
+    from fastcnn.datasets.select import SOURCES
     from fastcnn.train import (
         DEFAULT_LR,
         DEFAULT_MOMENTUM,
@@ -109,10 +110,17 @@ def build_parser() -> Parser:
                     "on the CPU: one line per epoch, loss and accuracy plots, optional JSON metrics.",
         epilog=_EPILOG, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=[*DATASETS, "custom"], default="mnist",
-                   help="which dataset ('custom': any folder with MNIST's four IDX file names, needs --data-dir)")
+    g.add_argument("--dataset", choices=SOURCES, default=None,
+                   help="which dataset (default: what --data-dir holds, else mnist); 'custom': any folder with "
+                        "MNIST's four IDX file names; 'folder': DIR/train/<class>/*, DIR/test/<class>/* images; "
+                        "'npz': a .npz of x_train, y_train, x_test, y_test; 'cifar10': CIFAR-10's binary version")
     g.add_argument("--data-dir", metavar="DIR", default=None,
-                   help="folder with the four IDX files (gzipped or not); must exist when given")
+                   help="folder with the four IDX files (gzipped or not), an image folder, a .npz file, or "
+                        "CIFAR-10's .tar.gz or extracted folder; must exist when given")
+    g.add_argument("--image-size", metavar="HxW", type=_image_size, default=None,
+                   help="resize image-folder images to H x W (needed when their sizes differ)")
+    g.add_argument("--skip-bad", action="store_true",
+                   help="image folders: leave out files that cannot be decoded (with a warning) instead of failing")
     g.add_argument("--no-download", action="store_true", help="never download; fail if the files are not found")
     g.add_argument("--limit-train", metavar="N", type=int_at_least(1), default=None,
                    help="use only the first N training images (default: all)")
@@ -622,16 +630,31 @@ def _load_resume(args, argv, console):
     if isinstance(extra.get("dataset"), str):
         args.dataset = extra["dataset"]
     source = extra.get("source_dir")
-    if args.data_dir is None and isinstance(source, str) and Path(source).is_dir():
+    if args.data_dir is None and isinstance(source, str) and Path(source).exists():
         args.data_dir = source
     return ckpt, config
+
+
+def _image_size(text):
+    from fastcnn.datasets.folder import parse_image_size
+    return parse_image_size(text)
+
+
+def _resolve_dataset(args):
+    """``--dataset`` left out: what ``--data-dir`` holds, else mnist. A data file (a .npz, an archive)
+    may stand where a folder is expected."""
+    from fastcnn.datasets.select import detect_source
+    if args.data_dir is None or not Path(args.data_dir).expanduser().is_file():
+        check_data_dir(args.data_dir)
+    if args.dataset is None:
+        args.dataset = detect_source(args.data_dir) or "mnist"
 
 
 def _run(argv, signals, console):
     args = build_parser().parse_args(argv)
     console.quiet = args.quiet
     say = console.say
-    check_data_dir(args.data_dir)
+    _resolve_dataset(args)
 
     ckpt = None
     if args.resume is not None:
@@ -653,11 +676,17 @@ def _run(argv, signals, console):
 def _train(args, config, ckpt, run, signals, console):
     from fastcnn import train as train_module
     from fastcnn.cpumeter import CpuMeter
-    from fastcnn.data import load_dataset
+    from fastcnn.data import DataWarning
+    from fastcnn.datasets.select import load_any
     from fastcnn.train import Trainer, TrainingDiverged, TrainingInterrupted, format_epoch, step_memory_lower_bound
     say = console.say
 
-    data = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        data = load_any(args.dataset, args.data_dir, download=not args.no_download, image_size=args.image_size,
+                        skip_bad=args.skip_bad)
+    for warning in caught:
+        console.err(f"{PROG}: warning: {warning.message}")
     run.outputs.check_inputs(data.source_dir)
     n_train = min(len(data.x_train), config.limit_train or len(data.x_train))
     n_test = min(len(data.x_test), config.limit_test or len(data.x_test))

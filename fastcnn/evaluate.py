@@ -57,6 +57,7 @@ from fastcnn._cli import (
 from fastcnn.backend import BACKENDS
 from fastcnn.checkpoint import CheckpointError, build_model, load_checkpoint
 from fastcnn.data import DATASETS, DataError, DataWarning, dataset_spec, find_data_dir, load_dataset, to_float
+from fastcnn.datasets.select import SOURCES, load_any
 from fastcnn.images import IMAGE_SUFFIXES, InputError, border_level, prepare_digit, read_image
 from fastcnn.losses import log_softmax
 from fastcnn.normalization import saved_normalization
@@ -196,7 +197,7 @@ def build_parser() -> Parser:
                    help="folder with the test set's t10k-images/t10k-labels IDX files, gzipped or not; used "
                         "as given (default: the folder the model's training read, else $FASTCNN_DATA_DIR, "
                         "then the cache)")
-    p.add_argument("--dataset", choices=[*DATASETS, "custom"], default=None,
+    p.add_argument("--dataset", choices=SOURCES, default=None,
                    help="test set to use (default: the dataset the model was trained on, else mnist)")
     p.add_argument("--out", type=Path, default=Path("eval"),
                    help=f"folder for {CONFUSION_PNG} and {ERRORS_PNG} (default: eval/)")
@@ -228,7 +229,8 @@ def parse_args(parser: Parser, argv=None) -> argparse.Namespace:
     checkpoint. :class:`UsageError` when there is no checkpoint, no image, or a --predict option
     without --predict."""
     args = parser.parse_args(argv)
-    check_data_dir(args.data_dir)
+    if args.data_dir is None or not args.data_dir.expanduser().is_file():       # a .npz or archive is a file
+        check_data_dir(args.data_dir)
     if args.checkpoint is None:
         if args.predict and args.predict[-1].suffix.lower() not in IMAGE_SUFFIXES:
             args.checkpoint = args.predict.pop()
@@ -268,7 +270,7 @@ def _trained_on(ckpt):
     """The dataset the checkpoint's model was trained on ("mnist", "fashion-mnist", "custom"), or None."""
     extra = ckpt.header.get("extra") or {}
     name = extra.get("dataset", ckpt.config.get("dataset"))
-    return name if name in DATASETS or name == "custom" else None
+    return name if name in SOURCES else None
 
 
 def _test_data_dir(args, ckpt, dataset):
@@ -356,7 +358,9 @@ def _run(args):
     dtype = np.dtype(ckpt.header["dtype"])
     side = int(ckpt.model_kwargs.get("image_size", 28))
     dataset = args.dataset or _trained_on(ckpt) or "mnist"
-    names = dataset_spec(dataset).classes
+    saved_names = (ckpt.header.get("extra") or {}).get("classes")
+    names = (tuple(saved_names) if isinstance(saved_names, list) and dataset == _trained_on(ckpt) else
+             dataset_spec(dataset).classes if dataset in DATASETS else None)
     status = 0
 
     if args.predict:
@@ -367,7 +371,12 @@ def _run(args):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
-        data = load_dataset(dataset, data_dir=_test_data_dir(args, ckpt, dataset), splits=("test",))
+        if dataset in DATASETS or dataset == "custom":
+            data = load_dataset(dataset, data_dir=_test_data_dir(args, ckpt, dataset), splits=("test",))
+        else:                  # image folders, arrays, CIFAR-10: --data-dir, else where training read them
+            source = (ckpt.header.get("extra") or {}).get("source_dir") if dataset == _trained_on(ckpt) else None
+            data = load_any(dataset, args.data_dir or source)
+            names = names or data.classes
     for warning in caught:
         write_line(f"{PROG}: warning: {warning.message}", sys.stderr)
     _check_fits(data, ckpt)

@@ -468,6 +468,7 @@ class Trainer:
         dtype = np.dtype(config.dtype)
         #: The pixel statistics the images are scaled by (saved with the model; MNIST's constants by default).
         self.normalization = getattr(data, "normalization", None) or MNIST_NORMALIZATION
+        self.class_names = getattr(data, "classes", None)
         norm = self.normalization.kwargs()
         self.x_train, self.y_train = to_float(x_train, dtype, **norm), np.asarray(data.y_train[:n_train], np.int64)
         self.x_test = to_float(np.asarray(data.x_test[:n_test]), dtype, **norm)
@@ -645,7 +646,9 @@ class Trainer:
                                config=self.config.to_dict(), rngs=self._rngs(), model_kwargs=self.model_kwargs,
                                extra={"step": st.step, "steps_per_epoch": st.steps_per_epoch,
                                       "data": self.data_info, "start_loss": st.start_loss,
-                                      "normalization": self.normalization.to_dict(), **(extra or {})},
+                                      "normalization": self.normalization.to_dict(),
+                                      **({"classes": list(self.class_names)} if self.class_names else {}),
+                                      **(extra or {})},
                                threads=st.threads)
 
     def restore(self, checkpoint):

@@ -6,6 +6,7 @@ one. Files are found recursively below each class folder, sorted, hidden ones (`
 those ending in ``.png``, ``.jpg``/``.jpeg``, ``.bmp`` or ``.gif`` (any case) are read, the first
 frame of a GIF. Transparency is dropped (as ``Image.convert`` does). The dataset is greyscale (one
 channel) when every pixel of every image is grey, else RGB (grey images then repeat their channel).
+Each split is stored in a fixed shuffled order (seed 0), so its first N images mix the classes.
 
 Decoding happens once, in parallel threads, into a cache file
 (``$XDG_CACHE_HOME/fastcnn/folders/<key>.npz``) whose key is a SHA-256 over every file's relative
@@ -32,7 +33,7 @@ __all__ = ["FOLDER_SUFFIXES", "is_folder_layout", "load_folder", "parse_image_si
 
 FOLDER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 MAX_FOLDER_BYTES = 16 << 30      # decoded pixels of one dataset, at most: the cache and training hold them
-_CACHE_FORMAT = 1                # part of the key: a new decoding rule makes old cache files unused
+_CACHE_FORMAT = 2                # part of the key: a new decoding rule makes old cache files unused
 _GREY_MODES = ("1", "L", "LA", "La")
 _CHUNK_FILES = 256               # files per task of the thread pool
 
@@ -245,10 +246,12 @@ def _decode_all(root, files, size, skip_bad, workers):
     channels = max(arr.shape[2] for split in decoded.values() for _, _, arr in split)
     out = {}
     for split, items in decoded.items():
+        # A fixed shuffle (seed 0), not class by class: --limit-train N then takes a mix of classes.
+        order = np.random.default_rng(0).permutation(len(items))
         x = np.empty((len(items), channels, *items[0][2].shape[:2]), np.uint8)
-        for i, (_, _, arr) in enumerate(items):
-            x[i] = arr.transpose(2, 0, 1)          # a grey image broadcasts over three channels
-        out[split] = (x, np.array([label for _, label, _ in items], np.int64))
+        for i, k in enumerate(order):
+            x[i] = items[k][2].transpose(2, 0, 1)          # a grey image broadcasts over three channels
+        out[split] = (x, np.array([items[k][1] for k in order], np.int64))
     return out, bad
 
 
