@@ -126,6 +126,17 @@ def build_parser() -> Parser:
                    help="use only the first N training images (default: all)")
     g.add_argument("--limit-test", metavar="N", type=int_at_least(1), default=None,
                    help="use only the first N test images (default: all)")
+    g.add_argument("--val-split", metavar="N", type=_val_split, default=None,
+                   help="hold out N training images (or a fraction, e.g. 0.1), seeded and class-balanced, for "
+                        "per-epoch validation; the test set is then scored once, at the end")
+    g.add_argument("--test-each-epoch", action="store_true",
+                   help="with --val-split: also score the test set after every epoch (labelled test)")
+    g.add_argument("--early-stop", metavar="K", type=int_at_least(1), default=None,
+                   help="with --val-split: stop after K epochs without a lower validation loss and keep the "
+                        "best epoch's model")
+    g.add_argument("--augment", choices=("shift", "crop-flip"), default=None,
+                   help="augment training batches: 'shift' (translations up to 2 px), 'crop-flip' (4-px padded "
+                        "random crops and horizontal flips)")
 
     g = p.add_argument_group("compute")
     g.add_argument("--backend", choices=BACKENDS, default=None,
@@ -214,7 +225,8 @@ def make_config(args):
                       dropout=args.dropout, batchnorm=args.batchnorm, seed=args.seed, dtype=args.dtype,
                       backend=args.backend, threads=args.threads, limit_train=args.limit_train,
                       limit_test=args.limit_test, quiet=args.quiet, divergence_factor=args.diverge_factor,
-                      divergence_window=args.diverge_window)
+                      divergence_window=args.diverge_window, val_split=args.val_split, early_stop=args.early_stop,
+                      augment=args.augment, test_each_epoch=args.test_each_epoch)
     try:
         return cfg.resolved()
     except ValueError as exc:
@@ -579,7 +591,7 @@ class _Run:
             args.save_model, state.model, None, epoch=state.epoch, history=state.history,
             config=asdict(self.config), rngs=None, model_kwargs=self.trainer.model_kwargs,
             extra={"dataset": args.dataset, "data": self.trainer.data_info,
-                   "source_dir": str(self.data.source_dir)}, threads=state.threads))
+                   "source_dir": str(self.data.source_dir), **self.trainer.model_facts()}, threads=state.threads))
 
     def finish(self, status, stop=None, error=None) -> str:
         """Final metrics (best effort unless completed); returns a sentence on what was kept."""
@@ -633,6 +645,11 @@ def _load_resume(args, argv, console):
     if args.data_dir is None and isinstance(source, str) and Path(source).exists():
         args.data_dir = source
     return ckpt, config
+
+
+def _val_split(text):
+    from fastcnn.validation import parse_val_split
+    return parse_val_split(text)
 
 
 def _image_size(text):
@@ -738,7 +755,7 @@ def _train(args, config, ckpt, run, signals, console):
         state = trainer.state
     else:
         where = f"after epoch {state.epoch} of {config.epochs}"
-        if state.epoch < config.epochs:
+        if state.epoch < config.epochs and not trainer.stopped_early:
             stop = {"reason": signals.reason, "epoch": state.epoch + 1, "batch": 0}
     signals.finishing = True
     if stop is not None:
@@ -752,6 +769,13 @@ def _train(args, config, ckpt, run, signals, console):
     if args.save_model is not None:
         run.save_model()
     run.finish("completed")
+    if state.early_stopping is not None:
+        es = state.early_stopping
+        say(f"early stopping: {'stopped after' if es['stopped_early'] else 'ran'} {state.epoch} epochs; kept epoch "
+            f"{es['best_epoch']}'s model (lowest validation loss {es['best_loss']:.4f})")
+    if state.final_test is not None:
+        say(f"test (scored once, after training): loss {state.final_test['test_loss']:.4f}  "
+            f"accuracy {100 * state.final_test['test_acc']:.2f}%")
     summary = state.summary()
     threads = state.threads
     if summary["time_to_first_batch_seconds"] is not None:
