@@ -791,7 +791,13 @@ def _train(args, config, ckpt, run, signals, console):
     if args.save_model is not None:
         say(f"model: {args.save_model} (evaluate it with: fastcnn-eval {shlex.quote(str(args.save_model))})")
     if args.profile:
-        console.out(state.model.stop_profile().table())
+        profile = state.model.stop_profile()
+        console.out(profile.table())
+        if config.augment and profile.batches and trainer.augment_batches:
+            aug_ms = 1e3 * trainer.augment_total_seconds / trainer.augment_batches
+            step_ms = 1e3 * profile.step_s / profile.batches
+            console.out(f"augmentation ({config.augment}, before each step): {aug_ms:.3f} ms per batch, "
+                        f"{100 * aug_ms / step_ms:.1f} % of a training step")
     hint = None if threads is None else contention_hint(meter.summary(threads))
     if hint:
         say(hint)

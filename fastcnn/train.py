@@ -519,6 +519,8 @@ class Trainer:
         #: The value of a black pixel after scaling, per channel: what augmentation uncovers.
         self.fill = to_float(np.zeros((1, x_train.shape[1], 1, 1), np.uint8), dtype, **norm)[0, :, 0, 0]
         self.early = EarlyStopping(config.early_stop) if config.early_stop else None
+        #: Augmentation time of the current epoch, and the time and batches in this process (for --profile).
+        self.augment_seconds, self.augment_total_seconds, self.augment_batches = 0.0, 0.0, 0
         #: Copies of the parameters and buffers of the best validation epoch (early stopping).
         self.best_arrays = None
         #: The test set's (loss, accuracy, seconds), scored once after the last epoch (with a validation split).
@@ -560,7 +562,10 @@ class Trainer:
         n = min(self.config.batch_size, len(self.x_train))
         m = min(self.config.eval_batch_size, len(self.x_test), 2 * n)
         with np.errstate(over="ignore", invalid="ignore"):       # a huge --lr is reported by the real run
-            model.train_step(self.x_train[:n], self.y_train[:n], optimizer)
+            xb = self.x_train[:n]
+            if self.config.augment is not None:                   # compiles (or loads) its kernel too
+                xb = augment_batch(xb, self.config.augment, self.config.seed, 0, 0, self.fill)
+            model.train_step(xb, self.y_train[:n], optimizer)
             model.evaluate(self.x_test[:m], self.y_test[:m], batch_size=self.config.eval_batch_size)
         self.state.warmup_seconds = time.perf_counter() - t0
         return self.state.warmup_seconds
@@ -595,7 +600,10 @@ class Trainer:
                     if cfg.augment is not None:
                         ta = time.perf_counter()
                         xb = augment_batch(xb, cfg.augment, cfg.seed, st.epoch + 1, batch, self.fill)
-                        self.augment_seconds += time.perf_counter() - ta
+                        took = time.perf_counter() - ta
+                        self.augment_seconds += took
+                        self.augment_total_seconds += took
+                        self.augment_batches += 1
                     loss, hits = st.model.train_step(xb, self.y_train[idx], st.optimizer)
                     st.step += 1
                     if st.start_loss is None and math.isfinite(loss):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fastcnn.augment import AUGMENTATIONS, augment_batch, batch_draws, shift_flip_reference
+from fastcnn.kernels import augment as augment_kernels
 from fastcnn.kernels.augment import shift_flip
 
 
@@ -20,7 +21,7 @@ def test_a_known_shift_and_flip():
 
 @pytest.mark.parametrize("mode", sorted(AUGMENTATIONS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_kernel_matches_reference_for_any_thread_count(mode, dtype):
+def test_kernel_matches_reference_for_any_thread_count(mode, dtype, monkeypatch):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((37, 3, 12, 10)).astype(dtype)
     dy, dx, flip = batch_draws(mode, len(x), seed=5, epoch=2, batch=7)
@@ -30,7 +31,9 @@ def test_kernel_matches_reference_for_any_thread_count(mode, dtype):
     try:
         for threads in sorted({1, before}):
             numba.set_num_threads(threads)
-            assert np.array_equal(shift_flip(x, dy, dx, flip, fill), expected)
+            for min_pixels in (0, 1 << 40):                   # the parallel driver, then the serial one
+                monkeypatch.setattr(augment_kernels, "PARALLEL_MIN_PIXELS", min_pixels)
+                assert np.array_equal(shift_flip(x, dy, dx, flip, fill), expected)
     finally:
         numba.set_num_threads(before)
     assert np.array_equal(augment_batch(x, mode, 5, 2, 7, fill), expected)
