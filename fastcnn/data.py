@@ -3,7 +3,9 @@
 Where the files come from:
 
 1. an explicit ``data_dir`` (``--data-dir DIR`` on the command line) is binding: the files are read
-   from there or the load fails; nothing else is searched and nothing is downloaded;
+   from there or the load fails; nothing else is searched and nothing is downloaded. Files of MNIST
+   or Fashion-MNIST that pass their checksums there are also placed in the cache (linked, else
+   copied; :mod:`fastcnn.datasets.remember`), so later commands find them without the flag;
 2. otherwise the folder named by the environment variable ``FASTCNN_DATA_DIR``, then the per-user
    cache ``$XDG_CACHE_HOME/fastcnn/<dataset>`` (or ``~/.cache/fastcnn/<dataset>``): the first that
    holds the files wins.
@@ -580,6 +582,9 @@ def load_dataset(name="mnist", data_dir=None, download=True, verify=True, timeou
         if digest is not None:
             _check_digest(fspec, path, digest, fix)
         loaded[fspec.name] = (path, arr)
+    if data_dir is not None and verify and spec.name in DATASETS and all(f.digest for f in files):
+        from fastcnn.datasets.remember import remember_files  # found once, found again
+        remember_files([p for p, _ in loaded.values()], cache_dir if cache_dir is not None else default_cache_dir(spec))
     result = {}
     for split, (fi, fl) in (("train", spec.files[:2]), ("test", spec.files[2:])):
         if split in splits:
