@@ -70,15 +70,33 @@ _MEAN, _STD = to_float.__kwdefaults__["mean"], to_float.__kwdefaults__["std"]   
 
 # ------------------------------------------------------------------------------------ your images
 
-def normalise(images01, dtype):
-    """[0, 1] pixels (N, H, W) -> network input (N, 1, H, W) with the training normalisation. Pixels
+def normalise(images01, dtype, norm=None):
+    """[0, 1] pixels (N, H, W), or (N, C, H, W) -> network input (N, C, H, W) with the training
+    normalisation (``norm``: a :class:`~fastcnn.normalization.Normalization`; default MNIST's). Pixels
     that are k/255 (8-bit sources) go through :func:`fastcnn.data.to_float` exactly as in training."""
+    kwargs = norm.kwargs() if norm is not None else {"mean": _MEAN, "std": _STD}
     images01 = np.asarray(images01, dtype=np.float64)
+    if images01.ndim == 3:
+        images01 = images01[:, None]
     scaled = images01 * 255.0
     as_bytes = np.rint(scaled)
     if np.all(np.abs(scaled - as_bytes) < 1e-3):
-        return to_float(as_bytes.astype(np.uint8)[:, None], dtype)
-    return ((images01[:, None] - _MEAN) / _STD).astype(dtype)
+        return to_float(as_bytes.astype(np.uint8), dtype, **kwargs)
+    return to_float(images01, dtype, **kwargs)
+
+
+def _read_colour(path, side):
+    """A colour image file -> float64 (3, side, side) in [0, 1]: converted to RGB and resized, as an
+    image-folder dataset's images are (no digit preparation: a colour model saw photos)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (side, side):
+                im = im.resize((side, side), Image.BILINEAR)
+            return np.asarray(im, dtype=np.float64).transpose(2, 0, 1) / 255.0
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for damaged files
+        raise InputError(f"{path}: cannot read image: {' '.join(str(exc).split()) or type(exc).__name__}") from None
 
 
 # --------------------------------------------------------------------------------------- evaluation
@@ -172,7 +190,8 @@ def plot_predictions(images: np.ndarray, names: list[str], labels: list[str], pa
     fig = Figure(figsize=(2.0 * cols, 2.3 * rows + 0.3))
     for k in range(n):
         ax = fig.add_subplot(rows, cols, k + 1)
-        ax.imshow(images[k], cmap="gray", vmin=0.0, vmax=1.0)
+        img = images[k]
+        ax.imshow(img.transpose(1, 2, 0) if img.ndim == 3 else img, cmap="gray", vmin=0.0, vmax=1.0)
         name = names[k] if len(names[k]) <= 22 else names[k][:10] + "..." + names[k][-9:]
         ax.set_title(f"{name}\n{labels[k]}", fontsize=8)
         ax.set_xticks([])
@@ -316,12 +335,18 @@ def _note(args, background: float, inverted: bool) -> str:
     return "light background: inverted" if inverted else "dark background"
 
 
-def _predict(args, model, dtype, side, names) -> int:
+def _predict(args, model, dtype, side, names, norm=None, channels=1) -> int:
     """Classify the ``--predict`` files, print one line per image, draw ``--predict-grid``; every
-    unusable file is a one-line error, the others are still classified. Returns the exit status."""
+    unusable file is a one-line error, the others are still classified. Returns the exit status.
+    A colour model (``channels`` 3) gets each image in colour, resized; a grey one as before."""
     status, good, images, notes = 0, [], [], []
     for path in args.predict:
         try:
+            if channels == 3:
+                images.append(_read_colour(path, side))
+                good.append(path)
+                notes.append("colour, resized")
+                continue
             img = read_image(path, (side, side) if args.raw else None)
             if args.raw:
                 background, inverted = border_level(img), bool(args.invert)
@@ -339,7 +364,7 @@ def _predict(args, model, dtype, side, names) -> int:
         notes.append(_note(args, background, inverted))
     if not good:
         return status
-    probs = predict_proba(model, normalise(np.stack(images), dtype))
+    probs = predict_proba(model, normalise(np.stack(images), dtype, norm))
     for path, p, note in zip(good, probs, notes):
         k = int(p.argmax())
         write_line(f"{path}: {_class_label(k, names)} (p={p[k]:.2f}; {note})")
@@ -364,7 +389,8 @@ def _run(args):
     status = 0
 
     if args.predict:
-        status = _predict(args, model, dtype, side, names)
+        status = _predict(args, model, dtype, side, names, saved_normalization(ckpt.header.get("extra")),
+                          int(ckpt.model_kwargs.get("in_channels", 1)))
 
     if not wants_test(args):
         return status

@@ -85,3 +85,14 @@ def test_folder_errors_are_one_line(env, capsys):
                        "--plots-dir", "plots", "--batch-size", "8"])
     err = capsys.readouterr().err
     assert code == 0 and "warning: skipped 1 unreadable image file" in err and "odd.png" in err
+
+
+def test_predict_meets_a_colour_image_in_colour(env, capsys):
+    _rgb_folder(env / "colours")
+    _train_and_eval(capsys, env / "colours")
+    img = np.zeros((20, 20, 3), np.uint8)
+    img[..., 0] = 200                                            # red, larger than the training images
+    Image.fromarray(img).save(env / "red.png")
+    assert eval_main(["c.ckpt", "--backend", "numpy", "--predict", "red.png", "--predict-grid", "g.png"]) == 0
+    out = capsys.readouterr().out
+    assert "red.png: class 2 (red)" in out and "colour, resized" in out and (env / "g.png").is_file()
