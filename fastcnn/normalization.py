@@ -3,8 +3,8 @@
 Statistics are on the [0, 1] scale (uint8 pixels divided by 255; float images are taken as they
 are). MNIST keeps the constants it has always used (:data:`MNIST_NORMALIZATION`), so its runs are
 unchanged; every other dataset computes its own from its training split
-(:meth:`Normalization.from_images`), and the saved model carries them so evaluation, prediction
-and export scale images exactly as training did."""
+(:meth:`Normalization.from_images`), and the saved model carries them so evaluation and prediction
+scale images exactly as training did."""
 from __future__ import annotations
 
 import math
