@@ -70,7 +70,7 @@ from fastcnn.data import to_float
 from fastcnn.layers import DROPOUT_STEPS
 from fastcnn.losses import softmax_cross_entropy
 from fastcnn.model import mnist_cnn
-from fastcnn.normalization import MNIST_NORMALIZATION
+from fastcnn.normalization import MNIST_NORMALIZATION, saved_normalization
 from fastcnn.optim import SGD, AdamW
 from fastcnn.validation import EarlyStopping, split_indices
 
@@ -739,6 +739,11 @@ class Trainer:
         st = self.state
         saved = ckpt.config
         check_resume(ckpt, self.config, data_info=self.data_info, steps_per_epoch=st.steps_per_epoch)
+        saved_norm = saved_normalization(ckpt.header["extra"])
+        if saved_norm != self.normalization:
+            raise CheckpointError(f"the checkpoint's model was trained on images scaled by mean {saved_norm.mean}, "
+                                  f"std {saved_norm.std}, this data by mean {self.normalization.mean}, std "
+                                  f"{self.normalization.std}: train it again (it predates per-dataset scaling)")
         # The optimizer's saved lr is the schedule's value at its last step, not the run's peak lr
         # (compared above through RESUME_KEYS), so its hyper-parameters are not compared here.
         notes = restore(ckpt, st.model, st.optimizer, self._rngs(), check_hparams=False)

@@ -105,3 +105,18 @@ def test_augmentation_changes_training_and_resumes_exactly(tmp_path, mode):
     c.restore(tmp_path / "a.ckpt")
     c.run()
     assert _same(_weights(c), _weights(a))
+
+
+def test_resume_refuses_data_scaled_otherwise(tmp_path):
+    from dataclasses import replace
+
+    from fastcnn.checkpoint import CheckpointError
+    from fastcnn.normalization import Normalization
+    cfg = TrainConfig(epochs=2, **BASE)
+    a = Trainer(TrainConfig(**{**cfg.to_dict(), "epochs": 1}), synthetic())
+    a.run()
+    a.save_checkpoint(tmp_path / "a.ckpt")
+    other = replace(synthetic(), normalization=Normalization((0.5,), (0.25,)))
+    with pytest.raises(CheckpointError, match="scaled by mean"):
+        Trainer(cfg, other).restore(tmp_path / "a.ckpt")
+    Trainer(cfg, synthetic()).restore(tmp_path / "a.ckpt")          # the same scaling resumes
