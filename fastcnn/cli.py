@@ -249,10 +249,12 @@ def _resume_config(args, explicit, ckpt):
     from fastcnn.train import RESUME_KEYS, ResumeRefused, TrainConfig, check_resume
     saved = ckpt.config
     settings = {k: saved[k] for k in RESUME_KEYS if k in saved}
-    for key in ("epochs", "backend", "threads", "divergence_factor", "divergence_window"):
+    carried = ("epochs", "backend", "threads", "divergence_factor", "divergence_window", "early_stop",
+               "test_each_epoch")
+    for key in carried:
         if key in saved:
             settings[key] = saved[key]
-    for key in (*RESUME_KEYS, "epochs", "backend", "threads", "divergence_factor", "divergence_window"):
+    for key in (*RESUME_KEYS, *carried):
         option = _CONFIG_OPTIONS.get(key, key)
         if option in explicit:
             settings[key] = getattr(args, option)

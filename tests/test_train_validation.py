@@ -120,3 +120,31 @@ def test_resume_refuses_data_scaled_otherwise(tmp_path):
     with pytest.raises(CheckpointError, match="scaled by mean"):
         Trainer(cfg, other).restore(tmp_path / "a.ckpt")
     Trainer(cfg, synthetic()).restore(tmp_path / "a.ckpt")          # the same scaling resumes
+
+
+def test_command_line_reports_validation_early_stopping_and_resumes(tmp_path, monkeypatch, capsys):
+    import json
+
+    from fastcnn.cli import train_main
+
+    from helpers import write_custom_dataset
+    monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    write_custom_dataset(tmp_path / "digits", n_train=64, n_test=32)
+    common = ["--dataset", "custom", "--data-dir", "digits", "--batch-size", "16", "--backend", "numpy",
+              "--plots-dir", "plots", "--metrics", "m.json", "--checkpoint", "c.ckpt"]
+    assert train_main([*common, "--epochs", "2", "--val-split", "16", "--early-stop", "1", "--augment", "shift",
+                       "--lr", "0.5", "--diverge-factor", "0"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "val loss" in out and "test (scored once, after training)" in out
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["status"] == "completed" and set(doc["final_test"]) == {"test_loss", "test_acc"}
+    assert all("val_acc" in m and "test_acc" not in m for m in doc["epochs"])
+    assert (tmp_path / "plots" / "test_acc.png").is_file()
+    if doc["early_stopping"]["stopped_early"]:
+        assert "early stopping: stopped after" in out
+    else:                                           # more epochs continue the same settings, early stopping included
+        assert train_main([*common, "--resume", "c.ckpt", "--epochs", "3"]) == 0, capsys.readouterr().err
+        doc = json.loads((tmp_path / "m.json").read_text())
+        assert doc["config"]["early_stop"] == 1 and doc["config"]["augment"] == "shift"
