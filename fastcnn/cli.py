@@ -36,6 +36,7 @@ import signal
 import sys
 import textwrap
 import threading
+import warnings
 import zipfile
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -94,7 +95,7 @@ exit codes: 0 ok, 1 runtime error (data, checkpoint, files), 2 bad arguments, 3 
 
 def build_parser() -> Parser:
     from fastcnn.backend import BACKENDS, ENV_VAR
-    from fastcnn.data import DATASETS
+    from fastcnn.datasets.select import SOURCES
     from fastcnn.train import (
         DEFAULT_LR,
         DEFAULT_MOMENTUM,
@@ -112,15 +113,33 @@ def build_parser() -> Parser:
                     "linear) on the CPU: one line per epoch, loss and accuracy plots, optional JSON metrics.",
         epilog=_EPILOG, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=[*DATASETS, "custom"], default="mnist",
-                   help="which dataset ('custom': any folder with MNIST's four IDX file names, needs --data-dir)")
+    g.add_argument("--dataset", choices=SOURCES, default=None,
+                   help="which dataset (default: what --data-dir holds, else mnist); 'custom': any folder with "
+                        "MNIST's four IDX file names; 'folder': DIR/train/<class>/*, DIR/test/<class>/* images; "
+                        "'npz': a .npz of x_train, y_train, x_test, y_test; 'cifar10': CIFAR-10's binary version")
     g.add_argument("--data-dir", metavar="DIR", default=None,
-                   help="folder with the four IDX files (gzipped or not); must exist when given")
+                   help="folder with the four IDX files (gzipped or not), an image folder, a .npz file, or "
+                        "CIFAR-10's .tar.gz or extracted folder; must exist when given")
+    g.add_argument("--image-size", metavar="HxW", type=_image_size, default=None,
+                   help="resize image-folder images to H x W (needed when their sizes differ)")
+    g.add_argument("--skip-bad", action="store_true",
+                   help="image folders: leave out files that cannot be decoded (with a warning) instead of failing")
     g.add_argument("--no-download", action="store_true", help="never download; fail if the files are not found")
     g.add_argument("--limit-train", metavar="N", type=int_at_least(1), default=None,
                    help="use only the first N training images (default: all)")
     g.add_argument("--limit-test", metavar="N", type=int_at_least(1), default=None,
                    help="use only the first N test images (default: all)")
+    g.add_argument("--val-split", metavar="N", type=_val_split, default=None,
+                   help="hold out N training images (or a fraction, e.g. 0.1), seeded and class-balanced, for "
+                        "per-epoch validation; the test set is then scored once, at the end")
+    g.add_argument("--test-each-epoch", action="store_true",
+                   help="with --val-split: also score the test set after every epoch (labelled test)")
+    g.add_argument("--early-stop", metavar="K", type=int_at_least(1), default=None,
+                   help="with --val-split: stop after K epochs without a lower validation loss and keep the "
+                        "best epoch's model")
+    g.add_argument("--augment", choices=("shift", "crop-flip"), default=None,
+                   help="augment training batches: 'shift' (translations up to 2 px), 'crop-flip' (4-px padded "
+                        "random crops and horizontal flips)")
 
     g = p.add_argument_group("compute")
     g.add_argument("--backend", choices=BACKENDS, default=None,
@@ -217,7 +236,8 @@ def make_config(args):
                       dropout=args.dropout, batchnorm=args.batchnorm, seed=args.seed, dtype=args.dtype,
                       backend=args.backend, threads=args.threads, limit_train=args.limit_train,
                       limit_test=args.limit_test, quiet=args.quiet, divergence_factor=args.diverge_factor,
-                      divergence_window=args.diverge_window)
+                      divergence_window=args.diverge_window, val_split=args.val_split, early_stop=args.early_stop,
+                      augment=args.augment, test_each_epoch=args.test_each_epoch)
     try:
         return cfg.resolved()
     except ValueError as exc:
@@ -240,10 +260,12 @@ def _resume_config(args, explicit, ckpt):
     from fastcnn.train import RESUME_KEYS, ResumeRefused, TrainConfig, check_resume
     saved = ckpt.config
     settings = {k: saved[k] for k in RESUME_KEYS if k in saved}
-    for key in ("epochs", "backend", "threads", "divergence_factor", "divergence_window"):
+    carried = ("epochs", "backend", "threads", "divergence_factor", "divergence_window", "early_stop",
+               "test_each_epoch")
+    for key in carried:
         if key in saved:
             settings[key] = saved[key]
-    for key in (*RESUME_KEYS, "epochs", "backend", "threads", "divergence_factor", "divergence_window"):
+    for key in (*RESUME_KEYS, *carried):
         option = _CONFIG_OPTIONS.get(key, key)
         if option in explicit:
             settings[key] = getattr(args, option)
@@ -591,7 +613,7 @@ class _Run:
             args.save_model, state.model, None, epoch=state.epoch, history=state.history,
             config=asdict(self.config), rngs=None,
             extra={"dataset": args.dataset, "data": self.trainer.data_info,
-                   "source_dir": str(self.data.source_dir)}, threads=state.threads))
+                   "source_dir": str(self.data.source_dir), **self.trainer.model_facts()}, threads=state.threads))
 
     def finish(self, status, stop=None, error=None) -> str:
         """Final metrics (best effort unless completed); returns a sentence on what was kept."""
@@ -642,16 +664,36 @@ def _load_resume(args, argv, console):
     if isinstance(extra.get("dataset"), str):
         args.dataset = extra["dataset"]
     source = extra.get("source_dir")
-    if args.data_dir is None and isinstance(source, str) and Path(source).is_dir():
+    if args.data_dir is None and isinstance(source, str) and Path(source).exists():
         args.data_dir = source
     return ckpt, config
+
+
+def _val_split(text):
+    from fastcnn.validation import parse_val_split
+    return parse_val_split(text)
+
+
+def _image_size(text):
+    from fastcnn.datasets.folder import parse_image_size
+    return parse_image_size(text)
+
+
+def _resolve_dataset(args):
+    """``--dataset`` left out: what ``--data-dir`` holds, else mnist. A data file (a .npz, an archive)
+    may stand where a folder is expected."""
+    from fastcnn.datasets.select import detect_source
+    if args.data_dir is None or not Path(args.data_dir).expanduser().is_file():
+        check_data_dir(args.data_dir)
+    if args.dataset is None:
+        args.dataset = detect_source(args.data_dir) or "mnist"
 
 
 def _run(argv, signals, console):
     args = build_parser().parse_args(argv)
     console.quiet = args.quiet
     say = console.say
-    check_data_dir(args.data_dir)
+    _resolve_dataset(args)
 
     ckpt = None
     if args.resume is not None:
@@ -724,12 +766,18 @@ def _train(args, config, ckpt, run, signals, console):
     from fastcnn import train as train_module
     from fastcnn._memory import tune_malloc
     from fastcnn.cpumeter import CpuMeter
-    from fastcnn.data import load_dataset
+    from fastcnn.data import DataWarning
+    from fastcnn.datasets.select import load_any
     from fastcnn.train import TrainingDiverged, TrainingInterrupted, format_epoch, step_memory_lower_bound
     say = console.say
     tune_malloc()                              # the command's process only: importing fastcnn changes nothing
 
-    data = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        data = load_any(args.dataset, args.data_dir, download=not args.no_download, image_size=args.image_size,
+                        skip_bad=args.skip_bad)
+    for warning in caught:
+        console.err(f"{PROG}: warning: {warning.message}")
     run.outputs.check_inputs(data.source_dir)
     n_train = min(len(data.x_train), config.limit_train or len(data.x_train))
     n_test = min(len(data.x_test), config.limit_test or len(data.x_test))
@@ -781,7 +829,7 @@ def _train(args, config, ckpt, run, signals, console):
         state = trainer.state
     else:
         where = f"after epoch {state.epoch} of {config.epochs}"
-        if state.epoch < config.epochs:
+        if state.epoch < config.epochs and not trainer.stopped_early:
             stop = {"reason": signals.reason, "epoch": state.epoch + 1, "batch": 0}
     signals.finishing = True
     if stop is not None:
@@ -795,6 +843,13 @@ def _train(args, config, ckpt, run, signals, console):
     if args.save_model is not None:
         run.save_model()
     run.finish("completed")
+    if state.early_stopping is not None:
+        es = state.early_stopping
+        say(f"early stopping: {'stopped after' if es['stopped_early'] else 'ran'} {state.epoch} epochs; kept epoch "
+            f"{es['best_epoch']}'s model (lowest validation loss {es['best_loss']:.4f})")
+    if state.final_test is not None:
+        say(f"test (scored once, after training): loss {state.final_test['test_loss']:.4f}  "
+            f"accuracy {100 * state.final_test['test_acc']:.2f}%")
     summary = state.summary()
     threads = state.threads
     if summary["time_to_first_batch_seconds"] is not None:
@@ -810,7 +865,13 @@ def _train(args, config, ckpt, run, signals, console):
     if args.save_model is not None:
         say(f"model: {args.save_model} (evaluate it with: fastcnn-eval {shlex.quote(str(args.save_model))})")
     if args.profile:
-        console.out(state.model.stop_profile().table())
+        profile = state.model.stop_profile()
+        console.out(profile.table())
+        if config.augment and profile.batches and trainer.augment_batches:
+            aug_ms = 1e3 * trainer.augment_total_seconds / trainer.augment_batches
+            step_ms = 1e3 * profile.step_s / profile.batches
+            console.out(f"augmentation ({config.augment}, before each step): {aug_ms:.3f} ms per batch, "
+                        f"{100 * aug_ms / step_ms:.1f} % of a training step")
     hint = None if threads is None else contention_hint(meter.summary(threads))
     if hint:
         say(hint)

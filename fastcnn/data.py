@@ -3,7 +3,9 @@
 Where the files come from:
 
 1. an explicit ``data_dir`` (``--data-dir DIR`` on the command line) is binding: the files are read
-   from there or the load fails; nothing else is searched and nothing is downloaded;
+   from there or the load fails; nothing else is searched and nothing is downloaded. Files of MNIST
+   or Fashion-MNIST that pass their checksums there are also placed in the cache (linked, else
+   copied; :mod:`fastcnn.datasets.remember`), so later commands find them without the flag;
 2. otherwise the folder named by the environment variable ``FASTCNN_DATA_DIR``, then the per-user
    cache ``$XDG_CACHE_HOME/fastcnn/<dataset>`` (or ``~/.cache/fastcnn/<dataset>``): the first that
    holds the files wins.
@@ -50,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from fastcnn._files import InputFileError, open_input
+from fastcnn.normalization import MNIST_NORMALIZATION, Normalization
 
 __all__ = [
     "DATASETS",
@@ -294,15 +297,21 @@ def dataset_spec(name) -> DatasetSpec:
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A loaded dataset. Images are ``uint8`` of shape (N, 1, H, W) (28 x 28 for MNIST), labels are
-    ``int64`` of shape (N,); ``source_dir`` is the (absolute) folder the files were read from. A split
-    that was not asked for (``load_dataset(..., splits=("test",))``) is None."""
+    """A loaded dataset, whatever its source. Images are (N, C, H, W), ``uint8`` (or float on the
+    [0, 1] scale, from an array file), 1 x 28 x 28 for MNIST; labels are ``int64`` of shape (N,);
+    ``source_dir`` is the (absolute) folder or file the data was read from. A split that was not asked
+    for (``load_dataset(..., splits=("test",))``) is None. ``class_names``: names read with the data
+    (folder names, CIFAR-10's), else None. ``normalization``: the per-channel statistics
+    :func:`to_float` uses for this data (MNIST's constants for MNIST, else computed from the
+    training split; None when no training split was loaded)."""
     x_train: np.ndarray | None
     y_train: np.ndarray | None
     x_test: np.ndarray | None
     y_test: np.ndarray | None
     name: str
     source_dir: Path = field(default=None)
+    class_names: tuple[str, ...] | None = None
+    normalization: Normalization | None = None
 
     @property
     def num_classes(self) -> int:
@@ -312,7 +321,10 @@ class Dataset:
 
     @property
     def classes(self) -> tuple[str, ...] | None:
-        """The class names of a known dataset (Fashion-MNIST's), or None (classes are numbered)."""
+        """The class names (of a known dataset such as Fashion-MNIST, or read with the data), or None
+        (classes are numbered)."""
+        if self.class_names is not None:
+            return self.class_names
         spec = DATASETS.get(self.name)
         return spec.classes if spec is not None else None
 
@@ -583,6 +595,9 @@ def load_dataset(name="mnist", data_dir=None, download=True, verify=True, timeou
         if digest is not None:
             _check_digest(fspec, path, digest, fix)
         loaded[fspec.name] = (path, arr)
+    if data_dir is not None and verify and spec.name in DATASETS and all(f.digest for f in files):
+        from fastcnn.datasets.remember import remember_files  # found once, found again
+        remember_files([p for p, _ in loaded.values()], cache_dir if cache_dir is not None else default_cache_dir(spec))
     result = {}
     for split, (fi, fl) in (("train", spec.files[:2]), ("test", spec.files[2:])):
         if split in splits:
@@ -592,7 +607,9 @@ def load_dataset(name="mnist", data_dir=None, download=True, verify=True, timeou
         if xi.shape[1:] != xt.shape[1:]:
             raise DataError(f"{pxi}, {pxt}: image size mismatch: train {xi.shape[1:]} vs test {xt.shape[1:]}")
     (xi, yi), (xt, yt) = result.get("train", (None, None)), result.get("test", (None, None))
-    return Dataset(xi, yi, xt, yt, spec.name, source)
+    norm = (MNIST_NORMALIZATION if spec.name == "mnist" else
+            Normalization.from_images(xi) if xi is not None else None)
+    return Dataset(xi, yi, xt, yt, spec.name, source, normalization=norm)
 
 
 def _check_split(spec, split, pi, x, pl, y):
@@ -621,14 +638,23 @@ def load_mnist(data_dir=None, **kwargs) -> Dataset:
 
 
 def to_float(images, dtype=np.float32, *, mean=0.1307, std=0.3081):
-    """uint8 images -> ``(images / 255 - mean) / std`` in ``dtype``, same shape.
+    """Images -> ``(images / 255 - mean) / std`` in ``dtype``, same shape.
 
     The defaults are MNIST's training-set pixel mean and standard deviation (after scaling to [0, 1]);
-    pass ``mean=0.0, std=1.0`` for plain [0, 1] values."""
+    pass ``mean=0.0, std=1.0`` for plain [0, 1] values, or a :class:`fastcnn.normalization.Normalization`'s
+    ``kwargs()``. ``mean`` and ``std`` may be sequences with one value per channel (axis 1 of (N, C, H, W)
+    images). uint8 images are divided by 255; float images are taken as already on the [0, 1] scale."""
     images = np.asarray(images)
-    if images.dtype != np.uint8:
-        raise TypeError(f"to_float expects uint8 images, got {images.dtype}")
+    if images.dtype != np.uint8 and images.dtype.kind != "f":
+        raise TypeError(f"to_float expects uint8 or float images, got {images.dtype}")
+    mean_a, std_a = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    if mean_a.ndim or std_a.ndim:          # per channel: broadcast over (N, C, H, W)
+        if images.ndim != 4 or mean_a.shape != (images.shape[1],) or std_a.shape != mean_a.shape:
+            raise ValueError(f"per-channel mean/std of shapes {mean_a.shape}, {std_a.shape} do not fit images "
+                             f"of shape {images.shape} (N, C, H, W)")
+        mean_a, std_a = mean_a[:, None, None], std_a[:, None, None]
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
     out = images.astype(dtype)
-    out *= np.asarray(1.0 / (255.0 * std), dtype=out.dtype)
-    out -= np.asarray(mean / std, dtype=out.dtype)
+    out *= np.asarray(1.0 / (scale * std_a), dtype=out.dtype)
+    out -= np.asarray(mean_a / std_a, dtype=out.dtype)
     return out

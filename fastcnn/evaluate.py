@@ -67,7 +67,9 @@ from fastcnn._memory import tune_malloc
 from fastcnn.backend import BACKENDS
 from fastcnn.checkpoint import CheckpointError, build_model, load_checkpoint
 from fastcnn.data import DATASETS, DataError, DataWarning, dataset_spec, find_data_dir, load_dataset, to_float
+from fastcnn.datasets.select import SOURCES, load_any
 from fastcnn.images import IMAGE_SUFFIXES, InputError, border_level, prepare_digit, read_image
+from fastcnn.normalization import saved_normalization
 
 PROG = "fastcnn-eval"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -80,15 +82,33 @@ _MEAN, _STD = to_float.__kwdefaults__["mean"], to_float.__kwdefaults__["std"]   
 
 # ------------------------------------------------------------------------------------ your images
 
-def normalise(images01, dtype):
-    """[0, 1] pixels (N, H, W) -> network input (N, 1, H, W) with the training normalisation. Pixels
+def normalise(images01, dtype, norm=None):
+    """[0, 1] pixels (N, H, W), or (N, C, H, W) -> network input (N, C, H, W) with the training
+    normalisation (``norm``: a :class:`~fastcnn.normalization.Normalization`; default MNIST's). Pixels
     that are k/255 (8-bit sources) go through :func:`fastcnn.data.to_float` exactly as in training."""
+    kwargs = norm.kwargs() if norm is not None else {"mean": _MEAN, "std": _STD}
     images01 = np.asarray(images01, dtype=np.float64)
+    if images01.ndim == 3:
+        images01 = images01[:, None]
     scaled = images01 * 255.0
     as_bytes = np.rint(scaled)
     if np.all(np.abs(scaled - as_bytes) < 1e-3):
-        return to_float(as_bytes.astype(np.uint8)[:, None], dtype)
-    return ((images01[:, None] - _MEAN) / _STD).astype(dtype)
+        return to_float(as_bytes.astype(np.uint8), dtype, **kwargs)
+    return to_float(images01, dtype, **kwargs)
+
+
+def _read_colour(path, side):
+    """A colour image file -> float64 (3, side, side) in [0, 1]: converted to RGB and resized, as an
+    image-folder dataset's images are (no digit preparation: a colour model saw photos)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (side, side):
+                im = im.resize((side, side), Image.BILINEAR)
+            return np.asarray(im, dtype=np.float64).transpose(2, 0, 1) / 255.0
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for damaged files
+        raise InputError(f"{path}: cannot read image: {' '.join(str(exc).split()) or type(exc).__name__}") from None
 
 
 # --------------------------------------------------------------------------------------- evaluation
@@ -179,7 +199,8 @@ def plot_predictions(images: np.ndarray, names: list[str], labels: list[str], pa
     fig = Figure(figsize=(2.0 * cols, 2.3 * rows + 0.3))
     for k in range(n):
         ax = fig.add_subplot(rows, cols, k + 1)
-        ax.imshow(images[k], cmap="gray", vmin=0.0, vmax=1.0)
+        img = images[k]
+        ax.imshow(img.transpose(1, 2, 0) if img.ndim == 3 else img, cmap="gray", vmin=0.0, vmax=1.0)
         name = names[k] if len(names[k]) <= 22 else names[k][:10] + "..." + names[k][-9:]
         ax.set_title(f"{name}\n{labels[k]}", fontsize=8)
         ax.set_xticks([])
@@ -204,7 +225,7 @@ def build_parser() -> Parser:
                    help="folder with the test set's t10k-images/t10k-labels IDX files, gzipped or not; used "
                         "as given (default: the folder the model's training read, else $FASTCNN_DATA_DIR, "
                         "then the cache)")
-    p.add_argument("--dataset", choices=[*DATASETS, "custom"], default=None,
+    p.add_argument("--dataset", choices=SOURCES, default=None,
                    help="test set to use (default: the dataset the model was trained on, else mnist)")
     p.add_argument("--out", type=Path, default=Path("eval"),
                    help=f"folder for {CONFUSION_PNG} and {ERRORS_PNG} (default: eval/)")
@@ -237,7 +258,8 @@ def parse_args(parser: Parser, argv=None) -> argparse.Namespace:
     checkpoint. :class:`UsageError` when there is no checkpoint, no image, or a --predict option
     without --predict."""
     args = parser.parse_args(argv)
-    check_data_dir(args.data_dir)
+    if args.data_dir is None or not args.data_dir.expanduser().is_file():       # a .npz or archive is a file
+        check_data_dir(args.data_dir)
     if args.checkpoint is None:
         if args.predict and args.predict[-1].suffix.lower() not in IMAGE_SUFFIXES:
             args.checkpoint = args.predict.pop()
@@ -293,7 +315,7 @@ def _trained_on(ckpt):
     """The dataset the checkpoint's model was trained on ("mnist", "fashion-mnist", "custom"), or None."""
     extra = ckpt.header.get("extra") or {}
     name = extra.get("dataset", ckpt.config.get("dataset"))
-    return name if name in DATASETS or name == "custom" else None
+    return name if name in SOURCES else None
 
 
 def _test_data_dir(args, ckpt, dataset):
@@ -337,9 +359,10 @@ def _note(args, background: float, inverted: bool) -> str:
     return "light background: inverted" if inverted else "dark background"
 
 
-def _predict(args, model, dtype, shape, names) -> int:
+def _predict(args, model, dtype, shape, names, norm=None) -> int:
     """Classify the ``--predict`` files, print one line per image, draw ``--predict-grid``; every
-    unusable file is a one-line error, the others are still classified. Returns the exit status."""
+    unusable file is a one-line error, the others are still classified. Returns the exit status.
+    A colour model (``channels`` 3) gets each image in colour, resized; a grey one as before."""
     status, good, images, notes = 0, [], [], []
     channels, height, width = shape
     if height != width and not args.raw:
@@ -348,6 +371,11 @@ def _predict(args, model, dtype, shape, names) -> int:
     side = height
     for path in args.predict:
         try:
+            if channels == 3:
+                images.append(_read_colour(path, side))
+                good.append(path)
+                notes.append("colour, resized")
+                continue
             img = read_image(path, (height, width) if args.raw else None)
             if args.raw:
                 background, inverted = border_level(img), bool(args.invert)
@@ -365,8 +393,8 @@ def _predict(args, model, dtype, shape, names) -> int:
         notes.append(_note(args, background, inverted))
     if not good:
         return status
-    x = normalise(np.stack(images), dtype)
-    probs = model.predict_proba(np.repeat(x, channels, axis=1) if channels > 1 else x)
+    x = normalise(np.stack(images), dtype, norm)
+    probs = model.predict_proba(np.repeat(x, channels, axis=1) if x.shape[1] != channels else x)
     for path, p, note in zip(good, probs, notes):
         k = int(p.argmax())
         write_line(f"{shown(path)}: {_class_label(k, names)} (p={p[k]:.2f}; {note})")
@@ -386,11 +414,13 @@ def _run(args):
     dtype = np.dtype(ckpt.header["dtype"])
     shape = model.input_shape or (1, 28, 28)
     dataset = args.dataset or _trained_on(ckpt) or "mnist"
-    names = dataset_spec(dataset).classes
+    saved_names = (ckpt.header.get("extra") or {}).get("classes")
+    names = (tuple(saved_names) if isinstance(saved_names, list) and dataset == _trained_on(ckpt) else
+             dataset_spec(dataset).classes if dataset in DATASETS else None)
     status = 0
 
     if args.predict:
-        status = _predict(args, model, dtype, shape, names)
+        status = _predict(args, model, dtype, shape, names, saved_normalization(ckpt.header.get("extra")))
     if eval_pictures.wanted(args):
         status = max(status, _pictures(args, ckpt, model, dtype, shape[1], dataset, names))
 
@@ -399,14 +429,20 @@ def _run(args):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
-        data = load_dataset(dataset, data_dir=_test_data_dir(args, ckpt, dataset), splits=("test",))
+        if dataset in DATASETS or dataset == "custom":
+            data = load_dataset(dataset, data_dir=_test_data_dir(args, ckpt, dataset), splits=("test",))
+        else:                  # image folders, arrays, CIFAR-10: --data-dir, else where training read them
+            source = (ckpt.header.get("extra") or {}).get("source_dir") if dataset == _trained_on(ckpt) else None
+            data = load_any(dataset, args.data_dir or source)
+            names = names or data.classes
     for warning in caught:
         write_line(f"{PROG}: warning: {warning.message}", sys.stderr)
     _check_fits(data, model)
     x_raw, y = data.x_test, data.y_test
     if args.limit_test:
         x_raw, y = x_raw[:args.limit_test], y[:args.limit_test]
-    probs = model.predict_proba(to_float(x_raw, dtype))
+    norm = saved_normalization(ckpt.header.get("extra")).kwargs()      # the training run's scaling
+    probs = model.predict_proba(to_float(x_raw, dtype, **norm))
     loss, acc, pred, cm = evaluate_probs(probs, y)
     correct = int((pred == y).sum())
     write_line(f"test loss {loss:.4f}, accuracy {acc:.2%} ({correct}/{len(y)} correct) on {dataset} from "

@@ -48,19 +48,35 @@ def _figure(title, ylabel, epochs, series):
 
 def save_plots(history: list[dict], plots_dir: str | Path) -> list[Path]:
     """Write ``train_loss.png`` and ``test_acc.png`` for ``history`` (a list of per-epoch dicts with
-    ``epoch``, ``train_loss``, ``test_loss``, ``train_acc``, ``test_acc``; accuracies as fractions)
+    ``epoch``, ``train_loss``, ``test_loss``, ``train_acc``, ``test_acc``; accuracies as fractions;
+    with a validation split ``val_loss`` and ``val_acc``, and the test keys only where scored)
     into ``plots_dir`` (created if missing). Returns the two paths."""
     if not history:
         raise ValueError("no epochs to plot")
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
     epochs = [int(m["epoch"]) for m in history]
-    loss = _figure("Loss per epoch: training and test", "cross-entropy loss", epochs,
-                   [("train (mean over the epoch)", [m["train_loss"] for m in history], "o-"),
-                    ("test (after the epoch)", [m["test_loss"] for m in history], "s--")])
-    acc = _figure("Accuracy per epoch: test and training", "accuracy (%)", epochs,
-                  [("test (after the epoch)", [100.0 * m["test_acc"] for m in history], "o-"),
-                   ("train (during the epoch, dropout on)", [100.0 * m["train_acc"] for m in history], "s--")])
+    if not any("val_loss" in m for m in history):
+        loss = _figure("Loss per epoch: training and test", "cross-entropy loss", epochs,
+                       [("train (mean over the epoch)", [m["train_loss"] for m in history], "o-"),
+                        ("test (after the epoch)", [m["test_loss"] for m in history], "s--")])
+        acc = _figure("Accuracy per epoch: test and training", "accuracy (%)", epochs,
+                      [("test (after the epoch)", [100.0 * m["test_acc"] for m in history], "o-"),
+                       ("train (during the epoch, dropout on)", [100.0 * m["train_acc"] for m in history], "s--")])
+    else:       # a validation split: validation per epoch; test only where it was scored per epoch
+        nan = float("nan")
+        test = any("test_loss" in m for m in history)
+        loss = _figure("Loss per epoch: training, validation" + (" and test" if test else ""), "cross-entropy loss",
+                       epochs, [("train (mean over the epoch)", [m["train_loss"] for m in history], "o-"),
+                                ("validation (after the epoch)", [m.get("val_loss", nan) for m in history], "s--"),
+                                *([("test (after the epoch)", [m.get("test_loss", nan) for m in history], "^:")]
+                                  if test else [])])
+        acc = _figure("Accuracy per epoch: validation" + (", test" if test else "") + " and training", "accuracy (%)",
+                      epochs, [("validation (after the epoch)", [100.0 * m.get("val_acc", nan) for m in history], "o-"),
+                               *([("test (after the epoch)", [100.0 * m.get("test_acc", nan) for m in history], "^:")]
+                                 if test else []),
+                               ("train (during the epoch, dropout on)", [100.0 * m["train_acc"] for m in history],
+                                "s--")])
     paths = []
     for name, fig in zip(PLOT_FILES, (loss, acc), strict=True):
         paths.append(atomic_write(plots_dir / name, lambda fh, fig=fig: fig.savefig(fh, format="png")))

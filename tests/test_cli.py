@@ -141,7 +141,7 @@ BAD_ARGS = [
     (["--weight-decay", "-0.1"], 2),
     (["--backend", "tensorflow"], 2),
     (["--optimizer", "rmsprop"], 2),
-    (["--dataset", "cifar10"], 2),
+    (["--dataset", "imagenet"], 2),
     (["--limit-train", "0"], 2),
     (["--limit-test", "-5"], 2),
     (["--dtype", "float16"], 2),

@@ -622,8 +622,10 @@ def test_to_float():
     plain = to_float(x, np.float64, mean=0.0, std=1.0)
     assert plain.dtype == np.float64
     np.testing.assert_allclose(plain.ravel(), [0.0, 1.0, 0.2], rtol=1e-12)
+    # Float images (from a .npz) are taken as already on the [0, 1] scale; other types are refused.
+    np.testing.assert_allclose(to_float(x / 255.0), out, rtol=1e-6)
     with pytest.raises(TypeError, match="uint8"):
-        to_float(x.astype(np.float32))
+        to_float(x.astype(np.int32))
 
 
 # ------------------------------------------------------------------------------------- real MNIST

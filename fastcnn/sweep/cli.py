@@ -123,14 +123,10 @@ def _specs(args):
 def _fetch_data(dataset: str, data_dir: str | None, download: bool) -> None:
     """Make sure the local workers find the data: download it once here (not in every worker at the
     same time) when no folder holds it; a DataError names what is missing before any cluster starts."""
-    from fastcnn.data import DataError, find_data_dir, load_dataset
+    from fastcnn.data import find_data_dir, load_dataset
     if find_data_dir(dataset, data_dir) is None:
-        try:
-            load_dataset(dataset, data_dir=data_dir, download=download)
-        except DataError as exc:
-            first = str(exc).splitlines()[0].rstrip(":")
-            raise DataError(f"pass --data-dir DIR or set FASTCNN_DATA_DIR=DIR (a folder with the four IDX files) "
-                            f"or allow the download; {first}\n{exc}") from None
+        # Its DataError already leads with the fix (and says whether the download was disabled or failed).
+        load_dataset(dataset, data_dir=data_dir, download=download)
 
 
 def _short(text, limit: int = 160) -> str:
