@@ -1,8 +1,9 @@
 """Numba-JIT parallel kernels implementing fastcnn's op contract (see :mod:`fastcnn.backend`).
 
 Installed as ``fastcnn.kernels`` (the repository's top-level ``kernels/`` folder). Each op is a
-plain Python wrapper that validates and allocates, over an ``@njit(parallel=True)`` driver that
-loops with ``prange``, over serial ``@njit`` workers (the stumpy pattern).
+plain Python wrapper that validates and allocates, over an ``@njit(nogil=True)`` driver that loops
+over a range of independent tasks, run on every core by ``_parallel.parallel_for``, over serial
+``@njit`` workers (the stumpy pattern).
 """
 from fastcnn.kernels._warmup import first_compile, warm_up
 from fastcnn.kernels.activation import relu_backward, relu_forward

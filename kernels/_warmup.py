@@ -7,7 +7,7 @@ shapes, so only the drivers and routes those layers reach are compiled. ``warm_u
 the default MNIST network.
 
 Compilation is single-threaded in Numba, and most of it is LLVM optimising and compiling the
-prange drivers with the workers linked into them. So on an empty cache with two or more CPUs the
+drivers with the workers linked into them. So on an empty cache with two or more CPUs the
 plan is split in two: this process replays the calls that reach the register tile (the longest
 half) while a helper process replays the rest (the first layer's fused forward, pooling, dropout)
 into the same on-disk cache; this process then loads those from the cache. The two halves reach
