@@ -1,7 +1,9 @@
 """Writes kernels/_tile.py, the register-tile micro-kernel (run from the repository root:
-``python dev/gen_tile.py``). Generated because the tile needs one named scalar per accumulator
+``python dev/gen_tile.py``; ``--check`` writes nothing and exits 1 if the file differs from what
+this script generates, which CI runs). Generated because the tile needs one named scalar per accumulator
 (MR * NR of them) for LLVM's SLP vectoriser to keep them in vector registers; a loop or a local
 array would leave them in memory."""
+import sys
 from pathlib import Path
 
 # 3 x 32 for CPUs with 16 vector registers (AVX2): 12 accumulators + 3 broadcasts + one B vector at a
@@ -88,9 +90,21 @@ MR, NR = TILE_ROWS, {NR}
 tile = {{{MR}: tile_{MR}x{NR}, {MR_WIDE}: tile_{MR_WIDE}x{NR}}}[TILE_ROWS]   # KeyError: a TILE_CHOICES row with no tile
 '''
 
-if __name__ == "__main__":
+
+
+def source() -> str:
+    """The text of kernels/_tile.py."""
     jit = "@njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)\n"
     parts = [tile(MR, NR, f"tile_{MR}x{NR}"), tile(MR_WIDE, NR, f"tile_{MR_WIDE}x{NR}"),
              tile(MR_NARROW, NR_NARROW, "tile_narrow")]
-    src = HEADER + "\n" + "\n\n".join(jit + part for part in parts) + FOOTER
-    Path(__file__).resolve().parents[1].joinpath("kernels", "_tile.py").write_text(src)
+    return HEADER + "\n" + "\n\n".join(jit + part for part in parts) + FOOTER
+
+
+if __name__ == "__main__":
+    target = Path(__file__).resolve().parents[1].joinpath("kernels", "_tile.py")
+    if "--check" in sys.argv[1:]:
+        if target.read_text() != source():
+            sys.exit(f"{target} differs from what dev/gen_tile.py generates: run python dev/gen_tile.py")
+        print(f"{target.name} is what dev/gen_tile.py generates")
+    else:
+        target.write_text(source())

@@ -21,6 +21,10 @@ same names, signatures, dtypes and results):
     conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride)
         -> (dw, db): the convolution's weight and bias gradients through the pool; no dx (the
         fused op serves a first layer, whose input needs no gradient).
+    dropout_forward(x, key, threshold) -> (y, mask)
+        mask = 0 where the counter-based draw of (key, element index) is below threshold, else
+        65536 / (65536 - threshold); y = x * mask (fastcnn.reference.dropout gives the stream).
+    dropout_backward(dy, mask) -> dx          dx = dy * mask
 
 All arrays are NCHW, float32 or float64 (every array of one call has the same dtype), and results
 are new C-contiguous arrays of that dtype. Inputs may be non-contiguous views. Pooling has no
@@ -76,6 +80,10 @@ class Ops(Protocol):
     def conv2d_relu_maxpool_backward(self, dy: np.ndarray, argmax: np.ndarray, x: np.ndarray, w: np.ndarray,
                                      stride: Pair, padding: Pair, pool_size: Pair,
                                      pool_stride: Pair) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def dropout_forward(self, x: np.ndarray, key: int, threshold: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def dropout_backward(self, dy: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
 
 
 OP_NAMES = tuple(name for name in vars(Ops) if not name.startswith("_"))

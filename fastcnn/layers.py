@@ -395,21 +395,22 @@ class Flatten(Layer):
         return dy.reshape(self._shape)
 
 
-class Dropout(Layer):
+class Dropout(_BackendLayer):
     """Inverted dropout: in training, zero each element with probability p and scale the rest by
     1/(1-p), so evaluation is the identity. Randomness comes only from ``rng`` (a seeded
     ``numpy.random.Generator`` owned by the model), never from the global ``np.random``.
 
-    The mask is drawn as 16-bit integers, four from each uniform 64-bit integer (2.6x faster than
-    drawing 16-bit integers one by one, itself twice as fast as floats): an element
-    is dropped when its draw is below round(p * DROPOUT_STEPS), so p is applied at 1/65536 resolution
-    (exactly for p = 0.5) and the scale uses that same quantised p, which keeps the layer unbiased.
+    Each training forward draws one 64-bit key from ``rng``; the mask is a counter-based function
+    of that key and each element's index (:mod:`fastcnn.reference.dropout`), computed in parallel
+    on the Numba backend with the same bits for any thread count. An element is dropped when its
+    16-bit draw is below round(p * DROPOUT_STEPS), so p is applied at 1/65536 resolution (exactly
+    for p = 0.5) and the scale uses that same quantised p, which keeps the layer unbiased.
     """
 
-    def __init__(self, p: float = 0.5, *, rng: np.random.Generator | None = None) -> None:
-        super().__init__()
+    def __init__(self, p: float = 0.5, *, rng: np.random.Generator | None = None, backend: str | None = None) -> None:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
+        super().__init__(backend)
         self.p = float(p)
         self._threshold = int(round(self.p * DROPOUT_STEPS))
         if self._threshold >= DROPOUT_STEPS:
@@ -424,14 +425,13 @@ class Dropout(Layer):
         if not training or self._threshold == 0:
             self._mask = None
             return self._output(x)
-        draws = self.rng.integers(0, 2**64, size=-(-x.size // 4), dtype=np.uint64)   # any bit generator
-        keep = draws.view(np.uint16)[:x.size].reshape(x.shape) >= self._threshold
-        self._mask = keep * x.dtype.type(DROPOUT_STEPS / (DROPOUT_STEPS - self._threshold))
-        return self._output(x * self._mask)
+        key = int(self.rng.integers(0, 2**64, dtype=np.uint64))     # any bit generator
+        y, self._mask = self.ops.dropout_forward(x, key, self._threshold)
+        return self._output(y)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         self._check_grad(dy)
-        return dy if self._mask is None else dy * self._mask
+        return dy if self._mask is None else self.ops.dropout_backward(dy, self._mask)
 
     def __repr__(self) -> str:
         return f"Dropout(p={self.p})"

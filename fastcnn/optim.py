@@ -5,6 +5,9 @@ SGD with momentum (PyTorch's form: lr scales the velocity; weight decay, if any,
 gradient):
     v <- mu * v + (g + wd * W)
     W <- W - lr * v
+On the Numba backend each parameter's update runs as a parallel kernel (fastcnn.kernels.optim)
+that performs these same float operations per element: the same bits, for any thread count.
+
 AdamW (Loshchilov & Hutter; bias-corrected moments, decoupled weight decay):
     m <- b1 * m + (1 - b1) * g
     v <- b2 * v + (1 - b2) * g^2
@@ -47,6 +50,14 @@ class Optimizer:
     def _pairs(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
         return list(self.model.named_parameters())
 
+    def _kernels(self) -> Any:
+        """The parallel optimizer kernels when the model runs on Numba (same bits as the NumPy
+        formulas below, for any thread count), else None."""
+        if getattr(self.model, "backend_name", None) != "numba":
+            return None
+        from fastcnn.kernels import optim
+        return optim
+
     def step(self) -> None:
         self.t += 1
         for name, w, g in self._pairs():
@@ -75,6 +86,10 @@ class SGD(Optimizer):
 
     def _update(self, name: str, w: np.ndarray, g: np.ndarray) -> None:
         v = self.velocity[name]
+        kernels = self._kernels()
+        if kernels is not None and g.dtype == w.dtype and w.flags.c_contiguous and v.flags.c_contiguous:
+            kernels.sgd_step(w, g, v, self.lr, self.momentum, self.weight_decay)
+            return
         if self.weight_decay:
             g = g + w.dtype.type(self.weight_decay) * w
         v *= w.dtype.type(self.momentum)
@@ -109,12 +124,17 @@ class AdamW(Optimizer):
     def _update(self, name: str, w: np.ndarray, g: np.ndarray) -> None:
         b1, b2 = self.betas
         m, v = self.m[name], self.v[name]
+        step_size = self.lr / (1 - b1 ** self.t)              # lr * m_hat = step_size * m
+        v_corr = 1.0 / (1 - b2 ** self.t)                      # v_hat = v_corr * v
+        kernels = self._kernels()
+        if kernels is not None and g.dtype == w.dtype and all(a.flags.c_contiguous for a in (w, m, v)):
+            kernels.adamw_step(w, g, m, v, self.betas, step_size, v_corr, self.eps, self.lr * self.weight_decay,
+                               bool(self.weight_decay))
+            return
         m *= b1
         m += (1 - b1) * g
         v *= b2
         v += (1 - b2) * (g * g)
-        step_size = self.lr / (1 - b1 ** self.t)              # lr * m_hat = step_size * m
-        v_corr = 1.0 / (1 - b2 ** self.t)                      # v_hat = v_corr * v
         update = m * w.dtype.type(step_size) / (np.sqrt(v * w.dtype.type(v_corr)) + w.dtype.type(self.eps))
         if self.weight_decay:
             update += w.dtype.type(self.lr * self.weight_decay) * w

@@ -1,15 +1,20 @@
-"""warm_up: compile (or load from Numba's cache) the kernels the MNIST network's training uses,
-for one dtype, before the first batch, and say so before any real compilation starts.
+"""warm_up: compile (or load from Numba's cache) the kernels a model's training step uses, before
+the first batch, and say so before any real compilation starts.
+
+What to compile comes from the model itself: its layers run once on two images with a recorder in
+place of the kernels (model_plan), and the recorded calls are replayed on small arrays of the same
+shapes, so only the drivers and routes those layers reach are compiled. ``warm_up(dtype)`` plans
+the default MNIST network.
 
 Compilation is single-threaded in Numba, and most of it is LLVM optimising and compiling the
-prange drivers with the workers linked into them (README, Benchmarks: "what limits it now"). So
-on an empty cache with two or more CPUs the work is split in two: this process compiles the
-convolution drivers (the register tile's, the longest half) while a helper process compiles the
-first layer's fused forward and the pooling drivers into the same on-disk cache; this process then
-loads those from the cache. The two halves reach disjoint sets of cached functions
-(tests/test_kernels.py checks it), so no cache entry ever has two writers (the race of numba issue
-#4807 needs two processes writing one function's entries). Without the cache, or if the helper
-fails, this process compiles both halves itself: the same code, only slower.
+drivers with the workers linked into them. So on an empty cache with two or more CPUs the
+plan is split in two: this process replays the calls that reach the register tile (the longest
+half) while a helper process replays the rest (the first layer's fused forward, pooling, dropout)
+into the same on-disk cache; this process then loads those from the cache. The two halves reach
+disjoint sets of cached functions (tests/test_kernels.py checks it), so no cache entry ever has two
+writers (the race of numba issue #4807 needs two processes writing one function's entries).
+Without the cache, or if the helper fails, this process compiles both halves itself: the same
+code, only slower.
 """
 from __future__ import annotations
 
@@ -19,15 +24,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 from numba.core import event
 
 from fastcnn.backend import usable_cpus
 from fastcnn.kernels._config import CACHE, compiled_features
-from fastcnn.kernels.conv import conv2d_backward, conv2d_forward
-from fastcnn.kernels.fused import conv2d_relu_maxpool_backward, conv2d_relu_maxpool_forward
-from fastcnn.kernels.pool import maxpool2d_backward, maxpool2d_forward
+from fastcnn.kernels.conv import SMALL_L
 
 # About what a first run takes on the 2-core development machine (README, performance section):
 # both halves in one process, or split with the helper.
@@ -57,43 +61,149 @@ def first_compile(callback: Callable[[], None]) -> Iterator[None]:
         yield
 
 
-# The MNIST network's convolution stack, one tiny step (any shape compiles the same specialisations
-# as the real batch): x the input, w1/b1 the fused first layer, h its pooled output (the second
-# convolution's input), w2/b2 the second convolution, g its output or gradient, am argmax.
+# A warm-up plan is the list of kernel calls one training step of a model makes, each as
+# (op, args) with every array replaced by ("array", shape, dtype): recorded by running the model's
+# layers once on two images with the NumPy reference standing in for every op, then replayed on
+# small arrays of those shapes (the values do not matter, the types and routes do). Plain tuples,
+# so a helper process receives its half as a literal.
 
-def _arrays(dtype: np.dtype) -> dict[str, np.ndarray]:
+class _Recorder:
+    """Stands in for the kernels module in a layer (``layer.ops``): records each op's call as a
+    plan entry and returns the NumPy reference's result, so the layers after it see real shapes."""
+
+    def __init__(self, calls: list) -> None:
+        from fastcnn import reference
+        self.reference, self.calls = reference, calls
+
+    def __getattr__(self, op: str) -> Callable:
+        def call(*args, **kwargs):
+            self.calls.append((op, tuple(_spec(a) for a in args), tuple(sorted((k, _spec(v)) for k, v in
+                                                                                 kwargs.items()))))
+            return getattr(self.reference, op)(*args, **kwargs)
+        return call
+
+
+def _spec(value):
+    if isinstance(value, np.ndarray):
+        return ("array", tuple(int(d) for d in value.shape), value.dtype.name)
+    if isinstance(value, (tuple, list)):
+        return tuple(_spec(v) for v in value)
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    return value
+
+
+def _value(spec, rng: np.random.Generator):
+    if isinstance(spec, tuple) and len(spec) == 3 and spec[0] == "array":
+        _, shape, dtype = spec
+        if np.dtype(dtype).kind == "f":
+            return rng.standard_normal(shape).astype(dtype)
+        return np.zeros(shape, dtype)          # argmax tables: window offset 0 is always valid
+    if isinstance(spec, tuple):
+        return tuple(_value(v, rng) for v in spec)
+    return spec
+
+
+def model_plan(model, input_shape=None) -> list:
+    """The kernel calls one training step of ``model`` (a :class:`~fastcnn.model.Sequential`)
+    makes, in order and without repeats, for a batch of images of ``input_shape`` (C, H, W;
+    default ``model.input_shape``). Its own layers are untouched: a copy runs on the reference."""
+    import copy
+
+    from fastcnn.layers import _BackendLayer
+    shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+    if shape is None:
+        raise ValueError("warm_up needs the model's input shape: build the Sequential with input_shape=(C, H, W) "
+                         "or pass input_shape")
+    calls: list = []
+    recorder = _Recorder(calls)
+    layers = copy.deepcopy(list(model.layers))
+    dtype = next((p.dtype for layer in layers for p in getattr(layer, "params", {}).values()), np.dtype(np.float32))
+    for layer in layers:
+        for part in (layer, *getattr(layer, "parts", ())):
+            if isinstance(part, _BackendLayer):
+                part.ops = recorder
+    x = np.random.default_rng(0).standard_normal((2, *shape)).astype(dtype)
+    with np.errstate(all="ignore"):
+        for layer in layers:
+            x = layer.forward(x, training=True)
+        g = np.ones_like(x)
+        for layer in reversed(layers):
+            if g is None:
+                break
+            g = layer.backward(g)
+    return list(dict.fromkeys(calls))
+
+
+def optimizer_plan(optimizer, dtype: np.dtype) -> list:
+    """The optimizer kernel's call (one specialisation serves every parameter): ``optimizer`` an
+    :class:`~fastcnn.optim.Optimizer`, its name ("adamw", "sgd") or None (no call)."""
+    if optimizer is None:
+        return []
+    name = optimizer if isinstance(optimizer, str) else type(optimizer).__name__
+    a = ("array", (4,), np.dtype(dtype).name)
+    if name.lower() == "adamw":
+        return [("optim.adamw_step", (a, a, a, a, (0.9, 0.999), 1.0, 1.0, 1e-8, 0.0, True), ())]
+    if name.lower() == "sgd":
+        return [("optim.sgd_step", (a, a, a, 0.1, 0.9, 0.0), ())]
+    raise ValueError(f"warm_up knows the optimizers 'adamw' and 'sgd', got {optimizer!r}")
+
+
+def _uses_tile(call) -> bool:
+    """Whether a planned call reaches the register tile's drivers (compiled in this process)."""
+    op, args, _ = call
+    if op in ("conv2d_forward", "conv2d_backward", "conv2d_relu_maxpool_backward"):
+        return True
+    if op == "conv2d_relu_maxpool_forward":      # a long first-layer reduction runs the convolution kernels
+        _, (K, C, R, S), _ = args[1]
+        return C * R * S >= SMALL_L
+    return False
+
+
+def split_plan(plan: list) -> tuple[list, list]:
+    """(calls reaching the register tile, the rest): two halves whose compiled functions are
+    disjoint (tests/test_kernels.py checks it for the MNIST network), so two processes can fill one
+    cache without two writers of one entry."""
+    return [c for c in plan if _uses_tile(c)], [c for c in plan if not _uses_tile(c)]
+
+
+def replay(calls: list) -> None:
+    """Run each planned call on small arrays of its recorded shapes (compiles or loads its kernels)."""
+    from fastcnn import kernels
+    from fastcnn.kernels import optim  # noqa: F401  (the optimizer ops, "optim.<name>")
     rng = np.random.default_rng(0)
-    return {"x": rng.standard_normal((2, 1, 28, 28)).astype(dtype),
-            "w1": rng.standard_normal((32, 1, 3, 3)).astype(dtype), "b1": np.zeros(32, dtype),
-            "h": rng.standard_normal((2, 32, 14, 14)).astype(dtype),
-            "w2": rng.standard_normal((64, 32, 3, 3)).astype(dtype), "b2": np.zeros(64, dtype),
-            "g": rng.standard_normal((2, 64, 14, 14)).astype(dtype),
-            "am": np.zeros((2, 32, 14, 14), np.int32)}
+    with np.errstate(all="ignore"):
+        for op, args, kwargs in calls:
+            fn = kernels
+            for part in op.split("."):
+                fn = getattr(fn, part)
+            fn(*(_value(a, rng) for a in args), **{k: _value(v, rng) for k, v in kwargs})
+
+
+def mnist_plan(dtype: np.dtype) -> list:
+    """The default MNIST network's plan (:func:`fastcnn.mnist_cnn`) for ``dtype``, with AdamW."""
+    from fastcnn.model import mnist_cnn
+    return model_plan(mnist_cnn(dtype=dtype, backend="numba")) + optimizer_plan("adamw", dtype)
 
 
 def convolution_ops(dtype: np.dtype) -> None:
-    """The register tile's drivers: the second convolution forward and both gradients (its input
-    gradient is a forward convolution), and the fused first layer's weight gradient."""
-    a = _arrays(dtype)
-    conv2d_forward(a["h"], a["w2"], a["b2"], (1, 1), (1, 1))
-    conv2d_backward(a["g"], a["h"], a["w2"], (1, 1), (1, 1))
-    conv2d_relu_maxpool_backward(a["h"], a["am"], a["x"], a["w1"], (1, 1), (1, 1), (2, 2), (2, 2))
+    """The MNIST network's calls that reach the register tile (this process's half)."""
+    replay(split_plan(mnist_plan(np.dtype(dtype)))[0])
 
 
 def pooling_ops(dtype: np.dtype) -> None:
-    """The fused first layer's forward (convolution + ReLU + max pool) and the second layer's
-    ReLU + max pool, forward and backward."""
-    a = _arrays(dtype)
-    conv2d_relu_maxpool_forward(a["x"], a["w1"], a["b1"], (1, 1), (1, 1), (2, 2), (2, 2))
-    p, am = maxpool2d_forward(a["g"], (2, 2), (2, 2), relu=True)
-    maxpool2d_backward(np.ones_like(p), am, a["g"].shape, (2, 2), (2, 2))
+    """The MNIST network's other calls: the fused first layer's forward, pooling, dropout (the
+    helper's half)."""
+    replay(split_plan(mnist_plan(np.dtype(dtype)))[1])
 
 
-def start_helper(dtype: np.dtype) -> subprocess.Popen:
-    """A process that compiles pooling_ops(dtype) into the shared cache: the same interpreter,
+def start_helper(calls: list) -> subprocess.Popen:
+    """A process that replays ``calls`` (a plan's half) into the shared cache: the same interpreter,
     environment and import path, so the same fastcnn, cache directory and Numba settings, and this
     process's CPU features (the cache key's), whatever decided them here."""
-    code = f"import fastcnn.kernels._warmup as w, numpy as np; w.pooling_ops(np.dtype({dtype.name!r}))"
+    code = f"import fastcnn.kernels._warmup as w; w.replay({calls!r})"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
            "NUMBA_CPU_FEATURES": compiled_features()}
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
@@ -131,17 +241,33 @@ def compile_split(first: Callable[[], None], second: Callable[[], None],
                 proc.wait()
 
 
-def warm_up(dtype: np.dtype | type, *, on_compile: Callable[[float], None] | None = None) -> float:
-    """Compile or load the kernels the MNIST network's training uses for ``dtype`` (float32 or
-    float64); return the seconds spent. ``on_compile(estimated_seconds)`` is called once before
-    the first real compilation, and not at all when every kernel loads from the cache."""
-    dt = np.dtype(dtype)
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"warm_up needs float32 or float64, got {dt}")
-    split = CACHE and usable_cpus() >= 2
+def warm_up(target: Any = np.float32, *, on_compile: Callable[[float], None] | None = None,
+            input_shape: tuple[int, int, int] | None = None, optimizer: Any = "adamw") -> float:
+    """Compile or load, before the first batch, the kernels a training step uses; return the
+    seconds spent. ``target``: a :class:`~fastcnn.model.Sequential` (what its layers need, for
+    batches of ``input_shape``, default its own ``input_shape``), or a dtype, float32 or float64
+    (the default MNIST network, :func:`fastcnn.mnist_cnn`, in that dtype). ``on_compile(
+    estimated_seconds)`` is called once before the first real compilation, and not at all when
+    every kernel loads from the cache. ``optimizer`` (an Optimizer, "adamw", "sgd" or None): whose
+    parallel step to compile too (for a dtype: AdamW, fastcnn-train's default)."""
+    from fastcnn.model import Sequential
+    if isinstance(target, Sequential):
+        dtype = next((w.dtype for _, w, _ in target.named_parameters()), np.dtype(np.float32))
+        plan = model_plan(target, input_shape) + optimizer_plan(optimizer, dtype)
+    else:
+        try:
+            dt = np.dtype(target)
+        except TypeError:
+            raise TypeError(f"warm_up needs a Sequential model or a dtype (float32 or float64), "
+                            f"got {target!r}") from None
+        if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"warm_up needs float32 or float64, got {dt}")
+        plan = mnist_plan(dt)[:-1] + optimizer_plan(optimizer, dt)
+    tile_calls, other_calls = split_plan(plan)
+    split = CACHE and usable_cpus() >= 2 and bool(tile_calls) and bool(other_calls)
     estimate = ESTIMATED_COMPILE_SECONDS["split" if split else "alone"]
     t0 = time.perf_counter()
-    compile_split(lambda: convolution_ops(dt), lambda: pooling_ops(dt),
-                  (lambda: start_helper(dt)) if split else None,
+    compile_split(lambda: replay(tile_calls), lambda: replay(other_calls),
+                  (lambda: start_helper(other_calls)) if split else None,
                   None if on_compile is None else (lambda: on_compile(estimate)))
     return time.perf_counter() - t0

@@ -1,20 +1,23 @@
 """ReLU, Numba kernels: one parallel pass over the flattened array (same results as the reference)."""
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from fastcnn.kernels._config import CACHE
+from fastcnn.kernels._parallel import parallel_for
+
+ELEMENTS_PER_PART = 1 << 15   # fewer elements than this per thread: the split costs more than it saves
 
 
-@njit(parallel=True, boundscheck=False, cache=CACHE)
-def _relu_forward(x, zero, y):
-    for i in prange(x.size):
+@njit(nogil=True, boundscheck=False, cache=CACHE)
+def _relu_forward(lo, hi, x, zero, y):
+    for i in range(lo, hi):
         v = x[i]
         y[i] = zero if v <= 0 else v             # NaN propagates, as np.maximum does
 
 
-@njit(parallel=True, boundscheck=False, cache=CACHE)
-def _relu_backward(dy, y, zero, dx):
-    for i in prange(dy.size):
+@njit(nogil=True, boundscheck=False, cache=CACHE)
+def _relu_backward(lo, hi, dy, y, zero, dx):
+    for i in range(lo, hi):
         dx[i] = dy[i] if y[i] > 0 else zero
 
 
@@ -30,7 +33,7 @@ def relu_forward(x):
     _check(x)
     x = np.ascontiguousarray(x)
     y = np.empty_like(x)
-    _relu_forward(x.reshape(-1), x.dtype.type(0), y.reshape(-1))
+    parallel_for(_relu_forward, x.size, x.reshape(-1), x.dtype.type(0), y.reshape(-1), grain=ELEMENTS_PER_PART)
     return y
 
 
@@ -39,5 +42,6 @@ def relu_backward(dy, y):
     _check(dy, y)
     dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
     dx = np.empty_like(dy)
-    _relu_backward(dy.reshape(-1), y.reshape(-1), dy.dtype.type(0), dx.reshape(-1))
+    parallel_for(_relu_backward, dy.size, dy.reshape(-1), y.reshape(-1), dy.dtype.type(0), dx.reshape(-1),
+                 grain=ELEMENTS_PER_PART)
     return dx

@@ -3,8 +3,9 @@
 Dimension legend: N batch, C input channels, H, W input size, K output channels, R, S kernel size,
 P, Q output size, sh, sw stride, ph, pw padding, Hp = H + 2ph, Wp = W + 2pw, L reduction length.
 
-Layout of the work (each parallel driver loops with prange over independent pieces; no two
-iterations ever write the same element, so there are no races and no atomics):
+Layout of the work (each driver loops over a range of independent tasks, which parallel_for splits
+over the threads; no two tasks ever write the same element, so there are no races and no atomics;
+"prange over X" below: the tasks are X):
 
 forward      C*R*S >= SMALL_L, any stride: no im2col. Each task splits its zero-padded image into
              sh*sw phase planes (space-to-depth: phase (a, b) holds x_pad[c, i*sh + a, j*sw + b],
@@ -37,11 +38,12 @@ kernels/_config.py).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from fastcnn.convmath import conv_output_size
 from fastcnn.kernels._config import CACHE, FASTMATH, TILE_FASTMATH, slp_compilation
 from fastcnn.kernels._gemm import rows_axpy
+from fastcnn.kernels._parallel import parallel_for
 from fastcnn.kernels._tile import MR, MR_NARROW, NR, NR_NARROW, tile, tile_narrow
 
 SMALL_L = 16          # forward reductions shorter than this use rows_axpy (measured faster for 9, slower for 27)
@@ -304,8 +306,8 @@ def _sum_partials(parts, dw, db):
 
 # ---------------------------------------------------------------- parallel drivers
 
-@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _forward_shifted(x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups):
+@njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
+def _forward_shifted(lo, hi, x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups):
     """Any stride: x (N,C,H,W), Bp (ceil(K/NR), C*R*S, NR) the packed weights -> y (N,K,P,Q).
     With the padded image split into its phase planes (_pack_phases, flattened per channel and
     phase), output pixel (p, q) needs x_pad[c, p*sh + r, q*sw + t] = xf[starts[(c, r, t)] +
@@ -320,7 +322,7 @@ def _forward_shifted(x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups)
     Bf = Bp.reshape(nkb * L * NR)
     nblk = offs.shape[0] // MR
     yv = y.reshape(N, K, PQ)
-    for t in prange(N * ngroups):
+    for t in range(lo, hi):
         n = t // ngroups
         g = t - n * ngroups
         g0 = g * nblk // ngroups
@@ -335,8 +337,8 @@ def _forward_shifted(x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups)
             _copy_out(Ct, b, yv, n, v0, v1)
 
 
-@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _forward_narrow(x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups):
+@njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
+def _forward_narrow(lo, hi, x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups):
     """_forward_shifted with the narrow tile, where the last NR-wide panel would be half or more
     padding (K <= 16, 33..48, 65..80, ...; forward_route decides): MR_NARROW output pixels x
     NR_NARROW output channels per tile, Bp (ceil(K/NR_NARROW), C*R*S, NR_NARROW), offs padded to a
@@ -350,7 +352,7 @@ def _forward_narrow(x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups):
     Bf = Bp.reshape(nkb * L * NR_NARROW)
     nblk = offs.shape[0] // MR_NARROW
     yv = y.reshape(N, K, PQ)
-    for t in prange(N * ngroups):
+    for t in range(lo, hi):
         n = t // ngroups
         g = t - n * ngroups
         g0 = g * nblk // ngroups
@@ -365,22 +367,22 @@ def _forward_narrow(x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups):
             _copy_out(Ct, b, yv, n, v0, v1)
 
 
-@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _forward_grid(x, Ap, b, sh, sw, ph, pw, Hs, Ws, y, starts, slack, ngroups):
+@njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
+def _forward_grid(lo, hi, x, Ap, b, sh, sw, ph, pw, Hs, Ws, y, starts, slack, ngroups):
     """As _forward_shifted with the tile turned around, for few output channels (K well below NR,
     where most of an NR-channel column panel would be padding): rows are MR output channels of the
     packed weights Ap (ceil(K/MR), C*R*S, MR), columns NR consecutive pixels of the phase-plane
     grid (output pixel j = p*Ws + q; the Ws - Q extra columns per row are computed and dropped, and
     the last panels read up to ``slack`` elements past the planes). prange over (image, group of
     NR-pixel panels)."""
-    N, C = x.shape[0], x.shape[1]
+    C = x.shape[1]
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     L = starts.shape[0]
     mb = Ap.shape[0]
     Af = Ap.reshape(mb * L * MR)
     J = P * Ws
     npan = (J + NR - 1) // NR
-    for t in prange(N * ngroups):
+    for t in range(lo, hi):
         n = t // ngroups
         g = t - n * ngroups
         j0 = (g * npan // ngroups) * NR
@@ -401,13 +403,13 @@ def _forward_grid(x, Ap, b, sh, sw, ph, pw, Hs, Ws, y, starts, slack, ngroups):
                     y[n, k, p, q] = Ct[k, c0 + q] + bk
 
 
-@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _forward_small(x, w2, b, R, S, sh, sw, ph, pw, y):
+@njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
+def _forward_small(lo, hi, x, w2, b, R, S, sh, sw, ph, pw, y):
     """Tiny C*R*S, any stride: per image a channel-major im2col and rows_axpy; w2 (K, C*R*S) in
     (c, r, s) order."""
     N, C, H, W = x.shape
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
-    for n in prange(N):
+    for n in range(lo, hi):
         xp = np.empty((C, H + 2 * ph, W + 2 * pw), x.dtype)
         _pad_chw(x[n], ph, pw, xp)
         colT = np.empty((C * R * S, P * Q), x.dtype)
@@ -415,8 +417,8 @@ def _forward_small(x, w2, b, R, S, sh, sw, ph, pw, y):
         rows_axpy(w2, colT, b, y[n].reshape(K, P * Q))
 
 
-@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _backward_input_col2im(dy, Bp, R, S, sh, sw, ph, pw, dx, starts, offs):
+@njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
+def _backward_input_col2im(lo, hi, dy, Bp, R, S, sh, sw, ph, pw, dx, starts, offs):
     """Any stride. dy (N,K,P,Q), Bp (ceil(R*S*C/NR), K, NR) the weights packed as columns (r, s, c)
     -> dx (N,C,H,W). Per image, dcol (P*Q, R*S*C) = dy[n]^T . W2 with the tile (tiles_pixels, dy
     read in place: starts[k] = k*P*Q, offs the pixels), then col2im adds each row back into the
@@ -427,7 +429,7 @@ def _backward_input_col2im(dy, Bp, R, S, sh, sw, ph, pw, dx, starts, offs):
     run = S * C
     nkb = Bp.shape[0]
     Bf = Bp.reshape(nkb * K * NR)
-    for n in prange(N):
+    for n in range(lo, hi):
         dcol = np.empty((offs.shape[0], nkb * NR), dx.dtype)
         tiles_pixels(dy[n].reshape(K * P * Q), starts, offs, Bf, K, dcol)
         dxt = np.zeros((Hp, Wp, C), dx.dtype)
@@ -445,8 +447,8 @@ def _backward_input_col2im(dy, Bp, R, S, sh, sw, ph, pw, dx, starts, offs):
                     dx[n, c, h, w] = dxt[h + ph, w + pw, c]
 
 
-@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _backward_weight_partials(x, dy, argmax, offsets, psh, psw, sh, sw, ph, pw, Hs, Ws, P, Q, starts, parts):
+@njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
+def _backward_weight_partials(lo, hi, x, dy, argmax, offsets, psh, psw, sh, sw, ph, pw, Hs, Ws, P, Q, starts, parts):
     """Per chunk of images (bounds depend on N only): the chunk's convolution gradient in the tile's
     packed layout, then partials_shifted writes the chunk's own partial dw^T and db, parts[ch].
     With an empty argmax, dy is the convolution's gradient (N, K, P, Q), packed by _pack_dyt;
@@ -456,7 +458,7 @@ def _backward_weight_partials(x, dy, argmax, offsets, psh, psw, sh, sw, ph, pw, 
     N, K = x.shape[0], dy.shape[1]
     PQ = P * Q
     nchunks = parts.shape[0]
-    for ch in prange(nchunks):
+    for ch in range(lo, hi):
         n0 = ch * N // nchunks
         nb = (ch + 1) * N // nchunks - n0
         if argmax.shape[0] > 0:
@@ -543,7 +545,7 @@ def _forward(x, w, b, stride, padding):
     if N == 0 or P <= 0 or Q <= 0:
         return y
     if C * R * S < SMALL_L:
-        _forward_small(x, w.reshape(K, C * R * S), b, R, S, *stride, *padding, y)
+        parallel_for(_forward_small, N, x, w.reshape(K, C * R * S), b, R, S, *stride, *padding, y)
     else:
         Hs, Ws = phase_grid(H, W, stride, padding)
         starts = phase_starts(C, R, S, stride, Hs, Ws)
@@ -553,8 +555,8 @@ def _forward(x, w, b, stride, padding):
             npan = -(-(P * Ws) // NR)
             ngroups = 1 if N >= TASKS_PER_CALL else min(npan, -(-TASKS_PER_CALL // N))
             with slp_compilation():
-                _forward_grid(x, pack_panels(w2, MR), b, *stride, *padding, Hs, Ws, y, starts,
-                              (S - 1) // stride[1] + NR, ngroups)
+                parallel_for(_forward_grid, N * ngroups, x, pack_panels(w2, MR), b, *stride, *padding, Hs, Ws, y,
+                             starts, (S - 1) // stride[1] + NR, ngroups)
         else:
             rows, cols = (MR, NR) if route == "shifted" else (MR_NARROW, NR_NARROW)
             offs = pixel_offsets(P, Q, Ws, rows)
@@ -562,7 +564,8 @@ def _forward(x, w, b, stride, padding):
             ngroups = 1 if N >= TASKS_PER_CALL else min(nblk, -(-TASKS_PER_CALL // N))
             driver = _forward_shifted if route == "shifted" else _forward_narrow
             with slp_compilation():
-                driver(x, pack_panels(w2, cols), b, *stride, *padding, Hs, Ws, y, starts, offs, ngroups)
+                parallel_for(driver, N * ngroups, x, pack_panels(w2, cols), b, *stride, *padding, Hs, Ws, y, starts,
+                             offs, ngroups)
     return y
 
 
@@ -588,8 +591,8 @@ def weight_gradient(x, dy, w, stride, padding, argmax=NO_ARGMAX, offsets=NO_OFFS
         starts = dw_starts(C, R, S, stride, Hs, Ws)
         parts = np.empty((nchunks, len(starts), -(-K // NR) * NR), x.dtype)
         with slp_compilation():
-            _backward_weight_partials(x, dy, argmax, offsets, *pool_stride, *stride, *padding, Hs, Ws, P, Q, starts,
-                                      parts)
+            parallel_for(_backward_weight_partials, nchunks, x, dy, argmax, offsets, *pool_stride, *stride, *padding,
+                         Hs, Ws, P, Q, starts, parts)
         _sum_partials(parts, dw, db)
     return dw.reshape(K, C, R, S), db
 
@@ -616,6 +619,6 @@ def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx=True):
         w2t = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(R * S * C, K)  # (r, s, c) x K
         P, Q = dy.shape[2], dy.shape[3]
         with slp_compilation():
-            _backward_input_col2im(dy, pack_panels(w2t, NR), R, S, sh, sw, ph, pw, dx,
+            parallel_for(_backward_input_col2im, N, dy, pack_panels(w2t, NR), R, S, sh, sw, ph, pw, dx,
                                    np.arange(K, dtype=np.int64) * (P * Q), pixel_offsets(P, Q, Q))
     return dx, dw, db

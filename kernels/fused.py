@@ -10,7 +10,7 @@ convolution, read by the pool, and in backward written again as a dense gradient
 quarters zeros and read once more by the weight gradient. Fused, each image's convolution planes
 (K, P, Q) live only in a per-image buffer that stays in the core's cache:
 
-forward   prange over images n: the convolution of image n into a (K, P*Q) buffer (the same
+forward   per image n (parallel_for over images): the convolution of image n into a (K, P*Q) buffer (the same
           workers as :mod:`fastcnn.kernels.conv` for a tiny reduction: im2col + rows_axpy), then
           :func:`~fastcnn.kernels.pool.maxpool_plane` with the ReLU into y[n] and argmax[n]. (A
           first layer with C*R*S >= SMALL_L runs the convolution kernels, then the pool.)
@@ -26,11 +26,12 @@ order, so the fused results equal the unfused Numba results bit for bit.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from fastcnn.convmath import conv_output_size
 from fastcnn.kernels._config import CACHE, FASTMATH
 from fastcnn.kernels._gemm import rows_axpy
+from fastcnn.kernels._parallel import parallel_for
 from fastcnn.kernels.conv import SMALL_L, _im2col_chw_t, _pad_chw, _prepare, weight_gradient
 from fastcnn.kernels.conv import _forward as _conv_forward
 from fastcnn.kernels.pool import maxpool2d_forward, maxpool_plane
@@ -44,12 +45,12 @@ def _pool_planes(conv, P, Q, kh, kw, psh, psw, zero, yn, an):
         maxpool_plane(planes[k], kh, kw, psh, psw, True, zero, yn[k], an[k])
 
 
-@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _forward_small(x, w2, b, R, S, sh, sw, ph, pw, P, Q, kh, kw, psh, psw, zero, y, argmax):
+@njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
+def _forward_small(lo, hi, x, w2, b, R, S, sh, sw, ph, pw, P, Q, kh, kw, psh, psw, zero, y, argmax):
     """Tiny C*R*S (the first layer): w2 (K, C*R*S) in (c, r, s) order -> y, argmax (N, K, P2, Q2)."""
     N, C, H, W = x.shape
     K = y.shape[1]
-    for n in prange(N):
+    for n in range(lo, hi):
         xp = np.empty((C, H + 2 * ph, W + 2 * pw), x.dtype)
         _pad_chw(x[n], ph, pw, xp)
         colT = np.empty((C * R * S, P * Q), x.dtype)
@@ -88,8 +89,8 @@ def conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride
     if N == 0 or P2 == 0 or Q2 == 0:
         return y, argmax
     if C * R * S < SMALL_L:
-        _forward_small(x, w.reshape(K, C * R * S), b, R, S, *stride, *padding, P, Q, *pool_size, *pool_stride,
-                       x.dtype.type(0), y, argmax)
+        parallel_for(_forward_small, N, x, w.reshape(K, C * R * S), b, R, S, *stride, *padding, P, Q, *pool_size,
+                     *pool_stride, x.dtype.type(0), y, argmax)
         return y, argmax
     # A first layer with a long reduction (not the MNIST network's): the convolution kernels as they
     # are, then the pool; same results, without the cache benefit.

@@ -5,16 +5,17 @@ window). The common 2x2 / stride 2 case has its own specialised workers: a branc
 that LLVM vectorises (with an exact fallback for planes holding NaN or infinity) and a backward
 that writes every input once.
 
-Every driver loops with prange over the N*C independent (n, c) planes; backward accumulates only
-inside its own plane, so overlapping windows need no atomics.
+Every driver loops over a range of the N*C independent (n, c) planes (parallel_for splits them);
+backward accumulates only inside its own plane, so overlapping windows need no atomics.
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from fastcnn.convmath import pool_output_size
 from fastcnn.kernels._config import CACHE, FASTMATH
+from fastcnn.kernels._parallel import parallel_for
 
 
 @njit(inline="always", cache=CACHE)
@@ -77,19 +78,19 @@ def maxpool_plane(xc, kh, kw, sh, sw, relu, zero, yc, ac):
             ac[p, q] = arg
 
 
-@njit(parallel=True, boundscheck=False, cache=CACHE)
-def _maxpool_forward(x, kh, kw, sh, sw, relu, zero, y, argmax):
-    N, C = x.shape[0], x.shape[1]
-    for nc in prange(N * C):
+@njit(nogil=True, boundscheck=False, cache=CACHE)
+def _maxpool_forward(lo, hi, x, kh, kw, sh, sw, relu, zero, y, argmax):
+    C = x.shape[1]
+    for nc in range(lo, hi):
         n, c = nc // C, nc % C
         maxpool_plane(x[n, c], kh, kw, sh, sw, relu, zero, y[n, c], argmax[n, c])
 
 
-@njit(parallel=True, boundscheck=False, cache=CACHE)
-def _maxpool_backward(dy, argmax, kh, kw, sh, sw, dx):
-    N, C = dx.shape[0], dx.shape[1]
+@njit(nogil=True, boundscheck=False, cache=CACHE)
+def _maxpool_backward(lo, hi, dy, argmax, kh, kw, sh, sw, dx):
+    C = dx.shape[1]
     P, Q = dy.shape[2], dy.shape[3]
-    for nc in prange(N * C):
+    for nc in range(lo, hi):
         n, c = nc // C, nc % C
         dxc, dyc, ac = dx[n, c], dy[n, c], argmax[n, c]
         dxc[:] = 0
@@ -100,13 +101,13 @@ def _maxpool_backward(dy, argmax, kh, kw, sh, sw, dx):
                     dxc[p * sh + a // kw, q * sw + a % kw] += dyc[p, q]
 
 
-@njit(parallel=True, boundscheck=False, cache=CACHE)
-def _maxpool_backward_2x2(dy, argmax, zero, dx):
+@njit(nogil=True, boundscheck=False, cache=CACHE)
+def _maxpool_backward_2x2(lo, hi, dy, argmax, zero, dx):
     """Specialised kernel_size = stride = (2, 2): every covered input is written exactly once.
     (Plain 4-D indexing: per-row views measured slower.)"""
     N, C, H, W = dx.shape
     P, Q = dy.shape[2], dy.shape[3]
-    for nc in prange(N * C):
+    for nc in range(lo, hi):
         n, c = nc // C, nc % C
         for p in range(P):
             for q in range(Q):
@@ -123,11 +124,11 @@ def _maxpool_backward_2x2(dy, argmax, zero, dx):
                 dx[n, c, h, w] = zero
 
 
-@njit(parallel=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _avgpool_forward(x, kh, kw, sh, sw, y, inv):
-    N, C = x.shape[0], x.shape[1]
+@njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
+def _avgpool_forward(lo, hi, x, kh, kw, sh, sw, y, inv):
+    C = x.shape[1]
     P, Q = y.shape[2], y.shape[3]
-    for nc in prange(N * C):
+    for nc in range(lo, hi):
         n, c = nc // C, nc % C
         xc, yc = x[n, c], y[n, c]
         for p in range(P):
@@ -139,11 +140,11 @@ def _avgpool_forward(x, kh, kw, sh, sw, y, inv):
                 yc[p, q] = s_ * inv
 
 
-@njit(parallel=True, boundscheck=False, cache=CACHE)
-def _avgpool_backward(dy, kh, kw, sh, sw, dx, inv):
-    N, C = dx.shape[0], dx.shape[1]
+@njit(nogil=True, boundscheck=False, cache=CACHE)
+def _avgpool_backward(lo, hi, dy, kh, kw, sh, sw, dx, inv):
+    C = dx.shape[1]
     P, Q = dy.shape[2], dy.shape[3]
-    for nc in prange(N * C):
+    for nc in range(lo, hi):
         n, c = nc // C, nc % C
         dxc, dyc = dx[n, c], dy[n, c]
         dxc[:] = 0
@@ -167,7 +168,8 @@ def maxpool2d_forward(x, kernel_size=(2, 2), stride=(2, 2), relu=False):
     P, Q = pool_output_size(x.shape[2], x.shape[3], kernel_size, stride)
     y = np.empty(x.shape[:2] + (P, Q), x.dtype)
     argmax = np.empty(y.shape, np.int32)
-    _maxpool_forward(x, *kernel_size, *stride, bool(relu), x.dtype.type(0), y, argmax)
+    parallel_for(_maxpool_forward, y.shape[0] * y.shape[1], x, *kernel_size, *stride, bool(relu), x.dtype.type(0), y,
+                 argmax)
     return y, argmax
 
 
@@ -177,9 +179,9 @@ def maxpool2d_backward(dy, argmax, x_shape, kernel_size=(2, 2), stride=(2, 2)):
     dx = np.empty(tuple(x_shape), dy.dtype)
     argmax = np.ascontiguousarray(argmax, dtype=np.int32)
     if tuple(kernel_size) == (2, 2) and tuple(stride) == (2, 2):
-        _maxpool_backward_2x2(dy, argmax, dy.dtype.type(0), dx)
+        parallel_for(_maxpool_backward_2x2, dx.shape[0] * dx.shape[1], dy, argmax, dy.dtype.type(0), dx)
     else:
-        _maxpool_backward(dy, argmax, *kernel_size, *stride, dx)
+        parallel_for(_maxpool_backward, dx.shape[0] * dx.shape[1], dy, argmax, *kernel_size, *stride, dx)
     return dx
 
 
@@ -188,7 +190,8 @@ def avgpool2d_forward(x, kernel_size=(2, 2), stride=(2, 2)):
     x = _contig(x)
     P, Q = pool_output_size(x.shape[2], x.shape[3], kernel_size, stride)
     y = np.empty(x.shape[:2] + (P, Q), x.dtype)
-    _avgpool_forward(x, *kernel_size, *stride, y, x.dtype.type(1.0 / (kernel_size[0] * kernel_size[1])))
+    parallel_for(_avgpool_forward, y.shape[0] * y.shape[1], x, *kernel_size, *stride, y,
+                 x.dtype.type(1.0 / (kernel_size[0] * kernel_size[1])))
     return y
 
 
@@ -196,5 +199,6 @@ def avgpool2d_backward(dy, x_shape, kernel_size=(2, 2), stride=(2, 2)):
     """dy (N,C,P,Q) -> dx (N,C,H,W)."""
     dy = _contig(dy)
     dx = np.empty(tuple(x_shape), dy.dtype)
-    _avgpool_backward(dy, *kernel_size, *stride, dx, dy.dtype.type(1.0 / (kernel_size[0] * kernel_size[1])))
+    parallel_for(_avgpool_backward, dx.shape[0] * dx.shape[1], dy, *kernel_size, *stride, dx,
+                 dy.dtype.type(1.0 / (kernel_size[0] * kernel_size[1])))
     return dx

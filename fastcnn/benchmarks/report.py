@@ -213,6 +213,10 @@ def format_report(results: dict) -> str:
                  f"{r['cpu_seconds_per_second']:.2f}", _fmt(r.get("other_load"), ".2f")] for r in scaling]
         out.append(_table(["threads", "per batch", "images/s", "s/epoch", "speedup", "efficiency", "CPU/wall",
                            "other load"], rows))
+    if results.get("layer_scaling"):
+        from fastcnn.benchmarks.scaling import format_layer_scaling
+        out += ["", "Per-layer speedup of the Numba training step, and its serial share (profiled at 1 and N threads)",
+                format_layer_scaling(results["layer_scaling"])]
     out += ["", (f"(CPU/wall: CPU seconds this process got per second; other load: cores other programs used "
                  f"meanwhile; {MARK}: other programs took cores this measurement needed, so its time is pessimistic)")]
     starved = contended_sections(results)

@@ -235,6 +235,11 @@ def run_benchmarks(settings: Settings, log=_log) -> dict:
         for row in rows:
             row["ideal_epoch_seconds"] = results["network"]["ideal_epoch_seconds"]
         results["thread_scaling"] = rows
+        if s.threads >= 2:
+            from fastcnn.benchmarks.scaling import layer_scaling
+            log(f"per-layer scaling of the Numba training step: profiled at 1 and {s.threads} threads")
+            results["layer_scaling"] = layer_scaling(batches[:s.warmup_batches + s.batches], s.threads,
+                                                     s.warmup_batches, s.seed)
 
     results["machine"] = machine_info()          # after the kernels ran: the threading layer is known
     results["machine"]["load_average_at_start"] = load_at_start

@@ -6,6 +6,7 @@ Numba kernels in :mod:`fastcnn.kernels` are tested against. See :mod:`fastcnn.ba
 """
 from fastcnn.reference.activation import relu_backward, relu_forward
 from fastcnn.reference.conv import conv2d_backward, conv2d_forward
+from fastcnn.reference.dropout import dropout_backward, dropout_forward
 from fastcnn.reference.fused import conv2d_relu_maxpool_backward, conv2d_relu_maxpool_forward
 from fastcnn.reference.pool import (
     avgpool2d_backward,
@@ -28,4 +29,6 @@ __all__ = [
     "relu_backward",
     "conv2d_relu_maxpool_forward",
     "conv2d_relu_maxpool_backward",
+    "dropout_forward",
+    "dropout_backward",
 ]

@@ -1,0 +1,52 @@
+"""Dropout, Numba kernels: the counter-based mask of :mod:`fastcnn.reference.dropout` (same bits)
+built in parallel, one block of 4 elements (one 64-bit word) per iteration, so any thread count
+gives the same mask."""
+import numpy as np
+from numba import njit
+
+from fastcnn.kernels._common import check_float
+from fastcnn.kernels._config import CACHE
+from fastcnn.kernels._parallel import parallel_for
+from fastcnn.kernels.activation import ELEMENTS_PER_PART
+from fastcnn.reference.dropout import GOLDEN, MIX1, MIX2, STEPS
+
+
+@njit(nogil=True, boundscheck=False, cache=CACHE)
+def _dropout_forward(lo, hi, x, key, threshold, scale, zero, y, mask):
+    n = x.shape[0]
+    s30, s27, s31, m16 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(0xFFFF)
+    for c in range(lo, hi):
+        z = key + np.uint64(c + 1) * GOLDEN
+        z = (z ^ (z >> s30)) * MIX1
+        z = (z ^ (z >> s27)) * MIX2
+        z = z ^ (z >> s31)
+        for i in range(4 * c, min(n, 4 * c + 4)):
+            draw = (z >> np.uint64(16 * (i - 4 * c))) & m16
+            m = scale if draw >= threshold else zero
+            mask[i] = m
+            y[i] = x[i] * m
+
+
+@njit(nogil=True, boundscheck=False, cache=CACHE)
+def _dropout_backward(lo, hi, dy, mask, dx):
+    for i in range(lo, hi):
+        dx[i] = dy[i] * mask[i]
+
+
+def dropout_forward(x, key, threshold):
+    """x (any shape), the step's 64-bit key and 16-bit threshold -> (y = x * mask, mask)."""
+    x = np.ascontiguousarray(check_float("dropout", x)[0])
+    y, mask = np.empty_like(x), np.empty_like(x)
+    scale = x.dtype.type(STEPS / (STEPS - threshold))
+    parallel_for(_dropout_forward, -(-x.size // 4), x.reshape(-1), np.uint64(key), np.uint64(threshold), scale,
+                 x.dtype.type(0), y.reshape(-1), mask.reshape(-1), grain=ELEMENTS_PER_PART // 4)
+    return y, mask
+
+
+def dropout_backward(dy, mask):
+    """dy, the forward's mask -> dx = dy * mask."""
+    dy, mask = (np.ascontiguousarray(a) for a in check_float("dropout", dy, mask))
+    dx = np.empty_like(dy)
+    parallel_for(_dropout_backward, dy.size, dy.reshape(-1), mask.reshape(-1), dx.reshape(-1),
+                 grain=ELEMENTS_PER_PART)
+    return dx

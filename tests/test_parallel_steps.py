@@ -1,0 +1,148 @@
+"""The step's formerly serial parts as parallel kernels: dropout's counter-based mask and the
+optimizer steps. Each must equal its NumPy formula bit for bit and give the same bits for any Numba
+thread count; dropout's stream must be seeded, resumable and unbiased."""
+from __future__ import annotations
+
+import copy
+
+import numba
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import kernels as nb
+from fastcnn import reference as ref
+from fastcnn.kernels import optim as kopt
+from fastcnn.layers import Dropout
+from fastcnn.reference.dropout import dropout_draws
+
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.fixture
+def restore_threads():
+    before = numba.get_num_threads()
+    yield
+    numba.set_num_threads(before)
+
+
+def _thread_counts():
+    return sorted({1, numba.config.NUMBA_NUM_THREADS})
+
+
+def test_dropout_draws_are_splitmix64_words_in_16_bit_lanes():
+    """The documented stream, computed with Python integers: word c = splitmix64(key + (c+1)*golden)."""
+    def splitmix(z):
+        m = (1 << 64) - 1
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & m
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EB & m
+        return z ^ (z >> 31)
+    key = 0x0123456789ABCDEF
+    words = [splitmix((key + (c + 1) * 0x9E3779B97F4A7C15) & ((1 << 64) - 1)) for c in range(3)]
+    expected = [(w >> (16 * lane)) & 0xFFFF for w in words for lane in range(4)][:10]
+    assert dropout_draws(key, 10).tolist() == expected
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(128, 3136), (3, 5), (1, 7, 3, 2), (1,)])
+def test_dropout_kernel_equals_reference_for_any_thread_count(shape, dtype, restore_threads):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    key, threshold = int(rng.integers(0, 2**63)), 32768
+    y_ref, mask_ref = ref.dropout_forward(x, key, threshold)
+    dx_ref = ref.dropout_backward(dy, mask_ref)
+    for threads in _thread_counts():
+        numba.set_num_threads(threads)
+        y, mask = nb.dropout_forward(x, key, threshold)
+        assert y.dtype == mask.dtype == dtype and y.shape == mask.shape == shape
+        assert np.array_equal(y, y_ref) and np.array_equal(mask, mask_ref), threads
+        assert np.array_equal(nb.dropout_backward(dy, mask), dx_ref), threads
+
+
+def test_dropout_kernel_bit_identical_at_two_threads_in_a_child(tmp_path):
+    """One core here may mean one Numba thread: the two-thread run then happens in a child process."""
+    import subprocess
+    import sys
+    code = ("import numpy as np, numba; from fastcnn import kernels as nb; from fastcnn import reference as ref\n"
+            "assert numba.config.NUMBA_NUM_THREADS == 2\n"
+            "x = np.random.default_rng(0).standard_normal((64, 999)).astype(np.float32)\n"
+            "y, m = nb.dropout_forward(x, 12345, 20000); y2, m2 = ref.dropout_forward(x, 12345, 20000)\n"
+            "assert np.array_equal(y, y2) and np.array_equal(m, m2)\n")
+    import os
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "NUMBA_NUM_THREADS": "2"},
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_dropout_mask_drops_the_quantised_share_and_keeps_the_mean():
+    x = np.ones((400, 1000), np.float32)
+    y, mask = ref.dropout_forward(x, 99, 16384)             # p = 1/4
+    dropped = float((mask == 0).mean())
+    assert abs(dropped - 0.25) < 0.005, dropped
+    assert abs(float(y.mean()) - 1.0) < 0.01
+    assert set(np.unique(mask).tolist()) == {0.0, np.float32(65536 / (65536 - 16384))}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_dropout_layer_is_seeded_and_resumes_from_its_generator_state(backend):
+    x = np.random.default_rng(0).standard_normal((8, 50)).astype(np.float32)
+    a = Dropout(0.5, rng=np.random.default_rng(7), backend=backend)
+    first = a.forward(x, training=True)
+    state = copy.deepcopy(a.rng.bit_generator.state)          # what a checkpoint saves
+    second = a.forward(x, training=True)
+    b = Dropout(0.5, rng=np.random.default_rng(0), backend=backend)
+    b.rng.bit_generator.state = state
+    assert np.array_equal(b.forward(x, training=True), second)
+    assert not np.array_equal(first, second)
+    c = Dropout(0.5, rng=np.random.default_rng(7), backend=backend)
+    assert np.array_equal(c.forward(x, training=True), first)
+
+
+def test_dropout_layer_backends_agree_bitwise():
+    x = np.random.default_rng(0).standard_normal((16, 300)).astype(np.float32)
+    outs = {}
+    for backend in ("numpy", "numba"):
+        layer = Dropout(0.3, rng=np.random.default_rng(5), backend=backend)
+        outs[backend] = (layer.forward(x, training=True), layer.backward(x))
+    assert all(np.array_equal(a, b) for a, b in zip(outs["numpy"], outs["numba"]))
+
+
+def _model_and_grads(dtype, backend):
+    model = fastcnn.mnist_cnn(seed=0, dtype=dtype, backend=backend)
+    rng = np.random.default_rng(1)
+    for _, _, g in model.named_parameters():
+        g[...] = rng.standard_normal(g.shape).astype(dtype)
+    return model
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda m: fastcnn.AdamW(m, lr=2e-3, weight_decay=1e-2), id="adamw"),
+    pytest.param(lambda m: fastcnn.AdamW(m, lr=1e-3, weight_decay=0.0), id="adamw-no-decay"),
+    pytest.param(lambda m: fastcnn.SGD(m, lr=0.05, momentum=0.9, weight_decay=5e-4), id="sgd"),
+    pytest.param(lambda m: fastcnn.SGD(m, lr=0.05, momentum=0.0), id="sgd-plain"),
+])
+def test_optimizer_kernels_equal_the_numpy_formulas_for_any_thread_count(make, dtype, restore_threads):
+    """Three steps on the Numba backend (parallel kernels) and on the NumPy backend (the formulas
+    in fastcnn/optim.py): parameters and state equal bit for bit, at 1 and N threads."""
+    ref_model = _model_and_grads(dtype, "numpy")
+    ref_opt = make(ref_model)
+    for _ in range(3):
+        ref_opt.step()
+    for threads in _thread_counts():
+        numba.set_num_threads(threads)
+        model = _model_and_grads(dtype, "numba")
+        opt = make(model)
+        for _ in range(3):
+            opt.step()
+        for (name, w, _), (_, w_ref, _) in zip(model.named_parameters(), ref_model.named_parameters()):
+            assert np.array_equal(w, w_ref), (name, threads)
+        for key, a in opt.state_dict().items():
+            assert np.array_equal(a, ref_opt.state_dict()[key]), (key, threads)
+
+
+def test_optimizer_kernels_reject_mixed_dtypes():
+    w = np.zeros(4, np.float32)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        kopt.sgd_step(w, np.zeros(4, np.float64), np.zeros(4, np.float32), 0.1, 0.9, 0.0)
