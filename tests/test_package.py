@@ -120,3 +120,19 @@ def test_fastcnn_sweep_without_dask_names_the_extra(hidden, tmp_path, monkeypatc
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith("fastcnn-sweep: error: install the sweep extra: pip install 'fastcnn[sweep]'"), err
     assert not (tmp_path / "sweep").exists()
+
+
+# ---------------------------------------------------------------------------- the fast test loop
+
+def test_every_test_the_slow_rules_name_exists():
+    """A renamed test would silently join the one-minute loop: the rules must name real tests."""
+    import ast
+
+    import conftest
+
+    for file, names in conftest.SLOW_TESTS.items():
+        tree = ast.parse((REPO / "tests" / file).read_text(encoding="utf-8"))
+        defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        assert names <= defined, f"tests/conftest.py names tests that {file} lacks: {sorted(names - defined)}"
+    for file in conftest.SLOW_FILES:
+        assert (REPO / "tests" / file).is_file(), file
