@@ -16,6 +16,7 @@ Both libraries are the ``export`` extra (``pip install 'fastcnn[export]'``), imp
 """
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ class ExportError(ValueError):
 
 def _require(module: str):
     try:
-        return __import__(module, fromlist=["_"])
+        return importlib.import_module(module)
     except ImportError as exc:
         raise ExportError(f"install the export extra ({INSTALL_HINT}): {module} is missing ({exc})") from None
 

@@ -5,6 +5,7 @@ model.config() with the same weights (where PyTorch is installed)."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numba
 import numpy as np
@@ -109,3 +110,12 @@ def test_compare_torch_times_the_twin(tmp_path, capsys):
     assert results["training_fastcnn_over_torch"] > 0
     assert results["machine"]["torch"]["threads"] == numba.get_num_threads()
     assert "fastcnn / torch epoch time" in capsys.readouterr().out
+
+
+def test_compare_torch_without_torch_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)                 # import torch now fails
+    model = write_model(tmp_path, "cifarish.json", CIFAR_SHAPED)
+    assert cli.bench_main(smoke(tmp_path, model, "--compare", "torch")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--compare torch needs PyTorch" in err[0], err
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -75,8 +75,9 @@ def twin(model: Sequential, backend: str, *, dropout: float | None = None, seed:
     if dropout is not None:
         config = [{**e, "p": dropout} if e["type"] == "Dropout" else e for e in config]
     copy = Sequential.from_config(config, seed=seed, backend=backend, input_shape=model.input_shape)
+    source = model.state_arrays()
     for key, array in copy.state_arrays().items():
-        array[...] = model.state_arrays()[key]
+        array[...] = source[key]
     return copy, AdamW(copy, lr=DEFAULT_LR["adamw"], weight_decay=DEFAULT_WEIGHT_DECAY["adamw"])
 
 
