@@ -193,7 +193,7 @@ def build_parser():
 def export_main(argv: list[str] | None = None) -> int:
     """The ``fastcnn-export`` command. Returns the exit status."""
     from fastcnn._cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, print_error, write_line
-    from fastcnn._modelfile import resolve_model
+    from fastcnn.modelio import open_model
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
@@ -208,7 +208,7 @@ def export_main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         _require("safetensors.numpy" if suffix == ".safetensors" else "onnx")    # before loading the model
-        _, model = resolve_model(args.model)
+        _, model = open_model(args.model)
         written = export(model, args.out)
     except KeyboardInterrupt:
         print_error(PROG, "interrupted")

@@ -23,7 +23,8 @@ import numpy.typing as npt
 from fastcnn.architecture import ConfigError
 from fastcnn.checkpoint import _ZIP_MAGIC, build_model, load_checkpoint, save_checkpoint
 
-__all__ = ["save", "load", "read_model_file", "build", "ModelFileError", "MAX_MODEL_FILE_BYTES", "MAX_PARAMS"]
+__all__ = ["save", "load", "read_model_file", "build", "open_model", "ModelFileError", "MAX_MODEL_FILE_BYTES",
+           "MAX_PARAMS"]
 
 #: A model file larger than this is refused before it is read (a hand-written config is a few KiB).
 MAX_MODEL_FILE_BYTES = 1 << 20
@@ -63,8 +64,7 @@ def read_model_file(path) -> tuple[list, tuple[int, ...] | None]:
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        raise ModelFileError(f"give --model a built-in name or an existing model file: {path} does not exist") \
-            from None
+        raise ModelFileError(f"give a built-in model name or an existing model file: {path} does not exist") from None
     except OSError as exc:
         raise ModelFileError(f"{where}: cannot read: {exc.strerror or exc}") from None
     if not stat.S_ISREG(info.st_mode):
@@ -124,8 +124,8 @@ def build(spec, *, seed: int = 0, dtype: npt.DTypeLike = np.float32, backend: st
     shape = None
     if isinstance(spec, (str, os.PathLike)):
         if isinstance(spec, str) and not spec.lower().endswith((".json", ".npz")) and not Path(spec).exists():
-            raise ModelFileError(f"give --model one of {', '.join(MODELS)} or a model file (.json): "
-                                 f"{spec!r:.60} is neither")
+            raise ModelFileError(f"choose a built-in model ({', '.join(MODELS)}) or a model file (.json, or a "
+                                 f"checkpoint): {spec!r:.60} is neither")
         where = f"model file {spec}"
         config, shape = read_model_file(spec)
     elif isinstance(spec, dict):
@@ -138,3 +138,19 @@ def build(spec, *, seed: int = 0, dtype: npt.DTypeLike = np.float32, backend: st
         return Sequential.from_config(config, seed=seed, dtype=dtype, backend=backend, fuse=fuse, input_shape=shape)
     except ConfigError as exc:
         raise type(exc)(f"{where}: {exc}") from None
+
+
+def open_model(spec: str, *, backend: str | None = None):
+    """``(display name, model)`` for a command's MODEL argument: a built-in name (weights from seed
+    0), a checkpoint (its trained weights, :func:`load`) or a JSON model file (weights from seed 0).
+    Raises :class:`ModelFileError`, :class:`~fastcnn.checkpoint.CheckpointError` or ConfigError."""
+    from fastcnn.zoo import MODELS
+
+    if spec in MODELS:
+        return spec, build(spec, backend=backend)
+    path = Path(spec)
+    if path.is_file():
+        with open(path, "rb") as fh:
+            if fh.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC:
+                return path.name, load(path, backend=backend)
+    return path.name, build(spec, backend=backend)

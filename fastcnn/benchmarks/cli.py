@@ -148,11 +148,11 @@ def bench_main(argv: list[str] | None = None) -> int:
 
 def _model_main(model_arg: str, settings: Settings) -> int:
     """``fastcnn-bench --model``: one model's training step and per-layer profile."""
-    from fastcnn._modelfile import resolve_model
     from fastcnn.benchmarks.model_bench import format_model_report, run_model_benchmark
     from fastcnn.benchmarks.run import _log
+    from fastcnn.modelio import open_model
     try:
-        name, model = resolve_model(model_arg)
+        name, model = open_model(model_arg)
     except (OSError, ValueError) as exc:
         print_error(PROG, f"--model {model_arg}: {exc}")
         return EXIT_USAGE
