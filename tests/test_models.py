@@ -180,7 +180,8 @@ def test_model_files_that_are_not_small_regular_files_are_refused_unread(tmp_pat
         read_model_file(tmp_path)
     with pytest.raises(ModelFileError, match=r"does not exist"):
         read_model_file(tmp_path / "none.json")
-    with pytest.raises(ModelFileError, match=r"choose a built-in model \(mnist-cnn, lenet5, cifar-cnn\) or a model file"):
+    with pytest.raises(ModelFileError, match=r"choose a built-in model \(mnist-cnn, lenet5, cifar-cnn\) or a "
+                       r"model file"):
         build("lenet-5")
 
 
