@@ -663,10 +663,11 @@ def _resolve_dataset(args):
     """``--dataset`` left out: what ``--data-dir`` holds, else mnist. A data file (a .npz, an archive)
     may stand where a folder is expected."""
     from fastcnn.datasets.select import detect_source
-    if args.data_dir is None or not Path(args.data_dir).expanduser().is_file():
-        check_data_dir(args.data_dir)
+    found = detect_source(args.data_dir)
     if args.dataset is None:
-        args.dataset = detect_source(args.data_dir) or "mnist"
+        args.dataset = found or "mnist"
+    if args.data_dir is None or args.dataset not in ("npz", "cifar10") or found not in ("npz", "cifar10"):
+        check_data_dir(args.data_dir)
 
 
 def _run(argv, signals, console):
