@@ -23,6 +23,7 @@ runs never write one file, and temporary files that a killed run left beside it 
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import fcntl
@@ -651,12 +652,18 @@ def _load_resume(args, argv, console):
 
 def _val_split(text):
     from fastcnn.validation import parse_val_split
-    return parse_val_split(text)
+    try:
+        return parse_val_split(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _image_size(text):
     from fastcnn.datasets.folder import parse_image_size
-    return parse_image_size(text)
+    try:
+        return parse_image_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _resolve_dataset(args):
