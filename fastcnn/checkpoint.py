@@ -155,6 +155,19 @@ class Checkpoint:
         return None if shape is None else tuple(shape)
 
     @property
+    def model_kwargs(self):
+        """The input's channels and size and the number of classes under :func:`~fastcnn.model.mnist_cnn`'s
+        argument names (``in_channels``, ``image_size``, ``num_classes``, ``dtype``), for callers that read
+        them before models were saved as configs; {} for what the model does not fix."""
+        out = {"dtype": self.header["dtype"]}
+        if self.input_shape is not None:
+            out.update(in_channels=self.input_shape[0], image_size=self.input_shape[1])
+        last = next((e for e in reversed(self.model_config) if e.get("type") == "Linear"), None)
+        if last is not None:
+            out["num_classes"] = last["out_features"]
+        return out
+
+    @property
     def data(self) -> dict:
         """The saved ``data`` object (facts about the model's input data; {} when none)."""
         return self.header.get("data") or {}

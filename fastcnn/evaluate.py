@@ -338,6 +338,10 @@ def _check_fits(data, model):
     """DataError (fix first) unless the test images and labels fit the model."""
     from fastcnn.summary import ShapeError, check_input
     fix = f"pass --data-dir with the {data.name} test files the model was trained on"
+    have, want = tuple(data.x_test.shape[1:]), model.input_shape
+    if want is not None and have != tuple(want):
+        fmt = (lambda s: "x".join(map(str, s[1:]))) if have[0] == want[0] else (lambda s: "x".join(map(str, s)))
+        raise DataError(f"{fix}: {data.source_dir} holds {fmt(have)} test images, the model takes {fmt(want)}")
     try:
         classes = check_input(model, data.x_test.shape[1:], f"{data.source_dir}").output_shape[0]
     except ShapeError as exc:

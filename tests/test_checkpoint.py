@@ -430,6 +430,7 @@ def test_a_file_of_the_previous_format_loads_and_restores(trained, tmp_path):
     old = load_checkpoint(as_version_2(path, tmp_path / "v2.npz", KW))
     assert old.header["version"] == 2
     assert old.model_config == model.config() and old.input_shape == (1, 28, 28)
+    assert old.model_kwargs == {"dtype": "float32", "in_channels": 1, "image_size": 28, "num_classes": 10}
     rebuilt = build_model(old, backend="numpy")
     x = np.random.default_rng(1).standard_normal((3, 1, 28, 28)).astype(np.float32)
     np.testing.assert_array_equal(rebuilt(x), model(x))
