@@ -39,10 +39,9 @@ def load_model(path, backend=None):
     extra = ckpt.header.get("extra") or {}
     dataset = extra.get("dataset", ckpt.config.get("dataset"))
     names = dataset_spec(dataset).classes if dataset in DATASETS else None
-    kwargs = ckpt.model_kwargs
-    info = ModelInfo(names=list(names) if names else None, side=int(kwargs.get("image_size", 28)),
-                     channels=int(kwargs.get("in_channels", 1)), dtype=np.dtype(ckpt.header["dtype"]),
-                     dataset=dataset if isinstance(dataset, str) else None)
+    channels, side, _ = model.input_shape or (1, 28, 28)           # the model's own record of its input
+    info = ModelInfo(names=list(names) if names else None, side=int(side), channels=int(channels),
+                     dtype=np.dtype(ckpt.header["dtype"]), dataset=dataset if isinstance(dataset, str) else None)
     return model, info
 
 
