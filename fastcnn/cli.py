@@ -25,6 +25,7 @@ runs never write one file, and temporary files that a killed run left beside it 
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import json
@@ -671,22 +672,29 @@ def _load_resume(args, argv, console):
 
 def _val_split(text):
     from fastcnn.validation import parse_val_split
-    return parse_val_split(text)
+    try:
+        return parse_val_split(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _image_size(text):
     from fastcnn.datasets.folder import parse_image_size
-    return parse_image_size(text)
+    try:
+        return parse_image_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _resolve_dataset(args):
     """``--dataset`` left out: what ``--data-dir`` holds, else mnist. A data file (a .npz, an archive)
     may stand where a folder is expected."""
     from fastcnn.datasets.select import detect_source
-    if args.data_dir is None or not Path(args.data_dir).expanduser().is_file():
-        check_data_dir(args.data_dir)
+    found = detect_source(args.data_dir)
     if args.dataset is None:
-        args.dataset = detect_source(args.data_dir) or "mnist"
+        args.dataset = found or "mnist"
+    if args.data_dir is None or args.dataset not in ("npz", "cifar10") or found not in ("npz", "cifar10"):
+        check_data_dir(args.data_dir)
 
 
 def _run(argv, signals, console):

@@ -67,7 +67,7 @@ from fastcnn._memory import tune_malloc
 from fastcnn.backend import BACKENDS
 from fastcnn.checkpoint import CheckpointError, build_model, load_checkpoint
 from fastcnn.data import DATASETS, DataError, DataWarning, dataset_spec, find_data_dir, load_dataset, to_float
-from fastcnn.datasets.select import SOURCES, load_any
+from fastcnn.datasets.select import SOURCES, detect_source, load_any
 from fastcnn.images import IMAGE_SUFFIXES, InputError, border_level, prepare_digit, read_image
 from fastcnn.normalization import saved_normalization
 
@@ -258,7 +258,7 @@ def parse_args(parser: Parser, argv=None) -> argparse.Namespace:
     checkpoint. :class:`UsageError` when there is no checkpoint, no image, or a --predict option
     without --predict."""
     args = parser.parse_args(argv)
-    if args.data_dir is None or not args.data_dir.expanduser().is_file():       # a .npz or archive is a file
+    if args.data_dir is None or detect_source(args.data_dir) not in ("npz", "cifar10"):   # files, not folders
         check_data_dir(args.data_dir)
     if args.checkpoint is None:
         if args.predict and args.predict[-1].suffix.lower() not in IMAGE_SUFFIXES:

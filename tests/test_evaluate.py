@@ -6,13 +6,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
 from fastcnn.checkpoint import save_checkpoint
-from fastcnn.data import FASHION_MNIST, load_dataset, to_float
+from fastcnn.data import DATASETS, FASHION_MNIST, load_dataset, to_float
 from fastcnn.evaluate import eval_main, normalise, read_image
 from fastcnn.model import mnist_cnn
 
@@ -146,6 +148,7 @@ def test_eval_uses_the_data_the_model_was_trained_on(tmp_path, capsys, monkeypat
                                                      pattern):
     monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("a download was attempted"))
     model = model_file(tmp_path / "model.npz", dataset, tmp_path / "trained")
     extra = layout(tmp_path, monkeypatch)
     got, out, err = run(capsys, model, *extra, "--backend", "numpy", "--out", tmp_path / "eval")
@@ -155,7 +158,19 @@ def test_eval_uses_the_data_the_model_was_trained_on(tmp_path, capsys, monkeypat
     if code == 0:
         assert err == []
         assert (tmp_path / "eval" / "confusion_matrix.png").read_bytes()[:8] == PNG_SIGNATURE
-    assert not (tmp_path / "xdg").exists()                        # no download, no cache
+    assert_only_remembered(tmp_path / "xdg")                       # no download
+
+
+def assert_only_remembered(cache_root, *sources):
+    """The cache holds nothing but IDX files remembered from a verified data folder (equal to the file of
+    that name in one of ``sources``, when given): no download, no temporary file."""
+    import filecmp
+    names = {f.name for spec in DATASETS.values() for f in spec.files}
+    names |= {n[:-3] for n in names}
+    for p in (q for q in Path(cache_root).rglob("*") if q.is_file()):
+        assert p.name in names, p
+        if sources:
+            assert any((d / p.name).is_file() and filecmp.cmp(p, d / p.name, shallow=False) for d in sources), p
 
 
 def test_fashion_model_predicts_fashion_class_names(tmp_path, capsys, monkeypatch):
@@ -305,12 +320,13 @@ def test_help_exits_0(capsys):
 def test_mnist_model_reads_the_folder_its_training_used(mnist_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)         # and nothing in the cache: no fallback
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("a download was attempted"))
     model = model_file(tmp_path / "model.npz", "mnist", mnist_dir)
     code, out, err = run(capsys, model, "--backend", "numpy", "--limit-test", 200, "--out", tmp_path / "eval")
     assert code == 0, err
     assert re.fullmatch(r"test loss .* \(\d+/200 correct\) on mnist from " + re.escape(str(mnist_dir))
                         + r" \(first 200 images\)", out[0]), out
-    assert not (tmp_path / "xdg").exists()
+    assert_only_remembered(tmp_path / "xdg", mnist_dir)
 
 
 def test_predict_alone_needs_no_data_folder(tmp_path, capsys, monkeypatch):

@@ -211,3 +211,12 @@ def test_ctrl_c_stops_cleanly(model_path):
     assert post(s, sample_digit())[0] == 200
     assert s.interrupt() == 0
     assert s.lines[-1] == "fastcnn-serve: stopped" and not any("Traceback" in line for line in s.lines), s.lines
+
+
+def test_load_tool_reports_throughput_and_cpu(model_path, capsys):
+    from fastcnn.serve.load import main
+    assert main([str(model_path), "--clients", "2", "--requests", "6", "--threads", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("6 requests from 2 clients, 1 Numba thread per request, in "), out
+    assert "requests/s; latency p50 " in out[0] and " p99 " in out[0]
+    assert out[1].startswith("cores used on average (of "), out

@@ -13,11 +13,11 @@ from fastcnn.normalization import Normalization
 MAX_CLASSES = 100_000            # more classes than any image dataset has: a label beyond is a damaged file
 
 
-def make_dataset(x_train, y_train, x_test, y_test, name, source, class_names=None) -> Dataset:
+def make_dataset(x_train, y_train, x_test, y_test, name, source, class_names=None, normalization=None) -> Dataset:
     """Check two splits (either may be None) and wrap them: images 4-D with the same C x H x W in both
     splits, labels 1-D integers in 0..classes-1, as many as images; a split without images is an error,
     a training split of a single class a :class:`DataWarning`. The normalization is computed from the
-    training split."""
+    training split (unless given: a reader that cached it)."""
     splits = {}
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         if x is None:
@@ -45,6 +45,6 @@ def make_dataset(x_train, y_train, x_test, y_test, name, source, class_names=Non
     (xi, yi), (xt, yt) = splits["train"], splits["test"]
     if xi is not None and xt is not None and xi.shape[1:] != xt.shape[1:]:
         raise DataError(f"{source}: image shape mismatch: train {xi.shape[1:]} vs test {xt.shape[1:]} (C, H, W)")
-    norm = Normalization.from_images(xi) if xi is not None else None
+    norm = normalization if normalization is not None else Normalization.from_images(xi) if xi is not None else None
     names = tuple(class_names) if class_names is not None else None
     return Dataset(xi, yi, xt, yt, name, Path(source).absolute(), class_names=names, normalization=norm)

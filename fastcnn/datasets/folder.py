@@ -28,6 +28,7 @@ import numpy as np
 from fastcnn._atomic import atomic_write
 from fastcnn.data import DataError, DataWarning, default_cache_dir
 from fastcnn.datasets.common import make_dataset
+from fastcnn.normalization import Normalization
 
 __all__ = ["FOLDER_SUFFIXES", "is_folder_layout", "load_folder", "parse_image_size"]
 
@@ -285,21 +286,24 @@ def load_folder(root, image_size=None, *, skip_bad=False, cache_dir=None, worker
             with np.load(cached, allow_pickle=False) as z:
                 x_train, y_train, x_test, y_test = (z[k] for k in ("x_train", "y_train", "x_test", "y_test"))
                 bad = [str(b) for b in z["bad"]]
+                norm = Normalization(tuple(z["mean"]), tuple(z["std"])) if "mean" in z.files else None
             if bad:
                 _warn_bad(bad)
-            return make_dataset(x_train, y_train, x_test, y_test, "folder", root, classes)
+            return make_dataset(x_train, y_train, x_test, y_test, "folder", root, classes, norm)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass                                      # a damaged cache file: decode again and replace it
     splits, bad = _decode_all(root, files, size, skip_bad, workers)
     if bad:
         _warn_bad(bad)
     (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
+    norm = Normalization.from_images(x_train)
     if use_cache:
         try:
             cache.mkdir(parents=True, exist_ok=True)
             atomic_write(cached, lambda f: np.savez(f, x_train=x_train, y_train=y_train, x_test=x_test,
-                                                    y_test=y_test, bad=np.array(bad, dtype=str)))
+                                                    y_test=y_test, bad=np.array(bad, dtype=str),
+                                                    mean=np.array(norm.mean), std=np.array(norm.std)))
         except OSError as exc:
             warnings.warn(f"{cached}: cannot cache the decoded images ({exc.strerror or exc}); they are decoded "
                           "again next time", DataWarning, stacklevel=2)
-    return make_dataset(x_train, y_train, x_test, y_test, "folder", root, classes)
+    return make_dataset(x_train, y_train, x_test, y_test, "folder", root, classes, norm)

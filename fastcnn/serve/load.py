@@ -42,8 +42,9 @@ def start_server(model, *extra, timeout=300):
     """(process, url) of ``fastcnn-serve MODEL --port 0 EXTRA``, once it listens."""
     proc = subprocess.Popen([sys.executable, "-m", "fastcnn.serve.cli", str(model), "--port", "0", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    end = time.monotonic() + timeout
+    end, said = time.monotonic() + timeout, []
     for line in proc.stdout:
+        said.append(line.strip())
         m = re.search(r"serving (http://\S+) ", line)
         if m:
             threading.Thread(target=proc.stdout.read, daemon=True).start()      # keep draining its output
@@ -51,7 +52,7 @@ def start_server(model, *extra, timeout=300):
         if time.monotonic() > end:
             break
     proc.kill()
-    raise RuntimeError(f"fastcnn-serve did not start: {line.strip() if 'line' in dir() else ''}")
+    raise RuntimeError(f"fastcnn-serve did not start: {' / '.join(said[-3:])}")
 
 
 def run_load(url: str, body: bytes, clients: int, requests: int, detail: bool) -> list[float]:

@@ -39,7 +39,7 @@ def load_model(path, backend=None):
     extra = ckpt.header.get("extra") or {}
     dataset = extra.get("dataset", ckpt.config.get("dataset"))
     names = dataset_spec(dataset).classes if dataset in DATASETS else None
-    channels, side = (model.input_shape or (1, 28, 28))[:2]
+    channels, side, _ = model.input_shape or (1, 28, 28)           # the model's own record of its input
     info = ModelInfo(names=list(names) if names else None, side=int(side), channels=int(channels),
                      dtype=np.dtype(ckpt.header["dtype"]), dataset=dataset if isinstance(dataset, str) else None)
     return model, info
