@@ -309,3 +309,10 @@ def test_a_scheduler_address_gets_a_bounded_handshake(tmp_path, capsys, monkeypa
         web.shutdown()
         web.server_close()
         other.close()
+
+
+def test_epochs_are_bounded_for_every_run():
+    from fastcnn.train import MAX_EPOCHS, TrainConfig
+    with pytest.raises(ValueError, match=f"epochs must be at most {MAX_EPOCHS}, got {10 ** 23}"):
+        TrainConfig(epochs=10 ** 23).resolved()
+    TrainConfig(epochs=MAX_EPOCHS).resolved()
