@@ -316,3 +316,13 @@ def test_epochs_are_bounded_for_every_run():
     with pytest.raises(ValueError, match=f"epochs must be at most {MAX_EPOCHS}, got {10 ** 23}"):
         TrainConfig(epochs=10 ** 23).resolved()
     TrainConfig(epochs=MAX_EPOCHS).resolved()
+
+
+def test_a_sweep_replaces_only_its_own_summary_and_plots(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.csv").write_text("my,own,table\n")
+    code = sweep_main(["--epochs", "1", "--data-dir", str(mnist_dir), "--out", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE and "summary.csv' exists and is not a fastcnn-sweep summary" in err, err
+    assert (out / "summary.csv").read_text() == "my,own,table\n"
