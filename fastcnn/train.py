@@ -87,6 +87,8 @@ __all__ = ["TrainConfig", "RunState", "Trainer", "train", "learning_rate", "OPTI
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
+#: The most epochs a run may plan (what a checkpoint's epoch counter is allowed to reach).
+MAX_EPOCHS = 10_000_000
 DTYPES = ("float32", "float64")
 #: Peak learning rate per optimizer when ``TrainConfig.lr`` is None. AdamW's 2e-3 with the default
 #: cosine schedule was chosen on full MNIST against 1e-3 and 3e-3: 1e-3 needs more epochs for the
@@ -226,6 +228,8 @@ class TrainConfig:
             raise ConfigError("batchnorm", f"batchnorm adds BatchNorm to the mnist-cnn model only, not to "
                                            f"{self.model}: leave it out (write BatchNorm2D layers into a model file)")
         integer("epochs", 1)
+        if self.epochs > MAX_EPOCHS:               # a checkpoint records at most this many
+            raise ConfigError("epochs", f"epochs must be at most {MAX_EPOCHS}, got {self.epochs}")
         integer("batch_size", 1)
         integer("eval_batch_size", 1)
         integer("seed", 0)

@@ -196,8 +196,8 @@ def test_pixel_count_is_bounded_before_decoding(tmp_path):
 
 def test_a_very_wide_image_is_prepared_in_bounded_memory(model_file, tmp_path):
     line = np.full((1, 5_000_000), 255, np.uint8)
-    line[0, 2_499_000:2_501_000] = 0
-    Image.fromarray(line).save(tmp_path / "wide.png")                     # 5 KB: a 1 x 5,000,000 dash
+    line[0, 100:2000] = line[0, -2000:-100] = 0                            # ink at both ends: crop = whole width
+    Image.fromarray(line).save(tmp_path / "wide.png")                     # 5 KB: 1 x 5,000,000 pixels
     code, out, err, peak = _eval([model_file, "--predict", "wide.png"], tmp_path)
     assert code == 0 and out.startswith("wide.png: digit "), err
     assert peak < 600, peak                                                # a resampling matrix took 6.5 GB
@@ -309,3 +309,20 @@ def test_a_scheduler_address_gets_a_bounded_handshake(tmp_path, capsys, monkeypa
         web.shutdown()
         web.server_close()
         other.close()
+
+
+def test_epochs_are_bounded_for_every_run():
+    from fastcnn.train import MAX_EPOCHS, TrainConfig
+    with pytest.raises(ValueError, match=f"epochs must be at most {MAX_EPOCHS}, got {10 ** 23}"):
+        TrainConfig(epochs=10 ** 23).resolved()
+    TrainConfig(epochs=MAX_EPOCHS).resolved()
+
+
+def test_a_sweep_replaces_only_its_own_summary_and_plots(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.csv").write_text("my,own,table\n")
+    code = sweep_main(["--epochs", "1", "--data-dir", str(mnist_dir), "--out", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE and "summary.csv' exists and is not a fastcnn-sweep summary" in err, err
+    assert (out / "summary.csv").read_text() == "my,own,table\n"

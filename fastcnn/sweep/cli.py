@@ -31,10 +31,10 @@ from fastcnn._cli import (
     versions,
     write_line,
 )
-from fastcnn._files import FolderBusy, FolderLock
+from fastcnn._files import PNG_SIGNATURE, FolderBusy, FolderLock, OutputRefused, check_output_file
 from fastcnn.sweep.execute import Cluster, Signals, available_cores, run_all, scheduler_endpoint
 from fastcnn.sweep.grid import DATASETS, DEFAULT_EPOCHS, OPTIONS, build_runs, load_runs_file, parse_list
-from fastcnn.sweep.report import PLOT_FILES, record, save_comparison_plots, write_summary
+from fastcnn.sweep.report import CSV_COLUMNS, PLOT_FILES, record, save_comparison_plots, write_summary
 from fastcnn.sweep.worker import (
     CHECKPOINT_FILE,
     METRICS_FILE,
@@ -300,8 +300,21 @@ def _run(argv, say) -> int:
             return _sweep(args, argv, specs, out, data_dir, signals, say)
 
 
+def _check_outputs(out: Path) -> None:
+    """The summary and plots replace only what an earlier sweep wrote there (UsageError)."""
+    own = [("summary.json", b'{\n  "sweep"', "fastcnn-sweep summary"),
+           ("summary.csv", ",".join(CSV_COLUMNS[:3]).encode("ascii"), "fastcnn-sweep summary"),
+           *((name, PNG_SIGNATURE, "PNG image") for name in PLOT_FILES.values())]
+    try:
+        for name, signature, kind in own:
+            check_output_file(out / name, "--out", signature=signature, kind=kind)
+    except OutputRefused as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _sweep(args, argv, specs, out: Path, data_dir, signals, say) -> int:
     # What OUT holds is read under the lock: no other sweep writes it meanwhile.
+    _check_outputs(out)
     earlier = {spec.name: read_metrics(out / spec.name / METRICS_FILE) for spec in specs}
     _check_earlier(specs, earlier, out, args.dataset)
     task_kwargs = {"dataset": args.dataset, "data_dir": data_dir, "download": not args.no_download,

@@ -253,16 +253,21 @@ class Signals:
         return False
 
     def _handle(self, signum, frame) -> None:
+        # Only flags are set here; printing and talking to the scheduler happen in a thread (a
+        # handler that writes to a stream the main thread is writing would fail as re-entrant).
         if self.received is not None:
             if not self.hard:
                 self.hard = True
-                self.on_stop(signum, True)
+                threading.Thread(target=self.on_stop, args=(signum, True), daemon=True).start()
             return
         self.received = signum
         self.received_at = time.monotonic()
+        threading.Thread(target=self._first, args=(signum,), daemon=True).start()
+
+    def _first(self, signum: int) -> None:
         self.on_stop(signum, False)
         if self.on_first is not None:
-            threading.Thread(target=self.on_first, args=(signum,), daemon=True).start()
+            self.on_first(signum)
 
 
 @contextlib.contextmanager
