@@ -31,8 +31,11 @@ brought to MNIST's width, scaled to fit 20 x 20 keeping the aspect ratio, and ce
 its centre of mass. ``--raw`` skips all that: the image must then be 28 x 28 already, a light digit
 on black (or use ``--invert``). Those sizes are MNIST's; a model of another input shape (C, H, W)
 gets H x H (the digit box scaled alike; non-square inputs need ``--raw`` and H x W images), the gray
-image repeated in each of its C channels. ``--predict-grid PNG`` draws every prepared image, as the network
-sees it, with its prediction. CHECKPOINT may come first or after the files.
+image repeated in each of its C channels; a colour model (C = 3) gets PNG and JPEG files in colour,
+resized to H x W as image folders are read, with no digit preparation (a ``.npy`` is gray: prepared as
+above). Every image is scaled by the model's saved normalization
+(:func:`fastcnn.normalization.data_facts`). ``--predict-grid PNG`` draws every prepared image, as the
+network sees it, with its prediction. CHECKPOINT may come first or after the files.
 
 Errors (a missing, damaged or mismatched checkpoint, missing data, an unreadable image or one of the
 wrong shape, type or value range, an image with no digit) print one line ``fastcnn-eval: error: ...``
