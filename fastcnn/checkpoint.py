@@ -13,8 +13,9 @@ A plain, uncompressed ``.npz`` archive (a zip of ``.npy`` files, see :func:`nump
         {"shape": [...], "dtype": "float32"}}}``: ``config`` is :meth:`fastcnn.model.Sequential.config`
         (one ``{"type": ..., **arguments}`` object per layer), which rebuilds the network;
     ``dtype`` the model's floating-point type (``"float32"`` or ``"float64"``);
-    ``data`` facts about the data the model takes (an object, e.g. normalisation and class names:
-        :attr:`fastcnn.model.Sequential.data`);
+    ``data`` facts about the data the model takes (an object: :attr:`fastcnn.model.Sequential.data`):
+        ``normalization`` ``{"mean": [...], "std": [...]}`` per channel and ``classes`` (names), read
+        by :func:`fastcnn.normalization.data_facts` (absent: MNIST's constants, no names);
     ``optimizer`` ``null`` (model only) or ``{"name": "sgd" | "adamw", "hparams": {...}, "t": steps}``;
     ``epoch`` the number of completed epochs; ``history`` a list of per-epoch metric dicts
         (non-finite floats are written as NaN/Infinity, which Python's ``json`` reads back);
@@ -75,6 +76,7 @@ import numpy as np
 from fastcnn._atomic import atomic_write
 from fastcnn._cli import versions
 from fastcnn.architecture import ConfigError, layers_from_config
+from fastcnn.normalization import data_facts
 from fastcnn.summary import param_shapes
 
 if TYPE_CHECKING:
@@ -427,6 +429,10 @@ def _validate_header(header, arrays, fail) -> None:
 
     if header.get("data") is not None and not isinstance(header["data"], dict):
         raise bad("'data' is not an object")
+    try:
+        data_facts(header.get("data"))
+    except ValueError as exc:
+        raise bad(f"'data': {exc}") from None
     arch = header["architecture"]
     if header["version"] == 2:
         arch = header["architecture"] = _upgrade_architecture(arch, header["dtype"], bad)

@@ -614,7 +614,7 @@ class _Run:
             args.save_model, state.model, None, epoch=state.epoch, history=state.history,
             config=asdict(self.config), rngs=None,
             extra={"dataset": args.dataset, "data": self.trainer.data_info,
-                   "source_dir": str(self.data.source_dir), **self.trainer.model_facts()}, threads=state.threads))
+                   "source_dir": str(self.data.source_dir)}, threads=state.threads))
 
     def finish(self, status, stop=None, error=None) -> str:
         """Final metrics (best effort unless completed); returns a sentence on what was kept."""

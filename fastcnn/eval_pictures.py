@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from fastcnn._cli import UsageError, probe_writable, write_line
-from fastcnn.images import IMAGE_SUFFIXES, InputError, prepare_digit, read_image
+from fastcnn.images import IMAGE_SUFFIXES, InputError, prepare_digit, read_colour_image, read_image
 
 _TEST_REF = re.compile(r"test:(\d+)")
 
@@ -55,11 +55,16 @@ def run(args: argparse.Namespace, model, dtype, side: int, names, load_test_imag
     """Draw ``--filters`` and every ``--inspect`` page; an unusable image is a one-line error through
     ``err`` and the others are still drawn. ``load_test_images()`` -> the test images (N, C, H, W)
     uint8, called once, only for test:N. Returns the exit status (0 or 1)."""
+    import numpy as np
+
     from fastcnn.data import to_float
     from fastcnn.evaluate import normalise
     from fastcnn.inspect import conv_filters, inspect_image
     from fastcnn.inspect_plots import plot_filters, plot_inspection
+    from fastcnn.normalization import data_facts
 
+    norm = data_facts(model).normalization           # images are scaled as in training
+    channels, height, width = model.input_shape or (1, side, side)
     status = 0
     if args.filters is not None:
         args.filters.parent.mkdir(parents=True, exist_ok=True)
@@ -75,10 +80,14 @@ def run(args: argparse.Namespace, model, dtype, side: int, names, load_test_imag
                 if n >= len(test_images):
                     raise InputError(f"{entry}: the test set has {len(test_images)} images (test:0 .. "
                                      f"test:{len(test_images) - 1})")
-                x, what = to_float(test_images[n:n + 1], dtype)[0], f"test image {n}"
+                x, what = to_float(test_images[n:n + 1], dtype, **norm.kwargs())[0], f"test image {n}"
             else:
-                prep = prepare_digit(read_image(entry), size=side, box=round(side * 20 / 28), what=entry)
-                x, what = normalise(prep.image[None], dtype)[0], Path(entry).name
+                if channels == 3 and Path(entry).suffix.lower() != ".npy":     # a colour model sees colour
+                    img = read_colour_image(entry, (height, width))
+                else:                                                        # a digit, in every channel
+                    prep = prepare_digit(read_image(entry), size=side, box=round(side * 20 / 28), what=entry)
+                    img = np.repeat(prep.image[None], channels, axis=0)
+                x, what = normalise(img[None], dtype, norm)[0], Path(entry).name
         except InputError as exc:
             err(exc)
             status = 1

@@ -31,8 +31,11 @@ brought to MNIST's width, scaled to fit 20 x 20 keeping the aspect ratio, and ce
 its centre of mass. ``--raw`` skips all that: the image must then be 28 x 28 already, a light digit
 on black (or use ``--invert``). Those sizes are MNIST's; a model of another input shape (C, H, W)
 gets H x H (the digit box scaled alike; non-square inputs need ``--raw`` and H x W images), the gray
-image repeated in each of its C channels. ``--predict-grid PNG`` draws every prepared image, as the network
-sees it, with its prediction. CHECKPOINT may come first or after the files.
+image repeated in each of its C channels; a colour model (C = 3) gets PNG and JPEG files in colour,
+resized to H x W as image folders are read, with no digit preparation (a ``.npy`` is gray: prepared as
+above). Every image is scaled by the model's saved normalization
+(:func:`fastcnn.normalization.data_facts`). ``--predict-grid PNG`` draws every prepared image, as the
+network sees it, with its prediction. CHECKPOINT may come first or after the files.
 
 Errors (a missing, damaged or mismatched checkpoint, missing data, an unreadable image or one of the
 wrong shape, type or value range, an image with no digit) print one line ``fastcnn-eval: error: ...``
@@ -68,8 +71,8 @@ from fastcnn.backend import BACKENDS
 from fastcnn.checkpoint import CheckpointError, build_model, load_checkpoint
 from fastcnn.data import DATASETS, DataError, DataWarning, dataset_spec, find_data_dir, load_dataset, to_float
 from fastcnn.datasets.select import SOURCES, detect_source, load_any
-from fastcnn.images import IMAGE_SUFFIXES, InputError, border_level, prepare_digit, read_image
-from fastcnn.normalization import saved_normalization
+from fastcnn.images import IMAGE_SUFFIXES, InputError, border_level, prepare_digit, read_colour_image, read_image
+from fastcnn.normalization import data_facts
 
 PROG = "fastcnn-eval"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -95,20 +98,6 @@ def normalise(images01, dtype, norm=None):
     if np.all(np.abs(scaled - as_bytes) < 1e-3):
         return to_float(as_bytes.astype(np.uint8), dtype, **kwargs)
     return to_float(images01, dtype, **kwargs)
-
-
-def _read_colour(path, side):
-    """A colour image file -> float64 (3, side, side) in [0, 1]: converted to RGB and resized, as an
-    image-folder dataset's images are (no digit preparation: a colour model saw photos)."""
-    from PIL import Image
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (side, side):
-                im = im.resize((side, side), Image.BILINEAR)
-            return np.asarray(im, dtype=np.float64).transpose(2, 0, 1) / 255.0
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for damaged files
-        raise InputError(f"{path}: cannot read image: {' '.join(str(exc).split()) or type(exc).__name__}") from None
 
 
 # --------------------------------------------------------------------------------------- evaluation
@@ -189,9 +178,9 @@ def plot_confident_errors(images, labels, pred, probs, path, top=25, class_names
     return _save_figure_atomic(fig, path), len(chosen)
 
 
-def plot_predictions(images: np.ndarray, names: list[str], labels: list[str], path: Path, cols: int = 6) -> Path:
-    """Write a grid of the images the network classified (each as it saw it, [0, 1] shown from
-    black to white), titled with the file name and the prediction."""
+def plot_predictions(images, names: list[str], labels: list[str], path: Path, cols: int = 6) -> Path:
+    """Write a grid of the images the network classified (each (H, W) grey or (3, H, W) colour, as it
+    saw it, [0, 1] shown from black to white), titled with the file name and the prediction."""
     from matplotlib.figure import Figure
     n = len(images)
     cols = max(1, min(cols, n))
@@ -366,8 +355,10 @@ def _note(args, background: float, inverted: bool) -> str:
 def _predict(args, model, dtype, shape, names, norm=None) -> int:
     """Classify the ``--predict`` files, print one line per image, draw ``--predict-grid``; every
     unusable file is a one-line error, the others are still classified. Returns the exit status.
-    A colour model (``channels`` 3) gets each image in colour, resized; a grey one as before."""
-    status, good, images, notes = 0, [], [], []
+    A colour model (3 channels) meets a PNG or JPEG in colour, resized as image folders are read; a
+    grey image (a ``.npy`` array, or any file for a model of other channels) is prepared as a digit
+    (or taken as it is with ``--raw``) and repeated in each of the model's channels."""
+    status, good, shown_images, inputs, notes = 0, [], [], [], []
     channels, height, width = shape
     if height != width and not args.raw:
         raise UsageError(f"add --raw and give {height}x{width} images: the model takes non-square images, which "
@@ -375,9 +366,11 @@ def _predict(args, model, dtype, shape, names, norm=None) -> int:
     side = height
     for path in args.predict:
         try:
-            if channels == 3:
-                images.append(_read_colour(path, side))
+            if channels == 3 and path.suffix.lower() != ".npy":
+                img = read_colour_image(path, (height, width))
                 good.append(path)
+                shown_images.append(img)
+                inputs.append(img)
                 notes.append("colour, resized")
                 continue
             img = read_image(path, (height, width) if args.raw else None)
@@ -393,12 +386,12 @@ def _predict(args, model, dtype, shape, names, norm=None) -> int:
             status = 1
             continue
         good.append(path)
-        images.append(img)
+        shown_images.append(img)
+        inputs.append(np.repeat(img[None], channels, axis=0))
         notes.append(_note(args, background, inverted))
     if not good:
         return status
-    x = normalise(np.stack(images), dtype, norm)
-    probs = model.predict_proba(np.repeat(x, channels, axis=1) if x.shape[1] != channels else x)
+    probs = model.predict_proba(normalise(np.stack(inputs), dtype, norm))
     for path, p, note in zip(good, probs, notes):
         k = int(p.argmax())
         write_line(f"{shown(path)}: {_class_label(k, names)} (p={p[k]:.2f}; {note})")
@@ -406,7 +399,7 @@ def _predict(args, model, dtype, shape, names, norm=None) -> int:
         grid = args.predict_grid
         grid.parent.mkdir(parents=True, exist_ok=True)
         labels = [f"{_class_label(int(p.argmax()), names)} (p={p.max():.2f})" for p in probs]
-        write_line(f"wrote {plot_predictions(np.stack(images), [path.name for path in good], labels, grid)}")
+        write_line(f"wrote {plot_predictions(shown_images, [path.name for path in good], labels, grid)}")
     return status
 
 
@@ -418,13 +411,13 @@ def _run(args):
     dtype = np.dtype(ckpt.header["dtype"])
     shape = model.input_shape or (1, 28, 28)
     dataset = args.dataset or _trained_on(ckpt) or "mnist"
-    saved_names = (ckpt.header.get("extra") or {}).get("classes")
-    names = (tuple(saved_names) if isinstance(saved_names, list) and dataset == _trained_on(ckpt) else
+    facts = data_facts(model)                       # the training run's scaling and class names
+    names = (facts.classes if facts.classes and (args.dataset is None or dataset == _trained_on(ckpt)) else
              dataset_spec(dataset).classes if dataset in DATASETS else None)
     status = 0
 
     if args.predict:
-        status = _predict(args, model, dtype, shape, names, saved_normalization(ckpt.header.get("extra")))
+        status = _predict(args, model, dtype, shape, names, facts.normalization)
     if eval_pictures.wanted(args):
         status = max(status, _pictures(args, ckpt, model, dtype, shape[1], dataset, names))
 
@@ -445,8 +438,7 @@ def _run(args):
     x_raw, y = data.x_test, data.y_test
     if args.limit_test:
         x_raw, y = x_raw[:args.limit_test], y[:args.limit_test]
-    norm = saved_normalization(ckpt.header.get("extra")).kwargs()      # the training run's scaling
-    probs = model.predict_proba(to_float(x_raw, dtype, **norm))
+    probs = model.predict_proba(to_float(x_raw, dtype, **facts.normalization.kwargs()))
     loss, acc, pred, cm = evaluate_probs(probs, y)
     correct = int((pred == y).sum())
     write_line(f"test loss {loss:.4f}, accuracy {acc:.2%} ({correct}/{len(y)} correct) on {dataset} from "

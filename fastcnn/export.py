@@ -6,11 +6,14 @@ everything that reads ONNX. Inference only: dropout is left out, BatchNorm uses 
   so its ``load_state_dict`` takes the file as it is. BatchNorm's ``num_batches_tracked`` (int64,
   a scalar) is written as 0: fastcnn does not count batches, and PyTorch reads the count only when
   the layer's momentum is None, never the case for a fastcnn layer. The metadata holds the model
-  config (``fastcnn.config``, JSON) and the input shape when known.
+  config (``fastcnn.config``, JSON), the input shape when known and ``fastcnn.data`` (JSON: the
+  ``normalization`` the input is scaled by, ``(x - mean) / std`` per channel on [0, 1] pixels, and
+  the ``classes`` when named).
 * ``.onnx``: a graph built from ``model.config()`` with the ``onnx`` helpers (opset
   :data:`ONNX_OPSET`, IR version :data:`ONNX_IR_VERSION`), checked by ``onnx.checker``; input
   ``input`` (batch, C, H, W) with a free batch dimension, output ``logits``. The graph is float32
-  whatever the model's dtype: ONNX Runtime has no float64 convolution on the CPU.
+  whatever the model's dtype: ONNX Runtime has no float64 convolution on the CPU. Its metadata
+  properties are the safetensors metadata's ``fastcnn.*`` strings.
 
 Both libraries are the ``export`` extra (``pip install 'fastcnn[export]'``), imported only here.
 """
@@ -65,8 +68,12 @@ def state_dict(model: Sequential) -> dict[str, np.ndarray]:
 
 
 def _metadata(model: Sequential) -> dict[str, str]:
+    """The strings both formats carry: config, input shape (when known), what the model knows of its
+    data (:func:`fastcnn.normalization.data_facts`: the input's normalization, the class names) and version."""
     import fastcnn
-    meta = {"format": "pt", "fastcnn.config": json.dumps(model.config()), "fastcnn.version": fastcnn.__version__}
+    from fastcnn.normalization import data_facts
+    meta = {"fastcnn.config": json.dumps(model.config()), "fastcnn.data": json.dumps(data_facts(model).to_dict()),
+            "fastcnn.version": fastcnn.__version__}
     if model.input_shape is not None:
         meta["fastcnn.input_shape"] = json.dumps(list(model.input_shape))
     return meta
@@ -75,7 +82,7 @@ def _metadata(model: Sequential) -> dict[str, str]:
 def to_safetensors(model: Sequential) -> bytes:
     """The model as the bytes of a ``.safetensors`` file (see the module docstring)."""
     st = _require("safetensors.numpy")
-    return st.save(state_dict(model), metadata=_metadata(model))
+    return st.save(state_dict(model), metadata={"format": "pt", **_metadata(model)})
 
 
 def _input_dims(model: Sequential, layers: list[Layer]) -> list[int | str]:
@@ -151,7 +158,7 @@ def to_onnx(model: Sequential):
         [helper.make_tensor_value_info("logits", elem, out_dims)], initializer=inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
                               producer_name="fastcnn", ir_version=ONNX_IR_VERSION)
-    helper.set_model_props(proto, {"fastcnn.config": json.dumps(model.config())})
+    helper.set_model_props(proto, _metadata(model))
     onnx.checker.check_model(proto, full_check=True)
     return proto
 

@@ -43,6 +43,7 @@ __all__ = [
     "Prepared",
     "border_level",
     "prepare_digit",
+    "read_colour_image",
     "read_image",
     "resize",
     "to_unit_float",
@@ -139,17 +140,20 @@ def _too_large(path: Path, h: int, w: int) -> InputError:
                       "scale it down (a digit needs far fewer)")
 
 
-def _decode(fh, path: Path, ext: str) -> np.ndarray:
-    """A PNG or JPEG file (open in ``fh``) -> float64 (H, W) luminance in [0, 1] (transparency laid
-    over white). Its pixel count, from the header, is checked before anything is decoded."""
+def _kind(ext: str) -> str:
+    return "PNG" if ext == ".png" else "JPEG"
+
+
+def _open_decoded(fh, path: Path, ext: str):
+    """The PNG or JPEG image in ``fh``, decoded and turned the way the camera was held (a Pillow
+    image). Its signature and pixel count (from the header) are checked before anything is decoded."""
     # Pillow decodes PNG and JPEG; it is imported here, on first use, to keep it off the import path
     # of the training command.
     from PIL import Image, ImageOps
 
     head = fh.read(8)
     if not head.startswith(_SIGNATURES[ext]):
-        kind = "PNG" if ext == ".png" else "JPEG"
-        raise InputError(f"{path}: not a {kind} image (bad signature)")
+        raise InputError(f"{path}: not a {_kind(ext)} image (bad signature)")
     fh.seek(0)
     try:
         with warnings.catch_warnings():          # Pillow's own, larger bound: ours below speaks first
@@ -160,31 +164,76 @@ def _decode(fh, path: Path, ext: str) -> np.ndarray:
                          "(a digit needs far fewer)") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for damaged files
         why = " ".join(str(exc).split()) or type(exc).__name__
-        raise InputError(f"{path}: cannot read {'PNG' if ext == '.png' else 'JPEG'}: {why}") from None
+        raise InputError(f"{path}: cannot read {_kind(ext)}: {why}") from None
     try:
         with opened:
             w, h = opened.size
             if w * h > MAX_IMAGE_PIXELS:
                 raise _too_large(path, h, w)
             im = ImageOps.exif_transpose(opened)       # photos: turn them the way the camera was held
-            if im.mode.startswith("I;16") or im.mode == "I":           # 16-bit grayscale
-                raw = np.asarray(im, dtype=np.float64)
-                arr = np.clip(raw / 65535.0, 0.0, 1.0)
-                key = im.info.get("transparency")                   # one gray level marks transparent pixels
-                if isinstance(key, int):
-                    arr[raw == key] = 1.0
-                return arr
-            if im.mode == "F":
-                return to_unit_float(np.asarray(im, dtype=np.float64), str(path))
-            transparent = "A" in im.mode or "transparency" in im.info
-            if im.mode in ("1", "L") and not transparent:
-                return np.asarray(im.convert("L"), dtype=np.float64) / 255.0
-            return _luminance(im, transparent)
+            im.load()
+            return im
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for damaged files
         why = " ".join(str(exc).split()) or type(exc).__name__
-        raise InputError(f"{path}: cannot read {'PNG' if ext == '.png' else 'JPEG'}: {why}") from None
+        raise InputError(f"{path}: cannot read {_kind(ext)}: {why}") from None
+
+
+def _decode(fh, path: Path, ext: str) -> np.ndarray:
+    """A PNG or JPEG file (open in ``fh``) -> float64 (H, W) luminance in [0, 1] (transparency laid
+    over white). Its pixel count, from the header, is checked before anything is decoded."""
+    im = _open_decoded(fh, path, ext)
+    try:
+        if im.mode.startswith("I;16") or im.mode == "I":           # 16-bit grayscale
+            raw = np.asarray(im, dtype=np.float64)
+            arr = np.clip(raw / 65535.0, 0.0, 1.0)
+            key = im.info.get("transparency")                   # one gray level marks transparent pixels
+            if isinstance(key, int):
+                arr[raw == key] = 1.0
+            return arr
+        if im.mode == "F":
+            return to_unit_float(np.asarray(im, dtype=np.float64), str(path))
+        transparent = "A" in im.mode or "transparency" in im.info
+        if im.mode in ("1", "L") and not transparent:
+            return np.asarray(im.convert("L"), dtype=np.float64) / 255.0
+        return _luminance(im, transparent)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for damaged files
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"{path}: cannot read {_kind(ext)}: {why}") from None
+
+
+def read_colour_image(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
+    """Read a ``.png`` or ``.jpg``/``.jpeg`` file -> float64 (3, H, W) RGB in [0, 1], resized
+    (bilinear) to ``size`` = (H, W) when it differs: as an image-folder dataset's images are read
+    (grey images repeat their channel, transparency is dropped). Bounded as :func:`read_image`;
+    :class:`InputError`, one line naming the file, for anything unusable."""
+    from PIL import Image
+
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in _SIGNATURES:
+        raise InputError(f"{path}: unsupported file type {ext or '(no extension)'!r} for a colour image "
+                         "(expected .png, .jpg or .jpeg)")
+    try:
+        fh = open_input(path, MAX_IMAGE_FILE_BYTES)
+    except InputFileError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    with fh:
+        im = _open_decoded(fh, path, ext)
+    try:
+        if im.mode.startswith("I;16"):
+            im = Image.fromarray((np.asarray(im, dtype=np.uint32) >> 8).astype(np.uint8))
+        im = im.convert("RGB")
+        h, w = size
+        if im.size != (w, h):
+            im = im.resize((w, h), Image.BILINEAR)
+        return np.asarray(im, dtype=np.float64).transpose(2, 0, 1) / 255.0
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for damaged files
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"{path}: cannot read {_kind(ext)}: {why}") from None
 
 
 def _read_npy(fh, path: Path) -> np.ndarray:

@@ -3,7 +3,8 @@
 Statistics are on the [0, 1] scale (uint8 pixels divided by 255; float images are taken as they
 are). MNIST keeps the constants it has always used (:data:`MNIST_NORMALIZATION`), so its runs are
 unchanged; every other dataset computes its own from its training split
-(:meth:`Normalization.from_images`), and the saved model carries them so evaluation and prediction
+(:meth:`Normalization.from_images`), and the model carries them, with its class names, in its
+``data`` object (saved in the checkpoint, read by :func:`data_facts`) so evaluation and prediction
 scale images exactly as training did."""
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MNIST_NORMALIZATION", "Normalization"]
+__all__ = ["MNIST_NORMALIZATION", "DataFacts", "Normalization", "data_facts"]
 
 _CHUNK_IMAGES = 4096          # images per chunk of the float64 sums: bounded memory for any N
 
@@ -50,8 +51,10 @@ class Normalization:
     @classmethod
     def from_dict(cls, d) -> Normalization:
         """The inverse of :meth:`to_dict`; ValueError for anything else."""
-        if not isinstance(d, dict) or set(d) != {"mean", "std"}:
-            raise ValueError(f"a normalization is {{'mean': [...], 'std': [...]}}, got {d!r}")
+        if not isinstance(d, dict) or set(d) != {"mean", "std"} or not all(
+                isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+                for v in d.values()):
+            raise ValueError(f"a normalization is {{'mean': [...], 'std': [...]}}, got {d!r:.80}")
         return cls(tuple(d["mean"]), tuple(d["std"]))
 
     @classmethod
@@ -81,8 +84,30 @@ class Normalization:
 MNIST_NORMALIZATION = Normalization((0.1307,), (0.3081,))
 
 
-def saved_normalization(extra) -> Normalization:
-    """The normalization a checkpoint header's ``extra`` records, or MNIST's constants for a
-    checkpoint written before models carried their own (they were all trained with those)."""
-    saved = extra.get("normalization") if isinstance(extra, dict) else None
-    return Normalization.from_dict(saved) if saved is not None else MNIST_NORMALIZATION
+@dataclass(frozen=True)
+class DataFacts:
+    """What a model knows of the images it takes: the ``normalization`` they are scaled by and the
+    names of its ``classes`` (None when they have none but their numbers)."""
+    normalization: Normalization = MNIST_NORMALIZATION
+    classes: tuple[str, ...] | None = None
+
+    def to_dict(self) -> dict:
+        """The model's ``data`` object: ``{"normalization": {...}, "classes": [...]}`` (no classes when None)."""
+        return {"normalization": self.normalization.to_dict(),
+                **({"classes": list(self.classes)} if self.classes else {})}
+
+
+def data_facts(source) -> DataFacts:
+    """The :class:`DataFacts` of ``source``: a :class:`~fastcnn.model.Sequential` (its ``data``), a
+    :class:`~fastcnn.checkpoint.Checkpoint` (its header's ``data`` object, which ``fastcnn.save`` and
+    ``fastcnn-train`` write alike) or such a dict. The one reader of these facts: evaluation,
+    prediction, the server and export all use it. A model saved before models carried them was
+    trained on MNIST-scaled images: MNIST's constants, no class names. ValueError for facts of
+    another form."""
+    data = getattr(source, "data", source)
+    data = data if isinstance(data, dict) else {}
+    norm, classes = data.get("normalization"), data.get("classes")
+    if classes is not None and not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):
+        raise ValueError(f"classes must be a list of names, got {classes!r:.60}")
+    return DataFacts(MNIST_NORMALIZATION if norm is None else Normalization.from_dict(norm),
+                     tuple(classes) if classes else None)

@@ -76,7 +76,7 @@ from fastcnn.data import to_float
 from fastcnn.layers import DROPOUT_STEPS
 from fastcnn.losses import softmax_cross_entropy
 from fastcnn.model import Sequential, mnist_cnn
-from fastcnn.normalization import MNIST_NORMALIZATION, saved_normalization
+from fastcnn.normalization import MNIST_NORMALIZATION, DataFacts, data_facts
 from fastcnn.optim import SGD, AdamW
 from fastcnn.summary import ShapeError, check_input, format_shape
 from fastcnn.validation import EarlyStopping, split_indices
@@ -570,6 +570,10 @@ class Trainer:
             raise ConfigError("dtype", f"dtype is {config.dtype} but the model's weights are not: build it with "
                                        f"dtype={config.dtype}")
         self.num_classes = int(last.output_shape[0])
+        # The model carries the scaling and class names of its data: every checkpoint of it has them.
+        facts = DataFacts(self.normalization, tuple(self.class_names) if self.class_names else None)
+        model.data = {**{k: v for k, v in model.data.items() if k not in ("normalization", "classes")},
+                      **facts.to_dict()}
         optimizer = _build_optimizer(config, model)
         # mnist_cnn uses children 0 (init) and 1 (dropout) of SeedSequence(seed); the shuffle
         # takes child 2, an independent stream.
@@ -748,12 +752,6 @@ class Trainer:
     def _rngs(self):
         return {"shuffle": self.state.shuffle_rng, **model_rngs(self.state.model)}
 
-    def model_facts(self) -> dict:
-        """What a saved model needs besides its weights to meet data as training did: the pixel
-        normalization and, when known, the class names."""
-        return {"normalization": self.normalization.to_dict(),
-                **({"classes": list(self.class_names)} if self.class_names else {})}
-
     def save_checkpoint(self, path, extra=None):
         """Write the run's whole state after its last complete epoch to ``path`` (atomically, see
         :mod:`fastcnn.checkpoint`); ``extra``: more JSON-ready facts for the header."""
@@ -766,8 +764,7 @@ class Trainer:
         return save_checkpoint(path, st.model, st.optimizer, epoch=st.epoch, history=st.history,
                                config=self.config.to_dict(), rngs=self._rngs(),
                                extra={"step": st.step, "steps_per_epoch": st.steps_per_epoch,
-                                      "data": self.data_info, "start_loss": st.start_loss,
-                                      **self.model_facts(), **(extra or {})},
+                                      "data": self.data_info, "start_loss": st.start_loss, **(extra or {})},
                                threads=st.threads)
 
     def restore(self, checkpoint):
@@ -781,7 +778,7 @@ class Trainer:
         st = self.state
         saved = ckpt.config
         check_resume(ckpt, self.config, data_info=self.data_info, steps_per_epoch=st.steps_per_epoch)
-        saved_norm = saved_normalization(ckpt.header["extra"])
+        saved_norm = data_facts(ckpt).normalization
         if saved_norm != self.normalization:
             raise CheckpointError(f"the checkpoint's model was trained on images scaled by mean {saved_norm.mean}, "
                                   f"std {saved_norm.std}, this data by mean {self.normalization.mean}, std "

@@ -52,6 +52,7 @@ _TRAINING_RUNS = {
     "test_fusion.py": {"test_fused_training_is_bit_identical_to_unfused"},
     "test_profiling.py": {"test_train_cli_profile_prints_the_table", "test_profiling_changes_no_result"},
     "test_package.py": {"test_without_fcntl_a_run_warns_once_and_writes_unlocked"},
+    "test_data_facts.py": {"test_trained_model_carries_the_facts_in_data_not_extra"},
 }
 SLOW_TESTS = {file: _OTHER_PROCESS.get(file, set()) | _TRAINING_RUNS.get(file, set())
               for file in {*_OTHER_PROCESS, *_TRAINING_RUNS}}

@@ -12,7 +12,7 @@ from test_datasets_cifar import _files, _write_folder
 from fastcnn.checkpoint import load_checkpoint
 from fastcnn.cli import train_main
 from fastcnn.evaluate import eval_main
-from fastcnn.normalization import Normalization
+from fastcnn.normalization import data_facts
 
 
 @pytest.fixture
@@ -48,9 +48,9 @@ def _train_and_eval(capsys, data, *extra):
 def test_rgb_folder_trains_and_evaluates(env, capsys):
     _rgb_folder(env / "colours")
     ckpt, out = _train_and_eval(capsys, env / "colours")
-    extra = ckpt.header["extra"]
-    assert extra["dataset"] == "folder" and extra["classes"] == ["blue", "green", "red"]
-    assert ckpt.model_kwargs["in_channels"] == 3 and Normalization.from_dict(extra["normalization"]).channels == 3
+    facts = data_facts(ckpt)
+    assert ckpt.header["extra"]["dataset"] == "folder" and facts.classes == ("blue", "green", "red")
+    assert ckpt.input_shape == (3, 8, 8) and facts.normalization.channels == 3
     acc = ckpt.history[-1]["test_acc"]
     assert re.fullmatch(rf"test loss .*, accuracy {100 * acc:.2f}% .* on folder from .*colours", out[0]), out
     assert acc > 0.9                                            # colour is easy to tell apart
@@ -70,7 +70,7 @@ def test_cifar10_folder_trains(env, capsys):
     files, _ = _files(n=8)
     _write_folder(env / "cifar-10-batches-bin", files)
     ckpt, out = _train_and_eval(capsys, env)
-    assert ckpt.header["extra"]["classes"][0] == "airplane" and ckpt.model_kwargs["in_channels"] == 3
+    assert data_facts(ckpt).classes[0] == "airplane" and ckpt.input_shape[0] == 3
     assert "on cifar10 from" in out[0]
 
 

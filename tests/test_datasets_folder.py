@@ -10,7 +10,7 @@ from PIL import Image
 from fastcnn.data import DataError, DataWarning, load_dataset, to_float
 from fastcnn.datasets import folder
 from fastcnn.datasets.folder import load_folder, parse_image_size
-from fastcnn.normalization import MNIST_NORMALIZATION, Normalization, saved_normalization
+from fastcnn.normalization import MNIST_NORMALIZATION, DataFacts, Normalization, data_facts
 
 from helpers import write_custom_dataset
 
@@ -48,8 +48,12 @@ def test_statistics_from_images():
     assert norm.std[0] == pytest.approx((x[:, 0] / 255).std(), abs=1e-6)
     assert norm.mean[1] == pytest.approx(7 / 255, abs=1e-6) and norm.std[1] == 1.0
     assert Normalization.from_dict(norm.to_dict()) == norm
-    assert saved_normalization({}) == MNIST_NORMALIZATION
-    assert saved_normalization({"normalization": norm.to_dict()}) == norm
+    assert data_facts({}) == DataFacts(MNIST_NORMALIZATION, None)            # saved before models carried them
+    assert data_facts({"normalization": norm.to_dict(), "classes": ["a", "b"]}) == DataFacts(norm, ("a", "b"))
+    assert data_facts(DataFacts(norm, ("a",)).to_dict()) == DataFacts(norm, ("a",))
+    for bad in ({"normalization": {"mean": 0.1, "std": 0.3}}, {"classes": [1, 2]}, {"classes": "ab"}):
+        with pytest.raises(ValueError):
+            data_facts(bad)
     with pytest.raises(ValueError):
         Normalization((0.1,), (0.0,))
     with pytest.raises(ValueError):

@@ -14,6 +14,7 @@ import numpy as np
 
 from fastcnn.images import InputError, prepare_digit
 from fastcnn.inspect import inspect_image
+from fastcnn.normalization import MNIST_NORMALIZATION, Normalization
 
 #: Images with more pixels than this are refused before they are decoded (a small file can declare a
 #: huge image: a decompression bomb). A 24-megapixel photo passes.
@@ -30,18 +31,21 @@ _SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 
 def load_model(path, backend=None):
     """(model, info) from a model file: the one place the server loads a model. ``info``: the class
-    names (None for digits), the input side, the dtype and the dataset name."""
+    names (None for digits), the input side, the dtype, the dataset name and the normalization."""
     from fastcnn.checkpoint import build_model, load_checkpoint
     from fastcnn.data import DATASETS, dataset_spec
+    from fastcnn.normalization import data_facts
 
     ckpt = load_checkpoint(Path(path))
     model = build_model(ckpt, backend=backend)
+    facts = data_facts(model)
     extra = ckpt.header.get("extra") or {}
     dataset = extra.get("dataset", ckpt.config.get("dataset"))
-    names = dataset_spec(dataset).classes if dataset in DATASETS else None
+    names = facts.classes or (dataset_spec(dataset).classes if dataset in DATASETS else None)
     channels, side, _ = model.input_shape or (1, 28, 28)           # the model's own record of its input
     info = ModelInfo(names=list(names) if names else None, side=int(side), channels=int(channels),
-                     dtype=np.dtype(ckpt.header["dtype"]), dataset=dataset if isinstance(dataset, str) else None)
+                     dtype=np.dtype(ckpt.header["dtype"]), dataset=dataset if isinstance(dataset, str) else None,
+                     normalization=facts.normalization)
     return model, info
 
 
@@ -52,6 +56,7 @@ class ModelInfo:
     channels: int
     dtype: np.dtype
     dataset: str | None
+    normalization: Normalization = MNIST_NORMALIZATION
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -140,7 +145,7 @@ def predict_bytes(model, info: ModelInfo, data: bytes, *, detail: bool = False) 
     if info.channels != 1:
         raise InputError(f"this model takes {info.channels}-channel images; the server prepares grayscale digits")
     prep = prepare_digit(decode_image(data), size=info.side, box=round(info.side * 20 / 28), what="image")
-    x = normalise(prep.image[None], info.dtype)[0]
+    x = normalise(prep.image[None], info.dtype, info.normalization)[0]
     result = inspect_image(model, x, k=3, with_saliency=detail)
     classes = info.names or [str(k) for k in range(len(result.probs))]
     answer = {
