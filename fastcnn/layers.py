@@ -418,12 +418,14 @@ class Dropout(_BackendLayer):
         return f"Dropout(p={self.p})"
 
 
-class Linear(Layer):
-    """y = x @ weight.T + bias; weight (out, in) as in PyTorch, N(0, 1/in) initialisation."""
+class Linear(_BackendLayer):
+    """y = x @ weight.T + bias; weight (out, in) as in PyTorch, N(0, 1/in) initialisation. The
+    backend's ops compute it: BLAS on numpy, on numba a kernel split over the threads (bit-identical
+    for any thread count, within rounding of BLAS's results)."""
 
     def __init__(self, in_features: int, out_features: int, *, rng: np.random.Generator | None = None,
-                 dtype: npt.DTypeLike = np.float32) -> None:
-        super().__init__()
+                 dtype: npt.DTypeLike = np.float32, backend: str | None = None) -> None:
+        super().__init__(backend)
         self.in_features = _positive_int(in_features, "in_features")
         self.out_features = _positive_int(out_features, "out_features")
         dtype = _float_dtype(dtype)
@@ -438,13 +440,12 @@ class Linear(Layer):
             raise ValueError(f"Linear expects input of shape (N, {self.in_features}), got shape {x.shape}")
         _check_dtype(self, x, self.params["weight"])
         self._x = x
-        return self._output(x @ self.params["weight"].T + self.params["bias"])        # (N, F_out)
+        return self._output(self.ops.linear_forward(x, self.params["weight"], self.params["bias"]))   # (N, F_out)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         self._check_grad(dy)
-        self.grads["weight"] = dy.T @ self._x                            # (F_out, F_in)
-        self.grads["bias"] = dy.sum(axis=0)
-        return dy @ self.params["weight"]                                # (N, F_in)
+        dx, self.grads["weight"], self.grads["bias"] = self.ops.linear_backward(dy, self._x, self.params["weight"])
+        return dx                                                        # (N, F_in)
 
     def __repr__(self) -> str:
         return f"Linear({self.in_features}, {self.out_features})"
