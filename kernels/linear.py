@@ -11,52 +11,65 @@ from fastcnn.kernels._config import CACHE, FASTMATH
 from fastcnn.kernels._parallel import parallel_for
 
 COLUMNS_PER_TASK = 256    # weight gradient: input features per task (a multiple of the vector width)
+BLOCK = 512               # input features per block: w's block (F_out x BLOCK) stays in L1 while rows pass
 
 
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _forward_rows(lo, hi, x, w, b, y):
-    """Rows lo .. hi of y = x @ w.T + b: one dot product of length F_in per element."""
+    """Rows lo .. hi of y = x @ w.T + b. Each element is a sum of per-block dot products (blocks of
+    BLOCK input features, in order), then the bias: one fixed order whichever thread runs it."""
     K, F = w.shape
     for n in range(lo, hi):
-        xn = x[n]
         for k in range(K):
-            wk = w[k]
-            acc = b[k] * 0
-            for i in range(F):
-                acc += xn[i] * wk[i]
-            y[n, k] = acc + b[k]
+            y[n, k] = 0
+    for i0 in range(0, F, BLOCK):
+        i1 = min(F, i0 + BLOCK)
+        for n in range(lo, hi):
+            xs = x[n, i0:i1]              # slices indexed from 0: no negative-index checks, so LLVM vectorises
+            for k in range(K):
+                ws = w[k, i0:i1]
+                acc = y[n, k] * 0
+                for i in range(xs.shape[0]):
+                    acc += xs[i] * ws[i]
+                y[n, k] += acc
+    for n in range(lo, hi):
+        for k in range(K):
+            y[n, k] += b[k]
 
 
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _input_grad_rows(lo, hi, dy, w, dx):
-    """Rows lo .. hi of dx = dy @ w: each row the sum over output features k, in order, of dy[n, k] * w[k]."""
+    """Rows lo .. hi of dx = dy @ w: each element the sum over output features k, in order, of
+    dy[n, k] * w[k, i]; by blocks of BLOCK input features so w's block stays in L1."""
     K, F = w.shape
-    for n in range(lo, hi):
-        dxn = dx[n]
-        for i in range(F):
-            dxn[i] = 0
-        for k in range(K):
-            g = dy[n, k]
-            wk = w[k]
-            for i in range(F):
-                dxn[i] += g * wk[i]
+    for i0 in range(0, F, BLOCK):
+        i1 = min(F, i0 + BLOCK)
+        for n in range(lo, hi):
+            dxs = dx[n, i0:i1]
+            dxs[:] = 0
+            for k in range(K):
+                g = dy[n, k]
+                ws = w[k, i0:i1]
+                for i in range(dxs.shape[0]):
+                    dxs[i] += g * ws[i]
 
 
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _weight_grad_columns(lo, hi, dy, x, dw):
     """Tasks lo .. hi of dw = dy.T @ x, task t the input features t*COLUMNS_PER_TASK onwards: each
-    element the sum over the batch rows n, in order, of dy[n, k] * x[n, i]."""
+    element the sum over the batch rows n, in order, of dy[n, k] * x[n, i] (each row of x read once,
+    the task's block of dw in L1)."""
     N, F = x.shape
     K = dy.shape[1]
     i0, i1 = lo * COLUMNS_PER_TASK, min(F, hi * COLUMNS_PER_TASK)
-    for k in range(K):
-        for i in range(i0, i1):
-            dw[k, i] = 0
-        for n in range(N):
+    dw[:, i0:i1] = 0
+    for n in range(N):
+        xs = x[n, i0:i1]
+        for k in range(K):
             g = dy[n, k]
-            xn = x[n]
-            for i in range(i0, i1):
-                dw[k, i] += g * xn[i]
+            dws = dw[k, i0:i1]
+            for i in range(xs.shape[0]):
+                dws[i] += g * xs[i]
 
 
 def linear_forward(x, w, b):
