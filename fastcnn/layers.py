@@ -451,17 +451,19 @@ class Linear(_BackendLayer):
         return f"Linear({self.in_features}, {self.out_features})"
 
 
-class BatchNorm2D(Layer):
+class BatchNorm2D(_BackendLayer):
     """Batch normalisation over (N, H, W) per channel.
 
     Training: normalise with the batch's mean and biased variance and update the running
     statistics (running = (1 - momentum) * running + momentum * batch, unbiased variance as in
-    PyTorch). Evaluation: normalise with the running statistics.
+    PyTorch). Evaluation: normalise with the running statistics. On the numba backend the training
+    pass runs as kernels over the channels in parallel (fastcnn.kernels.batchnorm: bit-identical for
+    any thread count, within rounding of these NumPy formulas).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *,
-                 dtype: npt.DTypeLike = np.float32) -> None:
-        super().__init__()
+                 dtype: npt.DTypeLike = np.float32, backend: str | None = None) -> None:
+        super().__init__(backend)
         self.num_features = _positive_int(num_features, "num_features")
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
@@ -490,16 +492,22 @@ class BatchNorm2D(Layer):
         if m < 2:
             raise ValueError(f"use a batch of 2 or more images in training: BatchNorm2D needs more than one value per "
                              f"channel (N*H*W = {m}) to estimate a variance (evaluation, training=False, takes any)")
-        mean = x.mean(axis=(0, 2, 3))
-        var = x.var(axis=(0, 2, 3))
-        inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
-        x_hat = (x - mean[:, None, None]) * inv_std[:, None, None]
+        if self.backend_name == "numba":
+            from fastcnn.kernels.batchnorm import batchnorm_train_forward
+            y, x_hat, mean, var, inv_std = batchnorm_train_forward(x, self.params["weight"], self.params["bias"],
+                                                                   self.eps)
+        else:
+            mean = x.mean(axis=(0, 2, 3))
+            var = x.var(axis=(0, 2, 3))
+            inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
+            x_hat = (x - mean[:, None, None]) * inv_std[:, None, None]
+            y = x_hat * g + b
         self._cache = (x_hat, inv_std)
         mom = self.momentum
         unbiased = var * (m / (m - 1))
         self.buffers["running_mean"] = ((1 - mom) * self.buffers["running_mean"] + mom * mean).astype(x.dtype)
         self.buffers["running_var"] = ((1 - mom) * self.buffers["running_var"] + mom * unbiased).astype(x.dtype)
-        return self._output(x_hat * g + b)
+        return self._output(y)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._cache is None:
@@ -507,6 +515,10 @@ class BatchNorm2D(Layer):
                                "a training-mode forward")
         self._check_grad(dy)
         x_hat, inv_std = self._cache
+        if self.backend_name == "numba":
+            from fastcnn.kernels.batchnorm import batchnorm_backward
+            dx, self.grads["weight"], self.grads["bias"] = batchnorm_backward(dy, x_hat, self.params["weight"], inv_std)
+            return dx
         self.grads["bias"] = dy.sum(axis=(0, 2, 3))
         self.grads["weight"] = (dy * x_hat).sum(axis=(0, 2, 3))
         g = self.params["weight"]
