@@ -13,16 +13,23 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import stat
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:            # not POSIX (Windows): no FIFOs to open without blocking, no advisory locks
+    fcntl = None
 
 __all__ = ["PNG_SIGNATURE", "FolderBusy", "FolderLock", "InputFileError", "OutputRefused", "check_output_file",
            "describe_mode", "open_input", "read_input", "shown"]
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+# Opening a FIFO blocks until a writer comes; with O_NONBLOCK it opens at once and is refused.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 class InputFileError(ValueError):
@@ -49,7 +56,7 @@ def open_input(path: str | os.PathLike, max_bytes: int | None = None):
     ``max_bytes`` bytes; :class:`InputFileError` otherwise (missing, unreadable, a symbolic-link
     loop, a FIFO, a device, a directory, too large)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | _NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise InputFileError("is a symbolic-link loop (or a chain of too many links): point it at a real "
@@ -66,8 +73,9 @@ def open_input(path: str | os.PathLike, max_bytes: int | None = None):
         if max_bytes is not None and st.st_size > max_bytes:
             raise InputFileError(f"is {_size_text(st.st_size)}, more than the {_size_text(max_bytes)} read from "
                                  "such a file: give the right file")
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        if fcntl is not None and _NONBLOCK:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~_NONBLOCK)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -103,6 +111,8 @@ class FolderLock:
 
     def acquire(self) -> FolderLock:
         """Take the lock now (:class:`FolderBusy` when another process holds it); returns self."""
+        if fcntl is None:
+            raise OSError(f"cannot lock {self.path}: this platform has no fcntl (advisory locks need POSIX)")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

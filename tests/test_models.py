@@ -304,6 +304,24 @@ def test_predict_uses_the_models_input_shape_and_channels(tmp_path, capsys):
     assert re.fullmatch(r".*one\.npy: digit \d \(p=[01]\.\d\d; dark background\)", line), line
 
 
+def test_predict_on_a_colour_model_takes_colour_files_and_grey_arrays_together(tmp_path, capsys):
+    from PIL import Image
+
+    from fastcnn.evaluate import eval_main
+    path = fastcnn.save(fastcnn.cifar_cnn(seed=0, backend="numpy"), tmp_path / "cifar.npz")
+    image = np.zeros((45, 40))
+    image[8:38, 18:23] = 1.0
+    np.save(tmp_path / "grey.npy", image)
+    Image.fromarray(np.full((50, 60, 3), (200, 30, 10), np.uint8)).save(tmp_path / "red.png")
+    argv = [str(path), "--predict", str(tmp_path / "grey.npy"), str(tmp_path / "red.png"),
+            "--predict-grid", str(tmp_path / "grid.png"), "--backend", "numpy"]
+    assert eval_main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r".*grey\.npy: digit \d \(p=[01]\.\d\d; dark background\)", out[0]), out
+    assert re.fullmatch(r".*red\.png: digit \d \(p=[01]\.\d\d; colour, resized\)", out[1]), out
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_sweep_runs_are_named_and_identified_by_their_model(tmp_path):
     from fastcnn.sweep.grid import build_runs
     (tmp_path / "net.json").write_text(json.dumps(lenet5().config()))
