@@ -904,7 +904,9 @@ def _warm_up(trainer, config, say) -> None:
 
     with contextlib.ExitStack() as rest:
         def prepare():
-            warm_up(config.dtype, on_compile=announce)       # the MNIST network's convolutions, two processes
+            # the kernels the run's own layers call, for its image shape and optimizer
+            warm_up(trainer.state.model, on_compile=announce, input_shape=trainer.x_train.shape[1:],
+                    optimizer=trainer.state.optimizer)
             rest.enter_context(first_compile(announce))      # what else the step compiles (e.g. BatchNorm's)
         seconds = trainer.warm_up(prepare=prepare)
     if compiling:
