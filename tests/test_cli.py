@@ -343,10 +343,15 @@ def test_the_compile_message_covers_kernels_outside_the_mnist_set(monkeypatch):
 
     import fastcnn.kernels
     from fastcnn.cli import _warm_up
-    monkeypatch.setattr(fastcnn.kernels, "warm_up", lambda dtype, on_compile=None: 0.0)
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(fastcnn.kernels, "warm_up", lambda model, on_compile=None, **kwargs: 0.0)
     said = []
 
     class Step:
+        state = SimpleNamespace(model=None, optimizer=None)
+        x_train = np.zeros((1, 1, 28, 28), np.float32)
+
         def warm_up(self, prepare=None):
             prepare()
             numba.njit(lambda x: x + 1)(1)
