@@ -87,27 +87,30 @@ def _input_grad_rows(lo, hi, dy, w, dx):
 def _weight_grad_columns(lo, hi, dy, x, dw):
     """Tasks lo .. hi of dw = dy.T @ x, task t the input features t*COLUMNS_PER_TASK onwards: each
     element the sum over the batch rows n, four at a time from n = 0 (then the rest one by one), of
-    dy[n, k] * x[n, i] (each row of x read once, the task's block of dw in L1)."""
+    dy[n, k] * x[n, i] (each row of x read once, the task's block of dw in L1). Each task is its own
+    loop, so where an element falls in the vectorised loop (and so how its multiply-adds are fused)
+    does not depend on how the tasks are split over threads."""
     N, F = x.shape
     K = dy.shape[1]
-    i0, i1 = lo * COLUMNS_PER_TASK, min(F, hi * COLUMNS_PER_TASK)
-    dw[:, i0:i1] = 0
-    n = 0
-    while n + 4 <= N:                         # four rows of x per pass over dw's block
-        x0, x1, x2, x3 = x[n, i0:i1], x[n + 1, i0:i1], x[n + 2, i0:i1], x[n + 3, i0:i1]
-        for k in range(K):
-            g0, g1, g2, g3 = dy[n, k], dy[n + 1, k], dy[n + 2, k], dy[n + 3, k]
-            dws = dw[k, i0:i1]
-            for i in range(dws.shape[0]):
-                dws[i] += g0 * x0[i] + g1 * x1[i] + g2 * x2[i] + g3 * x3[i]
-        n += 4
-    for nn in range(n, N):
-        xs = x[nn, i0:i1]
-        for k in range(K):
-            g = dy[nn, k]
-            dws = dw[k, i0:i1]
-            for i in range(xs.shape[0]):
-                dws[i] += g * xs[i]
+    for t in range(lo, hi):
+        i0, i1 = t * COLUMNS_PER_TASK, min(F, (t + 1) * COLUMNS_PER_TASK)
+        dw[:, i0:i1] = 0
+        n = 0
+        while n + 4 <= N:                     # four rows of x per pass over dw's block
+            x0, x1, x2, x3 = x[n, i0:i1], x[n + 1, i0:i1], x[n + 2, i0:i1], x[n + 3, i0:i1]
+            for k in range(K):
+                g0, g1, g2, g3 = dy[n, k], dy[n + 1, k], dy[n + 2, k], dy[n + 3, k]
+                dws = dw[k, i0:i1]
+                for i in range(dws.shape[0]):
+                    dws[i] += g0 * x0[i] + g1 * x1[i] + g2 * x2[i] + g3 * x3[i]
+            n += 4
+        for nn in range(n, N):
+            xs = x[nn, i0:i1]
+            for k in range(K):
+                g = dy[nn, k]
+                dws = dw[k, i0:i1]
+                for i in range(xs.shape[0]):
+                    dws[i] += g * xs[i]
 
 
 def linear_forward(x, w, b):
