@@ -25,6 +25,8 @@ same names, signatures, dtypes and results):
         mask = 0 where the counter-based draw of (key, element index) is below threshold, else
         65536 / (65536 - threshold); y = x * mask (fastcnn.reference.dropout gives the stream).
     dropout_backward(dy, mask) -> dx          dx = dy * mask
+    linear_forward(x, w, b) -> y              x (N, F_in), w (F_out, F_in): y = x @ w.T + b
+    linear_backward(dy, x, w) -> (dx, dw, db) dy @ w, dy.T @ x, dy summed over N
 
 All arrays are NCHW, float32 or float64 (every array of one call has the same dtype), and results
 are new C-contiguous arrays of that dtype. Inputs may be non-contiguous views. Pooling has no
@@ -84,6 +86,11 @@ class Ops(Protocol):
     def dropout_forward(self, x: np.ndarray, key: int, threshold: int) -> tuple[np.ndarray, np.ndarray]: ...
 
     def dropout_backward(self, dy: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
+
+    def linear_forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray: ...
+
+    def linear_backward(self, dy: np.ndarray, x: np.ndarray,
+                        w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 OP_NAMES = tuple(name for name in vars(Ops) if not name.startswith("_"))

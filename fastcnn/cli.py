@@ -600,7 +600,8 @@ class _Run:
         args = self.args
         if self.checkpoint is not None:
             self._write("--checkpoint", self.checkpoint, lambda: self.trainer.save_checkpoint(
-                self.checkpoint, extra={"dataset": args.dataset, "source_dir": str(self.data.source_dir)}))
+                self.checkpoint, extra={"dataset": args.dataset, "source_dir": str(self.data.source_dir),
+                                        **_reading(args)}))
             self.saved_epoch = state.epoch
         if args.metrics is not None:
             self._write("--metrics", args.metrics, lambda: write_json(args.metrics, self.document("running")))
@@ -613,7 +614,7 @@ class _Run:
         self._write("--save-model", args.save_model, lambda: save_checkpoint(
             args.save_model, state.model, None, epoch=state.epoch, history=state.history,
             config=asdict(self.config), rngs=None,
-            extra={"dataset": args.dataset, "data": self.trainer.data_info,
+            extra={"dataset": args.dataset, "data": self.trainer.data_info, **_reading(args),
                    "source_dir": str(self.data.source_dir)}, threads=state.threads))
 
     def finish(self, status, stop=None, error=None) -> str:
@@ -667,7 +668,18 @@ def _load_resume(args, argv, console):
     source = extra.get("source_dir")
     if args.data_dir is None and isinstance(source, str) and Path(source).exists():
         args.data_dir = source
+    if args.image_size is None and isinstance(extra.get("image_size"), list):
+        args.image_size = tuple(extra["image_size"])
+    args.skip_bad = args.skip_bad or extra.get("skip_bad") is True
     return ckpt, config
+
+
+def _reading(args) -> dict:
+    """How an image folder was read (``--image-size``, ``--skip-bad``), for the checkpoint, so
+    ``--resume`` and ``fastcnn-eval`` read it the same way."""
+    if args.dataset != "folder":
+        return {}
+    return {"image_size": list(args.image_size) if args.image_size else None, "skip_bad": bool(args.skip_bad)}
 
 
 def _val_split(text):
@@ -904,7 +916,9 @@ def _warm_up(trainer, config, say) -> None:
 
     with contextlib.ExitStack() as rest:
         def prepare():
-            warm_up(config.dtype, on_compile=announce)       # the MNIST network's convolutions, two processes
+            # the kernels the run's own layers call, for its image shape and optimizer
+            warm_up(trainer.state.model, on_compile=announce, input_shape=trainer.x_train.shape[1:],
+                    optimizer=trainer.state.optimizer)
             rest.enter_context(first_compile(announce))      # what else the step compiles (e.g. BatchNorm's)
         seconds = trainer.warm_up(prepare=prepare)
     if compiling:

@@ -430,7 +430,10 @@ def _run(args):
             data = load_dataset(dataset, data_dir=_test_data_dir(args, ckpt, dataset), splits=("test",))
         else:                  # image folders, arrays, CIFAR-10: --data-dir, else where training read them
             source = (ckpt.header.get("extra") or {}).get("source_dir") if dataset == _trained_on(ckpt) else None
-            data = load_any(dataset, args.data_dir or source)
+            extra = ckpt.header.get("extra") or {}
+            size = extra.get("image_size") if dataset == _trained_on(ckpt) else None     # read as training did
+            data = load_any(dataset, args.data_dir or source, image_size=tuple(size) if size else None,
+                            skip_bad=extra.get("skip_bad") is True)
             names = names or data.classes
     for warning in caught:
         write_line(f"{PROG}: warning: {warning.message}", sys.stderr)

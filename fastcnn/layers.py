@@ -437,12 +437,14 @@ class Dropout(_BackendLayer):
         return f"Dropout(p={self.p})"
 
 
-class Linear(Layer):
-    """y = x @ weight.T + bias; weight (out, in) as in PyTorch, N(0, 1/in) initialisation."""
+class Linear(_BackendLayer):
+    """y = x @ weight.T + bias; weight (out, in) as in PyTorch, N(0, 1/in) initialisation. The
+    backend's ops compute it: BLAS on numpy, on numba a kernel split over the threads (bit-identical
+    for any thread count, within rounding of BLAS's results)."""
 
     def __init__(self, in_features: int, out_features: int, *, rng: np.random.Generator | None = None,
-                 dtype: npt.DTypeLike = np.float32) -> None:
-        super().__init__()
+                 dtype: npt.DTypeLike = np.float32, backend: str | None = None) -> None:
+        super().__init__(backend)
         self.in_features = _positive_int(in_features, "in_features")
         self.out_features = _positive_int(out_features, "out_features")
         dtype = _float_dtype(dtype)
@@ -460,29 +462,30 @@ class Linear(Layer):
             raise ValueError(f"Linear expects input of shape (N, {self.in_features}), got shape {x.shape}")
         _check_dtype(self, x, self.params["weight"])
         self._x = x
-        return self._output(x @ self.params["weight"].T + self.params["bias"])        # (N, F_out)
+        return self._output(self.ops.linear_forward(x, self.params["weight"], self.params["bias"]))   # (N, F_out)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         self._check_grad(dy)
-        self.grads["weight"] = dy.T @ self._x                            # (F_out, F_in)
-        self.grads["bias"] = dy.sum(axis=0)
-        return dy @ self.params["weight"]                                # (N, F_in)
+        dx, self.grads["weight"], self.grads["bias"] = self.ops.linear_backward(dy, self._x, self.params["weight"])
+        return dx                                                        # (N, F_in)
 
     def __repr__(self) -> str:
         return f"Linear({self.in_features}, {self.out_features})"
 
 
-class BatchNorm2D(Layer):
+class BatchNorm2D(_BackendLayer):
     """Batch normalisation over (N, H, W) per channel.
 
     Training: normalise with the batch's mean and biased variance and update the running
     statistics (running = (1 - momentum) * running + momentum * batch, unbiased variance as in
-    PyTorch). Evaluation: normalise with the running statistics.
+    PyTorch). Evaluation: normalise with the running statistics. On the numba backend the training
+    pass runs as kernels over the channels in parallel (fastcnn.kernels.batchnorm: bit-identical for
+    any thread count, within rounding of these NumPy formulas).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *,
-                 dtype: npt.DTypeLike = np.float32) -> None:
-        super().__init__()
+                 dtype: npt.DTypeLike = np.float32, backend: str | None = None) -> None:
+        super().__init__(backend)
         self.num_features = _positive_int(num_features, "num_features")
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
@@ -514,16 +517,22 @@ class BatchNorm2D(Layer):
         if m < 2:
             raise ValueError(f"use a batch of 2 or more images in training: BatchNorm2D needs more than one value per "
                              f"channel (N*H*W = {m}) to estimate a variance (evaluation, training=False, takes any)")
-        mean = x.mean(axis=(0, 2, 3))
-        var = x.var(axis=(0, 2, 3))
-        inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
-        x_hat = (x - mean[:, None, None]) * inv_std[:, None, None]
+        if self.backend_name == "numba":
+            from fastcnn.kernels.batchnorm import batchnorm_train_forward
+            y, x_hat, mean, var, inv_std = batchnorm_train_forward(x, self.params["weight"], self.params["bias"],
+                                                                   self.eps)
+        else:
+            mean = x.mean(axis=(0, 2, 3))
+            var = x.var(axis=(0, 2, 3))
+            inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
+            x_hat = (x - mean[:, None, None]) * inv_std[:, None, None]
+            y = x_hat * g + b
         self._cache = (x_hat, inv_std)
         mom = self.momentum
         unbiased = var * (m / (m - 1))
         self.buffers["running_mean"] = ((1 - mom) * self.buffers["running_mean"] + mom * mean).astype(x.dtype)
         self.buffers["running_var"] = ((1 - mom) * self.buffers["running_var"] + mom * unbiased).astype(x.dtype)
-        return self._output(x_hat * g + b)
+        return self._output(y)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._cache is None:
@@ -531,6 +540,10 @@ class BatchNorm2D(Layer):
                                "a training-mode forward")
         self._check_grad(dy)
         x_hat, inv_std = self._cache
+        if self.backend_name == "numba":
+            from fastcnn.kernels.batchnorm import batchnorm_backward
+            dx, self.grads["weight"], self.grads["bias"] = batchnorm_backward(dy, x_hat, self.params["weight"], inv_std)
+            return dx
         self.grads["bias"] = dy.sum(axis=(0, 2, 3))
         self.grads["weight"] = (dy * x_hat).sum(axis=(0, 2, 3))
         g = self.params["weight"]

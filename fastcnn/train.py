@@ -104,7 +104,9 @@ RESUME_KEYS = ("model", "batch_size", "optimizer", "lr", "lr_schedule", "momentu
                "batchnorm", "seed", "dtype", "limit_train", "limit_test", "eval_batch_size", "val_split", "augment")
 #: Per-epoch metrics that are wall-clock measurements (everything else in an epoch's metrics is a
 #: deterministic function of the seed, backend and thread count).
-TIMING_KEYS = ("seconds", "images_per_second", "eval_seconds", "augment_seconds")
+TIMING_KEYS = ("seconds", "images_per_second", "eval_seconds")
+#: Wall-clock measurements present only when their feature is on (``augment_seconds``: with --augment).
+OPTIONAL_TIMING_KEYS = ("augment_seconds",)
 #: The order of an epoch's metrics (kept when a checkpoint's history, stored with sorted keys, is
 #: restored, so a resumed run writes the same metrics file as an uninterrupted one).
 METRIC_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds",
@@ -370,7 +372,7 @@ class RunState:
         """The JSON-ready part of the run: the per-epoch history, backend and threads, and (unless
         ``timings`` is False) the wall-clock figures. Without timings the summary is a deterministic
         function of the seed, backend and thread count."""
-        out = {"epochs": [{k: v for k, v in m.items() if timings or k not in TIMING_KEYS}
+        out = {"epochs": [{k: v for k, v in m.items() if timings or k not in (*TIMING_KEYS, *OPTIONAL_TIMING_KEYS)}
                           for m in self.history],
                "backend": self.config.backend,
                "threads": self.threads}

@@ -1,7 +1,13 @@
-"""Helpers shared by the kernel wrappers (as stumpy's core.py): argument checks with one message."""
+"""Helpers shared by the kernels (as stumpy's core.py): the dtype check with its one message, the
+register tile's panel packing and row padding, the phase grid of a strided convolution, zero
+padding and the channel-major im2col of a tiny reduction."""
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
+
+from fastcnn.kernels._config import CACHE
+from fastcnn.kernels._tile import MR
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -13,3 +19,77 @@ def check_float(what: str, *arrays: np.ndarray) -> list[np.ndarray]:
         raise TypeError(f"{what} kernels need float32 or float64 arrays of one dtype, got "
                         + ", ".join(str(a.dtype) for a in arrays))
     return list(arrays)
+
+
+def prepare(*arrays):
+    """The arrays of one convolution call, C-contiguous, after check_float."""
+    return [np.ascontiguousarray(a) for a in check_float("conv2d", *arrays)]
+
+
+def pack_panels(a, width):
+    """a (K, L) -> (ceil(K/width), L, width): the tile kernel's packed panels, ``width`` output
+    channels side by side for each reduction index (MR for its rows, NR for its columns); channels
+    past K zero."""
+    K, L = a.shape
+    nb = -(-K // width)
+    ap = np.zeros((nb * width, L), a.dtype)
+    ap[:K] = a
+    return np.ascontiguousarray(ap.reshape(nb, width, L).transpose(0, 2, 1))
+
+
+def pad_rows(offsets, rows=MR):
+    """A table of the tile's row offsets padded to a multiple of ``rows`` (the tile's MR) by
+    repeating its last entry (a valid address; the results of those rows are dropped)."""
+    return np.concatenate([offsets, np.repeat(offsets[-1:], -len(offsets) % rows)]).astype(np.int64)
+
+
+def phase_grid(H, W, stride, padding):
+    """Hs, Ws: the size of each phase plane of the zero-padded image (see _pack_phases)."""
+    (sh, sw), (ph, pw) = stride, padding
+    return -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)
+
+
+def phase_starts(C, R, S, stride, Hs, Ws):
+    """starts[(c, r, t)] = ((c*sh + r % sh)*sw + t % sw)*Hs*Ws + (r // sh)*Ws + t // sw: where the
+    window of reduction index (c, r, t) starts in an image's phase planes (at stride 1: c*Hp*Wp +
+    r*Wp + t, the padded image flattened per channel)."""
+    sh, sw = stride
+    c, r, t = np.meshgrid(np.arange(C), np.arange(R), np.arange(S), indexing="ij")
+    starts = ((c * sh + r % sh) * sw + t % sw) * (Hs * Ws) + (r // sh) * Ws + t // sw
+    return starts.reshape(-1).astype(np.int64)
+
+
+def pixel_offsets(P, Q, Ws, rows=MR):
+    """offs[p*Q + q] = p*Ws + q, where output pixel (p, q)'s windows start in a phase plane Ws wide,
+    padded to a multiple of ``rows``."""
+    return pad_rows((np.arange(P)[:, None] * Ws + np.arange(Q)).reshape(-1), rows)
+
+
+@njit(boundscheck=False, cache=CACHE)
+def pad_chw(x, ph, pw, xp):
+    """x (C, H, W) -> xp (C, Hp, Wp), zero border."""
+    C, H, W = x.shape
+    Hp, Wp = xp.shape[1], xp.shape[2]
+    for c in range(C):                    # element loops, not slice assignments: these compile faster
+        for h in range(Hp):
+            for w in range(Wp):
+                xp[c, h, w] = 0
+        for h in range(H):
+            for w in range(W):
+                xp[c, h + ph, pw + w] = x[c, h, w]
+
+
+@njit(boundscheck=False, cache=CACHE)
+def im2col_chw_t(xp, R, S, sh, sw, P, Q, colT):
+    """xp (C, Hp, Wp) -> colT[(c, r, s), p*Q + q] = xp[c, p*sh + r, q*sw + s].
+    (Plain multi-dimensional indexing: measured faster in Numba than per-row views.)"""
+    C = xp.shape[0]
+    for c in range(C):
+        for r in range(R):
+            for s in range(S):
+                row = (c * R + r) * S + s
+                for p in range(P):
+                    base = p * Q
+                    h = p * sh + r
+                    for q in range(Q):
+                        colT[row, base + q] = xp[c, h, q * sw + s]

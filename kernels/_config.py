@@ -13,12 +13,14 @@ is scalar. Numba turned SLP off by default (numba PR #8852, after miscompilation
 issues #8705 and #8681) and offers only a process-wide switch, NUMBA_SLP_VECTORIZE, which would
 change every function any library compiles. So fastcnn turns it on only while its own convolution
 drivers compile: ``numba.core.config.SLP_VECTORIZE`` is read when a function's code is generated,
-and the public wrappers call those drivers inside ``slp_compilation()``, which sets it and restores
-it (Numba compiles under the GIL and these drivers do not release it, so no other thread compiles
-meanwhile). The on-disk cache key does not record the setting (numba issue #10821), which is why
-every route to those drivers goes through that guard: their cached artifacts are always SLP-built.
-The agreement tests against the NumPy reference, a NUMBA_BOUNDSCHECK=1 run and the bit-identity
-tests across thread counts are what vouch for the generated code.
+and the drivers that reach the tile are decorated with compiles_with_slp, which runs their
+compilations (Numba's ``_compile_for_args``, entered only when no compiled version fits a call's
+argument types, and which compiles or loads the callees too) inside ``slp_compilation()``: the
+switch set, then restored. Calls that find their compiled version leave Numba's settings alone.
+The on-disk cache key does not record the setting (numba issue #10821); since those drivers only
+ever compile inside the guard, their cached artifacts are always SLP-built. The agreement tests
+against the NumPy reference, a NUMBA_BOUNDSCHECK=1 run and the bit-identity tests across thread
+counts are what vouch for the generated code.
 
 CACHE: Numba's on-disk cache. A fresh process compiles the training kernels once and later
 processes load them; the cached parallel kernels give bit-identical results for any thread count
@@ -49,6 +51,7 @@ from collections.abc import Iterator
 
 from numba.core import config as _numba_config
 from numba.core.codegen import get_host_cpu_features as _host_cpu_features
+from numba.core.compiler_lock import global_compiler_lock as _compiler_lock
 from numba.core.registry import cpu_target as _cpu_target
 
 FASTMATH = {"reassoc", "contract", "nsz"}
@@ -115,3 +118,18 @@ def slp_compilation() -> Iterator[None]:
         yield
     finally:
         _numba_config.SLP_VECTORIZE = before
+
+
+def compiles_with_slp(dispatcher):
+    """Decorator over ``@njit``: the dispatcher's compilations (and those of the functions they
+    compile or load with it) run inside slp_compilation(); its calls are unchanged."""
+    compile_for_args = dispatcher._compile_for_args
+
+    def compile_with_slp(*args, **kwargs):
+        # Numba's compiler lock first: no other thread compiles while the switch is on, and two
+        # threads reaching a new driver at once never see each other's setting.
+        with _compiler_lock, slp_compilation():
+            return compile_for_args(*args, **kwargs)
+
+    dispatcher._compile_for_args = compile_with_slp
+    return dispatcher

@@ -33,9 +33,10 @@ from fastcnn.backend import usable_cpus
 from fastcnn.kernels._config import CACHE, compiled_features
 from fastcnn.kernels.conv import SMALL_L
 
-# About what a first run takes on the 2-core development machine (README, performance section):
-# both halves in one process, or split with the helper.
-ESTIMATED_COMPILE_SECONDS = {"alone": 30.0, "split": 20.0}
+# About what a first run takes on the 2-core development machine, both halves in one process or split
+# with the helper: the figures measured with prange drivers (30 and 20 s) scaled by the CPU time the serial
+# drivers take instead, 0.53 of it in alternated cold starts (docs/performance-log.md).
+ESTIMATED_COMPILE_SECONDS = {"alone": 16.0, "split": 11.0}
 
 
 class _FirstCompile(event.Listener):

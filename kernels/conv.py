@@ -32,7 +32,7 @@ backward dw  prange over fixed chunks of images (their bounds depend on N only):
              transposed (partials_shifted): rows (c, r, t) read in place from the chunk's phase
              planes, columns NR output channels of dy packed pixel-major, the reduction over the
              chunk's output pixels; an extra plane of ones per image gives db as one more row.
-SLP: the drivers that reach the register tile are called inside slp_compilation() (see
+SLP: the drivers that reach the register tile compile inside slp_compilation() (compiles_with_slp,
 kernels/_config.py).
 """
 from __future__ import annotations
@@ -41,7 +41,17 @@ import numpy as np
 from numba import njit
 
 from fastcnn.convmath import conv_output_size
-from fastcnn.kernels._config import CACHE, FASTMATH, TILE_FASTMATH, slp_compilation
+from fastcnn.kernels._common import (
+    im2col_chw_t,
+    pack_panels,
+    pad_chw,
+    pad_rows,
+    phase_grid,
+    phase_starts,
+    pixel_offsets,
+    prepare,
+)
+from fastcnn.kernels._config import CACHE, FASTMATH, TILE_FASTMATH, compiles_with_slp
 from fastcnn.kernels._gemm import rows_axpy
 from fastcnn.kernels._parallel import parallel_for
 from fastcnn.kernels._tile import MR, MR_NARROW, NR, NR_NARROW, tile, tile_narrow
@@ -52,43 +62,16 @@ KC = 128              # reduction block of the tile kernels: a B panel of KC x N
 TASKS_PER_CALL = 8    # a forward call on fewer images than this also splits each image's pixels
 BLOCK_PIXELS = (256 // MR) * MR   # forward: output pixels per result block (Ct), copied out at once
 BLOCK_PIXELS_NARROW = (256 // MR_NARROW) * MR_NARROW
-TILE_SPEED = {"tile": 0.94, "tile_narrow": 0.83}   # of the FMA peak in the forward, data in L1 (dev/gen_tile.py)
+# The route cost model: each tile's speed as a fraction of the FMA peak in the forward, data in L1, per
+# tile shape (MR, NR) (dev/gen_tile.py). 3 x 32 and 5 x 16 are measured on an AVX2 CPU; 6 x 32 (AVX-512) was
+# only compared end to end, so it is taken at 3 x 32's figure until measured on its own.
+TILE_SPEED = {(3, 32): 0.94, (6, 32): 0.94, (5, 16): 0.83}
 CT_PAD = 16           # Ct row padding: a stride of a multiple of 256 bytes maps a column to 1/4 of L1's sets
 NO_ARGMAX = np.empty((0, 0, 0, 0), np.int32)   # _backward_weight_partials: dy is not pooled
 NO_OFFSETS = np.empty(0, np.int64)
 
 
 # ---------------------------------------------------------------- serial workers (one image or one chunk of images)
-
-@njit(boundscheck=False, cache=CACHE)
-def _pad_chw(x, ph, pw, xp):
-    """x (C, H, W) -> xp (C, Hp, Wp), zero border."""
-    C, H, W = x.shape
-    Hp, Wp = xp.shape[1], xp.shape[2]
-    for c in range(C):                    # element loops, not slice assignments: these compile faster
-        for h in range(Hp):
-            for w in range(Wp):
-                xp[c, h, w] = 0
-        for h in range(H):
-            for w in range(W):
-                xp[c, h + ph, pw + w] = x[c, h, w]
-
-
-@njit(boundscheck=False, cache=CACHE)
-def _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT):
-    """xp (C, Hp, Wp) -> colT[(c, r, s), p*Q + q] = xp[c, p*sh + r, q*sw + s].
-    (Plain multi-dimensional indexing: measured faster in Numba than per-row views.)"""
-    C = xp.shape[0]
-    for c in range(C):
-        for r in range(R):
-            for s in range(S):
-                row = (c * R + r) * S + s
-                for p in range(P):
-                    base = p * Q
-                    h = p * sh + r
-                    for q in range(Q):
-                        colT[row, base + q] = xp[c, h, q * sw + s]
-
 
 @njit(boundscheck=False, cache=CACHE)
 def _pack_phases(x, sh, sw, ph, pw, Hs, Ws, xf, base):
@@ -306,6 +289,7 @@ def _sum_partials(parts, dw, db):
 
 # ---------------------------------------------------------------- parallel drivers
 
+@compiles_with_slp
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _forward_shifted(lo, hi, x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups):
     """Any stride: x (N,C,H,W), Bp (ceil(K/NR), C*R*S, NR) the packed weights -> y (N,K,P,Q).
@@ -337,6 +321,7 @@ def _forward_shifted(lo, hi, x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, 
             _copy_out(Ct, b, yv, n, v0, v1)
 
 
+@compiles_with_slp
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _forward_narrow(lo, hi, x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups):
     """_forward_shifted with the narrow tile, where the last NR-wide panel would be half or more
@@ -367,6 +352,7 @@ def _forward_narrow(lo, hi, x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, n
             _copy_out(Ct, b, yv, n, v0, v1)
 
 
+@compiles_with_slp
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _forward_grid(lo, hi, x, Ap, b, sh, sw, ph, pw, Hs, Ws, y, starts, slack, ngroups):
     """As _forward_shifted with the tile turned around, for few output channels (K well below NR,
@@ -411,12 +397,13 @@ def _forward_small(lo, hi, x, w2, b, R, S, sh, sw, ph, pw, y):
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     for n in range(lo, hi):
         xp = np.empty((C, H + 2 * ph, W + 2 * pw), x.dtype)
-        _pad_chw(x[n], ph, pw, xp)
+        pad_chw(x[n], ph, pw, xp)
         colT = np.empty((C * R * S, P * Q), x.dtype)
-        _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT)
+        im2col_chw_t(xp, R, S, sh, sw, P, Q, colT)
         rows_axpy(w2, colT, b, y[n].reshape(K, P * Q))
 
 
+@compiles_with_slp
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _backward_input_col2im(lo, hi, dy, Bp, R, S, sh, sw, ph, pw, dx, starts, offs):
     """Any stride. dy (N,K,P,Q), Bp (ceil(R*S*C/NR), K, NR) the weights packed as columns (r, s, c)
@@ -447,6 +434,7 @@ def _backward_input_col2im(lo, hi, dy, Bp, R, S, sh, sw, ph, pw, dx, starts, off
                     dx[n, c, h, w] = dxt[h + ph, w + pw, c]
 
 
+@compiles_with_slp
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _backward_weight_partials(lo, hi, x, dy, argmax, offsets, psh, psw, sh, sw, ph, pw, Hs, Ws, P, Q, starts, parts):
     """Per chunk of images (bounds depend on N only): the chunk's convolution gradient in the tile's
@@ -473,68 +461,22 @@ def _backward_weight_partials(lo, hi, x, dy, argmax, offsets, psh, psw, sh, sw, 
 
 # ---------------------------------------------------------------- wrappers (validate, allocate)
 
-def pack_panels(a, width):
-    """a (K, L) -> (ceil(K/width), L, width): the tile kernel's packed panels, ``width`` output
-    channels side by side for each reduction index (MR for its rows, NR for its columns); channels
-    past K zero."""
-    K, L = a.shape
-    nb = -(-K // width)
-    ap = np.zeros((nb * width, L), a.dtype)
-    ap[:K] = a
-    return np.ascontiguousarray(ap.reshape(nb, width, L).transpose(0, 2, 1))
-
-
 def forward_route(K, Q, Ws):
     """Which tile forward runs a layer with K output channels, Q output columns and phase planes Ws
     wide: the one with the least time per useful multiply-add, its multiply-adds (padding included)
     over its tile's speed. "shifted": NR-wide channel panels; "narrow": NR_NARROW-wide panels of the
     slower narrow tile; "grid": MR-row channel panels over Ws/Q of the grid's columns."""
-    cost = {"shifted": -(-K // NR) * NR / TILE_SPEED["tile"],
-            "narrow": -(-K // NR_NARROW) * NR_NARROW / TILE_SPEED["tile_narrow"],
-            "grid": -(-K // MR) * MR * Ws / Q / TILE_SPEED["tile"]}
+    tile, narrow = TILE_SPEED[(MR, NR)], TILE_SPEED[(MR_NARROW, NR_NARROW)]
+    cost = {"shifted": -(-K // NR) * NR / tile,
+            "narrow": -(-K // NR_NARROW) * NR_NARROW / narrow,
+            "grid": -(-K // MR) * MR * Ws / Q / tile}
     return min(cost, key=cost.get)
-
-
-def pad_rows(offsets, rows=MR):
-    """A table of the tile's row offsets padded to a multiple of ``rows`` (the tile's MR) by
-    repeating its last entry (a valid address; the results of those rows are dropped)."""
-    return np.concatenate([offsets, np.repeat(offsets[-1:], -len(offsets) % rows)]).astype(np.int64)
-
-
-def phase_grid(H, W, stride, padding):
-    """Hs, Ws: the size of each phase plane of the zero-padded image (see _pack_phases)."""
-    (sh, sw), (ph, pw) = stride, padding
-    return -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)
-
-
-def phase_starts(C, R, S, stride, Hs, Ws):
-    """starts[(c, r, t)] = ((c*sh + r % sh)*sw + t % sw)*Hs*Ws + (r // sh)*Ws + t // sw: where the
-    window of reduction index (c, r, t) starts in an image's phase planes (at stride 1: c*Hp*Wp +
-    r*Wp + t, the padded image flattened per channel)."""
-    sh, sw = stride
-    c, r, t = np.meshgrid(np.arange(C), np.arange(R), np.arange(S), indexing="ij")
-    starts = ((c * sh + r % sh) * sw + t % sw) * (Hs * Ws) + (r // sh) * Ws + t // sw
-    return starts.reshape(-1).astype(np.int64)
 
 
 def dw_starts(C, R, S, stride, Hs, Ws):
     """partials_shifted's row starts: phase_starts, then the ones plane's (the db row), padded to a
     multiple of MR."""
     return pad_rows(np.append(phase_starts(C, R, S, stride, Hs, Ws), C * stride[0] * stride[1] * Hs * Ws))
-
-
-def pixel_offsets(P, Q, Ws, rows=MR):
-    """offs[p*Q + q] = p*Ws + q, where output pixel (p, q)'s windows start in a phase plane Ws wide,
-    padded to a multiple of ``rows``."""
-    return pad_rows((np.arange(P)[:, None] * Ws + np.arange(Q)).reshape(-1), rows)
-
-
-def _prepare(*arrays):
-    dtype = arrays[0].dtype
-    if dtype not in (np.float32, np.float64) or any(a.dtype != dtype for a in arrays):
-        raise TypeError("conv2d kernels need float32 or float64 arrays of one dtype, got "
-                        + ", ".join(str(a.dtype) for a in arrays))
-    return [np.ascontiguousarray(a) for a in arrays]
 
 
 def _forward(x, w, b, stride, padding):
@@ -554,24 +496,22 @@ def _forward(x, w, b, stride, padding):
         if route == "grid":
             npan = -(-(P * Ws) // NR)
             ngroups = 1 if N >= TASKS_PER_CALL else min(npan, -(-TASKS_PER_CALL // N))
-            with slp_compilation():
-                parallel_for(_forward_grid, N * ngroups, x, pack_panels(w2, MR), b, *stride, *padding, Hs, Ws, y,
-                             starts, (S - 1) // stride[1] + NR, ngroups)
+            parallel_for(_forward_grid, N * ngroups, x, pack_panels(w2, MR), b, *stride, *padding, Hs, Ws, y,
+                         starts, (S - 1) // stride[1] + NR, ngroups)
         else:
             rows, cols = (MR, NR) if route == "shifted" else (MR_NARROW, NR_NARROW)
             offs = pixel_offsets(P, Q, Ws, rows)
             nblk = len(offs) // rows
             ngroups = 1 if N >= TASKS_PER_CALL else min(nblk, -(-TASKS_PER_CALL // N))
             driver = _forward_shifted if route == "shifted" else _forward_narrow
-            with slp_compilation():
-                parallel_for(driver, N * ngroups, x, pack_panels(w2, cols), b, *stride, *padding, Hs, Ws, y, starts,
-                             offs, ngroups)
+            parallel_for(driver, N * ngroups, x, pack_panels(w2, cols), b, *stride, *padding, Hs, Ws, y, starts,
+                         offs, ngroups)
     return y
 
 
 def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):
     """x (N,C,H,W), w (K,C,R,S), b (K,) -> y (N,K,P,Q)."""
-    x, w, b = _prepare(x, w, b)
+    x, w, b = prepare(x, w, b)
     return _forward(x, w, b, tuple(stride), tuple(padding))
 
 
@@ -590,16 +530,15 @@ def weight_gradient(x, dy, w, stride, padding, argmax=NO_ARGMAX, offsets=NO_OFFS
         Hs, Ws = phase_grid(H, W, stride, padding)
         starts = dw_starts(C, R, S, stride, Hs, Ws)
         parts = np.empty((nchunks, len(starts), -(-K // NR) * NR), x.dtype)
-        with slp_compilation():
-            parallel_for(_backward_weight_partials, nchunks, x, dy, argmax, offsets, *pool_stride, *stride, *padding,
-                         Hs, Ws, P, Q, starts, parts)
+        parallel_for(_backward_weight_partials, nchunks, x, dy, argmax, offsets, *pool_stride, *stride, *padding,
+                     Hs, Ws, P, Q, starts, parts)
         _sum_partials(parts, dw, db)
     return dw.reshape(K, C, R, S), db
 
 
 def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx=True):
     """dy (N,K,P,Q), x (N,C,H,W), w (K,C,R,S) -> (dx (N,C,H,W) or None, dw (K,C,R,S), db (K,))."""
-    dy, x, w = _prepare(dy, x, w)
+    dy, x, w = prepare(dy, x, w)
     stride, padding = tuple(stride), tuple(padding)
     N, C, H, W = x.shape
     K, _, R, S = w.shape
@@ -618,7 +557,6 @@ def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx=True):
         dx = np.empty((N, C, H, W), x.dtype)
         w2t = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(R * S * C, K)  # (r, s, c) x K
         P, Q = dy.shape[2], dy.shape[3]
-        with slp_compilation():
-            parallel_for(_backward_input_col2im, N, dy, pack_panels(w2t, NR), R, S, sh, sw, ph, pw, dx,
-                                   np.arange(K, dtype=np.int64) * (P * Q), pixel_offsets(P, Q, Q))
+        parallel_for(_backward_input_col2im, N, dy, pack_panels(w2t, NR), R, S, sh, sw, ph, pw, dx,
+                               np.arange(K, dtype=np.int64) * (P * Q), pixel_offsets(P, Q, Q))
     return dx, dw, db

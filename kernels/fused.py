@@ -29,35 +29,37 @@ import numpy as np
 from numba import njit
 
 from fastcnn.convmath import conv_output_size
+from fastcnn.kernels._common import im2col_chw_t, pad_chw, prepare
 from fastcnn.kernels._config import CACHE, FASTMATH
 from fastcnn.kernels._gemm import rows_axpy
 from fastcnn.kernels._parallel import parallel_for
-from fastcnn.kernels.conv import SMALL_L, _im2col_chw_t, _pad_chw, _prepare, weight_gradient
+from fastcnn.kernels.conv import SMALL_L, weight_gradient
 from fastcnn.kernels.conv import _forward as _conv_forward
 from fastcnn.kernels.pool import maxpool2d_forward, maxpool_plane
 
 
 @njit(boundscheck=False, cache=CACHE)
-def _pool_planes(conv, P, Q, kh, kw, psh, psw, zero, yn, an):
-    """conv (K, P*Q) of one image -> yn, an (K, P2, Q2): max pool with the ReLU."""
+def _pool_planes(conv, P, Q, kh, kw, psh, psw, relu, zero, yn, an):
+    """conv (K, P*Q) of one image -> yn, an (K, P2, Q2): max pool with the ReLU (``relu``, always True: an
+    argument, not a literal, so maxpool_plane's compiled version is the pooling layers' own)."""
     planes = conv.reshape(conv.shape[0], P, Q)
     for k in range(conv.shape[0]):
-        maxpool_plane(planes[k], kh, kw, psh, psw, True, zero, yn[k], an[k])
+        maxpool_plane(planes[k], kh, kw, psh, psw, relu, zero, yn[k], an[k])
 
 
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _forward_small(lo, hi, x, w2, b, R, S, sh, sw, ph, pw, P, Q, kh, kw, psh, psw, zero, y, argmax):
+def _forward_small(lo, hi, x, w2, b, R, S, sh, sw, ph, pw, P, Q, kh, kw, psh, psw, relu, zero, y, argmax):
     """Tiny C*R*S (the first layer): w2 (K, C*R*S) in (c, r, s) order -> y, argmax (N, K, P2, Q2)."""
     N, C, H, W = x.shape
     K = y.shape[1]
     for n in range(lo, hi):
         xp = np.empty((C, H + 2 * ph, W + 2 * pw), x.dtype)
-        _pad_chw(x[n], ph, pw, xp)
+        pad_chw(x[n], ph, pw, xp)
         colT = np.empty((C * R * S, P * Q), x.dtype)
-        _im2col_chw_t(xp, R, S, sh, sw, P, Q, colT)
+        im2col_chw_t(xp, R, S, sh, sw, P, Q, colT)
         conv = np.empty((K, P * Q), x.dtype)                       # this image's conv planes
         rows_axpy(w2, colT, b, conv)
-        _pool_planes(conv, P, Q, kh, kw, psh, psw, zero, y[n], argmax[n])
+        _pool_planes(conv, P, Q, kh, kw, psh, psw, relu, zero, y[n], argmax[n])
 
 
 def window_offsets(pool_size, row):
@@ -79,7 +81,7 @@ def _sizes(x, w, stride, padding, pool_size, pool_stride):
 
 def conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride):
     """x (N,C,H,W), w (K,C,R,S), b (K,) -> (y (N,K,P2,Q2), argmax (N,K,P2,Q2) int32)."""
-    x, w, b = _prepare(x, w, b)
+    x, w, b = prepare(x, w, b)
     stride, padding, pool_size, pool_stride = map(tuple, (stride, padding, pool_size, pool_stride))
     N, C = x.shape[:2]
     K, _, R, S = w.shape
@@ -90,7 +92,7 @@ def conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride
         return y, argmax
     if C * R * S < SMALL_L:
         parallel_for(_forward_small, N, x, w.reshape(K, C * R * S), b, R, S, *stride, *padding, P, Q, *pool_size,
-                     *pool_stride, x.dtype.type(0), y, argmax)
+                     *pool_stride, True, x.dtype.type(0), y, argmax)
         return y, argmax
     # A first layer with a long reduction (not the MNIST network's): the convolution kernels as they
     # are, then the pool; same results, without the cache benefit.
@@ -99,7 +101,7 @@ def conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride
 
 def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride):
     """dy (N,K,P2,Q2), argmax from forward, x (N,C,H,W), w (K,C,R,S) -> (dw (K,C,R,S), db (K,))."""
-    dy, x, w = _prepare(dy, x, w)
+    dy, x, w = prepare(dy, x, w)
     argmax = np.ascontiguousarray(argmax, dtype=np.int32)
     stride, padding, pool_size, pool_stride = map(tuple, (stride, padding, pool_size, pool_stride))
     _, Q, _, _ = _sizes(x, w, stride, padding, pool_size, pool_stride)

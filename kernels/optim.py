@@ -13,7 +13,8 @@ from fastcnn.kernels.activation import ELEMENTS_PER_PART
 
 @njit(nogil=True, boundscheck=False, cache=CACHE)
 def _sgd_step(lo, hi, w, g, vel, lr, momentum, weight_decay, decay):
-    for i in range(lo, hi):
+    w, g, vel = w[lo:hi], g[lo:hi], vel[lo:hi]           # indexed from 0: no negative-index checks
+    for i in range(w.shape[0]):
         gi = g[i] + weight_decay * w[i] if decay else g[i]
         vi = vel[i] * momentum
         vi = vi + gi
@@ -23,7 +24,8 @@ def _sgd_step(lo, hi, w, g, vel, lr, momentum, weight_decay, decay):
 
 @njit(nogil=True, boundscheck=False, cache=CACHE)
 def _adamw_step(lo, hi, w, g, m, v, b1, one_minus_b1, b2, one_minus_b2, step_size, v_corr, eps, lr_wd, decay):
-    for i in range(lo, hi):
+    w, g, m, v = w[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]   # indexed from 0: no negative-index checks
+    for i in range(w.shape[0]):
         gi = g[i]
         mi = m[i] * b1
         mi = mi + one_minus_b1 * gi

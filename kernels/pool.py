@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit
 
 from fastcnn.convmath import pool_output_size
+from fastcnn.kernels._common import check_float
 from fastcnn.kernels._config import CACHE, FASTMATH
 from fastcnn.kernels._parallel import parallel_for
 
@@ -157,9 +158,7 @@ def _avgpool_backward(lo, hi, dy, kh, kw, sh, sw, dx, inv):
 
 
 def _contig(a):
-    if a.dtype not in (np.float32, np.float64):
-        raise TypeError(f"pooling kernels need float32 or float64 arrays, got {a.dtype}")
-    return np.ascontiguousarray(a)
+    return np.ascontiguousarray(check_float("pooling", a)[0])
 
 
 def maxpool2d_forward(x, kernel_size=(2, 2), stride=(2, 2), relu=False):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 import fastcnn.train
@@ -339,14 +340,20 @@ def test_header_wraps_between_words_in_a_120_column_terminal(monkeypatch):
 def test_the_compile_message_covers_kernels_outside_the_mnist_set(monkeypatch):
     """A compilation the kernels' own warm-up does not cover (here a fresh function the throwaway
     step compiles, as BatchNorm's kernels are) is announced once, and its time counts as warm-up."""
+    from types import SimpleNamespace
+
     import numba
 
     import fastcnn.kernels
     from fastcnn.cli import _warm_up
-    monkeypatch.setattr(fastcnn.kernels, "warm_up", lambda dtype, on_compile=None: 0.0)
+
+    monkeypatch.setattr(fastcnn.kernels, "warm_up", lambda model, on_compile=None, **kwargs: 0.0)
     said = []
 
     class Step:
+        state = SimpleNamespace(model=None, optimizer=None)
+        x_train = np.zeros((1, 1, 28, 28), np.float32)
+
         def warm_up(self, prepare=None):
             prepare()
             numba.njit(lambda x: x + 1)(1)

@@ -96,3 +96,12 @@ def test_predict_meets_a_colour_image_in_colour(env, capsys):
     assert eval_main(["c.ckpt", "--backend", "numpy", "--predict", "red.png", "--predict-grid", "g.png"]) == 0
     out = capsys.readouterr().out
     assert "red.png: class 2 (red)" in out and "colour, resized" in out and (env / "g.png").is_file()
+
+
+def test_eval_and_resume_read_a_folder_as_training_did(env, capsys):
+    _rgb_folder(env / "colours")
+    Image.fromarray(np.zeros((11, 9, 3), np.uint8)).save(env / "colours" / "test" / "red" / "odd.png")
+    ckpt, out = _train_and_eval(capsys, env / "colours", "--image-size", "8x8")      # eval: no --image-size
+    assert ckpt.header["extra"]["image_size"] == [8, 8] and "on folder from" in out[0]
+    assert train_main(["--resume", "c.ckpt", "--epochs", "3", "--backend", "numpy", "--quiet",
+                       "--plots-dir", "plots"]) == 0, capsys.readouterr().err

@@ -146,3 +146,57 @@ def test_optimizer_kernels_reject_mixed_dtypes():
     w = np.zeros(4, np.float32)
     with pytest.raises(TypeError, match="float32 or float64"):
         kopt.sgd_step(w, np.zeros(4, np.float64), np.zeros(4, np.float32), 0.1, 0.9, 0.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, F_in, F_out", [(128, 3136, 10), (5, 300, 7), (1, 3, 1), (9, 257, 2)])
+def test_linear_kernels_agree_with_blas_and_are_bit_identical_for_any_thread_count(N, F_in, F_out, dtype,
+                                                                                    restore_threads):
+    from fastcnn.testing import assert_agree
+    rng = np.random.default_rng(N + F_in)
+    x = rng.standard_normal((N, F_in)).astype(dtype)
+    w = rng.standard_normal((F_out, F_in)).astype(dtype)
+    b = rng.standard_normal(F_out).astype(dtype)
+    dy = rng.standard_normal((N, F_out)).astype(dtype)
+    expected = (ref.linear_forward(x, w, b), *ref.linear_backward(dy, x, w))
+    results = []
+    for threads in _thread_counts():
+        numba.set_num_threads(threads)
+        got = (nb.linear_forward(x, w, b), *nb.linear_backward(dy, x, w))
+        for name, g, e in zip(("y", "dx", "dw", "db"), got, expected):
+            assert g.dtype == dtype and g.shape == e.shape, name
+            assert_agree(g, e, name)
+        results.append(got)
+    assert all(np.array_equal(a, c) for a, c in zip(results[0], results[-1]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(16, 32, 28, 28), (3, 5, 4, 7), (2, 1, 1, 1)])
+def test_batchnorm_kernels_agree_with_numpy_and_are_bit_identical_for_any_thread_count(shape, dtype,
+                                                                                       restore_threads):
+    from fastcnn.layers import BatchNorm2D
+    from fastcnn.testing import assert_agree
+    rng = np.random.default_rng(sum(shape))
+    x = (3 * rng.standard_normal(shape) + 1).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+
+    weight = rng.standard_normal(shape[1]).astype(dtype)
+
+    def run(backend):
+        layer = BatchNorm2D(shape[1], dtype=dtype, backend=backend)
+        layer.params["weight"][...] = weight
+        y = layer.forward(x, training=True)
+        dx = layer.backward(dy)
+        return [y, dx, layer.grads["weight"], layer.grads["bias"], layer.buffers["running_mean"],
+                layer.buffers["running_var"]]
+
+    expected = run("numpy")
+    results = []
+    for threads in _thread_counts():
+        numba.set_num_threads(threads)
+        got = run("numba")
+        for name, g, e in zip(("y", "dx", "dweight", "dbias", "running_mean", "running_var"), got, expected):
+            assert g.dtype == dtype and g.shape == e.shape, name
+            assert_agree(g, e, name)
+        results.append(got)
+    assert all(np.array_equal(a, c) for a, c in zip(results[0], results[-1]))

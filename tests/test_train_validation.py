@@ -95,6 +95,7 @@ def test_augmentation_changes_training_and_resumes_exactly(tmp_path, mode):
     a = Trainer(cfg, synthetic())
     a.run()
     assert all(m["augment_seconds"] >= 0 for m in a.state.history)
+    assert all("augment_seconds" not in m for m in a.state.summary(timings=False)["epochs"])     # a timing
     plain = Trainer(TrainConfig(epochs=2, **BASE), synthetic())
     plain.run()
     assert not _same(_weights(a), _weights(plain))

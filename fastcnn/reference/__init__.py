@@ -8,6 +8,7 @@ from fastcnn.reference.activation import relu_backward, relu_forward
 from fastcnn.reference.conv import conv2d_backward, conv2d_forward
 from fastcnn.reference.dropout import dropout_backward, dropout_forward
 from fastcnn.reference.fused import conv2d_relu_maxpool_backward, conv2d_relu_maxpool_forward
+from fastcnn.reference.linear import linear_backward, linear_forward
 from fastcnn.reference.pool import (
     avgpool2d_backward,
     avgpool2d_forward,
@@ -31,4 +32,6 @@ __all__ = [
     "conv2d_relu_maxpool_backward",
     "dropout_forward",
     "dropout_backward",
+    "linear_forward",
+    "linear_backward",
 ]

@@ -1,0 +1,128 @@
+"""The fully connected layer, Numba kernels: the same contract as :mod:`fastcnn.reference.linear`,
+split over the threads by rows of x (forward, input gradient) and by columns of the weights (weight
+gradient). Each output element is reduced in one fixed order whichever thread computes it, so
+results are bit-identical for any thread count; they differ from BLAS's in the last bits (another
+summation order), within the agreement tolerances."""
+import numpy as np
+from numba import njit
+
+from fastcnn.kernels._common import check_float
+from fastcnn.kernels._config import CACHE, FASTMATH
+from fastcnn.kernels._parallel import parallel_for
+
+COLUMNS_PER_TASK = 256    # weight gradient: input features per task (a multiple of the vector width)
+ROWS = 4                  # forward: rows computed together
+BLOCK = 512               # input features per block: w's block (F_out x BLOCK) stays in L1 while rows pass
+
+
+@njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
+def _forward_rows(lo, hi, x, w, b, y):
+    """Row groups lo .. hi (ROWS rows each, the last one shorter) of y = x @ w.T + b. A full group
+    computes its ROWS dot products with w[k] together (each element of w loaded once for ROWS rows);
+    each element is a sum of per-block dot products (blocks of BLOCK input features, in order), then
+    the bias. Groups are fixed by the row index, so any split over threads gives the same bits."""
+    N = x.shape[0]
+    K, F = w.shape
+    n0, n1 = lo * ROWS, min(N, hi * ROWS)
+    y[n0:n1] = 0
+    for i0 in range(0, F, BLOCK):
+        i1 = min(F, i0 + BLOCK)
+        for gr in range(lo, hi):
+            n = gr * ROWS
+            if n + ROWS <= N:
+                x0, x1, x2, x3 = x[n, i0:i1], x[n + 1, i0:i1], x[n + 2, i0:i1], x[n + 3, i0:i1]
+                for k in range(K):
+                    ws = w[k, i0:i1]
+                    a0 = a1 = a2 = a3 = y[n, k] * 0
+                    for i in range(ws.shape[0]):
+                        wv = ws[i]
+                        a0 += x0[i] * wv
+                        a1 += x1[i] * wv
+                        a2 += x2[i] * wv
+                        a3 += x3[i] * wv
+                    y[n, k] += a0
+                    y[n + 1, k] += a1
+                    y[n + 2, k] += a2
+                    y[n + 3, k] += a3
+            else:
+                for r in range(n, N):
+                    xs = x[r, i0:i1]              # slices indexed from 0: no negative-index checks, so LLVM vectorises
+                    for k in range(K):
+                        ws = w[k, i0:i1]
+                        acc = y[r, k] * 0
+                        for i in range(xs.shape[0]):
+                            acc += xs[i] * ws[i]
+                        y[r, k] += acc
+    for n in range(n0, n1):
+        for k in range(K):
+            y[n, k] += b[k]
+
+
+@njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
+def _input_grad_rows(lo, hi, dy, w, dx):
+    """Rows lo .. hi of dx = dy @ w: each element the sum over output features k, four at a time
+    from k = 0 (then the rest one by one), of dy[n, k] * w[k, i]; by blocks of BLOCK input features
+    so w's block stays in L1."""
+    K, F = w.shape
+    for i0 in range(0, F, BLOCK):
+        i1 = min(F, i0 + BLOCK)
+        for n in range(lo, hi):
+            dxs = dx[n, i0:i1]
+            dxs[:] = 0
+            k = 0
+            while k + 4 <= K:                 # four rows of w per pass over dx's block
+                g0, g1, g2, g3 = dy[n, k], dy[n, k + 1], dy[n, k + 2], dy[n, k + 3]
+                w0, w1, w2, w3 = w[k, i0:i1], w[k + 1, i0:i1], w[k + 2, i0:i1], w[k + 3, i0:i1]
+                for i in range(dxs.shape[0]):
+                    dxs[i] += g0 * w0[i] + g1 * w1[i] + g2 * w2[i] + g3 * w3[i]
+                k += 4
+            for kk in range(k, K):
+                g = dy[n, kk]
+                ws = w[kk, i0:i1]
+                for i in range(dxs.shape[0]):
+                    dxs[i] += g * ws[i]
+
+
+@njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
+def _weight_grad_columns(lo, hi, dy, x, dw):
+    """Tasks lo .. hi of dw = dy.T @ x, task t the input features t*COLUMNS_PER_TASK onwards: each
+    element the sum over the batch rows n, four at a time from n = 0 (then the rest one by one), of
+    dy[n, k] * x[n, i] (each row of x read once, the task's block of dw in L1)."""
+    N, F = x.shape
+    K = dy.shape[1]
+    i0, i1 = lo * COLUMNS_PER_TASK, min(F, hi * COLUMNS_PER_TASK)
+    dw[:, i0:i1] = 0
+    n = 0
+    while n + 4 <= N:                         # four rows of x per pass over dw's block
+        x0, x1, x2, x3 = x[n, i0:i1], x[n + 1, i0:i1], x[n + 2, i0:i1], x[n + 3, i0:i1]
+        for k in range(K):
+            g0, g1, g2, g3 = dy[n, k], dy[n + 1, k], dy[n + 2, k], dy[n + 3, k]
+            dws = dw[k, i0:i1]
+            for i in range(dws.shape[0]):
+                dws[i] += g0 * x0[i] + g1 * x1[i] + g2 * x2[i] + g3 * x3[i]
+        n += 4
+    for nn in range(n, N):
+        xs = x[nn, i0:i1]
+        for k in range(K):
+            g = dy[nn, k]
+            dws = dw[k, i0:i1]
+            for i in range(xs.shape[0]):
+                dws[i] += g * xs[i]
+
+
+def linear_forward(x, w, b):
+    """x (N, F_in), w (F_out, F_in), b (F_out,) -> y (N, F_out)."""
+    x, w, b = (np.ascontiguousarray(a) for a in check_float("linear", x, w, b))
+    y = np.empty((x.shape[0], w.shape[0]), x.dtype)
+    parallel_for(_forward_rows, -(-x.shape[0] // ROWS), x, w, b, y, grain=2)
+    return y
+
+
+def linear_backward(dy, x, w):
+    """dy (N, F_out), x (N, F_in), w (F_out, F_in) -> (dx, dw, db)."""
+    dy, x, w = (np.ascontiguousarray(a) for a in check_float("linear", dy, x, w))
+    dx = np.empty(x.shape, x.dtype)
+    dw = np.empty(w.shape, x.dtype)
+    parallel_for(_input_grad_rows, x.shape[0], dy, w, dx, grain=8)
+    parallel_for(_weight_grad_columns, -(-x.shape[1] // COLUMNS_PER_TASK), dy, x, dw)
+    return dx, dw, dy.sum(axis=0)

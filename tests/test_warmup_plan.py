@@ -1,0 +1,64 @@
+"""warm_up(model): the kernel calls come from the model's own layers, and only their kernels compile."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn.kernels._warmup import model_plan, optimizer_plan, split_plan
+from fastcnn.layers import Flatten, Linear
+from fastcnn.model import Sequential
+
+
+def test_mnist_plan_lists_the_training_steps_kernel_calls():
+    plan = model_plan(fastcnn.mnist_cnn(dtype=np.float32, backend="numba"))
+    ops = [call[0] for call in plan]
+    assert ops == ["conv2d_relu_maxpool_forward", "conv2d_forward", "maxpool2d_forward", "dropout_forward",
+                   "linear_forward", "linear_backward", "dropout_backward", "maxpool2d_backward", "conv2d_backward",
+                   "conv2d_relu_maxpool_backward"]
+    tile, rest = split_plan(plan)
+    assert {c[0] for c in tile} == {"conv2d_forward", "conv2d_backward", "conv2d_relu_maxpool_backward"}
+    assert ("array", (2, 32, 14, 14), "float32") in plan[1][1]          # conv2's input, two images
+
+
+def test_batchnorm_network_plans_an_unfused_first_convolution():
+    ops = [c[0] for c in model_plan(fastcnn.mnist_cnn(batchnorm=True, backend="numba"))]
+    assert "conv2d_relu_maxpool_forward" not in ops and ops.count("conv2d_forward") == 2
+
+
+def test_plan_needs_an_input_shape():
+    model = Sequential([Flatten(), Linear(4, 2)])
+    with pytest.raises(ValueError, match="input_shape"):
+        model_plan(model)
+    assert [c[0] for c in model_plan(model, input_shape=(1, 2, 2))] == ["linear_forward", "linear_backward"]
+
+
+def test_optimizer_plan_names_the_step_kernel():
+    assert optimizer_plan("sgd", np.float64)[0][0] == "optim.sgd_step"
+    assert optimizer_plan(None, np.float32) == []
+    with pytest.raises(ValueError, match="adamw"):
+        optimizer_plan("lbfgs", np.float32)
+
+
+def test_warm_up_of_a_model_compiles_only_its_layers_kernels(tmp_path):
+    code = ("import fastcnn.kernels as k; from fastcnn.model import Sequential; "
+            "from fastcnn.layers import ReLU, AvgPool2D; "
+            "k.warm_up(Sequential([ReLU(), AvgPool2D(2)], input_shape=(2, 8, 8), backend='numba'), optimizer=None)")
+    env = {k: v for k, v in os.environ.items() if k != "FASTCNN_TILE"}
+    env.update(NUMBA_CACHE_DIR=str(tmp_path), FASTCNN_NUMBA_CACHE="1")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cached = {f.name for f in tmp_path.rglob("*.nbi")}
+    assert any(n.startswith("activation._relu_forward") for n in cached), cached
+    assert any(n.startswith("pool._avgpool_backward") for n in cached), cached
+    assert not any(n.startswith(("conv.", "fused.", "pool._maxpool", "optim.")) for n in cached), cached
+
+
+def test_warm_up_rejects_what_is_neither_a_model_nor_a_float_dtype():
+    from fastcnn.kernels import warm_up
+    with pytest.raises(TypeError, match="float32 or float64"):
+        warm_up("not a dtype")
+    with pytest.raises(TypeError, match="float32 or float64"):
+        warm_up(np.int32)
