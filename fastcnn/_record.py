@@ -13,6 +13,28 @@ from fastcnn._cli import TRAIN_PROG as PROG
 from fastcnn._cli import versions
 from fastcnn._outputs import OutputFailed
 
+__all__ = ["metrics_document"]
+
+
+def metrics_document(status: str, config, where: dict, summary: dict, *, run: str | None = None,
+                     stop: dict | None = None, error: str | None = None) -> dict:
+    """The metrics document of a run, as ``fastcnn-train --metrics`` and each ``fastcnn-sweep`` run
+    write it: ``status``, the sweep's ``run`` name (when given), ``config`` (the
+    :class:`~fastcnn.train.TrainConfig` ``config`` with the files and data of ``where``), the
+    :meth:`RunState.summary <fastcnn.train.RunState.summary>` ``summary``, ``versions``, then why
+    the run stopped (``stop``) or failed (``error``) when it did."""
+    doc = {"status": status}
+    if run is not None:
+        doc["run"] = run
+    doc["config"] = {**asdict(config), **where}
+    doc.update(summary)
+    doc["versions"] = versions()
+    if stop is not None:
+        doc["stopped"] = stop
+    if error is not None:
+        doc["error"] = error
+    return doc
+
 
 class _Run:
     """One ``fastcnn-train`` invocation: what it writes after every epoch and at the end."""
@@ -26,16 +48,10 @@ class _Run:
 
     def document(self, status, stop=None, error=None):
         args, config, state = self.args, self.config, self.trainer.state
-        doc = {"status": status,
-               "config": {**asdict(config), "dataset": args.dataset, "data_dir": args.data_dir,
-                          "source_dir": str(self.data.source_dir), "plots_dir": args.plots_dir,
-                          "metrics": args.metrics, "checkpoint": self.checkpoint, "resume": args.resume},
-               **state.summary(timings=not args.no_timings), "versions": versions()}
-        if stop is not None:
-            doc["stopped"] = stop
-        if error is not None:
-            doc["error"] = error
-        return doc
+        return metrics_document(status, config, {
+            "dataset": args.dataset, "data_dir": args.data_dir, "source_dir": str(self.data.source_dir),
+            "plots_dir": args.plots_dir, "metrics": args.metrics, "checkpoint": self.checkpoint,
+            "resume": args.resume}, state.summary(timings=not args.no_timings), stop=stop, error=error)
 
     def _write(self, option, path, write):
         try:
