@@ -51,7 +51,7 @@ def _explicit_options(argv, args):
 
 def _resume_config(args, explicit, ckpt):
     """The configuration of a resumed run: the checkpoint's settings, with every option given on
-    the command line on top; :func:`fastcnn.train.check_resume` decides (UsageError when an
+    the command line on top; :func:`fastcnn.resume.check_resume` decides (UsageError when an
     explicit option contradicts the checkpoint or no epoch is left to train)."""
     from fastcnn.checkpoint import CheckpointError
     from fastcnn.train import RESUME_KEYS, ResumeRefused, TrainConfig, check_resume
