@@ -21,7 +21,7 @@ def metrics_document(status: str, config, where: dict, summary: dict, *, run: st
     """The metrics document of a run, as ``fastcnn-train --metrics`` and each ``fastcnn-sweep`` run
     write it: ``status``, the sweep's ``run`` name (when given), ``config`` (the
     :class:`~fastcnn.trainconfig.TrainConfig` ``config`` with the files and data of ``where``), the
-    :meth:`RunState.summary <fastcnn.train.RunState.summary>` ``summary``, ``versions``, then why
+    :meth:`RunState.summary <fastcnn.runstate.RunState.summary>` ``summary``, ``versions``, then why
     the run stopped (``stop``) or failed (``error``) when it did."""
     doc = {"status": status}
     if run is not None:
