@@ -17,7 +17,8 @@ import urllib.error
 import urllib.request
 from http.client import HTTPException
 
-from fastcnn.data import _CHUNK, _GZIP_MAGIC, MAX_IDX_BYTES, DataError, _load_idx, _locate
+from fastcnn.data import DataError, _locate
+from fastcnn.idx import _CHUNK, _GZIP_MAGIC, MAX_IDX_BYTES, _load_idx
 
 _STALE_PART_SECONDS = 3600       # a download's temporary file not written for this long was left by a killed one
 
