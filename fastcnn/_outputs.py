@@ -1,12 +1,9 @@
 """``fastcnn-train``'s output files: checked before any data is loaded, locked while the run writes
 them, cleaned of temporary files that a killed run left.
 
-An existing file of another kind (not a fastcnn checkpoint, metrics file or PNG) or an input of the
-run (the data files, the ``--resume`` file) is never replaced; an existing output of the same kind
-only with ``--overwrite`` (or, for ``--metrics`` and ``--save-model``, when ``--resume`` continues a
-run; plots are redrawn freely). Each output is locked with an advisory ``fcntl`` lock on a
-``.<name>.lock`` file beside it, removed on release; ``fcntl`` is imported only when locking, so
-that the command runs (unlocked, after a warning) where it is absent.
+Which existing files are replaced, and when: see :mod:`fastcnn.cli`. Each output is locked with an
+advisory ``fcntl`` lock on a ``.<name>.lock`` file beside it, removed on release; ``fcntl`` is
+imported only when locking, so that the command runs (unlocked, after a warning) where it is absent.
 
 Unlike :class:`fastcnn._files.FolderLock` (one lock file kept in a sweep's folder, ``fcntl``
 required), a lock here is one file per output, removed on release, and re-taken when its holder

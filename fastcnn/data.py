@@ -23,11 +23,8 @@ Checksums are SHA-256 digests of the *decompressed* IDX bytes, for MNIST and Fas
 the original downloads, copies re-gzipped by a distribution and raw (decompressed) copies are all
 verified, and all pass when their content is right.
 
-Reading is streamed: the IDX header is read and checked first, and the data buffer is never larger
-than the header declares, than the file can hold (its size when raw; 1032 times its size when
-gzipped, deflate's largest expansion) and than :data:`MAX_IDX_BYTES`, with no image larger than
-:data:`MAX_IDX_ITEM_BYTES`; only regular files are opened. The data is then read in chunks,
-so a forged header or a gzip bomb is refused at once and Ctrl-C is honoured while a file is read.
+Reading is streamed and bounded, so a forged header or a gzip bomb is refused before anything large
+is allocated: see :mod:`fastcnn.idx`.
 """
 from __future__ import annotations
 
