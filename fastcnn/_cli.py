@@ -19,6 +19,8 @@ from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 FIRST_LINE_MAX = 200
+#: The name of ``fastcnn-train``, shared by fastcnn.cli and the modules of its parts.
+TRAIN_PROG = "fastcnn-train"
 
 
 class UsageError(Exception):

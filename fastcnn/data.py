@@ -23,35 +23,21 @@ Checksums are SHA-256 digests of the *decompressed* IDX bytes, for MNIST and Fas
 the original downloads, copies re-gzipped by a distribution and raw (decompressed) copies are all
 verified, and all pass when their content is right.
 
-Reading is streamed: the IDX header is read and checked first, and the data buffer is never larger
-than the header declares, than the file can hold (its size when raw; 1032 times its size when
-gzipped, deflate's largest expansion) and than :data:`MAX_IDX_BYTES`, with no image larger than
-:data:`MAX_IDX_ITEM_BYTES`; only regular files are opened. The data is then read in chunks,
-so a forged header or a gzip bomb is refused at once and Ctrl-C is honoured while a file is read.
+Reading is streamed and bounded, so a forged header or a gzip bomb is refused before anything large
+is allocated: see :mod:`fastcnn.idx`.
 """
 from __future__ import annotations
 
-import contextlib
-import gzip
 import hashlib
-import math
 import os
-import socket
-import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 import warnings
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from http.client import HTTPException
 from pathlib import Path
 
 import numpy as np
 
-from fastcnn._files import InputFileError, open_input
+from fastcnn.idx import MAX_IDX_BYTES, MAX_IDX_ITEM_BYTES, _load_idx, read_idx
 from fastcnn.normalization import MNIST_NORMALIZATION, Normalization
 
 __all__ = [
@@ -75,14 +61,6 @@ __all__ = [
 ]
 
 ENV_VAR = "FASTCNN_DATA_DIR"
-MAX_IDX_BYTES = 1 << 30          # the largest IDX data one file may declare (MNIST's largest: 47 MB)
-MAX_IDX_ITEM_BYTES = 1 << 20     # the largest image (one item of a file) of them: 1024 x 1024 pixels (MNIST's: 784)
-_DEFLATE_MAX_RATIO = 1032        # deflate expands at most ~1032:1, so a .gz of n bytes holds < 1032 n
-_GZIP_MAGIC = b"\x1f\x8b"
-_IDX_UBYTE = 0x08
-_CHUNK = 1 << 20                 # read unit: small enough that Ctrl-C is honoured between chunks
-_MAX_DIMS = 32                   # IDX files hold 1-3; NumPy refuses more than 64
-_STALE_PART_SECONDS = 3600       # a download's temporary file not written for this long was left by a killed one
 
 
 class DataError(ValueError):
@@ -92,118 +70,6 @@ class DataError(ValueError):
 
 class DataWarning(UserWarning):
     """Data that loads but is probably not what was meant (e.g. a label file holding one class)."""
-
-
-# ----------------------------------------------------------------------------------------- IDX files
-
-def _read_upto(stream, n: int) -> bytes:
-    """Up to ``n`` bytes of ``stream`` (fewer only at its end)."""
-    out = b""
-    while len(out) < n:
-        chunk = stream.read(n - len(out))
-        if not chunk:
-            break
-        out += chunk
-    return out
-
-
-def _read_idx_stream(stream, path, stored_size: int, gz: bool, hasher=None) -> np.ndarray:
-    """Parse an unsigned-byte IDX file from ``stream`` (decompressed bytes), header first."""
-    head = _read_upto(stream, 4)
-    if len(head) < 4:
-        raise DataError(f"{path}: too short for an IDX header ({len(head)} bytes)")
-    if head[0] != 0 or head[1] != 0:
-        raise DataError(f"{path}: bad magic number 0x{head.hex()}: the first two bytes must be zero "
-                        "(not an IDX file?)")
-    if head[2] != _IDX_UBYTE:
-        raise DataError(f"{path}: unsupported IDX data type 0x{head[2]:02x} "
-                        f"(only 0x{_IDX_UBYTE:02x} = unsigned byte is accepted)")
-    ndim = head[3]
-    if ndim == 0 or ndim > _MAX_DIMS:
-        raise DataError(f"{path}: bad magic number 0x{head.hex()}: {ndim} dimensions (not an IDX file?)")
-    header_len = 4 + 4 * ndim
-    raw_dims = _read_upto(stream, 4 * ndim)
-    if len(raw_dims) < 4 * ndim:
-        raise DataError(f"{path}: truncated header: {ndim} dimensions need {header_len} bytes, "
-                        f"found {4 + len(raw_dims)}")
-    dims = tuple(int.from_bytes(raw_dims[4 * i:4 * i + 4], "big") for i in range(ndim))
-    expected = 1
-    for d in dims:
-        expected *= d
-    what = f"header says {'x'.join(map(str, dims))} = {expected} bytes of data"
-    # Bound the buffer before it exists: by what the file can hold and by a sane maximum.
-    can_hold = stored_size * _DEFLATE_MAX_RATIO if gz else stored_size - header_len
-    if expected > can_hold and not gz:
-        raise DataError(f"{path}: truncated: {what}, found {max(can_hold, 0)}")
-    if expected > can_hold:
-        raise DataError(f"{path}: refused: {what}, more than a {stored_size}-byte gzip file can hold "
-                        "(damaged or forged file)")
-    if expected > MAX_IDX_BYTES:
-        raise DataError(f"{path}: refused: {what}, more than the {MAX_IDX_BYTES} bytes fastcnn reads "
-                        "from one file")
-    item = expected // dims[0] if dims[0] else math.prod(dims[1:])
-    if ndim > 1 and item > MAX_IDX_ITEM_BYTES:
-        raise DataError(f"{path}: refused: {what}: one image of {'x'.join(map(str, dims[1:]))} = {item} pixels is "
-                        f"more than the {MAX_IDX_ITEM_BYTES} fastcnn trains on (scale the images down)")
-    if hasher is not None:
-        hasher.update(head + raw_dims)
-    data = np.empty(expected, dtype=np.uint8)
-    view = memoryview(data)
-    found = 0
-    while found < expected:
-        n = stream.readinto(view[found:found + _CHUNK])
-        if not n:
-            break
-        if hasher is not None:
-            hasher.update(view[found:found + n])
-        found += n
-    if found < expected:
-        raise DataError(f"{path}: truncated: {what}, found {found}")
-    if gz:      # count what follows, but never decompress more than a few chunks of it
-        extra = len(_read_upto(stream, 4 * _CHUNK))
-        extra_txt = f"{extra} extra" if extra < 4 * _CHUNK else f"at least {extra} extra"
-    else:
-        extra = stored_size - header_len - expected
-        extra_txt = f"{extra} extra"
-    if extra:
-        raise DataError(f"{path}: trailing bytes: {what}, found {expected + extra}"
-                        f"{'+' if extra_txt.startswith('at') else ''} ({extra_txt})")
-    return data.reshape(dims)
-
-
-def _load_idx(path, algorithm: str | None = None) -> tuple[np.ndarray, str | None]:
-    """Read ``path`` (gzipped or raw) -> (uint8 array of its declared shape, hex digest of the
-    decompressed bytes under ``algorithm``, or None)."""
-    path = Path(path)
-    hasher = hashlib.new(algorithm) if algorithm else None
-    try:
-        fh = open_input(path)                    # a regular file: a FIFO or a device would block or never end
-    except InputFileError as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from None
-    try:
-        with fh as f:
-            size = os.fstat(f.fileno()).st_size
-            gz = f.read(2) == _GZIP_MAGIC
-            f.seek(0)
-            if not gz:
-                return _read_idx_stream(f, path, size, False, hasher), hasher and hasher.hexdigest()
-            try:
-                arr = _read_idx_stream(gzip.GzipFile(fileobj=f, mode="rb"), path, size, True, hasher)
-            except (OSError, EOFError, zlib.error) as exc:
-                raise DataError(f"{path}: corrupt gzip data: {exc}") from None
-            return arr, hasher and hasher.hexdigest()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
-
-
-def read_idx(path) -> np.ndarray:
-    """Read an IDX file of unsigned bytes (gzipped or raw) into a ``uint8`` array of its declared shape.
-
-    Raises :class:`DataError`, naming the file, for an unreadable file, corrupt gzip data, a bad magic
-    number, a data type other than 0x08 (unsigned byte), a byte count that differs from the product
-    of the dimensions (truncated or trailing bytes), or a header that declares more data than the file
-    can hold or than :data:`MAX_IDX_BYTES` (refused before anything that large is allocated)."""
-    return _load_idx(path)[0]
 
 
 # ------------------------------------------------------------------------------------ dataset specs
@@ -376,108 +242,6 @@ def find_data_dir(dataset="mnist", data_dir=None, cache_dir=None, splits=("train
     return None
 
 
-# ----------------------------------------------------------------------------- verify and download
-
-def _check_digest(fspec, path, actual, fix):
-    """Raise DataError if the decompressed bytes' digest ``actual`` differs from ``fspec``'s: the first
-    line short, with ``fix``; the full digests on the next."""
-    if fspec.digest is not None and actual != fspec.digest.lower():
-        raise DataError(f"{path}: checksum mismatch ({fix}): {fspec.algorithm} {actual[:12]}..., expected "
-                        f"{fspec.digest[:12]}...\nexpected {fspec.algorithm} {fspec.digest} of the decompressed "
-                        f"data, got {actual}")
-
-
-def _download(url, dest, fspec, timeout):
-    """Stream ``url`` to a temp file beside ``dest``, verify it, and rename it into place atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    show = sys.stderr.isatty()
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            length = resp.headers.get("Content-Length") or ""
-            total, done = int(length) if length.isdigit() else 0, 0
-            while chunk := resp.read(_CHUNK):
-                if done == 0 and not chunk.startswith((_GZIP_MAGIC, b"\x00\x00")):
-                    raise DataError(f"{url}: not an IDX file, gzipped or raw (it starts with {chunk[:16]!r})")
-                if done + len(chunk) > MAX_IDX_BYTES + _CHUNK:
-                    raise DataError(f"{url}: refused: more than {MAX_IDX_BYTES} bytes, larger than an IDX file may be")
-                out.write(chunk)
-                done += len(chunk)
-                if show:
-                    pct = f" {100 * done // total:3d}%" if total else ""
-                    print(f"\rdownloading {url}{pct} ({done / 1e6:.1f} MB)", end="", file=sys.stderr)
-        if show:
-            print(file=sys.stderr)
-        try:
-            _, digest = _load_idx(tmp, fspec.algorithm if fspec.digest else None)
-        except DataError as exc:                       # name the URL, not the temporary file
-            raise DataError(str(exc).replace(tmp, url, 1)) from None
-        _check_digest(fspec, url, digest, "the mirror serves other data")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _is_network_error(exc) -> bool:
-    """True for "the network or the server cannot be reached", as opposed to an answer (HTTP 404)."""
-    if isinstance(exc, urllib.error.HTTPError):
-        return False
-    return isinstance(exc, (urllib.error.URLError, socket.timeout, ConnectionError, HTTPException))
-
-
-def _download_missing(spec, files, directory, timeout) -> tuple[list[str], bool]:
-    """Download every one of ``files`` missing from ``directory`` -> (failure reasons, all of them
-    network errors)."""
-    created = not directory.exists()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return [f"cannot create {directory}: {exc.strerror or exc}"], False
-    failures, network = _download_each(spec, files, directory, timeout)
-    if failures and created:
-        with contextlib.suppress(OSError):      # leave no empty cache folder behind; keep any file
-            directory.rmdir()
-    return failures, network
-
-
-def _remove_stale_parts(directory, name):
-    """Remove the temporary files of downloads of ``name`` into ``directory`` that were killed: those
-    not written for :data:`_STALE_PART_SECONDS` (a running download writes every chunk)."""
-    for part in directory.glob(f".{name}.*.part"):
-        with contextlib.suppress(OSError):
-            if time.time() - part.stat().st_mtime > _STALE_PART_SECONDS:
-                part.unlink()
-
-
-def _download_each(spec, files, directory, timeout):
-    try:                                               # a local problem, not every mirror's
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as exc:
-        return [f"cannot write to {directory}: {exc.strerror or exc}"], False
-    for fspec in files:
-        _remove_stale_parts(directory, fspec.name)
-        if _locate(directory, fspec.name) is not None:
-            continue
-        reasons, network = [], True
-        for base in spec.mirrors:
-            url = base.rstrip("/") + "/" + fspec.name
-            try:
-                _download(url, directory / fspec.name, fspec, timeout)
-                break
-            except DataError as exc:  # already names the URL
-                reasons.append(str(exc))
-                network = False
-            except (OSError, HTTPException) as exc:
-                reason = exc.reason if type(exc) is urllib.error.URLError else exc
-                reasons.append(f"{url}: {reason or type(exc).__name__}")
-                network = network and _is_network_error(exc)
-        else:
-            return [f"{fspec.name}: {r}" for r in reasons] or [f"{fspec.name}: no mirrors"], network and bool(reasons)
-    return [], False
-
-
 def _count(missing, files) -> str:
     """The missing files, shortly: their names when one or two, else how many."""
     if len(missing) <= 2:
@@ -541,6 +305,7 @@ def load_dataset(name="mnist", data_dir=None, download=True, verify=True, timeou
     ``num_classes`` (10 for MNIST and Fashion-MNIST). A label file holding a single class loads with
     a :class:`DataWarning`. Every problem raises :class:`DataError`: its first line says what to do
     and names the file or folders; further lines give details."""
+    from fastcnn.download import _check_digest, _download_missing  # fastcnn.download imports this module
     spec = dataset_spec(name)
     splits = tuple(splits)
     if not splits or set(splits) - {"train", "test"}:

@@ -59,242 +59,44 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
-import hashlib
 import math
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
 from fastcnn._atomic import atomic_write
-from fastcnn.augment import AUGMENTATIONS, augment_batch
-from fastcnn.backend import resolve_backend_name
+from fastcnn.augment import augment_batch
 from fastcnn.checkpoint import Checkpoint, CheckpointError, load_checkpoint, model_rngs, restore, save_checkpoint
 from fastcnn.data import to_float
-from fastcnn.layers import DROPOUT_STEPS
 from fastcnn.losses import softmax_cross_entropy
 from fastcnn.model import Sequential, mnist_cnn
 from fastcnn.normalization import MNIST_NORMALIZATION, DataFacts, data_facts
 from fastcnn.optim import SGD, AdamW
+from fastcnn.resume import ResumeRefused, check_resume, data_fingerprint
+from fastcnn.runstate import RunState, TrainingDiverged, TrainingInterrupted, learning_rate, process_age_seconds
 from fastcnn.summary import ShapeError, check_input, format_shape
+from fastcnn.trainconfig import (
+    DEFAULT_LR,
+    DEFAULT_MOMENTUM,  # noqa: F401 -- re-exported
+    DEFAULT_WEIGHT_DECAY,
+    DTYPES,  # noqa: F401 -- re-exported
+    MAX_EPOCHS,  # noqa: F401 -- re-exported
+    METRIC_KEYS,
+    OPTIMIZERS,
+    RESUME_KEYS,
+    SCHEDULES,
+    TIMING_KEYS,
+    ConfigError,
+    TrainConfig,
+    thread_limit,  # noqa: F401 -- re-exported
+)
 from fastcnn.validation import EarlyStopping, split_indices
 
 __all__ = ["TrainConfig", "RunState", "Trainer", "train", "learning_rate", "OPTIMIZERS", "SCHEDULES",
            "DEFAULT_LR", "DEFAULT_WEIGHT_DECAY", "process_age_seconds", "TrainingDiverged",
            "TrainingInterrupted", "RESUME_KEYS", "TIMING_KEYS", "ConfigError", "ResumeRefused", "check_resume"]
-
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "constant")
-#: The most epochs a run may plan (what a checkpoint's epoch counter is allowed to reach).
-MAX_EPOCHS = 10_000_000
-DTYPES = ("float32", "float64")
-#: Peak learning rate per optimizer when ``TrainConfig.lr`` is None. AdamW's 2e-3 with the default
-#: cosine schedule was chosen on full MNIST against 1e-3 and 3e-3: 1e-3 needs more epochs for the
-#: same accuracy, 3e-3 gains nothing (the figures: README, section fastcnn-train).
-DEFAULT_LR = {"adamw": 2e-3, "sgd": 0.01}
-#: Weight decay per optimizer when ``TrainConfig.weight_decay`` is None: AdamW's decoupled decay
-#: (PyTorch's default 0.01); none for SGD (plain momentum SGD).
-DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "sgd": 0.0}
-DEFAULT_MOMENTUM = 0.9
-#: Settings a resumed run must share with its checkpoint: they change what is computed. The others
-#: (epochs, backend, threads, warmup, quiet) may differ; ``epochs`` may grow to train further.
-RESUME_KEYS = ("model", "batch_size", "optimizer", "lr", "lr_schedule", "momentum", "weight_decay", "dropout",
-               "batchnorm", "seed", "dtype", "limit_train", "limit_test", "eval_batch_size", "val_split", "augment")
-#: Per-epoch metrics that are wall-clock measurements (everything else in an epoch's metrics is a
-#: deterministic function of the seed, backend and thread count).
-TIMING_KEYS = ("seconds", "images_per_second", "eval_seconds")
-#: Wall-clock measurements present only when their feature is on (``augment_seconds``: with --augment).
-OPTIONAL_TIMING_KEYS = ("augment_seconds",)
-#: The order of an epoch's metrics (kept when a checkpoint's history, stored with sorted keys, is
-#: restored, so a resumed run writes the same metrics file as an uninterrupted one).
-METRIC_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds",
-               "images_per_second", "eval_seconds", "augment_seconds", "lr")
-
-
-class ConfigError(ValueError):
-    """An invalid :class:`TrainConfig` setting; ``field`` names it (the message starts with it)."""
-
-    def __init__(self, field, message):
-        self.field = field
-        super().__init__(message)
-
-
-class ResumeRefused(CheckpointError):
-    """A checkpoint cannot continue this run (see :func:`check_resume`). ``diffs``: (setting, this
-    run's value, checkpoint's value) for settings that differ; ``epochs_done``: set when the
-    checkpoint has already completed the run's epochs. Both are the caller's to word (the command
-    line names options); the message is complete on its own."""
-
-    def __init__(self, message, diffs=(), epochs_done=None):
-        self.diffs, self.epochs_done = list(diffs), epochs_done
-        super().__init__(message)
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss or a parameter became NaN or infinite, or the loss grew far above its start (see
-    the module docstring). ``epoch`` and ``batch`` are 1-based; the run's state holds the corrupted
-    parameters, its history only the epochs before."""
-
-    def __init__(self, epoch, batch, batches, what, lr):
-        self.epoch, self.batch, self.batches, self.what, self.lr = epoch, batch, batches, what, lr
-        super().__init__(f"training diverged in epoch {epoch} at batch {batch}/{batches}: {what} "
-                         f"(learning rate {lr:.4g}; try a lower one)")
-
-
-class TrainingInterrupted(Exception):
-    """``stop_requested`` was set during an epoch (1-based ``epoch``) before training ``batch``
-    (1-based); that epoch is abandoned, ``state.epoch`` complete epochs remain."""
-
-    def __init__(self, epoch, batch, batches):
-        self.epoch, self.batch, self.batches = epoch, batch, batches
-        super().__init__(f"stopped in epoch {epoch} before batch {batch}/{batches}")
-
-
-@dataclass
-class TrainConfig:
-    """Every option of a training run. ``None`` means "the default for the chosen optimizer /
-    environment" and is filled in by :meth:`resolved`.
-
-    ``lr_schedule``: ``"cosine"`` anneals the learning rate per step from ``lr`` at the first step
-    to 0 after the last step of the last epoch, ``lr * (1 + cos(pi * step / total_steps)) / 2``;
-    ``"constant"`` keeps ``lr``. ``limit_train`` / ``limit_test`` use the first N images of each
-    split (all of them when N is larger). ``threads``: Numba worker threads for the numba backend
-    (at most NUMBA_NUM_THREADS), BLAS threads for the numpy backend (at most the CPU count); None:
-    leave as is. ``divergence_factor`` / ``divergence_window``: see the module docstring.
-    ``model``: a built-in name or a model file (module docstring); ``dropout`` and ``batchnorm``
-    shape the mnist-cnn model only."""
-    model: str = "mnist-cnn"
-    epochs: int = 5
-    batch_size: int = 128
-    optimizer: str = "adamw"
-    lr: float | None = None
-    lr_schedule: str = "cosine"
-    momentum: float | None = None
-    weight_decay: float | None = None
-    dropout: float = 0.5
-    batchnorm: bool = False
-    seed: int = 0
-    dtype: str = "float32"
-    backend: str | None = None
-    threads: int | None = None
-    limit_train: int | None = None
-    limit_test: int | None = None
-    eval_batch_size: int = 1000
-    warmup: bool = True
-    quiet: bool = False
-    divergence_factor: float = 10.0
-    divergence_window: int = 10
-    val_split: int | float | None = None
-    early_stop: int | None = None
-    augment: str | None = None
-    test_each_epoch: bool = False
-
-    def resolved(self) -> TrainConfig:
-        """A validated copy with every ``None`` default filled in (raises :class:`ConfigError`)."""
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError("optimizer", f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        cfg = replace(
-            self,
-            backend=resolve_backend_name(self.backend),
-            lr=DEFAULT_LR[self.optimizer] if self.lr is None else self.lr,
-            weight_decay=DEFAULT_WEIGHT_DECAY[self.optimizer] if self.weight_decay is None else self.weight_decay,
-            momentum=(DEFAULT_MOMENTUM if self.optimizer == "sgd" else None) if self.momentum is None
-            else self.momentum,
-        )
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` (a ValueError) naming the first invalid setting: types and
-        ranges, momentum only with sgd, a dropout the layer can apply, threads within what the
-        backend allows. (The batch size against the data: :meth:`check_data`.)"""
-        def integer(name, minimum):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-                raise ConfigError(name, f"{name} must be an integer >= {minimum}, got {v!r}")
-
-        def number(name, lo, hi=math.inf, lo_open=False, hi_open=True):
-            v = getattr(self, name)
-            is_number = not isinstance(v, bool) and isinstance(v, (int, float, np.floating, np.integer))
-            if (not is_number or not math.isfinite(v) or (v <= lo if lo_open else v < lo)
-                    or (v >= hi if hi_open else v > hi)):
-                lo_txt = f"> {lo}" if lo_open else f">= {lo}"
-                hi_txt = "" if hi == math.inf else f" and {'<' if hi_open else '<='} {hi}"
-                raise ConfigError(name, f"{name} must be a number {lo_txt}{hi_txt}, got {v!r}")
-
-        if not isinstance(self.model, str) or not self.model:
-            raise ConfigError("model", f"model must be a built-in name or a model file, got {self.model!r}")
-        if self.batchnorm and self.model != "mnist-cnn":
-            raise ConfigError("batchnorm", f"batchnorm adds BatchNorm to the mnist-cnn model only, not to "
-                                           f"{self.model}: leave it out (write BatchNorm2D layers into a model file)")
-        integer("epochs", 1)
-        if self.epochs > MAX_EPOCHS:               # a checkpoint records at most this many
-            raise ConfigError("epochs", f"epochs must be at most {MAX_EPOCHS}, got {self.epochs}")
-        integer("batch_size", 1)
-        integer("eval_batch_size", 1)
-        integer("seed", 0)
-        integer("divergence_window", 1)
-        for name in ("limit_train", "limit_test", "threads"):
-            if getattr(self, name) is not None:
-                integer(name, 1)
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError("optimizer", f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.lr_schedule not in SCHEDULES:
-            raise ConfigError("lr_schedule",
-                              f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
-        if str(self.dtype) not in DTYPES:
-            raise ConfigError("dtype", f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        try:
-            backend = resolve_backend_name(self.backend)
-        except ValueError as exc:
-            raise ConfigError("backend", str(exc)) from None
-        if self.lr is not None:
-            number("lr", 0.0, lo_open=True)
-        if self.weight_decay is not None:
-            number("weight_decay", 0.0)
-        if self.momentum is not None:
-            if self.optimizer != "sgd":
-                raise ConfigError("momentum", f"momentum applies only to the sgd optimizer, not {self.optimizer}: "
-                                              "choose sgd or leave momentum out")
-            number("momentum", 0.0, 1.0)
-        number("dropout", 0.0, 1.0)
-        if round(self.dropout * DROPOUT_STEPS) >= DROPOUT_STEPS:
-            # Dropout draws 16-bit masks: a p that rounds to 65536/65536 would drop everything.
-            raise ConfigError("dropout", f"dropout must be below {(DROPOUT_STEPS - 0.5) / DROPOUT_STEPS:.6f} "
-                              f"(it is applied in steps of 1/{DROPOUT_STEPS}), got {self.dropout!r}")
-        if self.divergence_factor != 0:
-            number("divergence_factor", 1.0, lo_open=True)
-        if self.val_split is not None:
-            if isinstance(self.val_split, (float, np.floating)):
-                number("val_split", 0.0, 1.0, lo_open=True)
-            else:
-                integer("val_split", 1)
-        if self.early_stop is not None:
-            integer("early_stop", 1)
-            if self.val_split is None:
-                raise ConfigError("early_stop", "early_stop needs a validation split (val_split): early stopping "
-                                                "watches the validation loss")
-        if self.augment is not None and self.augment not in AUGMENTATIONS:
-            raise ConfigError("augment", f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
-        if self.threads is not None:
-            limit, what = thread_limit(backend)
-            if self.threads > limit:
-                raise ConfigError("threads", f"threads must be between 1 and {limit} ({what}), got {self.threads}")
-
-    def check_data(self, n_train: int, n_test: int) -> None:
-        """Raise :class:`ConfigError` unless the settings fit ``n_train`` / ``n_test`` images (after
-        ``limit_train`` / ``limit_test``)."""
-        if n_train < 1 or n_test < 1:
-            raise ConfigError("limit_train", f"need at least one training and one test image, got {n_train} "
-                              f"and {n_test}")
-        if self.batch_size > n_train:
-            raise ConfigError("batch_size", f"batch_size {self.batch_size} is larger than the training set "
-                              f"({n_train} images): use a batch of at most {n_train}")
-
-    def to_dict(self):
-        return asdict(self)
 
 
 def step_memory_lower_bound(config: TrainConfig, image_shape: tuple[int, int, int]) -> int:
@@ -315,77 +117,6 @@ def available_memory_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
-
-
-def learning_rate(base_lr, schedule, step, total_steps):
-    """The learning rate of 0-based global ``step`` out of ``total_steps`` (see :class:`TrainConfig`)."""
-    if schedule == "constant" or total_steps <= 0:
-        return base_lr
-    if schedule == "cosine":
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    raise ValueError(f"unknown lr_schedule {schedule!r}")
-
-
-def process_age_seconds():
-    """Seconds since this process started (Linux: from /proc, 10 ms resolution), else None."""
-    try:
-        with open("/proc/self/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        start = int(fields[19]) / os.sysconf("SC_CLK_TCK")      # field 22: starttime, in clock ticks
-        with open("/proc/uptime", encoding="ascii") as fh:
-            uptime = float(fh.read().split()[0])
-        return max(0.0, uptime - start)
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-
-
-@dataclass(eq=False)
-class RunState:
-    """Everything a run is made of, in one place (what a checkpoint would save).
-
-    ``epoch`` is the number of completed epochs and ``step`` the number of completed training
-    steps; ``history`` holds one metrics dict per completed epoch."""
-    config: TrainConfig
-    model: object
-    optimizer: object
-    shuffle_rng: np.random.Generator
-    steps_per_epoch: int
-    epoch: int = 0
-    step: int = 0
-    history: list = field(default_factory=list)
-    #: With a validation split: the test set's ``{"test_loss", "test_acc"}``, scored once at the end.
-    final_test: dict | None = None
-    #: With early stopping: its bookkeeping (best epoch and loss, epochs waited, patience).
-    early_stopping: dict | None = None
-    warmup_seconds: float = 0.0
-    time_to_first_batch_seconds: float | None = None
-    process_time_to_first_batch_seconds: float | None = None
-    threads: int | None = None
-    stop_requested: bool = False
-    start_loss: float | None = None
-
-    @property
-    def total_steps(self):
-        return self.config.epochs * self.steps_per_epoch
-
-    def summary(self, timings=True):
-        """The JSON-ready part of the run: the per-epoch history, backend and threads, and (unless
-        ``timings`` is False) the wall-clock figures. Without timings the summary is a deterministic
-        function of the seed, backend and thread count."""
-        out = {"epochs": [{k: v for k, v in m.items() if timings or k not in (*TIMING_KEYS, *OPTIONAL_TIMING_KEYS)}
-                          for m in self.history],
-               "backend": self.config.backend,
-               "threads": self.threads}
-        if self.final_test is not None:
-            out["final_test"] = self.final_test
-        if self.early_stopping is not None:
-            out["early_stopping"] = self.early_stopping
-        if timings:
-            out.update({"warmup_seconds": self.warmup_seconds,
-                        "time_to_first_batch_seconds": self.time_to_first_batch_seconds,
-                        "time_to_first_batch_from": "trainer created (data loaded)",
-                        "process_time_to_first_batch_seconds": self.process_time_to_first_batch_seconds})
-        return out
 
 
 def _build_model(config, model, image_shape, num_classes):
@@ -409,75 +140,15 @@ def _build_model(config, model, image_shape, num_classes):
                  num_classes=num_classes)
 
 
-def data_fingerprint(*arrays):
-    """SHA-256 (hex) over the shapes, dtypes and bytes of ``arrays``: identifies the exact images and
-    labels a run trained on, so a resume on other data is refused."""
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape}".encode("ascii"))
-        h.update(memoryview(a).cast("B"))
-    return h.hexdigest()
-
-
 def _build_optimizer(config, model):
     if config.optimizer == "sgd":
         return SGD(model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     return AdamW(model, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def check_resume(ckpt: Checkpoint, config: TrainConfig, *, dataset: str | None = None,
-                 data_info: dict | None = None, steps_per_epoch: int | None = None) -> None:
-    """The one decision whether checkpoint ``ckpt`` can continue a run of ``config`` (resolved):
-    it holds a training state (not a model-only file as written by ``--save-model``), was trained
-    with the same :data:`RESUME_KEYS` settings (and ``dataset``, when given), has fewer completed
-    epochs than ``config.epochs``, and, when ``data_info`` / ``steps_per_epoch`` are given (the
-    data is loaded), was trained on the same data and is internally consistent. Raises
-    :class:`ResumeRefused` (a CheckpointError); the array-level checks (architecture, optimizer,
-    generators) follow in :func:`fastcnn.checkpoint.restore`."""
-    def fail(why, **kw):
-        return ResumeRefused(f"{ckpt.path}: {why}", **kw)
-
-    extra = ckpt.header.get("extra")
-    extra = extra if isinstance(extra, dict) else {}
-    step = extra.get("step")
-    if ckpt.header.get("optimizer") is None or isinstance(step, bool) or not isinstance(step, int):
-        raise fail("holds a model only (e.g. from --save-model), not a training state that can be resumed; "
-                   "use a file written by --checkpoint")
-    saved, mine = ckpt.config, config.to_dict()
-    diffs = [(k, mine[k], saved.get(k)) for k in RESUME_KEYS if k in saved and saved.get(k) != mine[k]]
-    if dataset is not None and extra.get("dataset") not in (None, dataset):
-        diffs.append(("dataset", dataset, extra.get("dataset")))
-    if diffs:
-        raise fail("trained with other settings: " + "; ".join(f"{k} {theirs!r} (this run: {ours!r})"
-                                                              for k, ours, theirs in diffs), diffs=diffs)
-    if ckpt.epoch >= config.epochs:
-        raise fail(f"the checkpoint has completed {ckpt.epoch} of {config.epochs} epochs; train further with "
-                   f"more epochs (--epochs N, N > {ckpt.epoch})", epochs_done=ckpt.epoch)
-    if len(ckpt.history) != ckpt.epoch:
-        raise fail(f"inconsistent: {ckpt.epoch} epochs but {len(ckpt.history)} history entries")
-    if data_info is not None:
-        data = extra.get("data")
-        data = data if isinstance(data, dict) else {}
-        if data.get("sha256") not in (None, data_info["sha256"]):
-            raise fail(f"trained on other data ({data.get('name')}, {data.get('train_images')} train / "
-                       f"{data.get('test_images')} test images) than this run ({data_info['name']}, "
-                       f"{data_info['train_images']} / {data_info['test_images']})")
-    if steps_per_epoch is not None and step != ckpt.epoch * steps_per_epoch:
-        raise fail(f"inconsistent: {ckpt.epoch} epochs but {step} steps of {steps_per_epoch}")
-
-
 def _throwaway_copy(model, optimizer):
     """Deep copies of (model, optimizer), the copy's optimizer bound to the copy's model."""
     return copy.deepcopy((model, optimizer))
-
-
-def thread_limit(backend: str) -> tuple[int, str]:
-    """The largest thread count ``backend`` accepts and where that limit comes from."""
-    if backend == "numba":
-        import numba  # lazy: importing numba costs start-up time
-        return numba.config.NUMBA_NUM_THREADS, "NUMBA_NUM_THREADS"
-    return os.cpu_count() or 1, "the CPU count; BLAS threads for the numpy backend"
 
 
 def _apply_threads(config, stack):

@@ -535,11 +535,12 @@ def test_forged_settings_of_previous_format_files_are_refused(trained, tmp_path,
 
 def test_huge_num_classes_is_refused_before_anything_is_allocated(trained, tmp_path, monkeypatch):
     dst = as_version_2(trained[0], tmp_path / "forged.npz", {**KW, "num_classes": 200_000})
+    import fastcnn._checkpoint_format
     import fastcnn.architecture
 
     def never(*a, **k):
         raise AssertionError("a model was built from the forged settings")
-    monkeypatch.setattr(fastcnn.checkpoint, "layers_from_config", never)
+    monkeypatch.setattr(fastcnn._checkpoint_format, "layers_from_config", never)
     monkeypatch.setattr(fastcnn.architecture, "layers_from_config", never)
     message = (r"malformed header: architecture: its config implies parameter 10\.weight of shape \(200000, 3136\), "
                r"its params say \(10, 3136\)")

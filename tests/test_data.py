@@ -587,7 +587,8 @@ def test_a_killed_downloads_temporary_file_is_removed_once_stale(server, tmp_pat
     stale, fresh = cache / f".{NAMES[0]}.abcd1234.part", cache / f".{NAMES[1]}.abcd1234.part"
     stale.write_bytes(b"x" * 1000)
     fresh.write_bytes(b"x" * 1000)                  # perhaps another process's download in progress
-    old = time.time() - 2 * data._STALE_PART_SECONDS
+    from fastcnn.download import _STALE_PART_SECONDS
+    old = time.time() - 2 * _STALE_PART_SECONDS
     os.utime(stale, (old, old))
     assert_loaded(load_dataset(tiny_spec(arrays, [url]), cache_dir=cache, timeout=5), arrays)
     assert not stale.exists() and fresh.exists()

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastcnn._cli import UsageError, one_line
+from fastcnn._signals import STOP_SIGNALS  # the same signals end fastcnn-train; exit status 128 + the number
 from fastcnn.backend import usable_cpus as available_cores
 from fastcnn.sweep.worker import run_one
 
@@ -219,10 +220,6 @@ def _ignore_sigint_plugin():
 def _has_bokeh() -> bool:
     import importlib.util
     return importlib.util.find_spec("bokeh") is not None
-
-
-#: The signals that end a sweep, each with its exit status (128 + the signal's number).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 class Signals:

@@ -22,8 +22,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from fastcnn._atomic import write_json
-from fastcnn._cli import one_line, versions
+from fastcnn._cli import one_line
 from fastcnn._pause import batch_hook
+from fastcnn._record import metrics_document
 from fastcnn.train import RESUME_KEYS, TrainConfig
 
 __all__ = ["CHECKPOINT_FILE", "METRICS_FILE", "data_fingerprints", "read_metrics", "run_one", "same_settings"]
@@ -153,14 +154,12 @@ def run_one(name: str, config: TrainConfig, out_dir: str, *, dataset: str = "mni
     trainer = None
     foreign = False               # the folder holds a checkpoint this run may not continue: never write there
 
-    def document(status, extra=None):
-        doc = {"status": status, "run": name,
-               "config": {**asdict(trainer.config), "dataset": dataset, "data_dir": data_dir,
-                          "source_dir": str(data.source_dir), "plots_dir": None, "metrics": str(metrics_path),
-                          "checkpoint": str(ckpt_path), "resume": str(ckpt_path) if result["resumed_from"] else None},
-               **trainer.state.summary(timings=timings), "versions": versions()}
-        doc.update(extra or {})
-        return doc
+    def document(status, stop=None, error=None):
+        return metrics_document(status, trainer.config, {
+            "dataset": dataset, "data_dir": data_dir, "source_dir": str(data.source_dir), "plots_dir": None,
+            "metrics": str(metrics_path), "checkpoint": str(ckpt_path),
+            "resume": str(ckpt_path) if result["resumed_from"] else None},
+            trainer.state.summary(timings=timings), run=name, stop=stop, error=error)
 
     def after_epoch(state, metrics):
         trainer.save_checkpoint(ckpt_path, extra={"dataset": dataset, "source_dir": str(data.source_dir)})
@@ -188,17 +187,17 @@ def run_one(name: str, config: TrainConfig, out_dir: str, *, dataset: str = "mni
             except TrainingDiverged as exc:
                 result.update(status="diverged", reason=str(exc))
                 stop = {"reason": "diverged", "epoch": exc.epoch, "batch": exc.batch, "what": exc.what}
-                result["document"] = document("diverged", {"stopped": stop})
+                result["document"] = document("diverged", stop=stop)
             except TrainingInterrupted as exc:
                 result.update(status="interrupted", reason=f"stopped in epoch {exc.epoch} before batch "
                                                            f"{exc.batch}/{exc.batches}")
                 stop = {"reason": "sweep stopped", "epoch": exc.epoch, "batch": exc.batch}
-                result["document"] = document("interrupted", {"stopped": stop})
+                result["document"] = document("interrupted", stop=stop)
             else:
                 if state.epoch < trainer.config.epochs:
                     result.update(status="interrupted", reason=f"stopped after epoch {state.epoch}")
                     stop = {"reason": "sweep stopped", "epoch": state.epoch + 1, "batch": 0}
-                    result["document"] = document("interrupted", {"stopped": stop})
+                    result["document"] = document("interrupted", stop=stop)
                 else:
                     result.update(status="completed")
                     result["document"] = document("completed")
@@ -212,7 +211,7 @@ def run_one(name: str, config: TrainConfig, out_dir: str, *, dataset: str = "mni
     finally:
         watcher.close()
     if result["document"] is None and trainer is not None and not foreign:
-        result["document"] = document(result["status"], {"error": result["reason"]})
+        result["document"] = document(result["status"], error=result["reason"])
     if result["document"] is not None:
         try:
             write_json(metrics_path, result["document"])
