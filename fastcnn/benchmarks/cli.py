@@ -121,7 +121,8 @@ def bench_main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     if args.model is not None:
         return _model_main(args.model, settings)
-    try:
+
+    def work() -> int:
         settings.out.mkdir(parents=True, exist_ok=True)
         tune_malloc()                                       # as fastcnn-train does: the figures are its speed
         results = run_benchmarks(settings)
@@ -131,6 +132,14 @@ def bench_main(argv: list[str] | None = None) -> int:
             written += plot_charts(results, settings.out)
         write_line("wrote " + ", ".join(str(p) for p in written))
         return EXIT_OK
+    return _reported(work)
+
+
+def _reported(work, usage_prefix: str | None = None) -> int:
+    """``work()``'s exit status, its failures turned into one line and a status. With
+    ``usage_prefix``, a ValueError is a usage error (exit 2) named by that prefix."""
+    try:
+        return work()
     except TorchUnavailable as exc:
         print_error(PROG, str(exc))
         return EXIT_USAGE
@@ -141,6 +150,12 @@ def bench_main(argv: list[str] | None = None) -> int:
         msg = str(exc).splitlines()[0] if str(exc) else "a result disagrees with the reference"
         print_error(PROG, f"check against the NumPy reference failed: {msg}")
         return EXIT_ERROR
+    except ValueError as exc:
+        if usage_prefix is None:
+            print_error(PROG, str(exc) or type(exc).__name__)
+            return EXIT_ERROR
+        print_error(PROG, f"{usage_prefix}: {exc}")           # a model that cannot be timed (no classes, no shape)
+        return EXIT_USAGE
     except Exception as exc:                                # noqa: BLE001 - one line, no traceback
         print_error(PROG, str(exc) or type(exc).__name__)
         return EXIT_ERROR
@@ -156,25 +171,11 @@ def _model_main(model_arg: str, settings: Settings) -> int:
     except (OSError, ValueError) as exc:
         print_error(PROG, f"--model {model_arg}: {exc}")
         return EXIT_USAGE
-    try:
+
+    def work() -> int:
         settings.out.mkdir(parents=True, exist_ok=True)
         results = run_model_benchmark(settings, name, model, _log)
         write_line(format_model_report(results))
         write_line(f"wrote {write_json(results, settings.out / 'results.json')}")
         return EXIT_OK
-    except TorchUnavailable as exc:
-        print_error(PROG, str(exc))
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print_error(PROG, "interrupted")
-        return EXIT_INTERRUPTED
-    except AssertionError as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else "a result disagrees with the reference"
-        print_error(PROG, f"check against the NumPy reference failed: {msg}")
-        return EXIT_ERROR
-    except ValueError as exc:                               # a model that cannot be timed (no classes, no shape)
-        print_error(PROG, f"--model {model_arg}: {exc}")
-        return EXIT_USAGE
-    except Exception as exc:                                # noqa: BLE001 - one line, no traceback
-        print_error(PROG, str(exc) or type(exc).__name__)
-        return EXIT_ERROR
+    return _reported(work, usage_prefix=f"--model {model_arg}")
