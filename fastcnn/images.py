@@ -205,6 +205,18 @@ def _decode(fh, path: Path, ext: str) -> np.ndarray:
         raise InputError(f"{path}: cannot read {_kind(ext)}: {why}") from None
 
 
+def _open_image(path: Path, suffixes, what: str, expected: str):
+    """(suffix, open file) of an image file of a known type, opened as a regular file of at most
+    :data:`MAX_IMAGE_FILE_BYTES`; :class:`InputError` naming the file otherwise."""
+    ext = path.suffix.lower()
+    if ext not in suffixes:
+        raise InputError(f"{path}: unsupported file type {ext or '(no extension)'!r}{what} (expected {expected})")
+    try:
+        return ext, open_input(path, MAX_IMAGE_FILE_BYTES)
+    except InputFileError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
 def read_colour_image(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
     """Read a ``.png`` or ``.jpg``/``.jpeg`` file -> float64 (3, H, W) RGB in [0, 1], resized
     (bilinear) to ``size`` = (H, W) when it differs: as an image-folder dataset's images are read
@@ -213,14 +225,7 @@ def read_colour_image(path: str | os.PathLike, size: tuple[int, int]) -> np.ndar
     from PIL import Image
 
     path = Path(path)
-    ext = path.suffix.lower()
-    if ext not in _SIGNATURES:
-        raise InputError(f"{path}: unsupported file type {ext or '(no extension)'!r} for a colour image "
-                         "(expected .png, .jpg or .jpeg)")
-    try:
-        fh = open_input(path, MAX_IMAGE_FILE_BYTES)
-    except InputFileError as exc:
-        raise InputError(f"{path}: {exc}") from None
+    ext, fh = _open_image(path, _SIGNATURES, " for a colour image", ".png, .jpg or .jpeg")
     with fh:
         im = _open_decoded(fh, path, ext)
     try:
@@ -275,14 +280,7 @@ def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> 
     refused before a byte is read, a too large image before it is decoded). Anything unusable
     raises :class:`InputError`, one line naming the file."""
     path = Path(path)
-    ext = path.suffix.lower()
-    if ext not in IMAGE_SUFFIXES:
-        raise InputError(f"{path}: unsupported file type {ext or '(no extension)'!r} "
-                         "(expected .png, .jpg, .jpeg or .npy)")
-    try:
-        fh = open_input(path, MAX_IMAGE_FILE_BYTES)
-    except InputFileError as exc:
-        raise InputError(f"{path}: {exc}") from None
+    ext, fh = _open_image(path, IMAGE_SUFFIXES, "", ".png, .jpg, .jpeg or .npy")
     with fh:
         if ext != ".npy":
             img = _decode(fh, path, ext)
