@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import sys
 import tarfile
 import tempfile
@@ -30,6 +29,7 @@ import numpy as np
 
 from fastcnn.data import ENV_VAR, DataError, default_cache_dir
 from fastcnn.datasets.common import make_dataset
+from fastcnn.datasets.remember import place_file
 
 __all__ = ["CIFAR10_CLASSES", "CIFAR10_MD5", "CIFAR10_URL", "load_cifar10"]
 
@@ -180,20 +180,7 @@ def remember_archive(archive: Path, cache: Path) -> Path | None:
     if dest.exists():
         return dest
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{CIFAR10_ARCHIVE}.", suffix=".part", dir=cache)
-        os.close(fd)
-        try:
-            os.unlink(tmp)
-            try:
-                os.link(archive, tmp)
-            except OSError:
-                shutil.copyfile(archive, tmp)
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        place_file(archive, dest)
     except OSError:
         return None
     return dest

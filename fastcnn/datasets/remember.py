@@ -9,7 +9,27 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["remember_files"]
+__all__ = ["place_file", "remember_files"]
+
+
+def place_file(source: Path, dest: Path) -> None:
+    """Put ``source`` at ``dest``: a hard link where the file system allows, else a copy, made under a
+    temporary name in ``dest``'s folder and renamed into place, so ``dest`` is never half a file.
+    Raises OSError when it cannot be placed."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def remember_files(paths, cache) -> list[Path]:
@@ -26,20 +46,7 @@ def remember_files(paths, cache) -> list[Path]:
             if cache.exists() and (cache.resolve() == path.parent.resolve()
                                    or any((cache / n).exists() for n in names)):
                 continue
-            cache.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=cache)
-            os.close(fd)
-            try:
-                os.unlink(tmp)
-                try:
-                    os.link(path, tmp)
-                except OSError:
-                    shutil.copyfile(path, tmp)
-                os.replace(tmp, cache / path.name)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            place_file(path, cache / path.name)
             placed.append(cache / path.name)
         except OSError:
             continue
