@@ -90,8 +90,8 @@ def record(spec, result: dict, out_dir: str | Path, dataset: str) -> dict:
             "final_train_loss": history[-1]["train_loss"] if history else None,
             "epoch_seconds": seconds,
             "mean_epoch_seconds": sum(seconds) / len(seconds) if seconds else None,
-            "history": [{k: m.get(k) for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
-                                               "test_acc")} for m in history],
+            "history": [{k: m[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
+                                           "test_acc") if k in m} for m in history],
             "resumed_from": result.get("resumed_from"),
             "metrics": str(run_dir / "metrics.json"), "checkpoint": str(run_dir / "checkpoint.npz")}
 

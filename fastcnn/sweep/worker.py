@@ -199,6 +199,12 @@ def run_one(name: str, config: TrainConfig, out_dir: str, *, dataset: str = "mni
                     result.update(status="interrupted", reason=f"stopped after epoch {state.epoch}")
                     stop = {"reason": "sweep stopped", "epoch": state.epoch + 1, "batch": 0}
                     result["document"] = document("interrupted", stop=stop)
+                elif trainer.x_val is not None and trainer.final_test is None:
+                    # Stopped between the last epoch and the test set's one scoring: a rerun scores it.
+                    result.update(status="interrupted", reason=f"stopped after epoch {state.epoch}, before the "
+                                                               "test set was scored")
+                    stop = {"reason": "sweep stopped", "epoch": state.epoch, "batch": 0}
+                    result["document"] = document("interrupted", stop=stop)
                 else:
                     result.update(status="completed")
                     result["document"] = document("completed")
