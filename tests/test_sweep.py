@@ -22,9 +22,9 @@ import pytest
 
 from fastcnn._cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from fastcnn.checkpoint import load_checkpoint
-from fastcnn.sweep.cli import sweep_main
-from fastcnn.sweep.grid import DEFAULT_EPOCHS, build_runs, load_runs_file
-from fastcnn.sweep.report import PLOT_FILES, comparison_figures
+from fastcnn.sweep.cli import _table, sweep_main
+from fastcnn.sweep.grid import DEFAULT_EPOCHS, RunSpec, build_runs, load_runs_file
+from fastcnn.sweep.report import PLOT_FILES, comparison_figures, rank, record, write_summary
 from fastcnn.train import TIMING_KEYS
 
 from helpers import PNG_SIGNATURE, REPO, run_cli, subprocess_env
@@ -291,6 +291,11 @@ def test_interrupted_sweep_resumes(mnist_dir, tmp_path):
     (["--seed", "1,1"], "fastcnn-sweep: error: --seed '1,1': '1' is listed twice"),
     (["--optimizer", "adamw", "--momentum", "0.9"], "fastcnn-sweep: error: --momentum applies only to sgd runs"),
     (["--batchnorm", "maybe"], "fastcnn-sweep: error: --batchnorm 'maybe': expected on or off"),
+    (["--early-stop", "2"], "fastcnn-sweep: error: --early-stop needs --val-split (it watches the validation loss)"),
+    (["--val-split", "0.1,1.5"], "fastcnn-sweep: error: --val-split '0.1,1.5': a validation split is a count of "
+                                 "images (e.g. 5000) or a fraction in (0, 1)"),
+    (["--augment", "none,flip"], "fastcnn-sweep: error: --augment 'none,flip': expected one of shift, crop-flip"),
+    (["--val-split", "0.1", "--early-stop", "0"], "fastcnn-sweep: error: --early-stop '0': "),
 ])
 def test_bad_option_list_is_one_line_usage_error(argv, expected, capsys, tmp_path):
     assert sweep_main([*argv, "--out", str(tmp_path / "out")]) == EXIT_USAGE
@@ -365,6 +370,102 @@ def test_runs_file_errors_name_the_entry(tmp_path, capsys):
     assert sweep_main(["--runs", str(path), "--out", str(tmp_path / "out")]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith(f"fastcnn-sweep: error: --runs '{path}': runs[1]: unknown option 'learning_rate'"), err
+
+
+def test_validation_options_reach_every_run_and_name_it(tmp_path):
+    runs = build_runs({"optimizer": ["adamw"], "val_split": [0.1, 500], "early_stop": [3],
+                       "augment": [None, "crop-flip"]})
+    assert [r.name for r in runs] == ["val-split0.1_noaug", "val-split0.1_crop-flip", "val-split500_noaug",
+                                      "val-split500_crop-flip"]
+    assert [(r.config.val_split, r.config.early_stop, r.config.augment) for r in runs] == [
+        (0.1, 3, None), (0.1, 3, "crop-flip"), (500, 3, None), (500, 3, "crop-flip")]
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps({"runs": [{"val-split": 0.2, "augment": "shift", "early_stop": 2},
+                                         {"augment": "none"}]}))
+    path_runs = build_runs({}, load_runs_file(path))
+    assert [(r.config.val_split, r.config.early_stop, r.config.augment) for r in path_runs] == [
+        (0.2, 2, "shift"), (None, None, None)]
+
+
+def _fake(name, val_split, history, final_test=None, early=None, status="completed"):
+    """A summary record of a run that 'trained' ``history`` (no training: the ranking alone)."""
+    from fastcnn.train import TrainConfig
+    spec = RunSpec(name=name, group=name, config=TrainConfig(val_split=val_split).resolved(), given={})
+    doc = {"epochs": [{"epoch": i + 1, "train_loss": 1.0, "seconds": 1.0, **m} for i, m in enumerate(history)]}
+    if final_test is not None:
+        doc["final_test"] = {"test_loss": 0.5, "test_acc": final_test}
+    if early is not None:
+        doc["early_stopping"] = {"best_epoch": early, "stopped_early": True}
+    return record(spec, {"status": status, "document": doc}, "/out", "mnist")
+
+
+def test_a_validation_split_ranks_by_val_acc_never_by_the_test_set(tmp_path):
+    # b has the better test accuracy, a the better validation accuracy (of the model it kept: epoch
+    # 1, by early stopping, not its last epoch's 0.70): a ranks first, the test set only reports.
+    a = _fake("a", 0.1, [{"val_loss": 0.3, "val_acc": 0.90}, {"val_loss": 0.4, "val_acc": 0.70}], 0.91, early=1)
+    b = _fake("b", 0.1, [{"val_loss": 0.3, "val_acc": 0.85}, {"val_loss": 0.2, "val_acc": 0.88}], 0.95)
+    c = _fake("c", 0.1, [{"val_loss": 0.3, "val_acc": 0.99}], None, status="interrupted")
+    assert (a["val_acc"], a["best_val_acc"], a["best_epoch"], a["final_test_acc"]) == (0.90, 0.90, 1, 0.91)
+    assert (b["val_acc"], b["final_test_acc"], b["best_test_acc"]) == (0.88, 0.95, None)
+    assert [r["run"] for r in rank([b, c, a])] == ["a", "b", "c"]          # a completed run before any other
+    assert (a["rank"], b["rank"], c["rank"]) == (1, 2, 3)
+    table = _table([b, c, a]).splitlines()
+    assert table[0].split() == ["rank", "run", "status", "val", "acc", "test", "acc", "s/epoch"]
+    assert [line.split()[:2] for line in table[1:4]] == [["1", "a"], ["2", "b"], ["3", "c"]]
+    assert "90.00%" in table[1] and "91.00%" in table[1] and "ranked by val acc" in table[-1]
+    write_summary(tmp_path, [b, a], {})
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["ranking"] == {"by": "val_acc", "runs": ["a", "b"]}
+    assert [r["run"] for r in summary["runs"]] == ["b", "a"]               # the runs keep their order
+    figs = comparison_figures([b, a])
+    bars = figs["final_acc"].axes[0].patches
+    assert [p.get_gid() for p in bars] == ["a", "b"]                       # best first, by val acc
+    assert [p.get_height() for p in bars] == pytest.approx([90.0, 88.0])
+    assert figs["final_acc"].axes[0].get_ylabel() == "val acc (%)"
+    curves = {line.get_gid(): list(line.get_ydata()) for line in figs["test_acc"].axes[0].lines}
+    assert curves == {"a": pytest.approx([90.0, 70.0]), "b": pytest.approx([85.0, 88.0])}
+
+
+def test_without_a_validation_split_runs_rank_by_final_test_acc():
+    a = _fake("a", None, [{"test_acc": 0.97}, {"test_acc": 0.93}])
+    b = _fake("b", None, [{"test_acc": 0.90}, {"test_acc": 0.95}])
+    assert (a["final_test_acc"], a["best_test_acc"], a["best_epoch"], a["val_acc"]) == (0.93, 0.97, 1, None)
+    assert [r["run"] for r in rank([a, b])] == ["b", "a"]
+    assert "ranked by final test accuracy" in _table([a, b])
+
+
+def test_a_validation_sweep_early_stops_and_reruns_as_completed(mnist_dir, tmp_path, capsys):
+    """lr 0.03 stops early on these settings (validation loss up in epoch 3, epoch 2 kept); lr 0.005
+    trains all 5 epochs. Both complete; a rerun trains neither again."""
+    out = tmp_path / "out"
+    argv = ["--optimizer", "adamw", "--lr", "0.005,0.03", "--lr-schedule", "constant", "--val-split", "64",
+            "--early-stop", "1", "--augment", "none", "--epochs", "5", "--limit-train", "512", "--limit-test", "100",
+            "--batch-size", "64", *LOCAL, "--data-dir", str(mnist_dir),
+            "--out", str(out)]
+    assert sweep_main(argv) == EXIT_OK, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    runs = {r["run"]: r for r in summary["runs"]}
+    assert summary["ranking"] == {"by": "val_acc", "runs": ["lr0.005", "lr0.03"]}
+    for name, r in runs.items():
+        doc = _metrics(out, name)
+        assert r["status"] == doc["status"] == "completed" and r["ranked_by"] == "val_acc"
+        assert (doc["config"]["val_split"], doc["config"]["early_stop"], doc["config"]["augment"]) == (64, 1, None)
+        assert all("test_acc" not in m and "val_acc" in m for m in doc["epochs"])     # the test set: once, at the end
+        assert r["final_test_acc"] == doc["final_test"]["test_acc"]
+        kept = doc["early_stopping"]["best_epoch"]
+        assert r["val_acc"] == doc["epochs"][kept - 1]["val_acc"]
+    assert runs["lr0.005"]["epochs_done"] == 5 and not _metrics(out, "lr0.005")["early_stopping"]["stopped_early"]
+    stopped = _metrics(out, "lr0.03")["early_stopping"]
+    assert stopped["stopped_early"] and runs["lr0.03"]["epochs_done"] < 5 and stopped["best_epoch"] < 5
+    assert runs["lr0.005"]["rank"] == 1 and runs["lr0.005"]["val_acc"] > runs["lr0.03"]["val_acc"]
+    header = (out / "summary.csv").read_text().splitlines()[0].split(",")
+    assert {"rank", "val_acc", "final_test_acc", "val_split", "early_stop", "augment"} <= set(header)
+    capsys.readouterr()
+
+    assert sweep_main([a for a in argv if a != "-q"]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert "(0 to train, 2 completed earlier)" in text, text
+    assert "rank  run      status       val acc  test acc" in text and "ranked by val acc" in text, text
 
 
 def test_readme_and_docs_document_the_sweep():

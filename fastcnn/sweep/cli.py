@@ -34,7 +34,15 @@ from fastcnn._cli import (
 from fastcnn._files import PNG_SIGNATURE, FolderBusy, FolderLock, OutputRefused, check_output_file
 from fastcnn.sweep.execute import Cluster, Signals, available_cores, run_all, scheduler_endpoint
 from fastcnn.sweep.grid import DATASETS, DEFAULT_EPOCHS, OPTIONS, build_runs, load_runs_file, parse_list
-from fastcnn.sweep.report import CSV_COLUMNS, PLOT_FILES, record, save_comparison_plots, write_summary
+from fastcnn.sweep.report import (
+    CSV_COLUMNS,
+    PLOT_FILES,
+    rank,
+    rank_key,
+    record,
+    save_comparison_plots,
+    write_summary,
+)
 from fastcnn.sweep.worker import (
     CHECKPOINT_FILE,
     METRICS_FILE,
@@ -55,11 +63,14 @@ examples:
   fastcnn-sweep --optimizer sgd,adamw --lr 0.01,0.002 --seed 0,1,2 --out lr-grid
   fastcnn-sweep --batchnorm off,on --dropout 0,0.5 --epochs 2 --limit-train 10000
   fastcnn-sweep --model mnist-cnn,lenet5 --epochs 1 # compare networks (built-in names or model files)
+  fastcnn-sweep --lr 0.001,0.002 --val-split 0.1 --early-stop 2 --augment none,shift --epochs 10
   fastcnn-sweep --runs runs.toml                  # runs listed in a file (TOML or JSON)
   fastcnn-sweep --scheduler tcp://10.0.0.5:8786   # on an existing Dask cluster
 
 grid: every training option takes a comma-separated list; the sweep runs their product. --momentum
 goes to the sgd runs only. Runs are named after the settings that differ (sgd_lr0.01_seed1).
+ranking: by final test accuracy; with --val-split, by validation accuracy (of the model each run kept,
+the best epoch's with --early-stop), the test set then scored once per run, after training.
 runs file: [defaults] then one [[runs]] table per run (JSON: {{"defaults": {{...}}, "runs": [...]}}),
 keys as the options (lr, batch_size or batch-size, ...) plus an optional name; a list value expands
 as a grid inside that entry; options on the command line fill in what an entry leaves out.
@@ -145,7 +156,11 @@ def _line(rec: dict, done: int, total: int) -> str:
     elif rec.get("resumed_from"):
         status += f" (resumed after epoch {rec['resumed_from']})"
     text = f"[{done}/{total}] {rec['run']}: {status}"
-    if rec["epochs_done"]:
+    if rec["epochs_done"] and rec.get("ranked_by") == "val_acc":
+        text += (f"  val acc {_pct(rec['val_acc'])} (best {_pct(rec['best_val_acc'])} @ epoch {rec['best_epoch']})"
+                 f"  test {_pct(rec['final_test_acc'])} (scored once, at the end)  {rec['epochs_done']} "
+                 f"epoch{'s' if rec['epochs_done'] != 1 else ''}")
+    elif rec["epochs_done"]:
         text += (f"  test {_pct(rec['final_test_acc'])} (best {_pct(rec['best_test_acc'])} @ epoch "
                  f"{rec['best_epoch']})  {rec['epochs_done']} epoch{'s' if rec['epochs_done'] != 1 else ''}")
         if rec["mean_epoch_seconds"] is not None:
@@ -156,12 +171,26 @@ def _line(rec: dict, done: int, total: int) -> str:
 
 
 def _table(records: list[dict]) -> str:
+    """The runs, best first (see :func:`fastcnn.sweep.report.rank`), with what ranks them."""
+    ranked = rank(records)
     width = max(len("run"), *(len(r["run"]) for r in records))
-    rows = [f"{'run':<{width}}  {'status':<11}  {'final':>7}  {'best':>7}  {'s/epoch':>7}"]
-    for r in records:
+    by_val = rank_key(records) == "val_acc"
+    if by_val:
+        head = f"{'val acc':>7}  {'test acc':>8}"
+        cells = [f"{_pct(r['val_acc']):>7}  {_pct(r['final_test_acc']):>8}" for r in ranked]
+    else:
+        head = f"{'final':>7}  {'best':>7}"
+        cells = [f"{_pct(r['final_test_acc']):>7}  {_pct(r['best_test_acc']):>7}" for r in ranked]
+    rows = [f"{'rank':>4}  {'run':<{width}}  {'status':<11}  {head}  {'s/epoch':>7}"]
+    for r, cell in zip(ranked, cells):
         sec = "-" if r["mean_epoch_seconds"] is None else f"{r['mean_epoch_seconds']:.1f}"
-        rows.append(f"{r['run']:<{width}}  {r['status']:<11}  {_pct(r['final_test_acc']):>7}  "
-                    f"{_pct(r['best_test_acc']):>7}  {sec:>7}")
+        place = "-" if r["rank"] is None else str(r["rank"])
+        rows.append(f"{place:>4}  {r['run']:<{width}}  {r['status']:<11}  {cell}  {sec:>7}")
+    if by_val:
+        rows.append("ranked by val acc (the validation split, of the model each run kept); test acc: scored once, "
+                    "after training, never used to rank")
+    else:
+        rows.append("ranked by final test accuracy")
     return "\n".join(rows)
 
 
@@ -237,7 +266,8 @@ def _verified_skips(cluster, specs, earlier: dict, out: Path, args, task_kwargs,
             ckpt = load_checkpoint(out / spec.name / CHECKPOINT_FILE)
         except CheckpointError:                # deleted or damaged: the run trains (or fails) again, honestly
             continue
-        if ckpt.epoch == spec.config.epochs:
+        stopped_early = bool((doc.get("early_stopping") or {}).get("stopped_early"))
+        if ckpt.epoch == spec.config.epochs or (stopped_early and ckpt.epoch < spec.config.epochs):
             data = (ckpt.header.get("extra") or {}).get("data")
             candidates[spec.name] = (spec, data if isinstance(data, dict) else {})
     if not candidates:

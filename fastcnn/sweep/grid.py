@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fastcnn._cli import UsageError, float_in, int_at_least
 from fastcnn._files import InputFileError, read_input
+from fastcnn.augment import AUGMENTATIONS
 from fastcnn.backend import BACKENDS
 from fastcnn.data import DATASETS as KNOWN_DATASETS
 from fastcnn.train import DEFAULT_MOMENTUM, DTYPES, OPTIMIZERS, SCHEDULES, TrainConfig
@@ -84,6 +85,21 @@ class Option:
 _D = TrainConfig                    # its class attributes are fastcnn-train's defaults
 
 
+def _val_split(text: str) -> int | float:
+    from fastcnn.validation import parse_val_split
+    try:
+        return parse_val_split(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _augment(text: str) -> str | None:
+    """An augmentation, or ``none`` (no augmentation: one list compares with and without)."""
+    if text.lower() in ("none", "off"):
+        return None
+    return _choice(tuple(AUGMENTATIONS))(text)
+
+
 def _model(text: str) -> str:
     """A built-in model name, or a model file (as an absolute path, which every worker reads)."""
     from fastcnn.modelio import ModelFileError, read_model_file
@@ -114,6 +130,13 @@ OPTIONS = (
            f"(default: {'on' if _D.batchnorm else 'off'})", "off,on"),
     Option("batch_size", int_at_least(1), f"training batch sizes (default: {_D.batch_size})", "64,128"),
     Option("epochs", int_at_least(1, MAX_EPOCHS), f"epochs per run (default: {DEFAULT_EPOCHS})", "3,5"),
+    Option("val_split", _val_split, "hold out a seeded, class-balanced validation split of the training set: N images "
+           "or a fraction in (0, 1); runs are then ranked by validation accuracy and the test set is scored once, "
+           "after training (default: none)", "0.1"),
+    Option("early_stop", int_at_least(1), "with --val-split: stop after K epochs without a lower validation loss "
+           "and keep the best epoch's model (default: off)", "3"),
+    Option("augment", _augment, f"training-batch augmentations ({', '.join(AUGMENTATIONS)}, none; default: none)",
+           "none,shift"),
     Option("dtype", _choice(DTYPES), f"floating-point types ({', '.join(DTYPES)}; default: {_D.dtype})",
            "float32,float64"),
     Option("backend", _choice(BACKENDS), f"conv/pool implementations ({', '.join(BACKENDS)}; default: "
@@ -272,6 +295,10 @@ def _part(field: str, value) -> str:
         return "bn" if value else "nobn"
     if field in ("optimizer", "lr_schedule", "dtype", "backend"):
         return str(value)
+    if field == "augment":
+        return "noaug" if value is None else str(value)
+    if field == "early_stop" and value is None:
+        return "no-early-stop"
     if field == "model":
         return Path(value).stem if value.endswith((".json", ".npz")) else value
     if value is None:
@@ -315,6 +342,9 @@ def build_runs(cli_lists: dict, entries: list[dict] | None = None) -> list[RunSp
 
     if "momentum" in lists and entries is None and "sgd" not in lists["optimizer"]:
         raise UsageError("--momentum applies only to sgd runs: add sgd to --optimizer or leave --momentum out")
+    if "early_stop" in lists and "val_split" not in lists and entries is None:
+        raise UsageError("--early-stop needs --val-split (it watches the validation loss): add e.g. --val-split 0.1 "
+                         "or leave --early-stop out")
     runs, seen = [], set()
     for name, group, given in named:
         given = dict(given)

@@ -32,9 +32,10 @@ __all__ = ["CHECKPOINT_FILE", "METRICS_FILE", "data_fingerprints", "read_metrics
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.npz"
 #: Settings that must match for a finished run in OUT to count as this run: those that change what
-#: is computed (a resumed run shares them too), the number of epochs, and the backend (its results
-#: differ within float tolerance). Not the thread count: results are bit-identical for any.
-_SAME_KEYS = (*RESUME_KEYS, "epochs", "backend")
+#: is computed (a resumed run shares them too), the number of epochs, early stopping (which epoch's
+#: model is kept), and the backend (its results differ within float tolerance). Not the thread
+#: count: results are bit-identical for any.
+_SAME_KEYS = (*RESUME_KEYS, "epochs", "early_stop", "backend")
 _POLL_SECONDS = 0.5
 _datasets: dict = {}
 _datasets_lock = threading.Lock()
@@ -194,9 +195,15 @@ def run_one(name: str, config: TrainConfig, out_dir: str, *, dataset: str = "mni
                 stop = {"reason": "sweep stopped", "epoch": exc.epoch, "batch": exc.batch}
                 result["document"] = document("interrupted", stop=stop)
             else:
-                if state.epoch < trainer.config.epochs:
+                if state.epoch < trainer.config.epochs and not trainer.stopped_early:
                     result.update(status="interrupted", reason=f"stopped after epoch {state.epoch}")
                     stop = {"reason": "sweep stopped", "epoch": state.epoch + 1, "batch": 0}
+                    result["document"] = document("interrupted", stop=stop)
+                elif trainer.x_val is not None and trainer.final_test is None:
+                    # Stopped between the last epoch and the test set's one scoring: a rerun scores it.
+                    result.update(status="interrupted", reason=f"stopped after epoch {state.epoch}, before the "
+                                                               "test set was scored")
+                    stop = {"reason": "sweep stopped", "epoch": state.epoch, "batch": 0}
                     result["document"] = document("interrupted", stop=stop)
                 else:
                     result.update(status="completed")
