@@ -464,7 +464,7 @@ def _pictures(args, ckpt, model, dtype, side, dataset, names) -> int:
     the evaluation does."""
     def test_images():
         data = load_dataset(dataset, data_dir=_test_data_dir(args, ckpt, dataset), splits=("test",))
-        _check_fits(data, ckpt)
+        _check_fits(data, model)
         return data.x_test
 
     return eval_pictures.run(args, model, dtype, side, names, test_images, _err)
