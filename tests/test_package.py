@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +137,15 @@ def test_every_test_the_slow_rules_name_exists():
         assert names <= defined, f"tests/conftest.py names tests that {file} lacks: {sorted(names - defined)}"
     for file in conftest.SLOW_FILES:
         assert (REPO / "tests" / file).is_file(), file
+
+
+def test_every_package_folder_is_installed():
+    """pyproject.toml lists the packages by name: a new subpackage missing there would work in an
+    editable install and vanish from a plain one."""
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    folders = {".".join(("fastcnn", *p.parent.relative_to(root / "fastcnn").parts))
+               for p in (root / "fastcnn").rglob("__init__.py")}
+    folders |= {"fastcnn.kernels"} if (root / "kernels" / "__init__.py").exists() else set()
+    assert folders == listed, f"pyproject.toml's packages differ from the folders: {sorted(folders ^ listed)}"
