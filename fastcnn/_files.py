@@ -82,6 +82,20 @@ def open_input(path: str | os.PathLike, max_bytes: int | None = None):
         raise
 
 
+def read_npy_header(fh) -> tuple[tuple[int, ...], object]:
+    """(shape, dtype) from the header of the .npy stream ``fh`` (left at the start of the data),
+    read without allocating the array; ValueError for another format version or a bad header."""
+    import numpy as np
+
+    version = np.lib.format.read_magic(fh)
+    read = {(1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read is None:
+        raise ValueError(f"format version {version[0]}.{version[1]} is not read")
+    shape, _, dtype = read(fh)
+    return shape, dtype
+
+
 def read_input(path: str | os.PathLike, max_bytes: int) -> bytes:
     """The bytes of ``path``, a regular file of at most ``max_bytes`` bytes (see :func:`open_input`);
     never reads more than ``max_bytes + 1`` bytes, even from a file that grows meanwhile."""

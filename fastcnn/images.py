@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcnn._files import InputFileError, open_input, shown
+from fastcnn._files import InputFileError, open_input, read_npy_header, shown
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -245,12 +245,7 @@ def _read_npy(fh, path: Path) -> np.ndarray:
     """A .npy array from ``fh``, its header checked (shape, size against the file) before any data
     is allocated; never unpickles."""
     try:
-        version = np.lib.format.read_magic(fh)
-        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        if read_header is None:
-            raise ValueError(f"unsupported .npy format version {version}")
-        shape, _, dtype = read_header(fh)
+        shape, dtype = read_npy_header(fh)
         if dtype.hasobject:
             raise ValueError("it holds Python objects (pickled data), not pixels")
         count = 1

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastcnn._files import read_npy_header
 from fastcnn.data import DataError
 from fastcnn.datasets.common import make_dataset
 
@@ -35,12 +36,7 @@ def _check_headers(path: Path) -> set[str]:
                 names.add(key)
                 with zf.open(info) as f:
                     try:
-                        version = np.lib.format.read_magic(f)
-                        read = {(1, 0): np.lib.format.read_array_header_1_0,
-                                (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-                        if read is None:
-                            raise ValueError(f"format version {version[0]}.{version[1]} is not read")
-                        shape, _, dtype = read(f)
+                        shape, dtype = read_npy_header(f)
                     except ValueError as exc:
                         raise DataError(f"{path}: member {key!r} is not a valid .npy array ({exc})") from None
                 if dtype.hasobject:
