@@ -3,7 +3,7 @@
 Each driver is a serial ``@njit(nogil=True)`` function over a range of independent tasks
 (``driver(lo, hi, *args)``: images, planes, chunks, elements); parallel_for splits [0, n) into one
 contiguous part per thread and runs the parts at once, one in the calling thread and the others in
-a small pool of Python threads. The drivers release the GIL, so the parts run in parallel.
+a few persistent worker threads. The drivers release the GIL, so the parts run in parallel.
 
 Why not Numba's ``parallel=True`` and ``prange``: a prange driver is compiled twice over (the
 parallel region as a gufunc, then the function around it, whose module links the gufunc and its
@@ -12,29 +12,183 @@ compile in about half the CPU time (measured on this project's MNIST network: 30
 14.8 s), which is what a first run waits for. The work split is the same static one, every task
 computes the same values wherever it runs, so results are bit-identical for any thread count.
 
+Why the workers spin: a training step makes about 20 parallel calls, some of 0.1 ms. A thread that
+sleeps, on an Event or on the GIL, takes about 20 us to wake on a virtual machine, and a pool that
+sleeps between calls paid that twice per call (47 us for an empty call). So each handoff is a
+counter in a shared array, published by one side and watched by the other in compiled code that
+holds no GIL (``_wait_for``): a worker watches for its next part for up to SPIN_SECONDS after its
+last one, then waits LINGER_SECONDS more so that the caller, which posted the part, has entered
+its own part and let go of the GIL; it publishes "done" only from compiled code, after letting go
+of the GIL itself (``_finish_and_wait``); the caller watches for the parts to finish. Only after
+that does either side block on an Event. Busy-waiting is bounded so an idle process uses no CPU,
+and short so a shared machine loses little. An empty two-part call costs about 10 us.
+
 The thread count is Numba's: ``numba.get_num_threads()`` parts at most (``NUMBA_NUM_THREADS``,
-``numba.set_num_threads``), so the commands' --threads and the tests' thread settings apply as
-before. The pool is created on first use (nothing happens on import) and again in a forked child.
+``numba.set_num_threads``), so the commands' --threads and the tests' thread settings apply. The
+workers start on first use (nothing happens on import) and again in a forked child. A call made
+while another thread's call holds the workers runs its parts serially in its own thread (same
+results).
 """
 from __future__ import annotations
 
 import os
+import platform
+import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
-_pool: ThreadPoolExecutor | None = None
-_pool_pid: int | None = None
+from fastcnn.kernels._config import CACHE
+
+SPIN_SECONDS = 2e-4    # a worker watches this long for its next part before it sleeps
+LINGER_SECONDS = 6e-6  # and waits this long after seeing it, while the caller enters its own part
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
-def _executor() -> ThreadPoolExecutor:
-    global _pool, _pool_pid
-    if _pool is None or _pool_pid != os.getpid():
-        _pool = ThreadPoolExecutor(max_workers=max(1, numba.config.NUMBA_NUM_THREADS - 1),
-                                   thread_name_prefix="fastcnn-kernels")
-        _pool_pid = os.getpid()
-    return _pool
+@intrinsic
+def _load_acquire(typingctx, counters, i):
+    """counters[i] read atomically, with acquire ordering: never hoisted out of a loop."""
+    sig = types.int64(counters, i)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])
+        return builder.load_atomic(ptr, ordering="acquire", align=8)
+    return sig, codegen
+
+
+@intrinsic
+def _store_release(typingctx, counters, i, value):
+    """counters[i] = value, atomically, with release ordering."""
+    sig = types.void(counters, i, value)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])
+        value = context.cast(builder, args[2], signature.args[2], types.int64)
+        builder.store_atomic(value, ptr, ordering="release", align=8)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def _cpu_relax(typingctx):
+    """The x86 ``pause`` hint inside a spin loop (frees the core's other hyperthread); nothing
+    elsewhere."""
+    def codegen(context, builder, signature, args):
+        if _X86:
+            pause = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                   "llvm.x86.sse2.pause")
+            builder.call(pause, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@njit(nogil=True, cache=CACHE)
+def _wait_for(counters, i, value, spins):
+    """Watch counters[i] until it equals value, for at most ``spins`` reads; True if it did."""
+    for _ in range(spins):
+        if _load_acquire(counters, i) == value:
+            return True
+        _cpu_relax()
+    return False
+
+
+@njit(nogil=True, cache=CACHE)
+def _finish_and_wait(done, posted, w, seen, spins, linger):
+    """A worker's handoff: done[w] = seen, published only now that this thread has let go of the
+    GIL (so the caller can take it at once), then watch for part seen + 1 (_wait_for)."""
+    _store_release(done, w, seen)
+    found = _wait_for(posted, w, seen + 1, spins)
+    if found:
+        for _ in range(linger):
+            _cpu_relax()
+    return found
+
+
+class _Workers:
+    """``count`` daemon threads; worker w runs the part published in ``jobs[w]`` when
+    ``posted[w]`` becomes its next number, and sets ``done[w]`` to that number when finished.
+    Counters are written by Python code holding the GIL; the job and its outcome are read only
+    while holding it, so publishing the counter is the last step of a handoff."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.posted = np.zeros(count, np.int64)
+        self.done = np.zeros(count, np.int64)
+        self.jobs: list = [None] * count
+        self.errors: list[BaseException | None] = [None] * count
+        self.wake = [threading.Event() for _ in range(count)]
+        self.finished = [threading.Event() for _ in range(count)]
+        self.lock = threading.Lock()
+        self.asleep = [False] * count
+        self.spins, self.linger = _calibrate()
+        for w in range(count):
+            threading.Thread(target=self._serve, args=(w,), name=f"fastcnn-kernels-{w}", daemon=True).start()
+
+    def _serve(self, w: int) -> None:
+        seen = 0
+        while True:
+            if not _finish_and_wait(self.done, self.posted, w, seen, self.spins, self.linger):
+                self.asleep[w] = True
+                while self.posted[w] != seen + 1:
+                    self.wake[w].wait()
+                    self.wake[w].clear()
+                self.asleep[w] = False
+            seen += 1
+            driver, lo, hi, args = self.jobs[w]
+            self.jobs[w] = None
+            try:
+                driver(lo, hi, *args)
+            except BaseException as exc:     # reported to the caller, which re-raises it
+                self.errors[w] = exc
+            self.finished[w].set()
+
+    def post(self, w: int, driver: Callable, lo: int, hi: int, args: tuple) -> int:
+        self.jobs[w] = (driver, lo, hi, args)
+        self.posted[w] += 1
+        if self.asleep[w]:
+            self.wake[w].set()
+        return int(self.posted[w])
+
+    def join(self, w: int, number: int) -> BaseException | None:
+        if not _wait_for(self.done, w, number, self.spins * 10):
+            while self.done[w] != number:
+                self.finished[w].wait(0.001)   # set just before done[w] is: look again soon
+                self.finished[w].clear()
+        error, self.errors[w] = self.errors[w], None
+        return error
+
+
+def _calibrate() -> tuple[int, int]:
+    """How many reads of _wait_for last about SPIN_SECONDS and LINGER_SECONDS on this machine."""
+    probe = np.zeros(1, np.int64)
+    _wait_for(probe, 0, 1, 1)                       # compiled (or loaded) before timing
+    n = 1 << 14
+    t0 = time.perf_counter()
+    _wait_for(probe, 0, 1, n)
+    per_read = max(time.perf_counter() - t0, 1e-9) / n
+    return max(64, int(SPIN_SECONDS / per_read)), int(LINGER_SECONDS / per_read)
+
+
+_workers: _Workers | None = None
+_workers_pid: int | None = None
+
+
+def _get_workers() -> _Workers:
+    global _workers, _workers_pid
+    if _workers is None or _workers_pid != os.getpid():
+        _workers = _Workers(max(1, numba.config.NUMBA_NUM_THREADS - 1))
+        _workers_pid = os.getpid()
+    return _workers
 
 
 def parts(n: int, grain: int = 1) -> int:
@@ -51,17 +205,33 @@ def parallel_for(driver: Callable, n: int, *args, grain: int = 1) -> None:
     if k == 1:
         driver(0, n, *args)
         return
-    bounds = [i * n // k for i in range(k + 1)]
-    pool = _executor()
-    futures: list[Future] = [pool.submit(driver, bounds[i], bounds[i + 1], *args) for i in range(1, k)]
-    error: BaseException | None = None
+    workers = _get_workers()
+    if not workers.lock.acquire(blocking=False):   # another thread's call holds the workers
+        driver(0, n, *args)
+        return
+    joined = False
     try:
-        driver(bounds[0], bounds[1], *args)
-    except BaseException as exc:       # the other parts still finish: they write into the caller's arrays
-        error = exc
-    for f in futures:
-        exc = f.exception()
-        if exc is not None and error is None:
+        bounds = [i * n // k for i in range(k + 1)]
+        numbers = [workers.post(w, driver, bounds[w + 1], bounds[w + 2], args) for w in range(k - 1)]
+        error: BaseException | None = None
+        try:
+            driver(bounds[0], bounds[1], *args)
+        except BaseException as exc:   # the other parts still finish: they write into the caller's arrays
             error = exc
-    if error is not None:
-        raise error
+        for w, number in enumerate(numbers):
+            exc = workers.join(w, number)
+            if error is None:
+                error = exc
+        joined = True
+        if error is not None:
+            raise error
+    finally:
+        workers.lock.release()
+        if not joined:                 # interrupted (Ctrl-C) while parts still run: fresh workers next time
+            _retire(workers)
+
+
+def _retire(workers: _Workers) -> None:
+    global _workers
+    if _workers is workers:
+        _workers = None
