@@ -12,7 +12,7 @@ import numba
 import pytest
 
 from fastcnn import reference
-from fastcnn._memory import tune_malloc
+from fastcnn._process import tune_process
 from fastcnn.benchmarks import measurement as fm
 from fastcnn.benchmarks import roofline
 from fastcnn.benchmarks import workload as fw
@@ -22,7 +22,7 @@ from fastcnn.testing import real_mnist_dir
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "needs_mnist: uses the real MNIST files")
-    tune_malloc()                     # as the commands do: the suite measures their speed
+    tune_process()                    # as the commands do: the suite measures their speed
 
 
 @pytest.fixture(scope="session")

@@ -306,13 +306,13 @@ class _Split:
 
 def _train(args, config, ckpt, run, signals, console):
     from fastcnn import train as train_module
-    from fastcnn._memory import tune_malloc
+    from fastcnn._process import tune_process
     from fastcnn.cpumeter import CpuMeter
     from fastcnn.data import DataWarning
     from fastcnn.datasets.select import load_any
     from fastcnn.train import TrainingDiverged, TrainingInterrupted, format_epoch, step_memory_lower_bound
     say = console.say
-    tune_malloc()                              # the command's process only: importing fastcnn changes nothing
+    tune_process()                             # the command's process only: importing fastcnn changes nothing
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)

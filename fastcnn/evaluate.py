@@ -66,7 +66,7 @@ from fastcnn._cli import (
     write_line,
 )
 from fastcnn._files import OutputRefused, check_output_file, shown
-from fastcnn._memory import tune_malloc
+from fastcnn._process import tune_process
 from fastcnn.backend import BACKENDS
 from fastcnn.checkpoint import CheckpointError, build_model, load_checkpoint
 from fastcnn.data import DATASETS, DataError, DataWarning, dataset_spec, find_data_dir, load_dataset, to_float
@@ -405,7 +405,7 @@ def _predict(args, model, dtype, shape, names, norm=None) -> int:
 
 def _run(args):
     """The command, given parsed arguments; returns the exit status."""
-    tune_malloc()
+    tune_process()
     ckpt = load_checkpoint(args.checkpoint)
     model = build_model(ckpt, backend=args.backend)
     dtype = np.dtype(ckpt.header["dtype"])

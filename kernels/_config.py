@@ -36,12 +36,14 @@ MR = 6 with 32 (AVX-512). The choice is made from the LLVM feature string Numba 
 is part of Numba's cache key, so a cached kernel always matches it. FASTCNN_TILE=3x32 or 6x32
 forces one (to test the other tile on any CPU); the cache is then off, since its key does not
 record the choice. LLVM's tuning for Intel's AVX-512 cores prefers 256-bit vectors, which halves
-the machine's float32 rate: on a CPU with AVX-512, fastcnn appends "-prefer-256-bit" to the
-feature string before Numba's CPU target is built, so the tile and every other kernel use 512-bit
-vectors. That setting is process-wide, like Numba's own NUMBA_CPU_FEATURES; it is skipped when
-NUMBA_CPU_FEATURES is set, when FASTCNN_WIDE_VECTORS=0, and when Numba compiled something before
-fastcnn.kernels was imported (its target is then fixed), and it changes no result beyond the
-rounding the agreement tests allow.
+the machine's float32 rate: on a CPU with AVX-512, the commands (fastcnn-train, -eval, -bench,
+-serve, the sweep's workers, ``python -m fastcnn.kernels``) call prefer_wide_vectors() before anything
+compiles, which appends "-prefer-256-bit" to the feature string Numba's CPU target is built with, so
+the tile and every other kernel use 512-bit vectors. That setting is process-wide, like Numba's own
+NUMBA_CPU_FEATURES, which is why importing fastcnn never makes it: a Python program that wants it
+calls ``fastcnn.kernels.prefer_wide_vectors()`` first. It is skipped when NUMBA_CPU_FEATURES is set,
+when FASTCNN_WIDE_VECTORS=0, and when Numba has compiled something already (its target is then
+fixed), and it changes no result beyond the rounding the agreement tests allow.
 """
 from __future__ import annotations
 
@@ -90,11 +92,13 @@ def wide_features(features: str) -> str | None:
     return f"{features},{NARROW_TUNING}"
 
 
-def _widen_vectors() -> bool:
-    """Build Numba's CPU target with 512-bit vectors preferred, where that applies (see above)."""
+def prefer_wide_vectors() -> bool:
+    """Build Numba's CPU target with 512-bit vectors preferred, on a CPU with AVX-512 (see above).
+    The commands call it (fastcnn._process.tune_process) before anything compiles; importing
+    fastcnn never does. True if the target now has those features."""
     if (os.environ.get("FASTCNN_WIDE_VECTORS", "1") == "0" or _numba_config.CPU_FEATURES
-            or "_toplevel_target_context" in vars(_cpu_target)):
-        return False
+            or _target_built()):
+        return wide_vectors_in_use()
     features = wide_features(_host_cpu_features())
     if features is None:
         return False
@@ -103,9 +107,22 @@ def _widen_vectors() -> bool:
     return compiled_features() == features
 
 
-WIDE_VECTORS = _widen_vectors()
+def _target_built() -> bool:
+    return "_toplevel_target_context" in vars(_cpu_target)
+
+
+def wide_vectors_in_use() -> bool:
+    """True once Numba's target is built with LLVM's 256-bit preference turned off."""
+    return _target_built() and NARROW_TUNING in compiled_features().split(",")
+
+
+def planned_features() -> str:
+    """The feature string Numba's target has, or will have if built now, without building it."""
+    return compiled_features() if _target_built() else (_numba_config.CPU_FEATURES or _host_cpu_features())
+
+
 TILE_OVERRIDE = os.environ.get("FASTCNN_TILE") or None
-TILE_ROWS = tile_rows(compiled_features(), TILE_OVERRIDE)
+TILE_ROWS = tile_rows(planned_features(), TILE_OVERRIDE)
 CACHE = os.environ.get("FASTCNN_NUMBA_CACHE", "1") != "0" and TILE_OVERRIDE is None
 
 

@@ -21,7 +21,7 @@ SLOW_FIXTURES = {"mnist_dir"}
 _OTHER_PROCESS = {
     "test_kernels.py": {"test_warm_up_announces_compilation_only_on_an_empty_cache",      # cold compiles
                         "test_warm_up_halves_write_disjoint_cache_entries",
-                        "test_512_bit_vectors_on_avx512_unless_told_or_too_late",
+                        "test_512_bit_vectors_on_avx512_only_when_a_command_asks",
                         "test_kernels_bit_identical_across_thread_counts"},               # a 2-thread process
     "test_benchmark.py": {"test_peak_kernels_keep_their_chains_in_registers",            # uncached kernels
                           "test_peak_kernel_is_vectorised_and_checks_its_own_work"},
@@ -29,7 +29,7 @@ _OTHER_PROCESS = {
                     "test_a_run_beside_a_busy_program_gets_the_contention_note"},
     "test_data.py": {"test_gzip_bomb_is_refused_in_bounded_memory"},
     "test_sweep.py": {"test_bad_option_list_from_the_command_line"},
-    "test_package.py": {"test_import_fastcnn_leaves_malloc_alone",
+    "test_package.py": {"test_import_fastcnn_leaves_malloc_alone", "test_import_leaves_numbas_target_alone",
                         "test_fastcnn_train_imports_and_helps_without_fcntl"},
 }
 # Whole training runs (epochs of a network, here on synthetic data) and the property-based kernel

@@ -920,25 +920,31 @@ _FAKE_AVX512 = f"""
 import numba.core.codegen as cg
 cg.get_host_cpu_features = lambda: {AVX512_HOST!r}
 {{before}}
+import fastcnn, fastcnn.kernels
 from fastcnn.kernels import _config as c
-print(c.WIDE_VECTORS, c.TILE_ROWS, c.compiled_features().endswith(",-prefer-256-bit"))
+from numba.core import config
+print(c._target_built(), not config.CPU_FEATURES, end=" ")     # importing changed nothing
+{{call}}
+print(c.wide_vectors_in_use(), c.TILE_ROWS, c.compiled_features().endswith(",-prefer-256-bit"))
 """
+_WIDEN = "from fastcnn._process import tune_process; tune_process()"
 
 
-@pytest.mark.parametrize("before, env, expected", [
-    ("", {}, "True 6 True"),
-    ("", {"FASTCNN_WIDE_VECTORS": "0"}, "False 6 False"),
-    ("", {"NUMBA_CPU_FEATURES": AVX512_HOST}, "False 6 False"),
-    ("from numba.core.registry import cpu_target; cpu_target.target_context", {}, "False 6 False"),
-    ("", {"FASTCNN_TILE": "3x32"}, "True 3 True"),
+@pytest.mark.parametrize("before, call, env, expected", [
+    ("", "", {}, "False True False 6 False"),
+    ("", _WIDEN, {}, "False True True 6 True"),
+    ("", _WIDEN, {"FASTCNN_WIDE_VECTORS": "0"}, "False True False 6 False"),
+    ("", _WIDEN, {"NUMBA_CPU_FEATURES": AVX512_HOST}, "False False False 6 False"),
+    ("from numba.core.registry import cpu_target; cpu_target.target_context", _WIDEN, {}, "True True False 6 False"),
+    ("", _WIDEN, {"FASTCNN_TILE": "3x32"}, "False True True 3 True"),
 ])
-def test_512_bit_vectors_on_avx512_unless_told_or_too_late(before, env, expected):
-    """On an AVX-512 CPU fastcnn builds Numba's target with 512-bit vectors preferred, except when
-    turned off, when NUMBA_CPU_FEATURES is the user's, or when Numba's target already exists; the
-    tile follows the features the target was built with."""
+def test_512_bit_vectors_on_avx512_only_when_a_command_asks(before, call, env, expected):
+    """Importing fastcnn leaves Numba's target alone. On an AVX-512 CPU the commands' process setup
+    builds it with 512-bit vectors preferred, except when turned off, when NUMBA_CPU_FEATURES is the
+    user's, or when Numba's target already exists; the tile follows the CPU's register file."""
     base = {k: v for k, v in os.environ.items()
             if k not in ("FASTCNN_WIDE_VECTORS", "NUMBA_CPU_FEATURES", "FASTCNN_TILE")}
-    proc = subprocess.run([sys.executable, "-c", _FAKE_AVX512.format(before=before)], env={**base, **env},
+    proc = subprocess.run([sys.executable, "-c", _FAKE_AVX512.format(before=before, call=call)], env={**base, **env},
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == expected

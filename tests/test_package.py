@@ -10,6 +10,7 @@ import pytest
 
 import fastcnn
 import fastcnn._memory
+import fastcnn._process
 import fastcnn.checkpoint
 import fastcnn.cli
 import fastcnn.evaluate
@@ -47,6 +48,20 @@ def test_fusion_internals_stay_in_the_layers_module(name):
 
 # ------------------------------------------------------------------------------- no side effects
 
+def test_import_leaves_numbas_target_alone(tmp_path):
+    """Importing fastcnn, fastcnn.kernels and the commands' modules builds no Numba target (so no
+    CPU features are chosen) and sets no Numba setting: that waits for a command's tune_process."""
+    code = ("import fastcnn, fastcnn.kernels, fastcnn.cli, fastcnn.evaluate, fastcnn.train\n"
+            "from numba.core import config\n"
+            "from numba.core.registry import cpu_target\n"
+            "assert '_toplevel_target_context' not in vars(cpu_target), 'target built on import'\n"
+            "assert not config.CPU_FEATURES, config.CPU_FEATURES\n"
+            "print('untouched')\n")
+    proc = _python(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "untouched"
+
+
 def test_import_fastcnn_leaves_malloc_alone(tmp_path):
     """Importing the package, and every public name of it, calls no mallopt: only the commands do."""
     code = ("import fastcnn, fastcnn._memory as m\n"
@@ -61,10 +76,10 @@ def test_import_fastcnn_leaves_malloc_alone(tmp_path):
     assert proc.stdout.strip() == "untouched"
 
 
-def test_the_commands_tune_malloc_in_their_own_process(tmp_path, monkeypatch, capsys):
+def test_the_commands_tune_their_own_process(tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(fastcnn._memory, "tune_malloc", lambda: calls.append("train"))
-    monkeypatch.setattr(fastcnn.evaluate, "tune_malloc", lambda: calls.append("eval"))
+    monkeypatch.setattr(fastcnn._process, "tune_process", lambda: calls.append("train"))
+    monkeypatch.setattr(fastcnn.evaluate, "tune_process", lambda: calls.append("eval"))
     monkeypatch.delenv("FASTCNN_DATA_DIR", raising=False)
     (tmp_path / "empty").mkdir()
     assert fastcnn.cli.train_main(["--data-dir", str(tmp_path / "empty"), "--no-download"]) == 1

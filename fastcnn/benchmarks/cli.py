@@ -19,7 +19,7 @@ from fastcnn._cli import (
     probe_writable,
     write_line,
 )
-from fastcnn._memory import tune_malloc
+from fastcnn._process import tune_process
 from fastcnn.benchmarks.charts import plot_charts
 from fastcnn.benchmarks.measurement import MATMUL_N
 from fastcnn.benchmarks.report import format_report, write_json
@@ -124,7 +124,7 @@ def bench_main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         settings.out.mkdir(parents=True, exist_ok=True)
-        tune_malloc()                                       # as fastcnn-train does: the figures are its speed
+        tune_process()                                      # as fastcnn-train does: the figures are its speed
         results = run_benchmarks(settings)
         write_line(format_report(results))
         written = [write_json(results, settings.out / "results.json")]
@@ -174,6 +174,7 @@ def _model_main(model_arg: str, settings: Settings) -> int:
 
     def work() -> int:
         settings.out.mkdir(parents=True, exist_ok=True)
+        tune_process()
         results = run_model_benchmark(settings, name, model, _log)
         write_line(format_model_report(results))
         write_line(f"wrote {write_json(results, settings.out / 'results.json')}")

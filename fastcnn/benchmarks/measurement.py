@@ -111,13 +111,13 @@ def machine_info() -> dict:
         load = [round(v, 2) for v in os.getloadavg()]
     except (AttributeError, OSError):                      # pragma: no cover - not Unix
         load = None
-    from fastcnn.kernels._config import WIDE_VECTORS
+    from fastcnn.kernels._config import wide_vectors_in_use
     from fastcnn.kernels._tile import MR, NR
     return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "usable_cpus": usable_cpus(),
             "platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__,
             "numba": numba.__version__, "matplotlib": matplotlib.__version__, "fastcnn": fastcnn.__version__,
             "numba_threads": numba.get_num_threads(), "numba_max_threads": numba.config.NUMBA_NUM_THREADS,
-            "numba_threading_layer": layer, "register_tile": f"{MR}x{NR}", "wide_vectors": WIDE_VECTORS,
+            "numba_threading_layer": layer, "register_tile": f"{MR}x{NR}", "wide_vectors": wide_vectors_in_use(),
             "blas": blas_info(), "load_average": load}
 
 

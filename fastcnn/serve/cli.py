@@ -131,6 +131,8 @@ def serve_main(argv=None) -> int:
         return EXIT_USAGE
     except SystemExit as exc:           # --help, or argparse's own usage error
         return exc.code if isinstance(exc.code, int) else 0
+    from fastcnn._process import tune_process
+    tune_process()
     try:
         return _serve(args)
     except UsageError as exc:

@@ -142,11 +142,11 @@ def run_one(name: str, config: TrainConfig, out_dir: str, *, dataset: str = "mni
     set), and ``document`` the metrics written (None when the run never got that far)."""
     from threadpoolctl import threadpool_limits
 
-    from fastcnn._memory import tune_malloc
+    from fastcnn._process import tune_process
     from fastcnn.checkpoint import CheckpointError, load_checkpoint
     from fastcnn.train import Trainer, TrainingDiverged, TrainingInterrupted
 
-    tune_malloc()                 # once per worker process, as fastcnn-train does in its own
+    tune_process()                # once per worker process, as fastcnn-train does in its own
     t0 = time.perf_counter()
     run_dir = Path(out_dir) / name
     metrics_path, ckpt_path = run_dir / METRICS_FILE, run_dir / CHECKPOINT_FILE
