@@ -305,12 +305,12 @@ class _Split:
 
 
 def _train(args, config, ckpt, run, signals, console):
-    from fastcnn import train as train_module
+    from fastcnn import trainsetup
     from fastcnn._process import tune_process
     from fastcnn.cpumeter import CpuMeter
     from fastcnn.data import DataWarning
     from fastcnn.datasets.select import load_any
-    from fastcnn.train import TrainingDiverged, TrainingInterrupted, format_epoch, step_memory_lower_bound
+    from fastcnn.train import TrainingDiverged, TrainingInterrupted, format_epoch
     say = console.say
     tune_process()                             # the command's process only: importing fastcnn changes nothing
 
@@ -328,7 +328,7 @@ def _train(args, config, ckpt, run, signals, console):
     except ValueError as exc:
         raise _usage_from(exc) from None
     say(_header(data, config, n_train, n_test))
-    need, have = step_memory_lower_bound(config, data.x_train.shape[1:]), train_module.available_memory_bytes()
+    need, have = trainsetup.step_memory_lower_bound(config, data.x_train.shape[1:]), trainsetup.available_memory_bytes()
     if have is not None and need > have / 2:
         console.err(f"{PROG}: warning: --batch-size {config.batch_size} needs at least {need / 2**30:.1f} GiB per "
                     f"training step, more than half the {have / 2**30:.1f} GiB available; a smaller batch needs less")

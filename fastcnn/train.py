@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import copy
 import math
 import sys
 import time
@@ -71,12 +70,9 @@ from fastcnn.augment import augment_batch
 from fastcnn.checkpoint import Checkpoint, CheckpointError, load_checkpoint, model_rngs, restore, save_checkpoint
 from fastcnn.data import to_float
 from fastcnn.losses import softmax_cross_entropy
-from fastcnn.model import Sequential, mnist_cnn
 from fastcnn.normalization import MNIST_NORMALIZATION, DataFacts, data_facts
-from fastcnn.optim import SGD, AdamW
 from fastcnn.resume import ResumeRefused, check_resume, data_fingerprint
 from fastcnn.runstate import RunState, TrainingDiverged, TrainingInterrupted, learning_rate, process_age_seconds
-from fastcnn.summary import ShapeError, check_input, format_shape
 from fastcnn.trainconfig import (
     DEFAULT_LR,
     DEFAULT_MOMENTUM,  # noqa: F401 -- re-exported
@@ -92,80 +88,24 @@ from fastcnn.trainconfig import (
     TrainConfig,
     thread_limit,  # noqa: F401 -- re-exported
 )
+from fastcnn.trainsetup import (
+    apply_threads,
+    available_memory_bytes,
+    build_network,
+    build_optimizer,
+    check_network,
+    shuffle_generator,
+    step_memory_lower_bound,
+    throwaway_copy,
+)
 from fastcnn.validation import EarlyStopping, split_indices
 
 __all__ = ["TrainConfig", "RunState", "Trainer", "train", "learning_rate", "OPTIMIZERS", "SCHEDULES",
            "DEFAULT_LR", "DEFAULT_WEIGHT_DECAY", "process_age_seconds", "TrainingDiverged",
-           "TrainingInterrupted", "RESUME_KEYS", "TIMING_KEYS", "ConfigError", "ResumeRefused", "check_resume"]
+           "TrainingInterrupted", "RESUME_KEYS", "TIMING_KEYS", "ConfigError", "ResumeRefused", "check_resume",
+           "step_memory_lower_bound", "available_memory_bytes"]
 
 
-def step_memory_lower_bound(config: TrainConfig, image_shape: tuple[int, int, int]) -> int:
-    """Bytes one training step needs at least: the first convolution's output (32 channels at the
-    input's resolution) and its gradient, for ``config.batch_size`` images of ``image_shape``
-    (C, H, W). The real peak is higher (the other layers, the batch itself)."""
-    _, height, width = image_shape
-    return 2 * config.batch_size * 32 * height * width * np.dtype(config.dtype).itemsize
-
-
-def available_memory_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux), else None."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _build_model(config, model, image_shape, num_classes):
-    """The run's network: ``model`` (a Sequential, or a name/file/config for
-    :func:`fastcnn.modelio.build`), else ``config.model``; mnist-cnn is built for the data's
-    channels, image size and classes, with ``config.dropout`` and ``config.batchnorm``."""
-    if isinstance(model, Sequential):
-        model.set_backend(config.backend)
-        return model
-    spec = config.model if model is None else model
-    if spec == "mnist-cnn":
-        c, h, w = image_shape
-        if h != w:
-            raise ShapeError(f"the mnist-cnn model takes square images, the data has {h}x{w}: give --model a model "
-                             "file for them")
-        return mnist_cnn(seed=config.seed, backend=config.backend, dtype=np.dtype(config.dtype),
-                         dropout=config.dropout, batchnorm=config.batchnorm, in_channels=c, image_size=h,
-                         num_classes=num_classes)
-    from fastcnn.modelio import build
-    return build(spec, seed=config.seed, dtype=np.dtype(config.dtype), backend=config.backend,
-                 num_classes=num_classes)
-
-
-def _build_optimizer(config, model):
-    if config.optimizer == "sgd":
-        return SGD(model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    return AdamW(model, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def _throwaway_copy(model, optimizer):
-    """Deep copies of (model, optimizer), the copy's optimizer bound to the copy's model."""
-    return copy.deepcopy((model, optimizer))
-
-
-def _apply_threads(config, stack):
-    """Apply ``config.threads`` (Numba threads, or BLAS threads for the numpy backend), undone when
-    ``stack`` closes; return the thread count in effect."""
-    if config.backend == "numba":
-        import numba
-        if config.threads is not None:
-            stack.callback(numba.set_num_threads, numba.get_num_threads())
-            numba.set_num_threads(config.threads)
-        return numba.get_num_threads()
-    from threadpoolctl import threadpool_info, threadpool_limits
-    if config.threads is not None:
-        stack.enter_context(threadpool_limits(limits=config.threads, user_api="blas"))
-        return config.threads
-    counts = [info.get("num_threads") for info in threadpool_info() if info.get("user_api") == "blas"]
-    return max(counts) if counts else None
 
 
 class Trainer:
@@ -233,26 +173,16 @@ class Trainer:
         #: The test set's (loss, accuracy, seconds), scored once after the last epoch (with a validation split).
         self.final_test = None
 
-        model = _build_model(config, model, x_train.shape[1:], num_classes)
-        source = getattr(data, "name", None) or "the data"
-        last = check_input(model, x_train.shape[1:], source)
-        if last.output_shape != (last.output_shape[0],) or last.output_shape[0] < num_classes:
-            raise ShapeError(f"the model's last layer gives {format_shape(last.output_shape)} outputs, {source} has "
-                             f"{num_classes} classes: end the model with a Linear of {num_classes} out_features")
-        if any(a.dtype != np.dtype(config.dtype) for a in model.state_arrays().values()):
-            raise ConfigError("dtype", f"dtype is {config.dtype} but the model's weights are not: build it with "
-                                       f"dtype={config.dtype}")
-        self.num_classes = int(last.output_shape[0])
+        model = build_network(config, model, x_train.shape[1:], num_classes)
+        self.num_classes = check_network(config, model, x_train.shape[1:], num_classes,
+                                         getattr(data, "name", None) or "the data")
         # The model carries the scaling and class names of its data: every checkpoint of it has them.
         facts = DataFacts(self.normalization, tuple(self.class_names) if self.class_names else None)
         model.data = {**{k: v for k, v in model.data.items() if k not in ("normalization", "classes")},
                       **facts.to_dict()}
-        optimizer = _build_optimizer(config, model)
-        # mnist_cnn uses children 0 (init) and 1 (dropout) of SeedSequence(seed); the shuffle
-        # takes child 2, an independent stream.
-        shuffle_seq = np.random.SeedSequence(config.seed).spawn(3)[2]
+        optimizer = build_optimizer(config, model)
         self.state = RunState(config=config, model=model, optimizer=optimizer,
-                              shuffle_rng=np.random.default_rng(shuffle_seq),
+                              shuffle_rng=shuffle_generator(config.seed),
                               steps_per_epoch=math.ceil(len(self.x_train) / config.batch_size))
         self._recent_losses = collections.deque(maxlen=config.divergence_window)
 
@@ -277,7 +207,7 @@ class Trainer:
         t0 = time.perf_counter()
         if prepare is not None:
             prepare()
-        model, optimizer = _throwaway_copy(self.state.model, self.state.optimizer)
+        model, optimizer = throwaway_copy(self.state.model, self.state.optimizer)
         n = min(self.config.batch_size, len(self.x_train))
         m = min(self.config.eval_batch_size, len(self.x_test), 2 * n)
         with np.errstate(over="ignore", invalid="ignore"):       # a huge --lr is reported by the real run
@@ -517,7 +447,7 @@ class Trainer:
         """Warm up (once), train the remaining epochs (fewer when early stopping ends the run), then
         :meth:`finish`; returns the :class:`RunState`."""
         with contextlib.ExitStack() as stack:
-            self.state.threads = _apply_threads(self.config, stack)
+            self.state.threads = apply_threads(self.config, stack)
             if self.config.warmup and self.state.epoch < self.config.epochs and not self.state.warmup_seconds:
                 self.warm_up()
             while self.state.epoch < self.config.epochs and not self.stopping() and not self.stopped_early:

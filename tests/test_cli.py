@@ -273,15 +273,15 @@ def test_library_errors_are_reported_as_one_line(tmp_path, capsys, monkeypatch):
 def test_a_batch_too_large_for_the_memory_is_warned_about(tmp_path, capsys, monkeypatch):
     """A step's memory is estimated before the first batch (a lower bound: the first convolution's
     output and gradient); more than half the available memory gets a warning, and the run goes on."""
-    import fastcnn.train
+    import fastcnn.trainsetup
     data = write_custom_dataset(tmp_path / "data")
     args = ["--dataset", "custom", "--data-dir", str(data), "--batch-size", "32", "--backend", "numpy",
             "--epochs", "1", "--plots-dir", str(tmp_path / "plots")]
     need = 2 * 32 * 32 * 28 * 28 * 4
-    monkeypatch.setattr(fastcnn.train, "available_memory_bytes", lambda: 2 * need + 1)
+    monkeypatch.setattr(fastcnn.trainsetup, "available_memory_bytes", lambda: 2 * need + 1)
     assert train_main(args) == 0
     assert "warning" not in capsys.readouterr().err
-    monkeypatch.setattr(fastcnn.train, "available_memory_bytes", lambda: 2 * need - 1)
+    monkeypatch.setattr(fastcnn.trainsetup, "available_memory_bytes", lambda: 2 * need - 1)
     assert train_main(args) == 0
     err = capsys.readouterr().err
     assert "warning: --batch-size 32 needs at least 0.0 GiB per training step" in err, err
