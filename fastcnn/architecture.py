@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from fastcnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, Layer, Linear, MaxPool2D, ReLU
+from fastcnn.layerbase import Layer
+from fastcnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D, ReLU
 
 LAYER_TYPES: dict[str, type[Layer]] = {cls.__name__: cls for cls in (
     Conv2D, MaxPool2D, AvgPool2D, ReLU, Flatten, Dropout, Linear, BatchNorm2D)}

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, Layer, Linear, MaxPool2D, ReLU
+from fastcnn.layerbase import Layer
+from fastcnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D, ReLU
 from fastcnn.model import Sequential
 
 #: The ONNX operator set the graph is written against (every op used exists unchanged since opset 15).

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastcnn.backend import blas_guard
-from fastcnn.layers import BatchNorm2D, Conv2D, Dropout, Identity, Layer
+from fastcnn.layerbase import Layer
+from fastcnn.layers import BatchNorm2D, Conv2D, Dropout, Identity
 from fastcnn.losses import log_softmax
 
 __all__ = ["Filters", "Inspection", "LayerMaps", "conv_filters", "feature_maps", "inspect_image", "saliency",

@@ -10,17 +10,15 @@ import numpy.typing as npt
 
 from fastcnn.architecture import layers_from_config
 from fastcnn.backend import blas_guard, resolve_backend_name
+from fastcnn.layerbase import Layer, _BackendLayer, _float_dtype
 from fastcnn.layers import (
     Conv2D,
     ConvReLUMaxPool2D,
     FusedLayer,
     Identity,
-    Layer,
     MaxPool2D,
     ReLU,
     ReLUMaxPool2D,
-    _BackendLayer,
-    _float_dtype,
 )
 from fastcnn.losses import log_softmax, softmax_cross_entropy
 from fastcnn.optim import Optimizer

@@ -1,6 +1,7 @@
 """Helpers shared by the kernels (as stumpy's core.py): the dtype check with its one message, the
-register tile's panel packing and row padding, the phase grid of a strided convolution, zero
-padding and the channel-major im2col of a tiny reduction."""
+register tile's panel packing, row padding and reduction block, the phase grid of a strided
+convolution and the packing of an image into its phase planes, zero padding and the
+channel-major im2col of a tiny reduction."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +11,7 @@ from fastcnn.kernels._config import CACHE
 from fastcnn.kernels._tile import MR
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+KC = 128              # reduction block of the tile kernels: a B panel of KC x NR (16 KiB) stays in L1
 
 
 def check_float(what: str, *arrays: np.ndarray) -> list[np.ndarray]:
@@ -93,3 +95,48 @@ def im2col_chw_t(xp, R, S, sh, sw, P, Q, colT):
                     h = p * sh + r
                     for q in range(Q):
                         colT[row, base + q] = xp[c, h, q * sw + s]
+
+
+@njit(boundscheck=False, cache=CACHE)
+def _pack_phases(x, sh, sw, ph, pw, Hs, Ws, xf, base):
+    """x (C, H, W), zero-padded by (ph, pw), into its sh*sw phase planes (each Hs x Ws) in the zeroed
+    flat buffer xf: x_pad[c, i*sh + a, j*sw + b] goes to xf[base + ((c*sh + a)*sw + b)*Hs*Ws + i*Ws
+    + j]. Then x_pad[c, p*sh + r, q*sw + t] is phase (c, r % sh, t % sw) at (p + r // sh, q + t // sw):
+    a stride-1 window again. Stride 1 is plain zero padding."""
+    C, H, W = x.shape
+    plane = Hs * Ws
+    xr = x.reshape(C * H * W)
+    if sh == 1 and sw == 1:                                     # one plane: rows copied into the padding
+        for c in range(C):
+            for h in range(H):
+                d, src = np.uint64(base + c * plane + (h + ph) * Ws + pw), np.uint64((c * H + h) * W)
+                for w in range(np.uint64(W)):
+                    xf[d + w] = xr[src + w]
+        return
+    us = np.uint64(sw)
+    for b in range(sw):                                         # no division inside the loops
+        w0 = (b - pw % sw + sw) % sw                            # the first w with (w + pw) % sw == b
+        col = base + b * plane + (w0 + pw) // sw
+        n = (W - w0 + sw - 1) // sw if W > w0 else 0
+        for c in range(C):
+            a, i = ph % sh, ph // sh                            # the phase row of h = 0
+            for h in range(H):
+                dst = col + (c * sh + a) * sw * plane + i * Ws
+                d, src = np.uint64(dst), np.uint64((c * H + h) * W + w0)   # unsigned: no wrap-around checks
+                if sw == 1:
+                    for w in range(np.uint64(W)):
+                        xf[d + w] = xr[src + w]
+                else:
+                    for k in range(n):
+                        uk = np.uint64(k)
+                        xf[d + uk] = xr[src + uk * us]
+                a += 1
+                if a == sh:
+                    a, i = 0, i + 1
+
+
+@njit(cache=CACHE)
+def balanced_block(L):
+    """The tile kernels' reduction block: at most KC, and equal blocks (L = 288 runs as 3 x 96, not
+    128 + 128 + 32: a short last block pays the tile's load and store of C for few multiply-adds)."""
+    return -(-L // -(-L // KC))

@@ -113,7 +113,7 @@ def model_plan(model, input_shape=None) -> list:
     default ``model.input_shape``). Its own layers are untouched: a copy runs on the reference."""
     import copy
 
-    from fastcnn.layers import _BackendLayer
+    from fastcnn.layerbase import _BackendLayer
     shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
     if shape is None:
         raise ValueError("warm_up needs the model's input shape: build the Sequential with input_shape=(C, H, W) "

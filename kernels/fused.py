@@ -14,7 +14,7 @@ forward   per image n (parallel_for over images): the convolution of image n int
           workers as :mod:`fastcnn.kernels.conv` for a tiny reduction: im2col + rows_axpy), then
           :func:`~fastcnn.kernels.pool.maxpool_plane` with the ReLU into y[n] and argmax[n]. (A
           first layer with C*R*S >= SMALL_L runs the convolution kernels, then the pool.)
-backward  conv.weight_gradient, as for every convolution (conv._backward_weight_partials: prange over
+backward  conv_weight.weight_gradient, as for every convolution (its _backward_weight_partials: prange over
           fixed chunks of images, the register tile on the images' phase planes, read in place),
           given the pooled gradient and argmax: each chunk scatters its pooled gradients through
           argmax into a zeroed, cache-resident block in the tile's packed layout and writes its
@@ -33,8 +33,9 @@ from fastcnn.kernels._common import im2col_chw_t, pad_chw, prepare
 from fastcnn.kernels._config import CACHE, FASTMATH
 from fastcnn.kernels._gemm import rows_axpy
 from fastcnn.kernels._parallel import parallel_for
-from fastcnn.kernels.conv import SMALL_L, weight_gradient
+from fastcnn.kernels.conv import SMALL_L
 from fastcnn.kernels.conv import _forward as _conv_forward
+from fastcnn.kernels.conv_weight import weight_gradient
 from fastcnn.kernels.pool import maxpool2d_forward, maxpool_plane
 
 
