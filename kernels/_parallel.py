@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from fastcnn.kernels._config import CACHE
 
 SPIN_SECONDS = 2e-4    # a worker watches this long for its next part before it sleeps
 LINGER_SECONDS = 6e-6  # and waits this long after seeing it, while the caller enters its own part
+YIELD_EVERY = 16       # reads between two offers of the core to other threads
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
@@ -92,13 +94,29 @@ def _cpu_relax(typingctx):
     return types.void(), codegen
 
 
+@intrinsic
+def _yield_cpu(typingctx):
+    """Let another runnable thread of this core run (sched_yield; SwitchToThread on Windows)."""
+    def codegen(context, builder, signature, args):
+        name = "SwitchToThread" if sys.platform == "win32" else "sched_yield"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), name)
+        builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
 @njit(nogil=True, cache=CACHE)
 def _wait_for(counters, i, value, spins):
-    """Watch counters[i] until it equals value, for at most ``spins`` reads; True if it did."""
-    for _ in range(spins):
+    """Watch counters[i] until it equals value, for at most ``spins`` reads; True if it did. Every
+    YIELD_EVERY reads the thread offers its core to any other runnable thread: on a busy machine
+    a watcher must not hold the core the thread it waits for (or another program) needs."""
+    for k in range(spins):
         if _load_acquire(counters, i) == value:
             return True
-        _cpu_relax()
+        if k % YIELD_EVERY == YIELD_EVERY - 1:
+            _yield_cpu()
+        else:
+            _cpu_relax()
     return False
 
 
@@ -109,9 +127,14 @@ def _finish_and_wait(done, posted, w, seen, spins, linger):
     _store_release(done, w, seen)
     found = _wait_for(posted, w, seen + 1, spins)
     if found:
-        for _ in range(linger):
-            _cpu_relax()
+        _pause(linger)
     return found
+
+
+@njit(nogil=True, cache=CACHE)
+def _pause(n):
+    for _ in range(n):
+        _cpu_relax()
 
 
 class _Workers:
@@ -160,7 +183,7 @@ class _Workers:
         return int(self.posted[w])
 
     def join(self, w: int, number: int) -> BaseException | None:
-        if not _wait_for(self.done, w, number, self.spins * 10):
+        if not _wait_for(self.done, w, number, self.spins):
             while self.done[w] != number:
                 self.finished[w].wait(0.001)   # set just before done[w] is: look again soon
                 self.finished[w].clear()
@@ -169,14 +192,21 @@ class _Workers:
 
 
 def _calibrate() -> tuple[int, int]:
-    """How many reads of _wait_for last about SPIN_SECONDS and LINGER_SECONDS on this machine."""
+    """How many reads of _wait_for last about SPIN_SECONDS, and how many pauses LINGER_SECONDS, on
+    this machine (best of three: a busy machine only makes the waits longer)."""
     probe = np.zeros(1, np.int64)
     _wait_for(probe, 0, 1, 1)                       # compiled (or loaded) before timing
-    n = 1 << 14
-    t0 = time.perf_counter()
-    _wait_for(probe, 0, 1, n)
-    per_read = max(time.perf_counter() - t0, 1e-9) / n
-    return max(64, int(SPIN_SECONDS / per_read)), int(LINGER_SECONDS / per_read)
+    _pause(1)
+    n = 1 << 12
+    read = pause = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        _wait_for(probe, 0, 1, n)
+        t1 = time.perf_counter()
+        _pause(n)
+        t2 = time.perf_counter()
+        read, pause = min(read, (t1 - t0) / n), min(pause, (t2 - t1) / n)
+    return max(64, int(SPIN_SECONDS / max(read, 1e-10))), int(LINGER_SECONDS / max(pause, 1e-10))
 
 
 _workers: _Workers | None = None
@@ -189,6 +219,13 @@ def _get_workers() -> _Workers:
         _workers = _Workers(max(1, numba.config.NUMBA_NUM_THREADS - 1))
         _workers_pid = os.getpid()
     return _workers
+
+
+def start_workers() -> None:
+    """Start the worker threads now (warm_up does, so that the first batch does not), if this
+    process may use more than one thread."""
+    if numba.config.NUMBA_NUM_THREADS > 1:
+        _get_workers()
 
 
 def parts(n: int, grain: int = 1) -> int:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numba
 import numpy as np
 from numba.core import event
 
@@ -175,12 +176,19 @@ def replay(calls: list) -> None:
     from fastcnn import kernels
     from fastcnn.kernels import optim  # noqa: F401  (the optimizer ops, "optim.<name>")
     rng = np.random.default_rng(0)
-    with np.errstate(all="ignore"):
-        for op, args, kwargs in calls:
-            fn = kernels
-            for part in op.split("."):
-                fn = getattr(fn, part)
-            fn(*(_value(a, rng) for a in args), **{k: _value(v, rng) for k, v in kwargs})
+    threads = numba.get_num_threads()
+    # One thread: the same compiled kernels, and no worker threads, whose handoff functions
+    # (_parallel) would then compile in both warm-up processes (two writers of one cache entry).
+    numba.set_num_threads(1)
+    try:
+        with np.errstate(all="ignore"):
+            for op, args, kwargs in calls:
+                fn = kernels
+                for part in op.split("."):
+                    fn = getattr(fn, part)
+                fn(*(_value(a, rng) for a in args), **{k: _value(v, rng) for k, v in kwargs})
+    finally:
+        numba.set_num_threads(threads)
 
 
 def mnist_plan(dtype: np.dtype) -> list:
@@ -268,7 +276,15 @@ def warm_up(target: Any = np.float32, *, on_compile: Callable[[float], None] | N
     split = CACHE and usable_cpus() >= 2 and bool(tile_calls) and bool(other_calls)
     estimate = ESTIMATED_COMPILE_SECONDS["split" if split else "alone"]
     t0 = time.perf_counter()
-    compile_split(lambda: replay(tile_calls), lambda: replay(other_calls),
+    compile_split(lambda: _first_half(tile_calls), lambda: replay(other_calls),
                   (lambda: start_helper(other_calls)) if split else None,
                   None if on_compile is None else (lambda: on_compile(estimate)))
     return time.perf_counter() - t0
+
+
+def _first_half(calls: list) -> None:
+    """This process's half, and the worker threads of parallel_for (their handoff functions
+    compile or load here, never in the helper)."""
+    replay(calls)
+    from fastcnn.kernels._parallel import start_workers
+    start_workers()
