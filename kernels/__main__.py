@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also the network with BatchNorm2D after each convolution (fastcnn-train --batchnorm)")
     args = parser.parse_args(argv)
     from fastcnn._process import tune_process
+    tune_process()                     # before any kernel import: the commands' CPU features (the cache key)
     from fastcnn.kernels import _config
     from fastcnn.kernels._warmup import warm_up
     from fastcnn.model import mnist_cnn
@@ -40,7 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     if tuple(int(v) for v in numba.__version__.split(".")[:2]) < (0, 68):
         print(f"note: Numba {numba.__version__} stamps cache entries with the sources' modification times; a "
               "copied cache needs Numba >= 0.68", file=sys.stderr)
-    tune_process()                     # the same compiled code as the commands: 512-bit vectors on AVX-512
     t0 = time.perf_counter()
     for dtype in args.dtype or ["float32"]:
         for batchnorm in (False, True) if args.batchnorm else (False,):

@@ -76,6 +76,31 @@ def test_import_fastcnn_leaves_malloc_alone(tmp_path):
     assert proc.stdout.strip() == "untouched"
 
 
+@pytest.mark.parametrize("entry, argv", [
+    ("fastcnn.kernels.__main__:main", ["--dtype", "float32"]),   # FASTCNN_NUMBA_CACHE=0: stops before compiling
+    ("fastcnn.cli:train_main", ["--data-dir", ".", "--no-download"]),            # no MNIST in the empty folder
+    ("fastcnn.evaluate:eval_main", ["missing.npz"]),
+])
+def test_a_command_sets_up_its_process_before_numba_builds_its_target(tmp_path, entry, argv):
+    """tune_process chooses the CPU features of Numba's target (part of every cache key): it must
+    run before any kernel module is imported, or the command compiles for other features than the
+    cache filler and the other commands, and a filled cache misses."""
+    module, func = entry.split(":")
+    code = ("import fastcnn._process as p\n"
+            "from numba.core.registry import cpu_target\n"
+            "seen = []\n"
+            "tune = p.tune_process\n"
+            "p.tune_process = lambda: (seen.append('_toplevel_target_context' in vars(cpu_target)), tune())\n"
+            f"from {module} import {func}\n"
+            f"{func}({argv!r})\n"
+            "print(seen)\n")
+    env = {**subprocess_env(), "FASTCNN_NUMBA_CACHE": "0"}
+    env.pop("FASTCNN_DATA_DIR", None)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.stdout.strip().splitlines()[-1] == "[False]", proc.stdout + proc.stderr[-2000:]
+
+
 def test_the_commands_tune_their_own_process(tmp_path, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(fastcnn._process, "tune_process", lambda: calls.append("train"))
