@@ -371,3 +371,23 @@ def test_compare_torch_runs_where_torch_is_installed(quick_run, capsys):
     assert ops["conv2 forward"]["backends"]["torch"]["checked"] is True
     assert ops["conv2 forward"]["fastcnn_over_torch"] > 0
     assert res["training"]["torch"]["images_per_s"] > 0 and res["training_fastcnn_over_torch"] > 0
+
+
+def test_alternated_steps_each_start_after_a_pause():
+    """With two frameworks' steps taking turns, each starts SETTLE_SECONDS after the last ended (the
+    other's spinning threads settle first); a single step function is timed back to back."""
+    import time
+    events = []
+
+    def step(name):
+        def run(x, y):
+            events.append((name, time.perf_counter()))
+            events.append((name, time.perf_counter()))
+        return run
+
+    batches = [(np.zeros((2, 1)), np.zeros(2))] * 4
+    out = measurement.measure_steps({"a": step("a"), "b": step("b")}, batches, warmup=1)
+    timed = events[4:]                                   # after the warm-up batch: start, end, start, end, ...
+    gaps = [timed[i + 1][1] - timed[i][1] for i in range(1, len(timed) - 1, 2)]
+    assert len(gaps) == 5 and min(gaps) >= measurement.SETTLE_SECONDS
+    assert out["a"]["batches"] == out["b"]["batches"] == 3

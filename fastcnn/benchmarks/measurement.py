@@ -36,6 +36,9 @@ def time_calls(fn: Callable, *, min_rounds: int = 5, min_time: float = 0.2, max_
                             warmup=warmup)[0]
 
 
+SETTLE_SECONDS = 0.02   # measure_steps: the pause before each step when frameworks alternate
+
+
 def time_interleaved(fns: list[Callable], *, min_rounds: int = 5, min_time: float = 0.2, max_rounds: int = 1000,
                      warmup: int = 1) -> list[list[float]]:
     """Call several functions in turn (f0, f1, f0, f1, ...), so a change of machine load hits all
@@ -304,20 +307,32 @@ def measure_steps(steps: dict, batches: list, warmup: int = 2, threads: int = 1)
     """Time training steps (name -> function(x, y)) over real batches, the functions taking turns
     batch by batch; the first ``warmup`` batches are untimed. An epoch is extrapolated from the rate
     (60,000 images = 469 batches of 128, the last holding 96). Returns per name: seconds per batch
-    (mean and median), images/s, epoch seconds, and the CPU meter of the whole run."""
+    (mean and median), images/s, epoch seconds, and the CPU meter of the run (its pauses left out).
+
+    With several functions, each step starts SETTLE_SECONDS after the last one ended: PyTorch's
+    OpenMP threads keep spinning for milliseconds after its step (libgomp's spin count), and a
+    fastcnn step timed right after one shared a core with them: 19.3 against 12.4 ms on 2 cores,
+    while PyTorch's own step did not change. After the pause each step runs as it would in its
+    own training loop."""
     warmup = min(warmup, len(batches) - 1)
     for x, y in batches[:warmup]:
         for step in steps.values():
             step(x, y)
     times: dict = {name: [] for name in steps}
     images = 0
+    paused = 0.0
     with CpuMeter() as meter:
         for x, y in batches[warmup:]:
             for name, step in steps.items():
+                if len(steps) > 1:
+                    t = time.perf_counter()
+                    time.sleep(SETTLE_SECONDS)
+                    paused += time.perf_counter() - t
                 t = time.perf_counter()
                 step(x, y)
                 times[name].append(time.perf_counter() - t)
             images += len(x)
+    meter.wall = max(meter.wall - paused, 1e-9)
     out = {}
     for name, t in times.items():
         total = sum(t)

@@ -173,7 +173,8 @@ def format_model_report(results: dict) -> str:
            f"{m['cpu_model']}, {st['threads']} threads, batch {st['batch_size']}, float32, "
            f"{results['train_flops_per_image'] / 1e6:.1f} MFLOP per training image",
            "", f"Training ({TRAIN_IMAGES:,}-image epoch extrapolated from the timed batches; the first "
-           f"{st['warmup_batches']} batches untimed; steps alternated batch by batch with torch)"]
+           f"{st['warmup_batches']} batches untimed; steps alternated batch by batch with torch, each after a "
+           "20 ms pause)"]
     head = ["backend", "batches", "per batch", "images/s", "s/epoch", "GFLOP/s", "CPU/wall"]
     rows = [[name, t["batches"], f"{1e3 * t['seconds_per_batch']:.2f} ms", f"{t['images_per_s']:.0f}",
              f"{t['epoch_seconds']:.1f} s", f"{t['gflops']:.1f}", f"{t['cpu_seconds_per_second']:.2f}"]

@@ -187,7 +187,7 @@ def format_report(results: dict) -> str:
         out.append(f"numba speedup per epoch over the NumPy reference: {results['training_speedup']:.1f}x")
     if results.get("training_fastcnn_over_torch"):
         out.append(f"fastcnn / torch epoch time: {results['training_fastcnn_over_torch']:.2f} "
-                   "(steps alternated batch by batch)")
+                   "(steps alternated batch by batch, each after a 20 ms pause)")
     out += [(f"(ideal = epoch FLOPs at the FMA peak; the first {st['warmup_batches']} batches of each run are "
              "warm-up and not timed)"), ""]
 
