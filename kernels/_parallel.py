@@ -96,10 +96,12 @@ def _cpu_relax(typingctx):
 
 @intrinsic
 def _yield_cpu(typingctx):
-    """Let another runnable thread of this core run (sched_yield; SwitchToThread on Windows)."""
+    """Let another runnable thread of this core run: POSIX sched_yield (resolved by the JIT in the
+    C library the interpreter has loaded); on Windows only the pause hint."""
     def codegen(context, builder, signature, args):
-        name = "SwitchToThread" if sys.platform == "win32" else "sched_yield"
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), name)
+        if sys.platform == "win32":
+            return context.compile_internal(builder, lambda: _cpu_relax(), signature, args)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
         builder.call(fn, [])
         return context.get_dummy_value()
     return types.void(), codegen
@@ -211,13 +213,18 @@ def _calibrate() -> tuple[int, int]:
 
 _workers: _Workers | None = None
 _workers_pid: int | None = None
+_starting, _starting_pid = threading.Lock(), os.getpid()
 
 
 def _get_workers() -> _Workers:
-    global _workers, _workers_pid
+    global _workers, _workers_pid, _starting, _starting_pid
     if _workers is None or _workers_pid != os.getpid():
-        _workers = _Workers(max(1, numba.config.NUMBA_NUM_THREADS - 1))
-        _workers_pid = os.getpid()
+        if _starting_pid != os.getpid():          # a forked child: the parent's lock may be held
+            _starting, _starting_pid = threading.Lock(), os.getpid()
+        with _starting:                           # two threads' first calls start one set of workers
+            if _workers is None or _workers_pid != os.getpid():
+                _workers = _Workers(max(1, numba.config.NUMBA_NUM_THREADS - 1))
+                _workers_pid = os.getpid()
     return _workers
 
 
