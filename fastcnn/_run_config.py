@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastcnn._cli import UsageError
+from fastcnn._train_parser import build_parser
 
 __all__ = ["make_config"]
 
@@ -42,7 +43,6 @@ def make_config(args):
 
 def _explicit_options(argv, args):
     """The ``dest`` names of the options given on the command line (not left at their default)."""
-    from fastcnn.cli import build_parser  # fastcnn.cli imports this module
     unset = object()
     probe = build_parser()
     probe.set_defaults(**{dest: unset for dest in vars(args)})

@@ -1,8 +1,9 @@
 """Measuring fastcnn: the code behind ``fastcnn-bench`` and the pytest-benchmark suite in bench/.
 
 - :mod:`.workload`: the network's op shapes (derived from the model), a general shape set, FLOP
-  and byte counts, and one small class per kind of op case (inputs, call, check against the
-  NumPy reference);
+  counts, and the op cases at those shapes;
+- :mod:`.op_cases`: one small class per kind of op case (inputs, call, check against the NumPy
+  reference, FLOPs or least bytes);
 - :mod:`.roofline`: the machine's float32 FMA peak and memory bandwidth, measured with Numba, and
   what BLAS runs compared with the CPU;
 - :mod:`.measurement`: timers, the CPU meter that sees other programs, and the op, training,

@@ -15,7 +15,8 @@ import numpy as np
 import fastcnn
 from fastcnn import reference
 from fastcnn.backend import blas_guard, get_backend, usable_cpus
-from fastcnn.benchmarks.workload import BATCH_SIZE, EVAL_BATCH_SIZE, TEST_IMAGES, TRAIN_IMAGES, OpCase
+from fastcnn.benchmarks.op_cases import OpCase
+from fastcnn.benchmarks.workload import BATCH_SIZE, EVAL_BATCH_SIZE, TEST_IMAGES, TRAIN_IMAGES
 from fastcnn.cpumeter import CpuMeter
 from fastcnn.data import to_float
 from fastcnn.model import mnist_cnn

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fastcnn.benchmarks.measurement import make_trainer
-from fastcnn.benchmarks.workload import OpCase
+from fastcnn.benchmarks.op_cases import OpCase
 from fastcnn.testing import assert_agree, training_tolerance
 
 
