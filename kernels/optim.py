@@ -22,7 +22,10 @@ def _sgd_step(lo, hi, w, g, vel, lr, momentum, weight_decay, decay):
         w[i] = w[i] - lr * vi
 
 
-@njit(nogil=True, boundscheck=False, cache=CACHE)
+# error_model="numpy": x / 0 gives inf as in the NumPy formulas, instead of a ZeroDivisionError
+# check per element, which kept LLVM from vectorising the loop (measured 56 against 4.6 us for
+# 31,360 elements; the same bits: IEEE division and square root are exact either way).
+@njit(nogil=True, boundscheck=False, error_model="numpy", cache=CACHE)
 def _adamw_step(lo, hi, w, g, m, v, b1, one_minus_b1, b2, one_minus_b2, step_size, v_corr, eps, lr_wd, decay):
     w, g, m, v = w[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]   # indexed from 0: no negative-index checks
     for i in range(w.shape[0]):
