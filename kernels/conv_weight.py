@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from fastcnn.convmath import conv_output_size
-from fastcnn.kernels._common import _pack_phases, balanced_block, pad_rows, phase_grid, phase_starts
+from fastcnn.kernels._common import TABLES, _pack_phases, balanced_block, pad_rows, phase_grid, phase_starts
 from fastcnn.kernels._config import CACHE, FASTMATH, TILE_FASTMATH, compiles_with_slp
 from fastcnn.kernels._parallel import parallel_for
 from fastcnn.kernels._tile import MR, NR, tile
@@ -155,6 +155,7 @@ def _backward_weight_partials(lo, hi, x, dy, argmax, offsets, psh, psw, sh, sw, 
 
 # ---------------------------------------------------------------- wrappers (validate, allocate)
 
+@TABLES
 def dw_starts(C, R, S, stride, Hs, Ws):
     """partials_shifted's row starts: phase_starts, then the ones plane's (the db row), padded to a
     multiple of MR."""
