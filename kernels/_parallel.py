@@ -81,15 +81,19 @@ def _store_release(typingctx, counters, i, value):
     return sig, codegen
 
 
+def _emit_pause(builder) -> None:
+    if _X86:
+        pause = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                               "llvm.x86.sse2.pause")
+        builder.call(pause, [])
+
+
 @intrinsic
 def _cpu_relax(typingctx):
     """The x86 ``pause`` hint inside a spin loop (frees the core's other hyperthread); nothing
     elsewhere."""
     def codegen(context, builder, signature, args):
-        if _X86:
-            pause = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
-                                                   "llvm.x86.sse2.pause")
-            builder.call(pause, [])
+        _emit_pause(builder)
         return context.get_dummy_value()
     return types.void(), codegen
 
@@ -100,9 +104,10 @@ def _yield_cpu(typingctx):
     C library the interpreter has loaded); on Windows only the pause hint."""
     def codegen(context, builder, signature, args):
         if sys.platform == "win32":
-            return context.compile_internal(builder, lambda: _cpu_relax(), signature, args)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
-        builder.call(fn, [])
+            _emit_pause(builder)
+        else:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+            builder.call(fn, [])
         return context.get_dummy_value()
     return types.void(), codegen
 
@@ -146,7 +151,6 @@ class _Workers:
     while holding it, so publishing the counter is the last step of a handoff."""
 
     def __init__(self, count: int) -> None:
-        self.count = count
         self.posted = np.zeros(count, np.int64)
         self.done = np.zeros(count, np.int64)
         self.jobs: list = [None] * count

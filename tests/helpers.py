@@ -64,6 +64,15 @@ def cli_command(args):
     return [sys.executable, "-m", "fastcnn", *map(str, args)]
 
 
+def run_eval(capsys, *argv):
+    """fastcnn-eval in this process: (exit status, stdout lines, stderr lines), never a traceback."""
+    from fastcnn.evaluate import eval_main
+    code = eval_main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out.splitlines(), err.splitlines()
+
+
 def run_cli(args, cwd, timeout=300):
     return subprocess.run(cli_command(args), cwd=cwd, env=subprocess_env(),
                           capture_output=True, text=True, timeout=timeout)

@@ -7,14 +7,14 @@ import pytest
 from matplotlib import image as mpimg
 
 from fastcnn.checkpoint import save_checkpoint
-from fastcnn.evaluate import eval_main
 from fastcnn.inspect import Filters, conv_filters, inspect_image
 from fastcnn.inspect_plots import mosaic, plot_filters, plot_inspection
 from fastcnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Flatten, Linear, ReLU
 from fastcnn.model import Sequential, mnist_cnn
 from fastcnn.serve.predict import sample_digit
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from helpers import PNG_SIGNATURE
+from helpers import run_eval as run
 
 
 def checkpoint(path, **kwargs):
@@ -22,13 +22,6 @@ def checkpoint(path, **kwargs):
     save_checkpoint(path, model, None, epoch=0, history=[], config={"dataset": "mnist"}, rngs={},
                     model_kwargs={"dropout": 0.5, "dtype": "float32", **kwargs})
     return path
-
-
-def run(capsys, *argv):
-    code = eval_main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out.splitlines(), err.splitlines()
 
 
 def read_png(path):

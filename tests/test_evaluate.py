@@ -15,9 +15,10 @@ from matplotlib import image as mpimg
 
 from fastcnn.checkpoint import save_checkpoint
 from fastcnn.data import DATASETS, FASHION_MNIST, load_dataset, to_float
-from fastcnn.evaluate import eval_main, normalise, read_image
+from fastcnn.evaluate import normalise, read_image
 from fastcnn.model import mnist_cnn
 
+from helpers import run_eval as run
 from helpers import write_custom_dataset, write_idx
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -31,13 +32,6 @@ def ckpt(tmp_path_factory):
     save_checkpoint(path, model, None, epoch=0, history=[], config={"dataset": "mnist"}, rngs={},
                     model_kwargs={"dropout": 0.5, "batchnorm": False, "dtype": "float32"})
     return path
-
-
-def run(capsys, *argv):
-    code = eval_main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out.splitlines(), err.splitlines()
 
 
 def assert_one_error(code, err, *needles, status=1):

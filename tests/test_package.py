@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 import fastcnn
-import fastcnn._memory
 import fastcnn._process
 import fastcnn.checkpoint
 import fastcnn.cli
@@ -23,6 +22,13 @@ from helpers import REPO, subprocess_env, write_custom_dataset
 def _python(code: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=subprocess_env(), capture_output=True,
                           text=True, timeout=300, check=False)
+
+
+def _assert_untouched(code: str, cwd) -> None:
+    """``code``, run in a fresh interpreter, passes its own asserts and prints ``untouched``."""
+    proc = _python(code, cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "untouched"
 
 
 # ------------------------------------------------------------------------------------- public API
@@ -57,9 +63,7 @@ def test_import_leaves_numbas_target_alone(tmp_path):
             "assert '_toplevel_target_context' not in vars(cpu_target), 'target built on import'\n"
             "assert not config.CPU_FEATURES, config.CPU_FEATURES\n"
             "print('untouched')\n")
-    proc = _python(code, tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "untouched"
+    _assert_untouched(code, tmp_path)
 
 
 def test_import_fastcnn_leaves_malloc_alone(tmp_path):
@@ -71,9 +75,7 @@ def test_import_fastcnn_leaves_malloc_alone(tmp_path):
             "        getattr(fastcnn, name)\n"
             "assert not m._done, 'tuned by importing the public names'\n"
             "print('untouched')\n")
-    proc = _python(code, tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "untouched"
+    _assert_untouched(code, tmp_path)
 
 
 @pytest.mark.parametrize("entry, argv", [
