@@ -3,25 +3,6 @@
 FASTMATH lets LLVM reorder float sums (so reductions vectorise) and fuse multiply-adds, but keeps
 NaN/inf semantics (no 'nnan'/'ninf'), so a diverging run still shows up as NaN.
 
-TILE_FASTMATH is the register tile's (kernels/_tile.py): contraction only. With 'reassoc' the loop
-vectoriser takes the tile's reduction over instead of the SLP vectoriser and the accumulators leave
-the registers.
-
-SLP vectorisation (slp_compilation): the tile keeps its MR x NR accumulators in vector registers
-only if LLVM's SLP vectoriser packs the named scalars into vectors; without it every multiply-add
-is scalar. Numba turned SLP off by default (numba PR #8852, after miscompilations reported in
-issues #8705 and #8681) and offers only a process-wide switch, NUMBA_SLP_VECTORIZE, which would
-change every function any library compiles. So fastcnn turns it on only while its own convolution
-drivers compile: ``numba.core.config.SLP_VECTORIZE`` is read when a function's code is generated,
-and the drivers that reach the tile are decorated with compiles_with_slp, which runs their
-compilations (Numba's ``_compile_for_args``, entered only when no compiled version fits a call's
-argument types, and which compiles or loads the callees too) inside ``slp_compilation()``: the
-switch set, then restored. Calls that find their compiled version leave Numba's settings alone.
-The on-disk cache key does not record the setting (numba issue #10821); since those drivers only
-ever compile inside the guard, their cached artifacts are always SLP-built. The agreement tests
-against the NumPy reference, a NUMBA_BOUNDSCHECK=1 run and the bit-identity tests across thread
-counts are what vouch for the generated code.
-
 CACHE: Numba's on-disk cache. A fresh process compiles the training kernels once and later
 processes load them; the cached parallel kernels give bit-identical results for any thread count
 (tests/test_kernels.py checks it). The known open risk is several processes compiling into an
@@ -47,17 +28,13 @@ fixed), and it changes no result beyond the rounding the agreement tests allow.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 
 from numba.core import config as _numba_config
 from numba.core.codegen import get_host_cpu_features as _host_cpu_features
-from numba.core.compiler_lock import global_compiler_lock as _compiler_lock
 from numba.core.registry import cpu_target as _cpu_target
 
 FASTMATH = {"reassoc", "contract", "nsz"}
-TILE_FASTMATH = {"contract"}
 TILE_CHOICES = {"3x32": 3, "6x32": 6}
 AVX512 = ("+avx512f", "+avx512vl")     # 32 vector registers, 512-bit FMAs
 NARROW_TUNING = "-prefer-256-bit"
@@ -124,29 +101,3 @@ def planned_features() -> str:
 TILE_OVERRIDE = os.environ.get("FASTCNN_TILE") or None
 TILE_ROWS = tile_rows(planned_features(), TILE_OVERRIDE)
 CACHE = os.environ.get("FASTCNN_NUMBA_CACHE", "1") != "0" and TILE_OVERRIDE is None
-
-
-@contextlib.contextmanager
-def slp_compilation() -> Iterator[None]:
-    """Numba's SLP vectoriser on for whatever compiles inside the block, restored after."""
-    before = _numba_config.SLP_VECTORIZE
-    _numba_config.SLP_VECTORIZE = 1
-    try:
-        yield
-    finally:
-        _numba_config.SLP_VECTORIZE = before
-
-
-def compiles_with_slp(dispatcher):
-    """Decorator over ``@njit``: the dispatcher's compilations (and those of the functions they
-    compile or load with it) run inside slp_compilation(); its calls are unchanged."""
-    compile_for_args = dispatcher._compile_for_args
-
-    def compile_with_slp(*args, **kwargs):
-        # Numba's compiler lock first: no other thread compiles while the switch is on, and two
-        # threads reaching a new driver at once never see each other's setting.
-        with _compiler_lock, slp_compilation():
-            return compile_for_args(*args, **kwargs)
-
-    dispatcher._compile_for_args = compile_with_slp
-    return dispatcher

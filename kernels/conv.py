@@ -27,8 +27,6 @@ backward dx  stride 1 and padding <= kernel - 1: dx is the forward convolution o
              per image, dcol (P*Q, R*S*C) = dy[n]^T . W2 with the tile, then col2im adds each row
              back into the padded HWC image; prange over images.
 backward dw  kernels/conv_weight.py (weight_gradient), shared with the fused first layer.
-SLP: the drivers that reach the register tile compile inside slp_compilation() (compiles_with_slp,
-kernels/_config.py).
 """
 from __future__ import annotations
 
@@ -47,7 +45,7 @@ from fastcnn.kernels._common import (
     pixel_offsets,
     prepare,
 )
-from fastcnn.kernels._config import CACHE, FASTMATH, TILE_FASTMATH, compiles_with_slp
+from fastcnn.kernels._config import CACHE, FASTMATH
 from fastcnn.kernels._gemm import rows_axpy
 from fastcnn.kernels._parallel import parallel_for
 from fastcnn.kernels._tile import MR, MR_NARROW, NR, NR_NARROW, tile, tile_narrow
@@ -58,7 +56,7 @@ TASKS_PER_CALL = 8    # a forward call on fewer images than this also splits eac
 BLOCK_PIXELS = (256 // MR) * MR   # forward: output pixels per result block (Ct), copied out at once
 BLOCK_PIXELS_NARROW = (256 // MR_NARROW) * MR_NARROW
 # The route cost model: each tile's speed as a fraction of the FMA peak in the forward, data in L1, per
-# tile shape (MR, NR) (dev/gen_tile.py). 3 x 32 and 5 x 16 are measured on an AVX2 CPU; 6 x 32 (AVX-512) was
+# tile shape (MR, NR) (kernels/_tile.py). 3 x 32 and 5 x 16 are measured on an AVX2 CPU; 6 x 32 (AVX-512) was
 # only compared end to end, so it is taken at 3 x 32's figure until measured on its own.
 TILE_SPEED = {(3, 32): 0.94, (6, 32): 0.94, (5, 16): 0.83}
 CT_PAD = 16           # Ct row padding: a stride of a multiple of 256 bytes maps a column to 1/4 of L1's sets
@@ -66,7 +64,7 @@ CT_PAD = 16           # Ct row padding: a stride of a multiple of 256 bytes maps
 
 # ---------------------------------------------------------------- serial workers (one image)
 
-@njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
+@njit(boundscheck=False, cache=CACHE)
 def tiles_pixels(xf, starts, offs, Bf, L, Ct):
     """Ct[i, k] = sum_l xf[starts[l] + offs[i]] * B[k // NR, l, k % NR] for the pixels i < len(offs)
     (a multiple of MR) and every k of the packed weights Bf (ceil(K/NR) panels of L x NR, flattened):
@@ -83,7 +81,7 @@ def tiles_pixels(xf, starts, offs, Bf, L, Ct):
                 tile(xf, starts[k0:k1], offs[g:g + MR], Bf, lstarts[k0:k1], kb * L * NR, Ct, g, kb * NR, k0 > 0)
 
 
-@njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
+@njit(boundscheck=False, cache=CACHE)
 def tiles_pixels_narrow(xf, starts, offs, Bf, L, Ct):
     """tiles_pixels with the narrow tile: MR_NARROW pixels x NR_NARROW output channels per call,
     Bf ceil(K/NR_NARROW) panels of L x NR_NARROW, len(offs) a multiple of MR_NARROW."""
@@ -120,7 +118,7 @@ def _copy_out(Ct, b, yv, n, v0, v1):
             yv[n, k, v] = Ct[v - v0, k] + bk
 
 
-@njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
+@njit(boundscheck=False, cache=CACHE)
 def tiles_grid(Af, L, xf, starts, j0, j1, Ct):
     """Ct[k, j - j0] = sum_l A[k // MR, l, k % MR] * xf[starts[l] + j] for every k of the packed
     weights Af (ceil(K/MR) panels of L x MR, flattened) and j0 <= j < j1 rounded up to NR: the tile
@@ -140,7 +138,6 @@ def tiles_grid(Af, L, xf, starts, j0, j1, Ct):
                      k0 > 0)
 
 
-@compiles_with_slp
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _forward_shifted(lo, hi, x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups):
     """Any stride: x (N,C,H,W), Bp (ceil(K/NR), C*R*S, NR) the packed weights -> y (N,K,P,Q).
@@ -172,7 +169,6 @@ def _forward_shifted(lo, hi, x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, 
             _copy_out(Ct, b, yv, n, v0, v1)
 
 
-@compiles_with_slp
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _forward_narrow(lo, hi, x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups):
     """_forward_shifted with the narrow tile, where the last NR-wide panel would be half or more
@@ -203,7 +199,6 @@ def _forward_narrow(lo, hi, x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, n
             _copy_out(Ct, b, yv, n, v0, v1)
 
 
-@compiles_with_slp
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _forward_grid(lo, hi, x, Ap, b, sh, sw, ph, pw, Hs, Ws, y, starts, slack, ngroups):
     """As _forward_shifted with the tile turned around, for few output channels (K well below NR,
@@ -254,7 +249,6 @@ def _forward_small(lo, hi, x, w2, b, R, S, sh, sw, ph, pw, y):
         rows_axpy(w2, colT, b, y[n].reshape(K, P * Q))
 
 
-@compiles_with_slp
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _backward_input_col2im(lo, hi, dy, Bp, R, S, sh, sw, ph, pw, dx, starts, offs):
     """Any stride. dy (N,K,P,Q), Bp (ceil(R*S*C/NR), K, NR) the weights packed as columns (r, s, c)

@@ -11,7 +11,6 @@ backward dw  prange over fixed chunks of images (their bounds depend on N only):
              transposed (partials_shifted): rows (c, r, t) read in place from the chunk's phase
              planes, columns NR output channels of dy packed pixel-major, the reduction over the
              chunk's output pixels; an extra plane of ones per image gives db as one more row.
-SLP: the driver compiles inside slp_compilation() (compiles_with_slp, kernels/_config.py).
 """
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ from numba import njit
 
 from fastcnn.convmath import conv_output_size
 from fastcnn.kernels._common import TABLES, _pack_phases, balanced_block, pad_rows, phase_grid, phase_starts
-from fastcnn.kernels._config import CACHE, FASTMATH, TILE_FASTMATH, compiles_with_slp
+from fastcnn.kernels._config import CACHE, FASTMATH
 from fastcnn.kernels._parallel import parallel_for
 from fastcnn.kernels._tile import MR, NR, tile
 
@@ -67,7 +66,7 @@ def _scatter_pooled(dyn, an, offsets, psh, psw, Q, dyt, pix0):
                     dyt[kb, base + q * psw + offsets[a], j] += dyn[k, p, q]
 
 
-@njit(fastmath=TILE_FASTMATH, boundscheck=False, cache=CACHE)
+@njit(boundscheck=False, cache=CACHE)
 def partials_shifted(x, n0, nb, sh, sw, ph, pw, Hs, Ws, P, Q, starts, dyt, part):
     """part (len(starts), ceil(K/NR)*NR) = the partial dw^T (C*R*S rows) and db (row C*R*S) of
     images n0 .. n0+nb of x (N, C, H, W) against their gradient packed by _pack_dyt, written by the
@@ -128,7 +127,6 @@ def _sum_partials(parts, dw, db):
 
 # ---------------------------------------------------------------- parallel driver
 
-@compiles_with_slp
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _backward_weight_partials(lo, hi, x, dy, argmax, offsets, psh, psw, sh, sw, ph, pw, Hs, Ws, P, Q, starts, parts):
     """Per chunk of images (bounds depend on N only): the chunk's convolution gradient in the tile's

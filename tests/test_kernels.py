@@ -912,7 +912,62 @@ def test_wide_features_only_on_avx512():
 def test_the_tile_in_use_is_the_one_chosen_for_the_compiled_features():
     from fastcnn.kernels import _tile
     assert _tile.MR == _config.TILE_ROWS == _config.tile_rows(_config.compiled_features(), _config.TILE_OVERRIDE)
-    assert _tile.tile is (_tile.tile_6x32 if _tile.MR == 6 else _tile.tile_3x32)
+    assert _tile.VECTOR_BYTES == (64 if _tile.MR == 6 else 32)
+
+
+def _tile_caller(mr, nr):
+    from fastcnn.kernels._tile import register_tile
+    tile = register_tile(mr, nr)
+
+    @numba.njit
+    def call(fa, astarts, aoffs, fb, bstarts, boff, C, i0, j0, load):
+        tile(fa, astarts, aoffs, fb, bstarts, boff, C, i0, j0, load)
+    return call
+
+
+_TILE_CALLERS = {}
+
+
+@pytest.mark.parametrize("shape", [(3, 32), (6, 32), (5, 16)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("load", [True, False], ids=["accumulate", "overwrite"])
+@pytest.mark.parametrize("steps", [0, 1, 37])
+def test_register_tile_against_its_definition(shape, dtype, load, steps):
+    """Every tile shape on any CPU, against the loop in kernels/_tile.py's docstring: scattered
+    reads through int32 and strided index tables, a window of C in the middle of a larger array,
+    everything outside the window untouched."""
+    mr, nr = shape
+    call = _TILE_CALLERS.setdefault(shape, _tile_caller(mr, nr))
+    rng = np.random.default_rng(steps)
+    fa = rng.standard_normal(500).astype(dtype)
+    fb = rng.standard_normal(700).astype(dtype)
+    astarts = rng.integers(0, 400, 2 * steps).astype(np.int32)[::2]          # strided view
+    aoffs = rng.integers(0, 100, mr)
+    bstarts = rng.integers(0, 600, steps)
+    boff, i0, j0 = 7, 2, 5
+    C = rng.standard_normal((mr + 4, nr + 9)).astype(dtype)
+    expected = C.copy()
+    window = expected[i0:i0 + mr, j0:j0 + nr]
+    if not load:
+        window[:] = 0
+    for i in range(mr):
+        for j in range(nr):
+            for l in range(steps):
+                window[i, j] += fa[astarts[l] + aoffs[i]] * fb[bstarts[l] + boff + j]
+    call(fa, astarts, aoffs, fb, bstarts, boff, C, i0, j0, load)
+    assert_agree(C, expected, f"{mr}x{nr} tile")
+    outside = np.ones(C.shape, bool)
+    outside[i0:i0 + mr, j0:j0 + nr] = False
+    assert np.array_equal(C[outside], expected[outside])
+
+
+def test_register_tile_refuses_operands_it_cannot_read_as_vectors():
+    call = _tile_caller(3, 32)
+    a, t = np.zeros(100, np.float32), np.zeros(3, np.int64)
+    with pytest.raises(numba.core.errors.TypingError, match="fb must be a C-contiguous 1-d float array"):
+        call(a, t, t, a[::2], t, 0, np.zeros((3, 32), np.float32), 0, 0, True)
+    with pytest.raises(numba.core.errors.TypingError, match="C's dtype"):
+        call(a, t, t, a, t, 0, np.zeros((3, 32), np.float64), 0, 0, True)
 
 
 # A process that believes its CPU has AVX-512 (nothing is compiled, so nothing runs that this CPU lacks).
@@ -948,13 +1003,3 @@ def test_512_bit_vectors_on_avx512_only_when_a_command_asks(before, call, env, e
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == expected
-
-
-def test_slp_setting_is_restored_after_the_tile_kernels():
-    """The SLP vectoriser is switched on only around fastcnn's own drivers (kernels/_config.py)."""
-    before = numba.core.config.SLP_VECTORIZE
-    x = np.ones((2, 16, 5, 5), np.float32)
-    w = np.ones((3, 16, 3, 3), np.float32)
-    y = nb.conv2d_forward(x, w, np.zeros(3, np.float32), (1, 1), (1, 1))
-    nb.conv2d_backward(np.ones_like(y), x, w, (1, 1), (1, 1))
-    assert numba.core.config.SLP_VECTORIZE == before
