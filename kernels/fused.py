@@ -10,10 +10,12 @@ convolution, read by the pool, and in backward written again as a dense gradient
 quarters zeros and read once more by the weight gradient. Fused, each image's convolution planes
 (K, P, Q) live only in a per-image buffer that stays in the core's cache:
 
-forward   per image n (parallel_for over images): the convolution of image n into a (K, P*Q) buffer (the same
-          workers as :mod:`fastcnn.kernels.conv` for a tiny reduction: im2col + rows_axpy), then
-          :func:`~fastcnn.kernels.pool.maxpool_plane` with the ReLU into y[n] and argmax[n]. (A
-          first layer with C*R*S >= SMALL_L runs the convolution kernels, then the pool.)
+forward   2x2 / stride 2 pool, tiny reduction (C*R*S < SMALL_L): per image n (parallel_for over
+          images), the convolution of the pixels under the pool windows into a (K, 4*P2*Q2)
+          buffer ordered by place in the window (im2col_windows, then rows_axpy as in
+          :mod:`fastcnn.kernels.conv`), pooled with the ReLU into y[n] and argmax[n] by comparing
+          its four blocks (_relu_max4). Any other first layer runs the convolution kernels, then
+          the pool.
 backward  conv_weight.weight_gradient, as for every convolution (its _backward_weight_partials: prange over
           fixed chunks of images, the register tile on the images' phase planes, read in place),
           given the pooled gradient and argmax: each chunk scatters its pooled gradients through
@@ -29,38 +31,97 @@ import numpy as np
 from numba import njit
 
 from fastcnn.convmath import conv_output_size
-from fastcnn.kernels._common import im2col_chw_t, pad_chw, prepare
+from fastcnn.kernels._common import pad_chw, prepare
 from fastcnn.kernels._config import CACHE, FASTMATH
 from fastcnn.kernels._gemm import rows_axpy
 from fastcnn.kernels._parallel import parallel_for
 from fastcnn.kernels.conv import SMALL_L
 from fastcnn.kernels.conv import _forward as _conv_forward
 from fastcnn.kernels.conv_weight import weight_gradient
-from fastcnn.kernels.pool import maxpool2d_forward, maxpool_plane
+from fastcnn.kernels.pool import _beats, maxpool2d_forward
 
 
 @njit(boundscheck=False, cache=CACHE)
-def _pool_planes(conv, P, Q, kh, kw, psh, psw, relu, zero, yn, an):
-    """conv (K, P*Q) of one image -> yn, an (K, P2, Q2): max pool with the ReLU (``relu``, always True: an
-    argument, not a literal, so maxpool_plane's compiled version is the pooling layers' own)."""
-    planes = conv.reshape(conv.shape[0], P, Q)
-    for k in range(conv.shape[0]):
-        maxpool_plane(planes[k], kh, kw, psh, psw, relu, zero, yn[k], an[k])
+def im2col_windows(xp, R, S, sh, sw, P2, Q2, colT):
+    """xp (C, Hp, Wp) -> colT (C*R*S, 4*P2*Q2): the im2col columns of the convolution pixels under
+    the 2x2 / stride 2 pool windows, grouped by their place a = dr*2 + dc in the window: column
+    a*P2*Q2 + p2*Q2 + q2 is pixel (2*p2 + dr, 2*q2 + dc). Pooling then compares four contiguous
+    blocks element by element, a loop as long as the pooled image that LLVM vectorises, where a
+    28-wide plane's rows are shorter than one 16-lane vector step."""
+    C = xp.shape[0]
+    M = P2 * Q2
+    for c in range(C):
+        for r in range(R):
+            for s in range(S):
+                row = (c * R + r) * S + s
+                for a in range(4):
+                    dr, dc = a // 2, a % 2
+                    for p2 in range(P2):
+                        base = a * M + p2 * Q2
+                        h = (2 * p2 + dr) * sh + r
+                        for q2 in range(Q2):
+                            colT[row, base + q2] = xp[c, h, (2 * q2 + dc) * sw + s]
+
+
+@njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
+def _relu_max4(w, M, zero, y, arg):
+    """y[o], arg[o] for o < M: ReLU and max over the window w[o], w[M + o], w[2M + o], w[3M + o]
+    (row-major window order), with selects instead of branches, as pool._maxpool_plane_2x2: the
+    first maximum keeps a tie, -1 where the ReLU clamps. Returns NaN if the window holds a NaN
+    or an infinity (then _relu_max4_exact redoes it)."""
+    probe = zero
+    for o in range(M):
+        a0, a1, a2, a3 = w[o], w[M + o], w[2 * M + o], w[3 * M + o]
+        probe += (a0 + a1 + a2 + a3) * zero
+        best, at = a0, 0
+        m = a1 > best
+        best, at = (a1 if m else best), (1 if m else at)
+        m = a2 > best
+        best, at = (a2 if m else best), (2 if m else at)
+        m = a3 > best
+        best, at = (a3 if m else best), (3 if m else at)
+        keep = best > zero
+        y[o] = best if keep else zero
+        arg[o] = at if keep else -1
+    return probe
+
+
+@njit(boundscheck=False, cache=CACHE)
+def _relu_max4_exact(w, M, zero, y, arg):
+    """_relu_max4 with max pooling's NaN rule (pool._beats: the first NaN wins)."""
+    for o in range(M):
+        best, at = w[o], 0
+        for a in range(1, 4):
+            v = w[a * M + o]
+            if _beats(v, best):
+                best, at = v, a
+        if best <= zero:
+            best, at = zero, -1
+        y[o] = best
+        arg[o] = at
 
 
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _forward_small(lo, hi, x, w2, b, R, S, sh, sw, ph, pw, P, Q, kh, kw, psh, psw, relu, zero, y, argmax):
-    """Tiny C*R*S (the first layer): w2 (K, C*R*S) in (c, r, s) order -> y, argmax (N, K, P2, Q2)."""
+def _forward_small(lo, hi, x, w2, b, R, S, sh, sw, ph, pw, zero, y, argmax):
+    """Tiny C*R*S (the first layer), 2x2 / stride 2 pool: w2 (K, C*R*S) in (c, r, s) order -> y,
+    argmax (N, K, P2, Q2). Per image: only the pixels under pool windows are convolved, in
+    im2col_windows' order, then pooled with the ReLU."""
     N, C, H, W = x.shape
-    K = y.shape[1]
+    K, P2, Q2 = y.shape[1], y.shape[2], y.shape[3]
+    M = P2 * Q2
     for n in range(lo, hi):
         xp = np.empty((C, H + 2 * ph, W + 2 * pw), x.dtype)
         pad_chw(x[n], ph, pw, xp)
-        colT = np.empty((C * R * S, P * Q), x.dtype)
-        im2col_chw_t(xp, R, S, sh, sw, P, Q, colT)
-        conv = np.empty((K, P * Q), x.dtype)                       # this image's conv planes
+        colT = np.empty((C * R * S, 4 * M), x.dtype)
+        im2col_windows(xp, R, S, sh, sw, P2, Q2, colT)
+        conv = np.empty((K, 4 * M), x.dtype)                       # this image's convolution, by window place
         rows_axpy(w2, colT, b, conv)
-        _pool_planes(conv, P, Q, kh, kw, psh, psw, relu, zero, y[n], argmax[n])
+        yn = y[n].reshape(K, M)
+        an = argmax[n].reshape(K, M)
+        for k in range(K):
+            probe = _relu_max4(conv[k], M, zero, yn[k], an[k])
+            if probe != probe:
+                _relu_max4_exact(conv[k], M, zero, yn[k], an[k])
 
 
 def window_offsets(pool_size, row):
@@ -91,12 +152,12 @@ def conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride
     argmax = np.empty((N, K, P2, Q2), np.int32)
     if N == 0 or P2 == 0 or Q2 == 0:
         return y, argmax
-    if C * R * S < SMALL_L:
-        parallel_for(_forward_small, N, x, w.reshape(K, C * R * S), b, R, S, *stride, *padding, P, Q, *pool_size,
-                     *pool_stride, True, x.dtype.type(0), y, argmax)
+    if C * R * S < SMALL_L and pool_size == pool_stride == (2, 2):
+        parallel_for(_forward_small, N, x, w.reshape(K, C * R * S), b, R, S, *stride, *padding, x.dtype.type(0), y,
+                     argmax)
         return y, argmax
-    # A first layer with a long reduction (not the MNIST network's): the convolution kernels as they
-    # are, then the pool; same results, without the cache benefit.
+    # Another pool, or a first layer with a long reduction (not the MNIST network's): the
+    # convolution kernels as they are, then the pool; same results, without the cache benefit.
     return maxpool2d_forward(_conv_forward(x, w, b, stride, padding), pool_size, pool_stride, relu=True)
 
 

@@ -781,6 +781,23 @@ def test_maxpool_nan_propagates_like_reference(kernel, stride, relu):
     np.testing.assert_array_equal(y_nb, y_ref)        # assert_array_equal treats NaN == NaN
 
 
+@pytest.mark.parametrize("pool", [(2, 2), (3, 3)], ids=["2x2s2", "3x3s3"])
+def test_fused_first_layer_nan_and_infinity_like_the_unfused_layers(pool):
+    """A NaN or an infinity in the image reaches the fused layer's exact fallback: same values
+    (NaN where the reference has one) and the same argmax as convolution then max-pool."""
+    x = np.random.default_rng(3).standard_normal((2, 1, 12, 12)).astype(np.float32)
+    x[0, 0, 3, 4], x[1, 0, 6, 2], x[1, 0, 1, 9] = np.nan, np.inf, -np.inf
+    w = np.random.default_rng(4).standard_normal((5, 1, 3, 3)).astype(np.float32)
+    b = np.zeros(5, np.float32)
+    y, arg = nb.conv2d_relu_maxpool_forward(x, w, b, (1, 1), (1, 1), pool, pool)
+    y_unfused, arg_unfused = nb.maxpool2d_forward(nb.conv2d_forward(x, w, b, (1, 1), (1, 1)), pool, pool, relu=True)
+    y_ref, arg_ref = ref.conv2d_relu_maxpool_forward(x, w, b, (1, 1), (1, 1), pool, pool)
+    assert np.isnan(y_ref).any() and np.isinf(y_ref).any()
+    np.testing.assert_array_equal(y, y_unfused)
+    np.testing.assert_array_equal(arg, arg_unfused)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+
+
 def test_relu_nan_propagates_like_reference():
     x = np.array([np.nan, -1.0, 0.0, 2.0], np.float32)
     np.testing.assert_array_equal(nb.relu_forward(x), ref.relu_forward(x))
