@@ -34,10 +34,10 @@ from fastcnn.backend import usable_cpus
 from fastcnn.kernels._config import CACHE, compiled_features
 from fastcnn.kernels.conv import SMALL_L
 
-# About what a first run takes on the 2-core development machine, both halves in one process or split
-# with the helper: the figures measured with prange drivers (30 and 20 s) scaled by the CPU time the serial
-# drivers take instead, 0.53 of it in alternated cold starts (docs/performance-log.md).
-ESTIMATED_COMPILE_SECONDS = {"alone": 16.0, "split": 11.0}
+# About what a first run takes on the 2-core development machines, both halves in one process or split
+# with the helper: measured 8.5 and 4.8 s on the Zen 5 one (docs/performance-log.md, 2026-12-07), which
+# compiles about 1.6x faster than the Zen 3 one (the prange version: 13.1-13.8 against 21.6 s).
+ESTIMATED_COMPILE_SECONDS = {"alone": 12.0, "split": 7.0}
 
 
 class _FirstCompile(event.Listener):
