@@ -7,8 +7,8 @@ P, Q convolution output size, P2, Q2 pooled size, kh, kw pool window, psh, psw p
 Why fuse: in the MNIST network's first layer the convolution output (N, 32, 28, 28) is the largest
 activation of the network (12.8 MB at batch 128) and, unfused, it is written to memory by the
 convolution, read by the pool, and in backward written again as a dense gradient that is three
-quarters zeros and read once more by the weight gradient. Fused, each image's convolution planes
-(K, P, Q) live only in a per-image buffer that stays in the core's cache:
+quarters zeros and read once more by the weight gradient. Fused, each image's convolution lives
+only in a per-image buffer that stays in the core's cache:
 
 forward   2x2 / stride 2 pool, tiny reduction (C*R*S < SMALL_L): per image n (parallel_for over
           images), the convolution of the pixels under the pool windows into a (K, 4*P2*Q2)
