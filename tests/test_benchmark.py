@@ -220,6 +220,30 @@ def test_peak_check_blames_no_other_program_when_the_cores_were_quiet():
     assert len(notes) == 1 and "no other program" in notes[0] and "took cores" not in notes[0]
 
 
+def test_interleaved_calls_each_wait_untimed_when_frameworks_take_turns(monkeypatch):
+    """With ``settle``, every timed call follows a pause (the other framework's threads stop
+    spinning meanwhile), and the pause is not in the call's time."""
+    clock = [0.0]
+    events = []
+
+    def sleep(seconds):
+        events.append(("sleep", seconds))
+        clock[0] += seconds
+
+    def call(name):
+        def fn():
+            events.append(("call", name))
+            clock[0] += 0.001
+        return fn
+
+    monkeypatch.setattr(measurement.time, "sleep", sleep)
+    monkeypatch.setattr(measurement.time, "perf_counter", lambda: clock[0])
+    times = measurement.time_interleaved([call("a"), call("b")], min_rounds=3, min_time=0.0, warmup=1, settle=0.02)
+    timed = events[2:]                                  # after one untimed warm-up call of each
+    assert timed == [("sleep", 0.02), ("call", "a"), ("sleep", 0.02), ("call", "b")] * 3
+    assert times == [[pytest.approx(0.001)] * 3] * 2
+
+
 def test_matmul_runs_on_the_threads_it_is_given():
     one = measurement.measure_matmul(64, repeats=1, threads=1)
     assert one["threads"] == 1 and one["gflops"] > 0

@@ -41,9 +41,11 @@ SETTLE_SECONDS = 0.02   # measure_steps: the pause before each step when framewo
 
 
 def time_interleaved(fns: list[Callable], *, min_rounds: int = 5, min_time: float = 0.2, max_rounds: int = 1000,
-                     warmup: int = 1) -> list[list[float]]:
+                     warmup: int = 1, settle: float = 0.0) -> list[list[float]]:
     """Call several functions in turn (f0, f1, f0, f1, ...), so a change of machine load hits all
-    of them alike; returns one list of per-call seconds per function."""
+    of them alike; returns one list of per-call seconds per function. ``settle``: seconds to sleep
+    before each timed call (untimed), so that one framework's threads still spinning after its call
+    do not share the cores with the next (see measure_steps)."""
     for _ in range(warmup):
         for fn in fns:
             fn()
@@ -51,6 +53,8 @@ def time_interleaved(fns: list[Callable], *, min_rounds: int = 5, min_time: floa
     start = time.perf_counter()
     while len(times[0]) < min_rounds or (time.perf_counter() - start < min_time and len(times[0]) < max_rounds):
         for fn, out in zip(fns, times):
+            if settle:
+                time.sleep(settle)
             t = time.perf_counter()
             fn()
             out.append(time.perf_counter() - t)
@@ -213,7 +217,11 @@ def measure_ops(cases: list[OpCase], runners: dict, *, threads: int, min_rounds:
                 with contextlib.ExitStack() as guards, CpuMeter() as meter:
                     for name in group:
                         guards.enter_context(runners[name].guard())
-                    times = time_interleaved([fn for _, _, fn, _ in calls], min_rounds=min_rounds,
+                    # Frameworks side by side: each call after a pause (PyTorch's threads spin on
+                    # after its calls; a fastcnn call right after one measured up to 2.5x slower).
+                    settle = SETTLE_SECONDS if len(group) > 1 else 0.0
+                    rounds = min_rounds * (2 if settle else 1)
+                    times = time_interleaved([fn for _, _, fn, _ in calls], settle=settle, min_rounds=rounds,
                                              min_time=min_time * len(unit))
                 summary = meter.summary(threads)
                 for (name, case, _, _), t in zip(calls, times):
