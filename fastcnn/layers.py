@@ -222,23 +222,21 @@ class ReLUMaxPool2D(FusedLayer):
 
 
 class ConvReLUMaxPool2D(FusedLayer):
-    """Conv2D, ReLU and MaxPool2D as one op of the backend (``conv2d_relu_maxpool_forward`` /
-    ``_backward``): the convolution output, the largest activation of a first layer, is never
-    stored. The op computes no input gradient, so the convolution must have
-    ``need_input_grad=False`` (a first layer); backward returns None.
+    """Conv2D, ReLU and MaxPool2D as one op of the backend (``conv2d_relu_maxpool_forward``): the
+    convolution output is never stored. Backward: for a first layer (``need_input_grad=False``)
+    the op ``conv2d_relu_maxpool_backward`` gives dw and db straight from the pooled gradient and
+    returns None; otherwise the pool's backward, then the convolution's, which returns dx.
 
     ``params`` and ``grads`` are the convolution's own dicts: ``0.weight`` stays ``0.weight``."""
 
     _x: np.ndarray
     _argmax: np.ndarray
+    _conv_shape: tuple[int, int, int, int]
 
     def __init__(self, conv: Conv2D, relu: ReLU, pool: MaxPool2D) -> None:
         if not (isinstance(conv, Conv2D) and isinstance(relu, ReLU) and isinstance(pool, MaxPool2D)):
             raise TypeError(f"ConvReLUMaxPool2D fuses a Conv2D, a ReLU and a MaxPool2D, got {conv!r}, {relu!r}, "
                             f"{pool!r}")
-        if conv.need_input_grad:
-            raise ValueError("ConvReLUMaxPool2D computes no input gradient: set need_input_grad=False on the "
-                             "Conv2D (only a first layer can be fused)")
         super().__init__((conv, relu, pool))
         self.conv, self.pool = conv, pool
         self.params, self.grads = conv.params, conv.grads
@@ -248,20 +246,25 @@ class ConvReLUMaxPool2D(FusedLayer):
         _check_conv_input(self, conv, x)
         P, Q = conv.output_shape(x.shape[2], x.shape[3])
         _check_pool_size(self, pool.kernel_size, (x.shape[0], conv.out_channels, P, Q))
-        self._x = x
+        self._x, self._conv_shape = x, (x.shape[0], conv.out_channels, P, Q)
         y, self._argmax = self.ops.conv2d_relu_maxpool_forward(x, self.params["weight"], self.params["bias"],
                                                                conv.stride, conv.padding, pool.kernel_size,
                                                                pool.stride)
         return self._output(y)
 
-    def backward(self, dy: np.ndarray) -> None:
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
         self._check_grad(dy)
         conv, pool = self.conv, self.pool
-        dw, db = self.ops.conv2d_relu_maxpool_backward(dy, self._argmax, self._x, self.params["weight"],
-                                                       conv.stride, conv.padding, pool.kernel_size, pool.stride)
+        dx = None
+        if conv.need_input_grad:
+            dconv = self.ops.maxpool2d_backward(dy, self._argmax, self._conv_shape, pool.kernel_size, pool.stride)
+            dx, dw, db = self.ops.conv2d_backward(dconv, self._x, self.params["weight"], conv.stride, conv.padding)
+        else:
+            dw, db = self.ops.conv2d_relu_maxpool_backward(dy, self._argmax, self._x, self.params["weight"],
+                                                           conv.stride, conv.padding, pool.kernel_size, pool.stride)
         self.grads["weight"] = dw
         self.grads["bias"] = db
-        return None
+        return dx
 
 
 class Flatten(Layer):

@@ -30,17 +30,17 @@ def fuse_layers(layers: Sequence[Layer]) -> list[Layer]:
     """``layers`` with runs that one op computes replaced by a fused layer, each freed slot holding
     an :class:`~fastcnn.layers.Identity` so every other layer keeps its index:
 
-    * a first layer Conv2D that needs no input gradient, then ReLU, then MaxPool2D
-      -> :class:`~fastcnn.layers.ConvReLUMaxPool2D` (the convolution output is never stored);
+    * Conv2D, then ReLU, then MaxPool2D -> :class:`~fastcnn.layers.ConvReLUMaxPool2D` (the
+      convolution output is never stored);
     * ReLU then MaxPool2D -> :class:`~fastcnn.layers.ReLUMaxPool2D` (one pass instead of two).
 
     Outputs and gradients are those of the unfused layers; the parameters are the same arrays.
     """
     out = list(layers)
-    conv, relu, pool = (out + [Identity(), Identity()])[:3]
-    if (isinstance(conv, Conv2D) and not conv.need_input_grad and isinstance(relu, ReLU)
-            and isinstance(pool, MaxPool2D)):
-        out[0:3] = [ConvReLUMaxPool2D(conv, relu, pool), Identity(), Identity()]
+    for i in range(len(out) - 2):
+        conv, relu, pool = out[i:i + 3]
+        if isinstance(conv, Conv2D) and isinstance(relu, ReLU) and isinstance(pool, MaxPool2D):
+            out[i:i + 3] = [ConvReLUMaxPool2D(conv, relu, pool), Identity(), Identity()]
     for i in range(len(out) - 1):
         relu, pool = out[i], out[i + 1]
         if isinstance(relu, ReLU) and isinstance(pool, MaxPool2D):

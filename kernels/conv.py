@@ -30,16 +30,20 @@ backward dw  kernels/conv_weight.py (weight_gradient), shared with the fused fir
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
 from fastcnn.convmath import conv_output_size
 from fastcnn.kernels._common import (
+    TABLES,
     _pack_phases,
     balanced_block,
     im2col_chw_t,
     pack_panels,
     pad_chw,
+    pad_rows,
     phase_grid,
     phase_starts,
     pixel_offsets,
@@ -50,10 +54,13 @@ from fastcnn.kernels._gemm import rows_axpy
 from fastcnn.kernels._parallel import parallel_for
 from fastcnn.kernels._tile import MR, MR_NARROW, NR, NR_NARROW, tile, tile_narrow
 from fastcnn.kernels.conv_weight import weight_gradient
+from fastcnn.kernels.pool import _beats
 
+NO_POOL = np.empty((0, 0, 0, 0), np.int32)   # _forward_shifted: the plain convolution
 SMALL_L = 16          # forward reductions shorter than this use rows_axpy (measured faster for 9, slower for 27)
 TASKS_PER_CALL = 8    # a forward call on fewer images than this also splits each image's pixels
-BLOCK_PIXELS = (256 // MR) * MR   # forward: output pixels per result block (Ct), copied out at once
+UNIT = MR * 4 // math.gcd(MR, 4)  # forward: pixels are split in units of whole tiles and whole 2x2 windows
+BLOCK_PIXELS = (256 // UNIT) * UNIT   # forward: output pixels per result block (Ct), copied out at once
 BLOCK_PIXELS_NARROW = (256 // MR_NARROW) * MR_NARROW
 # The route cost model: each tile's speed as a fraction of the FMA peak in the forward, data in L1, per
 # tile shape (MR, NR) (kernels/_tile.py). 3 x 32 and 5 x 16 are measured on an AVX2 CPU; 6 x 32 (AVX-512) was
@@ -118,6 +125,49 @@ def _copy_out(Ct, b, yv, n, v0, v1):
             yv[n, k, v] = Ct[v - v0, k] + bk
 
 
+@njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
+def _pool_out(Ct, b, yv, av, n, w0, w1):
+    """ReLU and 2x2 max pool of a result block whose rows are pixels of whole pool windows, four
+    per window in window order (window_pixels): yv[n, k, w], av[n, k, w] for the windows w0 <= w
+    < w1 of the image (the real ones). The values compared are those _copy_out would store (Ct +
+    b), with pool._maxpool_plane_2x2's selects; a block holding a NaN or an infinity is redone with
+    max pooling's NaN rule. Channels innermost: Ct's rows are read as vectors."""
+    K, M = b.shape[0], yv.shape[2]
+    w1 = min(M, w1)
+    zero = Ct.dtype.type(0)
+    probe = zero
+    for w in range(w0, w1):
+        r = 4 * (w - w0)
+        for k in range(K):
+            bk = b[k]
+            a0, a1, a2, a3 = Ct[r, k] + bk, Ct[r + 1, k] + bk, Ct[r + 2, k] + bk, Ct[r + 3, k] + bk
+            probe += (a0 + a1 + a2 + a3) * zero
+            best, at = a0, 0
+            m = a1 > best                           # strict: the first maximum keeps a tie
+            best, at = (a1 if m else best), (1 if m else at)
+            m = a2 > best
+            best, at = (a2 if m else best), (2 if m else at)
+            m = a3 > best
+            best, at = (a3 if m else best), (3 if m else at)
+            keep = best > zero
+            yv[n, k, w] = best if keep else zero
+            av[n, k, w] = at if keep else -1
+    if probe == probe:
+        return
+    for w in range(w0, w1):
+        r = 4 * (w - w0)
+        for k in range(K):
+            best, at = Ct[r, k] + b[k], 0
+            for a in range(1, 4):
+                v = Ct[r + a, k] + b[k]
+                if _beats(v, best):
+                    best, at = v, a
+            if best <= zero:
+                best, at = zero, -1
+            yv[n, k, w] = best
+            av[n, k, w] = at
+
+
 @njit(boundscheck=False, cache=CACHE)
 def tiles_grid(Af, L, xf, starts, j0, j1, Ct):
     """Ct[k, j - j0] = sum_l A[k // MR, l, k % MR] * xf[starts[l] + j] for every k of the packed
@@ -139,34 +189,41 @@ def tiles_grid(Af, L, xf, starts, j0, j1, Ct):
 
 
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _forward_shifted(lo, hi, x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups):
+def _forward_shifted(lo, hi, x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups, argmax):
     """Any stride: x (N,C,H,W), Bp (ceil(K/NR), C*R*S, NR) the packed weights -> y (N,K,P,Q).
     With the padded image split into its phase planes (_pack_phases, flattened per channel and
     phase), output pixel (p, q) needs x_pad[c, p*sh + r, q*sw + t] = xf[starts[(c, r, t)] +
     offs[(p, q)]] with starts from phase_starts and offs[(p, q)] = p*Ws + q: the tile reads its MR
     pixel rows straight from the image (no im2col), and only real output pixels are computed (offs
     is padded to a multiple of MR by repeating the last pixel, whose extra results are dropped).
-    prange over (image, group of MR-pixel blocks); each task writes only its own pixels of its own
-    image."""
-    N, K, PQ = x.shape[0], y.shape[1], y.shape[2] * y.shape[3]
+    prange over (image, group of UNIT-pixel blocks); each task writes only its own pixels of its own
+    image. With a non-empty argmax, the convolution is followed by a ReLU and a 2x2 / stride 2 max
+    pool: y and argmax are the pooled (N, K, P2, Q2), offs lists only the pixels under the windows,
+    four per window (window_pixels), and each result block is pooled (_pool_out) instead of copied
+    out; the convolution output is never stored."""
+    N, K, M = x.shape[0], y.shape[1], y.shape[2] * y.shape[3]     # M: pixels, or pooled windows
     L = starts.shape[0]
     nkb = Bp.shape[0]
     Bf = Bp.reshape(nkb * L * NR)
-    nblk = offs.shape[0] // MR
-    yv = y.reshape(N, K, PQ)
+    nunits = offs.shape[0] // UNIT
+    yv = y.reshape(N, K, M)
+    av = argmax.reshape(argmax.shape[0], argmax.shape[1], argmax.shape[2] * argmax.shape[3])
     for t in range(lo, hi):
         n = t // ngroups
         g = t - n * ngroups
-        g0 = g * nblk // ngroups
-        g1 = (g + 1) * nblk // ngroups
-        if g1 <= g0:
+        u0 = g * nunits // ngroups
+        u1 = (g + 1) * nunits // ngroups
+        if u1 <= u0:
             continue
         xf = _image_planes(x, n, sh, sw, ph, pw, Hs, Ws)
-        Ct = np.empty((min((g1 - g0) * MR, BLOCK_PIXELS), nkb * NR + CT_PAD), x.dtype)
-        for v0 in range(g0 * MR, g1 * MR, BLOCK_PIXELS):
-            v1 = min(g1 * MR, v0 + BLOCK_PIXELS)
+        Ct = np.empty((min((u1 - u0) * UNIT, BLOCK_PIXELS), nkb * NR + CT_PAD), x.dtype)
+        for v0 in range(u0 * UNIT, u1 * UNIT, BLOCK_PIXELS):
+            v1 = min(u1 * UNIT, v0 + BLOCK_PIXELS)
             tiles_pixels(xf, starts, offs[v0:v1], Bf, L, Ct)
-            _copy_out(Ct, b, yv, n, v0, v1)
+            if av.shape[0] > 0:
+                _pool_out(Ct, b, yv, av, n, v0 // 4, v1 // 4)
+            else:
+                _copy_out(Ct, b, yv, n, v0, v1)
 
 
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
@@ -312,15 +369,50 @@ def _forward(x, w, b, stride, padding):
             ngroups = 1 if N >= TASKS_PER_CALL else min(npan, -(-TASKS_PER_CALL // N))
             parallel_for(_forward_grid, N * ngroups, x, pack_panels(w2, MR), b, *stride, *padding, Hs, Ws, y,
                          starts, (S - 1) // stride[1] + NR, ngroups)
+        elif route == "shifted":
+            offs = pixel_offsets(P, Q, Ws, UNIT)
+            ngroups = 1 if N >= TASKS_PER_CALL else min(len(offs) // UNIT, -(-TASKS_PER_CALL // N))
+            parallel_for(_forward_shifted, N * ngroups, x, pack_panels(w2, NR), b, *stride, *padding, Hs, Ws, y,
+                         starts, offs, ngroups, NO_POOL)
         else:
-            rows, cols = (MR, NR) if route == "shifted" else (MR_NARROW, NR_NARROW)
-            offs = pixel_offsets(P, Q, Ws, rows)
-            nblk = len(offs) // rows
+            offs = pixel_offsets(P, Q, Ws, MR_NARROW)
+            nblk = len(offs) // MR_NARROW
             ngroups = 1 if N >= TASKS_PER_CALL else min(nblk, -(-TASKS_PER_CALL // N))
-            driver = _forward_shifted if route == "shifted" else _forward_narrow
-            parallel_for(driver, N * ngroups, x, pack_panels(w2, cols), b, *stride, *padding, Hs, Ws, y, starts,
-                         offs, ngroups)
+            parallel_for(_forward_narrow, N * ngroups, x, pack_panels(w2, NR_NARROW), b, *stride, *padding, Hs, Ws,
+                         y, starts, offs, ngroups)
     return y
+
+
+@TABLES
+def window_pixels(P2, Q2, Ws):
+    """offs[4*(p2*Q2 + q2) + a] = (2*p2 + a // 2)*Ws + 2*q2 + a % 2: the output pixels under the 2x2 /
+    stride 2 pool windows, four per window in window order (as pixel_offsets), padded to a multiple
+    of UNIT."""
+    a = np.arange(4)
+    p = 2 * np.arange(P2)[:, None, None] + a // 2
+    q = 2 * np.arange(Q2)[None, :, None] + a % 2
+    return pad_rows((p * Ws + q).reshape(-1), UNIT)
+
+
+def relu_maxpool_2x2_forward(x, w, b, stride, padding):
+    """Convolution, ReLU and 2x2 / stride 2 max pool in one pass, prepared arrays -> (y, argmax)
+    (N, K, P2, Q2), as maxpool2d_forward(conv2d_forward(...), relu=True) computes them; None where
+    the layer does not take the register tile's NR-channel route (forward_route "shifted") with a
+    reduction of at least SMALL_L."""
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    P, Q = conv_output_size(H, W, R, S, stride, padding)
+    Hs, Ws = phase_grid(H, W, stride, padding)
+    if C * R * S < SMALL_L or P < 2 or Q < 2 or forward_route(K, Q, Ws) != "shifted":
+        return None
+    y = np.empty((N, K, P // 2, Q // 2), x.dtype)
+    argmax = np.empty((N, K, P // 2, Q // 2), np.int32)
+    offs = window_pixels(P // 2, Q // 2, Ws)
+    ngroups = 1 if N >= TASKS_PER_CALL else min(len(offs) // UNIT, -(-TASKS_PER_CALL // N))
+    if N > 0:
+        parallel_for(_forward_shifted, N * ngroups, x, pack_panels(w.reshape(K, C * R * S), NR), b, *stride,
+                     *padding, Hs, Ws, y, phase_starts(C, R, S, stride, Hs, Ws), offs, ngroups, argmax)
+    return y, argmax
 
 
 def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):

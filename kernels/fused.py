@@ -35,7 +35,7 @@ from fastcnn.kernels._common import pad_chw, prepare
 from fastcnn.kernels._config import CACHE, FASTMATH
 from fastcnn.kernels._gemm import rows_axpy
 from fastcnn.kernels._parallel import parallel_for
-from fastcnn.kernels.conv import SMALL_L
+from fastcnn.kernels.conv import SMALL_L, relu_maxpool_2x2_forward
 from fastcnn.kernels.conv import _forward as _conv_forward
 from fastcnn.kernels.conv_weight import weight_gradient
 from fastcnn.kernels.pool import _beats, maxpool2d_forward
@@ -156,8 +156,13 @@ def conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride
         parallel_for(_forward_small, N, x, w.reshape(K, C * R * S), b, R, S, *stride, *padding, x.dtype.type(0), y,
                      argmax)
         return y, argmax
-    # Another pool, or a first layer with a long reduction (not the MNIST network's): the
-    # convolution kernels as they are, then the pool; same results, without the cache benefit.
+    # A long reduction (a layer after the first, or a first layer on many channels): with a 2x2 /
+    # stride 2 pool the convolution kernels pool each result block as they go; otherwise the
+    # convolution kernels, then the pool. The same results either way.
+    if pool_size == pool_stride == (2, 2):
+        pooled = relu_maxpool_2x2_forward(x, w, b, stride, padding)
+        if pooled is not None:
+            return pooled
     return maxpool2d_forward(_conv_forward(x, w, b, stride, padding), pool_size, pool_stride, relu=True)
 
 

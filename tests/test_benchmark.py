@@ -78,8 +78,11 @@ def test_network_cases_cover_every_op_of_the_network():
             assert f"{conv} {kind}" in names
     for pool in ("pool1", "pool2"):
         assert f"{pool} forward" in names and f"{pool} backward" in names
-    assert "conv1+pool1 forward" in names and "conv1+pool1 backward-weight" in names   # the fused op
-    assert len(names) == len(set(names)) == 12
+    assert "conv1+pool1 forward" in names and "conv1+pool1 backward-weight" in names   # the fused ops
+    assert "conv2+pool2 forward" in names and "conv2+pool2 backward-weight" not in names
+    assert len(names) == len(set(names)) == 13
+    assert fw.fused_pairs(mnist_cnn(backend="numpy", batchnorm=True)) == {}
+    assert fw.fused_pairs(mnist_cnn(backend="numpy", fuse=False)) == {}
     assert {c.group for c in cases} == {"network"}
 
 

@@ -15,7 +15,18 @@ import numpy as np
 import pytest
 
 from fastcnn import reference as ref
-from fastcnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D, ReLU, ReLUMaxPool2D
+from fastcnn.layers import (
+    AvgPool2D,
+    BatchNorm2D,
+    Conv2D,
+    ConvReLUMaxPool2D,
+    Dropout,
+    Flatten,
+    Linear,
+    MaxPool2D,
+    ReLU,
+    ReLUMaxPool2D,
+)
 from fastcnn.losses import softmax_cross_entropy
 from fastcnn.model import Sequential
 from fastcnn.testing import assert_agree, assert_formula_close, assert_gradient_close, numerical_gradient
@@ -567,7 +578,9 @@ def test_sequential_gradients(fuse, two_convs):
 def test_sequential_fused_and_unfused_agree():
     rng_a, rng_b = _rng("seq-fuse"), _rng("seq-fuse")
     fused, plain = _small_net(rng_a, fuse=True, two_convs=True), _small_net(rng_b, fuse=False, two_convs=True)
-    assert isinstance(fused.layers[3], ReLUMaxPool2D) and isinstance(plain.layers[4], MaxPool2D)
+    inner = fused.layers[2]                                # the second conv, its ReLU and the pool
+    assert isinstance(inner, ConvReLUMaxPool2D) and inner.conv.need_input_grad
+    assert isinstance(plain.layers[4], MaxPool2D)
     x = _rng("seq-fuse-x").standard_normal((3, 2, 6, 7))
     labels = np.array([0, 1, 2])
     for model in (fused, plain):

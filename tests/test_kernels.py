@@ -798,6 +798,37 @@ def test_fused_first_layer_nan_and_infinity_like_the_unfused_layers(pool):
     np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
 
 
+@pytest.mark.parametrize("N, C, K, H, W, stride, poison", [
+    (3, 32, 64, 14, 14, 1, False),        # the MNIST network's second layer, few images: groups per image
+    (16, 16, 32, 15, 13, 1, False),       # odd sizes: the last row and column belong to no window
+    (2, 8, 64, 17, 16, 2, False),         # stride 2 on phase planes
+    (2, 32, 64, 10, 10, 1, True),         # NaN and infinity: the exact fallback
+    (4, 16, 32, 12, 12, 1, "ties"),       # small integers: exact ties, the first maximum wins
+])
+def test_inner_layer_pools_in_the_convolution_like_the_unfused_kernels(N, C, K, H, W, stride, poison):
+    """A long reduction with a 2x2 / stride 2 pool: the convolution pools each result block
+    (conv.relu_maxpool_2x2_forward); values and argmax bit for bit those of conv then max-pool."""
+    from fastcnn.kernels.conv import relu_maxpool_2x2_forward
+    rng = np.random.default_rng(N + C + K + H + W)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = (rng.standard_normal((K, C, 3, 3)) / 8).astype(np.float32)
+    b = rng.standard_normal(K).astype(np.float32)
+    if poison == "ties":
+        x = rng.integers(-1, 2, x.shape).astype(np.float32)
+        w = rng.integers(-1, 2, w.shape).astype(np.float32)
+        b = rng.integers(0, 2, b.shape).astype(np.float32)
+    elif poison:
+        x[0, 3, 2, 2], x[1, 0, 7, 5], x[1, 5, 0, 9] = np.nan, np.inf, -np.inf
+    s = (stride, stride)
+    assert relu_maxpool_2x2_forward(x, w, b, s, (1, 1)) is not None        # the pooled route is taken
+    y, arg = nb.conv2d_relu_maxpool_forward(x, w, b, s, (1, 1), (2, 2), (2, 2))
+    y_unfused, arg_unfused = nb.maxpool2d_forward(nb.conv2d_forward(x, w, b, s, (1, 1)), (2, 2), (2, 2), relu=True)
+    np.testing.assert_array_equal(y.view(np.int32), y_unfused.view(np.int32))
+    np.testing.assert_array_equal(arg, arg_unfused)
+    if poison is True:
+        assert np.isnan(y).any() and np.isinf(y).any()
+
+
 def test_relu_nan_propagates_like_reference():
     x = np.array([np.nan, -1.0, 0.0, 2.0], np.float32)
     np.testing.assert_array_equal(nb.relu_forward(x), ref.relu_forward(x))

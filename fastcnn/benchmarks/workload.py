@@ -27,7 +27,7 @@ from fastcnn.benchmarks.op_cases import (  # noqa: F401 -- the others: also impo
     pool_forward_bytes,
 )
 from fastcnn.convmath import conv_flops, conv_output_size, pool_output_size
-from fastcnn.layers import AvgPool2D, Conv2D, Linear, MaxPool2D
+from fastcnn.layers import AvgPool2D, Conv2D, ConvReLUMaxPool2D, Linear, MaxPool2D
 from fastcnn.model import Sequential, mnist_cnn
 from fastcnn.train import TrainConfig
 
@@ -190,6 +190,25 @@ def network_shapes(batch: int = BATCH_SIZE, model: Sequential | None = None,
     return shapes
 
 
+def fused_pairs(model: Sequential | None = None, image_shape: tuple = IMAGE_SHAPE) -> dict:
+    """{convN: poolM} for each convolution the model runs fused with its ReLU and max-pool
+    (:class:`~fastcnn.layers.ConvReLUMaxPool2D`), named as in :func:`network_shapes`."""
+    model = mnist_cnn(backend="numpy") if model is None else model
+    fused_at = {i for i, layer in enumerate(model.layers) if isinstance(layer, ConvReLUMaxPool2D)}
+    pairs, counts, conv = {}, {"conv": 0, "pool": 0}, None
+    for entry in walk_layers(model, image_shape):
+        kind = entry["kind"]
+        if kind == "linear":
+            continue
+        counts[kind] += 1
+        name = f"{kind}{counts[kind]}"
+        if kind == "conv":
+            conv = name if entry["index"] in fused_at else None
+        elif conv is not None:
+            pairs[conv], conv = name, None
+    return pairs
+
+
 # ------------------------------------------------------------------- the op cases at these shapes
 
 def network_cases(batch: int = BATCH_SIZE, dtype=np.float32, model: Sequential | None = None) -> list[OpCase]:
@@ -197,14 +216,16 @@ def network_cases(batch: int = BATCH_SIZE, dtype=np.float32, model: Sequential |
 
     Convolutions: forward; backward-weight (``need_dx=False``: dw and db, all a first layer needs);
     backward-input+weight (dx, dw and db in one call). Max-pools (ReLU fused, as the model runs
-    them): forward and backward. When the first layer is conv -> ReLU -> max-pool, the model runs
-    it as one fused op, timed as ``conv1+pool1`` (forward; backward-weight from the pooled gradient)."""
+    them): forward and backward. A conv -> ReLU -> max-pool the model runs as one op is also timed
+    as such, e.g. ``conv1+pool1`` (forward; for the first layer also backward-weight from the
+    pooled gradient; later layers' backward is the pool's and the convolution's)."""
     shapes = network_shapes(batch, model)
-    names = list(shapes)
-    fused = len(names) >= 2 and names[0] == "conv1" and names[1] == "pool1"
+    pairs = fused_pairs(model)
+    first_fused = isinstance((mnist_cnn(backend="numpy") if model is None else model).layers[0], ConvReLUMaxPool2D)
+    owner = {part: f"{conv}+{pool}" for conv, pool in pairs.items() for part in (conv, pool)}
     cases: list[OpCase] = []
     for name, s in shapes.items():
-        inside = "the model runs it inside the fused conv1+pool1 op" if fused and name in ("conv1", "pool1") else ""
+        inside = f"the model runs its forward inside the fused {owner[name]} op" if name in owner else ""
         if isinstance(s, ConvShape):
             cases += conv_cases(s, group="network", dtype=dtype, note=inside)
             if name == "conv1":
@@ -212,13 +233,14 @@ def network_cases(batch: int = BATCH_SIZE, dtype=np.float32, model: Sequential |
         else:
             cases += [PoolForward(s, dtype=dtype, note="; ".join(p for p in ("ReLU fused", inside) if p)),
                       PoolBackward(s, dtype=dtype, note=inside)]
-        if fused and name == "pool1":
-            c, p = shapes["conv1"], shapes["pool1"]
-            f = FusedShape("conv1+pool1", c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.stride, c.padding,
-                           p.kernel, p.stride)
-            cases += [FusedForward(f, dtype=dtype, note="conv1 + ReLU + pool1 fused, as the model runs them"),
-                      FusedBackwardWeight(f, dtype=dtype,
-                                          note="dw, db from the pooled gradient, as the model runs them")]
+        conv = next((c for c, p in pairs.items() if p == name), None)
+        if conv is not None:
+            c, p = shapes[conv], shapes[name]
+            f = FusedShape(owner[name], c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.stride, c.padding, p.kernel, p.stride)
+            cases.append(FusedForward(f, dtype=dtype, note=f"{conv} + ReLU + {name} fused, as the model runs them"))
+            if conv == "conv1" and first_fused:        # a first layer: its backward is the fused op too
+                cases.append(FusedBackwardWeight(f, dtype=dtype,
+                                                 note="dw, db from the pooled gradient, as the model runs them"))
     return cases
 
 
