@@ -225,7 +225,7 @@ def test_peak_check_blames_no_other_program_when_the_cores_were_quiet():
 
 def test_interleaved_calls_each_wait_untimed_when_frameworks_take_turns(monkeypatch):
     """With ``settle``, every timed call follows a pause (the other framework's threads stop
-    spinning meanwhile), and the pause is not in the call's time."""
+    spinning meanwhile) and an untimed call of its own, neither of which is in its time."""
     clock = [0.0]
     events = []
 
@@ -243,7 +243,7 @@ def test_interleaved_calls_each_wait_untimed_when_frameworks_take_turns(monkeypa
     monkeypatch.setattr(measurement.time, "perf_counter", lambda: clock[0])
     times = measurement.time_interleaved([call("a"), call("b")], min_rounds=3, min_time=0.0, warmup=1, settle=0.02)
     timed = events[2:]                                  # after one untimed warm-up call of each
-    assert timed == [("sleep", 0.02), ("call", "a"), ("sleep", 0.02), ("call", "b")] * 3
+    assert timed == [("sleep", 0.02), ("call", "a"), ("call", "a"), ("sleep", 0.02), ("call", "b"), ("call", "b")] * 3
     assert times == [[pytest.approx(0.001)] * 3] * 2
 
 

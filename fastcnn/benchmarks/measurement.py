@@ -43,9 +43,11 @@ SETTLE_SECONDS = 0.02   # measure_steps: the pause before each step when framewo
 def time_interleaved(fns: list[Callable], *, min_rounds: int = 5, min_time: float = 0.2, max_rounds: int = 1000,
                      warmup: int = 1, settle: float = 0.0) -> list[list[float]]:
     """Call several functions in turn (f0, f1, f0, f1, ...), so a change of machine load hits all
-    of them alike; returns one list of per-call seconds per function. ``settle``: seconds to sleep
-    before each timed call (untimed), so that one framework's threads still spinning after its call
-    do not share the cores with the next (see measure_steps)."""
+    of them alike; returns one list of per-call seconds per function. ``settle``: seconds to sleep,
+    then one untimed call, before each timed call: one framework's threads still spinning after its
+    call do not share the cores with the next (see measure_steps), and each call is timed right
+    after one of its own, as in a loop of its own (a call straight after a sleep runs on cold
+    caches and an idle core)."""
     for _ in range(warmup):
         for fn in fns:
             fn()
@@ -55,6 +57,7 @@ def time_interleaved(fns: list[Callable], *, min_rounds: int = 5, min_time: floa
         for fn, out in zip(fns, times):
             if settle:
                 time.sleep(settle)
+                fn()
             t = time.perf_counter()
             fn()
             out.append(time.perf_counter() - t)
