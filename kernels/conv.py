@@ -11,7 +11,7 @@ forward      C*R*S >= SMALL_L, any stride: no im2col. Each task splits its zero-
              sh*sw phase planes (space-to-depth: phase (a, b) holds x_pad[c, i*sh + a, j*sw + b],
              Hs x Ws each, _pack_phases), so x_pad[c, p*sh + r, q*sw + t] is phase (c, r % sh,
              t % sw) at (p + r // sh, q + t // sw): a stride-1 window again (stride 1: one phase,
-             the padded image). prange over (image, group of MR-pixel blocks); the register tile
+             the padded image). prange over (image, group of UNIT-pixel blocks); the register tile
              of kernels/_tile.py takes MR output pixels as its rows, read in place from the phase
              planes (pixel (p, q) at p*Ws + q, reduction index (c, r, t) at phase_starts), and NR
              output channels of the packed weights as its columns (_forward_shifted,
@@ -20,6 +20,9 @@ forward      C*R*S >= SMALL_L, any stride: no im2col. Each task splits its zero-
              (_forward_narrow; only where the last NR-wide panel would be half or more padding), or
              the tile turned around: MR output channels as rows, NR consecutive pixels of the phase
              grid as columns, Ws - Q junk columns per row (_forward_grid).
+             Followed by a ReLU and a 2x2 / stride 2 max pool (a fused layer), _forward_shifted
+             computes only the pixels under the windows, four per window, and pools each block
+             of results instead of storing it (relu_maxpool_2x2_forward, _pool_out).
              For a tiny reduction (C*R*S < SMALL_L, the first layer) the im2col is kept
              channel-major (C*R*S, P*Q) and y[n] is built with rows_axpy, vectorised over pixels.
 backward dx  stride 1 and padding <= kernel - 1: dx is the forward convolution of dy with the
@@ -195,7 +198,7 @@ def _forward_shifted(lo, hi, x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, 
     phase), output pixel (p, q) needs x_pad[c, p*sh + r, q*sw + t] = xf[starts[(c, r, t)] +
     offs[(p, q)]] with starts from phase_starts and offs[(p, q)] = p*Ws + q: the tile reads its MR
     pixel rows straight from the image (no im2col), and only real output pixels are computed (offs
-    is padded to a multiple of MR by repeating the last pixel, whose extra results are dropped).
+    is padded to a multiple of UNIT by repeating the last pixel, whose extra results are dropped).
     prange over (image, group of UNIT-pixel blocks); each task writes only its own pixels of its own
     image. With a non-empty argmax, the convolution is followed by a ReLU and a 2x2 / stride 2 max
     pool: y and argmax are the pooled (N, K, P2, Q2), offs lists only the pixels under the windows,
