@@ -222,10 +222,11 @@ class ReLUMaxPool2D(FusedLayer):
 
 
 class ConvReLUMaxPool2D(FusedLayer):
-    """Conv2D, ReLU and MaxPool2D as one op of the backend (``conv2d_relu_maxpool_forward``): the
-    convolution output is never stored. Backward: for a first layer (``need_input_grad=False``)
-    the op ``conv2d_relu_maxpool_backward`` gives dw and db straight from the pooled gradient and
-    returns None; otherwise the pool's backward, then the convolution's, which returns dx.
+    """Conv2D, ReLU and MaxPool2D as one op of the backend (``conv2d_relu_maxpool_forward``): with a
+    2x2 / stride 2 pool the Numba kernels never store the convolution's output. Backward: for a
+    first layer (``need_input_grad=False``) the op ``conv2d_relu_maxpool_backward`` gives dw and db
+    straight from the pooled gradient and returns None; otherwise the pool's backward, then the
+    convolution's, which returns dx.
 
     ``params`` and ``grads`` are the convolution's own dicts: ``0.weight`` stays ``0.weight``."""
 

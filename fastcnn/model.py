@@ -30,8 +30,8 @@ def fuse_layers(layers: Sequence[Layer]) -> list[Layer]:
     """``layers`` with runs that one op computes replaced by a fused layer, each freed slot holding
     an :class:`~fastcnn.layers.Identity` so every other layer keeps its index:
 
-    * Conv2D, then ReLU, then MaxPool2D -> :class:`~fastcnn.layers.ConvReLUMaxPool2D` (the
-      convolution output is never stored);
+    * Conv2D, then ReLU, then MaxPool2D -> :class:`~fastcnn.layers.ConvReLUMaxPool2D` (with a 2x2
+      pool, the convolution's output is never stored);
     * ReLU then MaxPool2D -> :class:`~fastcnn.layers.ReLUMaxPool2D` (one pass instead of two).
 
     Outputs and gradients are those of the unfused layers; the parameters are the same arrays.

@@ -20,7 +20,8 @@ record the choice. LLVM's tuning for Intel's AVX-512 cores prefers 256-bit vecto
 the machine's float32 rate: on a CPU with AVX-512, the commands (fastcnn-train, -eval, -bench,
 -serve, the sweep's workers, ``python -m fastcnn.kernels``) call prefer_wide_vectors() before anything
 compiles, which appends "-prefer-256-bit" to the feature string Numba's CPU target is built with, so
-the tile and every other kernel use 512-bit vectors. That setting is process-wide, like Numba's own
+the kernels LLVM vectorises use 512-bit vectors too (the register tile's own vectors are 512-bit
+with MR = 6 in any case: kernels/_tile.py). That setting is process-wide, like Numba's own
 NUMBA_CPU_FEATURES, which is why importing fastcnn never makes it: a Python program that wants it
 calls ``fastcnn.kernels.prefer_wide_vectors()`` first. It is skipped when NUMBA_CPU_FEATURES is set,
 when FASTCNN_WIDE_VECTORS=0, and when Numba has compiled something already (its target is then

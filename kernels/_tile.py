@@ -11,8 +11,9 @@ Per step l it broadcasts MR values of A and multiplies them with NR contiguous v
 accumulator vectors of NR lanes, which stay in registers for the whole loop. Both operands are
 addressed through start tables, so either can be a packed panel (astarts[l] = l*MR, aoffs =
 0..MR-1) or pixels and windows of an image buffer read in place. fa, fb and C must be
-C-contiguous; the tables may be any integer arrays. Nothing is bounds-checked: the drivers own
-the addresses (the NUMBA_BOUNDSCHECK=1 test run checks everything around the tile).
+C-contiguous; the tables may be any integer arrays. The vector code checks no bounds: under
+NUMBA_BOUNDSCHECK=1 (a CI run) register_tile gives the loop above as an ordinary Numba function
+instead, so that run checks every address the drivers compute.
 
 Why LLVM IR and not a Numba loop: the accumulators must be MR x NR named values for LLVM to keep
 them in registers (a loop over a local array leaves them in memory). Written as Python scalars
@@ -23,19 +24,23 @@ intrinsic) the tile compiles in about 0.2 s and needs no vectoriser. ``llvm.fmul
 The NumPy reference and tests/test_kernels.py::test_register_tile_* check it on every shape.
 
 Shapes. MR = 3 for CPUs with 16 vector registers (AVX2): 12 accumulators + 3 broadcasts + one B
-vector at a time; each step does 12 vector FMAs for 3 broadcasts and 4 loads of B. Measured in
-the forward's driver with the data in L1 (one core, interleaved): 3 x 32 at 94 % of the FMA peak,
+vector at a time; each step does 12 vector FMAs for 3 broadcasts and 4 loads of B. Measured with
+the earlier tile of named scalars (the same operations) in the forward's driver with the data in
+L1 (one core, interleaved): 3 x 32 at 94 % of the FMA peak,
 5 x 16 at 83 %, 2 x 32 84 %, 4 x 16 73 %; 6 x 16 and 4 x 24 spill (65 %, 45 %). MR = 6 for CPUs
 with 32 (AVX-512): 12 zmm accumulators, enough to cover two FMA pipes' latency, where 3 x 32
 keeps only 6. On a 16-core Xeon (Emerald Rapids), conv2 at 2 threads, forward / weight gradient /
 input gradient: 6 x 32 with 512-bit vectors 3.1-3.4 / 2.9-3.4 / 2.7-3.0 ms against 5.1-5.3 /
 5.1-5.2 / 5.7-7.0 ms for 3 x 32 with LLVM's default 256-bit vectors. kernels/_config.py chooses
 MR for the CPU (TILE_ROWS). tile_narrow (5 x 16) serves layers whose last 32-wide panel of output
-channels would be half or more padding (K <= 16, 33..48, ...).
+channels would be half or more padding (K <= 16, 33..48, ...). The tile's vectors are 512 bits
+wide whenever MR is 6, whatever LLVM's tuning prefers for the vectors it makes itself
+(FASTCNN_WIDE_VECTORS and prefer_wide_vectors in kernels/_config.py govern those).
 """
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
+from numba.core import config as _numba_config
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
@@ -48,7 +53,13 @@ VECTOR_BYTES = 64 if TILE_ROWS == 6 else 32     # the 6-row tile is AVX-512's: 5
 
 
 def register_tile(mr: int, nr: int):
-    """The tile with ``mr`` rows and ``nr`` columns, callable from Numba-compiled code."""
+    """The tile with ``mr`` rows and ``nr`` columns, callable from Numba-compiled code: vector_tile,
+    or under NUMBA_BOUNDSCHECK=1 loop_tile, whose every access is checked."""
+    return loop_tile(mr, nr) if _numba_config.BOUNDSCHECK else vector_tile(mr, nr)
+
+
+def vector_tile(mr: int, nr: int):
+    """The tile as LLVM vector code (a Numba intrinsic)."""
 
     @intrinsic
     def tile(typingctx, fa, astarts, aoffs, fb, bstarts, boff, C, i0, j0, load):
@@ -59,6 +70,14 @@ def register_tile(mr: int, nr: int):
         for name, t in (("astarts", astarts), ("aoffs", aoffs), ("bstarts", bstarts)):
             if not (isinstance(t, types.Array) and t.ndim == 1 and isinstance(t.dtype, types.Integer)):
                 raise TypingError(f"tile: {name} must be a 1-d integer array, got {t}")
+        for name, t in (("boff", boff), ("i0", i0), ("j0", j0)):
+            if not isinstance(t, types.Integer):
+                raise TypingError(f"tile: {name} must be an integer, got {t}")
+        if not isinstance(load, types.Boolean):
+            raise TypingError(f"tile: load must be a bool, got {load}")
+        lanes = VECTOR_BYTES * 8 // C.dtype.bitwidth
+        if nr > lanes and nr % lanes:
+            raise TypingError(f"tile: {nr} columns are not a whole number of {lanes}-lane vectors")
         return types.none(fa, astarts, aoffs, fb, bstarts, boff, C, i0, j0, load), _codegen(mr, nr)
 
     return tile
@@ -124,6 +143,20 @@ def _codegen(mr: int, nr: int):
         return context.get_dummy_value()
 
     return codegen
+
+
+def loop_tile(mr: int, nr: int):
+    """The tile as the plain loop of the module docstring (a Numba function)."""
+
+    @njit(fastmath={"contract"})
+    def tile(fa, astarts, aoffs, fb, bstarts, boff, C, i0, j0, load):
+        for i in range(mr):
+            for j in range(nr):
+                acc = C[i0 + i, j0 + j] if load else C.dtype.type(0)
+                for l in range(astarts.shape[0]):
+                    acc += fa[astarts[l] + aoffs[i]] * fb[bstarts[l] + boff + j]
+                C[i0 + i, j0 + j] = acc
+    return tile
 
 
 tile = register_tile(MR, NR)

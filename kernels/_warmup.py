@@ -158,7 +158,7 @@ def _uses_tile(call) -> bool:
     op, args, _ = call
     if op in ("conv2d_forward", "conv2d_backward", "conv2d_relu_maxpool_backward"):
         return True
-    if op == "conv2d_relu_maxpool_forward":      # a long first-layer reduction runs the convolution kernels
+    if op == "conv2d_relu_maxpool_forward":      # a long reduction runs the convolution kernels
         _, (K, C, R, S), _ = args[1]
         return C * R * S >= SMALL_L
     return False
@@ -167,8 +167,13 @@ def _uses_tile(call) -> bool:
 def split_plan(plan: list) -> tuple[list, list]:
     """(calls reaching the register tile, the rest): two halves whose compiled functions are
     disjoint (tests/test_kernels.py checks it for the MNIST network), so two processes can fill one
-    cache without two writers of one entry."""
-    return [c for c in plan if _uses_tile(c)], [c for c in plan if not _uses_tile(c)]
+    cache without two writers of one entry. A fused forward on the tile's side may fall back to the
+    convolution, then the max-pool kernels (kernels/fused.py), so the plan's max-pool forwards go to
+    that side with it."""
+    tile = [c for c in plan if _uses_tile(c)]
+    if any(c[0] == "conv2d_relu_maxpool_forward" for c in tile):
+        tile = [c for c in plan if c in tile or c[0] == "maxpool2d_forward"]
+    return tile, [c for c in plan if c not in tile]
 
 
 def replay(calls: list) -> None:

@@ -134,7 +134,7 @@ def _pool_out(Ct, b, yv, av, n, w0, w1):
     per window in window order (window_pixels): yv[n, k, w], av[n, k, w] for the windows w0 <= w
     < w1 of the image (the real ones). The values compared are those _copy_out would store (Ct +
     b), with pool._maxpool_plane_2x2's selects; a block holding a NaN or an infinity is redone with
-    max pooling's NaN rule. Channels innermost: Ct's rows are read as vectors."""
+    max pooling's NaN rule. Channels innermost: Ct's rows are read contiguously."""
     K, M = b.shape[0], yv.shape[2]
     w1 = min(M, w1)
     zero = Ct.dtype.type(0)
@@ -401,7 +401,7 @@ def relu_maxpool_2x2_forward(x, w, b, stride, padding):
     """Convolution, ReLU and 2x2 / stride 2 max pool in one pass, prepared arrays -> (y, argmax)
     (N, K, P2, Q2), as maxpool2d_forward(conv2d_forward(...), relu=True) computes them; None where
     the layer does not take the register tile's NR-channel route (forward_route "shifted") with a
-    reduction of at least SMALL_L."""
+    reduction of at least SMALL_L, or its output is smaller than one window."""
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     P, Q = conv_output_size(H, W, R, S, stride, padding)

@@ -1,5 +1,5 @@
-"""Convolution + ReLU + max pooling in one pass per image, Numba kernels. Same contract and results
-as :mod:`fastcnn.reference.fused` (the composition of the three reference ops).
+"""Convolution + ReLU + max pooling as one op (ConvReLUMaxPool2D), Numba kernels. Same contract and
+results as :mod:`fastcnn.reference.fused` (the composition of the three reference ops).
 
 Dimension legend: N batch, C input channels, H, W input size, K output channels, R, S kernel size,
 P, Q convolution output size, P2, Q2 pooled size, kh, kw pool window, psh, psw pool stride.
@@ -14,16 +14,19 @@ forward   2x2 / stride 2 pool, tiny reduction (C*R*S < SMALL_L): per image n (pa
           images), the convolution of the pixels under the pool windows into a (K, 4*P2*Q2)
           buffer ordered by place in the window (im2col_windows, then rows_axpy as in
           :mod:`fastcnn.kernels.conv`), pooled with the ReLU into y[n] and argmax[n] by comparing
-          its four blocks (_relu_max4). Any other first layer runs the convolution kernels, then
-          the pool.
-backward  conv_weight.weight_gradient, as for every convolution (its _backward_weight_partials: prange over
+          its four blocks (_relu_max4). A longer reduction with that pool runs the convolution
+          kernels in their pooling mode (conv.relu_maxpool_2x2_forward: each block of results
+          pooled as it is computed); any other layer the convolution kernels, then the pool.
+backward  (a first layer; later layers run the pool's backward, then the convolution's)
+          conv_weight.weight_gradient, as for every convolution (its _backward_weight_partials: prange over
           fixed chunks of images, the register tile on the images' phase planes, read in place),
           given the pooled gradient and argmax: each chunk scatters its pooled gradients through
           argmax into a zeroed, cache-resident block in the tile's packed layout and writes its
           own partial dw and db; the partials are summed in chunk order (bit-identical for any
           thread count).
-The buffers hold exactly what the unfused kernels would have stored, and are reduced in the same
-order, so the fused results equal the unfused Numba results bit for bit.
+Every value is computed with the same operations in the same order as by the unfused kernels
+(only the pixels' order in the buffers differs), so the fused results equal the unfused Numba
+results bit for bit.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Fusion as a rewrite of Sequential.layers: which runs are fused, what the fused model keeps
 (parameter names, arrays, outputs, gradients, training trajectory, checkpoint architecture), and
-the fused layers' own checks. NumPy reference backend; the Numba kernels' fused ops are compared
-with the unfused ones in tests/test_kernels.py.
+the fused layers' own checks. NumPy reference backend (one layer test on Numba too); the Numba
+kernels' fused ops are compared with the unfused ones in tests/test_kernels.py.
 """
 from __future__ import annotations
 
@@ -99,16 +99,18 @@ def test_fused_training_is_bit_identical_to_unfused(dtype, batchnorm):
     np.testing.assert_array_equal(models[0].forward(x), models[1].forward(x))
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("need_input_grad", [False, True], ids=["first-layer", "inner-layer"])
-def test_conv_relu_maxpool_gradients_are_the_unfused_layers(need_input_grad):
-    """The fused layer's backward: dw and db (and dx for an inner layer) bit for bit those of
-    Conv2D -> ReLU -> MaxPool2D on the reference backend, odd sizes and ties included."""
+def test_conv_relu_maxpool_gradients_are_the_unfused_layers(need_input_grad, backend):
+    """The fused layer's output and backward: dw and db (and dx for an inner layer) bit for bit
+    those of Conv2D -> ReLU -> MaxPool2D on the same backend, odd sizes and ties included (on
+    Numba a reduction of 72 over 32 channels: the convolution's pooling mode)."""
     rng = np.random.default_rng(5)
-    conv = Conv2D(3, 4, 3, padding=1, rng=rng, dtype=F64, backend="numpy")
+    conv = Conv2D(8, 32, 3, padding=1, rng=rng, dtype=F64, backend=backend)
     conv.need_input_grad = need_input_grad
-    relu, pool = ReLU(backend="numpy"), MaxPool2D(2, backend="numpy")
+    relu, pool = ReLU(backend=backend), MaxPool2D(2, backend=backend)
     fused = ConvReLUMaxPool2D(conv, relu, pool)
-    x = np.round(rng.standard_normal((2, 3, 9, 7)) * 2)                 # integers: exact ties in the windows
+    x = np.round(rng.standard_normal((2, 8, 9, 7)) * 2)                 # integers: exact ties in the windows
     y = fused.forward(x, training=True)
     y_ref = pool.forward(relu.forward(conv.forward(x, training=True), training=True), training=True)
     np.testing.assert_array_equal(y, y_ref)

@@ -804,6 +804,7 @@ def test_fused_first_layer_nan_and_infinity_like_the_unfused_layers(pool):
     (2, 8, 64, 17, 16, 2, False),         # stride 2 on phase planes
     (2, 32, 64, 10, 10, 1, True),         # NaN and infinity: the exact fallback
     (4, 16, 32, 12, 12, 1, "ties"),       # small integers: exact ties, the first maximum wins
+    (2, 16, 60, 12, 12, 1, False),        # K not a multiple of NR: a partly empty channel panel
 ])
 def test_inner_layer_pools_in_the_convolution_like_the_unfused_kernels(N, C, K, H, W, stride, poison):
     """A long reduction with a 2x2 / stride 2 pool: the convolution pools each result block
@@ -825,6 +826,14 @@ def test_inner_layer_pools_in_the_convolution_like_the_unfused_kernels(N, C, K, 
     y_unfused, arg_unfused = nb.maxpool2d_forward(nb.conv2d_forward(x, w, b, s, (1, 1)), (2, 2), (2, 2), relu=True)
     np.testing.assert_array_equal(y.view(np.int32), y_unfused.view(np.int32))
     np.testing.assert_array_equal(arg, arg_unfused)
+    before = numba.get_num_threads()
+    try:                                  # few images: several groups of windows per image, any thread count
+        numba.set_num_threads(1)
+        y1, arg1 = nb.conv2d_relu_maxpool_forward(x, w, b, s, (1, 1), (2, 2), (2, 2))
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(y1.view(np.int32), y.view(np.int32))
+    np.testing.assert_array_equal(arg1, arg)
     if poison is True:
         assert np.isnan(y).any() and np.isinf(y).any()
 
@@ -961,11 +970,13 @@ def test_the_tile_in_use_is_the_one_chosen_for_the_compiled_features():
     from fastcnn.kernels import _tile
     assert _tile.MR == _config.TILE_ROWS == _config.tile_rows(_config.compiled_features(), _config.TILE_OVERRIDE)
     assert _tile.VECTOR_BYTES == (64 if _tile.MR == 6 else 32)
+    # the vector code (an intrinsic), or the checked loop (a Numba function) under NUMBA_BOUNDSCHECK=1
+    assert isinstance(_tile.tile, numba.core.registry.CPUDispatcher) == bool(numba.core.config.BOUNDSCHECK)
 
 
-def _tile_caller(mr, nr):
-    from fastcnn.kernels._tile import register_tile
-    tile = register_tile(mr, nr)
+def _tile_caller(mr, nr, kind="vector"):
+    from fastcnn.kernels._tile import loop_tile, vector_tile
+    tile = (vector_tile if kind == "vector" else loop_tile)(mr, nr)
 
     @numba.njit
     def call(fa, astarts, aoffs, fb, bstarts, boff, C, i0, j0, load):
@@ -976,16 +987,18 @@ def _tile_caller(mr, nr):
 _TILE_CALLERS = {}
 
 
+@pytest.mark.parametrize("kind", ["vector", "loop"])
 @pytest.mark.parametrize("shape", [(3, 32), (6, 32), (5, 16)], ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("load", [True, False], ids=["accumulate", "overwrite"])
 @pytest.mark.parametrize("steps", [0, 1, 37])
-def test_register_tile_against_its_definition(shape, dtype, load, steps):
-    """Every tile shape on any CPU, against the loop in kernels/_tile.py's docstring: scattered
-    reads through int32 and strided index tables, a window of C in the middle of a larger array,
-    everything outside the window untouched."""
+def test_register_tile_against_its_definition(shape, dtype, load, steps, kind):
+    """Every tile shape on any CPU, the vector code and the loop the NUMBA_BOUNDSCHECK=1 run uses,
+    against the loop in kernels/_tile.py's docstring written in NumPy: scattered reads through
+    int32 and strided index tables, a window of C in the middle of a larger array, everything
+    outside the window untouched."""
     mr, nr = shape
-    call = _TILE_CALLERS.setdefault(shape, _tile_caller(mr, nr))
+    call = _TILE_CALLERS.setdefault((shape, kind), _tile_caller(mr, nr, kind))
     rng = np.random.default_rng(steps)
     fa = rng.standard_normal(500).astype(dtype)
     fb = rng.standard_normal(700).astype(dtype)
@@ -1010,12 +1023,21 @@ def test_register_tile_against_its_definition(shape, dtype, load, steps):
 
 
 def test_register_tile_refuses_operands_it_cannot_read_as_vectors():
+    from fastcnn.kernels._tile import VECTOR_BYTES
     call = _tile_caller(3, 32)
     a, t = np.zeros(100, np.float32), np.zeros(3, np.int64)
+    C = np.zeros((3, 64), np.float32)
     with pytest.raises(numba.core.errors.TypingError, match="fb must be a C-contiguous 1-d float array"):
-        call(a, t, t, a[::2], t, 0, np.zeros((3, 32), np.float32), 0, 0, True)
+        call(a, t, t, a[::2], t, 0, C, 0, 0, True)
     with pytest.raises(numba.core.errors.TypingError, match="C's dtype"):
         call(a, t, t, a, t, 0, np.zeros((3, 32), np.float64), 0, 0, True)
+    with pytest.raises(numba.core.errors.TypingError, match="load must be a bool"):
+        call(a, t, t, a, t, 0, C, 0, 0, 1)
+    with pytest.raises(numba.core.errors.TypingError, match="i0 must be an integer"):
+        call(a, t, t, a, t, 0, C, 0.0, 0, True)
+    lanes = VECTOR_BYTES // 4
+    with pytest.raises(numba.core.errors.TypingError, match=f"not a whole number of {lanes}-lane vectors"):
+        _tile_caller(3, lanes + lanes // 2)(a, t, t, a, t, 0, C, 0, 0, True)
 
 
 # A process that believes its CPU has AVX-512 (nothing is compiled, so nothing runs that this CPU lacks).

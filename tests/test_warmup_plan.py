@@ -24,6 +24,19 @@ def test_mnist_plan_lists_the_training_steps_kernel_calls():
     assert ("array", (2, 32, 14, 14), "float32") in plan[1][1]          # conv2's input, two images
 
 
+def test_max_pool_forwards_join_a_fused_forward_on_the_tiles_side():
+    """A fused forward with a long reduction may fall back to the max-pool kernels: a lone
+    max-pool's forward then compiles in the same process, never in both."""
+    model = fastcnn.mnist_cnn(batchnorm=True, backend="numba")        # conv -> BN -> ReLU -> pool
+    plan = model_plan(model)
+    conv2 = next(c for c in plan if c[0] == "conv2d_forward" and c[1][1][1] == (64, 32, 3, 3))
+    fused = ("conv2d_relu_maxpool_forward", conv2[1], ())
+    tile, rest = split_plan(plan + [fused])
+    assert "maxpool2d_forward" in [c[0] for c in tile] and "maxpool2d_forward" not in [c[0] for c in rest]
+    tile, rest = split_plan(plan)                                       # no fused forward: pools stay apart
+    assert "maxpool2d_forward" in [c[0] for c in rest]
+
+
 def test_batchnorm_network_plans_an_unfused_first_convolution():
     ops = [c[0] for c in model_plan(fastcnn.mnist_cnn(batchnorm=True, backend="numba"))]
     assert "conv2d_relu_maxpool_forward" not in ops and ops.count("conv2d_forward") == 2

@@ -1,6 +1,7 @@
-"""Convolution, ReLU and max pooling as one op (the MNIST network's first layer), NumPy
-reference: literally the composition of the three reference ops, so it is right by construction.
-The Numba backend computes the same thing in one pass per image (:mod:`fastcnn.kernels.fused`).
+"""Convolution, ReLU and max pooling as one op (each Conv2D -> ReLU -> MaxPool2D of a model,
+ConvReLUMaxPool2D), NumPy reference: literally the composition of the three reference ops, so it
+is right by construction. The Numba backend computes the same thing without storing the
+convolution's output where it can (:mod:`fastcnn.kernels.fused`, :mod:`fastcnn.kernels.conv`).
 
     conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride) -> (y, argmax)
         = maxpool2d_forward(conv2d_forward(x, w, b, stride, padding), pool_size, pool_stride,
