@@ -57,7 +57,7 @@ from fastcnn.kernels._gemm import rows_axpy
 from fastcnn.kernels._parallel import parallel_for
 from fastcnn.kernels._tile import MR, MR_NARROW, NR, NR_NARROW, tile, tile_narrow
 from fastcnn.kernels.conv_weight import weight_gradient
-from fastcnn.kernels.pool import _beats
+from fastcnn.kernels.pool import max4, max4_exact
 
 NO_POOL = np.empty((0, 0, 0, 0), np.int32)   # _forward_shifted: the plain convolution
 SMALL_L = 16          # forward reductions shorter than this use rows_axpy (measured faster for 9, slower for 27)
@@ -133,7 +133,7 @@ def _pool_out(Ct, b, yv, av, n, w0, w1):
     """ReLU and 2x2 max pool of a result block whose rows are pixels of whole pool windows, four
     per window in window order (window_pixels): yv[n, k, w], av[n, k, w] for the windows w0 <= w
     < w1 of the image (the real ones). The values compared are those _copy_out would store (Ct +
-    b), with pool._maxpool_plane_2x2's selects; a block holding a NaN or an infinity is redone with
+    b), with pool.max4's selects; a block holding a NaN or an infinity is redone with
     max pooling's NaN rule. Channels innermost: Ct's rows are read contiguously."""
     K, M = b.shape[0], yv.shape[2]
     w1 = min(M, w1)
@@ -145,13 +145,7 @@ def _pool_out(Ct, b, yv, av, n, w0, w1):
             bk = b[k]
             a0, a1, a2, a3 = Ct[r, k] + bk, Ct[r + 1, k] + bk, Ct[r + 2, k] + bk, Ct[r + 3, k] + bk
             probe += (a0 + a1 + a2 + a3) * zero
-            best, at = a0, 0
-            m = a1 > best                           # strict: the first maximum keeps a tie
-            best, at = (a1 if m else best), (1 if m else at)
-            m = a2 > best
-            best, at = (a2 if m else best), (2 if m else at)
-            m = a3 > best
-            best, at = (a3 if m else best), (3 if m else at)
+            best, at = max4(a0, a1, a2, a3)
             keep = best > zero
             yv[n, k, w] = best if keep else zero
             av[n, k, w] = at if keep else -1
@@ -160,11 +154,8 @@ def _pool_out(Ct, b, yv, av, n, w0, w1):
     for w in range(w0, w1):
         r = 4 * (w - w0)
         for k in range(K):
-            best, at = Ct[r, k] + b[k], 0
-            for a in range(1, 4):
-                v = Ct[r + a, k] + b[k]
-                if _beats(v, best):
-                    best, at = v, a
+            bk = b[k]
+            best, at = max4_exact(Ct[r, k] + bk, Ct[r + 1, k] + bk, Ct[r + 2, k] + bk, Ct[r + 3, k] + bk)
             if best <= zero:
                 best, at = zero, -1
             yv[n, k, w] = best
@@ -353,6 +344,20 @@ def forward_route(K, Q, Ws):
     return min(cost, key=cost.get)
 
 
+def groups_per_image(N, pieces):
+    """How many tasks each image's ``pieces`` are split into: one below TASKS_PER_CALL images, so that
+    a call on few images still has work for every thread."""
+    return 1 if N >= TASKS_PER_CALL else min(pieces, -(-TASKS_PER_CALL // N))
+
+
+def _run_shifted(x, w2, b, stride, padding, Hs, Ws, y, starts, offs, argmax):
+    """_forward_shifted over x's images, w2 (K, C*R*S) packed into NR-wide panels; NO_POOL or an argmax
+    array selects its mode."""
+    ngroups = groups_per_image(x.shape[0], len(offs) // UNIT)
+    parallel_for(_forward_shifted, x.shape[0] * ngroups, x, pack_panels(w2, NR), b, *stride, *padding, Hs, Ws, y,
+                 starts, offs, ngroups, argmax)
+
+
 def _forward(x, w, b, stride, padding):
     N, C, H, W = x.shape
     K, _, R, S = w.shape
@@ -368,19 +373,14 @@ def _forward(x, w, b, stride, padding):
         w2 = w.reshape(K, C * R * S)
         route = forward_route(K, Q, Ws)
         if route == "grid":
-            npan = -(-(P * Ws) // NR)
-            ngroups = 1 if N >= TASKS_PER_CALL else min(npan, -(-TASKS_PER_CALL // N))
+            ngroups = groups_per_image(N, -(-(P * Ws) // NR))
             parallel_for(_forward_grid, N * ngroups, x, pack_panels(w2, MR), b, *stride, *padding, Hs, Ws, y,
                          starts, (S - 1) // stride[1] + NR, ngroups)
         elif route == "shifted":
-            offs = pixel_offsets(P, Q, Ws, UNIT)
-            ngroups = 1 if N >= TASKS_PER_CALL else min(len(offs) // UNIT, -(-TASKS_PER_CALL // N))
-            parallel_for(_forward_shifted, N * ngroups, x, pack_panels(w2, NR), b, *stride, *padding, Hs, Ws, y,
-                         starts, offs, ngroups, NO_POOL)
+            _run_shifted(x, w2, b, stride, padding, Hs, Ws, y, starts, pixel_offsets(P, Q, Ws, UNIT), NO_POOL)
         else:
             offs = pixel_offsets(P, Q, Ws, MR_NARROW)
-            nblk = len(offs) // MR_NARROW
-            ngroups = 1 if N >= TASKS_PER_CALL else min(nblk, -(-TASKS_PER_CALL // N))
+            ngroups = groups_per_image(N, len(offs) // MR_NARROW)
             parallel_for(_forward_narrow, N * ngroups, x, pack_panels(w2, NR_NARROW), b, *stride, *padding, Hs, Ws,
                          y, starts, offs, ngroups)
     return y
@@ -410,11 +410,9 @@ def relu_maxpool_2x2_forward(x, w, b, stride, padding):
         return None
     y = np.empty((N, K, P // 2, Q // 2), x.dtype)
     argmax = np.empty((N, K, P // 2, Q // 2), np.int32)
-    offs = window_pixels(P // 2, Q // 2, Ws)
-    ngroups = 1 if N >= TASKS_PER_CALL else min(len(offs) // UNIT, -(-TASKS_PER_CALL // N))
     if N > 0:
-        parallel_for(_forward_shifted, N * ngroups, x, pack_panels(w.reshape(K, C * R * S), NR), b, *stride,
-                     *padding, Hs, Ws, y, phase_starts(C, R, S, stride, Hs, Ws), offs, ngroups, argmax)
+        _run_shifted(x, w.reshape(K, C * R * S), b, stride, padding, Hs, Ws, y,
+                     phase_starts(C, R, S, stride, Hs, Ws), window_pixels(P // 2, Q // 2, Ws), argmax)
     return y, argmax
 
 

@@ -41,7 +41,7 @@ from fastcnn.kernels._parallel import parallel_for
 from fastcnn.kernels.conv import SMALL_L, relu_maxpool_2x2_forward
 from fastcnn.kernels.conv import _forward as _conv_forward
 from fastcnn.kernels.conv_weight import weight_gradient
-from fastcnn.kernels.pool import _beats, maxpool2d_forward
+from fastcnn.kernels.pool import max4, max4_exact, maxpool2d_forward
 
 
 @njit(boundscheck=False, cache=CACHE)
@@ -69,20 +69,14 @@ def im2col_windows(xp, R, S, sh, sw, P2, Q2, colT):
 @njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _relu_max4(w, M, zero, y, arg):
     """y[o], arg[o] for o < M: ReLU and max over the window w[o], w[M + o], w[2M + o], w[3M + o]
-    (row-major window order), with selects instead of branches, as pool._maxpool_plane_2x2: the
-    first maximum keeps a tie, -1 where the ReLU clamps. Returns NaN if the window holds a NaN
-    or an infinity (then _relu_max4_exact redoes it)."""
+    (row-major window order), with pool.max4's selects: the first maximum keeps a tie, -1 where
+    the ReLU clamps. Returns NaN if the window holds a NaN or an infinity (then
+    _relu_max4_exact redoes it)."""
     probe = zero
     for o in range(M):
         a0, a1, a2, a3 = w[o], w[M + o], w[2 * M + o], w[3 * M + o]
         probe += (a0 + a1 + a2 + a3) * zero
-        best, at = a0, 0
-        m = a1 > best
-        best, at = (a1 if m else best), (1 if m else at)
-        m = a2 > best
-        best, at = (a2 if m else best), (2 if m else at)
-        m = a3 > best
-        best, at = (a3 if m else best), (3 if m else at)
+        best, at = max4(a0, a1, a2, a3)
         keep = best > zero
         y[o] = best if keep else zero
         arg[o] = at if keep else -1
@@ -91,13 +85,9 @@ def _relu_max4(w, M, zero, y, arg):
 
 @njit(boundscheck=False, cache=CACHE)
 def _relu_max4_exact(w, M, zero, y, arg):
-    """_relu_max4 with max pooling's NaN rule (pool._beats: the first NaN wins)."""
+    """_relu_max4 with max pooling's NaN rule (pool.max4_exact: the first NaN wins)."""
     for o in range(M):
-        best, at = w[o], 0
-        for a in range(1, 4):
-            v = w[a * M + o]
-            if _beats(v, best):
-                best, at = v, a
+        best, at = max4_exact(w[o], w[M + o], w[2 * M + o], w[3 * M + o])
         if best <= zero:
             best, at = zero, -1
         y[o] = best

@@ -26,6 +26,33 @@ def _beats(v, best):
     return v > best or (v != v and best == best)
 
 
+@njit(inline="always", cache=CACHE)
+def max4(a0, a1, a2, a3):
+    """(maximum, place 0..3) of a 2x2 window's values in row-major order, with selects instead of
+    branches so a loop over windows vectorises: strictly greater wins, so the first maximum keeps a
+    tie. No NaN rule: callers probe for NaN and redo such windows with max4_exact."""
+    best, at = a0, 0
+    m = a1 > best
+    best, at = (a1 if m else best), (1 if m else at)
+    m = a2 > best
+    best, at = (a2 if m else best), (2 if m else at)
+    m = a3 > best
+    return (a3 if m else best), (3 if m else at)
+
+
+@njit(inline="always", cache=CACHE)
+def max4_exact(a0, a1, a2, a3):
+    """max4 with max pooling's NaN rule (_beats)."""
+    best, at = a0, 0
+    if _beats(a1, best):
+        best, at = a1, 1
+    if _beats(a2, best):
+        best, at = a2, 2
+    if _beats(a3, best):
+        best, at = a3, 3
+    return best, at
+
+
 @njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _maxpool_plane_2x2(xc, relu, zero, yc, ac):
     """2x2 / stride 2 windows without NaN rules, written with selects instead of branches so LLVM
@@ -39,13 +66,7 @@ def _maxpool_plane_2x2(xc, relu, zero, yc, ac):
         for q in range(Q):
             a0, a1, a2, a3 = r0[2 * q], r0[2 * q + 1], r1[2 * q], r1[2 * q + 1]
             nan_probe += (a0 + a1 + a2 + a3) * zero
-            best, arg = a0, 0
-            m = a1 > best                           # strict: the first maximum keeps a tie
-            best, arg = (a1 if m else best), (1 if m else arg)
-            m = a2 > best
-            best, arg = (a2 if m else best), (2 if m else arg)
-            m = a3 > best
-            best, arg = (a3 if m else best), (3 if m else arg)
+            best, arg = max4(a0, a1, a2, a3)
             keep = best > zero or not relu
             yc[p, q] = best if keep else zero
             ac[p, q] = arg if keep else -1
