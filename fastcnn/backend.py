@@ -27,6 +27,9 @@ same names, signatures, dtypes and results):
     dropout_backward(dy, mask) -> dx          dx = dy * mask
     linear_forward(x, w, b) -> y              x (N, F_in), w (F_out, F_in): y = x @ w.T + b
     linear_backward(dy, x, w) -> (dx, dw, db) dy @ w, dy.T @ x, dy summed over N
+    softmax_cross_entropy(logits, labels) -> (loss, dlogits)
+        logits (N, F), labels (N,) integers in [0, F): loss the mean of -log softmax(logits)[label]
+        (a Python float), dlogits = (softmax(logits) - onehot(labels)) / N (fastcnn.losses).
 
 All arrays are NCHW, float32 or float64 (every array of one call has the same dtype), and results
 are new C-contiguous arrays of that dtype. Inputs may be non-contiguous views. Pooling has no
@@ -92,6 +95,8 @@ class Ops(Protocol):
     def linear_backward(self, dy: np.ndarray, x: np.ndarray,
                         w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
+    def softmax_cross_entropy(self, logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]: ...
+
 
 OP_NAMES = tuple(name for name in vars(Ops) if not name.startswith("_"))
 
@@ -154,9 +159,11 @@ _BLAS_CONTROLLER: Any = None
 
 
 def blas_guard(backend_name: str) -> contextlib.AbstractContextManager:
-    """Context manager: while the numba backend runs, keep BLAS (used only by Linear) to one
-    thread. Otherwise OpenBLAS's spinning thread pool and Numba's OpenMP pool fight over the
-    cores and every training step slows down several times. The numpy backend keeps every BLAS
+    """Context manager for code that alternates BLAS calls with the Numba kernels (the tests and
+    benchmarks that check the kernels against the NumPy reference): while the numba backend runs,
+    BLAS gets one thread. Otherwise OpenBLAS's threads, which spin for a while after each call, and
+    the kernels' workers fight over the cores and the kernels run several times slower. The numba
+    backend itself calls no BLAS, so training needs no guard; the numpy backend keeps every BLAS
     thread, since its convolutions are BLAS matmuls."""
     global _BLAS_CONTROLLER
     if backend_name != "numba":

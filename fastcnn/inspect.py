@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastcnn.backend import blas_guard
 from fastcnn.layerbase import Layer
 from fastcnn.layers import BatchNorm2D, Conv2D, Dropout, Identity
 from fastcnn.losses import log_softmax
@@ -130,9 +129,8 @@ def _run(model, x, *, with_saliency: bool):
     for layer in layers[:1]:
         if hasattr(layer, "need_input_grad"):
             layer.need_input_grad = with_saliency      # the model itself skips it: training never pays for it
-    backend = getattr(model, "backend_name", "numpy")
     outputs = []
-    with _RUN_LOCK, blas_guard(backend):
+    with _RUN_LOCK:
         h = x
         for layer in layers:
             h = layer.forward(h, training=False)

@@ -131,6 +131,8 @@ def model_plan(model, input_shape=None) -> list:
     with np.errstate(all="ignore"):
         for layer in layers:
             x = layer.forward(x, training=True)
+        if x.ndim == 2:                                # logits: the loss of a classifier's step
+            recorder.softmax_cross_entropy(x, np.zeros(len(x), np.int64))
         g = np.ones_like(x)
         for layer in reversed(layers):
             if g is None:
@@ -140,12 +142,12 @@ def model_plan(model, input_shape=None) -> list:
 
 
 def optimizer_plan(optimizer, dtype: np.dtype) -> list:
-    """The optimizer kernel's call (one specialisation serves every parameter): ``optimizer`` an
+    """The optimizer kernel's call (one specialisation serves every model): ``optimizer`` an
     :class:`~fastcnn.optim.Optimizer`, its name ("adamw", "sgd") or None (no call)."""
     if optimizer is None:
         return []
     name = optimizer if isinstance(optimizer, str) else type(optimizer).__name__
-    a = ("array", (4,), np.dtype(dtype).name)
+    a = (("array", (4,), np.dtype(dtype).name),)
     if name.lower() == "adamw":
         return [("optim.adamw_step", (a, a, a, a, (0.9, 0.999), 1.0, 1.0, 1e-8, 0.0, True), ())]
     if name.lower() == "sgd":

@@ -605,6 +605,45 @@ def test_kernels_reject_non_float_input(bad):
         nb.avgpool2d_backward(np.ones((1, 2, 2, 2), bad), x.shape, (2, 2), (2, 2))
 
 
+# ------------------------------------------------------------------------------------------- loss
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, F, scale", [(1, 1, 1.0), (1, 10, 3.0), (7, 3, 1.0), (128, 10, 5.0), (33, 1000, 2.0),
+                                         (5, 4, 1000.0)])
+def test_loss_kernel_agrees_with_the_reference(N, F, scale, dtype):
+    rng = np.random.default_rng(_seed("loss", N, F))
+    logits = (scale * rng.standard_normal((N, F))).astype(dtype)
+    labels = rng.integers(0, F, size=N)
+    loss, dlogits = nb.softmax_cross_entropy(logits, labels)
+    loss_ref, dlogits_ref = ref.softmax_cross_entropy(logits, labels)
+    assert isinstance(loss, float) and np.isfinite(loss)
+    assert_agree(np.array(loss, dtype), np.array(loss_ref, dtype), "loss")
+    assert_agree(dlogits, dlogits_ref, "dlogits")
+
+
+def test_loss_kernel_takes_any_integer_labels_and_strided_logits():
+    logits = np.random.default_rng(1).standard_normal((6, 8)).astype(np.float32)[:, ::2]
+    labels = np.array([0, 3, 1, 2, 3, 0], np.uint8)
+    loss, dlogits = nb.softmax_cross_entropy(logits, labels)
+    loss_ref, dlogits_ref = ref.softmax_cross_entropy(logits, labels)
+    assert_agree(np.float32(loss), np.float32(loss_ref), "loss")
+    assert_agree(dlogits, dlogits_ref, "dlogits")
+
+
+@pytest.mark.parametrize("impl", [ref.softmax_cross_entropy, nb.softmax_cross_entropy], ids=["reference", "kernel"])
+def test_loss_rejects_bad_shapes_and_labels_with_the_same_errors(impl):
+    logits = np.zeros((3, 4))
+    with pytest.raises(ValueError, match="logits"):
+        impl(np.zeros(4), np.array([0]))
+    with pytest.raises(ValueError, match=r"\(3,\)"):
+        impl(logits, np.array([0, 1]))
+    with pytest.raises(TypeError, match="integers"):
+        impl(logits, np.array([0.0, 1.0, 2.0]))
+    for bad in ([0, 1, 4], [0, -1, 2]):
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\]"):
+            impl(logits, np.array(bad))
+
+
 # ------------------------------------------------------------------------------------ determinism
 
 @pytest.fixture

@@ -16,8 +16,8 @@ def test_mnist_plan_lists_the_training_steps_kernel_calls():
     plan = model_plan(fastcnn.mnist_cnn(dtype=np.float32, backend="numba"))
     ops = [call[0] for call in plan]
     assert ops == ["conv2d_relu_maxpool_forward", "conv2d_relu_maxpool_forward", "dropout_forward",
-                   "linear_forward", "linear_backward", "dropout_backward", "maxpool2d_backward", "conv2d_backward",
-                   "conv2d_relu_maxpool_backward"]
+                   "linear_forward", "softmax_cross_entropy", "linear_backward", "dropout_backward",
+                   "maxpool2d_backward", "conv2d_backward", "conv2d_relu_maxpool_backward"]
     tile, rest = split_plan(plan)
     assert [c[0] for c in tile] == ["conv2d_relu_maxpool_forward", "conv2d_backward", "conv2d_relu_maxpool_backward"]
     assert tile[0] == plan[1]                                           # the second layer's, not the first's
@@ -46,7 +46,8 @@ def test_plan_needs_an_input_shape():
     model = Sequential([Flatten(), Linear(4, 2)])
     with pytest.raises(ValueError, match="input_shape"):
         model_plan(model)
-    assert [c[0] for c in model_plan(model, input_shape=(1, 2, 2))] == ["linear_forward", "linear_backward"]
+    assert [c[0] for c in model_plan(model, input_shape=(1, 2, 2))] == ["linear_forward", "softmax_cross_entropy",
+                                                                       "linear_backward"]
 
 
 def test_optimizer_plan_names_the_step_kernel():

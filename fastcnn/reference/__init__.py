@@ -4,6 +4,7 @@ Every function here is vectorised NumPy (im2col through strided views, then one 
 col2im as a loop over the kh*kw kernel offsets, never over pixels). It is the ground truth the
 Numba kernels in :mod:`fastcnn.kernels` are tested against. See :mod:`fastcnn.backend` for the contract.
 """
+from fastcnn.losses import softmax_cross_entropy
 from fastcnn.reference.activation import relu_backward, relu_forward
 from fastcnn.reference.conv import conv2d_backward, conv2d_forward
 from fastcnn.reference.dropout import dropout_backward, dropout_forward
@@ -34,4 +35,5 @@ __all__ = [
     "dropout_backward",
     "linear_forward",
     "linear_backward",
+    "softmax_cross_entropy",
 ]
