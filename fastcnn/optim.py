@@ -5,8 +5,8 @@ SGD with momentum (PyTorch's form: lr scales the velocity; weight decay, if any,
 gradient):
     v <- mu * v + (g + wd * W)
     W <- W - lr * v
-On the Numba backend each parameter's update runs as a parallel kernel (fastcnn.kernels.optim)
-that performs these same float operations per element: the same bits, for any thread count.
+On the Numba backend one parallel kernel call (fastcnn.kernels.optim) updates every parameter with
+these same float operations per element: the same bits, for any thread count.
 
 AdamW (Loshchilov & Hutter; bias-corrected moments, decoupled weight decay):
     m <- b1 * m + (1 - b1) * g
@@ -60,8 +60,29 @@ class Optimizer:
 
     def step(self) -> None:
         self.t += 1
-        for name, w, g in self._pairs():
+        pairs = self._pairs()
+        kernels = self._kernels()
+        if kernels is not None and self._kernels_fit(pairs):
+            self._update_all(kernels, pairs)
+            return
+        for name, w, g in pairs:
             self._update(name, w, g)
+
+    def _kernels_fit(self, pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> bool:
+        """Whether the kernels can take every parameter: one float dtype for all parameters,
+        gradients and state, C-contiguous parameters and state (the kernels update them in place)."""
+        if not pairs:
+            return False
+        dtype = pairs[0][1].dtype
+        return (dtype in (np.float32, np.float64) and all(w.dtype == dtype and g.dtype == dtype and w.flags.c_contiguous
+                                                                  for _, w, g in pairs)
+                and all(a.dtype == dtype and a.flags.c_contiguous for a in self._state_arrays()))
+
+    def _state_arrays(self) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def _update_all(self, kernels: Any, pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+        raise NotImplementedError
 
     def _update(self, name: str, w: np.ndarray, g: np.ndarray) -> None:
         raise NotImplementedError
@@ -84,12 +105,15 @@ class SGD(Optimizer):
         self.weight_decay = _check_positive("weight_decay", weight_decay, allow_zero=True)
         self.velocity = {name: np.zeros_like(w) for name, w, _ in self._pairs()}
 
+    def _state_arrays(self) -> list[np.ndarray]:
+        return list(self.velocity.values())
+
+    def _update_all(self, kernels: Any, pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+        kernels.sgd_step([w for _, w, _ in pairs], [g for _, _, g in pairs], [self.velocity[n] for n, _, _ in pairs],
+                         self.lr, self.momentum, self.weight_decay)
+
     def _update(self, name: str, w: np.ndarray, g: np.ndarray) -> None:
         v = self.velocity[name]
-        kernels = self._kernels()
-        if kernels is not None and g.dtype == w.dtype and w.flags.c_contiguous and v.flags.c_contiguous:
-            kernels.sgd_step(w, g, v, self.lr, self.momentum, self.weight_decay)
-            return
         if self.weight_decay:
             g = g + w.dtype.type(self.weight_decay) * w
         v *= w.dtype.type(self.momentum)
@@ -121,16 +145,24 @@ class AdamW(Optimizer):
         self.m = {name: np.zeros_like(w) for name, w, _ in self._pairs()}
         self.v = {name: np.zeros_like(w) for name, w, _ in self._pairs()}
 
+    def _corrections(self) -> tuple[float, float]:
+        """(step_size, v_corr): lr * m_hat = step_size * m and v_hat = v_corr * v at step t."""
+        b1, b2 = self.betas
+        return self.lr / (1 - b1 ** self.t), 1.0 / (1 - b2 ** self.t)
+
+    def _state_arrays(self) -> list[np.ndarray]:
+        return [*self.m.values(), *self.v.values()]
+
+    def _update_all(self, kernels: Any, pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+        step_size, v_corr = self._corrections()
+        kernels.adamw_step([w for _, w, _ in pairs], [g for _, _, g in pairs], [self.m[n] for n, _, _ in pairs],
+                           [self.v[n] for n, _, _ in pairs], self.betas, step_size, v_corr, self.eps,
+                           self.lr * self.weight_decay, bool(self.weight_decay))
+
     def _update(self, name: str, w: np.ndarray, g: np.ndarray) -> None:
         b1, b2 = self.betas
         m, v = self.m[name], self.v[name]
-        step_size = self.lr / (1 - b1 ** self.t)              # lr * m_hat = step_size * m
-        v_corr = 1.0 / (1 - b2 ** self.t)                      # v_hat = v_corr * v
-        kernels = self._kernels()
-        if kernels is not None and g.dtype == w.dtype and all(a.flags.c_contiguous for a in (w, m, v)):
-            kernels.adamw_step(w, g, m, v, self.betas, step_size, v_corr, self.eps, self.lr * self.weight_decay,
-                               bool(self.weight_decay))
-            return
+        step_size, v_corr = self._corrections()
         m *= b1
         m += (1 - b1) * g
         v *= b2

@@ -108,14 +108,16 @@ def test_dropout_layer_backends_agree_bitwise():
     assert all(np.array_equal(a, b) for a, b in zip(outs["numpy"], outs["numba"]))
 
 
-def _model_and_grads(dtype, backend):
-    model = fastcnn.mnist_cnn(seed=0, dtype=dtype, backend=backend)
+def _model_and_grads(dtype, backend, build=fastcnn.mnist_cnn):
+    model = build(seed=0, dtype=dtype, backend=backend)
     rng = np.random.default_rng(1)
     for _, _, g in model.named_parameters():
         g[...] = rng.standard_normal(g.shape).astype(dtype)
     return model
 
 
+@pytest.mark.parametrize("build", [pytest.param(fastcnn.mnist_cnn, id="6-params"),
+                                   pytest.param(fastcnn.lenet5, id="10-params")])   # one kernel call, two
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("make", [
     pytest.param(lambda m: fastcnn.AdamW(m, lr=2e-3, weight_decay=1e-2), id="adamw"),
@@ -123,16 +125,18 @@ def _model_and_grads(dtype, backend):
     pytest.param(lambda m: fastcnn.SGD(m, lr=0.05, momentum=0.9, weight_decay=5e-4), id="sgd"),
     pytest.param(lambda m: fastcnn.SGD(m, lr=0.05, momentum=0.0), id="sgd-plain"),
 ])
-def test_optimizer_kernels_equal_the_numpy_formulas_for_any_thread_count(make, dtype, restore_threads):
-    """Three steps on the Numba backend (parallel kernels) and on the NumPy backend (the formulas
-    in fastcnn/optim.py): parameters and state equal bit for bit, at 1 and N threads."""
-    ref_model = _model_and_grads(dtype, "numpy")
+def test_optimizer_kernels_equal_the_numpy_formulas_for_any_thread_count(make, dtype, build, restore_threads):
+    """Three steps on the Numba backend (parallel kernels, all parameters per call) and on the NumPy
+    backend (the formulas in fastcnn/optim.py): parameters and state equal bit for bit, at 1 and N
+    threads."""
+    assert len(list(build().named_parameters())) in (kopt.SLOTS - 2, kopt.SLOTS + 2)
+    ref_model = _model_and_grads(dtype, "numpy", build)
     ref_opt = make(ref_model)
     for _ in range(3):
         ref_opt.step()
     for threads in _thread_counts():
         numba.set_num_threads(threads)
-        model = _model_and_grads(dtype, "numba")
+        model = _model_and_grads(dtype, "numba", build)
         opt = make(model)
         for _ in range(3):
             opt.step()
@@ -142,10 +146,59 @@ def test_optimizer_kernels_equal_the_numpy_formulas_for_any_thread_count(make, d
             assert np.array_equal(a, ref_opt.state_dict()[key]), (key, threads)
 
 
-def test_optimizer_kernels_reject_mixed_dtypes():
+class _LargeParameters:
+    """Stands in for a model: parameters large enough for the kernels to split them over threads
+    (more than two parts' worth in all, a split inside one), in two groups of SLOTS."""
+
+    def __init__(self, backend):
+        rng = np.random.default_rng(2)
+        sizes = [3, 2 * kopt.ELEMENTS_PER_PART + 5, 1, 7, kopt.ELEMENTS_PER_PART, 2, 9, 1, 4, 1000]
+        self.backend_name = backend
+        self.params = [(f"p{i}", rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32))
+                       for i, n in enumerate(sizes)]
+
+    def named_parameters(self):
+        return iter(self.params)
+
+
+@pytest.mark.parametrize("make", [lambda m: fastcnn.AdamW(m, lr=2e-3), lambda m: fastcnn.SGD(m, lr=0.05)],
+                         ids=["adamw", "sgd"])
+def test_optimizer_kernels_split_over_threads_give_the_formulas_bits(make, restore_threads):
+    ref_model = _LargeParameters("numpy")
+    ref_opt = make(ref_model)
+    for _ in range(2):
+        ref_opt.step()
+    for threads in _thread_counts():
+        numba.set_num_threads(threads)
+        model = _LargeParameters("numba")
+        opt = make(model)
+        for _ in range(2):
+            opt.step()
+        for (name, w, _), (_, w_ref, _) in zip(model.named_parameters(), ref_model.named_parameters()):
+            assert np.array_equal(w, w_ref), (name, threads)
+
+
+def test_optimizer_kernels_reject_mixed_dtypes_and_mismatched_shapes():
     w = np.zeros(4, np.float32)
     with pytest.raises(TypeError, match="float32 or float64"):
-        kopt.sgd_step(w, np.zeros(4, np.float64), np.zeros(4, np.float32), 0.1, 0.9, 0.0)
+        kopt.sgd_step([w], [np.zeros(4, np.float64)], [np.zeros(4, np.float32)], 0.1, 0.9, 0.0)
+    with pytest.raises(ValueError, match="shaped like their parameter"):
+        kopt.sgd_step([w], [np.zeros(5, np.float32)], [np.zeros(4, np.float32)], 0.1, 0.9, 0.0)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kopt.sgd_step([np.zeros(8, np.float32)[::2]], [w], [np.zeros(4, np.float32)], 0.1, 0.9, 0.0)
+
+
+def test_optimizer_falls_back_to_the_formulas_when_the_kernels_cannot_take_the_state():
+    """A non-contiguous state array (set by hand) takes the NumPy formulas: same bits, no error."""
+    ref_model, model = _model_and_grads(np.float32, "numpy"), _model_and_grads(np.float32, "numba")
+    ref_opt, opt = fastcnn.SGD(ref_model, lr=0.1), fastcnn.SGD(model, lr=0.1)
+    name = next(iter(opt.velocity))
+    opt.velocity[name] = np.asfortranarray(np.zeros_like(opt.velocity[name]))
+    assert opt.velocity[name].ndim < 2 or not opt.velocity[name].flags.c_contiguous
+    ref_opt.step()
+    opt.step()
+    for (_, w, _), (_, w_ref, _) in zip(model.named_parameters(), ref_model.named_parameters()):
+        assert np.array_equal(w, w_ref)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
