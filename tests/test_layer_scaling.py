@@ -23,10 +23,12 @@ def test_amdahl_bound():
 def test_layer_scaling_reports_every_part_and_a_share_in_range():
     rng = np.random.default_rng(0)
     batches = [(rng.standard_normal((8, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 8)) for _ in range(3)]
-    result = layer_scaling(batches, 2, warmup=1)
+    result = layer_scaling(batches, 2, warmup=1, rounds=2)
     names = [f"{r['name']} {r['direction']}" for r in result["rows"]]
     assert any("Dropout" in n for n in names) and any("optimizer" in n for n in names)
     assert 0.0 <= result["serial_share"] <= 1.0
     assert 1.0 <= result["amdahl_speedup"] <= 16.0
     assert all(0.0 <= r["serial_ms"] <= r["ms_1"] for r in result["rows"])
-    assert "Amdahl" in format_layer_scaling(result)
+    assert result["rounds"] == 2 and "Amdahl" in format_layer_scaling(result)
+    with pytest.raises(ValueError, match="rounds"):
+        layer_scaling(batches, 2, rounds=0)

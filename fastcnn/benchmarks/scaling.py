@@ -5,10 +5,15 @@ thread and at N.
 For a part of the step that takes a seconds at one thread and b at N, the serial time s in it
 follows from b = s + (a - s) / N: s = (N b - a) / (N - 1), clipped to [0, a]. The step's serial
 share f is the sum of s over the parts divided by the one-thread step, and Amdahl's law bounds
-the step's speedup at T threads by 1 / (f + (1 - f) / T). The per-part figures are as noisy as
-the machine: other programs on the cores read as serial time.
+the step's speedup at T threads by 1 / (f + (1 - f) / T).
+
+Noise only ever adds serial time (a part slowed at N threads, clipped at zero when it is faster),
+so the profiles alternate between 1 and N threads for several rounds and each part's time is the
+median of its rounds. Other programs on the cores still read as serial time.
 """
 from __future__ import annotations
+
+from statistics import median
 
 AMDAHL_THREADS = 16
 
@@ -34,33 +39,41 @@ def _profile(model, opt, batches: list, warmup: int) -> dict:
     return model.stop_profile().to_dict()
 
 
-def layer_scaling(batches: list, threads: int, warmup: int = 2, seed: int = 0) -> dict:
+def layer_scaling(batches: list, threads: int, warmup: int = 2, seed: int = 0, rounds: int = 3) -> dict:
     """Profile the Numba training step of the MNIST network at 1 and ``threads`` threads over
-    ``batches`` ((x, y) pairs; the first ``warmup`` untimed). Returns the rows (part, ms at 1 and
-    at N, speedup, serial ms), the step's times, its serial share and Amdahl's bound at
-    AMDAHL_THREADS threads."""
+    ``batches`` ((x, y) pairs; the first ``warmup`` untimed), alternating for ``rounds`` rounds.
+    Returns the rows (part, median ms at 1 and at N, speedup, serial ms), the step's median times,
+    its serial share and Amdahl's bound at AMDAHL_THREADS threads."""
     import numba
 
     from fastcnn.benchmarks.measurement import make_trainer
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds!r}")
     before = numba.get_num_threads()
-    profiles = {}
+    profiles: dict[int, list[dict]] = {1: [], threads: []}
     try:
-        for t in (1, threads):
-            numba.set_num_threads(t)
-            model, opt = make_trainer("numba", seed)
-            profiles[t] = _profile(model, opt, batches, warmup)
+        for _ in range(rounds):
+            for t in (1, threads):
+                numba.set_num_threads(t)
+                model, opt = make_trainer("numba", seed)
+                profiles[t].append(_profile(model, opt, batches, warmup))
     finally:
         numba.set_num_threads(before)
+
+    def ms(t: int, i: int) -> float:
+        return median([p["rows"][i]["ms_per_batch"] for p in profiles[t]])
+
     rows = []
-    for a, b in zip(profiles[1]["rows"], profiles[threads]["rows"]):
-        one, many = a["ms_per_batch"], b["ms_per_batch"]
-        rows.append({"name": a["name"], "direction": a["direction"], "ms_1": one, "ms_n": many,
+    for i, part in enumerate(profiles[1][0]["rows"]):
+        one, many = ms(1, i), ms(threads, i)
+        rows.append({"name": part["name"], "direction": part["direction"], "ms_1": one, "ms_n": many,
                      "speedup": one / many if many > 0 else None,
                      "serial_ms": serial_seconds(one, many, threads)})
-    step_1, step_n = profiles[1]["step_ms"], profiles[threads]["step_ms"]
+    step_1 = median([p["step_ms"] for p in profiles[1]])
+    step_n = median([p["step_ms"] for p in profiles[threads]])
     share = sum(r["serial_ms"] for r in rows) / step_1 if step_1 > 0 else 0.0
-    return {"threads": threads, "step_ms_1": step_1, "step_ms_n": step_n, "speedup": step_1 / step_n,
-            "serial_share": share, "amdahl_threads": AMDAHL_THREADS,
+    return {"threads": threads, "rounds": rounds, "step_ms_1": step_1, "step_ms_n": step_n,
+            "speedup": step_1 / step_n, "serial_share": share, "amdahl_threads": AMDAHL_THREADS,
             "amdahl_speedup": amdahl(share, AMDAHL_THREADS), "rows": rows}
 
 
@@ -73,7 +86,8 @@ def format_layer_scaling(result: dict) -> str:
         name = f"{r['name']} {r['direction']}".strip()
         speedup = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
         lines.append(f"{name:<34}  {r['ms_1']:12.3f}  {r['ms_n']:13.3f}  {speedup:>7}  {r['serial_ms']:9.3f}")
-    lines.append(f"step: {result['step_ms_1']:.2f} ms at 1 thread, {result['step_ms_n']:.2f} ms at {n} "
+    lines.append(f"step (median of {result.get('rounds', 1)} alternated rounds): {result['step_ms_1']:.2f} ms at "
+                 f"1 thread, {result['step_ms_n']:.2f} ms at {n} "
                  f"({result['speedup']:.2f}x); serial share {100 * result['serial_share']:.1f} %, so Amdahl's law "
                  f"allows {result['amdahl_speedup']:.1f}x at {result['amdahl_threads']} threads")
     return "\n".join(lines)
