@@ -18,9 +18,9 @@ same names, signatures, dtypes and results):
     conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride) -> (y, argmax)
         maxpool2d_forward(conv2d_forward(x, w, b, stride, padding), pool_size, pool_stride,
         relu=True) in one op; argmax indexes windows of the (never stored) convolution output.
-    conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride)
-        -> (dw, db): the convolution's weight and bias gradients through the pool; no dx (the
-        fused op serves a first layer, whose input needs no gradient).
+    conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride, need_dx=True)
+        -> (dx | None, dw, db): conv2d_backward of maxpool2d_backward(dy, argmax, ...), from the
+        pooled gradient (dx skipped when need_dx is False, e.g. for the first layer).
     dropout_forward(x, key, threshold) -> (y, mask)
         mask = 0 where the counter-based draw of (key, element index) is below threshold, else
         65536 / (65536 - threshold); y = x * mask (fastcnn.reference.dropout gives the stream).
@@ -83,8 +83,8 @@ class Ops(Protocol):
                                     pool_size: Pair, pool_stride: Pair) -> tuple[np.ndarray, np.ndarray]: ...
 
     def conv2d_relu_maxpool_backward(self, dy: np.ndarray, argmax: np.ndarray, x: np.ndarray, w: np.ndarray,
-                                     stride: Pair, padding: Pair, pool_size: Pair,
-                                     pool_stride: Pair) -> tuple[np.ndarray, np.ndarray]: ...
+                                     stride: Pair, padding: Pair, pool_size: Pair, pool_stride: Pair,
+                                     need_dx: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]: ...
 
     def dropout_forward(self, x: np.ndarray, key: int, threshold: int) -> tuple[np.ndarray, np.ndarray]: ...
 

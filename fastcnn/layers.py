@@ -223,16 +223,15 @@ class ReLUMaxPool2D(FusedLayer):
 
 class ConvReLUMaxPool2D(FusedLayer):
     """Conv2D, ReLU and MaxPool2D as one op of the backend (``conv2d_relu_maxpool_forward``): with a
-    2x2 / stride 2 pool the Numba kernels never store the convolution's output. Backward: for a
-    first layer (``need_input_grad=False``) the op ``conv2d_relu_maxpool_backward`` gives dw and db
-    straight from the pooled gradient and returns None; otherwise the pool's backward, then the
-    convolution's, which returns dx.
+    2x2 / stride 2 pool the Numba kernels never store the convolution's output. Backward is one op
+    too (``conv2d_relu_maxpool_backward``): dw, db and dx (None for a first layer,
+    ``need_input_grad=False``) from the pooled gradient, whose dense form the Numba kernels build
+    only per chunk of images, inside the convolution's kernels.
 
     ``params`` and ``grads`` are the convolution's own dicts: ``0.weight`` stays ``0.weight``."""
 
     _x: np.ndarray
     _argmax: np.ndarray
-    _conv_shape: tuple[int, int, int, int]
 
     def __init__(self, conv: Conv2D, relu: ReLU, pool: MaxPool2D) -> None:
         if not (isinstance(conv, Conv2D) and isinstance(relu, ReLU) and isinstance(pool, MaxPool2D)):
@@ -247,7 +246,7 @@ class ConvReLUMaxPool2D(FusedLayer):
         _check_conv_input(self, conv, x)
         P, Q = conv.output_shape(x.shape[2], x.shape[3])
         _check_pool_size(self, pool.kernel_size, (x.shape[0], conv.out_channels, P, Q))
-        self._x, self._conv_shape = x, (x.shape[0], conv.out_channels, P, Q)
+        self._x = x
         y, self._argmax = self.ops.conv2d_relu_maxpool_forward(x, self.params["weight"], self.params["bias"],
                                                                conv.stride, conv.padding, pool.kernel_size,
                                                                pool.stride)
@@ -256,13 +255,9 @@ class ConvReLUMaxPool2D(FusedLayer):
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
         self._check_grad(dy)
         conv, pool = self.conv, self.pool
-        dx = None
-        if conv.need_input_grad:
-            dconv = self.ops.maxpool2d_backward(dy, self._argmax, self._conv_shape, pool.kernel_size, pool.stride)
-            dx, dw, db = self.ops.conv2d_backward(dconv, self._x, self.params["weight"], conv.stride, conv.padding)
-        else:
-            dw, db = self.ops.conv2d_relu_maxpool_backward(dy, self._argmax, self._x, self.params["weight"],
-                                                           conv.stride, conv.padding, pool.kernel_size, pool.stride)
+        dx, dw, db = self.ops.conv2d_relu_maxpool_backward(dy, self._argmax, self._x, self.params["weight"],
+                                                           conv.stride, conv.padding, pool.kernel_size, pool.stride,
+                                                           need_dx=conv.need_input_grad)
         self.grads["weight"] = dw
         self.grads["bias"] = db
         return dx

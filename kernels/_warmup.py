@@ -169,12 +169,14 @@ def _uses_tile(call) -> bool:
 def split_plan(plan: list) -> tuple[list, list]:
     """(calls reaching the register tile, the rest): two halves whose compiled functions are
     disjoint (tests/test_kernels.py checks it for the MNIST network), so two processes can fill one
-    cache without two writers of one entry. A fused forward on the tile's side may fall back to the
-    convolution, then the max-pool kernels (kernels/fused.py), so the plan's max-pool forwards go to
-    that side with it."""
+    cache without two writers of one entry. A fused forward or backward on the tile's side may fall
+    back to the max-pool kernels (kernels/fused.py, kernels/conv.py), so the plan's max-pool forwards
+    and backwards go to that side with it."""
     tile = [c for c in plan if _uses_tile(c)]
-    if any(c[0] == "conv2d_relu_maxpool_forward" for c in tile):
-        tile = [c for c in plan if c in tile or c[0] == "maxpool2d_forward"]
+    for fused, pool in (("conv2d_relu_maxpool_forward", "maxpool2d_forward"),
+                        ("conv2d_relu_maxpool_backward", "maxpool2d_backward")):
+        if any(c[0] == fused for c in tile):
+            tile = [c for c in plan if c in tile or c[0] == pool]
     return tile, [c for c in plan if c not in tile]
 
 

@@ -26,7 +26,9 @@ forward      C*R*S >= SMALL_L, any stride: no im2col. Each task splits its zero-
              For a tiny reduction (C*R*S < SMALL_L, the first layer) the im2col is kept
              channel-major (C*R*S, P*Q) and y[n] is built with rows_axpy, vectorised over pixels.
 backward dx  stride 1 and padding <= kernel - 1: dx is the forward convolution of dy with the
-             flipped, transposed weights (C, K, R, S) and padding (R-1-ph, S-1-pw). Otherwise:
+             flipped, transposed weights (C, K, R, S) and padding (R-1-ph, S-1-pw); after a ReLU
+             and a max pool (a fused layer), that forward builds each image's planes of dy from
+             the pooled gradient and its argmax (unpooled_input_gradient). Otherwise:
              per image, dcol (P*Q, R*S*C) = dy[n]^T . W2 with the tile, then col2im adds each row
              back into the padded HWC image; prange over images.
 backward dw  kernels/conv_weight.py (weight_gradient), shared with the fused first layer.
@@ -56,8 +58,8 @@ from fastcnn.kernels._config import CACHE, FASTMATH
 from fastcnn.kernels._gemm import rows_axpy
 from fastcnn.kernels._parallel import parallel_for
 from fastcnn.kernels._tile import MR, MR_NARROW, NR, NR_NARROW, tile, tile_narrow
-from fastcnn.kernels.conv_weight import weight_gradient
-from fastcnn.kernels.pool import max4, max4_exact
+from fastcnn.kernels.conv_weight import NO_OFFSETS, weight_gradient
+from fastcnn.kernels.pool import max4, max4_exact, maxpool2d_backward
 
 NO_POOL = np.empty((0, 0, 0, 0), np.int32)   # _forward_shifted: the plain convolution
 SMALL_L = 16          # forward reductions shorter than this use rows_axpy (measured faster for 9, slower for 27)
@@ -115,6 +117,26 @@ def _image_planes(x, n, sh, sw, ph, pw, Hs, Ws):
         return x[n].reshape(C * Hs * Ws)
     xf = np.zeros(C * sh * sw * Hs * Ws, x.dtype)
     _pack_phases(x[n], sh, sw, ph, pw, Hs, Ws, xf, np.int64(0))   # not a literal: one specialisation
+    return xf
+
+
+@njit(boundscheck=False, cache=CACHE)
+def _unpooled_planes(g, ga, n, goffs, psh, psw, ph, pw, Hs, Ws):
+    """Image n of a max pool's gradient g (N, C, P2, Q2), routed through its argmax ga into the
+    zero-padded planes (C, Hs, Ws) of the dense gradient, flattened: stride 1's only phase plane, as
+    _image_planes builds from the dense gradient. goffs[a] is window element a's place in a plane
+    (rows Ws wide); same elements, same order as maxpool2d_backward."""
+    C, P2, Q2 = g.shape[1], g.shape[2], g.shape[3]
+    plane = Hs * Ws
+    xf = np.zeros(C * plane, g.dtype)
+    for c in range(C):
+        gc, ac = g[n, c], ga[n, c]
+        for p in range(P2):
+            base = c * plane + (ph + p * psh) * Ws + pw
+            for q in range(Q2):
+                a = ac[p, q]
+                if a >= 0:
+                    xf[base + q * psw + goffs[a]] += gc[p, q]
     return xf
 
 
@@ -183,7 +205,7 @@ def tiles_grid(Af, L, xf, starts, j0, j1, Ct):
 
 
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _forward_shifted(lo, hi, x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups, argmax):
+def _forward_shifted(lo, hi, x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, ngroups, argmax, xa, xoffs, psh, psw):
     """Any stride: x (N,C,H,W), Bp (ceil(K/NR), C*R*S, NR) the packed weights -> y (N,K,P,Q).
     With the padded image split into its phase planes (_pack_phases, flattened per channel and
     phase), output pixel (p, q) needs x_pad[c, p*sh + r, q*sw + t] = xf[starts[(c, r, t)] +
@@ -194,7 +216,10 @@ def _forward_shifted(lo, hi, x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, 
     image. With a non-empty argmax, the convolution is followed by a ReLU and a 2x2 / stride 2 max
     pool: y and argmax are the pooled (N, K, P2, Q2), offs lists only the pixels under the windows,
     four per window (window_pixels), and each result block is pooled (_pool_out) instead of copied
-    out; the convolution output is never stored."""
+    out; the convolution output is never stored. With a non-empty xa (stride 1 only), x is a max
+    pool's gradient and xa its argmax: each image's planes are the dense gradient, unpooled
+    (_unpooled_planes; xoffs, psh, psw: the pool's window offsets and stride), which is then never
+    stored either."""
     N, K, M = x.shape[0], y.shape[1], y.shape[2] * y.shape[3]     # M: pixels, or pooled windows
     L = starts.shape[0]
     nkb = Bp.shape[0]
@@ -209,7 +234,10 @@ def _forward_shifted(lo, hi, x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, 
         u1 = (g + 1) * nunits // ngroups
         if u1 <= u0:
             continue
-        xf = _image_planes(x, n, sh, sw, ph, pw, Hs, Ws)
+        if xa.shape[0] > 0:
+            xf = _unpooled_planes(x, xa, n, xoffs, psh, psw, ph, pw, Hs, Ws)
+        else:
+            xf = _image_planes(x, n, sh, sw, ph, pw, Hs, Ws)
         Ct = np.empty((min((u1 - u0) * UNIT, BLOCK_PIXELS), nkb * NR + CT_PAD), x.dtype)
         for v0 in range(u0 * UNIT, u1 * UNIT, BLOCK_PIXELS):
             v1 = min(u1 * UNIT, v0 + BLOCK_PIXELS)
@@ -350,12 +378,13 @@ def groups_per_image(N, pieces):
     return 1 if N >= TASKS_PER_CALL else min(pieces, -(-TASKS_PER_CALL // N))
 
 
-def _run_shifted(x, w2, b, stride, padding, Hs, Ws, y, starts, offs, argmax):
+def _run_shifted(x, w2, b, stride, padding, Hs, Ws, y, starts, offs, argmax, x_argmax=NO_POOL, x_offsets=NO_OFFSETS,
+                 pool_stride=(1, 1)):
     """_forward_shifted over x's images, w2 (K, C*R*S) packed into NR-wide panels; NO_POOL or an argmax
-    array selects its mode."""
+    array selects its output's mode, NO_POOL or x_argmax its input's."""
     ngroups = groups_per_image(x.shape[0], len(offs) // UNIT)
     parallel_for(_forward_shifted, x.shape[0] * ngroups, x, pack_panels(w2, NR), b, *stride, *padding, Hs, Ws, y,
-                 starts, offs, ngroups, argmax)
+                 starts, offs, ngroups, argmax, x_argmax, x_offsets, *pool_stride)
 
 
 def _forward(x, w, b, stride, padding):
@@ -384,6 +413,16 @@ def _forward(x, w, b, stride, padding):
             parallel_for(_forward_narrow, N * ngroups, x, pack_panels(w2, NR_NARROW), b, *stride, *padding, Hs, Ws,
                          y, starts, offs, ngroups)
     return y
+
+
+@TABLES
+def window_offsets(pool_size, row):
+    """Where element a = r*kw + s of a pool window lies in a dense block with rows ``row`` wide,
+    from the window's corner: a table, since an integer division per scattered element cost more
+    than the rest of the scatter."""
+    kh, kw = pool_size
+    a = np.arange(kh * kw)
+    return ((a // kw) * row + a % kw).astype(np.int64)
 
 
 @TABLES
@@ -426,23 +465,59 @@ def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx=True):
     """dy (N,K,P,Q), x (N,C,H,W), w (K,C,R,S) -> (dx (N,C,H,W) or None, dw (K,C,R,S), db (K,))."""
     dy, x, w = prepare(dy, x, w)
     stride, padding = tuple(stride), tuple(padding)
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
     dw, db = weight_gradient(x, dy, w, stride, padding)
-    if dy.size == 0:                       # no images, no output channels or no output pixels
-        return (np.zeros((N, C, H, W), x.dtype) if need_dx else None), dw, db
-    if not need_dx:
-        return None, dw, db
+    return (_input_gradient(dy, w, x.shape, stride, padding) if need_dx else None), dw, db
 
+
+def _dx_as_forward(R, S, stride, padding):
+    """Whether dx is the stride-1 forward convolution of dy with the flipped kernel, and with which
+    padding (None if not)."""
     (sh, sw), (ph, pw) = stride, padding
-    if (sh, sw) == (1, 1) and ph <= R - 1 and pw <= S - 1:
+    return (R - 1 - ph, S - 1 - pw) if (sh, sw) == (1, 1) and ph <= R - 1 and pw <= S - 1 else None
+
+
+def _flipped(w):
+    """w (K, C, R, S) -> (C, K*R*S): the flipped, transposed kernel of dx's forward convolution."""
+    K, C, R, S = w.shape
+    return np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(C, K * R * S)
+
+
+def _input_gradient(dy, w, x_shape, stride, padding):
+    """dx (N,C,H,W) of a convolution from its gradient dy (N,K,P,Q), prepared arrays."""
+    N, C, H, W = x_shape
+    K, _, R, S = w.shape
+    if dy.size == 0:                       # no images, no output channels or no output pixels
+        return np.zeros((N, C, H, W), w.dtype)
+    pad = _dx_as_forward(R, S, stride, padding)
+    if pad is not None:
         # dx = correlation of dy (padded by R-1-ph, S-1-pw) with the flipped, transposed kernel
-        w_flip = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))   # (C, K, R, S)
-        dx = _forward(dy, w_flip, np.zeros(C, x.dtype), (1, 1), (R - 1 - ph, S - 1 - pw))
-    else:
-        dx = np.empty((N, C, H, W), x.dtype)
-        w2t = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(R * S * C, K)  # (r, s, c) x K
-        P, Q = dy.shape[2], dy.shape[3]
-        parallel_for(_backward_input_col2im, N, dy, pack_panels(w2t, NR), R, S, sh, sw, ph, pw, dx,
-                               np.arange(K, dtype=np.int64) * (P * Q), pixel_offsets(P, Q, Q))
-    return dx, dw, db
+        return _forward(dy, _flipped(w).reshape(C, K, R, S), np.zeros(C, w.dtype), (1, 1), pad)
+    (sh, sw), (ph, pw) = stride, padding
+    dx = np.empty((N, C, H, W), w.dtype)
+    w2t = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(R * S * C, K)  # (r, s, c) x K
+    P, Q = dy.shape[2], dy.shape[3]
+    parallel_for(_backward_input_col2im, N, dy, pack_panels(w2t, NR), R, S, sh, sw, ph, pw, dx,
+                 np.arange(K, dtype=np.int64) * (P * Q), pixel_offsets(P, Q, Q))
+    return dx
+
+
+def unpooled_input_gradient(dy, argmax, w, x_shape, conv_shape, stride, padding, pool_size, pool_stride):
+    """dx (N,C,H,W) of a convolution followed by a ReLU and a max pool, from the pool's gradient dy
+    (N,K,P2,Q2) and argmax (prepared arrays; conv_shape (N,K,P,Q) the convolution's output). Where
+    dx is a forward convolution on the register tile's NR-channel route, each image's dense
+    gradient is built inside it (_unpooled_planes) and never stored; otherwise maxpool2d_backward
+    first. The same results either way."""
+    N, C, H, W = x_shape
+    K, _, R, S = w.shape
+    P, Q = conv_shape[2], conv_shape[3]
+    pad = _dx_as_forward(R, S, stride, padding)
+    if pad is not None and N > 0 and dy.size > 0 and K * R * S >= SMALL_L:
+        Hs, Ws = phase_grid(P, Q, (1, 1), pad)
+        if forward_route(C, W, Ws) == "shifted":
+            dx = np.empty((N, C, H, W), w.dtype)
+            _run_shifted(dy, _flipped(w), np.zeros(C, w.dtype), (1, 1), pad, Hs, Ws, dx,
+                         phase_starts(K, R, S, (1, 1), Hs, Ws), pixel_offsets(H, W, Ws, UNIT), NO_POOL, argmax,
+                         window_offsets(tuple(pool_size), Ws), tuple(pool_stride))
+            return dx
+    dense = maxpool2d_backward(dy, argmax, conv_shape, pool_size, pool_stride)
+    return _input_gradient(dense, w, x_shape, stride, padding)

@@ -38,7 +38,7 @@ from fastcnn.kernels._common import pad_chw, prepare
 from fastcnn.kernels._config import CACHE, FASTMATH
 from fastcnn.kernels._gemm import rows_axpy
 from fastcnn.kernels._parallel import parallel_for
-from fastcnn.kernels.conv import SMALL_L, relu_maxpool_2x2_forward
+from fastcnn.kernels.conv import SMALL_L, relu_maxpool_2x2_forward, unpooled_input_gradient, window_offsets
 from fastcnn.kernels.conv import _forward as _conv_forward
 from fastcnn.kernels.conv_weight import weight_gradient
 from fastcnn.kernels.pool import max4, max4_exact, maxpool2d_forward
@@ -117,15 +117,6 @@ def _forward_small(lo, hi, x, w2, b, R, S, sh, sw, ph, pw, zero, y, argmax):
                 _relu_max4_exact(conv[k], M, zero, yn[k], an[k])
 
 
-def window_offsets(pool_size, row):
-    """Where element a = r*kw + s of a pool window lies in a dense block with rows ``row`` wide,
-    from the window's corner: a table, since an integer division per scattered element cost more
-    than the rest of the scatter."""
-    kh, kw = pool_size
-    a = np.arange(kh * kw)
-    return ((a // kw) * row + a % kw).astype(np.int64)
-
-
 def _sizes(x, w, stride, padding, pool_size, pool_stride):
     N, C, H, W = x.shape
     K, _, R, S = w.shape
@@ -159,10 +150,16 @@ def conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride
     return maxpool2d_forward(_conv_forward(x, w, b, stride, padding), pool_size, pool_stride, relu=True)
 
 
-def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride):
-    """dy (N,K,P2,Q2), argmax from forward, x (N,C,H,W), w (K,C,R,S) -> (dw (K,C,R,S), db (K,))."""
+def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride, need_dx=True):
+    """dy (N,K,P2,Q2), argmax from forward, x (N,C,H,W), w (K,C,R,S) -> (dx (N,C,H,W) or None,
+    dw (K,C,R,S), db (K,)), all from the pooled gradient: the dense one is built only per chunk of
+    images, inside the kernels (_scatter_pooled, _unpooled_planes)."""
     dy, x, w = prepare(dy, x, w)
     argmax = np.ascontiguousarray(argmax, dtype=np.int32)
     stride, padding, pool_size, pool_stride = map(tuple, (stride, padding, pool_size, pool_stride))
-    _, Q, _, _ = _sizes(x, w, stride, padding, pool_size, pool_stride)
-    return weight_gradient(x, dy, w, stride, padding, argmax, window_offsets(pool_size, Q), pool_stride)
+    P, Q, _, _ = _sizes(x, w, stride, padding, pool_size, pool_stride)
+    dw, db = weight_gradient(x, dy, w, stride, padding, argmax, window_offsets(pool_size, Q), pool_stride)
+    if not need_dx:
+        return None, dw, db
+    conv_shape = (x.shape[0], w.shape[0], P, Q)
+    return unpooled_input_gradient(dy, argmax, w, x.shape, conv_shape, stride, padding, pool_size, pool_stride), dw, db

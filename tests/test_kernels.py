@@ -245,14 +245,19 @@ def _check_fused(N, C, K, H, W, R, S, stride, padding, pool, pool_stride, dtype,
     assert_agree(y, y_ref, f"fused y vs reference [{what}]")
 
     dy = _normal(np.random.default_rng(seed + 1), y.shape, dtype)
-    dw, db = nb.conv2d_relu_maxpool_backward(dy, arg, x, w, stride, padding, pool, pool_stride)
+    dx, dw, db = nb.conv2d_relu_maxpool_backward(dy, arg, x, w, stride, padding, pool, pool_stride)
+    none, dw_first, db_first = nb.conv2d_relu_maxpool_backward(dy, arg, x, w, stride, padding, pool, pool_stride,
+                                                                need_dx=False)
     dconv = nb.maxpool2d_backward(dy, arg, (N, K, P, Q), pool, pool_stride)
-    _, dw_unfused, db_unfused = nb.conv2d_backward(dconv, x, w, stride, padding, need_dx=False)
-    _bit_identical(dw, dw_unfused, f"fused dw vs unfused [{what}]")
-    _bit_identical(db, db_unfused, f"fused db vs unfused [{what}]")
+    dx_unfused, dw_unfused, db_unfused = nb.conv2d_backward(dconv, x, w, stride, padding)
+    assert none is None
+    for name, fused, unfused in (("dx", dx, dx_unfused), ("dw", dw, dw_unfused), ("db", db, db_unfused),
+                                 ("dw without dx", dw_first, dw_unfused), ("db without dx", db_first, db_unfused)):
+        _bit_identical(fused, unfused, f"fused {name} vs unfused [{what}]")
     # The reference routes dy through the same argmax (near-ties may pick another window element
     # when the convolution sums in another order, so argmax itself is compared only above).
-    dw_ref, db_ref = ref.conv2d_relu_maxpool_backward(dy, arg, x, w, stride, padding, pool, pool_stride)
+    dx_ref, dw_ref, db_ref = ref.conv2d_relu_maxpool_backward(dy, arg, x, w, stride, padding, pool, pool_stride)
+    assert_agree(dx, dx_ref, f"fused dx vs reference [{what}]")
     assert_agree(dw, dw_ref, f"fused dw vs reference [{what}]")
     assert_agree(db, db_ref, f"fused db vs reference [{what}]")
 
@@ -268,6 +273,28 @@ FUSED_GRID = [case for case in CONV_GRID
 def test_conv2d_relu_maxpool_grid(N, C, K, H, W, R, S, stride, padding, pool, pool_stride, dtype):
     _check_fused(N, C, K, H, W, R, S, stride, padding, pool, pool_stride, dtype,
                  seed=_seed("fused", N, C, K, H, W, R, S, stride, padding, pool, pool_stride, np.dtype(dtype)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pool, pool_stride", FUSED_POOLS, ids=["2x2s2", "3x3s2", "2x2s1", "1x2s13"])
+@pytest.mark.parametrize("N, C, K, H, W, R, S, padding", [
+    (1, 32, 64, 14, 14, 3, 3, (1, 1)),      # batch 1, the MNIST network's second layer
+    (3, 32, 5, 15, 13, 3, 3, (0, 0)),       # odd sizes: rows and columns no window covers; no padding
+    (2, 32, 3, 11, 12, 5, 5, (2, 1)),       # 5x5, uneven padding; a reduction K*R*S of 75
+    (2, 32, 33, 9, 9, 1, 1, (0, 0)),        # 1x1, one output channel past a panel
+])
+def test_fused_backward_builds_dx_from_the_pooled_gradient(N, C, K, H, W, R, S, padding, pool, pool_stride, dtype,
+                                                           monkeypatch):
+    """Where dx is a stride-1 forward convolution on the NR-channel route, the fused backward never
+    calls the pool's backward (the dense gradient is built per image inside the convolution), and
+    its results are the unfused ones, bit for bit."""
+    from fastcnn.kernels import conv
+    assert conv.forward_route(C, W, W + 2 * (S - 1 - padding[1])) == "shifted"
+    dense_calls = []
+    monkeypatch.setattr(conv, "maxpool2d_backward", lambda *a: dense_calls.append(a))
+    _check_fused(N, C, K, H, W, R, S, (1, 1), padding, pool, pool_stride, dtype,
+                 seed=_seed("fused-dx", N, C, K, H, W, R, S, padding, pool, pool_stride, np.dtype(dtype)))
+    assert not dense_calls
 
 
 def test_conv2d_relu_maxpool_reference_is_the_composition():
@@ -671,8 +698,8 @@ def _run_ops(x, w, b, dy, dy_pool, stride, padding):
     out["fused.y"], am = nb.conv2d_relu_maxpool_forward(x, w, b, stride, padding, (2, 2), (2, 2))
     out["fused.argmax"] = am
     dy_fused = np.ascontiguousarray(dy[:, :, :am.shape[2], :am.shape[3]])
-    out["fused.dw"], out["fused.db"] = nb.conv2d_relu_maxpool_backward(dy_fused, am, x, w, stride, padding,
-                                                                       (2, 2), (2, 2))
+    out["fused.dx"], out["fused.dw"], out["fused.db"] = nb.conv2d_relu_maxpool_backward(
+        dy_fused, am, x, w, stride, padding, (2, 2), (2, 2))
     return out
 
 

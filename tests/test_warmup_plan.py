@@ -17,16 +17,17 @@ def test_mnist_plan_lists_the_training_steps_kernel_calls():
     ops = [call[0] for call in plan]
     assert ops == ["conv2d_relu_maxpool_forward", "conv2d_relu_maxpool_forward", "dropout_forward",
                    "linear_forward", "softmax_cross_entropy", "linear_backward", "dropout_backward",
-                   "maxpool2d_backward", "conv2d_backward", "conv2d_relu_maxpool_backward"]
+                   "conv2d_relu_maxpool_backward", "conv2d_relu_maxpool_backward"]
     tile, rest = split_plan(plan)
-    assert [c[0] for c in tile] == ["conv2d_relu_maxpool_forward", "conv2d_backward", "conv2d_relu_maxpool_backward"]
+    assert [c[0] for c in tile] == ["conv2d_relu_maxpool_forward", "conv2d_relu_maxpool_backward",
+                                    "conv2d_relu_maxpool_backward"]
     assert tile[0] == plan[1]                                           # the second layer's, not the first's
     assert ("array", (2, 32, 14, 14), "float32") in plan[1][1]          # conv2's input, two images
 
 
-def test_max_pool_forwards_join_a_fused_forward_on_the_tiles_side():
-    """A fused forward with a long reduction may fall back to the max-pool kernels: a lone
-    max-pool's forward then compiles in the same process, never in both."""
+def test_max_pools_join_a_fused_layer_on_the_tiles_side():
+    """A fused forward with a long reduction, or a fused backward, may fall back to the max-pool
+    kernels: a lone max-pool's forward or backward then compiles in the same process, never in both."""
     model = fastcnn.mnist_cnn(batchnorm=True, backend="numba")        # conv -> BN -> ReLU -> pool
     plan = model_plan(model)
     conv2 = next(c for c in plan if c[0] == "conv2d_forward" and c[1][1][1] == (64, 32, 3, 3))
@@ -35,6 +36,9 @@ def test_max_pool_forwards_join_a_fused_forward_on_the_tiles_side():
     assert "maxpool2d_forward" in [c[0] for c in tile] and "maxpool2d_forward" not in [c[0] for c in rest]
     tile, rest = split_plan(plan)                                       # no fused forward: pools stay apart
     assert "maxpool2d_forward" in [c[0] for c in rest]
+    assert "maxpool2d_backward" in [c[0] for c in rest]
+    tile, rest = split_plan(plan + [("conv2d_relu_maxpool_backward", (), ())])   # the same for the backwards
+    assert "maxpool2d_backward" in [c[0] for c in tile] and "maxpool2d_backward" not in [c[0] for c in rest]
 
 
 def test_batchnorm_network_plans_an_unfused_first_convolution():

@@ -273,11 +273,29 @@ class FusedBackwardWeight(ConvBackwardWeight):
 
     def run(self, ops, inputs: dict) -> tuple:
         s = self.shape
-        return tuple(ops.conv2d_relu_maxpool_backward(inputs["dy"], inputs["argmax"], inputs["x"], inputs["w"],
-                                                      s.stride, s.padding, s.pool, s.pool_stride))
+        return ops.conv2d_relu_maxpool_backward(inputs["dy"], inputs["argmax"], inputs["x"], inputs["w"],
+                                                s.stride, s.padding, s.pool, s.pool_stride, need_dx=False)[1:]
 
     def torch_call(self, torch, t: dict):
         return None
+
+
+class FusedBackwardInputWeight(FusedBackwardWeight):
+    """dx, dw and db of a later fused layer, from the pooled gradient and the forward's argmax."""
+    kind = "backward-input+weight"
+    results = ("dx", "dw", "db")
+
+    @property
+    def work(self) -> int:
+        return 2 * self.shape.flops
+
+    def min_bytes(self) -> int:
+        return super().min_bytes() + self._sizes()["x"]
+
+    def run(self, ops, inputs: dict) -> tuple:
+        s = self.shape
+        return tuple(ops.conv2d_relu_maxpool_backward(inputs["dy"], inputs["argmax"], inputs["x"], inputs["w"],
+                                                      s.stride, s.padding, s.pool, s.pool_stride, need_dx=True))
 
 
 CONV_CASES = (ConvForward, ConvBackwardWeight, ConvBackwardInputWeight)

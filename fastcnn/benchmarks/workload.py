@@ -17,6 +17,7 @@ from fastcnn.benchmarks.op_cases import (  # noqa: F401 -- the others: also impo
     ConvBackwardInputWeight,
     ConvBackwardWeight,
     ConvForward,
+    FusedBackwardInputWeight,
     FusedBackwardWeight,
     FusedForward,
     OpCase,
@@ -218,7 +219,7 @@ def network_cases(batch: int = BATCH_SIZE, dtype=np.float32, model: Sequential |
     backward-input+weight (dx, dw and db in one call). Max-pools (ReLU fused, as the model runs
     them): forward and backward. A conv -> ReLU -> max-pool the model runs as one op is also timed
     as such, e.g. ``conv1+pool1`` (forward; for the first layer also backward-weight from the
-    pooled gradient; later layers' backward is the pool's and the convolution's)."""
+    pooled gradient, dw and db; for later layers dx too)."""
     shapes = network_shapes(batch, model)
     pairs = fused_pairs(model)
     first_fused = isinstance((mnist_cnn(backend="numpy") if model is None else model).layers[0], ConvReLUMaxPool2D)
@@ -238,9 +239,13 @@ def network_cases(batch: int = BATCH_SIZE, dtype=np.float32, model: Sequential |
             c, p = shapes[conv], shapes[name]
             f = FusedShape(owner[name], c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.stride, c.padding, p.kernel, p.stride)
             cases.append(FusedForward(f, dtype=dtype, note=f"{conv} + ReLU + {name} fused, as the model runs them"))
-            if conv == "conv1" and first_fused:        # a first layer: its backward is the fused op too
+            if conv == "conv1" and first_fused:        # a first layer: its backward needs no dx
                 cases.append(FusedBackwardWeight(f, dtype=dtype,
                                                  note="dw, db from the pooled gradient, as the model runs them"))
+            else:
+                cases.append(FusedBackwardInputWeight(f, dtype=dtype,
+                                                      note="dx, dw, db from the pooled gradient, as the model runs "
+                                                           "them"))
     return cases
 
 

@@ -6,8 +6,8 @@ convolution's output where it can (:mod:`fastcnn.kernels.fused`, :mod:`fastcnn.k
     conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride) -> (y, argmax)
         = maxpool2d_forward(conv2d_forward(x, w, b, stride, padding), pool_size, pool_stride,
                             relu=True)
-    conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride)
-        -> (dw, db): conv2d_backward of the max-pool backward of dy, without dx.
+    conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride, need_dx=True)
+        -> (dx | None, dw, db): conv2d_backward of the max-pool backward of dy.
 """
 from __future__ import annotations
 
@@ -21,11 +21,10 @@ def conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride
     return maxpool2d_forward(conv2d_forward(x, w, b, stride, padding), pool_size, pool_stride, relu=True)
 
 
-def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride):
-    """dy (N,K,P2,Q2), argmax from forward, x, w -> (dw (K,C,R,S), db (K,))."""
+def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride, need_dx=True):
+    """dy (N,K,P2,Q2), argmax from forward, x, w -> (dx (N,C,H,W) or None, dw (K,C,R,S), db (K,))."""
     N, _, H, W = x.shape
     K, _, R, S = w.shape
     P, Q = conv_output_size(H, W, R, S, stride, padding)
     dconv = maxpool2d_backward(dy, argmax, (N, K, P, Q), pool_size, pool_stride)
-    _, dw, db = conv2d_backward(dconv, x, w, stride, padding, need_dx=False)
-    return dw, db
+    return conv2d_backward(dconv, x, w, stride, padding, need_dx=need_dx)
