@@ -244,9 +244,19 @@ def parts(n: int, grain: int = 1) -> int:
     return max(1, min(numba.get_num_threads(), n // max(1, grain)))
 
 
+_split_seconds = 0.0
+
+
+def split_seconds() -> float:
+    """Wall seconds this process has spent in parallel_for calls split over two or more threads:
+    the rest of a run's time, one thread worked (what Amdahl's law calls serial)."""
+    return _split_seconds
+
+
 def parallel_for(driver: Callable, n: int, *args, grain: int = 1) -> None:
     """``driver(lo, hi, *args)`` over [0, n), split into ``parts(n, grain)`` contiguous ranges run
     at once; returns when all are done, raising the first part's exception if any failed."""
+    global _split_seconds
     if n <= 0:
         return
     k = parts(n, grain)
@@ -257,6 +267,7 @@ def parallel_for(driver: Callable, n: int, *args, grain: int = 1) -> None:
     if not workers.lock.acquire(blocking=False):   # another thread's call holds the workers
         driver(0, n, *args)
         return
+    start = time.perf_counter()
     joined = False
     try:
         bounds = [i * n // k for i in range(k + 1)]
@@ -274,6 +285,7 @@ def parallel_for(driver: Callable, n: int, *args, grain: int = 1) -> None:
         if error is not None:
             raise error
     finally:
+        _split_seconds += time.perf_counter() - start
         workers.lock.release()
         if not joined:                 # interrupted (Ctrl-C) while parts still run: fresh workers next time
             _retire(workers)

@@ -3,9 +3,12 @@ then allows: the same step profiled (:meth:`~fastcnn.model.Sequential.start_prof
 thread and at N.
 
 For a part of the step that takes a seconds at one thread and b at N, the serial time s in it
-follows from b = s + (a - s) / N: s = (N b - a) / (N - 1), clipped to [0, a]. The step's serial
-share f is the sum of s over the parts divided by the one-thread step, and Amdahl's law bounds
-the step's speedup at T threads by 1 / (f + (1 - f) / T).
+follows from b = s + (a - s) / N: s = (N b - a) / (N - 1), clipped to [0, a]; summed over the
+parts and divided by the one-thread step, that fit counts the parallel parts' imperfect scaling
+(memory bandwidth, handoffs) as serial too. The step's serial share f proper is measured: the time
+of an N-thread step outside the kernel calls split over the threads
+(:func:`fastcnn.kernels._parallel.split_seconds`), divided by the one-thread step. Amdahl's law
+bounds the step's speedup at T threads by 1 / (f + (1 - f) / T).
 
 Noise only ever adds serial time (a part slowed at N threads, clipped at zero when it is faster),
 so the profiles alternate between 1 and N threads for several rounds and each part's time is the
@@ -31,12 +34,18 @@ def amdahl(serial_share: float, threads: int) -> float:
 
 
 def _profile(model, opt, batches: list, warmup: int) -> dict:
+    """The profile of the steps after ``warmup``, with ``split_ms``: the ms per step spent in
+    kernel calls split over two or more threads."""
+    from fastcnn.kernels._parallel import split_seconds
     for x, y in batches[:warmup]:
         model.train_step(x, y, opt)
     model.start_profile()
+    split = split_seconds()
     for x, y in batches[warmup:]:
         model.train_step(x, y, opt)
-    return model.stop_profile().to_dict()
+    split = split_seconds() - split
+    profile = model.stop_profile().to_dict()
+    return {**profile, "split_ms": 1e3 * split / max(profile["batches"], 1)}
 
 
 def layer_scaling(batches: list, threads: int, warmup: int = 2, seed: int = 0, rounds: int = 3) -> dict:
@@ -71,10 +80,14 @@ def layer_scaling(batches: list, threads: int, warmup: int = 2, seed: int = 0, r
                      "serial_ms": serial_seconds(one, many, threads)})
     step_1 = median([p["step_ms"] for p in profiles[1]])
     step_n = median([p["step_ms"] for p in profiles[threads]])
-    share = sum(r["serial_ms"] for r in rows) / step_1 if step_1 > 0 else 0.0
+    one_thread_ms = median([p["step_ms"] - p["split_ms"] for p in profiles[threads]])
+    serial = one_thread_ms / step_1 if step_1 > 0 else 0.0
+    fitted = sum(r["serial_ms"] for r in rows) / step_1 if step_1 > 0 else 0.0
     return {"threads": threads, "rounds": rounds, "step_ms_1": step_1, "step_ms_n": step_n,
-            "speedup": step_1 / step_n, "serial_share": share, "amdahl_threads": AMDAHL_THREADS,
-            "amdahl_speedup": amdahl(share, AMDAHL_THREADS), "rows": rows}
+            "speedup": step_1 / step_n, "one_thread_ms": one_thread_ms, "serial_share": serial,
+            "amdahl_speedup": amdahl(serial, AMDAHL_THREADS), "fitted_serial_share": fitted,
+            "fitted_amdahl_speedup": amdahl(fitted, AMDAHL_THREADS), "amdahl_threads": AMDAHL_THREADS,
+            "rows": rows}
 
 
 def format_layer_scaling(result: dict) -> str:
@@ -86,8 +99,12 @@ def format_layer_scaling(result: dict) -> str:
         name = f"{r['name']} {r['direction']}".strip()
         speedup = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
         lines.append(f"{name:<34}  {r['ms_1']:12.3f}  {r['ms_n']:13.3f}  {speedup:>7}  {r['serial_ms']:9.3f}")
-    lines.append(f"step (median of {result.get('rounds', 1)} alternated rounds): {result['step_ms_1']:.2f} ms at "
-                 f"1 thread, {result['step_ms_n']:.2f} ms at {n} "
-                 f"({result['speedup']:.2f}x); serial share {100 * result['serial_share']:.1f} %, so Amdahl's law "
-                 f"allows {result['amdahl_speedup']:.1f}x at {result['amdahl_threads']} threads")
+    T = result["amdahl_threads"]
+    lines.append(f"step (median of {result['rounds']} alternated rounds): {result['step_ms_1']:.2f} ms at 1 thread, "
+                 f"{result['step_ms_n']:.2f} ms at {n} ({result['speedup']:.2f}x)")
+    lines.append(f"serial share {100 * result['serial_share']:.1f} % of the 1-thread step: at {n} threads "
+                 f"{result['one_thread_ms']:.2f} ms of it ran on one thread (outside the kernels' split calls); "
+                 f"Amdahl's law then allows {result['amdahl_speedup']:.1f}x at {T} threads")
+    lines.append(f"fitted to the speedups above (serial share plus the parallel parts' imperfect scaling): "
+                 f"{100 * result['fitted_serial_share']:.1f} %, {result['fitted_amdahl_speedup']:.1f}x at {T} threads")
     return "\n".join(lines)
