@@ -143,45 +143,80 @@ def _unpooled_planes(g, ga, n, goffs, psh, psw, ph, pw, Hs, Ws):
 @njit(boundscheck=False, cache=CACHE)
 def _copy_out(Ct, b, yv, n, v0, v1):
     """yv[n, k, v] = Ct[v - v0, k] + b[k] for the real pixels v0 <= v < v1 of a result block:
-    transposed, one channel at a time, so a column of Ct stays in L1."""
-    for k in range(b.shape[0]):
+    transposed, eight channels at a time: each row of Ct is read eight elements at once and each
+    channel's plane written in order (one channel at a time, a column read, cost 0.36 ms of conv2's
+    input gradient, 4.37 ms at one thread; eight at a time 0.24 ms)."""
+    K = b.shape[0]
+    v1 = min(yv.shape[2], v1)
+    for k0 in range(0, K - 7, 8):
+        y0, y1, y2, y3 = yv[n, k0], yv[n, k0 + 1], yv[n, k0 + 2], yv[n, k0 + 3]
+        y4, y5, y6, y7 = yv[n, k0 + 4], yv[n, k0 + 5], yv[n, k0 + 6], yv[n, k0 + 7]
+        b0, b1, b2, b3 = b[k0], b[k0 + 1], b[k0 + 2], b[k0 + 3]
+        b4, b5, b6, b7 = b[k0 + 4], b[k0 + 5], b[k0 + 6], b[k0 + 7]
+        for v in range(v0, v1):
+            r = Ct[v - v0]
+            y0[v], y1[v], y2[v], y3[v] = r[k0] + b0, r[k0 + 1] + b1, r[k0 + 2] + b2, r[k0 + 3] + b3
+            y4[v], y5[v], y6[v], y7[v] = r[k0 + 4] + b4, r[k0 + 5] + b5, r[k0 + 6] + b6, r[k0 + 7] + b7
+    for k in range(K - K % 8, K):
         bk = b[k]
-        for v in range(v0, min(yv.shape[2], v1)):
+        for v in range(v0, v1):
             yv[n, k, v] = Ct[v - v0, k] + bk
 
 
+@njit(boundscheck=False, cache=CACHE)
+def _rows_out(T, out, n, w0, w1):
+    """out[n, k, w] = T[w - w0, k] for w0 <= w < w1: _copy_out's transposition without a bias."""
+    K = T.shape[1]
+    for k0 in range(0, K - 7, 8):
+        o0, o1, o2, o3 = out[n, k0], out[n, k0 + 1], out[n, k0 + 2], out[n, k0 + 3]
+        o4, o5, o6, o7 = out[n, k0 + 4], out[n, k0 + 5], out[n, k0 + 6], out[n, k0 + 7]
+        for w in range(w0, w1):
+            r = T[w - w0]
+            o0[w], o1[w], o2[w], o3[w] = r[k0], r[k0 + 1], r[k0 + 2], r[k0 + 3]
+            o4[w], o5[w], o6[w], o7[w] = r[k0 + 4], r[k0 + 5], r[k0 + 6], r[k0 + 7]
+    for k in range(K - K % 8, K):
+        for w in range(w0, w1):
+            out[n, k, w] = T[w - w0, k]
+
+
 @njit(fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _pool_out(Ct, b, yv, av, n, w0, w1):
+def _pool_out(Ct, b, yv, av, n, w0, w1, Pt, At):
     """ReLU and 2x2 max pool of a result block whose rows are pixels of whole pool windows, four
     per window in window order (window_pixels): yv[n, k, w], av[n, k, w] for the windows w0 <= w
     < w1 of the image (the real ones). The values compared are those _copy_out would store (Ct +
     b), with pool.max4's selects; a block holding a NaN or an infinity is redone with
-    max pooling's NaN rule. Channels innermost: Ct's rows are read contiguously."""
+    max pooling's NaN rule. Channels innermost, into the block's own window-major results Pt, At
+    (Ct's rows read and Pt's written contiguously), then copied out as _copy_out does: storing
+    straight into yv's channel planes, a scatter per vector, made pooling cost 0.73 ms of conv2's
+    4.70 ms forward at one thread, against 0.34 ms (one channel at a time)."""
     K, M = b.shape[0], yv.shape[2]
     w1 = min(M, w1)
     zero = Ct.dtype.type(0)
     probe = zero
     for w in range(w0, w1):
         r = 4 * (w - w0)
+        c0, c1, c2, c3 = Ct[r], Ct[r + 1], Ct[r + 2], Ct[r + 3]
+        pw, aw = Pt[w - w0], At[w - w0]
         for k in range(K):
             bk = b[k]
-            a0, a1, a2, a3 = Ct[r, k] + bk, Ct[r + 1, k] + bk, Ct[r + 2, k] + bk, Ct[r + 3, k] + bk
+            a0, a1, a2, a3 = c0[k] + bk, c1[k] + bk, c2[k] + bk, c3[k] + bk
             probe += (a0 + a1 + a2 + a3) * zero
             best, at = max4(a0, a1, a2, a3)
             keep = best > zero
-            yv[n, k, w] = best if keep else zero
-            av[n, k, w] = at if keep else -1
-    if probe == probe:
-        return
-    for w in range(w0, w1):
-        r = 4 * (w - w0)
-        for k in range(K):
-            bk = b[k]
-            best, at = max4_exact(Ct[r, k] + bk, Ct[r + 1, k] + bk, Ct[r + 2, k] + bk, Ct[r + 3, k] + bk)
-            if best <= zero:
-                best, at = zero, -1
-            yv[n, k, w] = best
-            av[n, k, w] = at
+            pw[k] = best if keep else zero
+            aw[k] = at if keep else -1
+    if probe != probe:
+        for w in range(w0, w1):
+            r = 4 * (w - w0)
+            for k in range(K):
+                bk = b[k]
+                best, at = max4_exact(Ct[r, k] + bk, Ct[r + 1, k] + bk, Ct[r + 2, k] + bk, Ct[r + 3, k] + bk)
+                if best <= zero:
+                    best, at = zero, -1
+                Pt[w - w0, k] = best
+                At[w - w0, k] = at
+    _rows_out(Pt, yv, n, w0, w1)
+    _rows_out(At, av, n, w0, w1)
 
 
 @njit(boundscheck=False, cache=CACHE)
@@ -239,11 +274,13 @@ def _forward_shifted(lo, hi, x, Bp, b, sh, sw, ph, pw, Hs, Ws, y, starts, offs, 
         else:
             xf = _image_planes(x, n, sh, sw, ph, pw, Hs, Ws)
         Ct = np.empty((min((u1 - u0) * UNIT, BLOCK_PIXELS), nkb * NR + CT_PAD), x.dtype)
+        Pt = np.empty((Ct.shape[0] // 4 if av.shape[0] > 0 else 0, K), x.dtype)
+        At = np.empty(Pt.shape, np.int32)
         for v0 in range(u0 * UNIT, u1 * UNIT, BLOCK_PIXELS):
             v1 = min(u1 * UNIT, v0 + BLOCK_PIXELS)
             tiles_pixels(xf, starts, offs[v0:v1], Bf, L, Ct)
             if av.shape[0] > 0:
-                _pool_out(Ct, b, yv, av, n, v0 // 4, v1 // 4)
+                _pool_out(Ct, b, yv, av, n, v0 // 4, v1 // 4, Pt, At)
             else:
                 _copy_out(Ct, b, yv, n, v0, v1)
 
