@@ -226,7 +226,8 @@ class ConvReLUMaxPool2D(FusedLayer):
     2x2 / stride 2 pool the Numba kernels never store the convolution's output. Backward is one op
     too (``conv2d_relu_maxpool_backward``): dw, db and dx (None for a first layer,
     ``need_input_grad=False``) from the pooled gradient, whose dense form the Numba kernels build
-    only per chunk of images, inside the convolution's kernels.
+    inside the convolution's kernels, a chunk or an image at a time, where the layer's geometry
+    allows (kernels/fused.py).
 
     ``params`` and ``grads`` are the convolution's own dicts: ``0.weight`` stays ``0.weight``."""
 

@@ -55,7 +55,7 @@ def _scatter_pooled(dyn, an, offsets, psh, psw, Q, dyt, pix0):
     """Route one image's pooled gradient dyn (K, P2, Q2) through its argmax into the zeroed packed
     gradient dyt (_pack_dyt's layout): the dense gradient of pixel v (rows Q wide) of channel k
     is dyt[k // NR, pix0 + v, k % NR]; offsets[a] is window element a's place in a block with rows
-    Q wide (fused.window_offsets). Same elements, same order as maxpool2d_backward."""
+    Q wide (conv.window_offsets). Same elements, same order as maxpool2d_backward."""
     K, P2, Q2 = dyn.shape
     for k in range(K):
         kb, j = k // NR, k % NR
@@ -167,7 +167,7 @@ def dw_starts(C, R, S, stride, Hs, Ws):
 def weight_gradient(x, dy, w, stride, padding, argmax=NO_ARGMAX, offsets=NO_OFFSETS, pool_stride=(1, 1)):
     """dw (K,C,R,S), db (K,) of a convolution of x (N,C,H,W) with w (K,C,R,S), prepared arrays:
     the chunks' partials (_backward_weight_partials) summed in chunk order. dy is the convolution's
-    gradient (N,K,P,Q), or, given argmax and the pool's window offsets (fused.window_offsets) and
+    gradient (N,K,P,Q), or, given argmax and the pool's window offsets (conv.window_offsets) and
     stride, the pooled gradient of a fused convolution + ReLU + max pool."""
     N, C, H, W = x.shape
     K, _, R, S = w.shape

@@ -17,13 +17,15 @@ forward   2x2 / stride 2 pool, tiny reduction (C*R*S < SMALL_L): per image n (pa
           its four blocks (_relu_max4). A longer reduction with that pool runs the convolution
           kernels in their pooling mode (conv.relu_maxpool_2x2_forward: each block of results
           pooled as it is computed); any other layer the convolution kernels, then the pool.
-backward  (a first layer; later layers run the pool's backward, then the convolution's)
-          conv_weight.weight_gradient, as for every convolution (its _backward_weight_partials: prange over
-          fixed chunks of images, the register tile on the images' phase planes, read in place),
-          given the pooled gradient and argmax: each chunk scatters its pooled gradients through
-          argmax into a zeroed, cache-resident block in the tile's packed layout and writes its
-          own partial dw and db; the partials are summed in chunk order (bit-identical for any
-          thread count).
+backward  dw, db: conv_weight.weight_gradient, as for every convolution (its
+          _backward_weight_partials over fixed chunks of images, the register tile on the images'
+          phase planes, read in place), given the pooled gradient and argmax: each chunk scatters
+          its pooled gradients through argmax into a zeroed, cache-resident block in the tile's
+          packed layout and writes its own partial dw and db; the partials are summed in chunk
+          order (bit-identical for any thread count). dx (not for a first layer):
+          conv.unpooled_input_gradient, where dx is a stride-1 forward convolution on the NR-channel
+          route, builds each image's dense gradient inside that convolution; elsewhere
+          maxpool2d_backward, then the convolution's input gradient.
 Every value is computed with the same operations in the same order as by the unfused kernels
 (only the pixels' order in the buffers differs), so the fused results equal the unfused Numba
 results bit for bit.
@@ -155,8 +157,9 @@ def conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride
 
 def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride, need_dx=True):
     """dy (N,K,P2,Q2), argmax from forward, x (N,C,H,W), w (K,C,R,S) -> (dx (N,C,H,W) or None,
-    dw (K,C,R,S), db (K,)), all from the pooled gradient: the dense one is built only per chunk of
-    images, inside the kernels (_scatter_pooled, _unpooled_planes)."""
+    dw (K,C,R,S), db (K,)), from the pooled gradient: dw's dense gradient is built per chunk of
+    images inside its kernel (_scatter_pooled), dx's per image inside the convolution where it
+    takes the NR-channel route at stride 1 (unpooled_input_gradient), else by maxpool2d_backward."""
     dy, x, w = prepare(dy, x, w)
     argmax = np.ascontiguousarray(argmax, dtype=np.int32)
     stride, padding, pool_size, pool_stride = map(tuple, (stride, padding, pool_size, pool_stride))

@@ -13,7 +13,7 @@ from fastcnn.kernels._config import CACHE
 
 # error_model="numpy": a division by the batch size needs no zero check (N >= 1 here).
 @njit(nogil=True, boundscheck=False, error_model="numpy", cache=CACHE)
-def _softmax_cross_entropy(z, labels, n_float, dz):
+def _softmax_cross_entropy(z, labels, zero, n_float, dz):
     """dz <- (softmax(z) - onehot(labels)) / N; returns (sum over rows of log softmax(z)[label],
     -1), or (0, n) for the first row n whose label is outside [0, F)."""
     N, F = z.shape
@@ -26,7 +26,7 @@ def _softmax_cross_entropy(z, labels, n_float, dz):
         top = zn[0]
         for j in range(1, F):
             top = max(top, zn[j])
-        s = zn[0] * 0
+        s = zero                              # not zn[0] * 0: NaN when the first logit is -inf
         for j in range(F):
             s += np.exp(zn[j] - top)
         log_s = np.log(s)
@@ -40,8 +40,9 @@ def _softmax_cross_entropy(z, labels, n_float, dz):
 
 
 def softmax_cross_entropy(logits, labels):
-    """Mean cross-entropy of (N, F) logits against (N,) integer labels -> (loss, dlogits), as
-    :func:`fastcnn.losses.softmax_cross_entropy` (same checks and messages)."""
+    """Mean cross-entropy of (N, F) float32 or float64 logits (the op contract's dtypes; TypeError
+    for others) against (N,) integer labels -> (loss, dlogits), as
+    :func:`fastcnn.losses.softmax_cross_entropy`, with its checks and messages for the labels."""
     if not isinstance(logits, np.ndarray) or logits.ndim != 2:
         raise ValueError(f"logits must have shape (N, classes), got {np.shape(logits)}")
     labels = np.asarray(labels)
@@ -55,7 +56,7 @@ def softmax_cross_entropy(logits, labels):
         return reference(logits, labels)            # NaN loss and empty gradients, as the reference
     (z,) = check_float("softmax_cross_entropy", np.ascontiguousarray(logits))
     dz = np.empty_like(z)
-    total, bad = _softmax_cross_entropy(z, labels.astype(np.int64, copy=False), z.dtype.type(N), dz)
+    total, bad = _softmax_cross_entropy(z, labels.astype(np.int64, copy=False), z.dtype.type(0), z.dtype.type(N), dz)
     if bad >= 0:
         raise ValueError(f"labels must lie in [0, {F - 1}]")
     return float(-total / N), dz

@@ -657,6 +657,21 @@ def test_loss_kernel_takes_any_integer_labels_and_strided_logits():
     assert_agree(dlogits, dlogits_ref, "dlogits")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_loss_kernel_takes_minus_infinity_anywhere_in_a_row(dtype):
+    """A -inf logit is a class of probability 0: finite gradients (0 for that class), a finite loss
+    unless the label is that class; wherever it is in the row, as the reference."""
+    logits = np.array([[-np.inf, 1.0, 2.0], [1.0, -np.inf, 2.0], [0.5, 1.0, -np.inf]], dtype)
+    labels = np.array([2, 0, 1])
+    loss, dlogits = nb.softmax_cross_entropy(logits, labels)
+    loss_ref, dlogits_ref = ref.softmax_cross_entropy(logits, labels)
+    assert np.isfinite(loss) and np.isfinite(dlogits).all()
+    assert_agree(np.array(loss, dtype), np.array(loss_ref, dtype), "loss")
+    assert_agree(dlogits, dlogits_ref, "dlogits")
+    assert dlogits[0, 0] == dlogits[1, 1] == dlogits[2, 2] == 0
+    assert nb.softmax_cross_entropy(logits[:1], np.array([0]))[0] == np.inf
+
+
 @pytest.mark.parametrize("impl", [ref.softmax_cross_entropy, nb.softmax_cross_entropy], ids=["reference", "kernel"])
 def test_loss_rejects_bad_shapes_and_labels_with_the_same_errors(impl):
     logits = np.zeros((3, 4))

@@ -10,9 +10,10 @@ of an N-thread step outside the kernel calls split over the threads
 (:func:`fastcnn.kernels._parallel.split_seconds`), divided by the one-thread step. Amdahl's law
 bounds the step's speedup at T threads by 1 / (f + (1 - f) / T).
 
-Noise only ever adds serial time (a part slowed at N threads, clipped at zero when it is faster),
-so the profiles alternate between 1 and N threads for several rounds and each part's time is the
-median of its rounds. Other programs on the cores still read as serial time.
+Noise moves both estimates (a part slowed at N threads adds serial time, one slowed at 1 thread
+takes some away, and the fit clips each part at zero), so the profiles alternate between 1 and N
+threads for several rounds and each part's time is the median of its rounds. Other programs on
+the cores still read as serial time.
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def layer_scaling(batches: list, threads: int, warmup: int = 2, seed: int = 0, r
     step_1 = median([p["step_ms"] for p in profiles[1]])
     step_n = median([p["step_ms"] for p in profiles[threads]])
     one_thread_ms = median([p["step_ms"] - p["split_ms"] for p in profiles[threads]])
-    serial = one_thread_ms / step_1 if step_1 > 0 else 0.0
+    serial = min(max(one_thread_ms / step_1, 0.0), 1.0) if step_1 > 0 else 0.0
     fitted = sum(r["serial_ms"] for r in rows) / step_1 if step_1 > 0 else 0.0
     return {"threads": threads, "rounds": rounds, "step_ms_1": step_1, "step_ms_n": step_n,
             "speedup": step_1 / step_n, "one_thread_ms": one_thread_ms, "serial_share": serial,
