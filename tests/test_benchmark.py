@@ -325,7 +325,8 @@ def test_cli_quick_run_writes_table_json_and_charts(quick_run, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     if threads >= 2:
-        assert "Per-layer speedup" in printed and "Amdahl's law allows" in printed, printed[-3000:]
+        assert "Per-layer speedup" in printed and "Amdahl's law then allows" in printed, printed[-3000:]
+        assert "serial share" in printed and "fitted to the speedups" in printed, printed[-3000:]
     for text in ("conv2 forward", "pool1 backward", "s/epoch", "ideal s/epoch", "Thread scaling", "numpy.matmul",
                  "FMA peak", "General shapes", "stem-7x7-s2 forward", "slowest against its roofline",
                  "fastest of 2 passes"):
