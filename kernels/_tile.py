@@ -145,6 +145,216 @@ def _codegen(mr: int, nr: int):
     return codegen
 
 
+def register_row_tile(mr: int, vectors: int):
+    """row_tile with ``mr`` rows of ``vectors`` register-wide vectors each (its width in elements,
+    row_tile_width, depends on the dtype), callable from Numba-compiled code: LLVM vector code, or
+    under NUMBA_BOUNDSCHECK=1 a checked loop."""
+    return loop_row_tile(mr, vectors) if _numba_config.BOUNDSCHECK else vector_row_tile(mr, vectors)
+
+
+def row_tile_width(vectors: int, itemsize: int) -> int:
+    """The columns of a row tile of ``vectors`` vectors per row for elements of ``itemsize`` bytes."""
+    return vectors * VECTOR_BYTES // itemsize
+
+
+def vector_row_tile(mr: int, vectors: int):
+    """row_tile(g, fb, bstarts, boffs, boff, C, i0, j0, load) does, for i < mr and j < nr (nr =
+    row_tile_width(vectors, itemsize)):
+
+        acc = C[i0 + i, j0 + j] if load else 0
+        for l in range(len(bstarts)):
+            acc += g[l] * fb[bstarts[l] + boff + boffs[i] + j]     # one fused multiply-add
+        C[i0 + i, j0 + j] = acc
+
+    The tile's transpose in what is shared: one scalar g[l] per step, broadcast to every row, and
+    each row its own B vectors (a sum of scaled rows, whose starts come from a table: a sparse
+    matrix times a dense one, row by row). mr * vectors accumulators stay in registers."""
+
+    @intrinsic
+    def row_tile(typingctx, g, fb, bstarts, boffs, boff, C, i0, j0, load):
+        for name, t, ndim in (("g", g, 1), ("fb", fb, 1), ("C", C, 2)):
+            if not (isinstance(t, types.Array) and t.ndim == ndim and t.layout == "C"
+                    and t.dtype in (types.float32, types.float64) and t.dtype == C.dtype):
+                raise TypingError(f"row_tile: {name} must be a C-contiguous {ndim}-d float array of C's dtype, "
+                                  f"got {t}")
+        for name, t in (("bstarts", bstarts), ("boffs", boffs)):
+            if not (isinstance(t, types.Array) and t.ndim == 1 and isinstance(t.dtype, types.Integer)):
+                raise TypingError(f"row_tile: {name} must be a 1-d integer array, got {t}")
+        for name, t in (("boff", boff), ("i0", i0), ("j0", j0)):
+            if not isinstance(t, types.Integer):
+                raise TypingError(f"row_tile: {name} must be an integer, got {t}")
+        if not isinstance(load, types.Boolean):
+            raise TypingError(f"row_tile: load must be a bool, got {load}")
+        return types.none(g, fb, bstarts, boffs, boff, C, i0, j0, load), _row_codegen(mr, vectors)
+
+    return row_tile
+
+
+def _row_codegen(mr: int, vectors: int):
+    def codegen(context, builder, sig, args):
+        t = sig.args
+        g, fb, bstarts, boffs, _, C, _, _, load = [
+            context.make_array(ty)(context, builder, v) if isinstance(ty, types.Array) else v
+            for ty, v in zip(t, args)]
+        i64 = ir.IntType(64)
+        boff, i0, j0 = (context.cast(builder, args[k], t[k], types.int64) for k in (4, 6, 7))
+        elem = context.get_data_type(t[5].dtype)
+        align = context.get_abi_sizeof(elem)
+        w = VECTOR_BYTES // align
+        part = ir.VectorType(elem, w)
+
+        def item_ptr(arr, ty, *inds):
+            return cgutils.get_item_pointer2(context, builder, arr.data, cgutils.unpack_tuple(builder, arr.shape),
+                                             cgutils.unpack_tuple(builder, arr.strides), ty.layout, list(inds))
+
+        def index(arr, ty, i):
+            return context.cast(builder, builder.load(item_ptr(arr, ty, i)), ty.dtype, types.int64)
+
+        offs = [builder.add(boff, index(boffs, t[3], ir.Constant(i64, i))) for i in range(mr)]
+        rows = [item_ptr(C, t[5], builder.add(i0, ir.Constant(i64, i)), j0) for i in range(mr)]
+        acc = [[cgutils.alloca_once(builder, part) for _ in range(vectors)] for _ in range(mr)]
+        rows = [[builder.bitcast(builder.gep(row, [ir.Constant(i64, q * w)]), part.as_pointer())
+                 for q in range(vectors)] for row in rows]
+        with builder.if_else(load) as (then, otherwise):
+            with then:
+                for a_i, row in zip(acc, rows):
+                    for a, r in zip(a_i, row):
+                        builder.store(builder.load(r, align=align), a)
+            with otherwise:
+                for a_i in acc:
+                    for a in a_i:
+                        builder.store(ir.Constant(part, None), a)
+        fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(part, [part] * 3),
+                                                 f"llvm.fmuladd.v{w}f{8 * align}")
+        undef = ir.Constant(part, ir.Undefined)
+        broadcast = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
+        with cgutils.for_range(builder, cgutils.unpack_tuple(builder, bstarts.shape)[0]) as loop:
+            x = builder.load(builder.gep(g.data, [loop.index]))
+            x = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)), undef,
+                                       broadcast)
+            sb = index(bstarts, t[2], loop.index)
+            for off, a_i in zip(offs, acc):
+                base = builder.add(sb, off)
+                for q in range(vectors):
+                    b = builder.load(builder.bitcast(builder.gep(fb.data, [builder.add(base, ir.Constant(i64, q * w))]),
+                                                     part.as_pointer()), align=align)
+                    builder.store(builder.call(fmuladd, [x, b, builder.load(a_i[q])]), a_i[q])
+        for a_i, row in zip(acc, rows):
+            for a, r in zip(a_i, row):
+                builder.store(builder.load(a), r, align=align)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def register_scatter_tile(mr: int, vectors: int):
+    """scatter_tile with ``mr`` rows of ``vectors`` register-wide vectors: LLVM vector code, or under
+    NUMBA_BOUNDSCHECK=1 a checked loop."""
+    return loop_scatter_tile(mr, vectors) if _numba_config.BOUNDSCHECK else vector_scatter_tile(mr, vectors)
+
+
+def vector_scatter_tile(mr: int, vectors: int):
+    """scatter_tile(g, starts, doff, drows, D, fb, boff, brows) does, for i < mr and j < nr (nr =
+    row_tile_width(vectors, itemsize)), with B[i, j] = fb[boff + brows[i] + j] loaded once:
+
+        for l in range(len(starts)):
+            D[starts[l] + doff + drows[i] + j] += g[l] * B[i, j]          # one fused multiply-add
+
+    row_tile's transpose: B stays in registers and each step reads and writes mr rows of D (a
+    scaled copy of one small matrix added at many places)."""
+
+    @intrinsic
+    def scatter_tile(typingctx, g, starts, doff, drows, D, fb, boff, brows):
+        for name, t in (("g", g), ("D", D), ("fb", fb)):
+            if not (isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C"
+                    and t.dtype in (types.float32, types.float64) and t.dtype == D.dtype):
+                raise TypingError(f"scatter_tile: {name} must be a C-contiguous 1-d float array of D's dtype, got {t}")
+        for name, t in (("starts", starts), ("drows", drows), ("brows", brows)):
+            if not (isinstance(t, types.Array) and t.ndim == 1 and isinstance(t.dtype, types.Integer)):
+                raise TypingError(f"scatter_tile: {name} must be a 1-d integer array, got {t}")
+        for name, t in (("doff", doff), ("boff", boff)):
+            if not isinstance(t, types.Integer):
+                raise TypingError(f"scatter_tile: {name} must be an integer, got {t}")
+        return types.none(g, starts, doff, drows, D, fb, boff, brows), _scatter_codegen(mr, vectors)
+
+    return scatter_tile
+
+
+def _scatter_codegen(mr: int, vectors: int):
+    def codegen(context, builder, sig, args):
+        t = sig.args
+        g, starts, _, drows, D, fb, _, brows = [
+            context.make_array(ty)(context, builder, v) if isinstance(ty, types.Array) else v
+            for ty, v in zip(t, args)]
+        i64 = ir.IntType(64)
+        doff, boff = (context.cast(builder, args[k], t[k], types.int64) for k in (2, 6))
+        elem = context.get_data_type(t[4].dtype)
+        align = context.get_abi_sizeof(elem)
+        w = VECTOR_BYTES // align
+        part = ir.VectorType(elem, w)
+
+        def index(arr, ty, i):
+            ptr = cgutils.get_item_pointer2(context, builder, arr.data, cgutils.unpack_tuple(builder, arr.shape),
+                                            cgutils.unpack_tuple(builder, arr.strides), ty.layout, [i])
+            return context.cast(builder, builder.load(ptr), ty.dtype, types.int64)
+
+        def vec_ptr(arr, at):
+            return builder.bitcast(builder.gep(arr.data, [at]), part.as_pointer())
+
+        douts = [builder.add(doff, index(drows, t[3], ir.Constant(i64, i))) for i in range(mr)]
+        bvals = []
+        for i in range(mr):
+            row = builder.add(boff, index(brows, t[7], ir.Constant(i64, i)))
+            bvals.append([builder.load(vec_ptr(fb, builder.add(row, ir.Constant(i64, q * w))), align=align)
+                          for q in range(vectors)])
+        fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(part, [part] * 3),
+                                                 f"llvm.fmuladd.v{w}f{8 * align}")
+        undef = ir.Constant(part, ir.Undefined)
+        broadcast = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
+        with cgutils.for_range(builder, cgutils.unpack_tuple(builder, starts.shape)[0]) as loop:
+            x = builder.load(builder.gep(g.data, [loop.index]))
+            x = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)), undef,
+                                       broadcast)
+            s0 = index(starts, t[1], loop.index)
+            for dr, b_i in zip(douts, bvals):
+                base = builder.add(s0, dr)
+                for q, b in enumerate(b_i):
+                    ptr = vec_ptr(D, builder.add(base, ir.Constant(i64, q * w)))
+                    builder.store(builder.call(fmuladd, [x, b, builder.load(ptr, align=align)]), ptr, align=align)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def loop_scatter_tile(mr: int, vectors: int):
+    """vector_scatter_tile as a plain loop (a Numba function): every access checked under
+    NUMBA_BOUNDSCHECK=1."""
+
+    @njit(fastmath={"contract"})
+    def scatter_tile(g, starts, doff, drows, D, fb, boff, brows):
+        nr = vectors * VECTOR_BYTES // D.itemsize
+        for l in range(starts.shape[0]):
+            for i in range(mr):
+                for j in range(nr):
+                    D[starts[l] + doff + drows[i] + j] += g[l] * fb[boff + brows[i] + j]
+    return scatter_tile
+
+
+def loop_row_tile(mr: int, vectors: int):
+    """vector_row_tile as a plain loop (a Numba function): every access checked under NUMBA_BOUNDSCHECK=1."""
+
+    @njit(fastmath={"contract"})
+    def row_tile(g, fb, bstarts, boffs, boff, C, i0, j0, load):
+        nr = vectors * VECTOR_BYTES // C.itemsize
+        for i in range(mr):
+            for j in range(nr):
+                acc = C[i0 + i, j0 + j] if load else C.dtype.type(0)
+                for l in range(bstarts.shape[0]):
+                    acc += g[l] * fb[bstarts[l] + boff + boffs[i] + j]
+                C[i0 + i, j0 + j] = acc
+    return row_tile
+
+
 def loop_tile(mr: int, nr: int):
     """The tile as the plain loop of the module docstring (a Numba function)."""
 
@@ -161,3 +371,9 @@ def loop_tile(mr: int, nr: int):
 
 tile = register_tile(MR, NR)
 tile_narrow = register_tile(MR_NARROW, NR_NARROW)
+# The sparse backward's row tile (kernels/conv_pooled.py): 3 rows (a kernel's rows of taps) of 6
+# register-wide vectors (18 accumulators of AVX-512's 32 registers) or 4 (12 of AVX2's 16).
+ROW_MR = 3
+ROW_VECTORS = 6 if TILE_ROWS == 6 else 4
+row_tile = register_row_tile(ROW_MR, ROW_VECTORS)
+scatter_tile = register_scatter_tile(ROW_MR, ROW_VECTORS)

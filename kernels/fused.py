@@ -17,7 +17,11 @@ forward   2x2 / stride 2 pool, tiny reduction (C*R*S < SMALL_L): per image n (pa
           its four blocks (_relu_max4). A longer reduction with that pool runs the convolution
           kernels in their pooling mode (conv.relu_maxpool_2x2_forward: each block of results
           pooled as it is computed); any other layer the convolution kernels, then the pool.
-backward  dw, db: conv_weight.weight_gradient, as for every convolution (its
+backward  where the pool's windows own several pixels each and the layer is wide enough
+          (conv_pooled.sparse_route: the MNIST network's second layer), the pooled gradient is
+          used as the sparse matrix it is: conv_pooled.pooled_backward multiplies only the
+          nonzeros (at most one per window), for dw, db and, where its tiles fit the kernel, dx.
+          Otherwise dw, db: conv_weight.weight_gradient, as for every convolution (its
           _backward_weight_partials over fixed chunks of images, the register tile on the images'
           phase planes, read in place), given the pooled gradient and argmax: each chunk scatters
           its pooled gradients through argmax into a zeroed, cache-resident block in the tile's
@@ -26,9 +30,10 @@ backward  dw, db: conv_weight.weight_gradient, as for every convolution (its
           conv.unpooled_input_gradient, where dx is a stride-1 forward convolution on the NR-channel
           route, builds each image's dense gradient inside that convolution; elsewhere
           maxpool2d_backward, then the convolution's input gradient.
-Every value is computed with the same operations in the same order as by the unfused kernels
-(only the pixels' order in the buffers differs), so the fused results equal the unfused Numba
-results bit for bit.
+The forward, and the backward off the sparse route, compute every value with the same operations
+in the same order as the unfused kernels (only the pixels' order in the buffers differs), so those
+results equal the unfused Numba results bit for bit; the sparse route sums in another order (the
+same for any thread count).
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ from fastcnn.kernels._gemm import rows_axpy
 from fastcnn.kernels._parallel import parallel_for
 from fastcnn.kernels.conv import SMALL_L, relu_maxpool_2x2_forward, unpooled_input_gradient, window_offsets
 from fastcnn.kernels.conv import _forward as _conv_forward
+from fastcnn.kernels.conv_pooled import pooled_backward, sparse_route
 from fastcnn.kernels.conv_weight import weight_gradient
 from fastcnn.kernels.pool import max4, max4_exact, maxpool2d_forward
 
@@ -157,15 +163,20 @@ def conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride
 
 def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride, need_dx=True):
     """dy (N,K,P2,Q2), argmax from forward, x (N,C,H,W), w (K,C,R,S) -> (dx (N,C,H,W) or None,
-    dw (K,C,R,S), db (K,)), from the pooled gradient: dw's dense gradient is built per chunk of
-    images inside its kernel (_scatter_pooled), dx's per image inside the convolution where it
-    takes the NR-channel route at stride 1 (unpooled_input_gradient), else by maxpool2d_backward."""
+    dw (K,C,R,S), db (K,)), from the pooled gradient: on the sparse route (conv_pooled) from its
+    nonzeros only; otherwise dw's dense gradient is built per chunk of images inside its kernel
+    (_scatter_pooled), dx's per image inside the convolution where it takes the NR-channel route at
+    stride 1 (unpooled_input_gradient), else by maxpool2d_backward."""
     dy, x, w = prepare(dy, x, w)
     argmax = np.ascontiguousarray(argmax, dtype=np.int32)
     stride, padding, pool_size, pool_stride = map(tuple, (stride, padding, pool_size, pool_stride))
     P, Q, _, _ = _sizes(x, w, stride, padding, pool_size, pool_stride)
-    dw, db = weight_gradient(x, dy, w, stride, padding, argmax, window_offsets(pool_size, Q), pool_stride)
-    if not need_dx:
-        return None, dw, db
+    if sparse_route(x.shape[1], w.shape[2], w.shape[3], pool_size, pool_stride, x.itemsize):
+        dx, dw, db = pooled_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride, need_dx)
+    else:
+        dx, (dw, db) = None, weight_gradient(x, dy, w, stride, padding, argmax, window_offsets(pool_size, Q),
+                                             pool_stride)
+    if not need_dx or dx is not None:
+        return dx, dw, db
     conv_shape = (x.shape[0], w.shape[0], P, Q)
     return unpooled_input_gradient(dy, argmax, w, x.shape, conv_shape, stride, padding, pool_size, pool_stride), dw, db

@@ -34,7 +34,7 @@ from fastcnn import kernels as nb
 from fastcnn import reference as ref
 from fastcnn.backend import blas_guard
 from fastcnn.data import load_dataset, to_float
-from fastcnn.kernels import _config
+from fastcnn.kernels import _config, conv_pooled
 from fastcnn.kernels._tile import NR_NARROW
 from fastcnn.kernels.conv import SMALL_L, forward_route, phase_grid
 from fastcnn.testing import assert_agree, training_tolerance
@@ -231,7 +231,9 @@ FUSED_POOLS = [((2, 2), (2, 2)), ((3, 3), (2, 2)), ((2, 2), (1, 1)), ((1, 2), (1
 
 def _check_fused(N, C, K, H, W, R, S, stride, padding, pool, pool_stride, dtype, seed):
     """The Numba fused op equals the Numba conv -> max-pool(relu) composition bit for bit (its
-    buffers hold the same values, reduced in the same order), and agrees with the reference."""
+    buffers hold the same values, reduced in the same order), except the gradients the sparse
+    backward computes (kernels/conv_pooled.py: other sums, so to the tolerance); and agrees with
+    the reference."""
     x, w, b, _ = _conv_data(N, C, K, H, W, R, S, stride, padding, dtype, seed)
     P, Q = _conv_out(H, W, R, S, stride, padding)
     what = (f"N={N} C={C} K={K} H={H} W={W} R={R} S={S} stride={stride} padding={padding} pool={pool} "
@@ -251,9 +253,13 @@ def _check_fused(N, C, K, H, W, R, S, stride, padding, pool, pool_stride, dtype,
     dconv = nb.maxpool2d_backward(dy, arg, (N, K, P, Q), pool, pool_stride)
     dx_unfused, dw_unfused, db_unfused = nb.conv2d_backward(dconv, x, w, stride, padding)
     assert none is None
-    for name, fused, unfused in (("dx", dx, dx_unfused), ("dw", dw, dw_unfused), ("db", db, db_unfused),
-                                 ("dw without dx", dw_first, dw_unfused), ("db without dx", db_first, db_unfused)):
-        _bit_identical(fused, unfused, f"fused {name} vs unfused [{what}]")
+    sparse_dw = conv_pooled.sparse_route(C, R, S, pool, pool_stride, np.dtype(dtype).itemsize)
+    sparse_dx = sparse_dw and conv_pooled.sparse_input_gradient(C, R, S, np.dtype(dtype).itemsize)
+    for name, fused, unfused, sparse in (("dx", dx, dx_unfused, sparse_dx), ("dw", dw, dw_unfused, sparse_dw),
+                                         ("db", db, db_unfused, sparse_dw)):
+        (assert_agree if sparse else _bit_identical)(fused, unfused, f"fused {name} vs unfused [{what}]")
+    _bit_identical(dw_first, dw, f"fused dw without dx vs with [{what}]")
+    _bit_identical(db_first, db, f"fused db without dx vs with [{what}]")
     # The reference routes dy through the same argmax (near-ties may pick another window element
     # when the convolution sums in another order, so argmax itself is compared only above).
     dx_ref, dw_ref, db_ref = ref.conv2d_relu_maxpool_backward(dy, arg, x, w, stride, padding, pool, pool_stride)
@@ -286,8 +292,8 @@ def test_conv2d_relu_maxpool_grid(N, C, K, H, W, R, S, stride, padding, pool, po
 def test_fused_backward_builds_dx_from_the_pooled_gradient(N, C, K, H, W, R, S, padding, pool, pool_stride, dtype,
                                                            monkeypatch):
     """Where dx is a stride-1 forward convolution on the NR-channel route, the fused backward never
-    calls the pool's backward (the dense gradient is built per image inside the convolution), and
-    its results are the unfused ones, bit for bit."""
+    calls the pool's backward (the dense gradient is built per image inside the convolution, or
+    never, on the sparse route), and its results are the unfused ones (see _check_fused)."""
     from fastcnn.kernels import conv
     assert conv.forward_route(C, W, W + 2 * (S - 1 - padding[1])) == "shifted"
     dense_calls = []
@@ -295,6 +301,43 @@ def test_fused_backward_builds_dx_from_the_pooled_gradient(N, C, K, H, W, R, S, 
     _check_fused(N, C, K, H, W, R, S, (1, 1), padding, pool, pool_stride, dtype,
                  seed=_seed("fused-dx", N, C, K, H, W, R, S, padding, pool, pool_stride, np.dtype(dtype)))
     assert not dense_calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, C, K, H, W, R, S, stride, padding, pool, pool_stride", [
+    (16, 32, 64, 14, 14, 3, 3, (1, 1), (1, 1), (2, 2), (2, 2)),   # the MNIST network's second layer
+    (1, 32, 64, 14, 14, 3, 3, (1, 1), (1, 1), (2, 2), (2, 2)),    # batch 1
+    (5, 32, 7, 15, 13, 3, 3, (1, 1), (0, 0), (2, 2), (2, 2)),     # odd sizes: pixels no window covers
+    (3, 32, 9, 13, 12, 3, 3, (2, 2), (1, 1), (2, 2), (2, 2)),     # stride 2
+    (3, 64, 5, 10, 11, 3, 3, (1, 1), (2, 1), (3, 3), (2, 2)),     # overlapping windows, wider rows, padding
+    (2, 48, 4, 9, 9, 5, 5, (1, 1), (2, 2), (2, 2), (2, 2)),       # 5x5: padded kernel rows
+    (4, 24, 40, 10, 10, 3, 3, (1, 1), (1, 1), (2, 2), (2, 2)),    # S*C = 72: padded columns
+    (2, 32, 3, 12, 12, 3, 3, (1, 1), (1, 1), (2, 2), (3, 3)),     # gapped windows
+])
+def test_fused_backward_sparse_route(N, C, K, H, W, R, S, stride, padding, pool, pool_stride, dtype):
+    """The layers the sparse backward takes (kernels/conv_pooled.py), dx by it too where its tiles
+    fit, on the shapes that stress it; ties (a constant image) route through argmax's first place."""
+    itemsize = np.dtype(dtype).itemsize
+    assert conv_pooled.sparse_route(C, R, S, pool, pool_stride, itemsize)
+    _check_fused(N, C, K, H, W, R, S, stride, padding, pool, pool_stride, dtype,
+                 seed=_seed("sparse", N, C, K, H, W, R, S, stride, padding, pool, np.dtype(dtype)))
+    x = np.ones((N, C, H, W), dtype)
+    w = _normal(np.random.default_rng(3), (K, C, R, S), dtype)
+    y, arg = nb.conv2d_relu_maxpool_forward(x, w, np.zeros(K, dtype), stride, padding, pool, pool_stride)
+    dy = _normal(np.random.default_rng(4), y.shape, dtype)
+    got = nb.conv2d_relu_maxpool_backward(dy, arg, x, w, stride, padding, pool, pool_stride)
+    want = ref.conv2d_relu_maxpool_backward(dy, arg, x, w, stride, padding, pool, pool_stride)
+    for name, a, e in zip(("dx", "dw", "db"), got, want):
+        assert_agree(a, e, f"ties: {name}")
+
+
+def test_sparse_route_is_taken_by_wide_layers_under_pools_only():
+    f32 = 4
+    assert conv_pooled.sparse_route(32, 3, 3, (2, 2), (2, 2), f32)          # the MNIST network's second layer
+    assert not conv_pooled.sparse_route(1, 3, 3, (2, 2), (2, 2), f32)       # its first: one input channel
+    assert not conv_pooled.sparse_route(32, 3, 3, (2, 2), (1, 1), f32)      # every pixel in up to 4 windows
+    assert conv_pooled.sparse_input_gradient(32, 3, 3, f32)
+    assert not conv_pooled.sparse_input_gradient(48, 5, 5, f32)             # 5 rows: not whole row tiles
 
 
 def test_conv2d_relu_maxpool_reference_is_the_composition():
@@ -1053,6 +1096,66 @@ def test_the_tile_in_use_is_the_one_chosen_for_the_compiled_features():
     assert _tile.VECTOR_BYTES == (64 if _tile.MR == 6 else 32)
     # the vector code (an intrinsic), or the checked loop (a Numba function) under NUMBA_BOUNDSCHECK=1
     assert isinstance(_tile.tile, numba.core.registry.CPUDispatcher) == bool(numba.core.config.BOUNDSCHECK)
+
+
+def _row_callers(mr, vectors, kind):
+    from fastcnn.kernels import _tile
+    row = (_tile.vector_row_tile if kind == "vector" else _tile.loop_row_tile)(mr, vectors)
+    scatter = (_tile.vector_scatter_tile if kind == "vector" else _tile.loop_scatter_tile)(mr, vectors)
+
+    @numba.njit
+    def call_row(g, fb, bstarts, boffs, boff, C, i0, j0, load):
+        row(g, fb, bstarts, boffs, boff, C, i0, j0, load)
+
+    @numba.njit
+    def call_scatter(g, starts, doff, drows, D, fb, boff, brows):
+        scatter(g, starts, doff, drows, D, fb, boff, brows)
+    return call_row, call_scatter
+
+
+@pytest.mark.parametrize("kind", ["vector", "loop"])
+@pytest.mark.parametrize("mr, vectors", [(3, 6), (3, 4), (1, 2)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("load", [True, False], ids=["accumulate", "overwrite"])
+@pytest.mark.parametrize("steps", [0, 1, 29])
+def test_row_and_scatter_tiles_against_their_definitions(mr, vectors, dtype, load, steps, kind):
+    """The sparse backward's tiles (kernels/_tile.py), vector code and checked loop, against their
+    docstrings' loops in NumPy: int32 and strided tables, overlapping rows of D from one step to the
+    next (the scatter must read what the previous step wrote), everything else untouched."""
+    from fastcnn.kernels._tile import row_tile_width
+    nr = row_tile_width(vectors, np.dtype(dtype).itemsize)
+    call_row, call_scatter = _row_callers(mr, vectors, kind)
+    rng = np.random.default_rng(steps + 7 * mr)
+    g = rng.standard_normal(steps + 3).astype(dtype)
+    fb = rng.standard_normal(4 * nr + 600).astype(dtype)
+    bstarts = rng.integers(0, 300, 2 * steps).astype(np.int32)[::2]
+    boffs = np.arange(mr) * (nr + 5)
+    boff, i0, j0 = 11, 1, 3
+    C = rng.standard_normal((mr + 3, nr + 7)).astype(dtype)
+    expected = C.copy()
+    window = expected[i0:i0 + mr, j0:j0 + nr]
+    if not load:
+        window[:] = 0
+    for i in range(mr):
+        for j in range(nr):
+            for l in range(steps):
+                window[i, j] += g[l] * fb[bstarts[l] + boff + boffs[i] + j]
+    call_row(g, fb, bstarts, boffs, boff, C, i0, j0, load)
+    assert_agree(C, expected, f"{mr}x{vectors} row tile")
+    outside = np.ones(C.shape, bool)
+    outside[i0:i0 + mr, j0:j0 + nr] = False
+    assert np.array_equal(C[outside], expected[outside])
+
+    D = rng.standard_normal(3 * nr + 400).astype(dtype)
+    starts = rng.integers(0, 100, steps) // 2 * 2      # repeats and overlaps: steps read each other's writes
+    doff, drows, brows = 5, np.arange(mr) * (nr + 3), np.arange(mr) * nr
+    expected = D.copy()
+    for l in range(steps):
+        for i in range(mr):
+            for j in range(nr):
+                expected[starts[l] + doff + drows[i] + j] += g[l] * fb[boff + brows[i] + j]
+    call_scatter(g, starts, doff, drows, D, fb, boff, brows)
+    assert_agree(D, expected, f"{mr}x{vectors} scatter tile")
 
 
 def _tile_caller(mr, nr, kind="vector"):

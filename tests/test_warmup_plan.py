@@ -19,10 +19,22 @@ def test_mnist_plan_lists_the_training_steps_kernel_calls():
                    "linear_forward", "softmax_cross_entropy", "linear_backward", "dropout_backward",
                    "conv2d_relu_maxpool_backward", "conv2d_relu_maxpool_backward"]
     tile, rest = split_plan(plan)
-    assert [c[0] for c in tile] == ["conv2d_relu_maxpool_forward", "conv2d_relu_maxpool_backward",
-                                    "conv2d_relu_maxpool_backward"]
-    assert tile[0] == plan[1]                                           # the second layer's, not the first's
+    assert [c[0] for c in tile] == ["conv2d_relu_maxpool_forward", "conv2d_relu_maxpool_backward"]
+    assert tile == [plan[1], plan[8]]           # the second layer's forward, the first layer's backward
     assert ("array", (2, 32, 14, 14), "float32") in plan[1][1]          # conv2's input, two images
+    assert plan[7] in rest                      # the second layer's backward: the sparse route, no tile
+
+
+def test_sparse_backwards_stay_together():
+    """A sparse backward whose dx needs the register tile (its row tiles do not fit the kernel) goes
+    to the tile's side, and takes every other sparse backward with it: they share their drivers."""
+    plan = model_plan(fastcnn.mnist_cnn(dtype=np.float32, backend="numba"))
+    conv2_backward = plan[7]
+    misfit = ("conv2d_relu_maxpool_backward", (*conv2_backward[1][:3], ("array", (8, 48, 5, 5), "float32"),
+                                               *conv2_backward[1][4:]), (("need_dx", True),))
+    tile, rest = split_plan(plan + [misfit])
+    assert misfit in tile and conv2_backward in tile
+    assert not any(c[0] == "conv2d_relu_maxpool_backward" for c in rest)
 
 
 def test_max_pools_join_a_fused_layer_on_the_tiles_side():
