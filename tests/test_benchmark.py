@@ -45,6 +45,21 @@ def test_network_budget():
     assert f["eval_flops_per_image"] == conv1 + conv2 + linear
     assert f["epoch_flops"] == pytest.approx(1.37e12, rel=0.02)
     assert f["test_set_flops"] == f["eval_flops_per_image"] * 10_000
+    # numba's sparse backward (conv2 + ReLU + 2x2 pool) multiplies at most one of each window's 4 pixels
+    assert f["numba_epoch_flops_at_most"] == (2 * conv1 + conv2 + 2 * conv2 // 4 + 3 * linear) * 60_000
+
+
+def test_the_performed_flops_bound_needs_conv_relu_and_max_pool():
+    from fastcnn.model import Sequential
+    conv_pool = [{"type": "Conv2D", "in_channels": 1, "out_channels": 32, "kernel_size": 3, "padding": 1},
+                 {"type": "MaxPool2D", "kernel_size": 2},
+                 {"type": "Conv2D", "in_channels": 32, "out_channels": 64, "kernel_size": 3, "padding": 1}]
+    for tail, sparse in (([{"type": "ReLU"}, {"type": "MaxPool2D", "kernel_size": 2}], True),
+                         ([{"type": "MaxPool2D", "kernel_size": 2}], False),          # no ReLU: not fused
+                         ([{"type": "ReLU"}, {"type": "AvgPool2D", "kernel_size": 2}], False)):
+        model = Sequential.from_config(conv_pool + tail, backend="numpy", input_shape=(1, 28, 28))
+        f = fw.network_flops(model, (1, 28, 28))
+        assert (f["sparse_train"] < f["train"]) == sparse, tail
 
 
 def test_network_flops_counts_dx_of_every_conv_but_the_first():

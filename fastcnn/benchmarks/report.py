@@ -188,8 +188,15 @@ def format_report(results: dict) -> str:
     if results.get("training_fastcnn_over_torch"):
         out.append(f"fastcnn / torch epoch time: {results['training_fastcnn_over_torch']:.2f} "
                    "(steps alternated batch by batch, each after a 20 ms pause)")
-    out += [(f"(ideal = epoch FLOPs at the FMA peak; the first {st['warmup_batches']} batches of each run are "
-             "warm-up and not timed)"), ""]
+    out.append(f"(ideal = epoch FLOPs at the FMA peak; the first {st['warmup_batches']} batches of each run are "
+               "warm-up and not timed)")
+    performed, numba_row = net.get("numba_epoch_flops_at_most"), tr.get("numba")
+    if performed and numba_row and performed < net["epoch_flops"]:
+        peak = results["limits"]["peak"]["gflops"] * 1e9
+        out.append(f"(these are dense FLOPs, what PyTorch performs; numba's sparse backward multiplies at most one "
+                   f"pixel per max-pool window: at most {performed / 1e12:.3f} TFLOP per epoch, "
+                   f"{performed / numba_row['epoch_seconds'] / peak:.0%} of peak counted so)")
+    out.append("")
 
     ev = results["evaluation"]
     out.append(_heading(f"Evaluation ({st['eval_images']} test images in batches of {EVAL_BATCH_SIZE}, "

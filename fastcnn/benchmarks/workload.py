@@ -140,26 +140,42 @@ def walk_layers(model: Sequential, image_shape: tuple = IMAGE_SHAPE) -> list[dic
 def network_flops(model: Sequential | None = None, image_shape: tuple = IMAGE_SHAPE) -> dict:
     """FLOPs per image of ``model`` (default: :func:`fastcnn.model.mnist_cnn`).
 
-    Returns ``{"train": ..., "eval": ..., "layers": [...]}``. Training counts, per conv, forward +
-    backward-weight + backward-input unless the layer needs no input gradient (the first one);
-    per linear layer forward + dW + dx. Evaluation counts the forward passes only."""
+    Returns ``{"train": ..., "eval": ..., "layers": [...], "sparse_train": ...}``. Training counts,
+    per conv, forward + backward-weight + backward-input unless the layer needs no input gradient
+    (the first one); per linear layer forward + dW + dx. Evaluation counts the forward passes only.
+    These are the dense FLOPs (what PyTorch performs). ``sparse_train`` bounds what the Numba
+    backend performs: a convolution + ReLU + max pool whose backward takes the sparse route
+    (kernels/conv_pooled.py) multiplies at most one pixel per pool window in its backward passes."""
+    from fastcnn.kernels.conv_pooled import sparse_route
     model = mnist_cnn(backend="numpy") if model is None else model
-    layers, train, evaluate = [], 0, 0
-    for entry in walk_layers(model, image_shape):
+    layers, train, evaluate, sparse = [], 0, 0, 0
+    entries = walk_layers(model, image_shape)
+    unfused = model.unfused_layers()
+    for i, entry in enumerate(entries):
         layer = entry["layer"]
         if entry["kind"] == "conv":
             C, H, W = entry["input"]
             fwd = conv_flops(1, C, H, W, layer.out_channels, *layer.kernel_size, layer.stride, layer.padding)
             passes = 2 + (1 if getattr(layer, "need_input_grad", bool(layers)) else 0)
+            backward = (passes - 1) * fwd
+            pool = entries[i + 1] if i + 1 < len(entries) else None
+            if (pool is not None and pool.get("max") and pool["index"] == entry["index"] + 2
+                    and type(unfused[entry["index"] + 1]).__name__ == "ReLU"
+                    and sparse_route(C, *layer.kernel_size, pool["layer"].kernel_size, pool["layer"].stride, 4)):
+                _, P, Q = pool["input"]
+                P2, Q2 = pool_output_size(P, Q, pool["layer"].kernel_size, pool["layer"].stride)
+                backward = backward * P2 * Q2 // (P * Q)
+            sparse += fwd + backward
         elif entry["kind"] == "linear":
             fwd = 2 * layer.in_features * layer.out_features
             passes = 3
+            sparse += passes * fwd
         else:
             continue
         layers.append({"index": entry["index"], "layer": repr(layer), "forward": fwd, "train": passes * fwd})
         train += passes * fwd
         evaluate += fwd
-    return {"train": train, "eval": evaluate, "layers": layers}
+    return {"train": train, "eval": evaluate, "layers": layers, "sparse_train": sparse}
 
 
 def network_budget(model: Sequential | None = None) -> dict:
@@ -167,7 +183,7 @@ def network_budget(model: Sequential | None = None) -> dict:
     f = network_flops(model)
     return {"train_flops_per_image": f["train"], "eval_flops_per_image": f["eval"],
             "epoch_flops": f["train"] * TRAIN_IMAGES, "test_set_flops": f["eval"] * TEST_IMAGES,
-            "layers": f["layers"]}
+            "layers": f["layers"], "numba_epoch_flops_at_most": f["sparse_train"] * TRAIN_IMAGES}
 
 
 def network_shapes(batch: int = BATCH_SIZE, model: Sequential | None = None,
