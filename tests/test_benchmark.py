@@ -347,6 +347,9 @@ def test_cli_quick_run_writes_table_json_and_charts(quick_run, capsys):
                  "fastest of 2 passes"):
         assert text in printed
     assert "fastest of 1 passes" not in printed
+    # conv2's fused backward takes the sparse route: marked, and the epoch's performed FLOPs bounded
+    assert "conv2+pool2 backward-input+weight (s)" in printed and "numba multiplies only" in printed
+    assert "numba's sparse backward multiplies at most one pixel" in printed
 
     res = json.loads((out / "results.json").read_text())
     for key in ("schema", "machine", "settings", "limits", "network", "ops", "training", "evaluation",
@@ -362,6 +365,8 @@ def test_cli_quick_run_writes_table_json_and_charts(quick_run, capsys):
     assert res["network"]["ideal_epoch_seconds"] == pytest.approx(res["network"]["epoch_flops"] / peak / 1e9)
     ops = {r["name"]: r for r in res["ops"]}
     assert ops["conv2 forward"]["work"] == conv_flops(128, 32, 14, 14, 64, 3, 3, 1, 1)     # timed at batch 128
+    assert ops["conv2+pool2 backward-input+weight"]["sparse"] and not ops["conv1+pool1 backward-weight"]["sparse"]
+    assert res["network"]["numba_epoch_flops_at_most"] < res["network"]["epoch_flops"]
     assert {"conv1 forward", "conv2 backward-weight", "conv2 backward-input+weight", "conv2 backward-input",
             "pool2 forward", "pool2 backward", "lenet5-5x5 forward", "pointwise-1x1 backward-input+weight"} <= set(ops)
     for row in res["ops"]:

@@ -197,7 +197,7 @@ def measure_ops(cases: list[OpCase], runners: dict, *, threads: int, min_rounds:
             data[case.name] = (inputs, case.run(reference, inputs))
         row_of = {c.name: {"name": c.name, "layer": c.layer, "kind": c.kind, "unit": c.unit, "work": c.work,
                            "group": c.group, "intensity": c.intensity, "note": c.note, "derived": False,
-                           "backends": {}} for c in layer_cases}
+                           "sparse": getattr(c, "sparse", False), "backends": {}} for c in layer_cases}
         pair = [c for c in layer_cases if c.kind in ("backward-weight", "backward-input+weight")]
         pair = pair if len(pair) == 2 else []
         units = [pair] if pair else []

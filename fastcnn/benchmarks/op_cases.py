@@ -258,6 +258,14 @@ class FusedForward(ConvForward):
 class FusedBackwardWeight(ConvBackwardWeight):
     """dw and db of the fused first layer, from the pooled gradient and the forward's argmax."""
 
+    @property
+    def sparse(self) -> bool:
+        """Whether the Numba kernels take the sparse route (kernels/conv_pooled.py): they then
+        multiply only the pool's winners, fewer FLOPs than ``work`` counts."""
+        from fastcnn.kernels.conv_pooled import sparse_route
+        s = self.shape
+        return sparse_route(s.C, s.R, s.S, tuple(s.pool), tuple(s.pool_stride), self.dtype.itemsize)
+
     def min_bytes(self) -> int:
         b = self._sizes()
         pooled = math.prod(self.shape.pooled_shape)

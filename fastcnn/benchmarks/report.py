@@ -128,7 +128,8 @@ def _op_table(results: dict, group: str, backends: list[str]) -> list[str]:
         flops = r["unit"] == "GFLOP/s"
         work = f"{r['work'] / 1e6:.0f} MFLOP" if flops else f"{r['work'] / 1e6:.1f} MB"
         unit = r["unit"].split("/")[0]
-        cells = [("~ " if r["derived"] else "") + r["name"] + _mark(r.get("contended")), work]
+        cells = [("~ " if r["derived"] else "") + r["name"] + (" (s)" if r.get("sparse") else "")
+                 + _mark(r.get("contended")), work]
         cells += [_fmt_time(b.get(k, {}).get("seconds")) for k in shown]
         cells += [_fmt(b.get(k, {}).get("rate"), ".1f", f" {unit}/s") for k in shown]
         if {"numpy", "numba"} <= set(shown):
@@ -147,6 +148,9 @@ def _op_table(results: dict, group: str, backends: list[str]) -> list[str]:
                    "no fraction; allowed = the fraction of peak the op's arithmetic intensity permits at the "
                    "measured bandwidth" + ("; fastcnn / torch = time ratio, below 1 fastcnn is faster" if torch else "")
                    + ")")
+        if any(r.get("sparse") for r in rows_in):
+            out.append("(s) = numba multiplies only the max pool's winners (its sparse backward); its rate and "
+                       "fraction count the dense FLOPs, so they can pass the peak")
     else:
         notes = {r["layer"]: r["note"].split("; ")[-1] for r in rows_in if not r["derived"]}
         out.append("shapes: " + "; ".join(f"{k}: {v}" for k, v in notes.items()))
