@@ -33,7 +33,6 @@ from numba.core import event
 from fastcnn.backend import usable_cpus
 from fastcnn.kernels._config import CACHE, compiled_features
 from fastcnn.kernels.conv import SMALL_L
-from fastcnn.kernels.conv_pooled import sparse_input_gradient, sparse_route
 
 # About what a first run takes on the 2-core development machines, both halves in one process or split
 # with the helper: measured 8.5 and 4.8 s on the Zen 5 one (docs/performance-log.md, 2026-12-07), which
@@ -156,27 +155,31 @@ def optimizer_plan(optimizer, dtype: np.dtype) -> list:
     raise ValueError(f"warm_up knows the optimizers 'adamw' and 'sgd', got {optimizer!r}")
 
 
-def _sparse(call) -> tuple[bool, bool]:
-    """Whether a planned fused backward takes the sparse route (kernels/conv_pooled.py) for dw,
-    and whether its dx still needs the register tile (dx asked for, and the sparse tiles do not
-    fit the kernel)."""
-    op, args, kwargs = call
-    if op != "conv2d_relu_maxpool_backward" or len(args) < 8:
-        return False, False
-    _, (_, C, R, S), dtype = args[3]
-    need_dx = dict(kwargs).get("need_dx", args[8] if len(args) > 8 else True)
-    itemsize = np.dtype(dtype).itemsize
-    if not sparse_route(C, R, S, tuple(args[6]), tuple(args[7]), itemsize):
-        return False, False
-    return True, bool(need_dx) and not sparse_input_gradient(C, R, S, itemsize)
+def _small(call) -> bool:
+    """Whether a planned fused forward or backward takes the tiny-reduction route (kernels/fused.py:
+    C*R*S < SMALL_L under a 2x2 / stride 2 pool, the first layer's)."""
+    op, args, _ = call
+    where = {"conv2d_relu_maxpool_forward": (1, 5), "conv2d_relu_maxpool_backward": (3, 6)}.get(op)
+    if where is None or len(args) < where[1] + 2:
+        return False
+    _, (_, C, R, S), _ = args[where[0]]
+    return C * R * S < SMALL_L and tuple(map(tuple, args[where[1]:where[1] + 2])) == ((2, 2), (2, 2))
+
+
+def _pads(call) -> bool:
+    """Whether a planned call compiles pad_chw (the tiny-reduction routes, fused or not)."""
+    op, args, _ = call
+    if op == "conv2d_forward" and len(args) > 1:
+        _, (_, C, R, S), _ = args[1]
+        return C * R * S < SMALL_L
+    return _small(call)
 
 
 def _uses_tile(call) -> bool:
     """Whether a planned call reaches the register tile's drivers (compiled in this process)."""
-    op, args, _ = call
-    sparse, dx_on_tile = _sparse(call)
-    if sparse:
-        return dx_on_tile
+    op, args, kwargs = call
+    if op == "conv2d_relu_maxpool_backward" and _small(call):    # dx, if asked for, on the tile
+        return bool(dict(kwargs).get("need_dx", args[8] if len(args) > 8 else True))
     if op in ("conv2d_forward", "conv2d_backward", "conv2d_relu_maxpool_backward"):
         return True
     if op == "conv2d_relu_maxpool_forward":      # a long reduction runs the convolution kernels
@@ -190,11 +193,12 @@ def split_plan(plan: list) -> tuple[list, list]:
     disjoint (tests/test_kernels.py checks it for the MNIST network), so two processes can fill one
     cache without two writers of one entry. A fused forward or backward on the tile's side may fall
     back to the max-pool kernels (kernels/fused.py, kernels/conv.py), so the plan's max-pool forwards
-    and backwards go to that side with it, and a sparse backward there takes every other sparse
-    backward with it (they share their drivers)."""
+    and backwards go to that side with it, and a tiny-reduction call there (a plain convolution's
+    forward, a fused backward that needs dx) takes the other tiny-reduction calls with it (they
+    share pad_chw)."""
     tile = [c for c in plan if _uses_tile(c)]
-    if any(_sparse(c)[0] for c in tile):
-        tile = [c for c in plan if c in tile or _sparse(c)[0]]
+    if any(_pads(c) for c in tile):
+        tile = [c for c in plan if c in tile or _pads(c)]
     for fused, pool in (("conv2d_relu_maxpool_forward", "maxpool2d_forward"),
                         ("conv2d_relu_maxpool_backward", "maxpool2d_backward")):
         if any(c[0] == fused for c in tile):

@@ -231,9 +231,9 @@ FUSED_POOLS = [((2, 2), (2, 2)), ((3, 3), (2, 2)), ((2, 2), (1, 1)), ((1, 2), (1
 
 def _check_fused(N, C, K, H, W, R, S, stride, padding, pool, pool_stride, dtype, seed):
     """The Numba fused op equals the Numba conv -> max-pool(relu) composition bit for bit (its
-    buffers hold the same values, reduced in the same order), except the gradients the sparse
-    backward computes (kernels/conv_pooled.py: other sums, so to the tolerance); and agrees with
-    the reference."""
+    buffers hold the same values, reduced in the same order), except the gradients of the sparse
+    backward (kernels/conv_pooled.py) and of the tiny-reduction one (_backward_small): other sums,
+    so to the tolerance; and agrees with the reference."""
     x, w, b, _ = _conv_data(N, C, K, H, W, R, S, stride, padding, dtype, seed)
     P, Q = _conv_out(H, W, R, S, stride, padding)
     what = (f"N={N} C={C} K={K} H={H} W={W} R={R} S={S} stride={stride} padding={padding} pool={pool} "
@@ -253,8 +253,9 @@ def _check_fused(N, C, K, H, W, R, S, stride, padding, pool, pool_stride, dtype,
     dconv = nb.maxpool2d_backward(dy, arg, (N, K, P, Q), pool, pool_stride)
     dx_unfused, dw_unfused, db_unfused = nb.conv2d_backward(dconv, x, w, stride, padding)
     assert none is None
-    sparse_dw = conv_pooled.sparse_route(C, R, S, pool, pool_stride, np.dtype(dtype).itemsize)
-    sparse_dx = sparse_dw and conv_pooled.sparse_input_gradient(C, R, S, np.dtype(dtype).itemsize)
+    tiny = C * R * S < SMALL_L and pool == pool_stride == (2, 2)          # kernels/fused.py's _backward_small
+    sparse_dw = tiny or conv_pooled.sparse_route(C, R, S, pool, pool_stride, np.dtype(dtype).itemsize)
+    sparse_dx = not tiny and sparse_dw and conv_pooled.sparse_input_gradient(C, R, S, np.dtype(dtype).itemsize)
     for name, fused, unfused, sparse in (("dx", dx, dx_unfused, sparse_dx), ("dw", dw, dw_unfused, sparse_dw),
                                          ("db", db, db_unfused, sparse_dw)):
         (assert_agree if sparse else _bit_identical)(fused, unfused, f"fused {name} vs unfused [{what}]")

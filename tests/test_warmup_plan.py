@@ -19,22 +19,23 @@ def test_mnist_plan_lists_the_training_steps_kernel_calls():
                    "linear_forward", "softmax_cross_entropy", "linear_backward", "dropout_backward",
                    "conv2d_relu_maxpool_backward", "conv2d_relu_maxpool_backward"]
     tile, rest = split_plan(plan)
-    assert [c[0] for c in tile] == ["conv2d_relu_maxpool_forward", "conv2d_relu_maxpool_backward"]
-    assert tile == [plan[1], plan[8]]           # the second layer's forward, the first layer's backward
+    assert tile == [plan[1], plan[7]]           # the second layer's forward and backward
     assert ("array", (2, 32, 14, 14), "float32") in plan[1][1]          # conv2's input, two images
-    assert plan[7] in rest                      # the second layer's backward: the sparse route, no tile
+    assert plan[0] in rest and plan[8] in rest  # the first layer's: the tiny-reduction route, no tile
 
 
-def test_sparse_backwards_stay_together():
-    """A sparse backward whose dx needs the register tile (its row tiles do not fit the kernel) goes
-    to the tile's side, and takes every other sparse backward with it: they share their drivers."""
+def test_tiny_reduction_calls_stay_together():
+    """The first layer's fused forward and backward (a tiny reduction) compile in the helper; one
+    that reaches the register tile (a backward asked for dx, or a plain convolution of a tiny
+    reduction) takes them all to the tile's side: they share pad_chw."""
     plan = model_plan(fastcnn.mnist_cnn(dtype=np.float32, backend="numba"))
-    conv2_backward = plan[7]
-    misfit = ("conv2d_relu_maxpool_backward", (*conv2_backward[1][:3], ("array", (8, 48, 5, 5), "float32"),
-                                               *conv2_backward[1][4:]), (("need_dx", True),))
-    tile, rest = split_plan(plan + [misfit])
-    assert misfit in tile and conv2_backward in tile
-    assert not any(c[0] == "conv2d_relu_maxpool_backward" for c in rest)
+    first_forward, first_backward = plan[0], plan[8]
+    with_dx = (first_backward[0], first_backward[1], (("need_dx", True),))
+    tile, rest = split_plan(plan + [with_dx])
+    assert {with_dx, first_forward, first_backward} <= set(tile)
+    plain = ("conv2d_forward", first_forward[1][:5], ())
+    tile, rest = split_plan(plan + [plain])
+    assert {plain, first_forward, first_backward} <= set(tile)
 
 
 def test_max_pools_join_a_fused_layer_on_the_tiles_side():
