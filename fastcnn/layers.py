@@ -225,9 +225,10 @@ class ConvReLUMaxPool2D(FusedLayer):
     """Conv2D, ReLU and MaxPool2D as one op of the backend (``conv2d_relu_maxpool_forward``): with a
     2x2 / stride 2 pool the Numba kernels never store the convolution's output. Backward is one op
     too (``conv2d_relu_maxpool_backward``): dw, db and dx (None for a first layer,
-    ``need_input_grad=False``) from the pooled gradient, whose dense form the Numba kernels build
-    inside the convolution's kernels, a chunk or an image at a time, where the layer's geometry
-    allows (kernels/fused.py).
+    ``need_input_grad=False``) from the pooled gradient. The Numba kernels multiply only its
+    nonzeros where the layer is wide enough (kernels/conv_pooled.py), take a first layer's tiny
+    reduction as dot products, and elsewhere build its dense form inside the convolution's
+    kernels, a chunk or an image at a time (kernels/fused.py).
 
     ``params`` and ``grads`` are the convolution's own dicts: ``0.weight`` stays ``0.weight``."""
 

@@ -167,12 +167,18 @@ def _small(call) -> bool:
 
 
 def _pads(call) -> bool:
-    """Whether a planned call compiles pad_chw (the tiny-reduction routes, fused or not)."""
-    op, args, _ = call
-    if op == "conv2d_forward" and len(args) > 1:
-        _, (_, C, R, S), _ = args[1]
-        return C * R * S < SMALL_L
-    return _small(call)
+    """Whether a planned convolution call may reach a tiny-reduction driver (C*R*S < SMALL_L: the
+    fused first layer's, or conv._forward_small with pad_chw and rows_axpy), in its forward or in
+    an input gradient computed as a stride-1 forward (K*R*S < SMALL_L)."""
+    op, args, kwargs = call
+    where = {"conv2d_forward": (1, False), "conv2d_relu_maxpool_forward": (1, False),
+             "conv2d_backward": (2, True), "conv2d_relu_maxpool_backward": (3, True)}.get(op)
+    if where is None or len(args) <= where[0]:
+        return False
+    _, (K, C, R, S), _ = args[where[0]]
+    dx_position = 5 if op == "conv2d_backward" else 8
+    need_dx = where[1] and dict(kwargs).get("need_dx", args[dx_position] if len(args) > dx_position else True)
+    return C * R * S < SMALL_L or bool(need_dx and K * R * S < SMALL_L)
 
 
 def _uses_tile(call) -> bool:
@@ -193,9 +199,8 @@ def split_plan(plan: list) -> tuple[list, list]:
     disjoint (tests/test_kernels.py checks it for the MNIST network), so two processes can fill one
     cache without two writers of one entry. A fused forward or backward on the tile's side may fall
     back to the max-pool kernels (kernels/fused.py, kernels/conv.py), so the plan's max-pool forwards
-    and backwards go to that side with it, and a tiny-reduction call there (a plain convolution's
-    forward, a fused backward that needs dx) takes the other tiny-reduction calls with it (they
-    share pad_chw)."""
+    and backwards go to that side with it, and a call there that may reach a tiny-reduction driver
+    (_pads) takes every other such call with it (they share pad_chw and rows_axpy)."""
     tile = [c for c in plan if _uses_tile(c)]
     if any(_pads(c) for c in tile):
         tile = [c for c in plan if c in tile or _pads(c)]

@@ -1,6 +1,8 @@
 """The gradients of a convolution followed by a ReLU and a max pool, from the pooled gradient as the
 sparse matrix it is, Numba kernels: dw, db and dx for fused.conv2d_relu_maxpool_backward. Same
-results as :mod:`fastcnn.reference.fused` up to the order of the sums (fastcnn.testing's tolerance).
+results as :mod:`fastcnn.reference.fused` up to the order of the sums (fastcnn.testing's
+tolerance), for finite inputs and weights: an infinite one meets zero gradients in the reference
+(0 * inf = NaN) that this route never multiplies, so fewer gradients turn NaN here.
 
 Dimension legend: as in kernels/conv.py, and P2, Q2 the pooled size, kh, kw the pool window, psh,
 psw its stride.
@@ -169,7 +171,7 @@ def _sum_chunks(lo, hi, parts, dbparts, R, S, dw, db):
 
 # ---------------------------------------------------------------- wrappers (route, allocate)
 
-def _padded_sizes(R, S, C, itemsize):
+def padded_sizes(R, S, C, itemsize):
     """Rp, SCp: the kernel's rows and S*C padded to whole row tiles."""
     width = row_tile_width(ROW_VECTORS, itemsize)
     return -(-R // ROW_MR) * ROW_MR, -(-(S * C) // width) * width
@@ -180,13 +182,13 @@ def sparse_route(C, R, S, pool_size, pool_stride, itemsize):
     window, the dense path multiplies the pixels it owns, the sparse one at most one pixel (its
     padded row tiles), each at its measured speed (DENSE_SPEED, SPARSE_SPEED)."""
     (kh, kw), (psh, psw) = pool_size, pool_stride
-    Rp, SCp = _padded_sizes(R, S, C, itemsize)
+    Rp, SCp = padded_sizes(R, S, C, itemsize)
     return Rp * SCp / SPARSE_SPEED < min(kh, psh) * min(kw, psw) * R * S * C / DENSE_SPEED
 
 
 def sparse_input_gradient(C, R, S, itemsize):
     """Whether dx takes the sparse route too: only where the tiles fit the kernel exactly."""
-    return _padded_sizes(R, S, C, itemsize) == (R, S * C)
+    return padded_sizes(R, S, C, itemsize) == (R, S * C)
 
 
 @TABLES
@@ -206,7 +208,7 @@ def pooled_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride, n
     K, _, R, S = w.shape
     (sh, sw), (ph, pw), (kh, kw), (psh, psw) = stride, padding, pool_size, pool_stride
     Hp, Wp = H + 2 * ph, W + 2 * pw
-    Rp, SCp = _padded_sizes(R, S, C, x.itemsize)
+    Rp, SCp = padded_sizes(R, S, C, x.itemsize)
     with_dx = need_dx and sparse_input_gradient(C, R, S, x.itemsize)
     dw = np.zeros((K, C, R, S), x.dtype)
     db = np.zeros(K, x.dtype)

@@ -60,6 +60,25 @@ def test_the_performed_flops_bound_needs_conv_relu_and_max_pool():
         model = Sequential.from_config(conv_pool + tail, backend="numpy", input_shape=(1, 28, 28))
         f = fw.network_flops(model, (1, 28, 28))
         assert (f["sparse_train"] < f["train"]) == sparse, tail
+    unfused = Sequential.from_config(conv_pool + [{"type": "ReLU"}, {"type": "MaxPool2D", "kernel_size": 2}],
+                                     backend="numpy", input_shape=(1, 28, 28), fuse=False)
+    f = fw.network_flops(unfused, (1, 28, 28))
+    assert f["sparse_train"] == f["train"]                          # never fused: the dense kernels
+
+
+def test_the_performed_flops_bound_counts_padding_and_a_dense_dx():
+    """17 input channels: S*C = 51 pads to a whole row tile, and dx, whose tiles would not fit,
+    stays on the dense kernels."""
+    from fastcnn.kernels.conv_pooled import padded_sizes, sparse_input_gradient
+    from fastcnn.model import Sequential
+    config = [{"type": "Conv2D", "in_channels": 1, "out_channels": 17, "kernel_size": 3, "padding": 1},
+              {"type": "Conv2D", "in_channels": 17, "out_channels": 64, "kernel_size": 3, "padding": 1},
+              {"type": "ReLU"}, {"type": "MaxPool2D", "kernel_size": 2}]
+    f = fw.network_flops(Sequential.from_config(config, backend="numpy", input_shape=(1, 14, 14)), (1, 14, 14))
+    conv1, conv2 = 2 * 17 * 9 * 14 * 14, 2 * 64 * 17 * 9 * 14 * 14
+    Rp, SCp = padded_sizes(3, 3, 17, 4)
+    assert not sparse_input_gradient(17, 3, 3, 4) and SCp > 51
+    assert f["sparse_train"] == 2 * conv1 + conv2 + 2 * 64 * 7 * 7 * Rp * SCp + conv2
 
 
 def test_network_flops_counts_dx_of_every_conv_but_the_first():

@@ -25,9 +25,12 @@ def test_mnist_plan_lists_the_training_steps_kernel_calls():
 
 
 def test_tiny_reduction_calls_stay_together():
-    """The first layer's fused forward and backward (a tiny reduction) compile in the helper; one
-    that reaches the register tile (a backward asked for dx, or a plain convolution of a tiny
-    reduction) takes them all to the tile's side: they share pad_chw."""
+    """The first layer's fused forward and backward (a tiny reduction) compile in the helper; a call
+    on the tile's side that may reach a tiny-reduction driver (a backward asked for dx, a plain
+    convolution of a tiny reduction, an input gradient that is a tiny forward) takes them all with
+    it: they share pad_chw and rows_axpy."""
+    from fastcnn.layers import Conv2D, Flatten, Linear, MaxPool2D, ReLU
+    from fastcnn.model import Sequential
     plan = model_plan(fastcnn.mnist_cnn(dtype=np.float32, backend="numba"))
     first_forward, first_backward = plan[0], plan[8]
     with_dx = (first_backward[0], first_backward[1], (("need_dx", True),))
@@ -36,6 +39,13 @@ def test_tiny_reduction_calls_stay_together():
     plain = ("conv2d_forward", first_forward[1][:5], ())
     tile, rest = split_plan(plan + [plain])
     assert {plain, first_forward, first_backward} <= set(tile)
+    for pool in (MaxPool2D(2), MaxPool2D(3, 2)):         # then a 1x1 convolution: its dx is a tiny forward
+        model = Sequential([Conv2D(1, 8, 3, padding=1), ReLU(), pool, Conv2D(8, 4, 1), ReLU(), Flatten(),
+                            Linear(4 * 14 * 14 if pool.kernel_size == (2, 2) else 4 * 13 * 13, 10)],
+                           input_shape=(1, 28, 28), backend="numba")
+        tile, rest = split_plan(model_plan(model))
+        convs = [c for c in tile + rest if c[0].startswith("conv2d")]
+        assert all(c in tile for c in convs), [c[0] for c in convs if c not in tile]
 
 
 def test_max_pools_join_a_fused_layer_on_the_tiles_side():

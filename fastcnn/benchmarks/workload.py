@@ -144,28 +144,33 @@ def network_flops(model: Sequential | None = None, image_shape: tuple = IMAGE_SH
     per conv, forward + backward-weight + backward-input unless the layer needs no input gradient
     (the first one); per linear layer forward + dW + dx. Evaluation counts the forward passes only.
     These are the dense FLOPs (what PyTorch performs). ``sparse_train`` bounds what the Numba
-    backend performs: a convolution + ReLU + max pool whose backward takes the sparse route
-    (kernels/conv_pooled.py) multiplies at most one pixel per pool window in its backward passes."""
-    from fastcnn.kernels.conv_pooled import sparse_route
+    backend performs: the backward passes of a fused convolution + ReLU + max pool on the sparse
+    route (kernels/conv_pooled.py) multiply at most one pixel per pool window, over the kernel
+    padded to whole row tiles (dw always, dx where its tiles fit; otherwise dx stays dense)."""
+    from fastcnn.kernels.conv_pooled import padded_sizes, sparse_input_gradient, sparse_route
     model = mnist_cnn(backend="numpy") if model is None else model
     layers, train, evaluate, sparse = [], 0, 0, 0
     entries = walk_layers(model, image_shape)
-    unfused = model.unfused_layers()
+    itemsize = next((p.dtype.itemsize for layer in model.unfused_layers()
+                     for p in getattr(layer, "params", {}).values()), 4)
     for i, entry in enumerate(entries):
         layer = entry["layer"]
         if entry["kind"] == "conv":
             C, H, W = entry["input"]
             fwd = conv_flops(1, C, H, W, layer.out_channels, *layer.kernel_size, layer.stride, layer.padding)
-            passes = 2 + (1 if getattr(layer, "need_input_grad", bool(layers)) else 0)
-            backward = (passes - 1) * fwd
+            need_dx = getattr(layer, "need_input_grad", bool(layers))
+            passes = 2 + (1 if need_dx else 0)
+            dw = dx = fwd
             pool = entries[i + 1] if i + 1 < len(entries) else None
-            if (pool is not None and pool.get("max") and pool["index"] == entry["index"] + 2
-                    and type(unfused[entry["index"] + 1]).__name__ == "ReLU"
-                    and sparse_route(C, *layer.kernel_size, pool["layer"].kernel_size, pool["layer"].stride, 4)):
+            R, S = layer.kernel_size
+            if (type(model.layers[entry["index"]]).__name__ == "ConvReLUMaxPool2D" and pool is not None
+                    and sparse_route(C, R, S, pool["layer"].kernel_size, pool["layer"].stride, itemsize)):
                 _, P, Q = pool["input"]
                 P2, Q2 = pool_output_size(P, Q, pool["layer"].kernel_size, pool["layer"].stride)
-                backward = backward * P2 * Q2 // (P * Q)
-            sparse += fwd + backward
+                Rp, SCp = padded_sizes(R, S, C, itemsize)
+                dw = 2 * layer.out_channels * P2 * Q2 * Rp * SCp
+                dx = dw if sparse_input_gradient(C, R, S, itemsize) else fwd
+            sparse += fwd + dw + (dx if need_dx else 0)
         elif entry["kind"] == "linear":
             fwd = 2 * layer.in_features * layer.out_features
             passes = 3
