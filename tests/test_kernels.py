@@ -1125,7 +1125,7 @@ def test_row_and_scatter_tiles_against_their_definitions(mr, vectors, dtype, loa
     next (the scatter must read what the previous step wrote), everything else untouched."""
     from fastcnn.kernels._tile import row_tile_width
     nr = row_tile_width(vectors, np.dtype(dtype).itemsize)
-    call_row, call_scatter = _row_callers(mr, vectors, kind)
+    call_row, call_scatter = _TILE_CALLERS.setdefault(("rows", mr, vectors, kind), _row_callers(mr, vectors, kind))
     rng = np.random.default_rng(steps + 7 * mr)
     g = rng.standard_normal(steps + 3).astype(dtype)
     fb = rng.standard_normal(4 * nr + 600).astype(dtype)
