@@ -58,23 +58,113 @@ def register_tile(mr: int, nr: int):
     return loop_tile(mr, nr) if _numba_config.BOUNDSCHECK else vector_tile(mr, nr)
 
 
+# ---------------------------------------------------------------- pieces the three tiles share
+
+def _check_operands(tile, like, floats=(), tables=(), integers=(), load=None):
+    """TypingError unless each of ``floats`` ((name, type, ndim)) is a C-contiguous float array of
+    the dtype of ``like`` ((name, type)), each of ``tables`` ((name, type)) a 1-d integer array,
+    each of ``integers`` an integer and ``load`` (if given) a bool."""
+    like_name, like_type = like
+    for name, t, ndim in floats:
+        if not (isinstance(t, types.Array) and t.ndim == ndim and t.layout == "C"
+                and t.dtype in (types.float32, types.float64) and t.dtype == like_type.dtype):
+            raise TypingError(f"{tile}: {name} must be a C-contiguous {ndim}-d float array of {like_name}'s dtype, "
+                              f"got {t}")
+    for name, t in tables:
+        if not (isinstance(t, types.Array) and t.ndim == 1 and isinstance(t.dtype, types.Integer)):
+            raise TypingError(f"{tile}: {name} must be a 1-d integer array, got {t}")
+    for name, t in integers:
+        if not isinstance(t, types.Integer):
+            raise TypingError(f"{tile}: {name} must be an integer, got {t}")
+    if load is not None and not isinstance(load, types.Boolean):
+        raise TypingError(f"{tile}: load must be a bool, got {load}")
+
+
+class _Emit:
+    """One codegen call's helpers: its operands (arrays as structs, integers as int64), element
+    addresses, vectors of ``w`` lanes (the CPU's width, at most ``max_lanes``), the fused
+    multiply-add and the broadcast."""
+
+    def __init__(self, context, builder, sig, args, elem_type, max_lanes=None):
+        self.context, self.builder, self.types = context, builder, sig.args
+        self.values = [context.make_array(ty)(context, builder, v) if isinstance(ty, types.Array) else v
+                       for ty, v in zip(sig.args, args)]
+        self.args = args
+        self.i64 = ir.IntType(64)
+        self.elem = context.get_data_type(elem_type)
+        self.align = context.get_abi_sizeof(self.elem)          # rows and windows: element-aligned
+        self.w = min(max_lanes or VECTOR_BYTES, VECTOR_BYTES // self.align)
+        self.part = ir.VectorType(self.elem, self.w)
+        self.fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(self.part, [self.part] * 3),
+                                                      f"llvm.fmuladd.v{self.w}f{8 * self.align}")
+        self._undef = ir.Constant(self.part, ir.Undefined)
+        self._lanes0 = ir.Constant(ir.VectorType(ir.IntType(32), self.w), [0] * self.w)
+
+    def const(self, v):
+        return ir.Constant(self.i64, v)
+
+    def int64(self, k):
+        """Argument k, an integer, as int64."""
+        return self.context.cast(self.builder, self.args[k], self.types[k], types.int64)
+
+    def item_ptr(self, k, *inds):
+        """The address of argument k's element at ``inds``."""
+        arr, ty = self.values[k], self.types[k]
+        return cgutils.get_item_pointer2(self.context, self.builder, arr.data,
+                                         cgutils.unpack_tuple(self.builder, arr.shape),
+                                         cgutils.unpack_tuple(self.builder, arr.strides), ty.layout, list(inds))
+
+    def index(self, k, i):
+        """Element i of argument k, an integer table, as int64."""
+        return self.context.cast(self.builder, self.builder.load(self.item_ptr(k, i)), self.types[k].dtype,
+                                 types.int64)
+
+    def length(self, k):
+        return cgutils.unpack_tuple(self.builder, self.values[k].shape)[0]
+
+    def vector_ptr(self, k, at):
+        """A vector pointer into argument k, a flat array, at element ``at``."""
+        return self.builder.bitcast(self.builder.gep(self.values[k].data, [at]), self.part.as_pointer())
+
+    def broadcast(self, x):
+        return self.builder.shuffle_vector(self.builder.insert_element(self._undef, x, ir.Constant(ir.IntType(32), 0)),
+                                           self._undef, self._lanes0)
+
+    def accumulators(self, rows, vectors, load):
+        """Per row of C (``rows``: element pointers), ``vectors`` accumulators in allocas (LLVM keeps
+        them in registers), loaded from the row if ``load`` else zero; returns them and the rows as
+        vector pointers."""
+        b = self.builder
+        acc = [[cgutils.alloca_once(b, self.part) for _ in range(vectors)] for _ in rows]
+        rows = [[b.bitcast(b.gep(row, [self.const(q * self.w)]), self.part.as_pointer()) for q in range(vectors)]
+                for row in rows]
+        with b.if_else(load) as (then, otherwise):
+            with then:
+                for a_i, row in zip(acc, rows):
+                    for a, r in zip(a_i, row):
+                        b.store(b.load(r, align=self.align), a)
+            with otherwise:
+                for a_i in acc:
+                    for a in a_i:
+                        b.store(ir.Constant(self.part, None), a)
+        return acc, rows
+
+    def store_rows(self, acc, rows):
+        for a_i, row in zip(acc, rows):
+            for a, r in zip(a_i, row):
+                self.builder.store(self.builder.load(a), r, align=self.align)
+
+
+# ---------------------------------------------------------------- the convolutions' tile
+
 def vector_tile(mr: int, nr: int):
     """The tile as LLVM vector code (a Numba intrinsic)."""
 
     @intrinsic
     def tile(typingctx, fa, astarts, aoffs, fb, bstarts, boff, C, i0, j0, load):
-        for name, t, ndim in (("fa", fa, 1), ("fb", fb, 1), ("C", C, 2)):
-            if not (isinstance(t, types.Array) and t.ndim == ndim and t.layout == "C"
-                    and t.dtype in (types.float32, types.float64) and t.dtype == C.dtype):
-                raise TypingError(f"tile: {name} must be a C-contiguous {ndim}-d float array of C's dtype, got {t}")
-        for name, t in (("astarts", astarts), ("aoffs", aoffs), ("bstarts", bstarts)):
-            if not (isinstance(t, types.Array) and t.ndim == 1 and isinstance(t.dtype, types.Integer)):
-                raise TypingError(f"tile: {name} must be a 1-d integer array, got {t}")
-        for name, t in (("boff", boff), ("i0", i0), ("j0", j0)):
-            if not isinstance(t, types.Integer):
-                raise TypingError(f"tile: {name} must be an integer, got {t}")
-        if not isinstance(load, types.Boolean):
-            raise TypingError(f"tile: load must be a bool, got {load}")
+        _check_operands("tile", ("C", C), floats=(("fa", fa, 1), ("fb", fb, 1), ("C", C, 2)),
+                        tables=(("astarts", astarts), ("aoffs", aoffs), ("bstarts", bstarts)),
+                        integers=(("boff", boff), ("i0", i0), ("j0", j0)), load=load)
         lanes = VECTOR_BYTES * 8 // C.dtype.bitwidth
         if nr > lanes and nr % lanes:
             raise TypingError(f"tile: {nr} columns are not a whole number of {lanes}-lane vectors")
@@ -85,61 +175,24 @@ def vector_tile(mr: int, nr: int):
 
 def _codegen(mr: int, nr: int):
     def codegen(context, builder, sig, args):
-        t = sig.args
-        fa, astarts, aoffs, fb, bstarts, _, C, _, _, load = [
-            context.make_array(ty)(context, builder, v) if isinstance(ty, types.Array) else v
-            for ty, v in zip(t, args)]
-        i64 = ir.IntType(64)
-        boff, i0, j0 = (context.cast(builder, args[k], t[k], types.int64) for k in (5, 7, 8))
-        elem = context.get_data_type(t[6].dtype)
-        align = context.get_abi_sizeof(elem)    # C's rows and B's windows: element-aligned
-
-        def item_ptr(arr, ty, *inds):
-            return cgutils.get_item_pointer2(context, builder, arr.data, cgutils.unpack_tuple(builder, arr.shape),
-                                             cgutils.unpack_tuple(builder, arr.strides), ty.layout, list(inds))
-
-        def index(arr, ty, i):
-            return context.cast(builder, builder.load(item_ptr(arr, ty, i)), ty.dtype, types.int64)
-
-        offs = [index(aoffs, t[2], ir.Constant(i64, i)) for i in range(mr)]
-        rows = [item_ptr(C, t[6], builder.add(i0, ir.Constant(i64, i)), j0) for i in range(mr)]
+        e = _Emit(context, builder, sig, args, sig.args[6].dtype, max_lanes=nr)
+        fa, load = e.values[0], e.values[9]
+        boff, i0, j0 = e.int64(5), e.int64(7), e.int64(8)
+        offs = [e.index(2, e.const(i)) for i in range(mr)]
         # Each row's NR lanes as vectors of the CPU's width, B loaded one such vector at a time and
         # used by every row at once: LLVM keeps this order, so MR * NR / lanes accumulators, MR
         # broadcasts and one B vector are live (3 x 32 on AVX2: 12 + 3 + 1 = 16 registers).
-        w = min(nr, VECTOR_BYTES // align)
-        part = ir.VectorType(elem, w)
-        acc = [[cgutils.alloca_once(builder, part) for _ in range(nr // w)] for _ in range(mr)]
-        rows = [[builder.bitcast(builder.gep(row, [ir.Constant(i64, q * w)]), part.as_pointer())
-                 for q in range(nr // w)] for row in rows]
-        with builder.if_else(load) as (then, otherwise):
-            with then:
-                for a_i, row in zip(acc, rows):
-                    for a, r in zip(a_i, row):
-                        builder.store(builder.load(r, align=align), a)
-            with otherwise:
-                for a_i in acc:
-                    for a in a_i:
-                        builder.store(ir.Constant(part, None), a)
-        fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(part, [part] * 3),
-                                                 f"llvm.fmuladd.v{w}f{8 * align}")
-        undef = ir.Constant(part, ir.Undefined)
-        lane0 = ir.Constant(ir.IntType(32), 0)
-        broadcast = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
-        with cgutils.for_range(builder, cgutils.unpack_tuple(builder, astarts.shape)[0]) as loop:
-            sa = index(astarts, t[1], loop.index)
-            sb = builder.add(index(bstarts, t[4], loop.index), boff)
-            xs = []
-            for off in offs:
-                x = builder.load(builder.gep(fa.data, [builder.add(sa, off)]))
-                xs.append(builder.shuffle_vector(builder.insert_element(undef, x, lane0), undef, broadcast))
-            for q in range(nr // w):
-                b = builder.load(builder.bitcast(builder.gep(fb.data, [builder.add(sb, ir.Constant(i64, q * w))]),
-                                                 part.as_pointer()), align=align)
+        acc, rows = e.accumulators([e.item_ptr(6, builder.add(i0, e.const(i)), j0) for i in range(mr)], nr // e.w,
+                                   load)
+        with cgutils.for_range(builder, e.length(1)) as loop:
+            sa = e.index(1, loop.index)
+            sb = builder.add(e.index(4, loop.index), boff)
+            xs = [e.broadcast(builder.load(builder.gep(fa.data, [builder.add(sa, off)]))) for off in offs]
+            for q in range(nr // e.w):
+                b = builder.load(e.vector_ptr(3, builder.add(sb, e.const(q * e.w))), align=e.align)
                 for x, a_i in zip(xs, acc):
-                    builder.store(builder.call(fmuladd, [x, b, builder.load(a_i[q])]), a_i[q])
-        for a_i, row in zip(acc, rows):
-            for a, r in zip(a_i, row):
-                builder.store(builder.load(a), r, align=align)
+                    builder.store(builder.call(e.fmuladd, [x, b, builder.load(a_i[q])]), a_i[q])
+        e.store_rows(acc, rows)
         return context.get_dummy_value()
 
     return codegen
@@ -172,19 +225,9 @@ def vector_row_tile(mr: int, vectors: int):
 
     @intrinsic
     def row_tile(typingctx, g, fb, bstarts, boffs, boff, C, i0, j0, load):
-        for name, t, ndim in (("g", g, 1), ("fb", fb, 1), ("C", C, 2)):
-            if not (isinstance(t, types.Array) and t.ndim == ndim and t.layout == "C"
-                    and t.dtype in (types.float32, types.float64) and t.dtype == C.dtype):
-                raise TypingError(f"row_tile: {name} must be a C-contiguous {ndim}-d float array of C's dtype, "
-                                  f"got {t}")
-        for name, t in (("bstarts", bstarts), ("boffs", boffs)):
-            if not (isinstance(t, types.Array) and t.ndim == 1 and isinstance(t.dtype, types.Integer)):
-                raise TypingError(f"row_tile: {name} must be a 1-d integer array, got {t}")
-        for name, t in (("boff", boff), ("i0", i0), ("j0", j0)):
-            if not isinstance(t, types.Integer):
-                raise TypingError(f"row_tile: {name} must be an integer, got {t}")
-        if not isinstance(load, types.Boolean):
-            raise TypingError(f"row_tile: load must be a bool, got {load}")
+        _check_operands("row_tile", ("C", C), floats=(("g", g, 1), ("fb", fb, 1), ("C", C, 2)),
+                        tables=(("bstarts", bstarts), ("boffs", boffs)),
+                        integers=(("boff", boff), ("i0", i0), ("j0", j0)), load=load)
         return types.none(g, fb, bstarts, boffs, boff, C, i0, j0, load), _row_codegen(mr, vectors)
 
     return row_tile
@@ -192,56 +235,21 @@ def vector_row_tile(mr: int, vectors: int):
 
 def _row_codegen(mr: int, vectors: int):
     def codegen(context, builder, sig, args):
-        t = sig.args
-        g, fb, bstarts, boffs, _, C, _, _, load = [
-            context.make_array(ty)(context, builder, v) if isinstance(ty, types.Array) else v
-            for ty, v in zip(t, args)]
-        i64 = ir.IntType(64)
-        boff, i0, j0 = (context.cast(builder, args[k], t[k], types.int64) for k in (4, 6, 7))
-        elem = context.get_data_type(t[5].dtype)
-        align = context.get_abi_sizeof(elem)
-        w = VECTOR_BYTES // align
-        part = ir.VectorType(elem, w)
-
-        def item_ptr(arr, ty, *inds):
-            return cgutils.get_item_pointer2(context, builder, arr.data, cgutils.unpack_tuple(builder, arr.shape),
-                                             cgutils.unpack_tuple(builder, arr.strides), ty.layout, list(inds))
-
-        def index(arr, ty, i):
-            return context.cast(builder, builder.load(item_ptr(arr, ty, i)), ty.dtype, types.int64)
-
-        offs = [builder.add(boff, index(boffs, t[3], ir.Constant(i64, i))) for i in range(mr)]
-        rows = [item_ptr(C, t[5], builder.add(i0, ir.Constant(i64, i)), j0) for i in range(mr)]
-        acc = [[cgutils.alloca_once(builder, part) for _ in range(vectors)] for _ in range(mr)]
-        rows = [[builder.bitcast(builder.gep(row, [ir.Constant(i64, q * w)]), part.as_pointer())
-                 for q in range(vectors)] for row in rows]
-        with builder.if_else(load) as (then, otherwise):
-            with then:
-                for a_i, row in zip(acc, rows):
-                    for a, r in zip(a_i, row):
-                        builder.store(builder.load(r, align=align), a)
-            with otherwise:
-                for a_i in acc:
-                    for a in a_i:
-                        builder.store(ir.Constant(part, None), a)
-        fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(part, [part] * 3),
-                                                 f"llvm.fmuladd.v{w}f{8 * align}")
-        undef = ir.Constant(part, ir.Undefined)
-        broadcast = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
-        with cgutils.for_range(builder, cgutils.unpack_tuple(builder, bstarts.shape)[0]) as loop:
-            x = builder.load(builder.gep(g.data, [loop.index]))
-            x = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)), undef,
-                                       broadcast)
-            sb = index(bstarts, t[2], loop.index)
+        e = _Emit(context, builder, sig, args, sig.args[5].dtype)
+        g, load = e.values[0], e.values[8]
+        boff, i0, j0 = e.int64(4), e.int64(6), e.int64(7)
+        offs = [builder.add(boff, e.index(3, e.const(i))) for i in range(mr)]
+        acc, rows = e.accumulators([e.item_ptr(5, builder.add(i0, e.const(i)), j0) for i in range(mr)], vectors,
+                                   load)
+        with cgutils.for_range(builder, e.length(2)) as loop:
+            x = e.broadcast(builder.load(builder.gep(g.data, [loop.index])))
+            sb = e.index(2, loop.index)
             for off, a_i in zip(offs, acc):
                 base = builder.add(sb, off)
                 for q in range(vectors):
-                    b = builder.load(builder.bitcast(builder.gep(fb.data, [builder.add(base, ir.Constant(i64, q * w))]),
-                                                     part.as_pointer()), align=align)
-                    builder.store(builder.call(fmuladd, [x, b, builder.load(a_i[q])]), a_i[q])
-        for a_i, row in zip(acc, rows):
-            for a, r in zip(a_i, row):
-                builder.store(builder.load(a), r, align=align)
+                    b = builder.load(e.vector_ptr(1, builder.add(base, e.const(q * e.w))), align=e.align)
+                    builder.store(builder.call(e.fmuladd, [x, b, builder.load(a_i[q])]), a_i[q])
+        e.store_rows(acc, rows)
         return context.get_dummy_value()
 
     return codegen
@@ -265,16 +273,9 @@ def vector_scatter_tile(mr: int, vectors: int):
 
     @intrinsic
     def scatter_tile(typingctx, g, starts, doff, drows, D, fb, boff, brows):
-        for name, t in (("g", g), ("D", D), ("fb", fb)):
-            if not (isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C"
-                    and t.dtype in (types.float32, types.float64) and t.dtype == D.dtype):
-                raise TypingError(f"scatter_tile: {name} must be a C-contiguous 1-d float array of D's dtype, got {t}")
-        for name, t in (("starts", starts), ("drows", drows), ("brows", brows)):
-            if not (isinstance(t, types.Array) and t.ndim == 1 and isinstance(t.dtype, types.Integer)):
-                raise TypingError(f"scatter_tile: {name} must be a 1-d integer array, got {t}")
-        for name, t in (("doff", doff), ("boff", boff)):
-            if not isinstance(t, types.Integer):
-                raise TypingError(f"scatter_tile: {name} must be an integer, got {t}")
+        _check_operands("scatter_tile", ("D", D), floats=(("g", g, 1), ("D", D, 1), ("fb", fb, 1)),
+                        tables=(("starts", starts), ("drows", drows), ("brows", brows)),
+                        integers=(("doff", doff), ("boff", boff)))
         return types.none(g, starts, doff, drows, D, fb, boff, brows), _scatter_codegen(mr, vectors)
 
     return scatter_tile
@@ -282,45 +283,23 @@ def vector_scatter_tile(mr: int, vectors: int):
 
 def _scatter_codegen(mr: int, vectors: int):
     def codegen(context, builder, sig, args):
-        t = sig.args
-        g, starts, _, drows, D, fb, _, brows = [
-            context.make_array(ty)(context, builder, v) if isinstance(ty, types.Array) else v
-            for ty, v in zip(t, args)]
-        i64 = ir.IntType(64)
-        doff, boff = (context.cast(builder, args[k], t[k], types.int64) for k in (2, 6))
-        elem = context.get_data_type(t[4].dtype)
-        align = context.get_abi_sizeof(elem)
-        w = VECTOR_BYTES // align
-        part = ir.VectorType(elem, w)
-
-        def index(arr, ty, i):
-            ptr = cgutils.get_item_pointer2(context, builder, arr.data, cgutils.unpack_tuple(builder, arr.shape),
-                                            cgutils.unpack_tuple(builder, arr.strides), ty.layout, [i])
-            return context.cast(builder, builder.load(ptr), ty.dtype, types.int64)
-
-        def vec_ptr(arr, at):
-            return builder.bitcast(builder.gep(arr.data, [at]), part.as_pointer())
-
-        douts = [builder.add(doff, index(drows, t[3], ir.Constant(i64, i))) for i in range(mr)]
+        e = _Emit(context, builder, sig, args, sig.args[4].dtype)
+        g = e.values[0]
+        doff, boff = e.int64(2), e.int64(6)
+        douts = [builder.add(doff, e.index(3, e.const(i))) for i in range(mr)]
         bvals = []
         for i in range(mr):
-            row = builder.add(boff, index(brows, t[7], ir.Constant(i64, i)))
-            bvals.append([builder.load(vec_ptr(fb, builder.add(row, ir.Constant(i64, q * w))), align=align)
+            row = builder.add(boff, e.index(7, e.const(i)))
+            bvals.append([builder.load(e.vector_ptr(5, builder.add(row, e.const(q * e.w))), align=e.align)
                           for q in range(vectors)])
-        fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(part, [part] * 3),
-                                                 f"llvm.fmuladd.v{w}f{8 * align}")
-        undef = ir.Constant(part, ir.Undefined)
-        broadcast = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
-        with cgutils.for_range(builder, cgutils.unpack_tuple(builder, starts.shape)[0]) as loop:
-            x = builder.load(builder.gep(g.data, [loop.index]))
-            x = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)), undef,
-                                       broadcast)
-            s0 = index(starts, t[1], loop.index)
+        with cgutils.for_range(builder, e.length(1)) as loop:
+            x = e.broadcast(builder.load(builder.gep(g.data, [loop.index])))
+            s0 = e.index(1, loop.index)
             for dr, b_i in zip(douts, bvals):
                 base = builder.add(s0, dr)
                 for q, b in enumerate(b_i):
-                    ptr = vec_ptr(D, builder.add(base, ir.Constant(i64, q * w)))
-                    builder.store(builder.call(fmuladd, [x, b, builder.load(ptr, align=align)]), ptr, align=align)
+                    ptr = e.vector_ptr(4, builder.add(base, e.const(q * e.w)))
+                    builder.store(builder.call(e.fmuladd, [x, b, builder.load(ptr, align=e.align)]), ptr, align=e.align)
         return context.get_dummy_value()
 
     return codegen

@@ -155,6 +155,13 @@ def optimizer_plan(optimizer, dtype: np.dtype) -> list:
     raise ValueError(f"warm_up knows the optimizers 'adamw' and 'sgd', got {optimizer!r}")
 
 
+def _need_dx(call) -> bool:
+    """Whether a planned backward call asks for the input gradient (its need_dx, default True)."""
+    op, args, kwargs = call
+    position = 5 if op == "conv2d_backward" else 8
+    return bool(dict(kwargs).get("need_dx", args[position] if len(args) > position else True))
+
+
 def _small(call) -> bool:
     """Whether a planned fused forward or backward takes the tiny-reduction route (kernels/fused.py:
     C*R*S < SMALL_L under a 2x2 / stride 2 pool, the first layer's)."""
@@ -170,22 +177,20 @@ def _pads(call) -> bool:
     """Whether a planned convolution call may reach a tiny-reduction driver (C*R*S < SMALL_L: the
     fused first layer's, or conv._forward_small with pad_chw and rows_axpy), in its forward or in
     an input gradient computed as a stride-1 forward (K*R*S < SMALL_L)."""
-    op, args, kwargs = call
+    op, args, _ = call
     where = {"conv2d_forward": (1, False), "conv2d_relu_maxpool_forward": (1, False),
              "conv2d_backward": (2, True), "conv2d_relu_maxpool_backward": (3, True)}.get(op)
     if where is None or len(args) <= where[0]:
         return False
     _, (K, C, R, S), _ = args[where[0]]
-    dx_position = 5 if op == "conv2d_backward" else 8
-    need_dx = where[1] and dict(kwargs).get("need_dx", args[dx_position] if len(args) > dx_position else True)
-    return C * R * S < SMALL_L or bool(need_dx and K * R * S < SMALL_L)
+    return C * R * S < SMALL_L or (where[1] and _need_dx(call) and K * R * S < SMALL_L)
 
 
 def _uses_tile(call) -> bool:
     """Whether a planned call reaches the register tile's drivers (compiled in this process)."""
-    op, args, kwargs = call
+    op, args, _ = call
     if op == "conv2d_relu_maxpool_backward" and _small(call):    # dx, if asked for, on the tile
-        return bool(dict(kwargs).get("need_dx", args[8] if len(args) > 8 else True))
+        return _need_dx(call)
     if op in ("conv2d_forward", "conv2d_backward", "conv2d_relu_maxpool_backward"):
         return True
     if op == "conv2d_relu_maxpool_forward":      # a long reduction runs the convolution kernels

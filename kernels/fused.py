@@ -251,7 +251,7 @@ def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, p
         parallel_for(_backward_small, nchunks, x, dy, argmax, R, S, *stride, *padding, parts)
         total = parts.sum(axis=0)             # in chunk order, whatever the thread count (a few KB)
         dx, dw, db = None, np.ascontiguousarray(total[:-1].T).reshape(K, C, R, S), total[-1].copy()
-    elif sparse_route(x.shape[1], w.shape[2], w.shape[3], pool_size, pool_stride, x.itemsize):
+    elif sparse_route(C, R, S, pool_size, pool_stride, x.itemsize):
         dx, dw, db = pooled_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride, need_dx)
     else:
         dx, (dw, db) = None, weight_gradient(x, dy, w, stride, padding, argmax, window_offsets(pool_size, Q),

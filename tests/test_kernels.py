@@ -1109,6 +1109,28 @@ def test_the_tile_in_use_is_the_one_chosen_for_the_compiled_features():
     assert isinstance(_tile.tile, numba.core.registry.CPUDispatcher) == bool(numba.core.config.BOUNDSCHECK)
 
 
+def _expected_window(C, i0, j0, mr, nr, load, steps, term):
+    """C with its mr x nr window at (i0, j0) set to what a tile's definition gives: its old values
+    (``load``) or zero, plus term(i, j, l) for every step l."""
+    expected = C.copy()
+    window = expected[i0:i0 + mr, j0:j0 + nr]
+    if not load:
+        window[:] = 0
+    for i in range(mr):
+        for j in range(nr):
+            for l in range(steps):
+                window[i, j] += term(i, j, l)
+    return expected
+
+
+def _assert_window(C, expected, i0, j0, mr, nr, what):
+    """The window agrees with ``expected``; everything outside it is untouched."""
+    assert_agree(C, expected, what)
+    outside = np.ones(C.shape, bool)
+    outside[i0:i0 + mr, j0:j0 + nr] = False
+    assert np.array_equal(C[outside], expected[outside])
+
+
 def _row_callers(mr, vectors, kind):
     from fastcnn.kernels import _tile
     row = (_tile.vector_row_tile if kind == "vector" else _tile.loop_row_tile)(mr, vectors)
@@ -1143,19 +1165,10 @@ def test_row_and_scatter_tiles_against_their_definitions(mr, vectors, dtype, loa
     boffs = np.arange(mr) * (nr + 5)
     boff, i0, j0 = 11, 1, 3
     C = rng.standard_normal((mr + 3, nr + 7)).astype(dtype)
-    expected = C.copy()
-    window = expected[i0:i0 + mr, j0:j0 + nr]
-    if not load:
-        window[:] = 0
-    for i in range(mr):
-        for j in range(nr):
-            for l in range(steps):
-                window[i, j] += g[l] * fb[bstarts[l] + boff + boffs[i] + j]
+    expected = _expected_window(C, i0, j0, mr, nr, load, steps,
+                                lambda i, j, l: g[l] * fb[bstarts[l] + boff + boffs[i] + j])
     call_row(g, fb, bstarts, boffs, boff, C, i0, j0, load)
-    assert_agree(C, expected, f"{mr}x{vectors} row tile")
-    outside = np.ones(C.shape, bool)
-    outside[i0:i0 + mr, j0:j0 + nr] = False
-    assert np.array_equal(C[outside], expected[outside])
+    _assert_window(C, expected, i0, j0, mr, nr, f"{mr}x{vectors} row tile")
 
     D = rng.standard_normal(3 * nr + 400).astype(dtype)
     starts = rng.integers(0, 100, steps) // 2 * 2      # repeats and overlaps: steps read each other's writes
@@ -1202,19 +1215,10 @@ def test_register_tile_against_its_definition(shape, dtype, load, steps, kind):
     bstarts = rng.integers(0, 600, steps)
     boff, i0, j0 = 7, 2, 5
     C = rng.standard_normal((mr + 4, nr + 9)).astype(dtype)
-    expected = C.copy()
-    window = expected[i0:i0 + mr, j0:j0 + nr]
-    if not load:
-        window[:] = 0
-    for i in range(mr):
-        for j in range(nr):
-            for l in range(steps):
-                window[i, j] += fa[astarts[l] + aoffs[i]] * fb[bstarts[l] + boff + j]
+    expected = _expected_window(C, i0, j0, mr, nr, load, steps,
+                                lambda i, j, l: fa[astarts[l] + aoffs[i]] * fb[bstarts[l] + boff + j])
     call(fa, astarts, aoffs, fb, bstarts, boff, C, i0, j0, load)
-    assert_agree(C, expected, f"{mr}x{nr} tile")
-    outside = np.ones(C.shape, bool)
-    outside[i0:i0 + mr, j0:j0 + nr] = False
-    assert np.array_equal(C[outside], expected[outside])
+    _assert_window(C, expected, i0, j0, mr, nr, f"{mr}x{nr} tile")
 
 
 def test_register_tile_refuses_operands_it_cannot_read_as_vectors():
