@@ -50,38 +50,40 @@ class Optimizer:
     def _pairs(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
         return list(self.model.named_parameters())
 
-    def _kernels(self) -> Any:
-        """The parallel optimizer kernels when the model runs on Numba (same bits as the NumPy
-        formulas below, for any thread count), else None."""
-        if getattr(self.model, "backend_name", None) != "numba":
+    def _kernel_groups(self, pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> Any:
+        """The parameters and state as the parallel optimizer kernels take them
+        (:class:`fastcnn.kernels.optim.Groups`, kept while the same arrays are in place) when the
+        model runs on Numba and the kernels can take them: one float dtype for all parameters,
+        gradients and state, C-contiguous parameters and state (updated in place); else None, and
+        the NumPy formulas below (the same bits, for any thread count) update each parameter."""
+        if getattr(self.model, "backend_name", None) != "numba" or not pairs:
             return None
-        from fastcnn.kernels import optim
-        return optim
+        ws, state = [w for _, w, _ in pairs], self._state_lists([n for n, _, _ in pairs])
+        groups = getattr(self, "_groups", None)
+        if groups is None or not groups.holds(ws, *state):
+            dtype = ws[0].dtype
+            if not (dtype in (np.float32, np.float64) and all(w.dtype == dtype and w.flags.c_contiguous for w in ws)
+                    and all(a.dtype == dtype and a.flags.c_contiguous for k in state for a in k)):
+                return None
+            from fastcnn.kernels.optim import Groups
+            groups = self._groups = Groups(ws, *state)
+        return groups if all(g.dtype == groups.dtype for _, _, g in pairs) else None
 
     def step(self) -> None:
         self.t += 1
         pairs = self._pairs()
-        kernels = self._kernels()
-        if kernels is not None and self._kernels_fit(pairs):
-            self._update_all(kernels, pairs)
+        groups = self._kernel_groups(pairs)
+        if groups is not None:
+            self._update_all(groups, [g for _, _, g in pairs])
             return
         for name, w, g in pairs:
             self._update(name, w, g)
 
-    def _kernels_fit(self, pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> bool:
-        """Whether the kernels can take every parameter: one float dtype for all parameters,
-        gradients and state, C-contiguous parameters and state (the kernels update them in place)."""
-        if not pairs:
-            return False
-        dtype = pairs[0][1].dtype
-        return (dtype in (np.float32, np.float64) and all(w.dtype == dtype and g.dtype == dtype and w.flags.c_contiguous
-                                                                  for _, w, g in pairs)
-                and all(a.dtype == dtype and a.flags.c_contiguous for a in self._state_arrays()))
-
-    def _state_arrays(self) -> list[np.ndarray]:
+    def _state_lists(self, names: list[str]) -> list[list[np.ndarray]]:
+        """Each kind of state array, in the order of the parameter ``names``."""
         raise NotImplementedError
 
-    def _update_all(self, kernels: Any, pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+    def _update_all(self, groups: Any, grads: list[np.ndarray]) -> None:
         raise NotImplementedError
 
     def _update(self, name: str, w: np.ndarray, g: np.ndarray) -> None:
@@ -105,12 +107,12 @@ class SGD(Optimizer):
         self.weight_decay = _check_positive("weight_decay", weight_decay, allow_zero=True)
         self.velocity = {name: np.zeros_like(w) for name, w, _ in self._pairs()}
 
-    def _state_arrays(self) -> list[np.ndarray]:
-        return list(self.velocity.values())
+    def _state_lists(self, names: list[str]) -> list[list[np.ndarray]]:
+        return [[self.velocity[n] for n in names]]
 
-    def _update_all(self, kernels: Any, pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
-        kernels.sgd_step([w for _, w, _ in pairs], [g for _, _, g in pairs], [self.velocity[n] for n, _, _ in pairs],
-                         self.lr, self.momentum, self.weight_decay)
+    def _update_all(self, groups: Any, grads: list[np.ndarray]) -> None:
+        from fastcnn.kernels.optim import sgd_step
+        sgd_step(None, grads, None, self.lr, self.momentum, self.weight_decay, groups=groups)
 
     def _update(self, name: str, w: np.ndarray, g: np.ndarray) -> None:
         v = self.velocity[name]
@@ -150,14 +152,14 @@ class AdamW(Optimizer):
         b1, b2 = self.betas
         return self.lr / (1 - b1 ** self.t), 1.0 / (1 - b2 ** self.t)
 
-    def _state_arrays(self) -> list[np.ndarray]:
-        return [*self.m.values(), *self.v.values()]
+    def _state_lists(self, names: list[str]) -> list[list[np.ndarray]]:
+        return [[self.m[n] for n in names], [self.v[n] for n in names]]
 
-    def _update_all(self, kernels: Any, pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+    def _update_all(self, groups: Any, grads: list[np.ndarray]) -> None:
+        from fastcnn.kernels.optim import adamw_step
         step_size, v_corr = self._corrections()
-        kernels.adamw_step([w for _, w, _ in pairs], [g for _, _, g in pairs], [self.m[n] for n, _, _ in pairs],
-                           [self.v[n] for n, _, _ in pairs], self.betas, step_size, v_corr, self.eps,
-                           self.lr * self.weight_decay, bool(self.weight_decay))
+        adamw_step(None, grads, None, None, self.betas, step_size, v_corr, self.eps, self.lr * self.weight_decay,
+                   bool(self.weight_decay), groups=groups)
 
     def _update(self, name: str, w: np.ndarray, g: np.ndarray) -> None:
         b1, b2 = self.betas

@@ -77,47 +77,91 @@ def _adamw_params(lo, hi, ws, gs, ms, vs, starts, b1, one_minus_b1, b2, one_minu
                         eps, lr_wd, decay)
 
 
-def _groups(*kinds):
-    """The parameters (``kinds``: the weights, then each same-shaped companion: gradients, state)
-    as groups of SLOTS flat arrays per kind, with their element offsets; TypeError for mixed or
-    non-float dtypes, ValueError for a shape mismatch or a non-contiguous array to update."""
-    ws = kinds[0]
-    if not all(len(k) == len(ws) for k in kinds):
-        raise ValueError("optimizer kernels need one gradient and one of each state array per parameter")
-    if not ws:
-        return
-    dtype = check_float("optimizer", *(a for k in kinds for a in k))[0].dtype
-    for arrays in zip(*kinds):
-        if any(a.shape != arrays[0].shape for a in arrays):
-            raise ValueError(f"optimizer kernels need gradients and state shaped like their parameter, got shapes "
-                             f"{[a.shape for a in arrays]}")
-    if not all(a.flags.c_contiguous for k in (kinds[0], *kinds[2:]) for a in k):
-        raise ValueError("optimizer kernels update C-contiguous parameter and state arrays in place")
-    empty = np.empty(0, dtype)
-    for g0 in range(0, len(ws), SLOTS):
-        part = [[a.ravel() for a in k[g0:g0 + SLOTS]] for k in kinds]   # views; a gradient may be copied
-        ends = [0]
-        for a in part[0]:
-            ends.append(ends[-1] + a.size)
-        starts = np.array(ends + [ends[-1]] * (SLOTS + 1 - len(ends)), np.int64)
-        yield [tuple(k + [empty] * (SLOTS - len(k))) for k in part], starts
+class Groups:
+    """A model's parameters ``ws`` and an optimizer's state arrays (``state``: lists shaped like
+    ``ws``) as groups of SLOTS flat arrays with their element offsets, checked once so that a step
+    only flattens its gradients (:meth:`with_grads`); TypeError for mixed or non-float dtypes,
+    ValueError for a shape mismatch or a non-contiguous array to update. :meth:`holds` says whether
+    the same arrays are still the ones to update."""
+
+    def __init__(self, ws, *state):
+        kinds = (ws, *state)
+        if not all(len(k) == len(ws) for k in kinds):
+            raise ValueError("optimizer kernels need one gradient and one of each state array per parameter")
+        self.arrays = [a for k in kinds for a in k]
+        self.dtype = check_float("optimizer", *self.arrays)[0].dtype if ws else np.dtype(np.float32)
+        self.shapes = [w.shape for w in ws]
+        for arrays in zip(*kinds):
+            _check_shapes(arrays)
+        if not all(a.flags.c_contiguous for a in self.arrays):
+            raise ValueError("optimizer kernels update C-contiguous parameter and state arrays in place")
+        self.groups = []
+        for g0 in range(0, len(ws), SLOTS):
+            part = [[a.ravel() for a in k[g0:g0 + SLOTS]] for k in kinds]      # views: updated in place
+            ends = [0]
+            for a in part[0]:
+                ends.append(ends[-1] + a.size)
+            starts = np.array(ends + [ends[-1]] * (SLOTS + 1 - len(ends)), np.int64)
+            self.groups.append(([_slots(k, self.dtype) for k in part], starts, ends[-1]))
+        self._scalars: tuple = ((), ())
+
+    def scalars(self, *values) -> tuple:
+        """``values`` as scalars of the groups' dtype (the kernels compute in it), converted once
+        while they stay the same."""
+        if self._scalars[0] != values:
+            t = self.dtype.type
+            self._scalars = (values, tuple(t(v) for v in values))
+        return self._scalars[1]
+
+    def holds(self, ws, *state) -> bool:
+        """Whether these are the arrays the groups were built from (the same objects)."""
+        arrays = [a for k in (ws, *state) for a in k]
+        return len(arrays) == len(self.arrays) and all(a is b for a, b in zip(arrays, self.arrays))
+
+    def with_grads(self, gs):
+        """Yield (the weights' flat SLOTS-tuple, the gradients', each state kind's..., starts) per
+        group, for the gradients ``gs`` (one per parameter, its shape and the groups' dtype)."""
+        if len(gs) != len(self.shapes):
+            raise ValueError("optimizer kernels need one gradient and one of each state array per parameter")
+        check_float("optimizer", np.empty(0, self.dtype), *gs)
+        for g, shape in zip(gs, self.shapes):
+            if g.shape != shape:
+                _check_shapes((np.empty(shape, self.dtype), g))
+        for i, (kinds, starts, total) in enumerate(self.groups):
+            g8 = _slots([g.ravel() for g in gs[i * SLOTS:(i + 1) * SLOTS]], self.dtype)   # a copy if not contiguous
+            yield (total, kinds[0], g8, *kinds[1:], starts)
 
 
-def sgd_step(ws, gs, velocities, lr, momentum, weight_decay):
+def _check_shapes(arrays) -> None:
+    if any(a.shape != arrays[0].shape for a in arrays):
+        raise ValueError(f"optimizer kernels need gradients and state shaped like their parameter, got shapes "
+                         f"{[a.shape for a in arrays]}")
+
+
+def _slots(arrays, dtype) -> tuple:
+    """``arrays`` padded with empty ones to exactly SLOTS: one compiled driver for any model."""
+    return tuple(arrays) + (np.empty(0, dtype),) * (SLOTS - len(arrays))
+
+
+def sgd_step(ws, gs, velocities, lr, momentum, weight_decay, groups=None):
     """In place, for each parameter w of ``ws`` (gradients ``gs``, ``velocities``, same shapes):
-    velocity <- momentum * velocity + (g + weight_decay * w); w <- w - lr * velocity."""
-    for (w8, g8, v8), starts in _groups(ws, gs, velocities):
-        t = w8[0].dtype.type
-        parallel_for(_sgd_params, int(starts[-1]), w8, g8, v8, starts, t(lr), t(momentum), t(weight_decay),
-                     bool(weight_decay), grain=ELEMENTS_PER_PART)
+    velocity <- momentum * velocity + (g + weight_decay * w); w <- w - lr * velocity. ``groups``:
+    Groups(ws, velocities) built before, or None to build it now."""
+    groups = Groups(ws, velocities) if groups is None else groups
+    scalars = groups.scalars(lr, momentum, weight_decay)
+    for total, w8, g8, v8, starts in groups.with_grads(gs):
+        parallel_for(_sgd_params, total, w8, g8, v8, starts, *scalars, bool(weight_decay), grain=ELEMENTS_PER_PART)
 
 
-def adamw_step(ws, gs, ms, vs, betas, step_size, v_corr, eps, lr_wd, decay):
+def adamw_step(ws, gs, ms, vs, betas, step_size, v_corr, eps, lr_wd, decay, groups=None):
     """In place, AdamW's update of each parameter of ``ws`` (gradients ``gs``, moments ``ms`` and
     ``vs``, same shapes), the bias corrections folded into ``step_size`` (lr / (1 - b1^t)) and
-    ``v_corr`` (1 / (1 - b2^t)); ``lr_wd`` = lr * weight_decay, added only if ``decay``."""
+    ``v_corr`` (1 / (1 - b2^t)); ``lr_wd`` = lr * weight_decay, added only if ``decay``. ``groups``:
+    Groups(ws, ms, vs) built before, or None to build it now."""
+    groups = Groups(ws, ms, vs) if groups is None else groups
     b1, b2 = betas
-    for (w8, g8, m8, v8), starts in _groups(ws, gs, ms, vs):
-        t = w8[0].dtype.type
-        parallel_for(_adamw_params, int(starts[-1]), w8, g8, m8, v8, starts, t(b1), t(1 - b1), t(b2), t(1 - b2),
-                     t(step_size), t(v_corr), t(eps), t(lr_wd), bool(decay), grain=ELEMENTS_PER_PART)
+    t = groups.dtype.type
+    b1, one_minus_b1, b2, one_minus_b2, eps, lr_wd = groups.scalars(b1, 1 - b1, b2, 1 - b2, eps, lr_wd)
+    for total, w8, g8, m8, v8, starts in groups.with_grads(gs):
+        parallel_for(_adamw_params, total, w8, g8, m8, v8, starts, b1, one_minus_b1, b2, one_minus_b2,
+                     t(step_size), t(v_corr), eps, lr_wd, bool(decay), grain=ELEMENTS_PER_PART)

@@ -201,6 +201,29 @@ def test_optimizer_falls_back_to_the_formulas_when_the_kernels_cannot_take_the_s
         assert np.array_equal(w, w_ref)
 
 
+@pytest.mark.parametrize("make", [lambda m: fastcnn.AdamW(m, lr=2e-3), lambda m: fastcnn.SGD(m, lr=0.05)],
+                         ids=["adamw", "sgd"])
+def test_optimizer_kernels_follow_a_parameter_replaced_between_steps(make):
+    """The kernels' groups are built once and kept while the same arrays are in place: a parameter
+    replaced by a new array (a user's surgery) is the one the next step updates, as on NumPy."""
+    ref_model, model = _model_and_grads(np.float32, "numpy"), _model_and_grads(np.float32, "numba")
+    ref_opt, opt = make(ref_model), make(model)
+    ref_opt.step()
+    opt.step()
+    groups = opt._groups
+    opt.step()
+    assert opt._groups is groups                                   # kept while nothing changed
+    ref_opt.step()
+    for m in (ref_model, model):
+        layer = next(layer for layer in m.layers if "weight" in layer.params)
+        layer.params["weight"] = layer.params["weight"] + 1        # a new array, not an in-place change
+    ref_opt.step()
+    opt.step()
+    assert opt._groups is not groups
+    for (name, w, _), (_, w_ref, _) in zip(model.named_parameters(), ref_model.named_parameters()):
+        assert np.array_equal(w, w_ref), name
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N, F_in, F_out", [(128, 3136, 10), (5, 300, 7), (1, 3, 1), (9, 257, 2)])
 def test_linear_kernels_agree_with_blas_and_are_bit_identical_for_any_thread_count(N, F_in, F_out, dtype,
