@@ -199,6 +199,22 @@ def _backward_small(lo, hi, x, dy, argmax, R, S, sh, sw, ph, pw, parts):
                     l += 1
 
 
+@njit(nogil=True, boundscheck=False, cache=CACHE)
+def _sum_small(parts, dw, db):
+    """dw (K, L) and db (K,) from _backward_small's chunk partials parts (nchunks, L + 1, K), summed
+    in chunk order (whatever the thread count; a few KB: one thread)."""
+    nchunks, L1, K = parts.shape
+    for k in range(K):
+        for l in range(L1):
+            acc = parts[0, l, k]
+            for ch in range(1, nchunks):
+                acc += parts[ch, l, k]
+            if l < L1 - 1:
+                dw[k, l] = acc
+            else:
+                db[k] = acc
+
+
 def _sizes(x, w, stride, padding, pool_size, pool_stride):
     N, C, H, W = x.shape
     K, _, R, S = w.shape
@@ -249,8 +265,8 @@ def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, p
         nchunks = max(1, min(N, -(-N // IMAGES_PER_CHUNK)))
         parts = np.empty((nchunks, C * R * S + 1, K), x.dtype)
         parallel_for(_backward_small, nchunks, x, dy, argmax, R, S, *stride, *padding, parts)
-        total = parts.sum(axis=0)             # in chunk order, whatever the thread count (a few KB)
-        dx, dw, db = None, np.ascontiguousarray(total[:-1].T).reshape(K, C, R, S), total[-1].copy()
+        dx, dw, db = None, np.empty((K, C, R, S), x.dtype), np.empty(K, x.dtype)
+        _sum_small(parts, dw.reshape(K, C * R * S), db)
     elif sparse_route(C, R, S, pool_size, pool_stride, x.itemsize):
         dx, dw, db = pooled_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride, need_dx)
     else:

@@ -84,14 +84,20 @@ def _input_grad_rows(lo, hi, dy, w, dx):
 
 
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
-def _weight_grad_columns(lo, hi, dy, x, dw):
-    """Tasks lo .. hi of dw = dy.T @ x, task t the input features t*COLUMNS_PER_TASK onwards: each
+def _weight_grad_columns(lo, hi, dy, x, dw, db):
+    """Tasks lo .. hi of dw = dy.T @ x, task t the input features t*COLUMNS_PER_TASK onwards (task 0
+    also sums db = dy over the rows, in row order, as NumPy's sum over axis 0 adds them): each
     element the sum over the batch rows n, four at a time from n = 0 (then the rest one by one), of
     dy[n, k] * x[n, i] (each row of x read once, the task's block of dw in L1). Each task is its own
     loop, so where an element falls in the vectorised loop (and so how its multiply-adds are fused)
     does not depend on how the tasks are split over threads."""
     N, F = x.shape
     K = dy.shape[1]
+    if lo == 0:
+        db[:] = 0
+        for n in range(N):
+            for k in range(K):
+                db[k] += dy[n, k]
     for t in range(lo, hi):
         i0, i1 = t * COLUMNS_PER_TASK, min(F, (t + 1) * COLUMNS_PER_TASK)
         dw[:, i0:i1] = 0
@@ -127,5 +133,6 @@ def linear_backward(dy, x, w):
     dx = np.empty(x.shape, x.dtype)
     dw = np.empty(w.shape, x.dtype)
     parallel_for(_input_grad_rows, x.shape[0], dy, w, dx, grain=8)
-    parallel_for(_weight_grad_columns, -(-x.shape[1] // COLUMNS_PER_TASK), dy, x, dw)
-    return dx, dw, dy.sum(axis=0)
+    db = np.zeros(w.shape[0], x.dtype)
+    parallel_for(_weight_grad_columns, -(-x.shape[1] // COLUMNS_PER_TASK), dy, x, dw, db)
+    return dx, dw, db
