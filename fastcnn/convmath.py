@@ -14,6 +14,9 @@ __all__ = ["pair", "conv_output_size", "pool_output_size", "conv_flops"]
 
 def pair(value, name: str = "value", minimum: int = 0) -> tuple[int, int]:
     """An int or a pair of ints -> a validated ``(int, int)`` tuple, each ``>= minimum``."""
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int \
+            and min(value) >= minimum:
+        return value                # what the layers hold: checked every step, so this path is short
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = (int(value), int(value))
     if (not isinstance(value, (tuple, list)) or len(value) != 2

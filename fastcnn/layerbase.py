@@ -37,15 +37,14 @@ def _float_dtype(dtype: npt.DTypeLike) -> np.dtype:
 
 def _check_input(layer: Layer, x: object, ndim: int | None, what: str) -> None:
     """Raise a ValueError/TypeError that says what the layer expected and what it got (ndim None: any)."""
-    name = layer._label()
     if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} expects a numpy array, got {type(x).__name__}")
+        raise TypeError(f"{layer._label()} expects a numpy array, got {type(x).__name__}")
     if ndim is not None and x.ndim != ndim:
-        raise ValueError(f"{name} expects input of shape {what}, got shape {x.shape}")
+        raise ValueError(f"{layer._label()} expects input of shape {what}, got shape {x.shape}")
     if x.dtype not in FLOAT_DTYPES:
         fix = ("convert images with fastcnn.to_float(x) (float32, MNIST-normalised): "
                if np.issubdtype(x.dtype, np.integer) else "")
-        raise TypeError(f"{fix}{name} expects float32 or float64 input, got {x.dtype}")
+        raise TypeError(f"{fix}{layer._label()} expects float32 or float64 input, got {x.dtype}")
 
 
 def _check_dtype(layer: Layer, x: np.ndarray, weight: np.ndarray) -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -257,13 +257,21 @@ class Sequential:
             raise ValueError("x contains NaN or infinite values")
         return y
 
+    def _loss_op(self) -> Callable:
+        """The backend's softmax_cross_entropy, looked up when the backend changes (a function, not
+        the module: a model stays copyable and picklable)."""
+        cached = self.__dict__.get("_loss")
+        if cached is None or cached[0] != self.backend_name:
+            cached = self._loss = (self.backend_name, get_backend(self.backend_name).softmax_cross_entropy)
+        return cached[1]
+
     def train_step(self, x: np.ndarray, y: np.ndarray, optimizer: Optimizer) -> tuple[float, int]:
         """One forward/backward/update on a batch; returns (loss, number of correct predictions)."""
         profile = self.profile
         start = time.perf_counter() if profile is not None else 0.0
         y = self._check_batch(x, y)
         logits = self.forward(x, training=True)
-        loss, dlogits = get_backend(self.backend_name).softmax_cross_entropy(logits, y)
+        loss, dlogits = self._loss_op()(logits, y)
         self.backward(dlogits)
         if profile is None:
             optimizer.step()
@@ -280,7 +288,7 @@ class Sequential:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         total_loss, correct = 0.0, 0
-        softmax_cross_entropy = get_backend(self.backend_name).softmax_cross_entropy
+        softmax_cross_entropy = self._loss_op()
         for i in range(0, len(x), batch_size):
             logits = self.forward(x[i:i + batch_size], training=False)
             loss, _ = softmax_cross_entropy(logits, y[i:i + batch_size])
