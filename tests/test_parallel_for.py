@@ -94,3 +94,17 @@ def test_a_forked_child_starts_its_own_workers(all_threads):
     child.join(60)
     assert child.exitcode == 0
     assert queue.get(timeout=5) == 300
+
+
+def test_parts_follow_numba_set_num_threads_in_each_thread(all_threads):
+    """parts() reads the thread count past numba.get_num_threads()'s start-up check: it must still be
+    the calling thread's count, whatever numba.set_num_threads set, here and in another thread."""
+    for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+        numba.set_num_threads(threads)
+        assert parts(1000) == numba.get_num_threads() == threads
+    numba.set_num_threads(1)
+    seen = []
+    other = threading.Thread(target=lambda: seen.append((parts(1000), numba.get_num_threads())))
+    other.start()
+    other.join()
+    assert seen == [(numba.config.NUMBA_NUM_THREADS,) * 2] and parts(1000) == 1
