@@ -30,6 +30,8 @@ same names, signatures, dtypes and results):
     softmax_cross_entropy(logits, labels) -> (loss, dlogits)
         logits (N, F), labels (N,) integers in [0, F): loss the mean of -log softmax(logits)[label]
         (a Python float), dlogits = (softmax(logits) - onehot(labels)) / N (fastcnn.losses).
+    all_finite(x) -> bool                     no NaN or infinity in x (the training step's input check)
+    count_correct(logits, labels) -> int      rows whose first largest logit (np.argmax's) is at the label
 
 All arrays are NCHW, float32 or float64 (every array of one call has the same dtype), and results
 are new C-contiguous arrays of that dtype. Inputs may be non-contiguous views. Pooling has no
@@ -96,6 +98,10 @@ class Ops(Protocol):
                         w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
     def softmax_cross_entropy(self, logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]: ...
+
+    def all_finite(self, x: np.ndarray) -> bool: ...
+
+    def count_correct(self, logits: np.ndarray, labels: np.ndarray) -> int: ...
 
 
 OP_NAMES = tuple(name for name in vars(Ops) if not name.startswith("_"))

@@ -241,8 +241,7 @@ class Sequential:
                     source=f"the input ({format_shape(shape)})")
         return Summary(tuple(int(d) for d in shape), batch_size, dtype.name, tuple(rows))
 
-    @staticmethod
-    def _check_batch(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _check_batch(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Typed errors for data the layers cannot catch: NaN/inf images (they would silently
         poison every weight), non-integer labels, mismatched lengths, an empty batch."""
         if not isinstance(x, np.ndarray):
@@ -253,16 +252,17 @@ class Sequential:
         if len(x) == 0 or y.shape != (len(x),):
             raise ValueError(f"need a non-empty batch with one label per image: x has {len(x)} images, "
                              f"y has shape {y.shape}")
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
+        if x.dtype.kind == "f" and not self._step_ops()[1](x):
             raise ValueError("x contains NaN or infinite values")
         return y
 
-    def _loss_op(self) -> Callable:
-        """The backend's softmax_cross_entropy, looked up when the backend changes (a function, not
-        the module: a model stays copyable and picklable)."""
-        cached = self.__dict__.get("_loss")
+    def _step_ops(self) -> tuple[Callable, Callable, Callable]:
+        """The backend's softmax_cross_entropy, all_finite and count_correct, looked up when the
+        backend changes (functions, not the module: a model stays copyable and picklable)."""
+        cached = self.__dict__.get("_ops")
         if cached is None or cached[0] != self.backend_name:
-            cached = self._loss = (self.backend_name, get_backend(self.backend_name).softmax_cross_entropy)
+            ops = get_backend(self.backend_name)
+            cached = self._ops = (self.backend_name, (ops.softmax_cross_entropy, ops.all_finite, ops.count_correct))
         return cached[1]
 
     def train_step(self, x: np.ndarray, y: np.ndarray, optimizer: Optimizer) -> tuple[float, int]:
@@ -271,7 +271,8 @@ class Sequential:
         start = time.perf_counter() if profile is not None else 0.0
         y = self._check_batch(x, y)
         logits = self.forward(x, training=True)
-        loss, dlogits = self._loss_op()(logits, y)
+        softmax_cross_entropy, _, count_correct = self._step_ops()
+        loss, dlogits = softmax_cross_entropy(logits, y)
         self.backward(dlogits)
         if profile is None:
             optimizer.step()
@@ -280,7 +281,7 @@ class Sequential:
             optimizer.step()
             end = time.perf_counter()
             profile.add_step(end - t0, end - start)
-        return loss, int((logits.argmax(axis=1) == y).sum())
+        return loss, count_correct(logits, y)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> tuple[float, float]:
         """Mean loss and accuracy of the model over (x, y) in evaluation mode."""
@@ -288,12 +289,12 @@ class Sequential:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         total_loss, correct = 0.0, 0
-        softmax_cross_entropy = self._loss_op()
+        softmax_cross_entropy, _, count_correct = self._step_ops()
         for i in range(0, len(x), batch_size):
             logits = self.forward(x[i:i + batch_size], training=False)
             loss, _ = softmax_cross_entropy(logits, y[i:i + batch_size])
             total_loss += loss * len(logits)
-            correct += int((logits.argmax(axis=1) == y[i:i + batch_size]).sum())
+            correct += count_correct(logits, y[i:i + batch_size])
         return total_loss / len(x), correct / len(x)
 
     def __repr__(self) -> str:

@@ -128,11 +128,13 @@ def model_plan(model, input_shape=None) -> list:
             if isinstance(part, _BackendLayer):
                 part.ops = recorder
     x = np.random.default_rng(0).standard_normal((2, *shape)).astype(dtype)
+    recorder.all_finite(x)                             # the step's input check
     with np.errstate(all="ignore"):
         for layer in layers:
             x = layer.forward(x, training=True)
         if x.ndim == 2:                                # logits: the loss of a classifier's step
             recorder.softmax_cross_entropy(x, np.zeros(len(x), np.int64))
+            recorder.count_correct(x, np.zeros(len(x), np.int64))
         g = np.ones_like(x)
         for layer in reversed(layers):
             if g is None:

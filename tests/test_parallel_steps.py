@@ -276,3 +276,48 @@ def test_batchnorm_kernels_agree_with_numpy_and_are_bit_identical_for_any_thread
             assert_agree(g, e, name)
         results.append(got)
     assert all(np.array_equal(a, c) for a, c in zip(results[0], results[-1]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_all_finite_kernel_finds_every_kind_of_non_finite_value_anywhere(dtype, restore_threads):
+    """The input check reads bit patterns in parallel blocks: a NaN, +inf or -inf at the first and
+    last element and on either side of a block boundary is found at any thread count; the largest
+    finite value, subnormals and -0.0 are finite; views and odd sizes as the reference."""
+    from fastcnn.kernels.batch import BLOCK
+    info = np.finfo(dtype)
+    finite = np.array([info.max, -info.max, info.tiny / 4, -0.0, 0.0, 1.0], dtype)
+    n = 3 * BLOCK + 5
+    for threads in _thread_counts():
+        numba.set_num_threads(threads)
+        x = np.resize(finite, n).astype(dtype)
+        assert nb.all_finite(x) and ref.all_finite(x)
+        for bad in (np.nan, np.inf, -np.inf):
+            for i in (0, BLOCK - 1, BLOCK, 2 * BLOCK + 1, n - 1):
+                y = x.copy()
+                y[i] = bad
+                assert not nb.all_finite(y), (bad, i, threads)
+                assert not nb.all_finite(y.reshape(1, n, 1)[:, ::-1]), (bad, i, threads)      # a view
+    for shape in [(1,), (7, 3), (2, 1, 5, 5), (0, 3)]:
+        x = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+        assert nb.all_finite(x) == ref.all_finite(x) is True
+    assert nb.all_finite(np.array([np.nan], np.float16)) is False       # other floats: the reference
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_count_correct_kernel_takes_np_argmax_choice(dtype):
+    """Ties go to the first largest logit and a NaN counts as the largest, as np.argmax chooses;
+    any integer labels."""
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((67, 10)).astype(dtype)
+    z[:5] = 1.0                                               # all tied: class 0
+    z[5, 3] = z[5, 7] = 9.0                                   # tied maxima: the first
+    z[6, 2], z[6, 8] = np.nan, np.nan                         # NaNs: the first
+    z[7, 0] = np.nan
+    z[8] = -np.inf
+    z[9, 4] = np.inf
+    for labels in (rng.integers(0, 10, 67), np.argmax(z, axis=1), np.full(67, 7)):
+        for lab in (labels.astype(np.int64), labels.astype(np.uint8)):
+            assert nb.count_correct(z, lab) == ref.count_correct(z, lab)
+    assert nb.count_correct(z, np.argmax(z, axis=1)) == 67
+    assert nb.count_correct(z[:, :1], np.zeros(67, np.int64)) == 67
+    assert nb.count_correct(z[::2, ::3], np.zeros(34, np.int64)) == ref.count_correct(z[::2, ::3], np.zeros(34))

@@ -15,13 +15,13 @@ from fastcnn.model import Sequential
 def test_mnist_plan_lists_the_training_steps_kernel_calls():
     plan = model_plan(fastcnn.mnist_cnn(dtype=np.float32, backend="numba"))
     ops = [call[0] for call in plan]
-    assert ops == ["conv2d_relu_maxpool_forward", "conv2d_relu_maxpool_forward", "dropout_forward",
-                   "linear_forward", "softmax_cross_entropy", "linear_backward", "dropout_backward",
+    assert ops == ["all_finite", "conv2d_relu_maxpool_forward", "conv2d_relu_maxpool_forward", "dropout_forward",
+                   "linear_forward", "softmax_cross_entropy", "count_correct", "linear_backward", "dropout_backward",
                    "conv2d_relu_maxpool_backward", "conv2d_relu_maxpool_backward"]
     tile, rest = split_plan(plan)
-    assert tile == [plan[1], plan[7]]           # the second layer's forward and backward
-    assert ("array", (2, 32, 14, 14), "float32") in plan[1][1]          # conv2's input, two images
-    assert plan[0] in rest and plan[8] in rest  # the first layer's: the tiny-reduction route, no tile
+    assert tile == [plan[2], plan[9]]           # the second layer's forward and backward
+    assert ("array", (2, 32, 14, 14), "float32") in plan[2][1]          # conv2's input, two images
+    assert plan[1] in rest and plan[10] in rest  # the first layer's: the tiny-reduction route, no tile
 
 
 def test_tiny_reduction_calls_stay_together():
@@ -32,7 +32,7 @@ def test_tiny_reduction_calls_stay_together():
     from fastcnn.layers import Conv2D, Flatten, Linear, MaxPool2D, ReLU
     from fastcnn.model import Sequential
     plan = model_plan(fastcnn.mnist_cnn(dtype=np.float32, backend="numba"))
-    first_forward, first_backward = plan[0], plan[8]
+    first_forward, first_backward = plan[1], plan[10]
     with_dx = (first_backward[0], first_backward[1], (("need_dx", True),))
     tile, rest = split_plan(plan + [with_dx])
     assert {with_dx, first_forward, first_backward} <= set(tile)
@@ -73,8 +73,8 @@ def test_plan_needs_an_input_shape():
     model = Sequential([Flatten(), Linear(4, 2)])
     with pytest.raises(ValueError, match="input_shape"):
         model_plan(model)
-    assert [c[0] for c in model_plan(model, input_shape=(1, 2, 2))] == ["linear_forward", "softmax_cross_entropy",
-                                                                       "linear_backward"]
+    assert [c[0] for c in model_plan(model, input_shape=(1, 2, 2))] == [
+        "all_finite", "linear_forward", "softmax_cross_entropy", "count_correct", "linear_backward"]
 
 
 def test_optimizer_plan_names_the_step_kernel():
