@@ -156,6 +156,10 @@ class Sequential:
             for key, w in layer.params.items():
                 yield f"{i}.{key}", w, layer.grads[key]
 
+    def weights_and_grads(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(parameter, gradient) of every trainable array, in :meth:`named_parameters`' order."""
+        return [(w, layer.grads[key]) for layer in self.layers for key, w in layer.params.items()]
+
     def config(self) -> list[dict]:
         """The architecture as plain JSON types: one dict per layer as built (see
         :mod:`fastcnn.architecture`). ``Sequential.from_config(model.config())`` builds the same network."""

@@ -16,6 +16,7 @@ AdamW (Loshchilov & Hutter; bias-corrected moments, decoupled weight decay):
 """
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,13 @@ def _check_positive(name: str, value: Any, allow_zero: bool = False) -> float:
     return float(value)
 
 
+def _weights_and_grads(model: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(parameter, gradient) of each parameter, in named_parameters' order (without the names, which
+    only a new set of parameters needs)."""
+    pairs = getattr(model, "weights_and_grads", None)
+    return pairs() if pairs is not None else [(w, g) for _, w, g in model.named_parameters()]
+
+
 class Optimizer:
     """Holds the (param, grad-owner) pairs of a model; ``step()`` reads each layer's current grads."""
 
@@ -50,40 +58,65 @@ class Optimizer:
     def _pairs(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
         return list(self.model.named_parameters())
 
-    def _kernel_groups(self, pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> Any:
-        """The parameters and state as the parallel optimizer kernels take them
-        (:class:`fastcnn.kernels.optim.Groups`, kept while the same arrays are in place) when the
-        model runs on Numba and the kernels can take them: one float dtype for all parameters,
-        gradients and state, C-contiguous parameters and state (updated in place); else None, and
-        the NumPy formulas below (the same bits, for any thread count) update each parameter."""
-        if getattr(self.model, "backend_name", None) != "numba" or not pairs:
-            return None
-        ws, state = [w for _, w, _ in pairs], self._state_lists([n for n, _, _ in pairs])
-        groups = getattr(self, "_groups", None)
-        if groups is None or not groups.holds(ws, *state):
-            dtype = ws[0].dtype
-            if not (dtype in (np.float32, np.float64) and all(w.dtype == dtype and w.flags.c_contiguous for w in ws)
-                    and all(a.dtype == dtype and a.flags.c_contiguous for k in state for a in k)):
-                return None
-            from fastcnn.kernels.optim import Groups
-            groups = self._groups = Groups(ws, *state)
-        return groups if all(g.dtype == groups.dtype for _, _, g in pairs) else None
+    def __getstate__(self) -> dict:
+        # The kernels' groups hold views of the parameters and state; a copy's views would be of
+        # other arrays than the copy's own. A copy builds its groups again on its first step.
+        state = dict(self.__dict__)
+        state.pop("_groups", None)
+        return state
 
     def step(self) -> None:
         self.t += 1
+        if not self._kernel_step():
+            for name, w, g in self._pairs():
+                self._update(name, w, g)
+
+    def _kernel_step(self) -> bool:
+        """Update every parameter in one parallel kernel call per SLOTS parameters
+        (:mod:`fastcnn.kernels.optim`) where the model runs on Numba and the kernels can take them:
+        one float dtype for all parameters, gradients and state, C-contiguous parameters and state
+        (updated in place); else False, and the NumPy formulas below (the same bits, for any
+        thread count) update each parameter. The kernels' groups of parameters and state are built
+        once and kept while the same arrays are in place: the step before the first kernel call is
+        Python on one thread, the part of a step that cannot use more cores."""
+        if getattr(self.model, "backend_name", None) != "numba":
+            return False
+        pairs = _weights_and_grads(self.model)
+        arrays = [w for w, _ in pairs] + self._state_values()
+        cached = self.__dict__.get("_groups")
+        if cached is None or len(cached[0]) != len(arrays) or not all(map(operator.is_, arrays, cached[0])):
+            groups = self._build_groups()
+            if groups is None:
+                return False
+            cached = self._groups = (arrays, groups)
+        groups = cached[1]
+        grads = groups.flat_grads([g for _, g in pairs])
+        if grads is None:
+            return False
+        self._update_all(groups, grads)
+        return True
+
+    def _build_groups(self) -> Any:
         pairs = self._pairs()
-        groups = self._kernel_groups(pairs)
-        if groups is not None:
-            self._update_all(groups, [g for _, _, g in pairs])
-            return
-        for name, w, g in pairs:
-            self._update(name, w, g)
+        if not pairs:
+            return None
+        ws, state = [w for _, w, _ in pairs], self._state_lists([n for n, _, _ in pairs])
+        dtype = ws[0].dtype
+        if not (dtype in (np.float32, np.float64) and all(w.dtype == dtype and w.flags.c_contiguous for w in ws)
+                and all(a.dtype == dtype and a.flags.c_contiguous for k in state for a in k)):
+            return None
+        from fastcnn.kernels.optim import Groups
+        return Groups(ws, *state)
+
+    def _state_values(self) -> list[np.ndarray]:
+        """Every state array, in a fixed order (to see that none was replaced)."""
+        raise NotImplementedError
 
     def _state_lists(self, names: list[str]) -> list[list[np.ndarray]]:
         """Each kind of state array, in the order of the parameter ``names``."""
         raise NotImplementedError
 
-    def _update_all(self, groups: Any, grads: list[np.ndarray]) -> None:
+    def _update_all(self, groups: Any, grads: list) -> None:
         raise NotImplementedError
 
     def _update(self, name: str, w: np.ndarray, g: np.ndarray) -> None:
@@ -107,12 +140,14 @@ class SGD(Optimizer):
         self.weight_decay = _check_positive("weight_decay", weight_decay, allow_zero=True)
         self.velocity = {name: np.zeros_like(w) for name, w, _ in self._pairs()}
 
+    def _state_values(self) -> list[np.ndarray]:
+        return list(self.velocity.values())
+
     def _state_lists(self, names: list[str]) -> list[list[np.ndarray]]:
         return [[self.velocity[n] for n in names]]
 
-    def _update_all(self, groups: Any, grads: list[np.ndarray]) -> None:
-        from fastcnn.kernels.optim import sgd_step
-        sgd_step(None, grads, None, self.lr, self.momentum, self.weight_decay, groups=groups)
+    def _update_all(self, groups: Any, grads: list) -> None:
+        groups.sgd(grads, self.lr, self.momentum, self.weight_decay)
 
     def _update(self, name: str, w: np.ndarray, g: np.ndarray) -> None:
         v = self.velocity[name]
@@ -152,14 +187,15 @@ class AdamW(Optimizer):
         b1, b2 = self.betas
         return self.lr / (1 - b1 ** self.t), 1.0 / (1 - b2 ** self.t)
 
+    def _state_values(self) -> list[np.ndarray]:
+        return [*self.m.values(), *self.v.values()]
+
     def _state_lists(self, names: list[str]) -> list[list[np.ndarray]]:
         return [[self.m[n] for n in names], [self.v[n] for n in names]]
 
-    def _update_all(self, groups: Any, grads: list[np.ndarray]) -> None:
-        from fastcnn.kernels.optim import adamw_step
+    def _update_all(self, groups: Any, grads: list) -> None:
         step_size, v_corr = self._corrections()
-        adamw_step(None, grads, None, None, self.betas, step_size, v_corr, self.eps, self.lr * self.weight_decay,
-                   bool(self.weight_decay), groups=groups)
+        groups.adamw(grads, self.betas, step_size, v_corr, self.eps, self.lr * self.weight_decay, self.weight_decay)
 
     def _update(self, name: str, w: np.ndarray, g: np.ndarray) -> None:
         b1, b2 = self.betas

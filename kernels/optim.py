@@ -80,20 +80,19 @@ def _adamw_params(lo, hi, ws, gs, ms, vs, starts, b1, one_minus_b1, b2, one_minu
 class Groups:
     """A model's parameters ``ws`` and an optimizer's state arrays (``state``: lists shaped like
     ``ws``) as groups of SLOTS flat arrays with their element offsets, checked once so that a step
-    only flattens its gradients (:meth:`with_grads`); TypeError for mixed or non-float dtypes,
-    ValueError for a shape mismatch or a non-contiguous array to update. :meth:`holds` says whether
-    the same arrays are still the ones to update."""
+    only flattens its gradients (:meth:`flat_grads`); TypeError for mixed or non-float dtypes,
+    ValueError for a shape mismatch or a non-contiguous array to update."""
 
     def __init__(self, ws, *state):
         kinds = (ws, *state)
         if not all(len(k) == len(ws) for k in kinds):
             raise ValueError("optimizer kernels need one gradient and one of each state array per parameter")
-        self.arrays = [a for k in kinds for a in k]
-        self.dtype = check_float("optimizer", *self.arrays)[0].dtype if ws else np.dtype(np.float32)
+        arrays = [a for k in kinds for a in k]
+        self.dtype = check_float("optimizer", *arrays)[0].dtype if ws else np.dtype(np.float32)
         self.shapes = [w.shape for w in ws]
-        for arrays in zip(*kinds):
-            _check_shapes(arrays)
-        if not all(a.flags.c_contiguous for a in self.arrays):
+        for same in zip(*kinds):
+            _check_shapes(same)
+        if not all(a.flags.c_contiguous for a in arrays):
             raise ValueError("optimizer kernels update C-contiguous parameter and state arrays in place")
         self.groups = []
         for g0 in range(0, len(ws), SLOTS):
@@ -113,23 +112,36 @@ class Groups:
             self._scalars = (values, tuple(t(v) for v in values))
         return self._scalars[1]
 
-    def holds(self, ws, *state) -> bool:
-        """Whether these are the arrays the groups were built from (the same objects)."""
-        arrays = [a for k in (ws, *state) for a in k]
-        return len(arrays) == len(self.arrays) and all(a is b for a, b in zip(arrays, self.arrays))
-
-    def with_grads(self, gs):
-        """Yield (the weights' flat SLOTS-tuple, the gradients', each state kind's..., starts) per
-        group, for the gradients ``gs`` (one per parameter, its shape and the groups' dtype)."""
+    def flat_grads(self, gs) -> list | None:
+        """The gradients ``gs`` (one per parameter, shaped like it) as each group's flat SLOTS-tuple;
+        None if one has another dtype than the groups."""
         if len(gs) != len(self.shapes):
             raise ValueError("optimizer kernels need one gradient and one of each state array per parameter")
-        check_float("optimizer", np.empty(0, self.dtype), *gs)
+        dtype, flat = self.dtype, []
         for g, shape in zip(gs, self.shapes):
+            if g.dtype != dtype:
+                return None
             if g.shape != shape:
-                _check_shapes((np.empty(shape, self.dtype), g))
-        for i, (kinds, starts, total) in enumerate(self.groups):
-            g8 = _slots([g.ravel() for g in gs[i * SLOTS:(i + 1) * SLOTS]], self.dtype)   # a copy if not contiguous
-            yield (total, kinds[0], g8, *kinds[1:], starts)
+                _check_shapes((np.empty(shape, dtype), g))
+            flat.append(g.ravel())                               # a copy if not contiguous
+        return [_slots(flat[i:i + SLOTS], dtype) for i in range(0, len(flat), SLOTS)]
+
+    def sgd(self, grads, lr, momentum, weight_decay):
+        """sgd_step on these groups with ``grads`` (from :meth:`flat_grads`)."""
+        scalars = self.scalars(lr, momentum, weight_decay)
+        for (kinds, starts, total), g8 in zip(self.groups, grads):
+            parallel_for(_sgd_params, total, kinds[0], g8, kinds[1], starts, *scalars, bool(weight_decay),
+                         grain=ELEMENTS_PER_PART)
+
+    def adamw(self, grads, betas, step_size, v_corr, eps, lr_wd, decay):
+        """adamw_step on these groups (of the weights, ms and vs) with ``grads`` (from :meth:`flat_grads`)."""
+        b1, b2 = betas
+        b1, one_minus_b1, b2, one_minus_b2, eps, lr_wd = self.scalars(b1, 1 - b1, b2, 1 - b2, eps, lr_wd)
+        t = self.dtype.type
+        step_size, v_corr, decay = t(step_size), t(v_corr), bool(decay)
+        for (kinds, starts, total), g8 in zip(self.groups, grads):
+            parallel_for(_adamw_params, total, kinds[0], g8, kinds[1], kinds[2], starts, b1, one_minus_b1, b2,
+                         one_minus_b2, step_size, v_corr, eps, lr_wd, decay, grain=ELEMENTS_PER_PART)
 
 
 def _check_shapes(arrays) -> None:
@@ -143,25 +155,23 @@ def _slots(arrays, dtype) -> tuple:
     return tuple(arrays) + (np.empty(0, dtype),) * (SLOTS - len(arrays))
 
 
-def sgd_step(ws, gs, velocities, lr, momentum, weight_decay, groups=None):
+def _checked_grads(groups, gs) -> list:
+    grads = groups.flat_grads(gs)
+    if grads is None:
+        check_float("optimizer", np.empty(0, groups.dtype), *gs)           # raises: another dtype
+    return grads
+
+
+def sgd_step(ws, gs, velocities, lr, momentum, weight_decay):
     """In place, for each parameter w of ``ws`` (gradients ``gs``, ``velocities``, same shapes):
-    velocity <- momentum * velocity + (g + weight_decay * w); w <- w - lr * velocity. ``groups``:
-    Groups(ws, velocities) built before, or None to build it now."""
-    groups = Groups(ws, velocities) if groups is None else groups
-    scalars = groups.scalars(lr, momentum, weight_decay)
-    for total, w8, g8, v8, starts in groups.with_grads(gs):
-        parallel_for(_sgd_params, total, w8, g8, v8, starts, *scalars, bool(weight_decay), grain=ELEMENTS_PER_PART)
+    velocity <- momentum * velocity + (g + weight_decay * w); w <- w - lr * velocity."""
+    groups = Groups(ws, velocities)
+    groups.sgd(_checked_grads(groups, gs), lr, momentum, weight_decay)
 
 
-def adamw_step(ws, gs, ms, vs, betas, step_size, v_corr, eps, lr_wd, decay, groups=None):
+def adamw_step(ws, gs, ms, vs, betas, step_size, v_corr, eps, lr_wd, decay):
     """In place, AdamW's update of each parameter of ``ws`` (gradients ``gs``, moments ``ms`` and
     ``vs``, same shapes), the bias corrections folded into ``step_size`` (lr / (1 - b1^t)) and
-    ``v_corr`` (1 / (1 - b2^t)); ``lr_wd`` = lr * weight_decay, added only if ``decay``. ``groups``:
-    Groups(ws, ms, vs) built before, or None to build it now."""
-    groups = Groups(ws, ms, vs) if groups is None else groups
-    b1, b2 = betas
-    t = groups.dtype.type
-    b1, one_minus_b1, b2, one_minus_b2, eps, lr_wd = groups.scalars(b1, 1 - b1, b2, 1 - b2, eps, lr_wd)
-    for total, w8, g8, m8, v8, starts in groups.with_grads(gs):
-        parallel_for(_adamw_params, total, w8, g8, m8, v8, starts, b1, one_minus_b1, b2, one_minus_b2,
-                     t(step_size), t(v_corr), eps, lr_wd, bool(decay), grain=ELEMENTS_PER_PART)
+    ``v_corr`` (1 / (1 - b2^t)); ``lr_wd`` = lr * weight_decay, added only if ``decay``."""
+    groups = Groups(ws, ms, vs)
+    groups.adamw(_checked_grads(groups, gs), betas, step_size, v_corr, eps, lr_wd, decay)

@@ -210,18 +210,33 @@ def test_optimizer_kernels_follow_a_parameter_replaced_between_steps(make):
     ref_opt, opt = make(ref_model), make(model)
     ref_opt.step()
     opt.step()
-    groups = opt._groups
+    groups = opt._groups[1]
     opt.step()
-    assert opt._groups is groups                                   # kept while nothing changed
+    assert opt._groups[1] is groups                                # kept while nothing changed
     ref_opt.step()
     for m in (ref_model, model):
         layer = next(layer for layer in m.layers if "weight" in layer.params)
         layer.params["weight"] = layer.params["weight"] + 1        # a new array, not an in-place change
     ref_opt.step()
     opt.step()
-    assert opt._groups is not groups
+    assert opt._groups[1] is not groups
     for (name, w, _), (_, w_ref, _) in zip(model.named_parameters(), ref_model.named_parameters()):
         assert np.array_equal(w, w_ref), name
+
+
+def test_a_copied_optimizer_updates_its_own_model():
+    """A deep copy of (model, optimizer) after a step (as a throwaway copy for a trial step is made)
+    updates the copy's parameters, not the original's, and the same as the original does."""
+    model = _model_and_grads(np.float32, "numba")
+    opt = fastcnn.AdamW(model, lr=1e-2)
+    opt.step()
+    model2, opt2 = copy.deepcopy((model, opt))
+    before = [w.copy() for _, w, _ in model.named_parameters()]
+    opt2.step()
+    assert all(np.array_equal(w, b) for (_, w, _), b in zip(model.named_parameters(), before))
+    opt.step()
+    for (_, w, _), (_, w2, _) in zip(model.named_parameters(), model2.named_parameters()):
+        assert np.array_equal(w, w2) and not np.shares_memory(w, w2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
