@@ -5,8 +5,8 @@ col2im as a loop over the kh*kw kernel offsets, never over pixels). It is the gr
 Numba kernels in :mod:`fastcnn.kernels` are tested against. See :mod:`fastcnn.backend` for the contract.
 """
 from fastcnn.losses import softmax_cross_entropy
-from fastcnn.reference.batch import all_finite, count_correct
 from fastcnn.reference.activation import relu_backward, relu_forward
+from fastcnn.reference.batch import all_finite, count_correct
 from fastcnn.reference.conv import conv2d_backward, conv2d_forward
 from fastcnn.reference.dropout import dropout_backward, dropout_forward
 from fastcnn.reference.fused import conv2d_relu_maxpool_backward, conv2d_relu_maxpool_forward
