@@ -239,6 +239,20 @@ def test_a_copied_optimizer_updates_its_own_model():
         assert np.array_equal(w, w2) and not np.shares_memory(w, w2)
 
 
+@pytest.mark.parametrize("bits", [np.random.PCG64, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64,
+                                  np.random.MT19937])
+def test_dropout_keys_are_the_generators_integers_draws(bits):
+    """Each training forward's key is rng.integers(0, 2**64, dtype=uint64), with every bit generator
+    (a 64-bit one's raw output is that draw): the same keys, and the generator left in the same state."""
+    layer, twin = Dropout(0.5, rng=np.random.Generator(bits(11))), np.random.Generator(bits(11))
+    x = np.ones((4, 8), np.float32)
+    for _ in range(3):
+        _, expected = ref.dropout_forward(x, int(twin.integers(0, 2**64, dtype=np.uint64)), layer._threshold)
+        layer.forward(x, training=True)
+        assert np.array_equal(layer._mask, expected)
+    assert layer.rng.integers(0, 2**62) == twin.integers(0, 2**62)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N, F_in, F_out", [(128, 3136, 10), (5, 300, 7), (1, 3, 1), (9, 257, 2)])
 def test_linear_kernels_agree_with_blas_and_are_bit_identical_for_any_thread_count(N, F_in, F_out, dtype,
