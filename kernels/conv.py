@@ -474,18 +474,29 @@ def relu_maxpool_2x2_forward(x, w, b, stride, padding):
     (N, K, P2, Q2), as maxpool2d_forward(conv2d_forward(...), relu=True) computes them; None where
     the layer does not take the register tile's NR-channel route (forward_route "shifted") with a
     reduction of at least SMALL_L, or its output is smaller than one window."""
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
+    plan = _pooled_plan(x.shape, w.shape, stride, padding)
+    if plan is None:
+        return None
+    shape, Hs, Ws, starts, offs = plan
+    y = np.empty(shape, x.dtype)
+    argmax = np.empty(shape, np.int32)
+    if shape[0] > 0:
+        _run_shifted(x, w.reshape(shape[1], -1), b, stride, padding, Hs, Ws, y, starts, offs, argmax)
+    return y, argmax
+
+
+@TABLES
+def _pooled_plan(x_shape, w_shape, stride, padding):
+    """(y's shape, Hs, Ws, phase starts, window pixels) of relu_maxpool_2x2_forward for these
+    shapes, or None where it does not take the fused route: worked out once per shape, since the
+    Python between a step's kernels runs on one thread."""
+    N, C, H, W = x_shape
+    K, _, R, S = w_shape
     P, Q = conv_output_size(H, W, R, S, stride, padding)
     Hs, Ws = phase_grid(H, W, stride, padding)
     if C * R * S < SMALL_L or P < 2 or Q < 2 or forward_route(K, Q, Ws) != "shifted":
         return None
-    y = np.empty((N, K, P // 2, Q // 2), x.dtype)
-    argmax = np.empty((N, K, P // 2, Q // 2), np.int32)
-    if N > 0:
-        _run_shifted(x, w.reshape(K, C * R * S), b, stride, padding, Hs, Ws, y,
-                     phase_starts(C, R, S, stride, Hs, Ws), window_pixels(P // 2, Q // 2, Ws), argmax)
-    return y, argmax
+    return (N, K, P // 2, Q // 2), Hs, Ws, phase_starts(C, R, S, stride, Hs, Ws), window_pixels(P // 2, Q // 2, Ws)
 
 
 def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):

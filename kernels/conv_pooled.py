@@ -47,7 +47,7 @@ from fastcnn.kernels.conv_weight import IMAGES_PER_CHUNK
 # of 128; its windows 87 % alive).
 DENSE_SPEED = 0.75
 SPARSE_SPEED = 0.37
-NO_WEIGHTS = np.empty(0, np.float32)       # _backward_chunks without dx
+NO_INPUT_GRADIENT = {4: np.empty((0, 0, 0, 0), np.float32), 8: np.empty((0, 0, 0, 0), np.float64)}  # without dx
 
 
 # ---------------------------------------------------------------- serial workers (one image)
@@ -206,16 +206,15 @@ def pooled_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride, n
     arrays; int32 argmax); dx only where sparse_input_gradient (else None: the caller's)."""
     N, C, H, W = x.shape
     K, _, R, S = w.shape
-    (sh, sw), (ph, pw), (kh, kw), (psh, psw) = stride, padding, pool_size, pool_stride
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    Rp, SCp = padded_sizes(R, S, C, x.itemsize)
-    with_dx = need_dx and sparse_input_gradient(C, R, S, x.itemsize)
+    (sh, sw), (ph, pw), (psh, psw) = stride, padding, pool_stride
+    Hp, Wp, Rp, SCp, fits, width, (offs, xrows, wrows) = _plan(x.shape, w.shape, x.itemsize, stride, padding,
+                                                                tuple(pool_size))
+    with_dx = need_dx and fits
     dw = np.zeros((K, C, R, S), x.dtype)
     db = np.zeros(K, x.dtype)
     if N == 0 or dy.size == 0:
         return (np.zeros(x.shape, x.dtype) if with_dx else None), dw, db
-    offs, xrows, wrows = _tables(kh, kw, sh, sw, C, Wp, SCp)
-    wt, dx = NO_WEIGHTS.astype(x.dtype), np.empty((0, 0, 0, 0), x.dtype)
+    wt, dx = np.empty(0, x.dtype), NO_INPUT_GRADIENT[x.itemsize]
     if with_dx:
         wt = np.zeros((K, Rp, SCp), x.dtype)
         wt[:, :R, :S * C] = w.transpose(0, 2, 3, 1).reshape(K, R, S * C)
@@ -225,6 +224,20 @@ def pooled_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride, n
     parts = np.empty((nchunks, K * Rp, SCp), x.dtype)
     dbparts = np.empty((nchunks, K), x.dtype)
     parallel_for(_backward_chunks, nchunks, x, dy, argmax, offs, psh, psw, sh, sw, ph, pw, Hp, Wp, Rp, SCp,
-                 row_tile_width(ROW_VECTORS, x.itemsize), xrows, parts, dbparts, wt, wrows, dx)
+                 width, xrows, parts, dbparts, wt, wrows, dx)
     parallel_for(_sum_chunks, K, parts, dbparts, R, S, dw, db)
     return (dx if with_dx else None), dw, db
+
+
+@TABLES
+def _plan(x_shape, w_shape, itemsize, stride, padding, pool_size):
+    """The padded image and kernel sizes, whether dx's tiles fit, the row tile's width and the
+    tables of pooled_backward for these shapes: worked out once per shape, since the Python
+    between a step's kernels runs on one thread."""
+    _, C, H, W = x_shape
+    _, _, R, S = w_shape
+    (sh, sw), (ph, pw), (kh, kw) = stride, padding, pool_size
+    Rp, SCp = padded_sizes(R, S, C, itemsize)
+    Wp = W + 2 * pw
+    return (H + 2 * ph, Wp, Rp, SCp, sparse_input_gradient(C, R, S, itemsize), row_tile_width(ROW_VECTORS, itemsize),
+            _tables(kh, kw, sh, sw, C, Wp, SCp))

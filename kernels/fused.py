@@ -45,7 +45,7 @@ import numpy as np
 from numba import njit
 
 from fastcnn.convmath import conv_output_size
-from fastcnn.kernels._common import pad_chw, prepare
+from fastcnn.kernels._common import TABLES, pad_chw, prepare
 from fastcnn.kernels._config import CACHE, FASTMATH
 from fastcnn.kernels._gemm import rows_axpy
 from fastcnn.kernels._parallel import parallel_for
@@ -215,9 +215,10 @@ def _sum_small(parts, dw, db):
                 db[k] = acc
 
 
-def _sizes(x, w, stride, padding, pool_size, pool_stride):
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
+@TABLES
+def _sizes(x_shape, w_shape, stride, padding, pool_size, pool_stride):
+    N, C, H, W = x_shape
+    K, _, R, S = w_shape
     P, Q = conv_output_size(H, W, R, S, stride, padding)
     (kh, kw), (psh, psw) = pool_size, pool_stride
     return P, Q, (P - kh) // psh + 1 if P >= kh else 0, (Q - kw) // psw + 1 if Q >= kw else 0
@@ -229,7 +230,7 @@ def conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride
     stride, padding, pool_size, pool_stride = map(tuple, (stride, padding, pool_size, pool_stride))
     N, C = x.shape[:2]
     K, _, R, S = w.shape
-    P, Q, P2, Q2 = _sizes(x, w, stride, padding, pool_size, pool_stride)
+    P, Q, P2, Q2 = _sizes(x.shape, w.shape, stride, padding, pool_size, pool_stride)
     y = np.empty((N, K, P2, Q2), x.dtype)
     argmax = np.empty((N, K, P2, Q2), np.int32)
     if N == 0 or P2 == 0 or Q2 == 0:
@@ -258,7 +259,7 @@ def conv2d_relu_maxpool_backward(dy, argmax, x, w, stride, padding, pool_size, p
     dy, x, w = prepare(dy, x, w)
     argmax = np.ascontiguousarray(argmax, dtype=np.int32)
     stride, padding, pool_size, pool_stride = map(tuple, (stride, padding, pool_size, pool_stride))
-    P, Q, _, _ = _sizes(x, w, stride, padding, pool_size, pool_stride)
+    P, Q, _, _ = _sizes(x.shape, w.shape, stride, padding, pool_size, pool_stride)
     N, C = x.shape[:2]
     K, _, R, S = w.shape
     if C * R * S < SMALL_L and pool_size == pool_stride == (2, 2) and N > 0 and dy.size > 0:
