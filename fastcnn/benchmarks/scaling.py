@@ -7,7 +7,8 @@ follows from b = s + (a - s) / N: s = (N b - a) / (N - 1), clipped to [0, a]; su
 parts and divided by the one-thread step, that fit counts the parallel parts' imperfect scaling
 (memory bandwidth, handoffs) as serial too. The step's serial share f proper is measured: the time
 of an N-thread step outside the kernel calls split over the threads
-(:func:`fastcnn.kernels._parallel.split_seconds`), divided by the one-thread step. Amdahl's law
+(:func:`fastcnn.kernels._parallel.split_seconds`), divided by the one-thread step, both timed again
+without the profile (its clocks around every layer are not part of a training step). Amdahl's law
 bounds the step's speedup at T threads by 1 / (f + (1 - f) / T).
 
 Noise moves both estimates (a part slowed at N threads adds serial time, one slowed at 1 thread
@@ -17,6 +18,7 @@ the cores still read as serial time.
 """
 from __future__ import annotations
 
+import time
 from statistics import median
 
 AMDAHL_THREADS = 16
@@ -49,6 +51,20 @@ def _profile(model, opt, batches: list, warmup: int) -> dict:
     return {**profile, "split_ms": 1e3 * split / max(profile["batches"], 1)}
 
 
+def _unprofiled(model, opt, batches: list, warmup: int) -> tuple[float, float]:
+    """(ms per step, ms per step outside the kernel calls split over two or more threads) of the
+    steps after ``warmup``, no profile attached."""
+    from fastcnn.kernels._parallel import split_seconds
+    for x, y in batches[:warmup]:
+        model.train_step(x, y, opt)
+    split, start = split_seconds(), time.perf_counter()
+    for x, y in batches[warmup:]:
+        model.train_step(x, y, opt)
+    wall, split = time.perf_counter() - start, split_seconds() - split
+    steps = max(len(batches) - warmup, 1)
+    return 1e3 * wall / steps, 1e3 * (wall - split) / steps
+
+
 def layer_scaling(batches: list, threads: int, warmup: int = 2, seed: int = 0, rounds: int = 3) -> dict:
     """Profile the Numba training step of the MNIST network at 1 and ``threads`` threads over
     ``batches`` ((x, y) pairs; the first ``warmup`` untimed), alternating for ``rounds`` rounds.
@@ -61,12 +77,14 @@ def layer_scaling(batches: list, threads: int, warmup: int = 2, seed: int = 0, r
         raise ValueError(f"rounds must be >= 1, got {rounds!r}")
     before = numba.get_num_threads()
     profiles: dict[int, list[dict]] = {1: [], threads: []}
+    plain: dict[int, list[tuple[float, float]]] = {1: [], threads: []}
     try:
         for _ in range(rounds):
             for t in (1, threads):
                 numba.set_num_threads(t)
                 model, opt = make_trainer("numba", seed)
                 profiles[t].append(_profile(model, opt, batches, warmup))
+                plain[t].append(_unprofiled(model, opt, batches, warmup))
     finally:
         numba.set_num_threads(before)
 
@@ -79,11 +97,12 @@ def layer_scaling(batches: list, threads: int, warmup: int = 2, seed: int = 0, r
         rows.append({"name": part["name"], "direction": part["direction"], "ms_1": one, "ms_n": many,
                      "speedup": one / many if many > 0 else None,
                      "serial_ms": serial_seconds(one, many, threads)})
-    step_1 = median([p["step_ms"] for p in profiles[1]])
-    step_n = median([p["step_ms"] for p in profiles[threads]])
-    one_thread_ms = median([p["step_ms"] - p["split_ms"] for p in profiles[threads]])
+    step_1 = median([step for step, _ in plain[1]])
+    step_n = median([step for step, _ in plain[threads]])
+    one_thread_ms = median([outside for _, outside in plain[threads]])
     serial = min(max(one_thread_ms / step_1, 0.0), 1.0) if step_1 > 0 else 0.0
-    fitted = sum(r["serial_ms"] for r in rows) / step_1 if step_1 > 0 else 0.0
+    profiled_1 = median([p["step_ms"] for p in profiles[1]])
+    fitted = sum(r["serial_ms"] for r in rows) / profiled_1 if profiled_1 > 0 else 0.0
     return {"threads": threads, "rounds": rounds, "step_ms_1": step_1, "step_ms_n": step_n,
             "speedup": step_1 / step_n, "one_thread_ms": one_thread_ms, "serial_share": serial,
             "amdahl_speedup": amdahl(serial, AMDAHL_THREADS), "fitted_serial_share": fitted,
@@ -101,7 +120,8 @@ def format_layer_scaling(result: dict) -> str:
         speedup = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
         lines.append(f"{name:<34}  {r['ms_1']:12.3f}  {r['ms_n']:13.3f}  {speedup:>7}  {r['serial_ms']:9.3f}")
     T = result["amdahl_threads"]
-    lines.append(f"step (median of {result['rounds']} alternated rounds): {result['step_ms_1']:.2f} ms at 1 thread, "
+    lines.append(f"step without the profile (median of {result['rounds']} alternated rounds): "
+                 f"{result['step_ms_1']:.2f} ms at 1 thread, "
                  f"{result['step_ms_n']:.2f} ms at {n} ({result['speedup']:.2f}x)")
     lines.append(f"serial share {100 * result['serial_share']:.1f} % of the 1-thread step: at {n} threads "
                  f"{result['one_thread_ms']:.2f} ms of it ran on one thread (outside the kernels' split calls); "
