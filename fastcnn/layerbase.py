@@ -5,6 +5,7 @@ input checks whose error messages name the layer. The layers themselves are in
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -63,6 +64,17 @@ def _check_conv_input(layer: Layer, conv: Conv2D, x: np.ndarray) -> None:
         raise ValueError(f"{layer._label()} expects input of shape (N, {conv.in_channels}, H >= {R - 2 * ph}, "
                          f"W >= {S - 2 * pw}), got shape {x.shape}")
     _check_dtype(layer, x, conv.params["weight"])
+
+
+def _check_once(layer: Layer, x: object, weight: np.ndarray, check: Callable[[], None]) -> None:
+    """Run ``check`` (the layer's input checks, raising on a bad ``x``) unless ``x`` has the shape and
+    dtype of the last input that passed them with a weight of this dtype: in a training step the
+    checks cost more than the kernels' own wrappers, in the Python between kernels that runs on
+    one thread."""
+    signature = (x.shape, x.dtype, weight.dtype) if type(x) is np.ndarray else None
+    if signature is None or signature != layer.__dict__.get("_checked"):
+        check()
+        layer.__dict__["_checked"] = signature
 
 
 def _check_pool_size(layer: Layer, kernel_size: IntPair, shape: tuple[int, ...]) -> None:

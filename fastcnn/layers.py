@@ -32,6 +32,7 @@ from fastcnn.layerbase import (
     _check_conv_input,
     _check_dtype,
     _check_input,
+    _check_once,
     _check_pool_size,
     _float_dtype,
     _positive_int,
@@ -89,7 +90,7 @@ class Conv2D(_BackendLayer):
         return conv_output_size(H, W, *self.kernel_size, self.stride, self.padding)
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        _check_conv_input(self, self, x)
+        _check_once(self, x, self.params["weight"], lambda: _check_conv_input(self, self, x))
         self._x = x
         return self._output(self.ops.conv2d_forward(x, self.params["weight"], self.params["bias"], self.stride,
                                                     self.padding))
@@ -245,14 +246,18 @@ class ConvReLUMaxPool2D(FusedLayer):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         conv, pool = self.conv, self.pool
-        _check_conv_input(self, conv, x)
-        P, Q = conv.output_shape(x.shape[2], x.shape[3])
-        _check_pool_size(self, pool.kernel_size, (x.shape[0], conv.out_channels, P, Q))
+        _check_once(self, x, self.params["weight"], lambda: self._check(x))
         self._x = x
         y, self._argmax = self.ops.conv2d_relu_maxpool_forward(x, self.params["weight"], self.params["bias"],
                                                                conv.stride, conv.padding, pool.kernel_size,
                                                                pool.stride)
         return self._output(y)
+
+    def _check(self, x: np.ndarray) -> None:
+        conv = self.conv
+        _check_conv_input(self, conv, x)
+        P, Q = conv.output_shape(x.shape[2], x.shape[3])
+        _check_pool_size(self, self.pool.kernel_size, (x.shape[0], conv.out_channels, P, Q))
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
         self._check_grad(dy)
@@ -348,12 +353,15 @@ class Linear(_BackendLayer):
         return {**super().config(), "in_features": self.in_features, "out_features": self.out_features}
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        _check_once(self, x, self.params["weight"], lambda: self._check(x))
+        self._x = x
+        return self._output(self.ops.linear_forward(x, self.params["weight"], self.params["bias"]))   # (N, F_out)
+
+    def _check(self, x: np.ndarray) -> None:
         _check_input(self, x, 2, f"(N, {self.in_features})")
         if x.shape[1] != self.in_features:
             raise ValueError(f"Linear expects input of shape (N, {self.in_features}), got shape {x.shape}")
         _check_dtype(self, x, self.params["weight"])
-        self._x = x
-        return self._output(self.ops.linear_forward(x, self.params["weight"], self.params["bias"]))   # (N, F_out)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         self._check_grad(dy)

@@ -369,3 +369,26 @@ def test_both_backends_implement_the_typed_op_contract(backend):
         contract = list(inspect.signature(getattr(Ops, name)).parameters.values())[1:]      # drop self
         actual = list(inspect.signature(getattr(ops, name)).parameters.values())
         assert [(p.name, p.kind, p.default) for p in actual] == [(p.name, p.kind, p.default) for p in contract], name
+
+
+@pytest.mark.parametrize("make", [lambda: Conv2D(3, 4, 3), lambda: Linear(12, 5),
+                                  lambda: fastcnn.mnist_cnn(in_channels=3, image_size=8).layers[0]],
+                         ids=["conv", "linear", "fused"])
+def test_input_checks_run_again_for_any_new_shape_or_dtype(make):
+    """A layer skips its input checks only for the shape and dtype it last accepted (with the same
+    weight dtype): a different shape, dtype or weight dtype is checked and refused as before."""
+    layer = make()
+    C = layer.params["weight"].shape[1]
+    good = np.zeros((2, C, 8, 8) if layer.params["weight"].ndim == 4 else (2, C), np.float32)
+    for _ in range(2):
+        layer.forward(good)
+    with pytest.raises(ValueError, match="expects input of shape"):
+        layer.forward(np.zeros((2, C + 1, *good.shape[2:]), np.float32))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        layer.forward(good.astype(np.float16))
+    with pytest.raises(TypeError, match="expects a numpy array, got list"):
+        layer.forward(good.tolist())
+    layer.forward(good)
+    layer.params["weight"] = layer.params["weight"].astype(np.float64)
+    with pytest.raises(TypeError, match="float64 parameters but got float32 input"):
+        layer.forward(good)
