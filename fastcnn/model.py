@@ -258,7 +258,7 @@ class Sequential:
                              f"y has shape {y.shape}")
         if x.dtype.kind == "f" and not self._step_ops()[1](x):
             raise ValueError("x contains NaN or infinite values")
-        return y
+        return y if y.dtype == np.int64 else y.astype(np.int64)      # the loss and the count take int64 as is
 
     def _step_ops(self) -> tuple[Callable, Callable, Callable]:
         """The backend's softmax_cross_entropy, all_finite and count_correct, looked up when the

@@ -177,6 +177,7 @@ def padded_sizes(R, S, C, itemsize):
     return -(-R // ROW_MR) * ROW_MR, -(-(S * C) // width) * width
 
 
+@TABLES
 def sparse_route(C, R, S, pool_size, pool_stride, itemsize):
     """Whether the sparse kernels are expected to beat the dense ones for this layer's dw: per pool
     window, the dense path multiplies the pixels it owns, the sparse one at most one pixel (its

@@ -231,11 +231,10 @@ def conv2d_relu_maxpool_forward(x, w, b, stride, padding, pool_size, pool_stride
     N, C = x.shape[:2]
     K, _, R, S = w.shape
     P, Q, P2, Q2 = _sizes(x.shape, w.shape, stride, padding, pool_size, pool_stride)
-    y = np.empty((N, K, P2, Q2), x.dtype)
-    argmax = np.empty((N, K, P2, Q2), np.int32)
     if N == 0 or P2 == 0 or Q2 == 0:
-        return y, argmax
+        return np.empty((N, K, P2, Q2), x.dtype), np.empty((N, K, P2, Q2), np.int32)
     if C * R * S < SMALL_L and pool_size == pool_stride == (2, 2):
+        y, argmax = np.empty((N, K, P2, Q2), x.dtype), np.empty((N, K, P2, Q2), np.int32)
         parallel_for(_forward_small, N, x, w.reshape(K, C * R * S), b, R, S, *stride, *padding, x.dtype.type(0), y,
                      argmax)
         return y, argmax
