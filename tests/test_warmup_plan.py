@@ -19,7 +19,7 @@ def test_mnist_plan_lists_the_training_steps_kernel_calls():
                    "linear_forward", "softmax_cross_entropy", "count_correct", "linear_backward", "dropout_backward",
                    "conv2d_relu_maxpool_backward", "conv2d_relu_maxpool_backward"]
     tile, rest = split_plan(plan)
-    assert tile == [plan[2], plan[9]]           # the second layer's forward and backward
+    assert tile == [plan[0], plan[2], plan[5], plan[6], plan[9]]   # the second layer's, and the step's own ops
     assert ("array", (2, 32, 14, 14), "float32") in plan[2][1]          # conv2's input, two images
     assert plan[1] in rest and plan[10] in rest  # the first layer's: the tiny-reduction route, no tile
 
