@@ -10,9 +10,10 @@ Compilation is single-threaded in Numba, and most of it is LLVM optimising and c
 drivers with the workers linked into them. So on an empty cache with two or more CPUs the
 plan is split in two: this process replays the calls that reach the register tile, and the step's
 own checks and loss, while a helper process replays the rest (the first layer's fused forward,
-pooling, dropout, the linear layer, the optimizer) into the same on-disk cache; this process then loads those from the cache. The two halves reach
-disjoint sets of cached functions (tests/test_kernels.py checks it), so no cache entry ever has two
-writers (the race of numba issue #4807 needs two processes writing one function's entries).
+pooling, dropout, the linear layer, the optimizer) into the same on-disk cache; this process then
+loads those from the cache. The two halves reach disjoint sets of cached functions
+(tests/test_kernels.py checks it), so no cache entry ever has two writers (the race of numba
+issue #4807 needs two processes writing one function's entries).
 Without the cache, or if the helper fails, this process compiles both halves itself: the same
 code, only slower.
 """

@@ -85,8 +85,8 @@ def _input_grad_rows(lo, hi, dy, w, dx):
 
 @njit(nogil=True, fastmath=FASTMATH, boundscheck=False, cache=CACHE)
 def _weight_grad_columns(lo, hi, dy, x, dw, db):
-    """Tasks lo .. hi of dw = dy.T @ x, task t the input features t*COLUMNS_PER_TASK onwards (task 0
-    also sums db = dy over the rows, in row order, as NumPy's sum over axis 0 adds them): each
+    """Tasks lo .. hi of dw = dy.T @ x, task t the input features t*COLUMNS_PER_TASK onwards (the part
+    holding task 0 also sums db = dy over the rows, in its one compiled order): each
     element the sum over the batch rows n, four at a time from n = 0 (then the rest one by one), of
     dy[n, k] * x[n, i] (each row of x read once, the task's block of dw in L1). Each task is its own
     loop, so where an element falls in the vectorised loop (and so how its multiply-adds are fused)
