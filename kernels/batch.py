@@ -53,7 +53,7 @@ def all_finite(x):
     if not isinstance(x, np.ndarray) or x.dtype not in FLOATS or x.size == 0:
         return reference.all_finite(x)
     bits = np.ascontiguousarray(x).reshape(-1).view(np.uint32 if x.itemsize == 4 else np.uint64)
-    found = np.zeros(-(-bits.size // BLOCK), np.int64)
+    found = np.empty(-(-bits.size // BLOCK), np.int64)           # every block's count written
     parallel_for(_nonfinite_blocks, found.size, bits, EXPONENT[x.itemsize], found,
                  grain=max(1, ELEMENTS_PER_PART // BLOCK))
     return not any(found.tolist())               # not found.any(): NumPy's reductions cost 10-20 us between kernels

@@ -211,10 +211,9 @@ def pooled_backward(dy, argmax, x, w, stride, padding, pool_size, pool_stride, n
     Hp, Wp, Rp, SCp, fits, width, (offs, xrows, wrows) = _plan(x.shape, w.shape, x.itemsize, stride, padding,
                                                                 tuple(pool_size))
     with_dx = need_dx and fits
-    dw = np.zeros((K, C, R, S), x.dtype)
-    db = np.zeros(K, x.dtype)
     if N == 0 or dy.size == 0:
-        return (np.zeros(x.shape, x.dtype) if with_dx else None), dw, db
+        return (np.zeros(x.shape, x.dtype) if with_dx else None), np.zeros((K, C, R, S), x.dtype), np.zeros(K, x.dtype)
+    dw, db = np.empty((K, C, R, S), x.dtype), np.empty(K, x.dtype)      # every element written by _sum_chunks
     wt, dx = np.empty(0, x.dtype), NO_INPUT_GRADIENT[x.itemsize]
     if with_dx:
         wt = np.zeros((K, Rp, SCp), x.dtype)

@@ -202,7 +202,10 @@ def _backward_small(lo, hi, x, dy, argmax, R, S, sh, sw, ph, pw, parts):
 @njit(nogil=True, boundscheck=False, cache=CACHE)
 def _sum_small(parts, dw, db):
     """dw (K, L) and db (K,) from _backward_small's chunk partials parts (nchunks, L + 1, K), summed
-    in chunk order (whatever the thread count; a few KB: one thread)."""
+    in chunk order (whatever the thread count; a few KB: one thread). The sum of
+    conv_weight._sum_partials, on one thread: that driver compiles with the register tile's half of
+    the warm-up and this one with the helper's, and one function in both halves would give its
+    cache entries two writers (kernels/_warmup.py)."""
     nchunks, L1, K = parts.shape
     for k in range(K):
         for l in range(L1):
