@@ -78,18 +78,20 @@ class Optimizer:
         (updated in place); else False, and the NumPy formulas below (the same bits, for any
         thread count) update each parameter. The kernels' groups of parameters and state are built
         once and kept while the same arrays are in place: the step before the first kernel call is
-        Python on one thread, the part of a step that cannot use more cores."""
+        Python on one thread, the part of a step that cannot use more cores, so it only checks
+        identities and flattens the gradients."""
         if getattr(self.model, "backend_name", None) != "numba":
             return False
         pairs = _weights_and_grads(self.model)
-        arrays = [w for w, _ in pairs] + self._state_values()
+        ws = [w for w, _ in pairs]
         cached = self.__dict__.get("_groups")
-        if cached is None or len(cached[0]) != len(arrays) or not all(map(operator.is_, arrays, cached[0])):
+        if (cached is None or len(ws) != len(cached[0]) or not all(map(operator.is_, ws, cached[0]))
+                or not all(map(operator.is_, self._state_values(), cached[1]))):
             groups = self._build_groups()
             if groups is None:
                 return False
-            cached = self._groups = (arrays, groups)
-        groups = cached[1]
+            cached = self._groups = (ws, self._state_values(), groups)
+        groups = cached[2]
         grads = groups.flat_grads([g for _, g in pairs])
         if grads is None:
             return False

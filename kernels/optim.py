@@ -9,6 +9,8 @@ than the update of a small one: the elements of up to SLOTS parameters are numbe
 other and that range is split over the threads. Tuples of exactly SLOTS arrays (the last group
 padded with empty ones) keep it to one compiled driver per optimizer and dtype, whatever the model.
 """
+import operator
+
 import numpy as np
 from numba import njit
 
@@ -103,6 +105,7 @@ class Groups:
             starts = np.array(ends + [ends[-1]] * (SLOTS + 1 - len(ends)), np.int64)
             self.groups.append(([_slots(k, self.dtype) for k in part], starts, ends[-1]))
         self._scalars: tuple = ((), ())
+        self._padding = _slots((), self.dtype)
 
     def scalars(self, *values) -> tuple:
         """``values`` as scalars of the groups' dtype (the kernels compute in it), converted once
@@ -114,17 +117,18 @@ class Groups:
 
     def flat_grads(self, gs) -> list | None:
         """The gradients ``gs`` (one per parameter, shaped like it) as each group's flat SLOTS-tuple;
-        None if one has another dtype than the groups."""
-        if len(gs) != len(self.shapes):
-            raise ValueError("optimizer kernels need one gradient and one of each state array per parameter")
-        dtype, flat = self.dtype, []
-        for g, shape in zip(gs, self.shapes):
-            if g.dtype != dtype:
-                return None
-            if g.shape != shape:
-                _check_shapes((np.empty(shape, dtype), g))
-            flat.append(g.ravel())                               # a copy if not contiguous
-        return [_slots(flat[i:i + SLOTS], dtype) for i in range(0, len(flat), SLOTS)]
+        None if one has another dtype than the groups. (A training step's serial part: the checks
+        run as C-level maps, not a Python loop per gradient.)"""
+        if list(map(_shape, gs)) != self.shapes:
+            if len(gs) != len(self.shapes):
+                raise ValueError("optimizer kernels need one gradient and one of each state array per parameter")
+            for g, shape in zip(gs, self.shapes):
+                _check_shapes((np.empty(shape, self.dtype), g))
+        if not all(map(self.dtype.__eq__, map(_dtype, gs))):
+            return None
+        flat = list(map(_ravel, gs))                             # a copy only if one is not contiguous
+        parts = [tuple(flat[i:i + SLOTS]) for i in range(0, len(flat), SLOTS)]
+        return [part + self._padding[len(part):] for part in parts]
 
     def sgd(self, grads, lr, momentum, weight_decay):
         """sgd_step on these groups with ``grads`` (from :meth:`flat_grads`)."""
@@ -142,6 +146,9 @@ class Groups:
         for (kinds, starts, total), g8 in zip(self.groups, grads):
             parallel_for(_adamw_params, total, kinds[0], g8, kinds[1], kinds[2], starts, b1, one_minus_b1, b2,
                          one_minus_b2, step_size, v_corr, eps, lr_wd, decay, grain=ELEMENTS_PER_PART)
+
+
+_shape, _dtype, _ravel = operator.attrgetter("shape"), operator.attrgetter("dtype"), operator.methodcaller("ravel")
 
 
 def _check_shapes(arrays) -> None:

@@ -210,16 +210,26 @@ def test_optimizer_kernels_follow_a_parameter_replaced_between_steps(make):
     ref_opt, opt = make(ref_model), make(model)
     ref_opt.step()
     opt.step()
-    groups = opt._groups[1]
+    groups = opt._groups[-1]
     opt.step()
-    assert opt._groups[1] is groups                                # kept while nothing changed
+    assert opt._groups[-1] is groups                               # kept while nothing changed
     ref_opt.step()
     for m in (ref_model, model):
         layer = next(layer for layer in m.layers if "weight" in layer.params)
         layer.params["weight"] = layer.params["weight"] + 1        # a new array, not an in-place change
     ref_opt.step()
     opt.step()
-    assert opt._groups[1] is not groups
+    assert opt._groups[-1] is not groups
+    for (name, w, _), (_, w_ref, _) in zip(model.named_parameters(), ref_model.named_parameters()):
+        assert np.array_equal(w, w_ref), name
+    groups = opt._groups[-1]
+    for o in (ref_opt, opt):                                       # a state array replaced by a new one
+        state = o.m if hasattr(o, "m") else o.velocity
+        name = next(iter(state))
+        state[name] = state[name] * 0.5
+    ref_opt.step()
+    opt.step()
+    assert opt._groups[-1] is not groups
     for (name, w, _), (_, w_ref, _) in zip(model.named_parameters(), ref_model.named_parameters()):
         assert np.array_equal(w, w_ref), name
 
