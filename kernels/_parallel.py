@@ -17,11 +17,12 @@ sleeps, on an Event or on the GIL, takes about 20 us to wake on a virtual machin
 sleeps between calls paid that twice per call (47 us for an empty call). So each handoff is a
 counter in a shared array, published by one side and watched by the other in compiled code that
 holds no GIL (``_wait_for``): a worker watches for its next part for up to SPIN_SECONDS after its
-last one, then waits LINGER_SECONDS more so that the caller, which posted the part, has entered
-its own part and let go of the GIL; it publishes "done" only from compiled code, after letting go
-of the GIL itself (``_finish_and_wait``); the caller watches for the parts to finish. Only after
-that does either side block on an Event. Busy-waiting is bounded so an idle process uses no CPU,
-and short so a shared machine loses little. An empty two-part call costs about 10 us.
+last one, then waits LINGER_SECONDS more (or a multiple the caller asks for) so that the caller,
+which posted the part, has entered its own part and let go of the GIL; it publishes "done" only
+from compiled code, after letting go of the GIL itself (``_finish_and_wait``); the caller watches
+for the parts to finish. Only after that does either side block on an Event. Busy-waiting is
+bounded so an idle process uses no CPU, and short so a shared machine loses little. An empty
+two-part call costs about 10 us.
 
 The thread count is Numba's: ``numba.get_num_threads()`` parts at most (``NUMBA_NUM_THREADS``,
 ``numba.set_num_threads``), so the commands' --threads and the tests' thread settings apply. The
@@ -128,13 +129,14 @@ def _wait_for(counters, i, value, spins):
 
 
 @njit(nogil=True, cache=CACHE)
-def _finish_and_wait(done, posted, w, seen, spins, linger):
+def _finish_and_wait(done, posted, w, seen, spins, lingers):
     """A worker's handoff: done[w] = seen, published only now that this thread has let go of the
-    GIL (so the caller can take it at once), then watch for part seen + 1 (_wait_for)."""
+    GIL (so the caller can take it at once), then watch for part seen + 1 (_wait_for) and linger
+    as long as its caller asked (lingers[w], written before the part was posted)."""
     _store_release(done, w, seen)
     found = _wait_for(posted, w, seen + 1, spins)
     if found:
-        _pause(linger)
+        _pause(lingers[w])
     return found
 
 
@@ -160,13 +162,14 @@ class _Workers:
         self.lock = threading.Lock()
         self.asleep = [False] * count
         self.spins, self.linger = _calibrate()
+        self.lingers = np.full(count, self.linger, np.int64)
         for w in range(count):
             threading.Thread(target=self._serve, args=(w,), name=f"fastcnn-kernels-{w}", daemon=True).start()
 
     def _serve(self, w: int) -> None:
         seen = 0
         while True:
-            if not _finish_and_wait(self.done, self.posted, w, seen, self.spins, self.linger):
+            if not _finish_and_wait(self.done, self.posted, w, seen, self.spins, self.lingers):
                 self.asleep[w] = True
                 while self.posted[w] != seen + 1:
                     self.wake[w].wait()
@@ -181,8 +184,9 @@ class _Workers:
                 self.errors[w] = exc
             self.finished[w].set()
 
-    def post(self, w: int, driver: Callable, lo: int, hi: int, args: tuple) -> int:
+    def post(self, w: int, driver: Callable, lo: int, hi: int, args: tuple, linger: int) -> int:
         self.jobs[w] = (driver, lo, hi, args)
+        self.lingers[w] = linger
         self.posted[w] += 1
         if self.asleep[w]:
             self.wake[w].set()
@@ -216,20 +220,30 @@ def _calibrate() -> tuple[int, int]:
 
 
 _workers: _Workers | None = None
-_workers_pid: int | None = None
-_starting, _starting_pid = threading.Lock(), os.getpid()
+_starting = threading.Lock()
+_fork_hook = False
+
+
+def _forget_workers() -> None:
+    """In a forked child (os.register_at_fork): the parent's worker threads do not exist here, and
+    its start lock may have been held when it forked."""
+    global _workers, _starting
+    _workers, _starting = None, threading.Lock()
 
 
 def _get_workers() -> _Workers:
-    global _workers, _workers_pid, _starting, _starting_pid
-    if _workers is None or _workers_pid != os.getpid():
-        if _starting_pid != os.getpid():          # a forked child: the parent's lock may be held
-            _starting, _starting_pid = threading.Lock(), os.getpid()
+    global _workers, _fork_hook
+    workers = _workers
+    if workers is None:
         with _starting:                           # two threads' first calls start one set of workers
-            if _workers is None or _workers_pid != os.getpid():
+            if _workers is None:
+                if not _fork_hook and hasattr(os, "register_at_fork"):
+                    # A fork hook, not a process id compared on every call: a step makes a dozen calls.
+                    os.register_at_fork(after_in_child=_forget_workers)
+                    _fork_hook = True
                 _workers = _Workers(max(1, numba.config.NUMBA_NUM_THREADS - 1))
-                _workers_pid = os.getpid()
-    return _workers
+            workers = _workers
+    return workers
 
 
 def start_workers() -> None:
@@ -272,9 +286,13 @@ def split_seconds() -> float:
     return _split_seconds
 
 
-def parallel_for(driver: Callable, n: int, *args, grain: int = 1) -> None:
+def parallel_for(driver: Callable, n: int, *args, grain: int = 1, linger: int = 1) -> None:
     """``driver(lo, hi, *args)`` over [0, n), split into ``parts(n, grain)`` contiguous ranges run
-    at once; returns when all are done, raising the first part's exception if any failed."""
+    at once; returns when all are done, raising the first part's exception if any failed.
+    ``linger``: how many LINGER_SECONDS the workers wait after seeing their part before they take
+    the GIL, which the calling thread holds until its own call has passed ``args`` to the compiled
+    driver; more than 1 where that takes longer (tuples of many arrays), since a worker that finds
+    the GIL taken sleeps until it is woken."""
     global _split_seconds
     if n <= 0:
         return
@@ -290,7 +308,8 @@ def parallel_for(driver: Callable, n: int, *args, grain: int = 1) -> None:
     joined = False
     try:
         bounds = [i * n // k for i in range(k + 1)]
-        numbers = [workers.post(w, driver, bounds[w + 1], bounds[w + 2], args) for w in range(k - 1)]
+        numbers = [workers.post(w, driver, bounds[w + 1], bounds[w + 2], args, workers.linger * linger)
+                   for w in range(k - 1)]
         error: BaseException | None = None
         try:
             driver(bounds[0], bounds[1], *args)

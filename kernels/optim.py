@@ -25,6 +25,11 @@ SLOTS = 8                    # parameters per driver call
 # so it runs on both cores; with the arrays hot in cache one thread is faster below about 256K
 # (64K: 23 against 48 us).
 ELEMENTS_PER_PART = 1 << 14
+# The calling thread passes its tuples of arrays to the compiled driver (about 10 us in a training
+# step) before the worker may take the GIL; with parallel_for's usual linger the worker found it
+# taken and slept: the AdamW call took 85-88 us (median), with twice the linger 41-58 us (two
+# alternated runs of 1,500 steps on the 2-core Zen 5; four times: 60-82 us).
+UNBOX_LINGER = 2
 
 
 @njit(nogil=True, boundscheck=False, cache=CACHE)
@@ -135,7 +140,7 @@ class Groups:
         scalars = self.scalars(lr, momentum, weight_decay)
         for (kinds, starts, total), g8 in zip(self.groups, grads):
             parallel_for(_sgd_params, total, kinds[0], g8, kinds[1], starts, *scalars, bool(weight_decay),
-                         grain=ELEMENTS_PER_PART)
+                         grain=ELEMENTS_PER_PART, linger=UNBOX_LINGER)
 
     def adamw(self, grads, betas, step_size, v_corr, eps, lr_wd, decay):
         """adamw_step on these groups (of the weights, ms and vs) with ``grads`` (from :meth:`flat_grads`)."""
@@ -145,7 +150,8 @@ class Groups:
         step_size, v_corr, decay = t(step_size), t(v_corr), bool(decay)
         for (kinds, starts, total), g8 in zip(self.groups, grads):
             parallel_for(_adamw_params, total, kinds[0], g8, kinds[1], kinds[2], starts, b1, one_minus_b1, b2,
-                         one_minus_b2, step_size, v_corr, eps, lr_wd, decay, grain=ELEMENTS_PER_PART)
+                         one_minus_b2, step_size, v_corr, eps, lr_wd, decay, grain=ELEMENTS_PER_PART,
+                         linger=UNBOX_LINGER)
 
 
 _shape, _dtype, _ravel = operator.attrgetter("shape"), operator.attrgetter("dtype"), operator.methodcaller("ravel")

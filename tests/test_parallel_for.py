@@ -62,6 +62,17 @@ def test_a_sleeping_worker_wakes_for_the_next_call(all_threads):
     assert (hits == 2).all()
 
 
+def test_a_longer_linger_is_passed_to_the_workers_and_changes_no_result(all_threads):
+    hits = np.zeros(1000, np.int64)
+    parallel_for(_count, 1000, hits, 1, linger=3)
+    assert (hits == 1).all()
+    if all_threads > 1:
+        workers = _parallel._get_workers()
+        assert workers.lingers[0] == 3 * workers.linger
+        parallel_for(_count, 1000, hits, 1)
+        assert workers.lingers[0] == workers.linger and (hits == 2).all()
+
+
 def test_concurrent_callers_each_get_their_whole_range(all_threads):
     results = [np.zeros(5000, np.int64) for _ in range(4)]
 
