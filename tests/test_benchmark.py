@@ -441,21 +441,28 @@ def test_compare_torch_runs_where_torch_is_installed(quick_run, capsys):
     assert res["training"]["torch"]["images_per_s"] > 0 and res["training_fastcnn_over_torch"] > 0
 
 
-def test_alternated_steps_each_start_after_a_pause():
-    """With two frameworks' steps taking turns, each starts SETTLE_SECONDS after the last ended (the
-    other's spinning threads settle first); a single step function is timed back to back."""
+def test_alternated_steps_run_in_blocks_each_after_a_pause_and_an_untimed_step():
+    """With two frameworks' steps taking turns, each runs a block of the same batches back to back;
+    a block starts SETTLE_SECONDS after the other's ended (its spinning threads settle first), with
+    one untimed step on the block's first batch. A single step function is timed back to back."""
     import time
     events = []
 
     def step(name):
         def run(x, y):
-            events.append((name, time.perf_counter()))
-            events.append((name, time.perf_counter()))
+            events.append((name, int(x[0, 0]), time.perf_counter()))
         return run
 
-    batches = [(np.zeros((2, 1)), np.zeros(2))] * 4
-    out = measurement.measure_steps({"a": step("a"), "b": step("b")}, batches, warmup=1)
-    timed = events[4:]                                   # after the warm-up batch: start, end, start, end, ...
-    gaps = [timed[i + 1][1] - timed[i][1] for i in range(1, len(timed) - 1, 2)]
-    assert len(gaps) == 5 and min(gaps) >= measurement.SETTLE_SECONDS
-    assert out["a"]["batches"] == out["b"]["batches"] == 3
+    batches = [(np.full((2, 1), i), np.zeros(2)) for i in range(6)]
+    out = measurement.measure_steps({"a": step("a"), "b": step("b")}, batches, warmup=1, block=2)
+    timed = events[2:]                                   # after the warm-up batch
+    assert [(n, i) for n, i, _ in timed] == [("a", 1), ("a", 1), ("a", 2), ("b", 1), ("b", 1), ("b", 2),
+                                             ("a", 3), ("a", 3), ("a", 4), ("b", 3), ("b", 3), ("b", 4),
+                                             ("a", 5), ("a", 5), ("b", 5), ("b", 5)]
+    starts = [k for k in range(1, len(timed)) if timed[k][0] != timed[k - 1][0]]
+    assert all(timed[k][2] - timed[k - 1][2] >= measurement.SETTLE_SECONDS for k in starts)
+    assert out["a"]["batches"] == out["b"]["batches"] == 5
+    assert out["a"]["images"] == 10
+    events.clear()
+    single = measurement.measure_steps({"a": step("a")}, batches, warmup=1)
+    assert [i for _, i, _ in events] == [0, 1, 2, 3, 4, 5] and single["a"]["batches"] == 5

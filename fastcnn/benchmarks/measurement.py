@@ -16,7 +16,7 @@ import fastcnn
 from fastcnn import reference
 from fastcnn.backend import blas_guard, get_backend, usable_cpus
 from fastcnn.benchmarks.op_cases import OpCase
-from fastcnn.benchmarks.workload import BATCH_SIZE, EVAL_BATCH_SIZE, TEST_IMAGES, TRAIN_IMAGES
+from fastcnn.benchmarks.workload import BATCH_SIZE, BLOCK_BATCHES, EVAL_BATCH_SIZE, TEST_IMAGES, TRAIN_IMAGES
 from fastcnn.cpumeter import CpuMeter
 from fastcnn.data import to_float
 from fastcnn.model import mnist_cnn
@@ -37,7 +37,7 @@ def time_calls(fn: Callable, *, min_rounds: int = 5, min_time: float = 0.2, max_
                             warmup=warmup)[0]
 
 
-SETTLE_SECONDS = 0.02   # measure_steps: the pause before each step when frameworks alternate
+SETTLE_SECONDS = 0.02   # the pause before each call (an op's) or block of steps when frameworks alternate
 
 
 def time_interleaved(fns: list[Callable], *, min_rounds: int = 5, min_time: float = 0.2, max_rounds: int = 1000,
@@ -315,35 +315,45 @@ def check_eval(backend: str, x: np.ndarray, expected_logits: np.ndarray, seed: i
     assert_agree(eval_logits(backend, x, seed), expected_logits, f"{backend} evaluation logits")
 
 
-def measure_steps(steps: dict, batches: list, warmup: int = 2, threads: int = 1) -> dict:
-    """Time training steps (name -> function(x, y)) over real batches, the functions taking turns
-    batch by batch; the first ``warmup`` batches are untimed. An epoch is extrapolated from the rate
-    (60,000 images = 469 batches of 128, the last holding 96). Returns per name: seconds per batch
-    (mean and median), images/s, epoch seconds, and the CPU meter of the run (its pauses left out).
+def measure_steps(steps: dict, batches: list, warmup: int = 2, threads: int = 1, block: int | None = None) -> dict:
+    """Time training steps (name -> function(x, y)) over real batches; the first ``warmup`` batches are
+    untimed. An epoch is extrapolated from the rate (60,000 images = 469 batches of 128, the last
+    holding 96). Returns per name: seconds per batch (mean and median), images/s, epoch seconds, and
+    the CPU meter of the run (its pauses left out).
 
-    With several functions, each step starts SETTLE_SECONDS after the last one ended: PyTorch's
+    With several functions they take turns in blocks of ``block`` batches (BLOCK_BATCHES): each
+    runs the block's batches back to back, as in its own training loop, then the next runs the
+    same batches, so a drift of the machine's speed hits all alike. Each block starts
+    SETTLE_SECONDS after the last one ended, with one untimed step on its first batch: PyTorch's
     OpenMP threads keep spinning for milliseconds after its step (libgomp's spin count), and a
-    fastcnn step timed right after one shared a core with them: 19.3 against 12.4 ms on 2 cores,
-    while PyTorch's own step did not change. After the pause each step runs as it would in its
-    own training loop."""
+    fastcnn step timed right after one shared a core with them (19.3 against 12.4 ms on 2 cores,
+    while PyTorch's own step did not change); and a step timed right after a pause pays for the
+    idle machine (workers and cores woken, caches refilled), which no step of an epoch does:
+    alternated batch by batch, each after the pause, fastcnn's step took 7.9 ms and PyTorch's 25.9,
+    in blocks of 8 batches 7.1 and 25.1 ms (means of 64 steps each, one process, 2-core Zen 5)."""
     warmup = min(warmup, len(batches) - 1)
     for x, y in batches[:warmup]:
         for step in steps.values():
             step(x, y)
+    timed = batches[warmup:]
+    block = max(1, block or BLOCK_BATCHES) if len(steps) > 1 else max(1, len(timed))
     times: dict = {name: [] for name in steps}
     images = 0
     paused = 0.0
     with CpuMeter() as meter:
-        for x, y in batches[warmup:]:
+        for b0 in range(0, len(timed), block):
+            part = timed[b0:b0 + block]
             for name, step in steps.items():
                 if len(steps) > 1:
                     t = time.perf_counter()
                     time.sleep(SETTLE_SECONDS)
                     paused += time.perf_counter() - t
-                t = time.perf_counter()
-                step(x, y)
-                times[name].append(time.perf_counter() - t)
-            images += len(x)
+                    step(*part[0])
+                for x, y in part:
+                    t = time.perf_counter()
+                    step(x, y)
+                    times[name].append(time.perf_counter() - t)
+            images += sum(len(x) for x, _ in part)
     meter.wall = max(meter.wall - paused, 1e-9)
     out = {}
     for name, t in times.items():

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from fastcnn.benchmarks.measurement import machine_info, measure_steps, mnist_batches
-from fastcnn.benchmarks.workload import BATCH_SIZE, TRAIN_IMAGES, network_flops
+from fastcnn.benchmarks.workload import BATCH_SIZE, BLOCK_BATCHES, TRAIN_IMAGES, network_flops
 from fastcnn.layers import Linear
 from fastcnn.model import Sequential
 from fastcnn.optim import AdamW
@@ -173,8 +173,8 @@ def format_model_report(results: dict) -> str:
            f"{m['cpu_model']}, {st['threads']} threads, batch {st['batch_size']}, float32, "
            f"{results['train_flops_per_image'] / 1e6:.1f} MFLOP per training image",
            "", f"Training ({TRAIN_IMAGES:,}-image epoch extrapolated from the timed batches; the first "
-           f"{st['warmup_batches']} batches untimed; steps alternated batch by batch with torch, each after a "
-           "20 ms pause)"]
+           f"{st['warmup_batches']} batches untimed; steps alternated with torch in blocks of {BLOCK_BATCHES} batches, "
+           "each block after a 20 ms pause and one untimed step)"]
     head = ["backend", "batches", "per batch", "images/s", "s/epoch", "GFLOP/s", "CPU/wall"]
     rows = [[name, t["batches"], f"{1e3 * t['seconds_per_batch']:.2f} ms", f"{t['images_per_s']:.0f}",
              f"{t['epoch_seconds']:.1f} s", f"{t['gflops']:.1f}", f"{t['cpu_seconds_per_second']:.2f}"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from fastcnn._atomic import write_json as atomic_json
-from fastcnn.benchmarks.workload import BATCH_SIZE, EVAL_BATCH_SIZE, TRAIN_IMAGES
+from fastcnn.benchmarks.workload import BATCH_SIZE, BLOCK_BATCHES, EVAL_BATCH_SIZE, TRAIN_IMAGES
 
 MARK = "!"               # after a figure measured while other programs took cores
 
@@ -191,7 +191,8 @@ def format_report(results: dict) -> str:
         out.append(f"numba speedup per epoch over the NumPy reference: {results['training_speedup']:.1f}x")
     if results.get("training_fastcnn_over_torch"):
         out.append(f"fastcnn / torch epoch time: {results['training_fastcnn_over_torch']:.2f} "
-                   "(steps alternated batch by batch, each after a 20 ms pause)")
+                   f"(steps alternated in blocks of {BLOCK_BATCHES} batches, each block after a 20 ms pause "
+                   "and one untimed step)")
     out.append(f"(ideal = epoch FLOPs at the FMA peak; the first {st['warmup_batches']} batches of each run are "
                "warm-up and not timed)")
     performed, numba_row = net.get("numba_epoch_flops_at_most"), tr.get("numba")

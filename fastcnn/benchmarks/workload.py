@@ -34,6 +34,7 @@ from fastcnn.train import TrainConfig
 
 BATCH_SIZE = TrainConfig.batch_size               # the workload is fastcnn-train's default run
 TRAIN_IMAGES = 60_000
+BLOCK_BATCHES = 8     # training steps a framework runs back to back before another's turn (measure_steps)
 TEST_IMAGES = 10_000
 BATCHES_PER_EPOCH = math.ceil(TRAIN_IMAGES / BATCH_SIZE)      # the last batch holds 96 images
 EVAL_BATCH_SIZE = TrainConfig.eval_batch_size
