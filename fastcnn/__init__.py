@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "get_backend": "fastcnn.backend",
-    **dict.fromkeys(("AvgPool2D", "BatchNorm2D", "Conv2D", "ConvReLUMaxPool2D", "Dropout", "Flatten", "Linear",
-                     "MaxPool2D", "ReLU", "ReLUMaxPool2D"), "fastcnn.layers"),
+    **dict.fromkeys(("AvgPool2D", "BatchNorm2D", "Conv2D", "ConvReLUMaxPool2D", "Dropout", "DropoutLinear", "Flatten",
+                     "Linear", "MaxPool2D", "ReLU", "ReLUMaxPool2D"), "fastcnn.layers"),
     "Layer": "fastcnn.layerbase",
     "softmax_cross_entropy": "fastcnn.losses",
     **dict.fromkeys(("Sequential", "fuse", "mnist_cnn"), "fastcnn.model"),

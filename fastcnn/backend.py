@@ -27,6 +27,10 @@ same names, signatures, dtypes and results):
     dropout_backward(dy, mask) -> dx          dx = dy * mask
     linear_forward(x, w, b) -> y              x (N, F_in), w (F_out, F_in): y = x @ w.T + b
     linear_backward(dy, x, w) -> (dx, dw, db) dy @ w, dy.T @ x, dy summed over N
+    dropout_linear_forward(x, key, threshold, w, b) -> (y, xd, mask)
+        dropout_forward (xd = x * mask), then linear_forward of xd, in one op.
+    dropout_linear_backward(dy, xd, mask, w) -> (dx, dw, db)
+        linear_backward(dy, xd, w), its dx then through dropout_backward with mask.
     softmax_cross_entropy(logits, labels) -> (loss, dlogits)
         logits (N, F), labels (N,) integers in [0, F): loss the mean of -log softmax(logits)[label]
         (a Python float), dlogits = (softmax(logits) - onehot(labels)) / N (fastcnn.losses).
@@ -96,6 +100,12 @@ class Ops(Protocol):
 
     def linear_backward(self, dy: np.ndarray, x: np.ndarray,
                         w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+    def dropout_linear_forward(self, x: np.ndarray, key: int, threshold: int, w: np.ndarray,
+                               b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+    def dropout_linear_backward(self, dy: np.ndarray, xd: np.ndarray, mask: np.ndarray,
+                                w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
     def softmax_cross_entropy(self, logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]: ...
 

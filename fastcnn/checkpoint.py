@@ -224,10 +224,11 @@ def content_hash(header_bytes: bytes, arrays: Mapping[str, np.ndarray]) -> str:
 
 
 def model_rngs(model: Sequential) -> dict[str, np.random.Generator]:
-    """``{"dropout/<i>": layer.rng}`` for every layer of ``model`` that owns a random generator."""
+    """``{"dropout/<i>": layer.rng}`` for every layer of ``model`` as built (its unfused layers: a
+    fused layer's Dropout keeps its name) that owns a random generator."""
+    layers = model.unfused_layers() if hasattr(model, "unfused_layers") else model.layers
     return {f"{type(layer).__name__.lower()}/{i}": layer.rng
-            for i, layer in enumerate(model.layers) if isinstance(getattr(layer, "rng", None),
-                                                                  np.random.Generator)}
+            for i, layer in enumerate(layers) if isinstance(getattr(layer, "rng", None), np.random.Generator)}
 
 
 def _model_dtype(model):

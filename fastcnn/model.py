@@ -14,8 +14,11 @@ from fastcnn.layerbase import Layer, _BackendLayer, _float_dtype
 from fastcnn.layers import (
     Conv2D,
     ConvReLUMaxPool2D,
+    Dropout,
+    DropoutLinear,
     FusedLayer,
     Identity,
+    Linear,
     MaxPool2D,
     ReLU,
     ReLUMaxPool2D,
@@ -32,7 +35,9 @@ def fuse_layers(layers: Sequence[Layer]) -> list[Layer]:
 
     * Conv2D, then ReLU, then MaxPool2D -> :class:`~fastcnn.layers.ConvReLUMaxPool2D` (with a 2x2
       pool, the convolution's output is never stored);
-    * ReLU then MaxPool2D -> :class:`~fastcnn.layers.ReLUMaxPool2D` (one pass instead of two).
+    * ReLU then MaxPool2D -> :class:`~fastcnn.layers.ReLUMaxPool2D` (one pass instead of two);
+    * Dropout then Linear -> :class:`~fastcnn.layers.DropoutLinear` (in the Linear's place, so its
+      parameters keep their names).
 
     Outputs and gradients are those of the unfused layers; the parameters are the same arrays.
     """
@@ -45,6 +50,10 @@ def fuse_layers(layers: Sequence[Layer]) -> list[Layer]:
         relu, pool = out[i], out[i + 1]
         if isinstance(relu, ReLU) and isinstance(pool, MaxPool2D):
             out[i:i + 2] = [ReLUMaxPool2D(relu, pool), Identity()]
+    for i in range(len(out) - 1):
+        dropout, linear = out[i], out[i + 1]
+        if isinstance(dropout, Dropout) and isinstance(linear, Linear):
+            out[i:i + 2] = [Identity(), DropoutLinear(dropout, linear)]
     return out
 
 
@@ -89,17 +98,14 @@ class Sequential:
                 layer.set_backend(self.backend_name)
 
     def unfused_layers(self) -> list[Layer]:
-        """The layers as built: each fused layer replaced by its parts (which fill the slots of the
-        Identity placeholders after it). This is the architecture a checkpoint stores."""
-        out: list[Layer] = []
-        skip = 0
-        for layer in self.layers:
-            if skip:
-                skip -= 1
-                continue
-            parts = layer.parts if isinstance(layer, FusedLayer) else (layer,)
-            out.extend(parts)
-            skip = len(parts) - 1
+        """The layers as built: each fused layer replaced by its parts, which fill its own slot and
+        those of the Identity placeholders around it (its ``slot`` is its part's place among
+        them). This is the architecture a checkpoint stores."""
+        out: list[Layer] = list(self.layers)
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, FusedLayer):
+                start = i - layer.slot
+                out[start:start + len(layer.parts)] = layer.parts
         return out
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:

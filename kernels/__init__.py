@@ -22,6 +22,7 @@ _HOMES = {
     "conv2d_relu_maxpool_forward": "fused", "conv2d_relu_maxpool_backward": "fused",
     "dropout_forward": "dropout", "dropout_backward": "dropout",
     "linear_forward": "linear", "linear_backward": "linear", "softmax_cross_entropy": "loss",
+    "dropout_linear_forward": "linear", "dropout_linear_backward": "linear",
     "all_finite": "batch", "count_correct": "batch",
     "first_compile": "_warmup", "warm_up": "_warmup", "prefer_wide_vectors": "_config",
 }

@@ -12,15 +12,14 @@ from fastcnn.reference.dropout import GOLDEN, MIX1, MIX2, STEPS
 
 
 @njit(nogil=True, boundscheck=False, cache=CACHE)
-def _dropout_forward(lo, hi, x, key, threshold, scale, zero, y, mask):
-    """Elements of blocks lo .. hi (4 elements each): element i's draw is lane i % 4 (lowest first)
-    of block i // 4's word splitmix64(key + (i // 4 + 1) * GOLDEN). The word is recomputed for each
+def drop_elements(xs, base, key, threshold, scale, zero, ys, ms):
+    """ys = xs * ms for the elements base, base + 1, ... of an input (xs, ys, ms: 1-D, indexed from
+    0): element i's draw is lane i % 4 (lowest first) of word splitmix64(key + (i // 4 + 1) *
+    GOLDEN), ms the scale where it is at least threshold, else zero. The word is recomputed for each
     of its 4 elements: a loop without a dependence between elements, which LLVM vectorises, runs
-    several times faster than one that shares the word."""
-    i0, i1 = 4 * lo, min(x.shape[0], 4 * hi)
-    xs, ys, ms = x[i0:i1], y[i0:i1], mask[i0:i1]          # indexed from 0: no negative-index checks
+    several times faster than one that shares the word. Also the fused dropout-linear forward's
+    (kernels/linear.py), a row's block at a time."""
     s2, s30, s27, s31, m16 = np.uint64(2), np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(0xFFFF)
-    base = np.uint64(i0)
     for j in range(xs.shape[0]):
         u = base + np.uint64(j)
         z = key + ((u >> s2) + np.uint64(1)) * GOLDEN
@@ -31,6 +30,13 @@ def _dropout_forward(lo, hi, x, key, threshold, scale, zero, y, mask):
         m = scale if draw >= threshold else zero
         ms[j] = m
         ys[j] = xs[j] * m
+
+
+@njit(nogil=True, boundscheck=False, cache=CACHE)
+def _dropout_forward(lo, hi, x, key, threshold, scale, zero, y, mask):
+    """Elements of blocks lo .. hi (4 elements each, one word of draws) of y = x * mask."""
+    i0, i1 = 4 * lo, min(x.shape[0], 4 * hi)
+    drop_elements(x[i0:i1], np.uint64(i0), key, threshold, scale, zero, y[i0:i1], mask[i0:i1])
 
 
 @njit(nogil=True, boundscheck=False, cache=CACHE)

@@ -113,7 +113,7 @@ def rewrite(path, dest, *, header=None, drop=(), change=None, add=None, rehash=F
 def test_model_rngs_names_every_dropout():
     model, _ = make(0)
     rngs = model_rngs(model)
-    assert list(rngs) == ["dropout/9"] and rngs["dropout/9"] is model.layers[9].rng
+    assert list(rngs) == ["dropout/9"] and rngs["dropout/9"] is model.unfused_layers()[9].rng
 
 
 def test_round_trip_restores_params_optimizer_and_rngs_exactly(saved):

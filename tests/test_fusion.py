@@ -10,9 +10,20 @@ import copy
 import numpy as np
 import pytest
 
-from fastcnn.checkpoint import CheckpointError, load_checkpoint, restore, save_checkpoint
+from fastcnn.checkpoint import CheckpointError, load_checkpoint, model_rngs, restore, save_checkpoint
 from fastcnn.kernels import conv_pooled
-from fastcnn.layers import Conv2D, ConvReLUMaxPool2D, Flatten, Identity, Linear, MaxPool2D, ReLU, ReLUMaxPool2D
+from fastcnn.layers import (
+    Conv2D,
+    ConvReLUMaxPool2D,
+    Dropout,
+    DropoutLinear,
+    Flatten,
+    Identity,
+    Linear,
+    MaxPool2D,
+    ReLU,
+    ReLUMaxPool2D,
+)
 from fastcnn.model import Sequential, fuse, fuse_layers, mnist_cnn
 from fastcnn.optim import SGD
 from fastcnn.testing import assert_agree
@@ -29,7 +40,7 @@ def _types(layers):
 def test_mnist_cnn_is_rewritten_with_identity_in_the_freed_slots():
     model = mnist_cnn(backend="numpy")
     assert _types(model.layers) == ["ConvReLUMaxPool2D", "Identity", "Identity", "ConvReLUMaxPool2D", "Identity",
-                                    "Identity", "Flatten", "Dropout", "Linear"]
+                                    "Identity", "Flatten", "Identity", "DropoutLinear"]
     plain = mnist_cnn(backend="numpy", fuse=False)
     assert _types(plain.layers) == ["Conv2D", "ReLU", "MaxPool2D", "Conv2D", "ReLU", "MaxPool2D", "Flatten",
                                     "Dropout", "Linear"]
@@ -71,6 +82,48 @@ def test_every_conv_relu_pool_run_is_fused_and_a_lone_relu_pool_too():
     first = [Conv2D(1, 2, 3, rng=rng, backend="numpy"), ReLU(backend="numpy"), MaxPool2D(2, backend="numpy")]
     first[0].need_input_grad = False
     assert _types(fuse_layers(first)) == ["ConvReLUMaxPool2D", "Identity", "Identity"]
+
+
+def test_dropout_then_linear_is_fused_in_the_linears_place():
+    rng = np.random.default_rng(0)
+    drop, lin = Dropout(0.5, backend="numpy"), Linear(6, 3, rng=rng, backend="numpy")
+    layers = [Flatten(), Dropout(0.2, backend="numpy"), ReLU(backend="numpy"), drop, lin,
+              Linear(3, 2, rng=rng, backend="numpy"), Dropout(0.1, backend="numpy")]
+    fused = fuse_layers(layers)
+    assert _types(fused) == ["Flatten", "Dropout", "ReLU", "Identity", "DropoutLinear", "Linear", "Dropout"]
+    assert fused[4].parts == (drop, lin) and fused[4].params is lin.params and fused[4].grads is lin.grads
+    model = Sequential(layers, backend="numpy")
+    assert model.unfused_layers() == layers
+    assert [name for name, _, _ in model.named_parameters()] == ["4.weight", "4.bias", "5.weight", "5.bias"]
+    assert list(model_rngs(model)) == ["dropout/1", "dropout/3", "dropout/6"]     # a checkpoint's names, as before
+    assert model_rngs(model)["dropout/3"] is drop.rng
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("p", [0.5, 0.3, 0.0])
+def test_dropout_linear_is_the_two_layers_bit_for_bit(backend, dtype, p):
+    """Training and evaluation outputs, the gradients, and the dropout generator's state after the
+    step: those of Dropout then Linear on the same backend, for batch sizes that do and do not fill
+    the kernel's row groups and feature counts across its blocks."""
+    for n, features in [(1, 7), (5, 513), (8, 1030)]:
+        seeds = [np.random.default_rng(11) for _ in range(2)]
+        drops = [Dropout(p, rng=g, backend=backend) for g in seeds]
+        lins = [Linear(features, 3, rng=np.random.default_rng(2), dtype=dtype, backend=backend) for _ in range(2)]
+        fused = DropoutLinear(drops[0], lins[0])
+        rng = np.random.default_rng(n)
+        x = rng.standard_normal((n, features)).astype(dtype)
+        for training in (True, False, True):
+            y = fused.forward(x, training=training)
+            y_ref = lins[1].forward(drops[1].forward(x, training=training), training=training)
+            np.testing.assert_array_equal(y, y_ref)
+            dy = rng.standard_normal(y.shape).astype(dtype)
+            dx = fused.backward(dy)
+            dx_ref = drops[1].backward(lins[1].backward(dy))
+            np.testing.assert_array_equal(dx, dx_ref)
+            for key in ("weight", "bias"):
+                np.testing.assert_array_equal(lins[0].grads[key], lins[1].grads[key])
+        assert seeds[0].bit_generator.state == seeds[1].bit_generator.state
 
 
 def test_fuse_rewrites_an_unfused_model_in_place_and_is_idempotent():
@@ -138,6 +191,8 @@ def test_fused_layers_take_only_their_own_parts():
         ConvReLUMaxPool2D(conv, MaxPool2D(2, backend="numpy"), ReLU(backend="numpy"))
     with pytest.raises(TypeError, match="ReLUMaxPool2D fuses"):
         ReLUMaxPool2D(MaxPool2D(2, backend="numpy"), ReLU(backend="numpy"))
+    with pytest.raises(TypeError, match="DropoutLinear fuses"):
+        DropoutLinear(Linear(2, 2, backend="numpy"), Dropout(backend="numpy"))
 
 
 def test_fused_layers_name_themselves_in_input_errors():
@@ -156,6 +211,12 @@ def test_fused_layers_name_themselves_in_input_errors():
     with pytest.raises(ValueError, match=r"ReLUMaxPool2D \(fused ReLU \+ MaxPool2D\) expects input of shape "
                                          r"\(N, C, H >= 2, W >= 2\)"):
         pool.forward(np.zeros((2, 64, 1, 1), F32))
+    head = model.layers[8]
+    with pytest.raises(ValueError, match=r"DropoutLinear \(fused Dropout \+ Linear\) expects input of shape "
+                                         r"\(N, 3136\), got shape \(2, 5\)"):
+        head.forward(np.zeros((2, 5), F32), training=True)
+    with pytest.raises(TypeError, match=r"DropoutLinear \(fused Dropout \+ Linear\) has float32 parameters"):
+        head.forward(np.zeros((2, 3136), F64), training=True)
 
 
 def test_set_backend_reaches_the_parts_and_copies_work():

@@ -286,6 +286,40 @@ def test_linear_kernels_agree_with_blas_and_are_bit_identical_for_any_thread_cou
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, F_in, F_out", [(128, 3136, 10), (5, 513, 7), (1, 3, 1), (9, 1030, 4), (6, 4, 3)])
+def test_dropout_linear_kernels_are_the_two_ops_bit_for_bit_for_any_thread_count(N, F_in, F_out, dtype,
+                                                                                  restore_threads):
+    """dropout_linear_forward / _backward on Numba: exactly dropout_forward then linear_forward (and
+    linear_backward then dropout_backward) on Numba, at every thread count; the mask is the
+    reference's, the rest agrees with it. Row counts that do and do not fill the kernel's row groups,
+    features across its blocks, element indices whose draws straddle rows."""
+    from fastcnn.testing import assert_agree
+    rng = np.random.default_rng(N * F_in)
+    x = rng.standard_normal((N, F_in)).astype(dtype)
+    w = rng.standard_normal((F_out, F_in)).astype(dtype)
+    b = rng.standard_normal(F_out).astype(dtype)
+    dy = rng.standard_normal((N, F_out)).astype(dtype)
+    key, threshold = int(rng.integers(0, 2**64, dtype=np.uint64)), 21000
+    ry, rxd, rmask = ref.dropout_linear_forward(x, key, threshold, w, b)
+    rdx, rdw, rdb = ref.dropout_linear_backward(dy, rxd, rmask, w)
+    results = []
+    for threads in _thread_counts():
+        numba.set_num_threads(threads)
+        y, xd, mask = nb.dropout_linear_forward(x, key, threshold, w, b)
+        dx, dw, db = nb.dropout_linear_backward(dy, xd, mask, w)
+        xd2, mask2 = nb.dropout_forward(x, key, threshold)
+        dx2, dw2, db2 = nb.linear_backward(dy, xd2, w)
+        for got, want in ((y, nb.linear_forward(xd2, w, b)), (xd, xd2), (mask, mask2),
+                          (dx, nb.dropout_backward(dx2, mask2)), (dw, dw2), (db, db2)):
+            assert got.dtype == dtype and np.array_equal(got, want)
+        assert np.array_equal(mask, rmask) and np.array_equal(xd, rxd)
+        for name, g, e in (("y", y, ry), ("dx", dx, rdx), ("dw", dw, rdw), ("db", db, rdb)):
+            assert_agree(g, e, name)
+        results.append((y, xd, mask, dx, dw, db))
+    assert all(np.array_equal(a, c) for a, c in zip(results[0], results[-1]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(16, 32, 28, 28), (3, 5, 4, 7), (2, 1, 1, 1)])
 def test_batchnorm_kernels_agree_with_numpy_and_are_bit_identical_for_any_thread_count(shape, dtype,
                                                                                        restore_threads):

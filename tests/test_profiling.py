@@ -32,7 +32,7 @@ def test_profile_rows_name_every_layer_both_ways_then_optimizer_and_rest():
     _run(model, _batches())
     assert model.stop_profile() is profile and model.profile is None
     rows = profile.rows()
-    layers = ["0 ConvReLUMaxPool2D", "3 ConvReLUMaxPool2D", "6 Flatten", "7 Dropout", "8 Linear"]
+    layers = ["0 ConvReLUMaxPool2D", "3 ConvReLUMaxPool2D", "6 Flatten", "8 DropoutLinear"]
     assert [(r.name, r.direction) for r in rows] == (
         [(n, "forward") for n in layers] + [(n, "backward") for n in reversed(layers)]
         + [(OPTIMIZER, ""), (OTHER, "")])
@@ -92,5 +92,5 @@ def test_train_cli_profile_prints_the_table(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert code == 0
     assert "profile: 2 training steps, " in out
-    for name in ("0 ConvReLUMaxPool2D", "3 ConvReLUMaxPool2D", "8 Linear", OPTIMIZER, OTHER):
+    for name in ("0 ConvReLUMaxPool2D", "3 ConvReLUMaxPool2D", "8 DropoutLinear", OPTIMIZER, OTHER):
         assert name in out

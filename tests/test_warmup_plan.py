@@ -15,13 +15,13 @@ from fastcnn.model import Sequential
 def test_mnist_plan_lists_the_training_steps_kernel_calls():
     plan = model_plan(fastcnn.mnist_cnn(dtype=np.float32, backend="numba"))
     ops = [call[0] for call in plan]
-    assert ops == ["all_finite", "conv2d_relu_maxpool_forward", "conv2d_relu_maxpool_forward", "dropout_forward",
-                   "linear_forward", "softmax_cross_entropy", "count_correct", "linear_backward", "dropout_backward",
+    assert ops == ["all_finite", "conv2d_relu_maxpool_forward", "conv2d_relu_maxpool_forward", "dropout_linear_forward",
+                   "softmax_cross_entropy", "count_correct", "dropout_linear_backward",
                    "conv2d_relu_maxpool_backward", "conv2d_relu_maxpool_backward"]
     tile, rest = split_plan(plan)
-    assert tile == [plan[0], plan[2], plan[5], plan[6], plan[9]]   # the second layer's, and the step's own ops
+    assert tile == [plan[0], plan[2], plan[4], plan[5], plan[7]]   # the second layer's, and the step's own ops
     assert ("array", (2, 32, 14, 14), "float32") in plan[2][1]          # conv2's input, two images
-    assert plan[1] in rest and plan[10] in rest  # the first layer's: the tiny-reduction route, no tile
+    assert plan[1] in rest and plan[8] in rest   # the first layer's: the tiny-reduction route, no tile
 
 
 def test_tiny_reduction_calls_stay_together():
@@ -32,7 +32,7 @@ def test_tiny_reduction_calls_stay_together():
     from fastcnn.layers import Conv2D, Flatten, Linear, MaxPool2D, ReLU
     from fastcnn.model import Sequential
     plan = model_plan(fastcnn.mnist_cnn(dtype=np.float32, backend="numba"))
-    first_forward, first_backward = plan[1], plan[10]
+    first_forward, first_backward = plan[1], plan[8]
     with_dx = (first_backward[0], first_backward[1], (("need_dx", True),))
     tile, rest = split_plan(plan + [with_dx])
     assert {with_dx, first_forward, first_backward} <= set(tile)

@@ -9,7 +9,12 @@ from fastcnn.reference.activation import relu_backward, relu_forward
 from fastcnn.reference.batch import all_finite, count_correct
 from fastcnn.reference.conv import conv2d_backward, conv2d_forward
 from fastcnn.reference.dropout import dropout_backward, dropout_forward
-from fastcnn.reference.fused import conv2d_relu_maxpool_backward, conv2d_relu_maxpool_forward
+from fastcnn.reference.fused import (
+    conv2d_relu_maxpool_backward,
+    conv2d_relu_maxpool_forward,
+    dropout_linear_backward,
+    dropout_linear_forward,
+)
 from fastcnn.reference.linear import linear_backward, linear_forward
 from fastcnn.reference.pool import (
     avgpool2d_backward,
@@ -36,6 +41,8 @@ __all__ = [
     "dropout_backward",
     "linear_forward",
     "linear_backward",
+    "dropout_linear_forward",
+    "dropout_linear_backward",
     "softmax_cross_entropy",
     "all_finite",
     "count_correct",
