@@ -384,10 +384,10 @@ def _check_linear_input(layer: Layer, linear: Linear, x: np.ndarray) -> None:
 
 class DropoutLinear(FusedLayer):
     """Dropout then Linear as one op of the backend: in training ``dropout_linear_forward``, whose
-    Numba kernel drops each row's block of the input as the linear layer's dot products reach it
-    (one pass over the input instead of two), and ``dropout_linear_backward``, which applies the
-    mask to dx inside the linear layer's input-gradient kernel; in evaluation, or with p = 0, the
-    linear layer alone. The same values, masks and gradients as the two layers, and the same draws
+    Numba kernel drops its rows of the input, then multiplies them, in the linear layer's forward
+    call, and ``dropout_linear_backward``, which applies the mask to dx in the linear layer's
+    input-gradient call (one kernel call and wrapper each way instead of two); in evaluation, or
+    with p = 0, the linear layer alone. The same values, masks and gradients as the two layers, and the same draws
     from the dropout's ``rng``. It takes the Linear's place in the layer list (``slot = 1``), the
     Dropout's holding an Identity, so ``8.weight`` stays ``8.weight``."""
 

@@ -83,14 +83,14 @@ class Optimizer:
         if getattr(self.model, "backend_name", None) != "numba":
             return False
         pairs = _weights_and_grads(self.model)
-        ws = [w for w, _ in pairs]
+        ws, state = [w for w, _ in pairs], self._state_values()
         cached = self.__dict__.get("_groups")
-        if (cached is None or len(ws) != len(cached[0]) or not all(map(operator.is_, ws, cached[0]))
-                or not all(map(operator.is_, self._state_values(), cached[1]))):
+        if (cached is None or len(ws) != len(cached[0]) or len(state) != len(cached[1])
+                or not all(map(operator.is_, ws, cached[0])) or not all(map(operator.is_, state, cached[1]))):
             groups = self._build_groups()
             if groups is None:
                 return False
-            cached = self._groups = (ws, self._state_values(), groups)
+            cached = self._groups = (ws, state, groups)
         groups = cached[2]
         grads = groups.flat_grads([g for _, g in pairs])
         if grads is None:

@@ -18,7 +18,7 @@ def drop_elements(xs, base, key, threshold, scale, zero, ys, ms):
     GOLDEN), ms the scale where it is at least threshold, else zero. The word is recomputed for each
     of its 4 elements: a loop without a dependence between elements, which LLVM vectorises, runs
     several times faster than one that shares the word. Also the fused dropout-linear forward's
-    (kernels/linear.py), a row's block at a time."""
+    (kernels/linear.py), a row at a time."""
     s2, s30, s27, s31, m16 = np.uint64(2), np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(0xFFFF)
     for j in range(xs.shape[0]):
         u = base + np.uint64(j)
