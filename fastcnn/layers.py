@@ -358,12 +358,9 @@ class Linear(_BackendLayer):
         return {**super().config(), "in_features": self.in_features, "out_features": self.out_features}
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        _check_once(self, x, self.params["weight"], lambda: self._check(x))
+        _check_once(self, x, self.params["weight"], lambda: _check_linear_input(self, self, x))
         self._x = x
         return self._output(self.ops.linear_forward(x, self.params["weight"], self.params["bias"]))   # (N, F_out)
-
-    def _check(self, x: np.ndarray) -> None:
-        _check_linear_input(self, self, x)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         self._check_grad(dy)
@@ -387,9 +384,9 @@ class DropoutLinear(FusedLayer):
     Numba kernel drops its rows of the input, then multiplies them, in the linear layer's forward
     call, and ``dropout_linear_backward``, which applies the mask to dx in the linear layer's
     input-gradient call (one kernel call and wrapper each way instead of two); in evaluation, or
-    with p = 0, the linear layer alone. The same values, masks and gradients as the two layers, and the same draws
-    from the dropout's ``rng``. It takes the Linear's place in the layer list (``slot = 1``), the
-    Dropout's holding an Identity, so ``8.weight`` stays ``8.weight``."""
+    with p = 0, the linear layer alone. The same values, masks and gradients as the two layers,
+    and the same draws from the dropout's ``rng``. It takes the Linear's place in the layer list
+    (``slot = 1``), the Dropout's holding an Identity, so ``8.weight`` stays ``8.weight``."""
 
     slot = 1
     _xd: np.ndarray

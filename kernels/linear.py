@@ -9,7 +9,7 @@ Python between a step's kernels."""
 import numpy as np
 from numba import njit
 
-from fastcnn.kernels._common import check_float
+from fastcnn.kernels._common import TABLES, check_float
 from fastcnn.kernels._config import CACHE, FASTMATH
 from fastcnn.kernels._parallel import parallel_for
 from fastcnn.kernels.dropout import drop_elements
@@ -142,17 +142,25 @@ def _weight_grad_columns(lo, hi, dy, x, dw, db):
                     dws[i] += g * xs[i]
 
 
-# The drivers' "no dropout" arguments: an empty mask (one compiled driver for both ops).
+# The drivers' "no dropout" mask: empty (one compiled driver for both ops).
 NO_DROPOUT = {np.dtype(t): np.empty((0, 0), t) for t in (np.float32, np.float64)}
+
+
+@TABLES
+def _dropout_scalars(dtype, threshold):
+    """(threshold, scale, zero) as the forward driver takes them, made once per dtype and
+    threshold: the wrapper runs in the Python between a step's kernels, on one thread."""
+    t = dtype.type
+    return np.uint64(threshold), t(STEPS / (STEPS - threshold)), t(0)
 
 
 def linear_forward(x, w, b):
     """x (N, F_in), w (F_out, F_in), b (F_out,) -> y (N, F_out)."""
     x, w, b = (np.ascontiguousarray(a) for a in check_float("linear", x, w, b))
     y = np.empty((x.shape[0], w.shape[0]), x.dtype)
-    none, t = NO_DROPOUT[x.dtype], x.dtype.type
-    parallel_for(_forward_rows, -(-x.shape[0] // ROWS), x, w, b, y, np.uint64(0), np.uint64(0), t(1), t(0), none, none,
-                 grain=2)
+    none = NO_DROPOUT[x.dtype]
+    parallel_for(_forward_rows, -(-x.shape[0] // ROWS), x, w, b, y, np.uint64(0), *_dropout_scalars(x.dtype, 0),
+                 none, none, grain=2)
     return y
 
 
@@ -161,9 +169,8 @@ def dropout_linear_forward(x, key, threshold, w, b):
     xd = x * mask the dropped input (the linear layer's input, for its backward)."""
     x, w, b = (np.ascontiguousarray(a) for a in check_float("linear", x, w, b))
     y, xd, mask = np.empty((x.shape[0], w.shape[0]), x.dtype), np.empty_like(x), np.empty_like(x)
-    t = x.dtype.type
-    parallel_for(_forward_rows, -(-x.shape[0] // ROWS), x, w, b, y, np.uint64(key), np.uint64(threshold),
-                 t(STEPS / (STEPS - threshold)), t(0), xd, mask, grain=2)
+    parallel_for(_forward_rows, -(-x.shape[0] // ROWS), x, w, b, y, np.uint64(key),
+                 *_dropout_scalars(x.dtype, threshold), xd, mask, grain=2)
     return y, xd, mask
 
 
@@ -184,6 +191,6 @@ def _backward(dy, x, w, mask):
     dx = np.empty(x.shape, x.dtype)
     dw = np.empty(w.shape, x.dtype)
     parallel_for(_input_grad_rows, x.shape[0], dy, w, dx, mask, grain=8)
-    db = np.zeros(w.shape[0], x.dtype)
+    db = np.empty(w.shape[0], x.dtype)                  # written whole by the part holding task 0
     parallel_for(_weight_grad_columns, -(-x.shape[1] // COLUMNS_PER_TASK), dy, x, dw, db)
     return dx, dw, db
